@@ -1,0 +1,1 @@
+//! Corpus stage: record schema, parquet shards, problem sources, answer verification and curation.

@@ -1,0 +1,54 @@
+//! Top-level clap definitions and dispatch to the stage commands.
+
+use clap::{Parser, Subcommand};
+
+use crate::{corpus_cmd, model_cmd};
+
+#[derive(Debug, Parser)]
+#[command(name = "distill", version, about = "Distill a reasoning teacher into a laptop-sized student")]
+pub struct Cli {
+    /// Worker threads for model maths and data processing (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a checkpoint (Hugging Face folder or GGUF file).
+    Inspect(model_cmd::InspectArgs),
+    /// Convert a GGUF file into a Hugging Face checkpoint folder.
+    Convert(model_cmd::ConvertArgs),
+    /// Curate a chain-of-thought corpus: verify, filter, dedup, decontaminate, split, stats, export.
+    #[command(subcommand)]
+    Corpus(corpus_cmd::CorpusCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_tracing();
+    if let Some(threads) = cli.threads {
+        set_threads(threads)?;
+    }
+    match cli.command {
+        Command::Inspect(args) => model_cmd::inspect(args),
+        Command::Convert(args) => model_cmd::convert(args),
+        Command::Corpus(cmd) => corpus_cmd::run(cmd),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DISTILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// candle's CPU kernels use rayon's global pool; `RAYON_NUM_THREADS` is read when it starts.
+fn set_threads(threads: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(threads > 0, "`--threads` must be at least 1");
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    Ok(())
+}

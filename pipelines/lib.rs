@@ -1,0 +1,6 @@
+//! The `distill` command line: argument parsing and stage orchestration. Library crates never
+//! print; everything a user sees is formatted here.
+
+pub mod cli;
+pub mod corpus_cmd;
+pub mod model_cmd;

@@ -1,0 +1,1 @@
+//! Student stage: supervised fine-tuning (see the student issue; not built yet).

@@ -1,1 +1,11 @@
-//! Corpus stage: record schema, parquet shards, problem sources, answer verification and curation.
+//! Corpus stage: the record schema and its parquet shards, problem sources, `<think>` parsing,
+//! answer extraction and equivalence, and the curation passes (verify, filter, dedup,
+//! decontaminate, split, stats, export). Builds without candle.
+
+pub mod answer;
+mod error;
+pub mod problems;
+pub mod synthetic;
+pub mod think;
+
+pub use error::{Error, Result};

@@ -1,1 +1,20 @@
-//! Model core: Qwen2 and Llama in candle, Hugging Face and GGUF checkpoints, tokenizers, chat templates.
+//! Model core: Qwen2 and Llama decoders in candle with a differentiable full-sequence training
+//! forward and a KV-cached decode forward; Hugging Face folder and GGUF checkpoint I/O; tokenizers
+//! and chat templates.
+
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod gguf;
+pub mod hf;
+pub mod llama;
+pub mod ops;
+pub mod qwen2;
+pub mod tokenizer;
+pub mod transformer;
+
+pub use checkpoint::Checkpoint;
+pub use config::{Architecture, Config, GenerationConfig, TokenIds};
+pub use error::{Error, Result};
+pub use transformer::{KvCache, Model, Spec};

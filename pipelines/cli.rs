@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use crate::{corpus_cmd, model_cmd};
 
 #[derive(Debug, Parser)]
-#[command(name = "distill", version, about = "Distill a reasoning teacher into a laptop-sized student")]
+#[command(
+    name = "distill",
+    version,
+    about = "Distill a reasoning teacher into a laptop-sized student"
+)]
 pub struct Cli {
     /// Worker threads for model maths and data processing (default: all cores).
     #[arg(long, global = true)]

@@ -1,6 +1,12 @@
-//! `distill inspect` and `distill convert`.
+//! `distill inspect` and `distill convert`: look inside a checkpoint, turn a GGUF file into a
+//! Hugging Face folder.
 
 use std::path::PathBuf;
+
+use anyhow::Context;
+use distill_models::hf::DEFAULT_MAX_SHARD_BYTES;
+use distill_models::Checkpoint;
+use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -13,16 +19,198 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// The `.gguf` file to convert.
+    /// The checkpoint to convert: a `.gguf` file (or a Hugging Face folder, re-saved in f32).
     pub model: PathBuf,
-    /// Output folder (created; must be empty or absent).
+    /// Output folder; created, and it must be absent or empty.
     pub out_dir: PathBuf,
+    /// Largest safetensors shard, in bytes, before the weights are split into several files.
+    #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
+    pub max_shard_bytes: usize,
 }
 
-pub fn inspect(_args: InspectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`distill inspect` is not implemented yet")
+/// What `inspect` reports; also its `--json` schema.
+#[derive(Debug, Serialize)]
+pub struct ModelReport {
+    pub path: PathBuf,
+    pub format: &'static str,
+    pub architecture: String,
+    pub parameters: usize,
+    pub tensor_types: std::collections::BTreeMap<String, usize>,
+    pub bytes_on_disk: u64,
+    pub vocab_size: usize,
+    pub tokenizer_vocab_size: Option<usize>,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub attention_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub tie_word_embeddings: bool,
+    pub bos_token: Option<SpecialToken>,
+    pub eos_tokens: Vec<SpecialToken>,
+    pub pad_token: Option<SpecialToken>,
+    pub chat_template: bool,
 }
 
-pub fn convert(_args: ConvertArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`distill convert` is not implemented yet")
+#[derive(Debug, Serialize)]
+pub struct SpecialToken {
+    pub id: u32,
+    pub text: Option<String>,
+}
+
+pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
+    let ckpt =
+        Checkpoint::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
+    let spec = ckpt.config().spec()?;
+    let tokenizer = match ckpt.tokenizer() {
+        Ok(t) => Some(t),
+        Err(distill_models::Error::MissingTokenizer(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let token = |id: u32| SpecialToken {
+        id,
+        text: tokenizer.as_ref().and_then(|t| t.inner.id_to_token(id)),
+    };
+    let pad = ckpt.generation_config().pad_token_id.or_else(|| {
+        let t = tokenizer.as_ref()?;
+        t.token_id(t.pad_token.as_deref()?)
+    });
+    Ok(ModelReport {
+        path: path.to_path_buf(),
+        format: if ckpt.is_gguf() {
+            "gguf"
+        } else {
+            "huggingface"
+        },
+        architecture: ckpt.config().architecture().model_type().to_string(),
+        parameters: spec.num_parameters(),
+        tensor_types: ckpt.tensor_types()?,
+        bytes_on_disk: ckpt.size_on_disk()?,
+        vocab_size: spec.vocab_size,
+        tokenizer_vocab_size: tokenizer.as_ref().map(|t| t.vocab_size()),
+        hidden_size: spec.hidden_size,
+        layers: spec.num_layers,
+        attention_heads: spec.num_heads,
+        kv_heads: spec.num_kv_heads,
+        head_dim: spec.head_dim,
+        intermediate_size: spec.intermediate_size,
+        tie_word_embeddings: spec.tie_word_embeddings,
+        bos_token: ckpt
+            .generation_config()
+            .bos_token_id
+            .or(ckpt.config().bos_token_id())
+            .map(token),
+        eos_tokens: ckpt.eos_token_ids().into_iter().map(token).collect(),
+        pad_token: pad.map(token),
+        chat_template: tokenizer
+            .as_ref()
+            .is_some_and(|t| t.chat_template.is_some()),
+    })
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let r = report(&args.model)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let special = |t: &SpecialToken| format!("{} ({})", t.text.as_deref().unwrap_or("?"), t.id);
+    let types: Vec<String> = r
+        .tensor_types
+        .iter()
+        .map(|(k, v)| format!("{k} ×{v}"))
+        .collect();
+    let rows = [
+        ("path", r.path.display().to_string()),
+        ("format", r.format.to_string()),
+        ("architecture", r.architecture.clone()),
+        (
+            "parameters",
+            format!("{} ({})", human_count(r.parameters), r.parameters),
+        ),
+        ("tensor types", types.join(", ")),
+        ("size on disk", human_bytes(r.bytes_on_disk)),
+        ("vocab size", r.vocab_size.to_string()),
+        ("hidden size", r.hidden_size.to_string()),
+        ("layers", r.layers.to_string()),
+        (
+            "heads (q / kv)",
+            format!("{} / {} × {}", r.attention_heads, r.kv_heads, r.head_dim),
+        ),
+        ("ffn size", r.intermediate_size.to_string()),
+        ("tied embeddings", r.tie_word_embeddings.to_string()),
+        (
+            "bos token",
+            r.bos_token.as_ref().map_or("none".into(), special),
+        ),
+        (
+            "eos tokens",
+            if r.eos_tokens.is_empty() {
+                "none".into()
+            } else {
+                r.eos_tokens
+                    .iter()
+                    .map(special)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
+            "pad token",
+            r.pad_token.as_ref().map_or("none".into(), special),
+        ),
+        (
+            "tokenizer",
+            r.tokenizer_vocab_size
+                .map_or("missing".into(), |n| format!("{n} tokens")),
+        ),
+        (
+            "chat template",
+            if r.chat_template { "yes" } else { "no" }.to_string(),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:>16}  {v}");
+    }
+    Ok(())
+}
+
+pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let ckpt = Checkpoint::open(&args.model)
+        .with_context(|| format!("cannot open `{}`", args.model.display()))?;
+    ckpt.save_hf(&args.out_dir, args.max_shard_bytes)
+        .with_context(|| format!("cannot write `{}`", args.out_dir.display()))?;
+    let saved = Checkpoint::open(&args.out_dir)?;
+    println!(
+        "wrote {} ({}, {} parameters, {})",
+        args.out_dir.display(),
+        saved.config().architecture().model_type(),
+        human_count(saved.config().spec()?.num_parameters()),
+        human_bytes(saved.size_on_disk()?),
+    );
+    Ok(())
+}
+
+pub fn human_count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

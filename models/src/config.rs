@@ -72,9 +72,13 @@ impl Config {
             map.remove("model_type");
         }
         let config = match model_type.as_str() {
-            "qwen2" => Config::Qwen2(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?),
+            "qwen2" => {
+                Config::Qwen2(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?)
+            }
             // Mistral-style checkpoints without sliding windows are Llama in all but name.
-            "llama" => Config::Llama(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?),
+            "llama" => {
+                Config::Llama(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?)
+            }
             other => return Err(Error::UnsupportedArchitecture(other.to_string())),
         };
         config.spec()?.validate()?;

@@ -1,1 +1,143 @@
-//! (being written)
+//! Tensor ops with two paths: candle's fused kernels when nothing is being differentiated, and
+//! compositions of autograd-recorded primitives when a gradient must flow.
+//!
+//! candle-nn 0.11's fused `rms_norm`, `softmax_last_dim` and `rope` are registered without a
+//! backward: `backward()` returns Ok but gradients silently stop there. Each op here checks
+//! `track_op()` (true for a `Var` or anything computed from one) and only then takes the slower
+//! differentiable route, so inference keeps the fused speed.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Root-mean-square layer norm over the last dimension, as `LlamaRMSNorm`/`Qwen2RMSNorm`:
+/// `weight * x / sqrt(mean(x²) + eps)`, computed in f32.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if xs.track_op() || weight.track_op() {
+        let dtype = xs.dtype();
+        let xs = xs.to_dtype(DType::F32)?;
+        let variance = xs.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xs.broadcast_div(&(variance + eps)?.sqrt()?)?;
+        normed.to_dtype(dtype)?.broadcast_mul(weight)
+    } else {
+        candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)
+    }
+}
+
+/// Softmax over the last dimension. The max is detached: subtracting it does not change the
+/// result, so it needs no gradient, and `-inf` mask entries become exact zeros.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        let max = xs.max_keepdim(D::Minus1)?.detach();
+        let exp = xs.broadcast_sub(&max)?.exp()?;
+        exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+    } else {
+        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
+    }
+}
+
+/// Rotary position embedding in the Hugging Face (`rotate_half`, non-interleaved) layout.
+/// `xs` is `[batch, heads, seq, head_dim]`; `cos`/`sin` are `[batch, seq, head_dim / 2]`.
+pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        let half = xs.dim(D::Minus1)? / 2;
+        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+        let x1 = xs.narrow(D::Minus1, 0, half)?;
+        let x2 = xs.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    } else {
+        candle_nn::rotary_emb::rope(&xs.contiguous()?, cos, sin)
+    }
+}
+
+/// SiLU, `x * sigmoid(x)`; candle's unary op has a backward, kept here so the model code reads
+/// the same for every activation.
+pub fn silu(xs: &Tensor) -> Result<Tensor> {
+    xs.silu()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The differentiable route and the fused route compute the same values.
+    #[test]
+    fn both_paths_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
+        let w = Tensor::randn(1f32, 0.1, 8, &dev)?;
+        let xv = Var::from_tensor(&x)?;
+        assert!(
+            max_abs_diff(
+                &rms_norm(&x, &w, 1e-6)?,
+                &rms_norm(xv.as_tensor(), &w, 1e-6)?
+            ) < 1e-5
+        );
+        assert!(max_abs_diff(&softmax_last_dim(&x)?, &softmax_last_dim(xv.as_tensor())?) < 1e-6);
+        let cos = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
+        assert!(max_abs_diff(&rope(&x, &cos, &sin)?, &rope(xv.as_tensor(), &cos, &sin)?) < 1e-5);
+        Ok(())
+    }
+
+    /// Gradients flow through every op (the fused candle kernels would return none).
+    #[test]
+    fn gradients_reach_inputs() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (1, 2, 3, 8), &dev)?;
+        let w = Var::randn(1f32, 0.1, 8, &dev)?;
+        let cos = Tensor::randn(0f32, 1.0, (1, 3, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1.0, (1, 3, 4), &dev)?;
+        let y = rope(&rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?, &cos, &sin)?;
+        let y = softmax_last_dim(&y)?;
+        let target = Tensor::randn(0f32, 1.0, y.shape(), &dev)?;
+        let loss = (y * target)?.sum_all()?;
+        let grads = loss.backward()?;
+        for var in [&x, &w] {
+            let g = grads.get(var.as_tensor()).expect("gradient recorded");
+            let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(norm > 0.0, "zero gradient");
+        }
+        Ok(())
+    }
+
+    /// Softmax gradient matches the analytic Jacobian-vector product `p * (g - <g, p>)`.
+    #[test]
+    fn softmax_gradient_is_exact() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[0.5f32, -1.0, 2.0, 0.0]], &dev)?;
+        let g = Tensor::new(&[[1.0f32, 2.0, -1.0, 0.5]], &dev)?;
+        let p = softmax_last_dim(x.as_tensor())?;
+        let grads = (p.clone() * &g)?.sum_all()?.backward()?;
+        let got = grads
+            .get(x.as_tensor())
+            .expect("gradient")
+            .to_vec2::<f32>()?;
+        let pv = p.to_vec2::<f32>()?[0].clone();
+        let gv = g.to_vec2::<f32>()?[0].clone();
+        let dot: f32 = pv.iter().zip(&gv).map(|(a, b)| a * b).sum();
+        for i in 0..4 {
+            let want = pv[i] * (gv[i] - dot);
+            assert!(
+                (got[0][i] - want).abs() < 1e-6,
+                "{i}: {} vs {want}",
+                got[0][i]
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,671 @@
-//! (being written)
+//! The decoder shared by Qwen2 and Llama: embeddings, pre-norm blocks of grouped-query attention
+//! with rotary positions and a SwiGLU MLP, final norm and LM head. Weight names equal the Hugging
+//! Face keys.
+//!
+//! Two forwards share the layers:
+//! - [`Model::forward`]: the full-sequence training forward. Logits for every position, packed
+//!   documents via per-token position ids, differentiable end to end (see [`crate::ops`]).
+//! - [`Model::step`]: the generation forward over a ragged batch of sequences, each with its own
+//!   [`KvCache`]. Projections and MLPs run on all new tokens at once; attention runs per sequence,
+//!   so sequences of different lengths decode together (continuous batching).
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+use crate::{ops, Error, Result};
+
+/// Architecture-neutral hyper-parameters, built from a `config.json` mirror.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope: RopeSpec,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub tie_word_embeddings: bool,
+    pub hidden_act: String,
+    pub initializer_range: f64,
+}
+
+impl Spec {
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("`{name}` must be positive")));
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(Error::Config(format!(
+                "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::Config(format!(
+                "`head_dim` ({}) must be even for rotary embeddings",
+                self.head_dim
+            )));
+        }
+        if self.hidden_act != "silu" {
+            return Err(Error::Config(format!(
+                "`hidden_act` `{}` is not supported (only `silu`)",
+                self.hidden_act
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every weight the model reads, with its Hugging Face name and shape, in load order.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for l in 0..self.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
+            for (proj, rows, cols, bias) in [
+                ("self_attn.q_proj", q, h, self.qkv_bias),
+                ("self_attn.k_proj", kv, h, self.qkv_bias),
+                ("self_attn.v_proj", kv, h, self.qkv_bias),
+                ("self_attn.o_proj", h, q, self.o_bias),
+                ("mlp.gate_proj", i, h, self.mlp_bias),
+                ("mlp.up_proj", i, h, self.mlp_bias),
+                ("mlp.down_proj", h, i, self.mlp_bias),
+            ] {
+                push(format!("{p}.{proj}.weight"), vec![rows, cols]);
+                if bias {
+                    push(format!("{p}.{proj}.bias"), vec![rows]);
+                }
+            }
+            push(format!("{p}.input_layernorm.weight"), vec![h]);
+            push(format!("{p}.post_attention_layernorm.weight"), vec![h]);
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
+        out
+    }
+
+    /// Parameter count, tied embeddings counted once (as `sum(p.numel())` in PyTorch).
+    pub fn num_parameters(&self) -> usize {
+        self.tensor_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// Rotary embedding frequencies, with Hugging Face `rope_scaling` already applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeSpec {
+    pub inv_freq: Vec<f32>,
+}
+
+impl RopeSpec {
+    /// Mirrors `transformers`' `ROPE_INIT_FUNCTIONS` for `default`, `linear` and `llama3`,
+    /// computed in f32 as PyTorch does.
+    pub fn from_hf(
+        theta: f64,
+        scaling: Option<&serde_json::Value>,
+        head_dim: usize,
+    ) -> Result<Self> {
+        let base = theta as f32;
+        let mut inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
+            .collect();
+        let Some(scaling) = scaling.filter(|s| !s.is_null()) else {
+            return Ok(Self { inv_freq });
+        };
+        let kind = scaling
+            .get("rope_type")
+            .or_else(|| scaling.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let num = |key: &str| -> Result<f32> {
+            scaling
+                .get(key)
+                .and_then(|v| v.as_f64())
+                .map(|v| v as f32)
+                .ok_or_else(|| {
+                    Error::Config(format!("`rope_scaling` of type `{kind}` needs `{key}`"))
+                })
+        };
+        match kind {
+            "default" => {}
+            "linear" => {
+                let factor = num("factor")?;
+                inv_freq.iter_mut().for_each(|f| *f /= factor);
+            }
+            "llama3" => {
+                let factor = num("factor")?;
+                let low = num("low_freq_factor")?;
+                let high = num("high_freq_factor")?;
+                let old_len = num("original_max_position_embeddings")?;
+                let (low_wavelen, high_wavelen) = (old_len / low, old_len / high);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_len / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "`rope_scaling` type `{other}` is not supported (supported: default, linear, llama3)"
+                )))
+            }
+        }
+        Ok(Self { inv_freq })
+    }
+}
+
+fn linear(
+    spec: &Spec,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Linear> {
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: spec.initializer_range,
+    };
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+    let bias = if bias {
+        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+fn norm_weight(size: usize, vb: VarBuilder) -> Result<Tensor> {
+    Ok(vb.get_with_hints(size, "weight", Init::Const(1.0))?)
+}
+
+/// Cosine and sine tables for a `[batch, seq]` grid of positions: `[batch, seq, head_dim / 2]`.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// `[batch, kv_heads, seq, d]` → `[batch, kv_heads * n_rep, seq, d]` for grouped-query attention.
+fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(xs);
+    }
+    let (b, kv, t, d) = xs.dims4()?;
+    Ok(xs
+        .unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))?)
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+        let (h, d) = (spec.hidden_size, spec.head_dim);
+        Ok(Self {
+            q_proj: linear(spec, h, spec.num_heads * d, spec.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: linear(
+                spec,
+                h,
+                spec.num_kv_heads * d,
+                spec.qkv_bias,
+                vb.pp("k_proj"),
+            )?,
+            v_proj: linear(
+                spec,
+                h,
+                spec.num_kv_heads * d,
+                spec.qkv_bias,
+                vb.pp("v_proj"),
+            )?,
+            o_proj: linear(spec, spec.num_heads * d, h, spec.o_bias, vb.pp("o_proj"))?,
+            num_heads: spec.num_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: d,
+            scale: 1.0 / (d as f64).sqrt(),
+        })
+    }
+
+    /// Projects `[batch, seq, hidden]` to rotated `q` `[b, heads, seq, d]` and `k`, `v`
+    /// `[b, kv_heads, seq, d]`.
+    fn qkv(&self, xs: &Tensor, rotary: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = xs.dims3()?;
+        let split = |proj: &Linear, heads: usize| -> Result<Tensor> {
+            Ok(proj
+                .forward(xs)?
+                .reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = ops::rope(
+            &split(&self.q_proj, self.num_heads)?,
+            &rotary.cos,
+            &rotary.sin,
+        )?;
+        let k = ops::rope(
+            &split(&self.k_proj, self.num_kv_heads)?,
+            &rotary.cos,
+            &rotary.sin,
+        )?;
+        let v = split(&self.v_proj, self.num_kv_heads)?;
+        Ok((q, k, v))
+    }
+
+    /// Scaled dot-product attention of `q` over `k`/`v` (kv heads not yet repeated), with an
+    /// optional additive mask broadcastable to `[b, heads, q_len, k_len]`. Returns
+    /// `[b, heads, q_len, d]`.
+    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, n_rep)?;
+        let v = repeat_kv(v, n_rep)?;
+        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        Ok(ops::softmax_last_dim(&scores)?.matmul(&v)?)
+    }
+
+    /// `[b, heads, seq, d]` → output projection of `[b, seq, heads * d]`.
+    fn merge(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, _, t, _) = xs.dims4()?;
+        let xs = xs
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        Ok(self.o_proj.forward(&xs)?)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+        let (h, i, bias) = (spec.hidden_size, spec.intermediate_size, spec.mlp_bias);
+        Ok(Self {
+            gate_proj: linear(spec, h, i, bias, vb.pp("gate_proj"))?,
+            up_proj: linear(spec, h, i, bias, vb.pp("up_proj"))?,
+            down_proj: linear(spec, i, h, bias, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = ops::silu(&self.gate_proj.forward(xs)?)?;
+        Ok(self
+            .down_proj
+            .forward(&(gate * self.up_proj.forward(xs)?)?)?)
+    }
+}
+
+struct Block {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+}
+
+impl Block {
+    fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(spec, vb.pp("self_attn"))?,
+            mlp: Mlp::new(spec, vb.pp("mlp"))?,
+            input_layernorm: norm_weight(spec.hidden_size, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: norm_weight(
+                spec.hidden_size,
+                vb.pp("post_attention_layernorm"),
+            )?,
+        })
+    }
+}
+
+/// Keys and values of one sequence for every layer (`[1, kv_heads, len, head_dim]` each).
+/// One cache per sequence: nothing is shared between unrelated calls.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.layers[layer] {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
+            None => (k.clone(), v.clone()),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+}
+
+/// Which logits [`Model::step`] returns for each sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last new position (generation).
+    Last,
+    /// Every new position (prefill scoring, parity tests).
+    All,
+}
+
+/// A Qwen2/Llama causal language model.
+pub struct Model {
+    spec: Spec,
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    inv_freq: Tensor,
+    device: Device,
+}
+
+impl Model {
+    /// Builds the model from a `VarBuilder`: weights from a checkpoint, or freshly initialised
+    /// (`N(0, initializer_range)`, zero biases, unit norms, as `transformers`) from a `VarMap`.
+    pub fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+        spec.validate()?;
+        let embed = vb.pp("model.embed_tokens").get_with_hints(
+            (spec.vocab_size, spec.hidden_size),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: spec.initializer_range,
+            },
+        )?;
+        let layers = (0..spec.num_layers)
+            .map(|l| Block::new(spec, vb.pp(format!("model.layers.{l}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = norm_weight(spec.hidden_size, vb.pp("model.norm"))?;
+        let lm_head = if spec.tie_word_embeddings {
+            Linear::new(embed.clone(), None)
+        } else {
+            linear(
+                spec,
+                spec.hidden_size,
+                spec.vocab_size,
+                false,
+                vb.pp("lm_head"),
+            )?
+        };
+        let inv_freq = Tensor::new(spec.rope.inv_freq.as_slice(), vb.device())?;
+        Ok(Self {
+            spec: spec.clone(),
+            embed_tokens: Embedding::new(embed, spec.hidden_size),
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.spec.num_layers)
+    }
+
+    /// Rotary tables for a `[batch, seq]` u32 tensor of positions.
+    fn rotary(&self, positions: &Tensor) -> Result<Rotary> {
+        let freqs = positions
+            .to_dtype(DType::F32)?
+            .unsqueeze(D::Minus1)?
+            .broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
+        Ok(Rotary {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&id| id as usize >= self.spec.vocab_size) {
+            Some(id) => Err(Error::Config(format!(
+                "token id {id} is outside the vocabulary (size {})",
+                self.spec.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after the last norm) for `input_ids`
+    /// `[batch, seq]`. With `position_ids` (`[batch, seq]`), a position that does not follow its
+    /// predecessor by one starts a new document: attention never crosses documents, so several
+    /// packed sequences in one row give exactly their unpacked results.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        self.check_ids(&input_ids.flatten_all()?.to_vec1::<u32>()?)?;
+        let (positions, mask) = match position_ids {
+            Some(p) => {
+                let rows = p.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+                if rows.len() != b || rows.iter().any(|r| r.len() != t) {
+                    return Err(Error::Config(format!(
+                        "`position_ids` shape {:?} differs from `input_ids` shape [{b}, {t}]",
+                        p.dims()
+                    )));
+                }
+                (p.to_dtype(DType::U32)?, document_mask(&rows, &self.device)?)
+            }
+            None => {
+                let row = Tensor::arange(0u32, t as u32, &self.device)?;
+                let rows = vec![(0..t as u32).collect::<Vec<_>>()];
+                (
+                    row.unsqueeze(0)?.repeat((b, 1))?,
+                    document_mask(&rows, &self.device)?,
+                )
+            }
+        };
+        let rotary = self.rotary(&positions)?;
+        let mut xs = self.embed_tokens.forward(input_ids)?;
+        for layer in &self.layers {
+            let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
+            let (q, k, v) = layer.self_attn.qkv(&normed, &rotary)?;
+            let attn = layer.self_attn.attend(&q, k, v, Some(&mask))?;
+            xs = (xs + layer.self_attn.merge(&attn)?)?;
+            let normed =
+                ops::rms_norm(&xs, &layer.post_attention_layernorm, self.spec.rms_norm_eps)?;
+            xs = (&xs + layer.mlp.forward(&normed)?)?;
+        }
+        Ok(ops::rms_norm(&xs, &self.norm, self.spec.rms_norm_eps)?)
+    }
+
+    /// Logits `[batch, seq, vocab]` for every position: the training forward.
+    pub fn forward(&self, input_ids: &Tensor, position_ids: Option<&Tensor>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, position_ids)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// One generation step over a ragged batch: each entry's `tokens` (a whole prompt, or one
+    /// sampled token) are appended to its own cache. Returns each entry's logits, `[n, vocab]`
+    /// where `n` is 1 for [`Logits::Last`] or the number of new tokens for [`Logits::All`].
+    pub fn step(&self, batch: &mut [(&[u32], &mut KvCache)], which: Logits) -> Result<Vec<Tensor>> {
+        if batch.iter().any(|(tokens, _)| tokens.is_empty()) {
+            return Err(Error::Config(
+                "a sequence in the batch has no new tokens".into(),
+            ));
+        }
+        let ids: Vec<u32> = batch.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        self.check_ids(&ids)?;
+        let positions: Vec<u32> = batch
+            .iter()
+            .flat_map(|(t, c)| (c.len()..c.len() + t.len()).map(|p| p as u32))
+            .collect();
+        let n = ids.len();
+        let rotary = self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?;
+        let mut xs = self
+            .embed_tokens
+            .forward(&Tensor::from_vec(ids, (1, n), &self.device)?)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
+            let (q, k, v) = layer.self_attn.qkv(&normed, &rotary)?;
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut offset = 0;
+            for (tokens, cache) in batch.iter_mut() {
+                let len = tokens.len();
+                let past = cache.len();
+                let (k_all, v_all) = cache.append(
+                    l,
+                    &k.narrow(2, offset, len)?.contiguous()?,
+                    &v.narrow(2, offset, len)?.contiguous()?,
+                )?;
+                let mask = (len > 1)
+                    .then(|| causal_mask(len, past, &self.device))
+                    .transpose()?;
+                let q_s = q.narrow(2, offset, len)?.contiguous()?;
+                outs.push(layer.self_attn.attend(&q_s, k_all, v_all, mask.as_ref())?);
+                offset += len;
+            }
+            let attn = Tensor::cat(&outs, 2)?;
+            xs = (xs + layer.self_attn.merge(&attn)?)?;
+            let normed =
+                ops::rms_norm(&xs, &layer.post_attention_layernorm, self.spec.rms_norm_eps)?;
+            xs = (&xs + layer.mlp.forward(&normed)?)?;
+        }
+        for (tokens, cache) in batch.iter_mut() {
+            cache.len += tokens.len();
+        }
+        let hidden = ops::rms_norm(&xs.squeeze(0)?, &self.norm, self.spec.rms_norm_eps)?;
+        // Only the rows whose logits are wanted go through the (vocab-sized) head.
+        let mut rows = Vec::new();
+        let mut offset = 0u32;
+        for (tokens, _) in batch.iter() {
+            let len = tokens.len() as u32;
+            match which {
+                Logits::Last => rows.push(offset + len - 1),
+                Logits::All => rows.extend(offset..offset + len),
+            }
+            offset += len;
+        }
+        let picked = hidden.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?;
+        let logits = self.lm_head.forward(&picked)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for (tokens, _) in batch.iter() {
+            let count = if which == Logits::Last {
+                1
+            } else {
+                tokens.len()
+            };
+            out.push(logits.narrow(0, start, count)?);
+            start += count;
+        }
+        Ok(out)
+    }
+
+    /// Runs `tokens` through one sequence's cache; logits `[tokens.len(), vocab]`.
+    pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let mut batch = [(tokens, cache)];
+        let mut out = self.step(&mut batch, Logits::All)?;
+        Ok(out.remove(0))
+    }
+}
+
+/// Additive mask `[batch, 1, seq, seq]`: 0 where a query may attend (same document, not in the
+/// future), `-inf` elsewhere. A document starts wherever a position does not continue its
+/// predecessor. With a single row, the mask is shared across the batch.
+fn document_mask(positions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    let t = positions.first().map_or(0, Vec::len);
+    let mut data = Vec::with_capacity(positions.len() * t * t);
+    for row in positions {
+        let mut doc = Vec::with_capacity(t);
+        for (i, &p) in row.iter().enumerate() {
+            let starts = i == 0 || p != row[i - 1].wrapping_add(1);
+            doc.push(if starts { i } else { doc[i - 1] });
+        }
+        for i in 0..t {
+            data.extend((0..t).map(|j| {
+                if j <= i && j >= doc[i] {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(data, (positions.len(), 1, t, t), device)?)
+}
+
+/// Causal mask `[len, past + len]` for `len` new queries after `past` cached positions.
+fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = (0..len)
+        .flat_map(|i| {
+            (0..past + len).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (len, past + len), device)?)
+}

@@ -14,7 +14,7 @@ pub mod qwen2;
 pub mod tokenizer;
 pub mod transformer;
 
-// pub use checkpoint::Checkpoint;
+pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Config, GenerationConfig, TokenIds};
 pub use error::{Error, Result};
 pub use transformer::{KvCache, Model, Spec};

@@ -8,6 +8,22 @@ use serde::{Deserialize, Serialize};
 use crate::transformer::Spec;
 use crate::{llama, qwen2, Error, Result};
 
+/// Serde defaults shared by the architecture configs (the `transformers` defaults).
+pub(crate) mod defaults {
+    pub fn eps() -> f64 {
+        1e-6
+    }
+    pub fn theta() -> f64 {
+        10000.0
+    }
+    pub fn act() -> String {
+        "silu".into()
+    }
+    pub fn init_range() -> f64 {
+        0.02
+    }
+}
+
 /// A token id or a list of them, as `eos_token_id` is written in Hugging Face configs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -8,18 +8,6 @@ use crate::transformer::{RopeSpec, Spec};
 fn default_vocab() -> usize {
     151936
 }
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_theta() -> f64 {
-    10000.0
-}
-fn default_act() -> String {
-    "silu".into()
-}
-fn default_init_range() -> f64 {
-    0.02
-}
 fn default_max_pos() -> usize {
     32768
 }
@@ -37,15 +25,15 @@ pub struct Config {
     pub num_key_value_heads: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
-    #[serde(default = "default_act")]
+    #[serde(default = "crate::config::defaults::act")]
     pub hidden_act: String,
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
-    #[serde(default = "default_init_range")]
+    #[serde(default = "crate::config::defaults::init_range")]
     pub initializer_range: f64,
-    #[serde(default = "default_eps")]
+    #[serde(default = "crate::config::defaults::eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
+    #[serde(default = "crate::config::defaults::theta")]
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
@@ -73,7 +61,12 @@ impl Config {
             num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
             head_dim,
             rms_norm_eps: self.rms_norm_eps,
-            rope: RopeSpec::from_hf(self.rope_theta, self.rope_scaling.as_ref(), head_dim)?,
+            rope: RopeSpec::from_config(
+                self.rope_theta,
+                self.rope_scaling.as_ref(),
+                &self.extra,
+                head_dim,
+            )?,
             qkv_bias: true,
             o_bias: false,
             mlp_bias: false,

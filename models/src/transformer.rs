@@ -120,6 +120,26 @@ pub struct RopeSpec {
 }
 
 impl RopeSpec {
+    /// From a config's `rope_theta`/`rope_scaling`, or the `rope_parameters` object that
+    /// `transformers` v5 writes instead (it holds `rope_theta` and the scaling keys together).
+    pub fn from_config(
+        theta: f64,
+        scaling: Option<&serde_json::Value>,
+        extra: &serde_json::Map<String, serde_json::Value>,
+        head_dim: usize,
+    ) -> Result<Self> {
+        match extra.get("rope_parameters").filter(|p| p.is_object()) {
+            Some(params) if scaling.is_none_or(|s| s.is_null()) => {
+                let theta = params
+                    .get("rope_theta")
+                    .and_then(|t| t.as_f64())
+                    .unwrap_or(theta);
+                Self::from_hf(theta, Some(params), head_dim)
+            }
+            _ => Self::from_hf(theta, scaling, head_dim),
+        }
+    }
+
     /// Mirrors `transformers`' `ROPE_INIT_FUNCTIONS` for `default`, `linear` and `llama3`,
     /// computed in f32 as PyTorch does.
     pub fn from_hf(

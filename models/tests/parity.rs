@@ -200,3 +200,18 @@ fn rope_parameters_spelling_is_understood() {
         .unwrap();
     assert_eq!(v5.rope, v4.rope);
 }
+
+/// GGUF files written as llama.cpp's converter does (llama q/k rows permuted, mixed F32/F16/Q8_0
+/// tensors) load to the reference logits of the weights as stored.
+#[test]
+fn gguf_checkpoints_match_transformers() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let ckpt =
+            distill_models::Checkpoint::open(&fixtures().join(format!("{name}.gguf"))).unwrap();
+        let model = ckpt.load_model(&Device::Cpu).unwrap();
+        check_full_and_decode(
+            &model,
+            &reference(&format!("{name}-gguf-reference.safetensors")),
+        );
+    }
+}

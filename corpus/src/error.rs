@@ -20,6 +20,47 @@ pub enum Error {
     },
     #[error("Invalid argument: {0}")]
     Invalid(String),
+    #[error("`{path}` has no columns {missing} (columns present: {present})")]
+    MissingColumns {
+        path: PathBuf,
+        missing: String,
+        present: String,
+    },
+    #[error("Column `{column}` of `{path}` has type `{found}`, expected `{expected}`")]
+    ColumnType {
+        path: PathBuf,
+        column: String,
+        found: String,
+        expected: String,
+    },
+    #[error("Shards have different schemas: `{first}` and `{second}` differ ({detail})")]
+    MixedSchemas {
+        first: PathBuf,
+        second: PathBuf,
+        detail: String,
+    },
+    #[error("`{path}` is empty (0 bytes), not a parquet file")]
+    EmptyFile { path: PathBuf },
+    #[error("No parquet shards found in `{path}`")]
+    NoShards { path: PathBuf },
+    #[error("Output `{path}` already exists (pass overwrite to replace it)")]
+    OutputExists { path: PathBuf },
+    #[error("Cannot read parquet `{path}`")]
+    ParquetRead {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("Cannot write parquet `{path}`")]
+    ParquetWrite {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("Invalid record batch: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("Cannot draw chart `{path}`: {message}")]
+    Chart { path: PathBuf, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,9 +3,14 @@
 //! decontaminate, split, stats, export). Builds without candle.
 
 pub mod answer;
+pub mod config;
 mod error;
+pub mod pass;
 pub mod problems;
+pub mod record;
+pub mod shards;
 pub mod synthetic;
 pub mod think;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -127,6 +127,18 @@ impl Checkpoint {
         }
     }
 
+    /// The model for inference with GGUF weights kept quantized (candle `QMatMul` kernels);
+    /// a Hugging Face folder loads in f32 as with [`load_model`](Self::load_model).
+    pub fn load_quantized_model(&self, device: &Device) -> Result<Model> {
+        match &self.format {
+            Format::Folder => self.load_model(device),
+            Format::Gguf(g) => {
+                let spec = self.config.spec()?;
+                Model::new_quantized(&spec, &crate::quantized::load(g, device)?, device)
+            }
+        }
+    }
+
     /// Stored tensor types and how many tensors use each (`{"q4_1": 150, "f32": 61}`).
     pub fn tensor_types(&self) -> Result<BTreeMap<String, usize>> {
         match &self.format {

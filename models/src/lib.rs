@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod ops;
+pub mod quantized;
 pub mod qwen2;
 pub mod tokenizer;
 pub mod transformer;

@@ -9,8 +9,12 @@
 //!   [`KvCache`]. Projections and MLPs run on all new tokens at once; attention runs per sequence,
 //!   so sequences of different lengths decode together (continuous batching).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::{ops, Error, Result};
 
@@ -201,30 +205,124 @@ impl RopeSpec {
     }
 }
 
-fn linear(
-    spec: &Spec,
-    in_dim: usize,
-    out_dim: usize,
-    bias: bool,
-    vb: VarBuilder,
-) -> Result<Linear> {
-    let init = Init::Randn {
-        mean: 0.0,
-        stdev: spec.initializer_range,
-    };
-    let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-    let bias = if bias {
-        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
+/// A projection: a float matrix (trainable, differentiable) or a quantized GGUF matrix run as
+/// stored by candle's `QMatMul` kernels (inference only).
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense(candle_nn::Linear),
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
 }
 
-fn norm_weight(size: usize, vb: VarBuilder) -> Result<Tensor> {
-    Ok(vb.get_with_hints(size, "weight", Init::Const(1.0))?)
+impl Linear {
+    /// The float weight matrix `[out, in]`, when there is one.
+    pub fn weight(&self) -> Option<&Tensor> {
+        match self {
+            Linear::Dense(l) => Some(l.weight()),
+            Linear::Quantized { .. } => None,
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Dense(l) => l.forward(xs),
+            Linear::Quantized { weight, bias } => {
+                let ys = weight.forward(&xs.contiguous()?)?;
+                match bias {
+                    Some(b) => ys.broadcast_add(b),
+                    None => Ok(ys),
+                }
+            }
+        }
+    }
 }
 
+/// Where the weights come from while the layers are built.
+enum Weights<'a> {
+    /// A checkpoint's tensors, or fresh trainable variables from a `VarMap`.
+    Float(VarBuilder<'a>),
+    /// GGUF tensors kept in their stored type; norms, biases and the embedding table are
+    /// dequantized, matrices stay quantized.
+    Quantized(&'a HashMap<String, Arc<QTensor>>, Device),
+}
+
+impl Weights<'_> {
+    fn device(&self) -> &Device {
+        match self {
+            Weights::Float(vb) => vb.device(),
+            Weights::Quantized(_, device) => device,
+        }
+    }
+
+    fn qtensor(&self, name: &str) -> Result<&Arc<QTensor>> {
+        let missing = || Error::MissingTensor {
+            name: name.to_string(),
+            path: "quantized weights".into(),
+        };
+        match self {
+            Weights::Quantized(map, _) => map.get(name).ok_or_else(missing),
+            Weights::Float(_) => Err(missing()),
+        }
+    }
+
+    fn check(name: &str, q: &QTensor, shape: &[usize]) -> Result<()> {
+        if q.shape().dims() != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: q.shape().dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        match self {
+            Weights::Float(vb) => Ok(vb.get_with_hints(shape, name, init)?),
+            Weights::Quantized(_, device) => {
+                let q = self.qtensor(name)?;
+                Self::check(name, q, shape)?;
+                Ok(q.dequantize(device)?.to_dtype(DType::F32)?)
+            }
+        }
+    }
+
+    fn linear(
+        &self,
+        spec: &Spec,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let bias = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out_dim], Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let name = format!("{prefix}.weight");
+        match self {
+            Weights::Float(_) => {
+                let init = Init::Randn {
+                    mean: 0.0,
+                    stdev: spec.initializer_range,
+                };
+                let weight = self.tensor(&name, &[out_dim, in_dim], init)?;
+                Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
+            }
+            Weights::Quantized(..) => {
+                let q = self.qtensor(&name)?;
+                Self::check(&name, q, &[out_dim, in_dim])?;
+                Ok(Linear::Quantized {
+                    weight: QMatMul::from_arc(q.clone())?,
+                    bias,
+                })
+            }
+        }
+    }
+}
 /// Cosine and sine tables for a `[batch, seq]` grid of positions: `[batch, seq, head_dim / 2]`.
 struct Rotary {
     cos: Tensor,
@@ -255,25 +353,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: &Spec, w: &Weights, p: &str) -> Result<Self> {
         let (h, d) = (spec.hidden_size, spec.head_dim);
+        let (q, kv) = (spec.num_heads * d, spec.num_kv_heads * d);
         Ok(Self {
-            q_proj: linear(spec, h, spec.num_heads * d, spec.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear(
-                spec,
-                h,
-                spec.num_kv_heads * d,
-                spec.qkv_bias,
-                vb.pp("k_proj"),
-            )?,
-            v_proj: linear(
-                spec,
-                h,
-                spec.num_kv_heads * d,
-                spec.qkv_bias,
-                vb.pp("v_proj"),
-            )?,
-            o_proj: linear(spec, spec.num_heads * d, h, spec.o_bias, vb.pp("o_proj"))?,
+            q_proj: w.linear(spec, &format!("{p}.q_proj"), h, q, spec.qkv_bias)?,
+            k_proj: w.linear(spec, &format!("{p}.k_proj"), h, kv, spec.qkv_bias)?,
+            v_proj: w.linear(spec, &format!("{p}.v_proj"), h, kv, spec.qkv_bias)?,
+            o_proj: w.linear(spec, &format!("{p}.o_proj"), q, h, spec.o_bias)?,
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: d,
@@ -337,12 +424,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: &Spec, w: &Weights, p: &str) -> Result<Self> {
         let (h, i, bias) = (spec.hidden_size, spec.intermediate_size, spec.mlp_bias);
         Ok(Self {
-            gate_proj: linear(spec, h, i, bias, vb.pp("gate_proj"))?,
-            up_proj: linear(spec, h, i, bias, vb.pp("up_proj"))?,
-            down_proj: linear(spec, i, h, bias, vb.pp("down_proj"))?,
+            gate_proj: w.linear(spec, &format!("{p}.gate_proj"), h, i, bias)?,
+            up_proj: w.linear(spec, &format!("{p}.up_proj"), h, i, bias)?,
+            down_proj: w.linear(spec, &format!("{p}.down_proj"), i, h, bias)?,
         })
     }
 
@@ -362,15 +449,19 @@ struct Block {
 }
 
 impl Block {
-    fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: &Spec, w: &Weights, p: &str) -> Result<Self> {
+        let norm = |name: &str| {
+            w.tensor(
+                &format!("{p}.{name}.weight"),
+                &[spec.hidden_size],
+                Init::Const(1.0),
+            )
+        };
         Ok(Self {
-            self_attn: Attention::new(spec, vb.pp("self_attn"))?,
-            mlp: Mlp::new(spec, vb.pp("mlp"))?,
-            input_layernorm: norm_weight(spec.hidden_size, vb.pp("input_layernorm"))?,
-            post_attention_layernorm: norm_weight(
-                spec.hidden_size,
-                vb.pp("post_attention_layernorm"),
-            )?,
+            self_attn: Attention::new(spec, w, &format!("{p}.self_attn"))?,
+            mlp: Mlp::new(spec, w, &format!("{p}.mlp"))?,
+            input_layernorm: norm("input_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
         })
     }
 }
@@ -439,39 +530,51 @@ impl Model {
     /// Builds the model from a `VarBuilder`: weights from a checkpoint, or freshly initialised
     /// (`N(0, initializer_range)`, zero biases, unit norms, as `transformers`) from a `VarMap`.
     pub fn new(spec: &Spec, vb: VarBuilder) -> Result<Self> {
+        Self::build(spec, &Weights::Float(vb))
+    }
+
+    /// Builds an inference model that keeps GGUF weights in their stored type (`QMatMul`); the
+    /// tensors are keyed by Hugging Face name, as [`crate::quantized::load`] returns them.
+    pub fn new_quantized(
+        spec: &Spec,
+        tensors: &HashMap<String, Arc<QTensor>>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(spec, &Weights::Quantized(tensors, device.clone()))
+    }
+
+    fn build(spec: &Spec, w: &Weights) -> Result<Self> {
         spec.validate()?;
-        let embed = vb.pp("model.embed_tokens").get_with_hints(
-            (spec.vocab_size, spec.hidden_size),
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: spec.initializer_range,
-            },
-        )?;
-        let layers = (0..spec.num_layers)
-            .map(|l| Block::new(spec, vb.pp(format!("model.layers.{l}"))))
-            .collect::<Result<Vec<_>>>()?;
-        let norm = norm_weight(spec.hidden_size, vb.pp("model.norm"))?;
-        let lm_head = if spec.tie_word_embeddings {
-            Linear::new(embed.clone(), None)
-        } else {
-            linear(
-                spec,
-                spec.hidden_size,
-                spec.vocab_size,
-                false,
-                vb.pp("lm_head"),
-            )?
+        let (v, h) = (spec.vocab_size, spec.hidden_size);
+        let embed_init = Init::Randn {
+            mean: 0.0,
+            stdev: spec.initializer_range,
         };
-        let inv_freq = Tensor::new(spec.rope.inv_freq.as_slice(), vb.device())?;
+        let embed = w.tensor("model.embed_tokens.weight", &[v, h], embed_init)?;
+        let layers = (0..spec.num_layers)
+            .map(|l| Block::new(spec, w, &format!("model.layers.{l}")))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = w.tensor("model.norm.weight", &[h], Init::Const(1.0))?;
+        let lm_head = match (spec.tie_word_embeddings, w) {
+            (true, Weights::Float(_)) => Linear::Dense(candle_nn::Linear::new(embed.clone(), None)),
+            // Tied and quantized: the head multiplies by the stored (quantized) embedding, as
+            // llama.cpp does, instead of a dequantized vocab-sized copy.
+            (true, Weights::Quantized(..)) => Linear::Quantized {
+                weight: QMatMul::from_arc(w.qtensor("model.embed_tokens.weight")?.clone())?,
+                bias: None,
+            },
+            (false, _) => w.linear(spec, "lm_head", h, v, false)?,
+        };
+        let device = w.device().clone();
+        let inv_freq = Tensor::new(spec.rope.inv_freq.as_slice(), &device)?;
         Ok(Self {
             spec: spec.clone(),
-            embed_tokens: Embedding::new(embed, spec.hidden_size),
+            embed_tokens: Embedding::new(embed, h),
             layers,
             norm,
             lm_head,
             inv_freq,
-            device: vb.device().clone(),
+            device,
         })
     }
 

@@ -215,3 +215,31 @@ fn gguf_checkpoints_match_transformers() {
         );
     }
 }
+
+/// Quantized inference (weights kept as stored, q/k rows un-permuted on the quantized bytes)
+/// tracks the dequantized model: exactly where weights are float, within the activation
+/// quantization `QMatMul` applies to Q8_0 blocks elsewhere.
+#[test]
+fn quantized_gguf_tracks_dequantized() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let ckpt =
+            distill_models::Checkpoint::open(&fixtures().join(format!("{name}.gguf"))).unwrap();
+        let r = reference(&format!("{name}-gguf-reference.safetensors"));
+        let input = ids(&r["input_ids"]);
+        let quantized = ckpt.load_quantized_model(&Device::Cpu).unwrap();
+        let dense = ckpt.load_model(&Device::Cpu).unwrap();
+        let mut cache = quantized.new_cache();
+        let row: Vec<u32> = input.get(0).unwrap().to_vec1().unwrap();
+        let q = quantized.forward_cached(&row, &mut cache).unwrap();
+        let mut cache = dense.new_cache();
+        let d = dense.forward_cached(&row, &mut cache).unwrap();
+        let diff = max_diff(&q, &d);
+        let scale: f32 = d.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        println!("{name}: quantized vs dequantized max diff {diff} (logit scale {scale})");
+        if name == "tiny-qwen2" {
+            assert!(diff < TOL, "all-F32 file must match exactly, got {diff}");
+        } else {
+            assert!(diff < 0.02 * scale, "{diff} vs scale {scale}");
+        }
+    }
+}

@@ -110,6 +110,22 @@ fn smollm2_matches_reference() {
     );
 }
 
+/// Run quantized (Q4_1 blocks through candle's `QMatMul`, as llama.cpp runs them), the model
+/// still produces the reference greedy answer.
+#[test]
+fn smollm2_quantized_greedy_matches_reference() {
+    let r = reference();
+    let ckpt = Checkpoint::open(&gguf()).unwrap();
+    let model = ckpt.load_quantized_model(&Device::Cpu).unwrap();
+    let prompt = u32s(&r["greedy"]["prompt_ids"]);
+    let generated = greedy(&model, &prompt, 24, &ckpt.eos_token_ids());
+    assert_eq!(generated, u32s(&r["greedy"]["generated_ids_llamacpp"]));
+    let logits = last_logits(&model, &prompt);
+    let argmax = r["last_logits"]["argmax"].as_u64().unwrap() as usize;
+    let best = logits.iter().cloned().fold(f32::MIN, f32::max);
+    assert_eq!(logits[argmax], best);
+}
+
 /// `convert` writes a Hugging Face folder that reloads to bit-identical logits, with the same
 /// tokenizer, chat template and stop ids.
 #[test]

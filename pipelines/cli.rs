@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{corpus_cmd, model_cmd};
+use crate::{corpus_cmd, model_cmd, student_cmd, teacher_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +27,12 @@ pub enum Command {
     /// Curate a chain-of-thought corpus: verify, filter, dedup, decontaminate, split, stats, export.
     #[command(subcommand)]
     Corpus(corpus_cmd::CorpusCommand),
+    /// Run a teacher over a problem set and stream a chain-of-thought corpus into parquet shards.
+    Generate(teacher_cmd::GenerateArgs),
+    /// Serve a local model behind an OpenAI-compatible `/v1/chat/completions`.
+    Serve(teacher_cmd::ServeArgs),
+    /// Fine-tune a student on a corpus (supervised fine-tuning).
+    Train(student_cmd::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,6 +44,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => model_cmd::inspect(args),
         Command::Convert(args) => model_cmd::convert(args),
         Command::Corpus(cmd) => corpus_cmd::run(cmd),
+        Command::Generate(args) => teacher_cmd::generate(args),
+        Command::Serve(args) => teacher_cmd::serve(args),
+        Command::Train(args) => student_cmd::train(args),
     }
 }
 

@@ -4,3 +4,5 @@
 pub mod cli;
 pub mod corpus_cmd;
 pub mod model_cmd;
+pub mod student_cmd;
+pub mod teacher_cmd;

@@ -1,1 +1,5 @@
-//! Teacher stage: generation engine and backends (see the teacher issue; not built yet).
+//! Teacher stage: the generation engine (continuous batching over per-sequence KV caches, seeded
+//! sampling), its backends (local checkpoints, OpenAI-compatible HTTP endpoints), the `generate`
+//! stage that streams corpus shards resumably, and an OpenAI-compatible server for local models.
+
+pub mod backend;

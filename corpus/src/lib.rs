@@ -3,13 +3,21 @@
 //! decontaminate, split, stats, export). Builds without candle.
 
 pub mod answer;
+mod chart;
 pub mod config;
+pub mod decontaminate;
+pub mod dedup;
 mod error;
+pub mod export;
+pub mod filter;
 pub mod pass;
 pub mod problems;
 pub mod record;
 pub mod shards;
+pub mod split;
+pub mod stats;
 pub mod synthetic;
+pub mod text;
 pub mod think;
 pub mod verify;
 

@@ -191,9 +191,12 @@ impl ShardWriter {
 
     /// Closes the open shard and returns the manifest of the folder.
     pub fn finish(mut self) -> Result<Manifest> {
+        if self.manifest.shards.is_empty() && self.current.is_none() {
+            // An empty output still gets one (empty) shard: it carries the schema, so the
+            // next pass reads an empty corpus instead of failing on a folder without shards.
+            self.current = Some(self.open_shard()?);
+        }
         self.close_shard()?;
-        // A folder with no rows still gets a manifest, so readers see an empty corpus rather
-        // than a folder with no shards.
         self.manifest.write(&self.dir)?;
         Ok(std::mem::take(&mut self.manifest))
     }

@@ -225,11 +225,92 @@ fn environment(source: String) -> Result<Environment<'static>, minijinja::Error>
         .build()?;
     env.set_syntax(syntax);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_formatter(python_formatter);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
     env.add_template_owned(TEMPLATE_NAME, source)?;
     Ok(env)
+}
+
+/// Prints values as Jinja2 does under Python: `True`/`False`/`None`, containers as their
+/// Python `repr`; minijinja's defaults would print `true`, an empty string and JSON.
+fn python_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    match value.kind() {
+        ValueKind::Bool | ValueKind::None | ValueKind::Seq | ValueKind::Map => {
+            let mut text = String::new();
+            python_repr(value, &mut text)?;
+            out.write_str(&text).map_err(|e| {
+                minijinja::Error::new(ErrorKind::WriteFailure, "cannot write").with_source(e)
+            })
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// Python's `repr` of a template value.
+fn python_repr(value: &Value, out: &mut String) -> Result<(), minijinja::Error> {
+    match value.kind() {
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::None | ValueKind::Undefined => out.push_str("None"),
+        ValueKind::String => {
+            let s = value.as_str().unwrap_or_default();
+            // Python prefers single quotes unless the text holds one and no double quote.
+            let quote = if s.contains('\'') && !s.contains('"') {
+                '"'
+            } else {
+                '\''
+            };
+            out.push(quote);
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c == quote => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                        let _ = write!(out, "\\x{:02x}", c as u32);
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push(quote);
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            for (i, item) in value.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&item, out)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            for (i, key) in value.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(&key, out)?;
+                out.push_str(": ");
+                python_repr(&value.get_item(&key)?, out)?;
+            }
+            out.push('}');
+        }
+        _ => {
+            let _ = write!(out, "{value}");
+        }
+    }
+    Ok(())
 }
 
 /// Converts JSON into template values (minijinja's serde bridge is an optional feature).
@@ -268,8 +349,11 @@ fn template_error(error: minijinja::Error) -> Error {
         }
         current = e.source();
     }
-    let mut message = error.to_string();
-    if let (Some(line), false) = (error.line(), message.contains(TEMPLATE_NAME)) {
+    let mut message = match error.detail() {
+        Some(detail) => format!("{}: {detail}", error.kind()),
+        None => error.kind().to_string(),
+    };
+    if let Some(line) = error.line() {
         let _ = write!(message, " (line {line})");
     }
     Error::Template(message)

@@ -237,7 +237,7 @@ impl GgufCheckpoint {
     pub fn tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
         let config = self.config()?;
         let spec = config.spec()?;
-        let expected = expected_shapes(&spec);
+        let expected: HashMap<String, Vec<usize>> = spec.tensor_shapes().into_iter().collect();
         let permuted = matches!(config, Config::Llama(_));
 
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
@@ -551,48 +551,6 @@ const LAYER_MODULES: &[(&str, &str)] = &[
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
 ];
-
-/// Every tensor the config implies, with its Hugging Face shape.
-fn expected_shapes(spec: &crate::Spec) -> HashMap<String, Vec<usize>> {
-    let (h, v, i) = (spec.hidden_size, spec.vocab_size, spec.intermediate_size);
-    let q = spec.num_heads * spec.head_dim;
-    let kv = spec.num_kv_heads * spec.head_dim;
-    let mut shapes = HashMap::new();
-    shapes.insert("model.embed_tokens.weight".to_string(), vec![v, h]);
-    shapes.insert("model.norm.weight".to_string(), vec![h]);
-    if !spec.tie_word_embeddings {
-        shapes.insert("lm_head.weight".to_string(), vec![v, h]);
-    }
-    for layer in 0..spec.num_layers {
-        let p = format!("model.layers.{layer}");
-        let mut add = |name: &str, shape: Vec<usize>| {
-            shapes.insert(format!("{p}.{name}"), shape);
-        };
-        add("input_layernorm.weight", vec![h]);
-        add("post_attention_layernorm.weight", vec![h]);
-        add("self_attn.q_proj.weight", vec![q, h]);
-        add("self_attn.k_proj.weight", vec![kv, h]);
-        add("self_attn.v_proj.weight", vec![kv, h]);
-        add("self_attn.o_proj.weight", vec![h, q]);
-        if spec.qkv_bias {
-            add("self_attn.q_proj.bias", vec![q]);
-            add("self_attn.k_proj.bias", vec![kv]);
-            add("self_attn.v_proj.bias", vec![kv]);
-        }
-        if spec.o_bias {
-            add("self_attn.o_proj.bias", vec![h]);
-        }
-        add("mlp.gate_proj.weight", vec![i, h]);
-        add("mlp.up_proj.weight", vec![i, h]);
-        add("mlp.down_proj.weight", vec![h, i]);
-        if spec.mlp_bias {
-            add("mlp.gate_proj.bias", vec![i]);
-            add("mlp.up_proj.bias", vec![i]);
-            add("mlp.down_proj.bias", vec![h]);
-        }
-    }
-    shapes
-}
 
 /// Undoes llama.cpp's converter permutation of q/k rows. For interleaved RoPE it stores each
 /// head's rows as `reshape(heads, 2, head_dim/2, ...).swapaxes(1, 2)` of the HF layout, so the

@@ -72,3 +72,69 @@ pub struct GenOutput {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
 }
+
+/// A cancellation flag shared between the caller (a Ctrl-C handler, a failing sink) and a
+/// running backend. Cloning shares the flag. Once set, a backend starts no new request and
+/// returns as soon as it can; requests still in flight are abandoned and never reported (they
+/// will be regenerated identically on a resume, since every sample has its own seed).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a backend reports while it runs, in the order things happen.
+#[derive(Debug)]
+pub enum Event {
+    /// A sample finished.
+    Done(GenOutput),
+    /// One request failed for good (after the backend's own retries); the others go on.
+    Failed { key: String, error: crate::Error },
+    /// Tokens generated since the previous `Progress` (for tokens/s displays; a backend that
+    /// only learns counts at the end of a request may report them with its `Done`).
+    Progress { new_tokens: u64 },
+}
+
+/// Totals for one [`Backend::generate`] call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenStats {
+    pub completed: u64,
+    pub failed: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Whether the run stopped early because [`Cancel`] was set.
+    pub cancelled: bool,
+}
+
+/// A source of samples: a local model or a remote endpoint.
+///
+/// Contract:
+/// - `requests` is pulled lazily (an 800k-sample run never materialises every prompt), only as
+///   fast as the backend has room for them.
+/// - `on_event` is called on the thread that called `generate`, as results finish (not in request
+///   order); it is never called after `generate` returns.
+/// - A failure of one request is an [`Event::Failed`]; `generate` itself returns `Err` only for
+///   failures that doomed the whole run (the model cannot run, the endpoint rejects the API key).
+/// - Cancellation: see [`Cancel`]; a cancelled run returns `Ok` with `cancelled: true`.
+pub trait Backend: Send + Sync {
+    /// Provenance string for the corpus `teacher` column (a model file name, `openai:<model>`).
+    fn name(&self) -> String;
+
+    fn generate(
+        &self,
+        requests: &mut (dyn Iterator<Item = GenRequest> + Send),
+        cancel: &Cancel,
+        on_event: &mut dyn FnMut(Event),
+    ) -> crate::Result<GenStats>;
+}

@@ -3,3 +3,9 @@
 //! stage that streams corpus shards resumably, and an OpenAI-compatible server for local models.
 
 pub mod backend;
+mod error;
+
+pub use backend::{
+    Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats, SamplingParams,
+};
+pub use error::{Error, Result};

@@ -1,0 +1,153 @@
+//! `distill inspect` and `distill convert` driven through the real binary: what users see,
+//! including the one-line errors for bad paths.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn distill(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .output()
+        .expect("run distill");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("models/tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn smollm2() -> String {
+    root()
+        .join("../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .display()
+        .to_string()
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn inspect_reports_the_real_model() {
+    let (ok, stdout, stderr) = distill(&["inspect", &smollm2(), "--json"]);
+    assert!(ok, "{stderr}");
+    let r = json(&stdout);
+    assert_eq!(r["architecture"], "llama");
+    assert_eq!(r["format"], "gguf");
+    assert_eq!(r["parameters"], 134_515_008);
+    assert_eq!(r["layers"], 30);
+    assert_eq!(r["vocab_size"], 49152);
+    assert_eq!(r["chat_template"], true);
+    assert_eq!(r["eos_tokens"][0]["text"], "<|im_end|>");
+    assert_eq!(r["tensor_types"]["q4_1"], 210);
+
+    let (ok, stdout, _) = distill(&["inspect", &smollm2()]);
+    assert!(ok);
+    assert!(stdout.contains("134.5M (134515008)"), "{stdout}");
+    assert!(stdout.contains("chat template  yes"), "{stdout}");
+}
+
+#[test]
+fn inspect_reads_folders_in_both_config_layouts() {
+    for (name, arch, tied) in [
+        ("tiny-qwen2", "qwen2", false),
+        ("tiny-qwen2-sharded", "qwen2", false),
+        ("tiny-llama-bf16", "llama", true),
+    ] {
+        let (ok, stdout, stderr) = distill(&["inspect", &fixture(name), "--json"]);
+        assert!(ok, "{name}: {stderr}");
+        let r = json(&stdout);
+        assert_eq!(r["architecture"], arch, "{name}");
+        assert_eq!(r["tie_word_embeddings"], tied, "{name}");
+        assert_eq!(
+            r["tokenizer_vocab_size"],
+            serde_json::Value::Null,
+            "{name}: no tokenizer in fixture"
+        );
+    }
+    let (_, stdout, _) = distill(&["inspect", &fixture("tiny-llama-bf16"), "--json"]);
+    assert_eq!(json(&stdout)["tensor_types"]["bf16"], 21);
+}
+
+#[test]
+fn convert_writes_a_folder_that_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny-hf");
+    let out_s = out.display().to_string();
+    let (ok, stdout, stderr) = distill(&["convert", &fixture("tiny-llama.gguf"), &out_s]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("wrote {out_s} (llama")),
+        "{stdout}"
+    );
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "missing {file}");
+    }
+    let (_, before, _) = distill(&["inspect", &fixture("tiny-llama.gguf"), "--json"]);
+    let (ok, after, _) = distill(&["inspect", &out_s, "--json"]);
+    assert!(ok);
+    let (before, after) = (json(&before), json(&after));
+    for key in [
+        "parameters",
+        "vocab_size",
+        "layers",
+        "hidden_size",
+        "kv_heads",
+        "chat_template",
+        "eos_tokens",
+        "bos_token",
+    ] {
+        assert_eq!(before[key], after[key], "{key}");
+    }
+    assert_eq!(after["format"], "huggingface");
+    // Converting again into the same (now non-empty) folder is refused and leaves it intact.
+    let (ok, _, stderr) = distill(&["convert", &fixture("tiny-llama.gguf"), &out_s]);
+    assert!(!ok);
+    assert!(stderr.contains("output folder is not empty"), "{stderr}");
+    assert!(out.join("model.safetensors").is_file());
+}
+
+#[test]
+fn bad_paths_give_one_clear_line() {
+    let (ok, _, stderr) = distill(&["inspect", "/no/such/model.gguf"]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("error: cannot open `/no/such/model.gguf`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no such file or folder"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_gguf = dir.path().join("model.gguf");
+    std::fs::write(&not_gguf, b"definitely not a gguf file").unwrap();
+    let (ok, _, stderr) = distill(&["inspect", &not_gguf.display().to_string()]);
+    assert!(!ok);
+    assert!(stderr.contains("not a GGUF file"), "{stderr}");
+
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    let (ok, _, stderr) = distill(&["inspect", &dir.path().display().to_string()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("Unsupported architecture `mamba` (supported: qwen2, llama)"),
+        "{stderr}"
+    );
+}

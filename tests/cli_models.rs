@@ -78,7 +78,7 @@ fn inspect_reads_folders_in_both_config_layouts() {
         );
     }
     let (_, stdout, _) = distill(&["inspect", &fixture("tiny-llama-bf16"), "--json"]);
-    assert_eq!(json(&stdout)["tensor_types"]["bf16"], 21);
+    assert_eq!(json(&stdout)["tensor_types"]["bf16"], 20);
 }
 
 #[test]

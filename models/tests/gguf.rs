@@ -406,6 +406,164 @@ fn every_quant_type_dequantizes_within_tolerance() {
     }
 }
 
+#[test]
+fn tensor_names_round_trip() {
+    use distill_models::gguf::{gguf_tensor_name, hf_tensor_name};
+    for (gguf, hf) in [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+        (
+            "blk.12.attn_q.bias",
+            "model.layers.12.self_attn.q_proj.bias",
+        ),
+        (
+            "blk.0.attn_output.weight",
+            "model.layers.0.self_attn.o_proj.weight",
+        ),
+        (
+            "blk.0.ffn_down.weight",
+            "model.layers.0.mlp.down_proj.weight",
+        ),
+        (
+            "blk.3.ffn_norm.weight",
+            "model.layers.3.post_attention_layernorm.weight",
+        ),
+        (
+            "blk.3.attn_norm.weight",
+            "model.layers.3.input_layernorm.weight",
+        ),
+    ] {
+        assert_eq!(hf_tensor_name(gguf).as_deref(), Some(hf));
+        assert_eq!(gguf_tensor_name(hf).as_deref(), Some(gguf));
+    }
+    assert_eq!(hf_tensor_name("rope_freqs.weight"), None);
+    assert_eq!(hf_tensor_name("blk.x.attn_q.weight"), None);
+    assert_eq!(hf_tensor_name("blk.0.attn_q.scale"), None);
+}
+
+#[test]
+fn unpermute_inverts_llama_cpp_permute() {
+    let (heads, head_dim, cols) = (3, 4, 2);
+    let hf = Tensor::arange(0f32, (heads * head_dim * cols) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((heads * head_dim, cols))
+        .unwrap();
+    let permuted = permute(&hf, heads);
+    // Row order within each head: even rotary halves first, then odd ones.
+    assert_eq!(
+        permuted.to_vec2::<f32>().unwrap()[..4],
+        [[0.0, 1.0], [4.0, 5.0], [2.0, 3.0], [6.0, 7.0]]
+    );
+    let back = distill_models::gguf::unpermute_rows(&permuted, heads).unwrap();
+    assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
+    assert!(distill_models::gguf::unpermute_rows(&hf, 5).is_err());
+}
+
+/// llama.cpp's converter: the per-frequency divisors it stores as `rope_freqs.weight`.
+fn llama3_divisors(theta: f64, head_dim: usize, factor: f64, lo: f64, hi: f64, l: f64) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let w = 2.0 * std::f64::consts::PI / freq;
+            if w < l / hi {
+                1.0
+            } else if w > l / lo {
+                factor as f32
+            } else {
+                let s = (l / w - lo) / (hi - lo);
+                (1.0 / ((1.0 - s) / factor + s)) as f32
+            }
+        })
+        .collect()
+}
+
+/// The config of a candle-written llama GGUF carrying `rope_freqs.weight`.
+fn config_with_rope_freqs(
+    dir: &Path,
+    theta: f32,
+    divisors: Vec<f32>,
+) -> distill_models::Result<Config> {
+    let mut metadata = llama_metadata("llama", FFN);
+    metadata.retain(|(k, _)| k != "llama.rope.freq_base");
+    metadata.push(("llama.rope.freq_base".into(), gguf_file::Value::F32(theta)));
+    let path = dir.join(format!("rope-{theta}-{}.gguf", divisors.len()));
+    let n = divisors.len();
+    let freqs = QTensor::quantize(
+        &Tensor::from_vec(divisors, n, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    write_llama_gguf(&path, &metadata, &hf_weights(), GgmlDType::F32);
+    // Re-write with the extra tensor appended.
+    let checkpoint = GgufCheckpoint::open(&path).unwrap();
+    let mut qtensors = Vec::new();
+    for name in checkpoint.content().tensor_infos.keys() {
+        let mut file = std::fs::File::open(&path).unwrap();
+        qtensors.push((
+            name.clone(),
+            checkpoint
+                .content()
+                .tensor(&mut file, name, &Device::Cpu)
+                .unwrap(),
+        ));
+    }
+    qtensors.push(("rope_freqs.weight".to_string(), freqs));
+    let meta: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut file, &meta, &tensors).unwrap();
+    let checkpoint = GgufCheckpoint::open(&path)?;
+    // rope_freqs is not a weight.
+    assert!(!checkpoint
+        .tensors(&Device::Cpu)?
+        .contains_key("rope_freqs.weight"));
+    checkpoint.config()
+}
+
+#[test]
+fn llama3_rope_scaling_is_solved_from_rope_freqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let scaling = |config: Config| match config {
+        Config::Llama(c) => c.rope_scaling,
+        Config::Qwen2(_) => panic!("llama expected"),
+    };
+    // Llama-3.1 values (head_dim 128: several frequencies in the smoothed band).
+    let divisors = llama3_divisors(500_000.0, HEAD_DIM, 8.0, 1.0, 4.0, 8192.0);
+    assert_eq!(
+        scaling(config_with_rope_freqs(dir.path(), 500_000.0, divisors).unwrap()),
+        Some(serde_json::json!({
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192
+        }))
+    );
+    // Llama-3.2-1B/3B use factor 32; a different high_freq_factor is found too.
+    let divisors = llama3_divisors(500_000.0, HEAD_DIM, 32.0, 1.0, 2.0, 8192.0);
+    let got = scaling(config_with_rope_freqs(dir.path(), 500_000.0, divisors).unwrap()).unwrap();
+    assert_eq!(got["factor"], 32.0);
+    assert_eq!(got["high_freq_factor"], 2.0);
+    assert_eq!(got["original_max_position_embeddings"], 8192);
+    // All ones: no scaling.
+    assert_eq!(
+        scaling(config_with_rope_freqs(dir.path(), 10_000.0, vec![1.0; HEAD_DIM / 2]).unwrap()),
+        None
+    );
+    // Not llama3-shaped: a clear error naming the file.
+    let mut bad = llama3_divisors(500_000.0, HEAD_DIM, 8.0, 1.0, 4.0, 8192.0);
+    bad[3] = 5.0;
+    let err = config_with_rope_freqs(dir.path(), 500_000.0, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not Llama-3 rope scaling"), "{err}");
+    assert!(err.contains(".gguf"), "{err}");
+    // Wrong length.
+    let err = config_with_rope_freqs(dir.path(), 500_000.0, vec![1.0, 2.0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected head_dim / 2 = 64"), "{err}");
+}
+
 // ---------------------------------------------------------------- bad input
 
 fn message(err: Error) -> String {

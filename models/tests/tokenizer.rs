@@ -465,3 +465,130 @@ fn tiny_gguf_tokenizers_match_reference() {
         assert_eq!(rendered, chat["text"].as_str().unwrap(), "{file}");
     }
 }
+
+/// GPT-2's byte → printable character table (as tokenizers' ByteLevel uses it).
+fn byte_level_alphabet() -> Vec<String> {
+    let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    let mut table: Vec<(u32, u32)> = printable.into_iter().zip(chars).collect();
+    table.sort();
+    table
+        .into_iter()
+        .map(|(_, c)| char::from_u32(c).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn pre_tokenizer_names_choose_llama_cpp_regexes() {
+    // Bytes, then merged digit tokens; merges 1+2, 12+3, 123+4, 4+5.
+    let mut tokens = vec!["<|begin_of_text|>".to_string()];
+    let mut types = vec![3];
+    for c in byte_level_alphabet() {
+        tokens.push(c);
+        types.push(1);
+    }
+    for t in ["12", "123", "1234", "45"] {
+        tokens.push(t.to_string());
+        types.push(1);
+    }
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let digits: Vec<u32> = "1234567".chars().map(|c| id(&c.to_string())).collect();
+    let (t123, t1234, t45) = (id("123"), id("1234"), id("45"));
+    let (t5, t6, t7) = (id("5"), id("6"), id("7"));
+    let dir = tempfile::tempdir().unwrap();
+    for (pre, expected, bos_by_default) in [
+        // GPT-2 keeps digit runs whole, so merges build 1234.
+        ("gpt-2", vec![t1234, t5, t6, t7], false),
+        // Llama-3: digits in groups of three, and whole pre-tokens found in the vocabulary
+        // skip the merges (ignore_merges); BOS by default.
+        ("llama-bpe", vec![t123, t45, t6, t7], true),
+        ("deepseek-v3", vec![t123, t45, t6, t7], false),
+        ("default", vec![t123, t45, t6, t7], false),
+        // Single digits.
+        ("qwen2", digits.clone(), false),
+        ("deepseek-r1-qwen", digits.clone(), false),
+        ("smollm", digits.clone(), false),
+    ] {
+        let path = dir.path().join(format!("{pre}.gguf"));
+        write_vocab_gguf(
+            &path,
+            vec![
+                (
+                    "tokenizer.ggml.model",
+                    gguf_file::Value::String("gpt2".into()),
+                ),
+                ("tokenizer.ggml.pre", gguf_file::Value::String(pre.into())),
+                (
+                    "tokenizer.ggml.tokens",
+                    strings(&tokens.iter().map(String::as_str).collect::<Vec<_>>()),
+                ),
+                (
+                    "tokenizer.ggml.token_type",
+                    gguf_file::Value::Array(
+                        types.iter().map(|&t| gguf_file::Value::I32(t)).collect(),
+                    ),
+                ),
+                (
+                    "tokenizer.ggml.merges",
+                    strings(&["1 2", "12 3", "123 4", "4 5"]),
+                ),
+                ("tokenizer.ggml.bos_token_id", gguf_file::Value::U32(0)),
+            ],
+        );
+        let tokenizer = GgufCheckpoint::open(&path).unwrap().tokenizer().unwrap();
+        assert_eq!(
+            tokenizer.encode("1234567", false).unwrap(),
+            expected,
+            "{pre}"
+        );
+        let with_special = tokenizer.encode("1234567", true).unwrap();
+        assert_eq!(with_special.first() == Some(&0), bos_by_default, "{pre}");
+        assert_eq!(
+            tokenizer.decode(&with_special, true).unwrap(),
+            "1234567",
+            "{pre}"
+        );
+        // Llama-3-style contractions are case-insensitive, GPT-2's are not; both round trip.
+        let text = "I'LL don't\n\n  x";
+        let ids = tokenizer.encode(text, false).unwrap();
+        assert_eq!(tokenizer.decode(&ids, false).unwrap(), text, "{pre}");
+    }
+    // tokenizer.ggml.add_bos_token overrides the pre-tokenizer's default.
+    let path = dir.path().join("no-bos.gguf");
+    write_vocab_gguf(
+        &path,
+        vec![
+            (
+                "tokenizer.ggml.model",
+                gguf_file::Value::String("gpt2".into()),
+            ),
+            (
+                "tokenizer.ggml.pre",
+                gguf_file::Value::String("llama-bpe".into()),
+            ),
+            (
+                "tokenizer.ggml.tokens",
+                strings(&tokens.iter().map(String::as_str).collect::<Vec<_>>()),
+            ),
+            ("tokenizer.ggml.merges", strings(&["1 2"])),
+            ("tokenizer.ggml.bos_token_id", gguf_file::Value::U32(0)),
+            (
+                "tokenizer.ggml.add_bos_token",
+                gguf_file::Value::Bool(false),
+            ),
+        ],
+    );
+    let tokenizer = GgufCheckpoint::open(&path).unwrap().tokenizer().unwrap();
+    assert_eq!(tokenizer.encode("7", true).unwrap(), vec![t7]);
+}

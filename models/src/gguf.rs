@@ -640,11 +640,11 @@ fn diagnose_header(path: &Path, error: candle_core::Error) -> Error {
             dtype: ggml_type_id_name(id),
         };
     }
+    // candle reports a short file as an I/O "failed to fill whole buffer" or, from its bounds
+    // checks, as "... remaining".
     let message = error.to_string();
-    let truncated = message.contains("failed to fill whole buffer")
-        || message.contains("exceeds remaining")
-        || message.contains("remaining")
-        || message.to_lowercase().contains("unexpected end");
+    let truncated =
+        message.contains("failed to fill whole buffer") || message.contains("remaining");
     if truncated {
         Error::parse(
             path,

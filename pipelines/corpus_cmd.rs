@@ -1,10 +1,200 @@
-//! `distill corpus …`: command-line front end of the corpus crate.
+//! `distill corpus …`: command-line front end of the corpus crate. Each command runs one pass
+//! of `distill_corpus` and prints its summary on one screen; options and their defaults live in
+//! the library's config structs (clap `Args` + serde), flattened here.
 
-use clap::Subcommand;
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use distill_corpus::decontaminate::{self, DecontaminateConfig};
+use distill_corpus::dedup::{self, DedupConfig};
+use distill_corpus::export::{self, ExportConfig};
+use distill_corpus::filter::{self, FilterConfig};
+use distill_corpus::pass::{PassCounts, PassIo};
+use distill_corpus::split::{self, SplitConfig};
+use distill_corpus::stats::{self, LengthStats, StatsConfig};
+use distill_corpus::verify::{self, VerifyConfig};
 
 #[derive(Debug, Subcommand)]
-pub enum CorpusCommand {}
+pub enum CorpusCommand {
+    /// Extract each row's final answer and judge it against the reference (fills
+    /// `final_answer` and `correct`).
+    Verify(PassArgs<VerifyConfig>),
+    /// Rejection sampling and readability filters; dropped rows go to `OUTPUT/dropped/`.
+    Filter(PassArgs<FilterConfig>),
+    /// Drop exact duplicate samples and problems whose prompt nearly duplicates another's.
+    Dedup(PassArgs<DedupConfig>),
+    /// Drop rows sharing a word n-gram with an evaluation set (`--eval PATH`, repeatable).
+    Decontaminate(PassArgs<DecontaminateConfig>),
+    /// Split into `OUTPUT/train` and `OUTPUT/eval` by a hash of the problem id.
+    Split(PassArgs<SplitConfig>),
+    /// Counts, pass rates, lengths and drop reasons; writes `stats.json` and PNG charts.
+    Stats(PassArgs<StatsConfig>),
+    /// Write a training file (jsonl or parquet) with a TRL / open-r1 `messages` column.
+    Export(PassArgs<ExportConfig>),
+}
+
+/// Inputs, output and the options of one pass.
+#[derive(Debug, Args)]
+pub struct PassArgs<C: Args> {
+    #[command(flatten)]
+    pub io: PassIo,
+    #[command(flatten)]
+    pub config: C,
+}
 
 pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        CorpusCommand::Verify(a) => {
+            let s = verify::run(&a.io, &a.config)?;
+            print_counts("verify", &s.counts);
+            println!(
+                "  correct {} · incorrect {} · no reference {} · no answer extracted {}",
+                s.correct, s.incorrect, s.no_reference, s.no_answer
+            );
+        }
+        CorpusCommand::Filter(a) => {
+            let s = filter::run(&a.io, &a.config)?;
+            print_counts("filter", &s.counts);
+            println!("  problems with kept rows: {}", s.problems_kept);
+        }
+        CorpusCommand::Dedup(a) => {
+            let s = dedup::run(&a.io, &a.config)?;
+            print_counts("dedup", &s.counts);
+            println!(
+                "  problems: {} · near-duplicate problems: {}",
+                s.problems, s.near_duplicate_problems
+            );
+        }
+        CorpusCommand::Decontaminate(a) => {
+            let s = decontaminate::run(&a.io, &a.config)?;
+            print_counts("decontaminate", &s.counts);
+            println!(
+                "  evaluation problems: {} ({} too short for {}-grams) · n-grams: {}",
+                s.eval_problems, s.eval_too_short, a.config.ngram, s.eval_ngrams
+            );
+            let hits: BTreeMap<_, _> = s.hits_per_eval.iter().collect();
+            for (file, n) in hits {
+                println!("  {n:>10} rows overlap {file}");
+            }
+        }
+        CorpusCommand::Split(a) => {
+            let s = split::run(&a.io, &a.config)?;
+            println!(
+                "split: {} rows in {:.1} s → {}",
+                s.rows_in,
+                s.seconds,
+                s.output.display()
+            );
+            println!(
+                "  train: {:>10} rows, {:>8} problems",
+                s.train_rows, s.train_problems
+            );
+            println!(
+                "  eval:  {:>10} rows, {:>8} problems",
+                s.eval_rows, s.eval_problems
+            );
+        }
+        CorpusCommand::Stats(a) => {
+            let s = stats::run(&a.io, &a.config)?;
+            print_stats(&s);
+        }
+        CorpusCommand::Export(a) => {
+            let s = export::run(&a.io, &a.config)?;
+            println!(
+                "export: {} rows ({} with rebuilt messages) as {:?}, {:.1} MB in {:.1} s → {}",
+                s.rows,
+                s.rebuilt,
+                s.format,
+                s.bytes as f64 / 1e6,
+                s.seconds,
+                s.output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rate(rows: u64, seconds: f64) -> String {
+    if seconds > 0.0 {
+        format!("{:.0} rows/s", rows as f64 / seconds)
+    } else {
+        "-".into()
+    }
+}
+
+fn print_counts(pass: &str, c: &PassCounts) {
+    println!(
+        "{pass}: {} rows in, {} kept, {} dropped in {:.1} s ({}) → {}",
+        c.rows_in,
+        c.rows_out,
+        c.dropped_total(),
+        c.seconds,
+        rate(c.rows_in, c.seconds),
+        c.output.display()
+    );
+    print_reasons(&c.dropped, c.rows_in);
+}
+
+fn print_reasons(dropped: &BTreeMap<String, u64>, total: u64) {
+    let mut reasons: Vec<_> = dropped.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (reason, n) in reasons {
+        let share = if total > 0 {
+            100.0 * *n as f64 / total as f64
+        } else {
+            0.0
+        };
+        println!("  {reason:<24} {n:>10}  ({share:.1}%)");
+    }
+}
+
+fn print_lengths(name: &str, l: &LengthStats) {
+    println!(
+        "  {name:<18} min {:>7}  median {:>7}  mean {:>9.1}  p90 {:>7}  p99 {:>7}  max {:>7}",
+        l.min, l.median, l.mean, l.p90, l.p99, l.max
+    );
+}
+
+fn print_stats(s: &stats::StatsSummary) {
+    println!(
+        "stats: {} rows, {} problems in {:.1} s → {}",
+        s.rows,
+        s.problems,
+        s.seconds,
+        s.output.display()
+    );
+    println!(
+        "  correct {} · incorrect {} · unverified {}",
+        s.correct, s.incorrect, s.unverified
+    );
+    println!(
+        "  {:<24} {:>10} {:>10} {:>10}",
+        "source", "rows", "verified", "pass rate"
+    );
+    for (name, src) in &s.sources {
+        let pass = src
+            .pass_rate
+            .map(|p| format!("{:.1}%", 100.0 * p))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {name:<24} {:>10} {:>10} {pass:>10}",
+            src.rows, src.verified
+        );
+    }
+    let finish: Vec<String> = s
+        .finish_reasons
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("  finish reasons: {}", finish.join(" · "));
+    print_lengths("reasoning chars", &s.reasoning_chars);
+    print_lengths("completion chars", &s.completion_chars);
+    print_lengths("completion tokens", &s.completion_tokens);
+    if !s.dropped.is_empty() {
+        println!("  dropped by earlier passes: {}", s.dropped_total());
+        print_reasons(&s.dropped, s.rows + s.dropped_total());
+    }
+    for chart in &s.charts {
+        println!("  chart: {}", chart.display());
+    }
 }

@@ -66,6 +66,7 @@ pub fn histogram(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .y_max_light_lines(1)
         .x_desc(x_label)
         .y_desc("rows")
         .label_style((FONT, 15))
@@ -94,7 +95,8 @@ pub fn bars(path: &Path, title: &str, x_label: &str, items: &[(String, u64)]) ->
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(220)
-        .build_cartesian_2d(0u64..top + top / 10 + 1, (0usize..n).into_segmented())
+        // A segmented `0..k` range has k + 1 segments, so `0..n - 1` gives one per item.
+        .build_cartesian_2d(0u64..top + top / 10 + 1, (0usize..n - 1).into_segmented())
         .map_err(|e| chart_err(path, e))?;
     let label = |v: &SegmentValue<usize>| match v {
         // Row 0 at the top: segments count upwards.
@@ -104,6 +106,7 @@ pub fn bars(path: &Path, title: &str, x_label: &str, items: &[(String, u64)]) ->
     chart
         .configure_mesh()
         .disable_y_mesh()
+        .x_max_light_lines(1)
         .y_labels(n)
         .y_label_formatter(&label)
         .x_desc(x_label)

@@ -154,6 +154,8 @@ pub struct LshIndex {
 }
 
 const NONE: u32 = u32::MAX;
+/// Entries compared per bucket and band at most (bounds the cost of crowded buckets).
+const MAX_BUCKET_CHECKS: usize = 32;
 
 impl LshIndex {
     pub fn new(num_perm: usize, bands: usize, threshold: f64) -> Result<Self> {
@@ -191,7 +193,11 @@ impl LshIndex {
                 .get(&self.band_key(sig, band))
                 .copied()
                 .unwrap_or(NONE);
-            while at != NONE {
+            // Templated prompts share whole bands, making some buckets huge; the most recent
+            // entries suffice, as a true near duplicate also shares its other bands.
+            let mut checked = 0;
+            while at != NONE && checked < MAX_BUCKET_CHECKS {
+                checked += 1;
                 let entry = at as usize;
                 let sim = estimate_jaccard(sig, &self.signatures[entry]);
                 if sim >= self.threshold && best.is_none_or(|(_, s)| sim > s) {

@@ -12,8 +12,10 @@ pub mod llama;
 pub mod ops;
 pub mod quantized;
 pub mod qwen2;
+mod rope;
 pub mod tokenizer;
 pub mod transformer;
+mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Config, GenerationConfig, TokenIds};

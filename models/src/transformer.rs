@@ -16,6 +16,9 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
+pub use crate::rope::RopeSpec;
+pub use crate::weights::Linear;
+use crate::weights::Weights;
 use crate::{ops, Error, Result};
 
 /// Architecture-neutral hyper-parameters, built from a `config.json` mirror.
@@ -52,13 +55,13 @@ impl Spec {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("`{name}` must be positive")));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::Config(format!(
                 "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "`head_dim` ({}) must be even for rotary embeddings",
                 self.head_dim
@@ -117,212 +120,6 @@ impl Spec {
     }
 }
 
-/// Rotary embedding frequencies, with Hugging Face `rope_scaling` already applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RopeSpec {
-    pub inv_freq: Vec<f32>,
-}
-
-impl RopeSpec {
-    /// From a config's `rope_theta`/`rope_scaling`, or the `rope_parameters` object that
-    /// `transformers` v5 writes instead (it holds `rope_theta` and the scaling keys together).
-    pub fn from_config(
-        theta: f64,
-        scaling: Option<&serde_json::Value>,
-        extra: &serde_json::Map<String, serde_json::Value>,
-        head_dim: usize,
-    ) -> Result<Self> {
-        match extra.get("rope_parameters").filter(|p| p.is_object()) {
-            Some(params) if scaling.is_none_or(|s| s.is_null()) => {
-                let theta = params
-                    .get("rope_theta")
-                    .and_then(|t| t.as_f64())
-                    .unwrap_or(theta);
-                Self::from_hf(theta, Some(params), head_dim)
-            }
-            _ => Self::from_hf(theta, scaling, head_dim),
-        }
-    }
-
-    /// Mirrors `transformers`' `ROPE_INIT_FUNCTIONS` for `default`, `linear` and `llama3`,
-    /// computed in f32 as PyTorch does.
-    pub fn from_hf(
-        theta: f64,
-        scaling: Option<&serde_json::Value>,
-        head_dim: usize,
-    ) -> Result<Self> {
-        let base = theta as f32;
-        let mut inv_freq: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32))
-            .collect();
-        let Some(scaling) = scaling.filter(|s| !s.is_null()) else {
-            return Ok(Self { inv_freq });
-        };
-        let kind = scaling
-            .get("rope_type")
-            .or_else(|| scaling.get("type"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
-        let num = |key: &str| -> Result<f32> {
-            scaling
-                .get(key)
-                .and_then(|v| v.as_f64())
-                .map(|v| v as f32)
-                .ok_or_else(|| {
-                    Error::Config(format!("`rope_scaling` of type `{kind}` needs `{key}`"))
-                })
-        };
-        match kind {
-            "default" => {}
-            "linear" => {
-                let factor = num("factor")?;
-                inv_freq.iter_mut().for_each(|f| *f /= factor);
-            }
-            "llama3" => {
-                let factor = num("factor")?;
-                let low = num("low_freq_factor")?;
-                let high = num("high_freq_factor")?;
-                let old_len = num("original_max_position_embeddings")?;
-                let (low_wavelen, high_wavelen) = (old_len / low, old_len / high);
-                for f in inv_freq.iter_mut() {
-                    let wavelen = 2.0 * std::f32::consts::PI / *f;
-                    if wavelen > low_wavelen {
-                        *f /= factor;
-                    } else if wavelen >= high_wavelen {
-                        let smooth = (old_len / wavelen - low) / (high - low);
-                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
-                    }
-                }
-            }
-            other => {
-                return Err(Error::Config(format!(
-                    "`rope_scaling` type `{other}` is not supported (supported: default, linear, llama3)"
-                )))
-            }
-        }
-        Ok(Self { inv_freq })
-    }
-}
-
-/// A projection: a float matrix (trainable, differentiable) or a quantized GGUF matrix run as
-/// stored by candle's `QMatMul` kernels (inference only).
-#[derive(Debug, Clone)]
-pub enum Linear {
-    Dense(candle_nn::Linear),
-    Quantized {
-        weight: QMatMul,
-        bias: Option<Tensor>,
-    },
-}
-
-impl Linear {
-    /// The float weight matrix `[out, in]`, when there is one.
-    pub fn weight(&self) -> Option<&Tensor> {
-        match self {
-            Linear::Dense(l) => Some(l.weight()),
-            Linear::Quantized { .. } => None,
-        }
-    }
-
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Linear::Dense(l) => l.forward(xs),
-            Linear::Quantized { weight, bias } => {
-                let ys = weight.forward(&xs.contiguous()?)?;
-                match bias {
-                    Some(b) => ys.broadcast_add(b),
-                    None => Ok(ys),
-                }
-            }
-        }
-    }
-}
-
-/// Where the weights come from while the layers are built.
-enum Weights<'a> {
-    /// A checkpoint's tensors, or fresh trainable variables from a `VarMap`.
-    Float(VarBuilder<'a>),
-    /// GGUF tensors kept in their stored type; norms, biases and the embedding table are
-    /// dequantized, matrices stay quantized.
-    Quantized(&'a HashMap<String, Arc<QTensor>>, Device),
-}
-
-impl Weights<'_> {
-    fn device(&self) -> &Device {
-        match self {
-            Weights::Float(vb) => vb.device(),
-            Weights::Quantized(_, device) => device,
-        }
-    }
-
-    fn qtensor(&self, name: &str) -> Result<&Arc<QTensor>> {
-        let missing = || Error::MissingTensor {
-            name: name.to_string(),
-            path: "quantized weights".into(),
-        };
-        match self {
-            Weights::Quantized(map, _) => map.get(name).ok_or_else(missing),
-            Weights::Float(_) => Err(missing()),
-        }
-    }
-
-    fn check(name: &str, q: &QTensor, shape: &[usize]) -> Result<()> {
-        if q.shape().dims() != shape {
-            return Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                actual: q.shape().dims().to_vec(),
-            });
-        }
-        Ok(())
-    }
-
-    fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        match self {
-            Weights::Float(vb) => Ok(vb.get_with_hints(shape, name, init)?),
-            Weights::Quantized(_, device) => {
-                let q = self.qtensor(name)?;
-                Self::check(name, q, shape)?;
-                Ok(q.dequantize(device)?.to_dtype(DType::F32)?)
-            }
-        }
-    }
-
-    fn linear(
-        &self,
-        spec: &Spec,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Linear> {
-        let bias = if bias {
-            Some(self.tensor(&format!("{prefix}.bias"), &[out_dim], Init::Const(0.0))?)
-        } else {
-            None
-        };
-        let name = format!("{prefix}.weight");
-        match self {
-            Weights::Float(_) => {
-                let init = Init::Randn {
-                    mean: 0.0,
-                    stdev: spec.initializer_range,
-                };
-                let weight = self.tensor(&name, &[out_dim, in_dim], init)?;
-                Ok(Linear::Dense(candle_nn::Linear::new(weight, bias)))
-            }
-            Weights::Quantized(..) => {
-                let q = self.qtensor(&name)?;
-                Self::check(&name, q, &[out_dim, in_dim])?;
-                Ok(Linear::Quantized {
-                    weight: QMatMul::from_arc(q.clone())?,
-                    bias,
-                })
-            }
-        }
-    }
-}
 /// Cosine and sine tables for a `[batch, seq]` grid of positions: `[batch, seq, head_dim / 2]`.
 struct Rotary {
     cos: Tensor,
@@ -764,9 +561,9 @@ fn document_mask(positions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
             let starts = i == 0 || p != row[i - 1].wrapping_add(1);
             doc.push(if starts { i } else { doc[i - 1] });
         }
-        for i in 0..t {
+        for (i, &start) in doc.iter().enumerate() {
             data.extend((0..t).map(|j| {
-                if j <= i && j >= doc[i] {
+                if j <= i && j >= start {
                     0.0
                 } else {
                     f32::NEG_INFINITY

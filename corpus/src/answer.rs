@@ -52,6 +52,15 @@ pub fn extract_answer(text: &str) -> Option<String> {
     last_number(text).map(str::to_string)
 }
 
+/// The content of the last non-empty `\boxed{…}` / `\fbox{…}` in `text`, trimmed (how MATH
+/// solutions state their answer).
+pub fn last_boxed_answer(text: &str) -> Option<String> {
+    match last_boxed(text) {
+        Boxed::Found(s) => Some(s.to_string()),
+        Boxed::OnlyEmpty | Boxed::None => None,
+    }
+}
+
 enum Boxed<'a> {
     Found(&'a str),
     OnlyEmpty,
@@ -187,12 +196,10 @@ fn number_start(b: &[u8], end: usize) -> usize {
     while i > 0 {
         let c = b[i - 1];
         let digit_before = i >= 2 && b[i - 2].is_ascii_digit();
-        if c.is_ascii_digit() {
-            i -= 1;
-        } else if c == b','
+        let thousands = c == b','
             && digit_before
-            && b[i..].iter().take_while(|d| d.is_ascii_digit()).count() == 3
-        {
+            && b[i..].iter().take_while(|d| d.is_ascii_digit()).count() == 3;
+        if c.is_ascii_digit() || thousands {
             i -= 1;
         } else if c == b'.' && !seen_dot && b.get(i).is_some_and(u8::is_ascii_digit) {
             seen_dot = true;

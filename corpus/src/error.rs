@@ -61,6 +61,24 @@ pub enum Error {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("Cannot draw chart `{path}`: {message}")]
     Chart { path: PathBuf, message: String },
+    #[error("`{path}` holds no problems")]
+    NoProblems { path: PathBuf },
+    #[error("Line {line} of `{path}` is not valid JSON: {message}")]
+    JsonLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("Line {line} of `{path}` is not valid UTF-8")]
+    NotUtf8 { path: PathBuf, line: usize },
+    #[error("Row {row} of `{path}`: {message}")]
+    BadRow {
+        path: PathBuf,
+        row: usize,
+        message: String,
+    },
+    #[error("Problem id `{id}` occurs twice (second time in `{path}`)")]
+    DuplicateId { path: PathBuf, id: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

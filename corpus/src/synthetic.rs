@@ -70,7 +70,7 @@ impl Op {
             Op::Sub => value.checked_sub(operand)?,
             Op::Mul => value.checked_mul(operand)?,
             Op::Div => {
-                if operand == 0 || value % operand != 0 {
+                if operand == 0 || !value.is_multiple_of(operand) {
                     return None;
                 }
                 value / operand
@@ -243,7 +243,7 @@ impl ArithmeticTask {
                 let mut divisors = Vec::new();
                 let mut d = 1u32;
                 while u64::from(d) * u64::from(d) <= u64::from(value) {
-                    if value % d == 0 {
+                    if value.is_multiple_of(d) {
                         for x in [d, value / d] {
                             if (lo..=hi).contains(&x) && !divisors.contains(&x) {
                                 divisors.push(x);
@@ -299,6 +299,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // empty ranges are the point of the test
     fn degenerate_ranges_do_not_panic() {
         let t = ArithmeticTask {
             steps: 3..=1,

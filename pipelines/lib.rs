@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod corpus_cmd;
 pub mod model_cmd;
+pub mod run;
 pub mod student_cmd;
 pub mod teacher_cmd;

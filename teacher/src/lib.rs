@@ -3,9 +3,16 @@
 //! stage that streams corpus shards resumably, and an OpenAI-compatible server for local models.
 
 pub mod backend;
+pub mod engine;
 mod error;
+pub mod generate;
+mod handle;
+pub mod local;
+pub mod sampling;
 
 pub use backend::{
     Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats, SamplingParams,
 };
+pub use engine::{Engine, EngineHandle, EngineOptions, Update};
 pub use error::{Error, Result};
+pub use local::LocalBackend;

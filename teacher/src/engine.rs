@@ -1,0 +1,498 @@
+//! The generation engine: continuous batching over [`Model::step`].
+//!
+//! Up to `batch` sequences are live at once, each with its own KV cache and random stream. Every
+//! step feeds each live sequence its pending tokens — one sampled token while decoding, a chunk
+//! of its prompt while prefilling — in one ragged forward, so new prompts prefill while other
+//! sequences decode, and a finished sequence's slot is refilled from the queue before the next
+//! step: long chains of thought never hold short ones back.
+//!
+//! Sampling only reads a sequence's own logits and rng, so a sample does not depend on which
+//! other sequences share its steps (up to float rounding in the batched matmuls, which changes a
+//! token only when two candidates tie to ~1e-6).
+//!
+//! The engine knows nothing about corpora or HTTP: requests come from a [`RequestSource`]
+//! (an iterator, or a channel for a server via [`EngineHandle`]) and results go to a callback.
+
+use std::ops::ControlFlow;
+
+use distill_models::chat::{ChatTemplate, Message};
+use distill_models::tokenizer::TextTokenizer;
+use distill_models::transformer::Logits;
+use distill_models::{Checkpoint, KvCache, Model};
+
+use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats};
+use crate::sampling::{sample, SampleRng};
+use crate::{Error, Result};
+
+/// How the engine schedules work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineOptions {
+    /// Most sequences live at once.
+    pub batch: usize,
+    /// Most prompt tokens one sequence feeds in one step (long prompts prefill over several
+    /// steps so decoding sequences are not stalled by one huge forward).
+    pub prefill_chunk: usize,
+    /// Most tokens (prompt chunks plus decoded tokens) in one step; a prompt that does not fit
+    /// waits a step. At least `batch`.
+    pub step_tokens: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            batch: 8,
+            prefill_chunk: 512,
+            step_tokens: 2048,
+        }
+    }
+}
+
+/// What the engine reports while it runs.
+#[derive(Debug)]
+pub enum Update {
+    /// New text of a request (for streaming); the held-back tail that might still turn into a
+    /// stop string is sent once it cannot. The concatenated deltas equal `Done`'s text minus the
+    /// prefill.
+    Delta {
+        key: String,
+        text: String,
+    },
+    Done(GenOutput),
+    Failed {
+        key: String,
+        error: Error,
+    },
+    /// Tokens sampled in the last step.
+    Progress {
+        new_tokens: u64,
+    },
+}
+
+/// The next request of a source.
+#[derive(Debug)]
+pub enum Poll {
+    Ready(GenRequest),
+    /// None now, maybe later (a server between requests).
+    Pending,
+    /// None ever again.
+    Exhausted,
+}
+
+/// Where the engine takes requests from. `wait` is true when the engine is idle: the source may
+/// block until a request arrives.
+pub trait RequestSource {
+    fn poll(&mut self, wait: bool) -> Poll;
+}
+
+/// A [`RequestSource`] over any iterator.
+pub struct IterSource<I>(pub I);
+
+impl<I: Iterator<Item = GenRequest>> RequestSource for IterSource<I> {
+    fn poll(&mut self, _wait: bool) -> Poll {
+        self.0.next().map_or(Poll::Exhausted, Poll::Ready)
+    }
+}
+
+/// One live sequence.
+struct Seq {
+    key: String,
+    request: GenRequest,
+    rng: SampleRng,
+    cache: KvCache,
+    prompt: Vec<u32>,
+    /// Prompt tokens already fed.
+    prefilled: usize,
+    /// Sampled tokens (EOS included when it ended the sequence).
+    generated: Vec<u32>,
+    /// The token to feed next step while decoding.
+    next: Option<u32>,
+    detok: Detokenizer,
+    /// Bytes of `detok.text` already sent as deltas.
+    sent: usize,
+    max_stop: usize,
+}
+
+impl Seq {
+    /// The tokens to feed next step: the last sampled token, or the next chunk of the prompt.
+    fn feed(&self, budget: usize, chunk: usize) -> Vec<u32> {
+        match self.next {
+            Some(token) => vec![token],
+            None => {
+                let end = (self.prefilled + chunk.min(budget)).min(self.prompt.len());
+                self.prompt[self.prefilled..end].to_vec()
+            }
+        }
+    }
+}
+
+/// Incremental detokenization: decodes a short window of recent tokens and emits text only once
+/// it no longer ends in an incomplete UTF-8 sequence (byte-level BPE splits characters across
+/// tokens), and without losing word-leading spaces that SentencePiece drops at a slice start.
+#[derive(Debug, Default)]
+struct Detokenizer {
+    text: String,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// Decodes up to `ids.len()` and returns the number of bytes appended to `text`.
+    fn push(&mut self, tokenizer: &TextTokenizer, ids: &[u32]) -> Result<usize> {
+        let before = tokenizer.decode(&ids[self.prefix..self.read], false)?;
+        let now = tokenizer.decode(&ids[self.prefix..], false)?;
+        if now.len() > before.len() && !now.ends_with('\u{fffd}') && now.starts_with(&before) {
+            let added = &now[before.len()..];
+            self.text.push_str(added);
+            self.prefix = self.read;
+            self.read = ids.len();
+            return Ok(added.len());
+        }
+        Ok(0)
+    }
+}
+
+/// A loaded model ready to generate.
+pub struct Engine {
+    model: Model,
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    eos: Vec<u32>,
+    options: EngineOptions,
+}
+
+impl Engine {
+    /// `eos`: ids that end a sequence (the checkpoint's generation config). `template`: how
+    /// messages become the prompt.
+    pub fn new(
+        model: Model,
+        tokenizer: TextTokenizer,
+        template: ChatTemplate,
+        eos: Vec<u32>,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        if options.batch == 0 || options.prefill_chunk == 0 {
+            return Err(Error::Config(
+                "`batch` and `prefill_chunk` must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            eos,
+            options,
+        })
+    }
+
+    /// Loads a checkpoint for generation on the CPU: a GGUF file stays quantized. Without a
+    /// chat template in the checkpoint, ChatML is used (and logged).
+    pub fn load(checkpoint: &Checkpoint, options: EngineOptions) -> Result<Self> {
+        let device = candle_core::Device::Cpu;
+        let model = checkpoint.load_quantized_model(&device)?;
+        let tokenizer = checkpoint.tokenizer()?;
+        let template = match tokenizer.chat_template()? {
+            Some(t) => t,
+            None => {
+                tracing::warn!(
+                    "`{}` has no chat template; using ChatML",
+                    checkpoint.path().display()
+                );
+                ChatTemplate::chatml()
+            }
+        };
+        Self::new(
+            model,
+            tokenizer,
+            template,
+            checkpoint.eos_token_ids(),
+            options,
+        )
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn options(&self) -> EngineOptions {
+        self.options
+    }
+
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// The prompt text: the chat template with the generation prompt, then the prefill.
+    pub fn prompt_text(&self, messages: &[Message], prefill: &str) -> Result<String> {
+        Ok(self.template.render(messages, true)? + prefill)
+    }
+
+    /// The prompt ids. Special tokens are not added again: the template already writes the BOS
+    /// where a model wants one.
+    pub fn prompt_ids(&self, messages: &[Message], prefill: &str) -> Result<Vec<u32>> {
+        let text = self.prompt_text(messages, prefill)?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    fn start(&self, request: GenRequest) -> Result<Seq> {
+        let prompt = self.prompt_ids(&request.messages, &request.prefill)?;
+        if prompt.is_empty() {
+            return Err(Error::Config("the prompt is empty".into()));
+        }
+        let max_stop = request.stop.iter().map(String::len).max().unwrap_or(0);
+        Ok(Seq {
+            key: request.key.clone(),
+            rng: SampleRng::new(request.seed),
+            cache: self.model.new_cache(),
+            prompt,
+            prefilled: 0,
+            generated: Vec::new(),
+            next: None,
+            detok: Detokenizer::default(),
+            sent: 0,
+            max_stop,
+            request,
+        })
+    }
+
+    /// Generates every request of `source`, reporting through `on_update` (on this thread).
+    /// Returning `Break` from a `Delta` drops that request (a server's client went away).
+    /// Returns when the source is exhausted and every sequence finished, or soon after `cancel`
+    /// is set (live sequences are then dropped unreported).
+    pub fn run(
+        &self,
+        source: &mut dyn RequestSource,
+        cancel: &Cancel,
+        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
+    ) -> Result<GenStats> {
+        let mut stats = GenStats::default();
+        let mut live: Vec<Seq> = Vec::with_capacity(self.options.batch);
+        let mut exhausted = false;
+        loop {
+            if cancel.is_cancelled() {
+                stats.cancelled = true;
+                return Ok(stats);
+            }
+            while !exhausted && live.len() < self.options.batch {
+                match source.poll(live.is_empty()) {
+                    Poll::Ready(request) => {
+                        let key = request.key.clone();
+                        if request.sampling.max_new_tokens == 0 {
+                            let prompt_tokens = self
+                                .prompt_ids(&request.messages, &request.prefill)
+                                .map_or(0, |p| p.len());
+                            stats.completed += 1;
+                            stats.prompt_tokens += prompt_tokens as u64;
+                            let _ = on_update(Update::Done(GenOutput {
+                                key,
+                                text: request.prefill,
+                                finish_reason: FinishReason::Length,
+                                prompt_tokens: prompt_tokens as u32,
+                                completion_tokens: 0,
+                            }));
+                            continue;
+                        }
+                        match self.start(request) {
+                            Ok(seq) => live.push(seq),
+                            Err(error) => {
+                                stats.failed += 1;
+                                let _ = on_update(Update::Failed { key, error });
+                            }
+                        }
+                    }
+                    Poll::Pending => break,
+                    Poll::Exhausted => exhausted = true,
+                }
+                if cancel.is_cancelled() {
+                    break;
+                }
+            }
+            if live.is_empty() {
+                if exhausted || cancel.is_cancelled() {
+                    stats.cancelled = cancel.is_cancelled();
+                    return Ok(stats);
+                }
+                continue;
+            }
+            let sampled = self.step(&mut live, &mut stats, on_update)?;
+            if sampled > 0 {
+                let _ = on_update(Update::Progress {
+                    new_tokens: sampled,
+                });
+            }
+        }
+    }
+
+    /// One forward over the live sequences that fit the step budget, then sampling and stop
+    /// checks; finished sequences leave `live`. Returns the number of tokens sampled.
+    fn step(
+        &self,
+        live: &mut Vec<Seq>,
+        stats: &mut GenStats,
+        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
+    ) -> Result<u64> {
+        let opts = self.options;
+        // Decoding sequences always run (one token each); prompts share what budget is left.
+        let decoding = live.iter().filter(|s| s.next.is_some()).count();
+        let mut budget = opts.step_tokens.max(opts.batch).saturating_sub(decoding);
+        let mut chosen = Vec::with_capacity(live.len());
+        let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(live.len());
+        for (i, seq) in live.iter().enumerate() {
+            if seq.next.is_some() {
+                chosen.push(i);
+                feeds.push(seq.feed(1, 1));
+            } else if budget > 0 {
+                let feed = seq.feed(budget, opts.prefill_chunk);
+                budget -= feed.len();
+                chosen.push(i);
+                feeds.push(feed);
+            }
+        }
+        let logits = {
+            let mut caches: Vec<Option<&mut KvCache>> =
+                live.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(chosen.len());
+            for (&i, feed) in chosen.iter().zip(&feeds) {
+                if let Some(cache) = caches[i].take() {
+                    batch.push((feed.as_slice(), cache));
+                }
+            }
+            self.model.step(&mut batch, Logits::Last)?
+        };
+        let mut sampled = 0u64;
+        let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
+        for ((&i, feed), logits) in chosen.iter().zip(&feeds).zip(logits) {
+            let seq = &mut live[i];
+            if seq.next.is_none() {
+                seq.prefilled += feed.len();
+                if seq.prefilled < seq.prompt.len() {
+                    continue;
+                }
+            }
+            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            let token = sample(&logits, &seq.request.sampling, &mut seq.rng);
+            sampled += 1;
+            seq.generated.push(token);
+            seq.next = Some(token);
+            let reason = self.advance(seq, token, on_update)?;
+            if reason != Some(None) {
+                finished.push((i, reason.flatten()));
+            }
+        }
+        // Remove from the back so earlier indices stay valid.
+        for (i, reason) in finished.into_iter().rev() {
+            let seq = live.remove(i);
+            if let Some(reason) = reason {
+                stats.completed += 1;
+                stats.prompt_tokens += seq.prompt.len() as u64;
+                stats.completion_tokens += seq.generated.len() as u64;
+                let output = self.finish(seq, reason, on_update)?;
+                let _ = on_update(Update::Done(output));
+            }
+        }
+        Ok(sampled)
+    }
+
+    /// Applies a sampled token: stop checks and streaming. `Some(Some(reason))`: finished;
+    /// `Some(None)`: still running; `None`: dropped by the callback.
+    #[allow(clippy::option_option)]
+    fn advance(
+        &self,
+        seq: &mut Seq,
+        token: u32,
+        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
+    ) -> Result<Option<Option<FinishReason>>> {
+        if self.eos.contains(&token) {
+            return Ok(Some(Some(FinishReason::Stop)));
+        }
+        let at_length = seq.generated.len() >= seq.request.sampling.max_new_tokens;
+        let before = seq.detok.text.len();
+        let added = seq.detok.push(&self.tokenizer, &seq.generated)?;
+        let mut stopped = false;
+        if added > 0 && seq.max_stop > 0 {
+            // A stop string may straddle the old and new text.
+            let mut from = before.saturating_sub(seq.max_stop - 1);
+            while !seq.detok.text.is_char_boundary(from) {
+                from -= 1;
+            }
+            let hit = seq
+                .request
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| seq.detok.text[from..].find(s.as_str()).map(|p| from + p))
+                .min();
+            if let Some(at) = hit {
+                seq.detok.text.truncate(at);
+                stopped = true;
+            }
+        }
+        if stopped || at_length {
+            return Ok(Some(Some(if stopped {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            })));
+        }
+        // Hold back a tail that could still become a stop string.
+        let mut safe = seq
+            .detok
+            .text
+            .len()
+            .saturating_sub(seq.max_stop.saturating_sub(1));
+        while !seq.detok.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        if safe > seq.sent {
+            let text = seq.detok.text[seq.sent..safe].to_string();
+            seq.sent = safe;
+            let delta = Update::Delta {
+                key: seq.key.clone(),
+                text,
+            };
+            if on_update(delta).is_break() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(None))
+    }
+
+    /// The finished sample; first streams whatever text was held back.
+    fn finish(
+        &self,
+        mut seq: Seq,
+        reason: FinishReason,
+        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
+    ) -> Result<GenOutput> {
+        let stopped_by_string = reason == FinishReason::Stop
+            && !seq.generated.last().is_some_and(|t| self.eos.contains(t));
+        let body = if stopped_by_string {
+            std::mem::take(&mut seq.detok.text)
+        } else {
+            // The full decode also flushes bytes the incremental decoder was still holding.
+            let ids = match seq.generated.last() {
+                Some(t) if self.eos.contains(t) => &seq.generated[..seq.generated.len() - 1],
+                _ => &seq.generated[..],
+            };
+            self.tokenizer.decode(ids, false)?
+        };
+        if body.len() > seq.sent && body.is_char_boundary(seq.sent) {
+            let _ = on_update(Update::Delta {
+                key: seq.key.clone(),
+                text: body[seq.sent..].to_string(),
+            });
+        }
+        Ok(GenOutput {
+            key: seq.key,
+            text: format!("{}{}", seq.request.prefill, body),
+            finish_reason: reason,
+            prompt_tokens: seq.prompt.len() as u32,
+            completion_tokens: seq.generated.len() as u32,
+        })
+    }
+}
+
+pub use crate::handle::EngineHandle;

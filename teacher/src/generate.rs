@@ -1,0 +1,531 @@
+//! The `generate` stage: problems in, corpus shards out, resumably.
+//!
+//! Each `(problem, sample_index)` becomes one request with its own seed
+//! ([`sample_seed`]), so the corpus does not depend on batch size or on where a run was resumed.
+//! Finished samples stream into crash-safe shards ([`ShardWriter`]: temporary name, then rename,
+//! then manifest); `generation.json` beside them holds the resolved config and error counts. A
+//! rerun reads the finished shards and skips every sample already there; an output folder written
+//! with a different config is refused, naming the keys that differ.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use distill_corpus::answer::verify;
+use distill_corpus::problems::{load_problems, Problem, ProblemSource};
+use distill_corpus::record::{self, Columns, Message as RecordMessage, Record};
+use distill_corpus::shards::{Manifest, ShardReader, ShardWriter, WriterOptions, MANIFEST};
+use distill_corpus::think::split_think;
+use distill_models::chat::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::backend::{Backend, Cancel, Event, GenOutput, GenRequest, SamplingParams};
+use crate::sampling::sample_seed;
+use crate::{Error, Result};
+
+/// The file beside the shards that records how they were generated.
+pub const GENERATION_FILE: &str = "generation.json";
+/// DeepSeek-R1's recommended instruction for math problems; `{problem}` is the problem text.
+pub const R1_USER_TEMPLATE: &str =
+    "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}.";
+/// The R1 convention: the assistant turn starts inside the think block.
+pub const R1_PREFILL: &str = "<think>\n";
+/// How many failed requests `generation.json` keeps messages for.
+const KEPT_ERRORS: usize = 20;
+
+/// How a problem becomes a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptConfig {
+    /// R1 convention: none.
+    pub system: Option<String>,
+    /// The user message; `{problem}` is replaced by the problem text.
+    pub user_template: String,
+    /// The start of the assistant turn.
+    pub prefill: String,
+    /// Extra stop strings (the checkpoint's EOS ids always stop).
+    pub stop: Vec<String>,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self {
+            system: None,
+            user_template: R1_USER_TEMPLATE.into(),
+            prefill: R1_PREFILL.into(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl PromptConfig {
+    /// The user message for one problem.
+    pub fn user_message(&self, problem: &str) -> String {
+        self.user_template.replace("{problem}", problem)
+    }
+
+    fn messages(&self, user: &str) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = &self.system {
+            messages.push(Message::system(system.clone()));
+        }
+        messages.push(Message::user(user));
+        messages
+    }
+}
+
+/// Everything `generate` needs besides the backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateConfig {
+    pub problems: ProblemSource,
+    pub out: PathBuf,
+    /// Samples per problem.
+    pub samples: u32,
+    /// Run seed; each sample's seed derives from it, the problem id and the sample index.
+    pub seed: u64,
+    pub sampling: SamplingParams,
+    pub prompt: PromptConfig,
+    /// Rows per shard.
+    pub shard_rows: usize,
+    /// Delete an existing corpus in `out` instead of refusing a different config.
+    pub force: bool,
+}
+
+/// Progress of a run, for a progress bar.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    /// Samples in the corpus, those of earlier runs included.
+    pub done: u64,
+    pub total: u64,
+    /// Samples that failed in this run.
+    pub failed: u64,
+    /// Tokens generated in this run (finished or not).
+    pub generated_tokens: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerateReport {
+    pub problems: u64,
+    /// Samples asked for (problems × samples).
+    pub total: u64,
+    /// Already in the corpus when the run started.
+    pub skipped: u64,
+    /// Written by this run.
+    pub written: u64,
+    pub failed: u64,
+    pub cancelled: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Finished shards in the folder.
+    pub shards: usize,
+}
+
+/// A validated run, before any model work: problems read, output folder checked.
+pub struct Plan {
+    config: GenerateConfig,
+    teacher: String,
+    problems: Vec<Problem>,
+    done: HashSet<(String, i32)>,
+    previous_errors: u64,
+}
+
+/// The part of `generation.json` that identifies a corpus: a rerun with any of these changed
+/// would mix incompatible samples.
+fn identity(config: &GenerateConfig, teacher: &str) -> Value {
+    let problems =
+        fs::canonicalize(&config.problems.path).unwrap_or_else(|_| config.problems.path.clone());
+    serde_json::json!({
+        "teacher": teacher,
+        "problems": problems,
+        "preset": config.problems.preset,
+        "prompt_col": config.problems.prompt_col,
+        "answer_col": config.problems.answer_col,
+        "id_col": config.problems.id_col,
+        "seed": config.seed,
+        "temperature": config.sampling.temperature,
+        "top_p": config.sampling.top_p,
+        "top_k": config.sampling.top_k,
+        "max_new_tokens": config.sampling.max_new_tokens,
+        "system": config.prompt.system,
+        "user_template": config.prompt.user_template,
+        "prefill": config.prompt.prefill,
+        "stop": config.prompt.stop,
+    })
+}
+
+/// `generation.json`: the identity, the last run's settings and cumulative error counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GenerationFile {
+    config: Value,
+    /// Settings that do not change samples (samples per problem, limit, shard size).
+    run: Value,
+    errors: ErrorCounts,
+    #[serde(default)]
+    last_run: Option<GenerateReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ErrorCounts {
+    /// Failed requests over every run (a failed sample is retried by the next run).
+    total: u64,
+    /// The most recent failures: `{key, message}`.
+    recent: Vec<BTreeMap<String, String>>,
+}
+
+fn read_generation_file(dir: &Path) -> Result<Option<GenerationFile>> {
+    let path = dir.join(GENERATION_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("`{}` is not valid: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn write_generation_file(dir: &Path, file: &GenerationFile) -> Result<()> {
+    let path = dir.join(GENERATION_FILE);
+    let tmp = dir.join(format!("{GENERATION_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(file)
+        .map_err(|e| Error::Config(format!("cannot serialise `{GENERATION_FILE}`: {e}")))?;
+    fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Names of the top-level keys whose values differ.
+fn differing_keys(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return vec!["config".into()];
+    };
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Removes what a previous `generate` wrote in `dir` (and nothing else).
+fn clear_corpus(dir: &Path, prefix: &str) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ours = name == MANIFEST
+            || name.starts_with(GENERATION_FILE)
+            || name.starts_with(&format!("{MANIFEST}."))
+            || (name.starts_with(&format!("{prefix}-")) && name.contains(".parquet"));
+        if ours && path.is_file() {
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every `(problem_id, sample_index)` in the finished shards of `dir`.
+fn finished_samples(dir: &Path, manifest: &Manifest) -> Result<HashSet<(String, i32)>> {
+    let files: Vec<PathBuf> = manifest.shards.iter().map(|s| dir.join(&s.file)).collect();
+    let mut done = HashSet::new();
+    if files.is_empty() {
+        return Ok(done);
+    }
+    let reader = ShardReader::open(&files)?.with_columns(&["problem_id", "sample_index"]);
+    for batch in reader.batches() {
+        let batch = batch?;
+        let cols = Columns::new(&batch);
+        let (ids, indices) = (cols.str("problem_id")?, cols.i32("sample_index")?);
+        for row in 0..batch.num_rows() {
+            done.insert((ids.value(row).to_string(), indices.value(row)));
+        }
+    }
+    Ok(done)
+}
+
+impl Plan {
+    /// Reads the problems and checks the output folder; fails before any model work on bad
+    /// input. `teacher` is the backend's provenance name (part of the corpus identity).
+    pub fn new(config: GenerateConfig, teacher: &str) -> Result<Self> {
+        if config.samples == 0 || config.shard_rows == 0 {
+            return Err(Error::Config(
+                "`samples` and `shard_rows` must be at least 1".into(),
+            ));
+        }
+        let sampling = &config.sampling;
+        if !(sampling.temperature >= 0.0 && sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+            return Err(Error::Config(format!(
+                "`temperature` must be at least 0 and `top_p` within (0, 1] (got {} and {})",
+                sampling.temperature, sampling.top_p
+            )));
+        }
+        if !config.prompt.user_template.contains("{problem}") {
+            return Err(Error::Config(
+                "the user template has no `{problem}` placeholder".into(),
+            ));
+        }
+        let problems = load_problems(&config.problems)?;
+        let dir = &config.out;
+        let prefix = WriterOptions::default().shard_prefix;
+        if config.force {
+            clear_corpus(dir, &prefix)?;
+        }
+        let id = identity(&config, teacher);
+        let manifest = Manifest::read(dir)?;
+        let previous = read_generation_file(dir)?;
+        let mut previous_errors = 0;
+        match (&manifest, &previous) {
+            (_, Some(file)) => {
+                let keys = differing_keys(&file.config, &id);
+                if !keys.is_empty() {
+                    return Err(Error::ConfigMismatch {
+                        path: dir.clone(),
+                        keys: keys
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                previous_errors = file.errors.total;
+            }
+            (Some(m), None) if !m.shards.is_empty() => {
+                return Err(Error::ConfigMismatch {
+                    path: dir.clone(),
+                    keys: format!("no `{GENERATION_FILE}`: not written by `distill generate`"),
+                });
+            }
+            _ => {}
+        }
+        let done = match &manifest {
+            Some(m) => finished_samples(dir, m)?,
+            None => HashSet::new(),
+        };
+        Ok(Self {
+            config,
+            teacher: teacher.to_string(),
+            problems,
+            done,
+            previous_errors,
+        })
+    }
+
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// Samples asked for: problems × samples per problem.
+    pub fn total(&self) -> u64 {
+        self.problems.len() as u64 * u64::from(self.config.samples)
+    }
+
+    /// Samples of this plan already in the corpus.
+    pub fn already_done(&self) -> u64 {
+        let ids: HashSet<&str> = self.problems.iter().map(|p| p.id.as_str()).collect();
+        let wanted = |(id, s): &&(String, i32)| {
+            *s >= 0 && (*s as u32) < self.config.samples && ids.contains(id.as_str())
+        };
+        self.done.iter().filter(wanted).count() as u64
+    }
+
+    /// The request for one sample.
+    pub fn request(&self, problem: &Problem, sample_index: u32) -> GenRequest {
+        let user = self.config.prompt.user_message(&problem.prompt);
+        GenRequest {
+            key: record::record_id(&problem.id, sample_index as i32),
+            messages: self.config.prompt.messages(&user),
+            prefill: self.config.prompt.prefill.clone(),
+            sampling: self.config.sampling.clone(),
+            seed: sample_seed(self.config.seed, &problem.id, sample_index),
+            stop: self.config.prompt.stop.clone(),
+        }
+    }
+
+    /// The corpus row of a finished sample.
+    pub fn record(&self, problem: &Problem, sample_index: u32, output: &GenOutput) -> Record {
+        let split = split_think(&output.text);
+        let (final_answer, correct) =
+            verify(&split.completion, problem.reference_answer.as_deref());
+        let user = self.config.prompt.user_message(&problem.prompt);
+        let mut messages = Vec::with_capacity(3);
+        if let Some(system) = &self.config.prompt.system {
+            messages.push(RecordMessage::new("system", system.clone()));
+        }
+        messages.extend(record::conversation(
+            &user,
+            &split.reasoning,
+            &split.completion,
+        ));
+        Record {
+            id: record::record_id(&problem.id, sample_index as i32),
+            problem_id: problem.id.clone(),
+            sample_index: sample_index as i32,
+            source: problem.source.clone(),
+            prompt: user,
+            messages,
+            reasoning: split.reasoning,
+            completion: split.completion,
+            final_answer,
+            reference_answer: problem.reference_answer.clone(),
+            correct,
+            finish_reason: output.finish_reason.as_str().to_string(),
+            prompt_tokens: output.prompt_tokens as i32,
+            completion_tokens: output.completion_tokens as i32,
+            teacher: self.teacher.clone(),
+            temperature: self.config.sampling.temperature,
+            top_p: self.config.sampling.top_p,
+            seed: sample_seed(self.config.seed, &problem.id, sample_index),
+        }
+    }
+
+    fn generation_file(
+        &self,
+        errors: ErrorCounts,
+        report: Option<GenerateReport>,
+    ) -> GenerationFile {
+        GenerationFile {
+            config: identity(&self.config, &self.teacher),
+            run: serde_json::json!({
+                "samples": self.config.samples,
+                "limit": self.config.problems.limit,
+                "shard_rows": self.config.shard_rows,
+                "source_name": self.config.problems.source_name,
+            }),
+            errors,
+            last_run: report,
+        }
+    }
+
+    /// Generates every missing sample with `backend`, streaming rows into shards. On `cancel`,
+    /// the rows finished so far are flushed into a final shard and the report says `cancelled`.
+    pub fn run(
+        self,
+        backend: &dyn Backend,
+        cancel: &Cancel,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<GenerateReport> {
+        let dir = self.config.out.clone();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let prior = read_generation_file(&dir)?;
+        let mut errors = prior.map(|f| f.errors).unwrap_or_default();
+        errors.total = errors.total.max(self.previous_errors);
+        // Written first, so even a run killed at once leaves its identity behind.
+        write_generation_file(&dir, &self.generation_file(errors.clone(), None))?;
+        let options = WriterOptions {
+            rows_per_shard: self.config.shard_rows,
+            row_group_rows: self.config.shard_rows.clamp(1, 2048),
+            ..WriterOptions::default()
+        };
+        let mut writer = ShardWriter::create(&dir, record::schema(), options)?;
+
+        let index: HashMap<&str, usize> = self
+            .problems
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.as_str(), i))
+            .collect();
+        let mut report = GenerateReport {
+            problems: self.problems.len() as u64,
+            total: self.total(),
+            skipped: self.already_done(),
+            ..GenerateReport::default()
+        };
+        let mut progress = Progress {
+            done: report.skipped,
+            total: report.total,
+            ..Progress::default()
+        };
+        on_progress(&progress);
+
+        let samples = self.config.samples;
+        let plan = &self;
+        let mut requests = self.problems.iter().flat_map(move |p| {
+            (0..samples)
+                .filter(move |&s| !plan.done.contains(&(p.id.clone(), s as i32)))
+                .map(move |s| plan.request(p, s))
+        });
+        let mut write_error: Option<Error> = None;
+        let mut written = HashSet::new();
+        let stats = backend.generate(&mut requests, cancel, &mut |event| match event {
+            Event::Done(output) => {
+                if write_error.is_some() {
+                    return;
+                }
+                let Some((problem, sample)) = parse_key(&output.key, &index) else {
+                    tracing::error!("backend returned an unknown key `{}`", output.key);
+                    return;
+                };
+                if !written.insert(output.key.clone()) {
+                    return;
+                }
+                let row = self.record(&self.problems[problem], sample, &output);
+                match record::records_to_batch(std::slice::from_ref(&row))
+                    .and_then(|batch| writer.write(&batch))
+                {
+                    Ok(()) => {
+                        report.written += 1;
+                        report.prompt_tokens += u64::from(output.prompt_tokens);
+                        report.completion_tokens += u64::from(output.completion_tokens);
+                        progress.done += 1;
+                        on_progress(&progress);
+                    }
+                    Err(e) => {
+                        write_error = Some(e.into());
+                        cancel.cancel();
+                    }
+                }
+            }
+            Event::Failed { key, error } => {
+                report.failed += 1;
+                progress.failed += 1;
+                errors.total += 1;
+                if errors.recent.len() >= KEPT_ERRORS {
+                    errors.recent.remove(0);
+                }
+                errors.recent.push(BTreeMap::from([
+                    ("key".to_string(), key),
+                    ("message".to_string(), error_chain(&error)),
+                ]));
+                on_progress(&progress);
+            }
+            Event::Progress { new_tokens } => {
+                progress.generated_tokens += new_tokens;
+                on_progress(&progress);
+            }
+        });
+        drop(requests);
+        // Flush what is complete even when the backend failed: those rows are good.
+        let finished = writer.finish();
+        let stats = stats?;
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        let manifest = finished?;
+        report.cancelled = stats.cancelled;
+        report.shards = manifest.shards.len();
+        write_generation_file(&dir, &self.generation_file(errors, Some(report.clone())))?;
+        Ok(report)
+    }
+}
+
+/// `{problem_id}/{sample_index}` back to (problem index, sample index); ids may contain `/`.
+fn parse_key(key: &str, index: &HashMap<&str, usize>) -> Option<(usize, u32)> {
+    let (id, sample) = key.rsplit_once('/')?;
+    Some((*index.get(id)?, sample.parse().ok()?))
+}
+
+fn error_chain(error: &Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

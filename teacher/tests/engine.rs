@@ -1,0 +1,334 @@
+//! Engine tests on the tiny GGUF fixtures (random weights, 256-token byte-level tokenizer,
+//! ChatML): batch independence, stop conditions, streaming, cancellation, the server handle.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use distill_models::chat::Message;
+use distill_models::Checkpoint;
+use distill_teacher::engine::{IterSource, Update};
+use distill_teacher::sampling::{sample, sample_seed, SampleRng};
+use distill_teacher::{
+    Backend, Cancel, Engine, EngineHandle, EngineOptions, Event, FinishReason, GenOutput,
+    GenRequest, LocalBackend, SamplingParams,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures")
+        .join(name)
+}
+
+fn options(batch: usize) -> EngineOptions {
+    EngineOptions {
+        batch,
+        ..EngineOptions::default()
+    }
+}
+
+/// `quantized`: GGUF weights as stored (QMatMul); otherwise dequantized to f32.
+fn engine(name: &str, batch: usize, quantized: bool, eos: Option<Vec<u32>>) -> Engine {
+    let ckpt = Checkpoint::open(&fixture(name)).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let model = if quantized {
+        ckpt.load_quantized_model(&dev).unwrap()
+    } else {
+        ckpt.load_model(&dev).unwrap()
+    };
+    let tokenizer = ckpt.tokenizer().unwrap();
+    let template = tokenizer.chat_template().unwrap().unwrap();
+    let eos = eos.unwrap_or_else(|| ckpt.eos_token_ids());
+    Engine::new(model, tokenizer, template, eos, options(batch)).unwrap()
+}
+
+fn request(i: usize, temperature: f32, max_new_tokens: usize) -> GenRequest {
+    let key = format!("p{i}/0");
+    GenRequest {
+        key: key.clone(),
+        messages: vec![Message::user(format!(
+            "Problem {i}: what is {} plus {}?",
+            i * 7,
+            i + 3
+        ))],
+        prefill: "<think>\n".into(),
+        sampling: SamplingParams {
+            temperature,
+            top_p: 0.95,
+            top_k: 0,
+            max_new_tokens,
+        },
+        seed: sample_seed(1234, &format!("p{i}"), 0),
+        stop: Vec::new(),
+    }
+}
+
+fn run(engine: &Engine, requests: Vec<GenRequest>) -> BTreeMap<String, GenOutput> {
+    let mut out = BTreeMap::new();
+    let stats = engine
+        .run(
+            &mut IterSource(requests.into_iter()),
+            &Cancel::new(),
+            &mut |u| {
+                if let Update::Done(o) = u {
+                    assert!(out.insert(o.key.clone(), o).is_none(), "reported twice");
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert_eq!(stats.completed as usize, out.len());
+    assert_eq!(stats.failed, 0);
+    out
+}
+
+/// Varied lengths so sequences finish at different steps and slots get refilled mid-run.
+fn workload(temperature: f32) -> Vec<GenRequest> {
+    (0..12)
+        .map(|i| request(i, temperature, 8 + (i * 5) % 23))
+        .collect()
+}
+
+fn assert_batch_independent(name: &str, quantized: bool, temperature: f32) {
+    let one = run(&engine(name, 1, quantized, None), workload(temperature));
+    let eight = run(&engine(name, 8, quantized, None), workload(temperature));
+    assert_eq!(one.len(), 12);
+    for (key, a) in &one {
+        assert_eq!(
+            Some(a),
+            eight.get(key),
+            "{name} q={quantized} T={temperature} {key}"
+        );
+        assert!(a.text.starts_with("<think>\n"));
+        assert!(a.completion_tokens > 0);
+    }
+}
+
+#[test]
+fn batch_1_equals_batch_8_greedy_and_sampled() {
+    for (name, quantized) in [
+        ("tiny-llama.gguf", true),
+        ("tiny-qwen2.gguf", true),
+        ("tiny-llama.gguf", false),
+    ] {
+        assert_batch_independent(name, quantized, 0.0);
+        assert_batch_independent(name, quantized, 0.9);
+    }
+}
+
+#[test]
+fn seeds_change_samples_and_greedy_ignores_them() {
+    let e = engine("tiny-llama.gguf", 4, true, None);
+    let mut a = request(1, 1.0, 24);
+    let mut b = a.clone();
+    b.key = "other".into();
+    b.seed ^= 1;
+    let out = run(&e, vec![a.clone(), b.clone()]);
+    assert_ne!(out["p1/0"].text, out["other"].text);
+    a.sampling.temperature = 0.0;
+    b.sampling.temperature = 0.0;
+    let out = run(&e, vec![a, b]);
+    assert_eq!(out["p1/0"].text, out["other"].text);
+}
+
+#[test]
+fn max_new_tokens_ends_with_length() {
+    let e = engine("tiny-llama.gguf", 4, true, Some(vec![]));
+    let out = run(&e, vec![request(0, 0.7, 17), request(1, 0.0, 0)]);
+    assert_eq!(out["p0/0"].finish_reason, FinishReason::Length);
+    assert_eq!(out["p0/0"].completion_tokens, 17);
+    assert_eq!(out["p1/0"].finish_reason, FinishReason::Length);
+    assert_eq!(out["p1/0"].completion_tokens, 0);
+    assert_eq!(out["p1/0"].text, "<think>\n");
+    let prompt = e
+        .prompt_ids(&request(0, 0.0, 1).messages, "<think>\n")
+        .unwrap();
+    assert_eq!(out["p0/0"].prompt_tokens as usize, prompt.len());
+}
+
+/// Request `i`'s tokens from a plain one-sequence loop over the model (the reference the
+/// engine's batching must reproduce), without any EOS.
+fn reference_ids(e: &Engine, r: &GenRequest) -> Vec<u32> {
+    let prompt = e.prompt_ids(&r.messages, &r.prefill).unwrap();
+    let model = e.model();
+    let mut cache = model.new_cache();
+    let mut rng = SampleRng::new(r.seed);
+    let last = |t: candle_core::Tensor| -> Vec<f32> {
+        let n = t.dim(0).unwrap();
+        t.narrow(0, n - 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut logits = last(model.forward_cached(&prompt, &mut cache).unwrap());
+    let mut ids = Vec::new();
+    while ids.len() < r.sampling.max_new_tokens {
+        let token = sample(&logits, &r.sampling, &mut rng);
+        ids.push(token);
+        logits = last(model.forward_cached(&[token], &mut cache).unwrap());
+    }
+    ids
+}
+
+#[test]
+fn engine_matches_a_plain_decode_loop_and_eos_ends_with_stop() {
+    let free = engine("tiny-llama.gguf", 3, true, Some(vec![]));
+    let r = request(0, 0.8, 30);
+    let ids = reference_ids(&free, &r);
+    assert_eq!(ids.len(), 30);
+    let requests: Vec<GenRequest> = workload(0.8).into_iter().skip(1).chain([r]).collect();
+    let out = run(&free, requests.clone());
+    let text = free.tokenizer().decode(&ids, false).unwrap();
+    assert_eq!(out["p0/0"].text, format!("<think>\n{text}"));
+    // The first token that does not occur before it, at position >= 5.
+    let at = (5..ids.len())
+        .find(|&i| !ids[..i].contains(&ids[i]))
+        .expect("a fresh token in 30 sampled steps");
+    let e = engine("tiny-llama.gguf", 3, true, Some(vec![ids[at]]));
+    let out = run(&e, requests);
+    let o = &out["p0/0"];
+    assert_eq!(o.finish_reason, FinishReason::Stop);
+    assert_eq!(o.completion_tokens as usize, at + 1, "EOS is counted");
+    let expected = e.tokenizer().decode(&ids[..at], false).unwrap();
+    assert_eq!(
+        o.text,
+        format!("<think>\n{expected}"),
+        "EOS is not in the text"
+    );
+}
+
+#[test]
+fn stop_string_ends_with_stop_and_is_cut() {
+    let e = engine("tiny-llama.gguf", 2, true, Some(vec![]));
+    let free = run(&e, workload(0.7));
+    // A 2-letter ASCII string first occurring at byte 3 or later of some sample.
+    let (key, stop, at) = free
+        .iter()
+        .find_map(|(key, o)| {
+            let body = &o.text["<think>\n".len()..];
+            let b = body.as_bytes();
+            (3..b.len().saturating_sub(1)).find_map(|i| {
+                let pair = &b[i..i + 2];
+                let s = std::str::from_utf8(pair).ok()?;
+                (pair.iter().all(u8::is_ascii_alphabetic) && body.find(s) == Some(i))
+                    .then(|| (key.clone(), s.to_string(), i))
+            })
+        })
+        .expect("a fresh letter pair");
+    let full = &free[&key].text["<think>\n".len()..];
+    let kept = full[..at].to_string();
+    let mut r = workload(0.7).into_iter().find(|r| r.key == key).unwrap();
+    r.stop = vec!["never-appears".into(), stop.clone()];
+    let mut deltas = String::new();
+    let mut done = None;
+    e.run(
+        &mut IterSource(std::iter::once(r)),
+        &Cancel::new(),
+        &mut |u| {
+            match u {
+                Update::Delta { text, .. } => deltas.push_str(&text),
+                Update::Done(o) => done = Some(o),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    let o = done.unwrap();
+    assert_eq!(o.finish_reason, FinishReason::Stop, "stop {stop:?}");
+    assert_eq!(o.text, format!("<think>\n{kept}"));
+    assert!(o.completion_tokens < free[&key].completion_tokens);
+    assert_eq!(deltas, kept, "streamed text never shows the stop string");
+}
+
+#[test]
+fn cancel_stops_the_run() {
+    let e = engine("tiny-llama.gguf", 2, true, Some(vec![]));
+    let cancel = Cancel::new();
+    let mut done = 0;
+    let stats = e
+        .run(
+            &mut IterSource((0..100).map(|i| request(i, 0.5, 10))),
+            &cancel,
+            &mut |u| {
+                if let Update::Done(_) = u {
+                    done += 1;
+                    if done == 3 {
+                        cancel.cancel();
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert!(stats.cancelled);
+    assert!(
+        (3..10).contains(&done),
+        "{done} finished after cancelling at 3"
+    );
+}
+
+#[test]
+fn local_backend_and_handle_agree_with_the_engine() {
+    let expected = run(&engine("tiny-qwen2.gguf", 3, true, None), workload(0.8));
+    let backend = LocalBackend::open(&fixture("tiny-qwen2.gguf"), options(5)).unwrap();
+    assert_eq!(backend.name(), "tiny-qwen2.gguf");
+    let mut got = BTreeMap::new();
+    let mut progress = 0;
+    let stats = backend
+        .generate(
+            &mut workload(0.8).into_iter(),
+            &Cancel::new(),
+            &mut |e| match e {
+                Event::Done(o) => {
+                    got.insert(o.key.clone(), o);
+                }
+                Event::Progress { new_tokens } => progress += new_tokens,
+                Event::Failed { key, error } => panic!("{key}: {error}"),
+            },
+        )
+        .unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(stats.completion_tokens, progress);
+    assert_eq!(
+        stats.completion_tokens,
+        expected
+            .values()
+            .map(|o| u64::from(o.completion_tokens))
+            .sum::<u64>()
+    );
+
+    // Concurrent submitters through the handle: same samples.
+    let handle = EngineHandle::spawn(backend.engine().clone());
+    let receivers: Vec<_> = workload(0.8)
+        .into_iter()
+        .map(|r| handle.submit(r).unwrap())
+        .collect();
+    // Abandon one request: the others are unaffected.
+    let mut kept = BTreeMap::new();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        if i == 2 {
+            continue;
+        }
+        let mut text = String::new();
+        for u in rx {
+            match u {
+                Update::Delta { text: t, .. } => text.push_str(&t),
+                Update::Done(o) => {
+                    assert_eq!(format!("<think>\n{text}"), o.text, "deltas add up");
+                    kept.insert(o.key.clone(), o);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    handle.shutdown().unwrap();
+    assert_eq!(kept.len(), 11);
+    for (k, o) in kept {
+        assert_eq!(expected[&k], o);
+    }
+    let _ = Arc::strong_count(backend.engine());
+}

@@ -159,7 +159,7 @@ const MAX_BUCKET_CHECKS: usize = 32;
 
 impl LshIndex {
     pub fn new(num_perm: usize, bands: usize, threshold: f64) -> Result<Self> {
-        if bands == 0 || num_perm == 0 || num_perm % bands != 0 {
+        if bands == 0 || num_perm == 0 || !num_perm.is_multiple_of(bands) {
             return Err(Error::Invalid(format!(
                 "`num_perm` ({num_perm}) must be a positive multiple of `bands` ({bands})"
             )));

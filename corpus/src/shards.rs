@@ -421,6 +421,30 @@ impl ShardReader {
     }
 }
 
+/// The `(problem_id, sample_index)` pairs already written to a shard folder (its finished
+/// shards only), so resumed generation can skip them. Empty when the folder does not exist.
+pub fn completed_samples(dir: &Path) -> Result<std::collections::HashSet<(String, i32)>> {
+    let mut done = std::collections::HashSet::new();
+    let listed = Manifest::read(dir)?.is_some_and(|m| !m.shards.is_empty());
+    if !dir.is_dir() || !listed {
+        return Ok(done);
+    }
+    let reader = ShardReader::open(&[dir.to_path_buf()])?;
+    reader.require(&[col::PROBLEM_ID, col::SAMPLE_INDEX])?;
+    for batch in reader
+        .with_columns(&[col::PROBLEM_ID, col::SAMPLE_INDEX])
+        .batches()
+    {
+        let batch = batch?;
+        let c = record::Columns::new(&batch);
+        let (ids, idx) = (c.str(col::PROBLEM_ID)?, c.i32(col::SAMPLE_INDEX)?);
+        for i in 0..batch.num_rows() {
+            done.insert((ids.value(i).to_string(), idx.value(i)));
+        }
+    }
+    Ok(done)
+}
+
 /// Iterator over the batches of a [`ShardReader`]; stops after the first error.
 pub struct BatchStream {
     rx: Receiver<Result<RecordBatch>>,

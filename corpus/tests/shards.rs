@@ -108,6 +108,17 @@ fn crashed_writer_leaves_only_complete_shards_and_resumes() {
         ]
     );
     assert_eq!(read_records(dir.path()), records);
+    let done = distill_corpus::shards::completed_samples(dir.path()).unwrap();
+    let expected: std::collections::HashSet<(String, i32)> = records
+        .iter()
+        .map(|r| (r.problem_id.clone(), r.sample_index))
+        .collect();
+    assert_eq!(done, expected);
+    assert!(
+        distill_corpus::shards::completed_samples(&dir.path().join("none"))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]

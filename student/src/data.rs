@@ -1,0 +1,325 @@
+//! From corpus shards to training rows: read the conversations (the `messages` column, or
+//! `prompt` + `reasoning` + `completion` in the teacher's `<think>` format), render them with
+//! the student's chat template, tokenize with labels on the last assistant turn and its
+//! end-of-turn token (see [`render`]), apply `max_seq_len`, split off a held-out set, and pack.
+//! Every dropped row is counted under its reason, so an empty result can say why.
+
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, RecordBatch};
+use distill_corpus::record::{self, col, Columns};
+use distill_corpus::shards::ShardReader;
+use distill_models::chat::Message;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::PackedRow;
+use crate::pack::{self, Document};
+use crate::{Error, Result};
+
+pub use render::{DropReason, Overlong, Rendered, Renderer};
+
+/// How the corpus becomes training rows. Every default is written once, here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Tokens per training row (and the longest document kept).
+    pub max_seq_len: usize,
+    /// Pack several documents per row (best-fit decreasing); off: one document per row.
+    pub packing: bool,
+    /// Documents over `max_seq_len`: `drop` them or `truncate` them.
+    pub overlong: Overlong,
+    /// Fraction of rows held out for the evaluation loss (chosen by a hash of the row id).
+    pub eval_fraction: f64,
+    /// Chat template: `auto` (the checkpoint's own, else ChatML), a built-in name (`chatml`,
+    /// `llama3`, `deepseek-r1`) or a path to a Jinja file.
+    pub chat_template: String,
+    /// Keep rows the teacher cut off at its token limit (`finish_reason` `length`).
+    pub keep_truncated: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            max_seq_len: 2048,
+            packing: true,
+            overlong: Overlong::Drop,
+            eval_fraction: 0.02,
+            chat_template: "auto".into(),
+            keep_truncated: false,
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=1 << 20).contains(&self.max_seq_len) {
+            return Err(Error::Config(format!(
+                "`data.max_seq_len` must be between 1 and 1048576, got `{}`",
+                self.max_seq_len
+            )));
+        }
+        if !(0.0..0.5).contains(&self.eval_fraction) {
+            return Err(Error::Config(format!(
+                "`data.eval_fraction` must be in [0, 0.5), got `{}`",
+                self.eval_fraction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One corpus row as the student sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub id: String,
+    pub messages: Vec<Message>,
+    /// The teacher's `finish_reason`, when the corpus has that column.
+    pub finish_reason: Option<String>,
+}
+
+/// Reads every conversation of the corpus at `inputs` (folders or parquet files).
+pub fn read_corpus(inputs: &[PathBuf]) -> Result<Vec<Conversation>> {
+    let reader = ShardReader::open(inputs)?;
+    let schema = reader.schema().clone();
+    let has = |name: &str| schema.field_with_name(name).is_ok();
+    let use_messages = has(col::MESSAGES);
+    let mut columns: Vec<&str> = Vec::new();
+    if use_messages {
+        reader.require(&[col::MESSAGES])?;
+        columns.push(col::MESSAGES);
+    } else {
+        // Without `messages`, the three text columns rebuild the R1 conversation.
+        reader.require(&[col::PROMPT, col::REASONING, col::COMPLETION])?;
+        columns.extend([col::PROMPT, col::REASONING, col::COMPLETION]);
+    }
+    for optional in [
+        col::ID,
+        col::FINISH_REASON,
+        col::PROMPT,
+        col::REASONING,
+        col::COMPLETION,
+    ] {
+        if has(optional) && !columns.contains(&optional) {
+            columns.push(optional);
+        }
+    }
+    let first = reader.files().first().cloned().unwrap_or_default();
+    let mut out = Vec::with_capacity(reader.num_rows() as usize);
+    for batch in reader.with_columns(&columns).batches() {
+        read_batch(&batch?, use_messages, &first, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn read_batch<'a>(
+    batch: &'a RecordBatch,
+    use_messages: bool,
+    origin: &Path,
+    out: &mut Vec<Conversation>,
+) -> Result<()> {
+    let c = Columns::new(batch);
+    let optional_str = |name: &str| batch.column_by_name(name).and_then(|_| c.str(name).ok());
+    let ids = optional_str(col::ID);
+    let finish = optional_str(col::FINISH_REASON);
+    let (prompt, reasoning, completion) = (
+        optional_str(col::PROMPT),
+        optional_str(col::REASONING),
+        optional_str(col::COMPLETION),
+    );
+    let messages = if use_messages {
+        Some(c.list(col::MESSAGES)?)
+    } else {
+        None
+    };
+    for row in 0..batch.num_rows() {
+        let text = |a: Option<&'a arrow_array::StringArray>| -> Option<&'a str> {
+            a.filter(|a| !a.is_null(row)).map(|a| a.value(row))
+        };
+        let from_fields = || match (text(prompt), text(reasoning), text(completion)) {
+            (Some(p), Some(r), Some(c)) => record::conversation(p, r, c),
+            _ => Vec::new(),
+        };
+        let mut conversation = match messages {
+            Some(list) => record::messages_at(list, row)?,
+            None => from_fields(),
+        };
+        // A row whose `messages` is empty but whose text columns are filled still trains.
+        if conversation.is_empty() {
+            conversation = from_fields();
+        }
+        let id = text(ids).map_or_else(
+            || format!("{}#{}", origin.display(), out.len()),
+            str::to_string,
+        );
+        out.push(Conversation {
+            id,
+            messages: conversation
+                .into_iter()
+                .map(|m| Message::new(m.role, m.content))
+                .collect(),
+            finish_reason: text(finish).map(str::to_string),
+        });
+    }
+    Ok(())
+}
+
+/// Counts of what happened to the corpus rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DataReport {
+    pub rows: usize,
+    pub train_documents: usize,
+    pub eval_documents: usize,
+    pub dropped: BTreeMap<&'static str, usize>,
+    pub truncated: usize,
+    /// Conversations whose prompt boundary came from character offsets.
+    pub offset_fallbacks: usize,
+    /// Conversations that got EOS appended after the template's closing markup.
+    pub appended_eos: usize,
+    pub train_rows: usize,
+    pub eval_rows: usize,
+    pub train_tokens: usize,
+    pub train_label_tokens: usize,
+    /// Real tokens over `rows × max_seq_len` of the training rows.
+    pub fill_ratio: f64,
+}
+
+impl DataReport {
+    /// "`3` too long, `1` no assistant turn" for messages.
+    pub fn drop_summary(&self) -> String {
+        self.dropped
+            .iter()
+            .map(|(reason, n)| format!("`{n}` {}", reason.replace('_', " ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Training and held-out rows with the report of how they were made.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub train: Vec<PackedRow>,
+    pub eval: Vec<PackedRow>,
+    pub report: DataReport,
+}
+
+/// Whether a row id falls in the held-out fraction (a stable hash, so the split does not depend
+/// on shard order or batch size).
+pub fn is_eval(id: &str, fraction: f64) -> bool {
+    if fraction <= 0.0 {
+        return false;
+    }
+    let mut h = twox_hash::XxHash3_64::with_seed(0x5eed);
+    h.write(id.as_bytes());
+    (h.finish() as f64 / u64::MAX as f64) < fraction
+}
+
+/// Renders, tokenizes, filters, splits and packs `conversations`.
+pub fn build(
+    conversations: &[Conversation],
+    renderer: &Renderer,
+    config: &DataConfig,
+) -> Result<Dataset> {
+    config.validate()?;
+    type Outcome = std::result::Result<(Document, bool, bool, bool), DropReason>;
+    let outcomes: Vec<Outcome> = conversations
+        .par_iter()
+        .map(|conv| {
+            if !config.keep_truncated && conv.finish_reason.as_deref() == Some("length") {
+                return Err(DropReason::TeacherTruncated);
+            }
+            let rendered = renderer.render(&conv.messages)?;
+            let (fallback, appended) = (rendered.offset_fallback, rendered.appended_eos);
+            let (doc, truncated) = rendered.into_document(config.max_seq_len, config.overlong)?;
+            Ok((doc, truncated, fallback, appended))
+        })
+        .collect();
+    let mut report = DataReport {
+        rows: conversations.len(),
+        ..Default::default()
+    };
+    let (mut train_docs, mut eval_docs) = (Vec::new(), Vec::new());
+    for (conv, outcome) in conversations.iter().zip(outcomes) {
+        match outcome {
+            Err(reason) => *report.dropped.entry(reason.name()).or_default() += 1,
+            Ok((doc, truncated, fallback, appended)) => {
+                report.truncated += usize::from(truncated);
+                report.offset_fallbacks += usize::from(fallback);
+                report.appended_eos += usize::from(appended);
+                if is_eval(&conv.id, config.eval_fraction) {
+                    eval_docs.push(doc);
+                } else {
+                    train_docs.push(doc);
+                }
+            }
+        }
+    }
+    if train_docs.is_empty() && !eval_docs.is_empty() {
+        // A tiny corpus whose every row hashed into the held-out set still trains.
+        std::mem::swap(&mut train_docs, &mut eval_docs);
+    }
+    if train_docs.is_empty() {
+        return Err(Error::NoData(no_rows_reason(&report, config)));
+    }
+    report.train_documents = train_docs.len();
+    report.eval_documents = eval_docs.len();
+    let train = pack::pack(&train_docs, config.max_seq_len, config.packing)?;
+    let eval = pack::pack(&eval_docs, config.max_seq_len, config.packing)?;
+    report.train_rows = train.len();
+    report.eval_rows = eval.len();
+    report.train_tokens = train.iter().map(PackedRow::len).sum();
+    report.train_label_tokens = train.iter().map(PackedRow::label_count).sum();
+    report.fill_ratio = pack::fill_ratio(&train, config.max_seq_len);
+    Ok(Dataset {
+        train,
+        eval,
+        report,
+    })
+}
+
+/// Why no row survived, in one line.
+fn no_rows_reason(report: &DataReport, config: &DataConfig) -> String {
+    if report.rows == 0 {
+        return "the corpus has no rows".into();
+    }
+    let all = |reason: DropReason| report.dropped.get(reason.name()) == Some(&report.rows);
+    let hint = if all(DropReason::TooLong) {
+        format!(
+            " (raise `data.max_seq_len` above `{}` or set `data.overlong = \"truncate\"`)",
+            config.max_seq_len
+        )
+    } else if all(DropReason::TeacherTruncated) {
+        " (set `data.keep_truncated = true` to train on them anyway)".into()
+    } else {
+        String::new()
+    };
+    let reasons: Vec<String> = [
+        DropReason::NoAssistantTurn,
+        DropReason::TeacherTruncated,
+        DropReason::TooLong,
+        DropReason::PromptTooLong,
+        DropReason::TemplateError,
+    ]
+    .into_iter()
+    .filter_map(|r| {
+        let n = *report.dropped.get(r.name())?;
+        Some(format!("`{n}` {}", r.describe()))
+    })
+    .collect();
+    format!(
+        "all `{}` corpus rows were dropped: {}{hint}",
+        report.rows,
+        reasons.join(", ")
+    )
+}
+
+/// The text a from-scratch tokenizer learns from: every message of every conversation.
+pub fn texts(conversations: &[Conversation]) -> impl Iterator<Item = &str> {
+    conversations
+        .iter()
+        .flat_map(|c| c.messages.iter().map(|m| m.content.as_str()))
+}

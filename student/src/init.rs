@@ -1,0 +1,179 @@
+//! Where a student starts: a base checkpoint (Hugging Face folder, or GGUF dequantized to f32)
+//! or a fresh model from an architecture config and a tokenizer.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use distill_models::config::TokenIds;
+use distill_models::tokenizer::TextTokenizer;
+use distill_models::{llama, qwen2, Architecture, Checkpoint, Config, GenerationConfig};
+
+use crate::tokenizer_train::TokenizerTrainConfig;
+use crate::trainer::StudentInit;
+use crate::{Error, Result};
+
+/// The architecture of a from-scratch student (the vocabulary comes from its tokenizer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScratchConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    pub rms_norm_eps: f64,
+    pub initializer_range: f64,
+    /// The byte-level BPE trained on the corpus.
+    pub tokenizer: TokenizerTrainConfig,
+}
+
+impl Default for ScratchConfig {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::Qwen2,
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: 256,
+            max_position_embeddings: 2048,
+            rope_theta: 10000.0,
+            tie_word_embeddings: true,
+            rms_norm_eps: 1e-6,
+            initializer_range: 0.02,
+            tokenizer: TokenizerTrainConfig::default(),
+        }
+    }
+}
+
+impl ScratchConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!(
+                    "`model.{name}` must be at least 1, got `0`"
+                )));
+            }
+        }
+        let head_dim = self.hidden_size / self.num_attention_heads;
+        if head_dim * self.num_attention_heads != self.hidden_size {
+            return Err(Error::Config(format!(
+                "`model.hidden_size` (`{}`) must be a multiple of `model.num_attention_heads` (`{}`)",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(Error::Config(format!(
+                "`model.rope_theta` must be positive, got `{}`",
+                self.rope_theta
+            )));
+        }
+        self.tokenizer.validate()
+    }
+
+    /// The model config for a tokenizer of `vocab_size` ids with these BOS/EOS ids.
+    pub fn model_config(&self, vocab_size: usize, bos: Option<u32>, eos: &[u32]) -> Result<Config> {
+        self.validate()?;
+        let eos_token_id = match eos {
+            [] => None,
+            [one] => Some(TokenIds::One(*one)),
+            many => Some(TokenIds::Many(many.to_vec())),
+        };
+        let config = match self.architecture {
+            Architecture::Qwen2 => Config::Qwen2(qwen2::Config {
+                vocab_size,
+                hidden_size: self.hidden_size,
+                intermediate_size: self.intermediate_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                num_key_value_heads: Some(self.num_key_value_heads),
+                head_dim: None,
+                hidden_act: "silu".into(),
+                max_position_embeddings: self.max_position_embeddings,
+                initializer_range: self.initializer_range,
+                rms_norm_eps: self.rms_norm_eps,
+                rope_theta: self.rope_theta,
+                rope_scaling: None,
+                tie_word_embeddings: self.tie_word_embeddings,
+                bos_token_id: bos,
+                eos_token_id,
+                extra: Default::default(),
+            }),
+            Architecture::Llama => Config::Llama(llama::Config {
+                vocab_size,
+                hidden_size: self.hidden_size,
+                intermediate_size: self.intermediate_size,
+                num_hidden_layers: self.num_hidden_layers,
+                num_attention_heads: self.num_attention_heads,
+                num_key_value_heads: Some(self.num_key_value_heads),
+                head_dim: None,
+                hidden_act: "silu".into(),
+                max_position_embeddings: self.max_position_embeddings,
+                initializer_range: self.initializer_range,
+                rms_norm_eps: self.rms_norm_eps,
+                rope_theta: self.rope_theta,
+                rope_scaling: None,
+                attention_bias: false,
+                mlp_bias: false,
+                tie_word_embeddings: self.tie_word_embeddings,
+                bos_token_id: bos,
+                eos_token_id,
+                extra: Default::default(),
+            }),
+        };
+        // The same checks as loading a config.json (head counts, head_dim parity, ...).
+        config.spec()?.validate()?;
+        Ok(config)
+    }
+}
+
+/// Opens a base checkpoint; the student needs its tokenizer to read the corpus.
+pub fn from_base(path: &Path) -> Result<(StudentInit, TextTokenizer)> {
+    let ckpt = Checkpoint::open(path)?;
+    let init = StudentInit::from_checkpoint(&ckpt)?;
+    let tokenizer = init.tokenizer.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "base checkpoint `{}` has no tokenizer (`tokenizer.json`); the corpus cannot be tokenized",
+            path.display()
+        ))
+    })?;
+    Ok((init, tokenizer))
+}
+
+/// A freshly initialised student for `tokenizer` (seeded, see `trainer::init_weights`).
+pub fn from_scratch(
+    scratch: &ScratchConfig,
+    tokenizer: TextTokenizer,
+    seed: u64,
+) -> Result<StudentInit> {
+    let config = scratch_model_config(scratch, &tokenizer)?;
+    let generation = GenerationConfig {
+        bos_token_id: config.bos_token_id(),
+        eos_token_id: Some(TokenIds::Many(config.eos_token_ids())),
+        pad_token_id: tokenizer
+            .pad_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_id(t)),
+        ..Default::default()
+    };
+    StudentInit::from_scratch(config, generation, Some(tokenizer), seed)
+}
+
+/// The model config a from-scratch student gets for `tokenizer`.
+pub fn scratch_model_config(scratch: &ScratchConfig, tokenizer: &TextTokenizer) -> Result<Config> {
+    let id = |token: &Option<String>| token.as_deref().and_then(|t| tokenizer.token_id(t));
+    let eos: Vec<u32> = id(&tokenizer.eos_token).into_iter().collect();
+    scratch.model_config(tokenizer.vocab_size(), id(&tokenizer.bos_token), &eos)
+}

@@ -1,0 +1,137 @@
+//! Packing tokenized documents into padding-free training rows.
+//!
+//! Best-fit decreasing: documents are placed longest first, each into the open row whose free
+//! space is the smallest that still holds it (a new row when none does). Ties are broken by
+//! input order and row creation order, so the result depends only on the length list. Every
+//! document keeps its own position ids starting at 0, which is how the model keeps attention
+//! inside documents (see `distill_models::Model::forward_hidden`): packing changes no loss.
+
+use std::collections::BTreeSet;
+
+use crate::batch::{PackedRow, IGNORE};
+use crate::{Error, Result};
+
+/// One tokenized conversation: `labels[i]` is the target after position `i` (already shifted;
+/// [`IGNORE`] on prompt positions and on the last position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Document {
+    /// A document from its tokens and a per-token "is trained" mask: the target after position
+    /// `i` is token `i + 1` when that token is trained.
+    pub fn from_mask(input_ids: Vec<u32>, trained: &[bool]) -> Self {
+        let n = input_ids.len();
+        let labels = (0..n)
+            .map(|i| match trained.get(i + 1) {
+                Some(true) => i64::from(input_ids[i + 1]),
+                _ => IGNORE,
+            })
+            .collect();
+        Self { input_ids, labels }
+    }
+
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Number of positions that carry a label.
+    pub fn label_count(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE).count()
+    }
+}
+
+/// Best-fit-decreasing bin packing of `lengths` into bins of `capacity`: returns the bins in
+/// creation order, each listing document indices in the order they were placed.
+pub fn best_fit_decreasing(lengths: &[usize], capacity: usize) -> Result<Vec<Vec<usize>>> {
+    if capacity == 0 {
+        return Err(Error::Config("`max_seq_len` must be at least 1".into()));
+    }
+    if let Some((i, &len)) = lengths.iter().enumerate().find(|(_, &l)| l > capacity) {
+        return Err(Error::Batch(format!(
+            "document {i} has `{len}` tokens, more than `max_seq_len` `{capacity}`"
+        )));
+    }
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    // Stable sort: equal lengths keep input order.
+    order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+    let mut bins: Vec<Vec<usize>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    // (free space, bin index): the first entry at or above a length is the best fit, and among
+    // equally full bins the oldest.
+    let mut by_space: BTreeSet<(usize, usize)> = BTreeSet::new();
+    for doc in order {
+        let len = lengths[doc];
+        let fit = by_space.range((len, 0)..).next().copied();
+        let bin = match fit {
+            Some(entry) => {
+                by_space.remove(&entry);
+                entry.1
+            }
+            None => {
+                bins.push(Vec::new());
+                free.push(capacity);
+                bins.len() - 1
+            }
+        };
+        bins[bin].push(doc);
+        free[bin] -= len;
+        // A full bin can take nothing more (documents are never empty).
+        if free[bin] > 0 {
+            by_space.insert((free[bin], bin));
+        }
+    }
+    Ok(bins)
+}
+
+/// Concatenates documents into one row with per-document position ids.
+pub fn concat(docs: &[&Document]) -> PackedRow {
+    let total = docs.iter().map(|d| d.len()).sum();
+    let mut row = PackedRow {
+        input_ids: Vec::with_capacity(total),
+        position_ids: Vec::with_capacity(total),
+        labels: Vec::with_capacity(total),
+    };
+    for doc in docs {
+        row.input_ids.extend_from_slice(&doc.input_ids);
+        row.position_ids.extend(0..doc.len() as u32);
+        row.labels.extend_from_slice(&doc.labels);
+    }
+    row
+}
+
+/// Training rows from `docs`: packed best-fit-decreasing into rows of at most `max_seq_len`
+/// tokens, or one document per row when `packing` is off. Empty documents are skipped.
+pub fn pack(docs: &[Document], max_seq_len: usize, packing: bool) -> Result<Vec<PackedRow>> {
+    let docs: Vec<&Document> = docs.iter().filter(|d| !d.is_empty()).collect();
+    if let Some(doc) = docs.iter().find(|d| d.len() > max_seq_len) {
+        return Err(Error::Batch(format!(
+            "a document has `{}` tokens, more than `max_seq_len` `{max_seq_len}`",
+            doc.len()
+        )));
+    }
+    if !packing {
+        return Ok(docs.iter().map(|d| concat(&[d])).collect());
+    }
+    let lengths: Vec<usize> = docs.iter().map(|d| d.len()).collect();
+    let bins = best_fit_decreasing(&lengths, max_seq_len)?;
+    Ok(bins
+        .iter()
+        .map(|bin| concat(&bin.iter().map(|&i| docs[i]).collect::<Vec<_>>()))
+        .collect())
+}
+
+/// How full the rows are: real tokens over `rows × max_seq_len`.
+pub fn fill_ratio(rows: &[PackedRow], max_seq_len: usize) -> f64 {
+    if rows.is_empty() || max_seq_len == 0 {
+        return 0.0;
+    }
+    let tokens: usize = rows.iter().map(|r| r.len()).sum();
+    tokens as f64 / (rows.len() * max_seq_len) as f64
+}

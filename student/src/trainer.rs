@@ -1,0 +1,578 @@
+//! The training loop: micro-batches → chunked cross-entropy → accumulated gradients → clipped
+//! fused AdamW step on the schedule, with held-out evaluation, checkpoints and exact resume.
+//!
+//! Batching: an optimizer step consumes `micro_batch_size × accumulation_steps` packed rows in
+//! the order of a seeded per-epoch shuffle. Each micro-batch's rows are padded to its longest
+//! row with unlabelled positions that continue the last document (they attend only backwards and
+//! nothing attends to them, so padding changes no loss or gradient). Every micro-batch's summed
+//! loss is scaled by `1 / label tokens of the whole step`, so gradient accumulation equals one
+//! big batch, whatever the split.
+//!
+//! The library never prints: [`Trainer::fit`] reports every step, evaluation and checkpoint to a
+//! callback, which can also stop the run (a checkpoint is written first).
+
+pub mod config;
+mod init;
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use distill_models::tokenizer::TextTokenizer;
+use distill_models::{Checkpoint, GenerationConfig, Model, Spec};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use config::TrainerConfig;
+pub use init::init_weights;
+
+use crate::batch::{PackedRow, IGNORE};
+use crate::checkpoint::{self, DatasetFingerprint, StepRecord, TrainerState};
+use crate::loss::{chunked_cross_entropy, cross_entropy_reference, label_targets};
+use crate::optim::{clip_factor, AdamW, GradBuffers};
+use crate::{Error, Result};
+
+/// Largest shard of the Hugging Face weights in a checkpoint.
+const MAX_SHARD_BYTES: usize = 2 << 30;
+
+/// The student a run starts from: its config, weights and the files exported beside them.
+pub struct StudentInit {
+    pub config: distill_models::Config,
+    pub generation: GenerationConfig,
+    pub tokenizer: Option<TextTokenizer>,
+    /// f32 weights keyed by Hugging Face name.
+    pub weights: HashMap<String, Tensor>,
+}
+
+impl StudentInit {
+    /// A base checkpoint (Hugging Face folder, or GGUF dequantized to f32).
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let tokenizer = match ckpt.tokenizer() {
+            Ok(t) => Some(t),
+            Err(distill_models::Error::MissingTokenizer(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Self {
+            config: ckpt.config().clone(),
+            generation: ckpt.generation_config().clone(),
+            tokenizer,
+            weights: ckpt.tensors(&Device::Cpu)?,
+        })
+    }
+
+    /// A freshly initialised model (see [`init_weights`]).
+    pub fn from_scratch(
+        config: distill_models::Config,
+        generation: GenerationConfig,
+        tokenizer: Option<TextTokenizer>,
+        seed: u64,
+    ) -> Result<Self> {
+        let weights = init_weights(&config.spec()?, seed, &Device::Cpu)?;
+        Ok(Self {
+            config,
+            generation,
+            tokenizer,
+            weights,
+        })
+    }
+}
+
+/// What [`Trainer::fit`] reports.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Step(&'a StepMetrics),
+    Eval { step: u64, loss: f64 },
+    Checkpoint { step: u64, path: &'a Path },
+}
+
+/// The callback's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Write a checkpoint and return from `fit`.
+    Stop,
+}
+
+/// One optimizer step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    /// Steps completed, this one included.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Mean cross-entropy over the step's label tokens.
+    pub loss: f64,
+    /// Learning rate this step used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Input tokens (padding excluded) and label tokens in the step.
+    pub tokens: usize,
+    pub label_tokens: usize,
+    pub tokens_per_sec: f64,
+    pub elapsed: Duration,
+}
+
+/// How a `fit` call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSummary {
+    pub steps: u64,
+    pub last_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    /// The callback asked to stop before the planned end.
+    pub stopped: bool,
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// A student being trained.
+pub struct Trainer {
+    config: TrainerConfig,
+    spec: Spec,
+    model_config: distill_models::Config,
+    generation: GenerationConfig,
+    tokenizer: Option<TextTokenizer>,
+    model: Model,
+    optimizer: AdamW,
+    grads: GradBuffers,
+    state: TrainerState,
+    device: Device,
+    order: Option<(u64, Vec<usize>)>,
+}
+
+impl Trainer {
+    pub fn new(init: StudentInit, config: TrainerConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let spec = init.config.spec()?;
+        let varmap = VarMap::new();
+        let mut weights = init.weights;
+        let mut params = Vec::new();
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::Config("variable map lock poisoned".into()))?;
+            for (name, _) in spec.tensor_shapes() {
+                let t = weights.remove(&name).ok_or_else(|| {
+                    Error::Config(format!("the initial weights have no tensor `{name}`"))
+                })?;
+                let var = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?;
+                data.insert(name.clone(), var.clone());
+                params.push((name, var));
+            }
+        }
+        // Shapes are checked here: the VarMap refuses a variable whose shape differs.
+        let model = Model::new(&spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        let optimizer = AdamW::new(params, config.optim.clone())?;
+        let state = TrainerState {
+            step: 0,
+            total_steps: 0,
+            rows_consumed: 0,
+            dataset: None,
+            history: Vec::new(),
+            evals: Vec::new(),
+            model_config: init.config.to_json(),
+            trainer_config: config.clone(),
+        };
+        Ok(Self {
+            config,
+            spec,
+            model_config: init.config,
+            generation: init.generation,
+            tokenizer: init.tokenizer,
+            model,
+            optimizer,
+            grads: GradBuffers::new(),
+            state,
+            device: device.clone(),
+            order: None,
+        })
+    }
+
+    /// Continues the run saved in checkpoint folder `dir` (a `step-…` folder). `config` must
+    /// equal the saved one except for evaluation/checkpoint cadence, and `expected_model` (when
+    /// given) the saved model config; otherwise the first difference is named.
+    pub fn resume(
+        dir: &Path,
+        config: TrainerConfig,
+        expected_model: Option<&distill_models::Config>,
+        device: &Device,
+    ) -> Result<Self> {
+        let state = checkpoint::load_state(dir)?;
+        let mismatch = |difference: String| Error::ResumeMismatch {
+            path: dir.to_path_buf(),
+            difference,
+        };
+        let to_json =
+            |c: &TrainerConfig| serde_json::to_value(c).map_err(|e| Error::Config(e.to_string()));
+        let (saved, now) = (to_json(&state.trainer_config)?, to_json(&config)?);
+        if let Some(d) = checkpoint::first_difference(&saved, &now, config::RESUMABLE_KEYS) {
+            return Err(mismatch(format!("training config differs: {d}")));
+        }
+        if let Some(expected) = expected_model {
+            let now = expected.to_json();
+            if let Some(d) = checkpoint::first_difference(&state.model_config, &now, &[]) {
+                return Err(mismatch(format!("model config differs: {d}")));
+            }
+        }
+        let ckpt = Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?;
+        let init = StudentInit::from_checkpoint(&ckpt)?;
+        let mut trainer = Self::new(init, config.clone(), device)?;
+        trainer
+            .optimizer
+            .load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+        if trainer.optimizer.step_count() != state.step {
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "optimizer step `{}` differs from trainer step `{}`",
+                    trainer.optimizer.step_count(),
+                    state.step
+                ),
+            ));
+        }
+        trainer.state = TrainerState {
+            trainer_config: config,
+            ..state
+        };
+        Ok(trainer)
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// Current weights (sharing storage with the trained variables, detached from the graph).
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.optimizer
+            .vars()
+            .map(|(n, v)| (n.to_string(), v.as_detached_tensor()))
+            .collect()
+    }
+
+    /// One optimizer step over `micro_batches` (their gradients accumulated), at the schedule's
+    /// learning rate for the current step.
+    pub fn train_step(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let label_tokens: usize = micro_batches
+            .iter()
+            .flatten()
+            .map(|r| r.label_count())
+            .sum();
+        let scale = 1.0 / label_tokens.max(1) as f64;
+        let mut loss = 0f64;
+        let mut tokens = 0;
+        self.grads.clear();
+        for rows in micro_batches {
+            let (l, n) = micro_batch_loss(&self.model, rows, scale, self.config.loss_chunk_size)?;
+            tokens += n;
+            loss += l.to_scalar::<f32>()? as f64;
+            let grads = l.backward()?;
+            self.grads.accumulate(&grads, &self.optimizer)?;
+        }
+        let grad_norm = self.grads.global_norm();
+        let total = self.state.total_steps.max(self.state.step + 1);
+        let lr = self.config.schedule.lr_at(self.state.step, total);
+        let factor = clip_factor(grad_norm, self.config.max_grad_norm);
+        self.optimizer.step(&self.grads, lr, factor)?;
+        self.state.step += 1;
+        self.state.history.push(StepRecord {
+            step: self.state.step,
+            loss,
+            lr,
+            grad_norm,
+        });
+        let elapsed = start.elapsed();
+        Ok(StepMetrics {
+            step: self.state.step,
+            total_steps: total,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            label_tokens,
+            tokens_per_sec: tokens as f64 / elapsed.as_secs_f64().max(1e-9),
+            elapsed,
+        })
+    }
+
+    /// Mean cross-entropy over every label token of `rows`, without gradients.
+    pub fn eval_loss(&self, rows: &[PackedRow]) -> Result<f64> {
+        let vb = VarBuilder::from_tensors(self.weights(), DType::F32, &self.device);
+        let model = Model::new(&self.spec, vb)?;
+        let (mut sum, mut count) = (0f64, 0usize);
+        for chunk in rows.chunks(self.config.micro_batch_size) {
+            let refs: Vec<&PackedRow> = chunk.iter().collect();
+            let labels: usize = chunk.iter().map(|r| r.label_count()).sum();
+            let (l, _) = micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size)?;
+            sum += l.to_scalar::<f32>()? as f64;
+            count += labels;
+        }
+        if count == 0 {
+            return Err(Error::NoData(
+                "the held-out rows have no label tokens".into(),
+            ));
+        }
+        Ok(sum / count as f64)
+    }
+
+    /// Trains on `train` until the planned number of steps (continuing a resumed run where it
+    /// stopped), evaluating on `eval` and checkpointing under `checkpoint_dir` at the configured
+    /// cadence and at the end.
+    pub fn fit(
+        &mut self,
+        train: &[PackedRow],
+        eval: Option<&[PackedRow]>,
+        checkpoint_dir: Option<&Path>,
+        on_event: &mut dyn FnMut(&Event) -> Control,
+    ) -> Result<FitSummary> {
+        validate_rows(train)?;
+        if train.iter().all(|r| r.label_count() == 0) {
+            return Err(Error::NoData("no training row has a label token".into()));
+        }
+        let fingerprint = fingerprint(train);
+        match self.state.dataset {
+            Some(saved) if saved != fingerprint && self.state.step > 0 => {
+                return Err(Error::ResumeMismatch {
+                    path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
+                    difference: format!(
+                        "the training data differs (checkpoint: `{}` rows, `{}` tokens; now: `{}` rows, `{}` tokens)",
+                        saved.rows, saved.tokens, fingerprint.rows, fingerprint.tokens
+                    ),
+                })
+            }
+            _ => self.state.dataset = Some(fingerprint),
+        }
+        let total = self.config.total_steps(train.len());
+        if self.state.step > 0 && self.state.total_steps != total {
+            return Err(Error::ResumeMismatch {
+                path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
+                difference: format!(
+                    "the run was planned for `{}` steps, now `{total}`",
+                    self.state.total_steps
+                ),
+            });
+        }
+        self.state.total_steps = total;
+        let mut summary = FitSummary {
+            steps: self.state.step,
+            last_loss: self.state.history.last().map(|r| r.loss),
+            eval_loss: None,
+            stopped: false,
+            checkpoint: None,
+        };
+        let (mut evaluated_at, mut saved_at) = (None, None);
+        while self.state.step < total {
+            let rows = self.next_rows(train, self.config.rows_per_step());
+            let micro: Vec<Vec<&PackedRow>> = rows
+                .chunks(self.config.micro_batch_size)
+                .map(|c| c.to_vec())
+                .collect();
+            let metrics = self.train_step(&micro)?;
+            self.state.rows_consumed += rows.len() as u64;
+            summary.steps = metrics.step;
+            summary.last_loss = Some(metrics.loss);
+            let stop = on_event(&Event::Step(&metrics)) == Control::Stop;
+            let step = self.state.step;
+            let every = |n: u64| n > 0 && step.is_multiple_of(n);
+            if let (Some(rows), true) = (eval, every(self.config.eval_every)) {
+                summary.eval_loss = Some(self.evaluate(rows, on_event)?);
+                evaluated_at = Some(step);
+            }
+            if let (Some(dir), true) = (checkpoint_dir, every(self.config.checkpoint_every) || stop)
+            {
+                summary.checkpoint = Some(self.save_checkpoint(dir)?);
+                on_event(&Event::Checkpoint {
+                    step,
+                    path: summary.checkpoint.as_deref().unwrap_or(dir),
+                });
+                saved_at = Some(step);
+            }
+            if stop {
+                summary.stopped = true;
+                return Ok(summary);
+            }
+        }
+        if let (Some(rows), false) = (eval, evaluated_at == Some(self.state.step)) {
+            summary.eval_loss = Some(self.evaluate(rows, on_event)?);
+        }
+        if let (Some(dir), false) = (checkpoint_dir, saved_at == Some(self.state.step)) {
+            let path = self.save_checkpoint(dir)?;
+            on_event(&Event::Checkpoint {
+                step: self.state.step,
+                path: &path,
+            });
+            summary.checkpoint = Some(path);
+        }
+        Ok(summary)
+    }
+
+    fn evaluate(
+        &mut self,
+        rows: &[PackedRow],
+        on_event: &mut dyn FnMut(&Event) -> Control,
+    ) -> Result<f64> {
+        let loss = self.eval_loss(rows)?;
+        self.state.evals.push((self.state.step, loss));
+        on_event(&Event::Eval {
+            step: self.state.step,
+            loss,
+        });
+        Ok(loss)
+    }
+
+    /// Writes a checkpoint of the current step under `root` (atomically; keeps the last
+    /// `keep_last`). Returns its folder.
+    pub fn save_checkpoint(&self, root: &Path) -> Result<PathBuf> {
+        checkpoint::write_atomic(root, self.state.step, self.config.keep_last, |dir| {
+            self.save_model(&dir.join(checkpoint::MODEL_DIR))?;
+            self.optimizer.save(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+            checkpoint::save_state(dir, &self.state)
+        })
+    }
+
+    /// Writes the current weights as a Hugging Face folder (`out` must be absent or empty).
+    pub fn save_model(&self, out: &Path) -> Result<()> {
+        Ok(distill_models::checkpoint::save_hf_folder(
+            out,
+            &self.model_config,
+            &self.generation,
+            self.tokenizer.as_ref(),
+            self.weights(),
+            MAX_SHARD_BYTES,
+        )?)
+    }
+
+    /// The next `n` rows of the epoch-by-epoch shuffled stream, advancing nothing (the caller
+    /// moves the cursor once the step succeeded).
+    fn next_rows<'a>(&mut self, rows: &'a [PackedRow], n: usize) -> Vec<&'a PackedRow> {
+        let len = rows.len() as u64;
+        (0..n as u64)
+            .map(|i| {
+                let g = self.state.rows_consumed + i;
+                let epoch = g / len;
+                let order = self.epoch_order(epoch, rows.len());
+                &rows[order[(g % len) as usize]]
+            })
+            .collect()
+    }
+
+    fn epoch_order(&mut self, epoch: u64, len: usize) -> &[usize] {
+        let stale = !matches!(&self.order, Some((e, o)) if *e == epoch && o.len() == len);
+        if stale {
+            let mut order: Vec<usize> = (0..len).collect();
+            if self.config.shuffle {
+                // One ChaCha stream per epoch: the order depends only on (seed, epoch), so the
+                // data cursor is the whole RNG state a checkpoint needs.
+                let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+                rng.set_stream(epoch);
+                order.shuffle(&mut rng);
+            }
+            self.order = Some((epoch, order));
+        }
+        self.order
+            .as_ref()
+            .map(|(_, o)| o.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// The scaled summed loss of one micro-batch (`scale` × Σ token losses) and its real (unpadded)
+/// token count.
+fn micro_batch_loss(
+    model: &Model,
+    rows: &[&PackedRow],
+    scale: f64,
+    chunk: usize,
+) -> Result<(Tensor, usize)> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if width == 0 {
+        return Err(Error::Batch("a micro-batch has no tokens".into()));
+    }
+    let (mut ids, mut pos, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tokens = 0;
+    for r in rows {
+        tokens += r.len();
+        ids.extend_from_slice(&r.input_ids);
+        pos.extend_from_slice(&r.position_ids);
+        labels.extend_from_slice(&r.labels);
+        let last = r.position_ids.last().copied().unwrap_or(0);
+        for k in 1..=(width - r.len()) as u32 {
+            ids.push(0);
+            pos.push(last + k);
+            labels.push(IGNORE);
+        }
+    }
+    let dev = model.device();
+    let b = rows.len();
+    let ids = Tensor::from_vec(ids, (b, width), dev)?;
+    let pos = Tensor::from_vec(pos, (b, width), dev)?;
+    let spec = model.spec();
+    let (positions, targets) = label_targets(&labels, spec.vocab_size)?;
+    let hidden = model
+        .forward_hidden(&ids, Some(&pos))?
+        .reshape((b * width, spec.hidden_size))?;
+    let hidden = if positions.len() == b * width {
+        hidden
+    } else {
+        hidden.index_select(&Tensor::new(positions.as_slice(), dev)?, 0)?
+    };
+    let head = model.lm_head().weight().ok_or_else(|| {
+        Error::Config("the model's head is quantized; training needs f32 weights".into())
+    })?;
+    let loss = if chunk == 0 {
+        cross_entropy_reference(&hidden.matmul(&head.t()?)?, &targets, scale)?
+    } else {
+        chunked_cross_entropy(&hidden, head, &targets, scale, chunk)?
+    };
+    Ok((loss, tokens))
+}
+
+fn validate_rows(rows: &[PackedRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Err(Error::NoData("the training set has no rows".into()));
+    }
+    for (i, r) in rows.iter().enumerate() {
+        if r.is_empty() || r.position_ids.len() != r.len() || r.labels.len() != r.len() {
+            return Err(Error::Batch(format!(
+                "row {i} has `{}` input ids, `{}` position ids and `{}` labels (must be equal and non-zero)",
+                r.len(),
+                r.position_ids.len(),
+                r.labels.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Row and token counts plus a hash of every id, position and label.
+pub fn fingerprint(rows: &[PackedRow]) -> DatasetFingerprint {
+    let mut h = twox_hash::XxHash3_64::new();
+    let mut tokens = 0u64;
+    for r in rows {
+        tokens += r.len() as u64;
+        h.write_u64(r.len() as u64);
+        r.input_ids.iter().for_each(|&x| h.write_u32(x));
+        r.position_ids.iter().for_each(|&x| h.write_u32(x));
+        r.labels.iter().for_each(|&x| h.write_i64(x));
+    }
+    DatasetFingerprint {
+        rows: rows.len() as u64,
+        tokens,
+        hash: h.finish(),
+    }
+}

@@ -34,7 +34,8 @@ use eval::{evaluate, values_equal};
 ///    or `\boxed 5` without braces (up to the next whitespace or `$`). Empty boxes and boxes
 ///    left unclosed (a truncated generation) are skipped in favour of earlier ones; when every
 ///    box is empty the result is `None` rather than a guess from the surrounding text.
-/// 2. Else the last "final answer is X" / "the answer is X" / "answer: X" (case-insensitive);
+/// 2. Else the last "final answer is X" / "the answer is X" / "answer: X" (case-insensitive) or
+///    GSM8K-style "#### X";
 ///    X is a `$…$`, `\(…\)` or `\[…\]` math span if one starts there, else the rest of the line
 ///    up to a sentence end (". " or a final ".").
 /// 3. Else the last number in the text (`-1,234.5`, `3/4`).
@@ -70,23 +71,33 @@ enum Boxed<'a> {
 const BOX_COMMANDS: [&str; 2] = ["\\boxed", "\\fbox"];
 
 /// Scans backwards over `\boxed` / `\fbox` occurrences until one has a non-empty argument.
+///
+/// Linear in the length of the text however many boxes it holds: each command's next
+/// occurrence is searched only in the part not yet scanned, and a brace group is scanned only up
+/// to the start of a later group found unclosed (a group that is still open there can never
+/// close, because the later group never returns to its own starting depth).
 fn last_boxed(text: &str) -> Boxed<'_> {
-    let mut end = text.len();
+    let mut next: [Option<usize>; 2] = [0, 1].map(|k| text.rfind(BOX_COMMANDS[k]));
+    let mut limit = text.len();
     let mut saw_empty = false;
-    while end > 0 {
-        let hay = &text[..end];
-        let Some((at, cmd)) = BOX_COMMANDS
-            .iter()
-            .filter_map(|c| hay.rfind(c).map(|i| (i, *c)))
-            .max_by_key(|(i, _)| *i)
-        else {
-            break;
+    loop {
+        let k = match next {
+            [Some(a), Some(b)] => usize::from(b > a),
+            [Some(_), None] => 0,
+            [None, Some(_)] => 1,
+            [None, None] => break,
         };
-        end = at;
-        match box_argument(&text[at + cmd.len()..]) {
-            Some(arg) if !arg.trim().is_empty() => return Boxed::Found(arg.trim()),
-            Some(_) => saw_empty = true,
-            None => {}
+        let Some(at) = next[k] else { break };
+        next[k] = text[..at].rfind(BOX_COMMANDS[k]);
+        let arg_start = at + BOX_COMMANDS[k].len();
+        if arg_start > limit {
+            continue;
+        }
+        match box_argument(&text[arg_start..limit]) {
+            BoxArg::Found(arg) if !arg.trim().is_empty() => return Boxed::Found(arg.trim()),
+            BoxArg::Found(_) => saw_empty = true,
+            BoxArg::Unclosed(offset) => limit = arg_start + offset,
+            BoxArg::NotABox => {}
         }
     }
     if saw_empty {
@@ -96,23 +107,33 @@ fn last_boxed(text: &str) -> Boxed<'_> {
     }
 }
 
-/// The argument of a box command, given the text right after the command name. `None` when
-/// the command is really a longer name (`\boxedsymbol`) or its brace group never closes.
-fn box_argument(rest: &str) -> Option<&str> {
+enum BoxArg<'a> {
+    Found(&'a str),
+    /// A `{` at this offset that never closes.
+    Unclosed(usize),
+    NotABox,
+}
+
+/// The argument of a box command, given the text right after the command name. Not a box
+/// when the command is really a longer name (`\boxedsymbol`).
+fn box_argument(rest: &str) -> BoxArg<'_> {
     let after_space = rest.trim_start();
-    let first = after_space.chars().next();
-    match first {
-        Some('{') => braced_group(after_space).map(|g| &g[1..g.len() - 1]),
-        Some(c) if c.is_ascii_alphabetic() && !rest.starts_with(char::is_whitespace) => None,
+    let skipped = rest.len() - after_space.len();
+    match after_space.chars().next() {
+        Some('{') => match braced_group(after_space) {
+            Some(g) => BoxArg::Found(&g[1..g.len() - 1]),
+            None => BoxArg::Unclosed(skipped),
+        },
+        Some(c) if c.is_ascii_alphabetic() && skipped == 0 => BoxArg::NotABox,
         Some(_) => {
             // `\boxed 5` / `\boxed5`: plain TeX takes one token, but answers like `\boxed 12`
             // mean the whole run, so take up to whitespace or a closing `$`.
             let end = after_space
                 .find(|c: char| c.is_whitespace() || c == '$')
                 .unwrap_or(after_space.len());
-            Some(&after_space[..end])
+            BoxArg::Found(&after_space[..end])
         }
-        None => Some(""),
+        None => BoxArg::Found(""),
     }
 }
 
@@ -143,7 +164,8 @@ fn braced_group(s: &str) -> Option<&str> {
 }
 
 static ANSWER_PHRASE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\banswer\b\s*(?:\*\*\s*)?(?:is\b\s*:?|:)").expect("static regex is valid")
+    Regex::new(r"(?i-u)\banswer\b\s*(?:\*\*\s*)?(?:is\b\s*:?|:)|####")
+        .expect("static regex is valid")
 });
 
 fn answer_phrase(text: &str) -> Option<&str> {
@@ -269,7 +291,7 @@ fn equivalent_normalized(a: &str, b: &str, depth: usize) -> bool {
                         && rx
                             .iter()
                             .zip(ry)
-                            .all(|(cx, cy)| equivalent_normalized(cx, cy, depth + 1))
+                            .all(|(cx, cy)| equivalent_elements(cx, cy, depth))
                 })
         }
         (Some(Shape::Ordered(ox, cx, x)), Some(Shape::Ordered(oy, cy, y))) => {
@@ -278,7 +300,7 @@ fn equivalent_normalized(a: &str, b: &str, depth: usize) -> bool {
                 && x.len() == y.len()
                 && x.iter()
                     .zip(&y)
-                    .all(|(ex, ey)| equivalent_normalized(ex, ey, depth + 1))
+                    .all(|(ex, ey)| equivalent_elements(ex, ey, depth))
         }
         (Some(Shape::Unordered(x)), Some(Shape::Unordered(y))) => {
             if x.len() != y.len() {
@@ -289,12 +311,17 @@ fn equivalent_normalized(a: &str, b: &str, depth: usize) -> bool {
                 let hit = y
                     .iter()
                     .enumerate()
-                    .position(|(j, ey)| !used[j] && equivalent_normalized(ex, ey, depth + 1));
+                    .position(|(j, ey)| !used[j] && equivalent_elements(ex, ey, depth));
                 hit.map(|j| used[j] = true).is_some()
             })
         }
         _ => false,
     }
+}
+
+/// Elements of a structure get the whole-answer tidying too (`x=1` → `1`, `1,000` → `1000`).
+fn equivalent_elements(a: &str, b: &str, depth: usize) -> bool {
+    equivalent_normalized(&tidy(a.to_string()), &tidy(b.to_string()), depth + 1)
 }
 
 /// The structure of a normalized answer, for element-wise comparison.
@@ -443,9 +470,10 @@ fn split_top_level<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
 ///    delimiters `\(`, `\)`, `\[`, `\]` are removed; `\dfrac`/`\tfrac` become `\frac`,
 ///    `\dbinom`/`\tbinom` become `\binom`;
 /// 5. trailing unit words (`cm`, `inches`, `dollars`, `degrees`, `square units`, …, optionally
-///    followed by `^2`/`^3`) are removed when they follow a number or a closing bracket;
+///    followed by `^2`/`^3`) are removed when they follow a number or a closing bracket, and so
+///    is a final `\text{…}` / `\mbox{…}` of any words after one (`12 \text{ ways}`);
 /// 6. whitespace is removed (a single space is kept between a control word and a letter, so
-///    `\cot x` does not become `\cotx`);
+///    `\cot x` does not become `\cotx`), and an `\approx …` tail is dropped;
 /// 7. arguments of `\frac`, `\sqrt`, `\binom`, `^` and `_` get braces (`\frac34` →
 ///    `\frac{3}{4}`, `\sqrt2` → `\sqrt{2}`, `x^2` → `x^{2}`, `52_8` → `52_{8}`);
 /// 8. a trailing `.` goes, and so do a leading `+`, a `x=` / `\theta=` / `x\in` prefix (a single
@@ -461,11 +489,21 @@ pub fn normalize_answer(s: &str) -> String {
         }
     }
     let s = replace_unicode(&s);
+    let s = match TRAILING_TEXT.captures(&s) {
+        Some(caps) => Cow::Owned(caps[1].to_string()),
+        None => s,
+    };
     let s = unwrap_text_commands(&s);
     let s = s.replace("^{\\circ}", "").replace("^\\circ", "");
     let s = strip_commands(&s);
     let s = strip_units(&s);
-    let s = collapse_whitespace(s);
+    let mut s = collapse_whitespace(s);
+    // `\sqrt{53}\approx7.28`: the exact form before `\approx` is the answer.
+    if let Some(exact) = split_top_level(&s, "\\approx").first() {
+        if !exact.is_empty() && exact.len() < s.len() {
+            s = exact.to_string();
+        }
+    }
     let s = brace_arguments(&s, 0);
     tidy(s)
 }
@@ -712,6 +750,15 @@ const UNIT_WORDS: &[&str] = &[
     "radians",
 ];
 
+/// A final `\text{…}` / `\mbox{…}` of words after a value is a unit, whatever the words
+/// (`12 \text{ ways}`, `5.4 \text{ cents}`, `864 \mbox{ inches}^2`).
+static TRAILING_TEXT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?s)^(.*?[0-9}\)\]])\s*\\(?:text|textrm|mbox)\s*\{[^{}\\]*[A-Za-z][^{}\\]*\}(?:\s*\^\s*\{?[23]\}?)?\s*\.?$",
+    )
+    .expect("static regex is valid")
+});
+
 static UNIT_EXPONENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\s*\^\s*\{?\s*[23]\s*\}?\s*$").expect("static regex is valid"));
 
@@ -867,14 +914,15 @@ fn brace_arguments(s: &str, depth: usize) -> String {
 }
 
 static VARIABLE_PREFIX: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{[A-Za-z0-9]+\})?(?:=|\\in(?:\s|\b|$))")
+    Regex::new(r"^(?-u:(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{[A-Za-z0-9]+\})?(?:=|\\in(?:\s|\b|$)))")
         .expect("static regex is valid")
 });
 static THOUSANDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$").expect("static regex is valid")
+    Regex::new(r"^[+-]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?$").expect("static regex is valid")
 });
-static DECIMAL: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^([+-]?)(\d*)(?:\.(\d*))?$").expect("static regex is valid"));
+static DECIMAL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([+-]?)([0-9]*)(?:\.([0-9]*))?$").expect("static regex is valid")
+});
 
 /// Steps 8–11 of [`normalize_answer`].
 fn tidy(mut s: String) -> String {

@@ -45,6 +45,7 @@ fn extraction_table() {
         ),
         ("**Final Answer:** 1,234", Some("1,234")),
         ("Answer: 3.5\nThat's all.", Some("3.5")),
+        ("The answer is <<8=8>>8.\n#### 8", Some("8")),
         ("The answer is: -7. Done.", Some("-7")),
         (
             "Let me check the answer again. It was 12 then 15",
@@ -59,6 +60,14 @@ fn extraction_table() {
         ("Total: $1,234,567.89!", Some("1,234,567.89")),
         ("ratio 3/4", Some("3/4")),
         ("no numbers here", None),
+        // An unclosed box before a closed one, and a closed one inside an unclosed one.
+        ("\\boxed{1} \\boxed{ {2} \\boxed{ 3", Some("1")),
+        ("\\boxed{x \\boxed{y}", Some("y")),
+        // Escaped braces and `\\` do not count as braces.
+        ("\\boxed{\\{1, 2\\}}", Some("\\{1, 2\\}")),
+        ("\\boxed{a \\\\ b}", Some("a \\\\ b")),
+        // `\boxedsymbol` is not a box.
+        ("\\boxedsymbol{4} so 5", Some("5")),
         ("", None),
     ];
     for (text, want) in cases {
@@ -141,6 +150,9 @@ fn equivalent_pairs() {
         ("90 degrees", "90^{\\circ}"),
         ("8 \\text{ cm}", "8"),
         ("15\\mbox{ cm}^2", "15"),
+        ("12 \\text{ ways}", "12"),
+        ("\\sqrt{53} \\approx 7.28", "\\sqrt{53}"),
+        ("\\$18.90", "18.9"),
         // Negative numbers.
         ("-50", "-50.0"),
         ("−12", "-12"),
@@ -175,6 +187,15 @@ fn equivalent_pairs() {
         ("3, 5, 7", "7,5,3"),
         ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1-\\sqrt5, 1+\\sqrt5"),
         ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}, 1-\\sqrt{19}"),
+        ("3 \\pm 2 \\sqrt{2}", "3+2\\sqrt2,3-2\\sqrt2"),
+        ("1,-2", "x=1, x=-2"),
+        ("\\frac{14}{3}", "4\\frac{2}{3}"),
+        ("3\\sqrt{13}", "\\sqrt{117}"),
+        (
+            "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]",
+            "[\\pi^2/8, 5\\pi^2/4]",
+        ),
+        ("\\frac{3\\sqrt{3}}{4}", "\\frac{3}{4}\\sqrt{3}"),
         ("(0,9) \\cup (9,36)", "(9,36)\\cup(0,9)"),
         // Words and choices.
         ("\\text{Evelyn}", "evelyn"),
@@ -207,6 +228,11 @@ fn different_pairs() {
         ("\\sqrt{2}", "2"),
         ("\\pi", "3.14"),
         ("(1,2)", "(2,1)"),
+        ("10", "10.000001"),
+        ("6+9i", "6-9i"),
+        ("\\text{(C)}", "D"),
+        ("x=1, x=-2", "1,2"),
+        ("\\text{east}", "west"),
         ("(3,4]", "(3,4)"),
         ("[1,2]", "1,2"),
         ("1,2", "1,2,3"),
@@ -276,6 +302,9 @@ fn hostile_input_does_not_panic() {
     }
     let deep = "{".repeat(5000) + "1" + &"}".repeat(5000);
     let _ = answers_equivalent(&deep, "1");
+    // Thousands of empty or unclosed boxes stay cheap and still find the real answer.
+    let many = "\\boxed{5}".to_string() + &"\\boxed{} \\boxed{".repeat(20_000);
+    assert_eq!(extract_answer(&many).as_deref(), Some("5"));
     let long_list = vec!["1"; 2000].join(",");
     assert!(answers_equivalent(&long_list, &long_list));
 }
@@ -331,4 +360,46 @@ fn math500_answers_are_not_all_alike() {
         equal_pairs < 25,
         "{equal_pairs} neighbouring answers compare equal"
     );
+}
+
+/// The datasets' own worked solutions verify against their references: MATH-500 through the
+/// last box of each solution, GSM8K through the number on its `#### ` line (no box, no phrase).
+#[test]
+fn dataset_solutions_verify_against_their_references() {
+    let math = std::fs::read_to_string(shared_data().join("math500/test.jsonl"))
+        .expect("MATH-500 is in ../shared/data");
+    for line in math.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).expect("valid jsonl");
+        let (solution, answer) = (row["solution"].as_str(), row["answer"].as_str());
+        let (solution, answer) = (solution.expect("solution"), answer.expect("answer"));
+        assert_eq!(verify(solution, Some(answer)).1, Some(true), "{answer:?}");
+    }
+    for split in ["train", "test"] {
+        let gsm = std::fs::read_to_string(shared_data().join(format!("gsm8k/{split}.jsonl")))
+            .expect("GSM8K is in ../shared/data");
+        let mut n = 0;
+        for line in gsm.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).expect("valid jsonl");
+            let solution = row["answer"].as_str().expect("answer");
+            let reference = solution
+                .rsplit("#### ")
+                .next()
+                .expect("a #### line")
+                .replace(',', "");
+            assert_eq!(
+                verify(solution, Some(&reference)).1,
+                Some(true),
+                "{solution:?}"
+            );
+            // And a different number does not verify.
+            let wrong = format!("{}1", reference);
+            assert_eq!(
+                verify(solution, Some(&wrong)).1,
+                Some(false),
+                "{solution:?}"
+            );
+            n += 1;
+        }
+        assert!(n > 1000);
+    }
 }

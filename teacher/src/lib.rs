@@ -8,7 +8,9 @@ mod error;
 pub mod generate;
 mod handle;
 pub mod local;
+pub mod openai;
 pub mod sampling;
+pub mod server;
 
 pub use backend::{
     Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats, SamplingParams,

@@ -1,0 +1,705 @@
+//! `distill serve`: an OpenAI-compatible HTTP server (`POST /v1/chat/completions`,
+//! `GET /v1/models`) for a local model. Every request goes to one engine thread, so concurrent
+//! requests decode in the same continuous batch.
+//!
+//! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
+//! assistant message becomes the prefill the reply continues). With the reasoning parser on,
+//! a reply holding `…</think>` comes back as `reasoning_content` + `content`, as vLLM's and
+//! SGLang's R1 parsers do. `stream: true` streams SSE chunks as the engine produces text; the
+//! streamed text is all `content` (the reasoning split applies to whole replies only).
+
+pub mod intake;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use distill_models::chat::Message;
+use tokio::sync::oneshot;
+
+use crate::backend::{FinishReason, GenOutput, GenRequest, SamplingParams};
+use crate::engine::{Engine, Update};
+use crate::openai::wire::{
+    self, ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ErrorBody, ErrorDetail,
+    ResponseMessage, Usage,
+};
+use crate::{Error, Result};
+pub use intake::{EngineThread, ServeStats};
+use intake::{Job, SubmitError};
+
+/// Settings of the server (the model and its engine are passed separately).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServerConfig {
+    /// The model's name in `/v1/models` and in responses; requests naming another are refused.
+    pub model_name: String,
+    /// Return `reasoning_content` apart from `content` when the reply closes a `<think>` block.
+    pub reasoning_parser: bool,
+    /// Sampling when a request leaves a field out (`max_new_tokens` stands for `max_tokens`).
+    pub defaults: SamplingParams,
+    /// Requests waiting for the engine at most; past it the server answers 503.
+    pub max_queue: usize,
+}
+
+impl ServerConfig {
+    pub fn new(model_name: impl Into<String>) -> Self {
+        Self {
+            model_name: model_name.into(),
+            reasoning_parser: true,
+            defaults: SamplingParams {
+                max_new_tokens: 4096,
+                ..SamplingParams::default()
+            },
+            max_queue: 4096,
+        }
+    }
+}
+
+/// The server's engine thread and router.
+pub struct Server {
+    state: Arc<AppState>,
+    engine: EngineThread,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct AppState {
+    config: ServerConfig,
+    engine: EngineThread,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    /// Starts the engine thread.
+    pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Result<Self> {
+        if config.model_name.trim().is_empty() {
+            return Err(Error::Config("the served model needs a name".into()));
+        }
+        let (engine, thread) =
+            EngineThread::start(engine, config.max_queue).map_err(Error::Runtime)?;
+        Ok(Self {
+            state: Arc::new(AppState {
+                config,
+                engine: engine.clone(),
+                next_id: AtomicU64::new(0),
+            }),
+            engine,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(models))
+            .route("/health", get(|| async { StatusCode::OK }))
+            .with_state(Arc::clone(&self.state))
+    }
+
+    pub fn engine(&self) -> &EngineThread {
+        &self.engine
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        self.engine.stats()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| Error::Bind { addr, source })
+    }
+}
+
+/// Serves `server` on `addr` until Ctrl-C, on a runtime of its own (for `distill serve`).
+/// `on_ready` gets the bound address once the server listens.
+pub fn run_until_ctrl_c(
+    server: Server,
+    addr: &str,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("distill-serve")
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(async {
+        let bind_error = |source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_error)?;
+        on_ready(listener.local_addr().map_err(bind_error)?);
+        let shutdown = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                // Without a signal handler the server runs until killed.
+                tracing::warn!("cannot listen for Ctrl-C: {e}");
+                std::future::pending::<()>().await;
+            }
+        };
+        server.serve(listener, shutdown).await
+    })?;
+    // Requests still decoding are dropped rather than waited for.
+    server.engine().shutdown();
+    runtime.shutdown_background();
+    Ok(())
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.engine.shutdown();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A server running on its own runtime thread, for tests and embedding; dropping it stops it.
+pub struct RunningServer {
+    addr: SocketAddr,
+    server: Arc<Server>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Binds `addr` (port 0 picks a free port) and serves `server` in the background.
+    pub fn start(server: Server, addr: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("distill-serve")
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let bind_error = |source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let std_listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+        std_listener.set_nonblocking(true).map_err(bind_error)?;
+        let local = std_listener.local_addr().map_err(bind_error)?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)?
+        };
+        let server = Arc::new(server);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("distill-serve-http".into())
+            .spawn(move || {
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = runtime.block_on(serving.serve(listener, shutdown)) {
+                    tracing::error!("server stopped: {e}");
+                }
+                // Open connections (a client stuck on a slow request) must not hold the drop.
+                runtime.shutdown_background();
+            })
+            .map_err(Error::Runtime)?;
+        Ok(Self {
+            addr: local,
+            server,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` (no `/v1`), as a base URL for the `openai` backend.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // Stop the engine first so requests still decoding end now rather than hold the exit.
+        self.server.engine().shutdown();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An OpenAI-style error response.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                kind: self.kind.to_string(),
+                param: self.param.map(str::to_string),
+                code: None,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": state.config.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "distill",
+        }],
+    }))
+    .into_response()
+}
+
+/// A request after validation.
+struct Parsed {
+    request: GenRequest,
+    stream: bool,
+    include_usage: bool,
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match handle(&state, &body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, ApiError> {
+    let raw: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}"), None))?;
+    let include_usage = raw
+        .pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let request: ChatRequest = serde_json::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}"), None))?;
+    let mut parsed = validate(&state.config, request)?;
+    parsed.include_usage = include_usage;
+    let prefill = parsed.request.prefill.clone();
+    let (updates_tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    state
+        .engine
+        .submit(Job {
+            request: parsed.request,
+            updates: updates_tx,
+        })
+        .map_err(|e| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            message: match e {
+                SubmitError::QueueFull => "Too many requests are waiting; retry later".into(),
+                SubmitError::Stopped => "The server is shutting down".into(),
+            },
+            param: None,
+        })?;
+    let id = format!(
+        "chatcmpl-{}",
+        state.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    if parsed.stream {
+        let stream = SseStream {
+            updates,
+            id,
+            model: state.config.model_name.clone(),
+            created: now(),
+            include_usage: parsed.include_usage,
+            started: false,
+            ended: false,
+        };
+        return Ok(stream.into_response());
+    }
+    // Dropping `updates` (the client hung up) makes the engine drop the sequence.
+    let output = loop {
+        match updates.recv().await {
+            Some(Update::Done(output)) => break output,
+            Some(Update::Failed { error, .. }) => return Err(internal(error.to_string())),
+            Some(_) => continue,
+            None => return Err(internal(STOPPED.into())),
+        }
+    };
+    let reply = Reply::new(&state.config, &prefill, output);
+    Ok(Json(reply.into_response(id, &state.config.model_name)).into_response())
+}
+
+const STOPPED: &str = "The engine stopped before finishing this request";
+
+fn bad(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
+    ApiError::bad_request(message, param)
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        message,
+        param: None,
+    }
+}
+
+/// Checks a request and turns it into the engine's terms.
+fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<Parsed, ApiError> {
+    if let Some(model) = &request.model {
+        if model != &config.model_name {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "not_found_error",
+                message: format!(
+                    "The model `{model}` does not exist; this server serves `{}`",
+                    config.model_name
+                ),
+                param: Some("model"),
+            });
+        }
+    }
+    let wire_messages = request
+        .messages
+        .ok_or_else(|| bad("`messages` is required", Some("messages")))?;
+    if wire_messages.is_empty() {
+        return Err(bad("`messages` must not be empty", Some("messages")));
+    }
+    let mut messages = Vec::with_capacity(wire_messages.len());
+    for (i, m) in wire_messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "user" | "assistant" => m.role,
+            // OpenAI's newer name for the system role.
+            "developer" => "system".to_string(),
+            other => {
+                return Err(bad(
+                    format!(
+                    "`messages[{i}].role` is `{other}`; expected `system`, `user` or `assistant`"
+                ),
+                    Some("messages"),
+                ))
+            }
+        };
+        let content = match &m.content {
+            None => String::new(),
+            Some(c) => c.text().ok_or_else(|| {
+                bad(
+                    format!("`messages[{i}].content` holds a part that is not text"),
+                    Some("messages"),
+                )
+            })?,
+        };
+        messages.push(Message::new(role, content));
+    }
+    let continue_final = request.continue_final_message.unwrap_or(false);
+    let prefill = if continue_final {
+        match messages.last() {
+            Some(last) if last.role == "assistant" => messages.pop().map(|m| m.content),
+            _ => {
+                return Err(bad(
+                    "`continue_final_message` needs the last message to be the assistant's",
+                    Some("continue_final_message"),
+                ))
+            }
+        }
+        .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    if messages.is_empty() {
+        return Err(bad(
+            "`messages` holds no turn before the prefill",
+            Some("messages"),
+        ));
+    }
+    let mut sampling = config.defaults.clone();
+    if let Some(t) = request.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(bad(
+                format!("`temperature` is {t}; it must be within [0, 2]"),
+                Some("temperature"),
+            ));
+        }
+        sampling.temperature = t as f32;
+    }
+    if let Some(p) = request.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(bad(
+                format!("`top_p` is {p}; it must be within (0, 1]"),
+                Some("top_p"),
+            ));
+        }
+        sampling.top_p = p as f32;
+    }
+    if let Some(k) = request.top_k {
+        // vLLM's -1 and 0 both mean "no top-k".
+        if k < -1 {
+            return Err(bad(
+                format!("`top_k` is {k}; it must be -1, 0 or positive"),
+                Some("top_k"),
+            ));
+        }
+        sampling.top_k = usize::try_from(k.max(0)).unwrap_or(0);
+    }
+    if let Some(m) = request.max_completion_tokens.or(request.max_tokens) {
+        if m < 1 {
+            return Err(bad(
+                format!("`max_tokens` is {m}; it must be at least 1"),
+                Some("max_tokens"),
+            ));
+        }
+        sampling.max_new_tokens = usize::try_from(m).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = request.n {
+        if n != 1 {
+            return Err(bad(
+                format!("`n` is {n}; this server returns one choice per request"),
+                Some("n"),
+            ));
+        }
+    }
+    let seed = match request.seed {
+        Some(s) => s as u64,
+        None => rand::random::<u64>(),
+    };
+    let stop = request.stop.map(wire::Stop::into_vec).unwrap_or_default();
+    if stop.iter().any(String::is_empty) {
+        return Err(bad("`stop` holds an empty string", Some("stop")));
+    }
+    Ok(Parsed {
+        request: GenRequest {
+            // The engine thread gives every request its own key.
+            key: String::new(),
+            messages,
+            prefill,
+            sampling,
+            seed,
+            stop,
+        },
+        stream: request.stream.unwrap_or(false),
+        include_usage: false,
+    })
+}
+
+/// A finished sample in the response's terms.
+struct Reply {
+    content: String,
+    reasoning: Option<String>,
+    finish_reason: FinishReason,
+    usage: Usage,
+}
+
+impl Reply {
+    fn new(config: &ServerConfig, prefill: &str, output: GenOutput) -> Self {
+        // The engine's text starts with the prefill; a client continuing it only wants the rest.
+        let generated = output
+            .text
+            .strip_prefix(prefill)
+            .unwrap_or(&output.text)
+            .to_string();
+        let (reasoning, content) = match config
+            .reasoning_parser
+            .then(|| wire::split_reasoning(&generated))
+            .flatten()
+        {
+            Some((reasoning, content)) => (Some(reasoning), content),
+            None => (None, generated),
+        };
+        Self {
+            content,
+            reasoning,
+            finish_reason: output.finish_reason,
+            usage: usage_of(&output),
+        }
+    }
+
+    fn into_response(self, id: String, model: &str) -> ChatResponse {
+        ChatResponse {
+            id,
+            object: "chat.completion".into(),
+            created: now(),
+            model: model.to_string(),
+            choices: vec![Choice {
+                index: 0,
+                message: ResponseMessage {
+                    role: "assistant".into(),
+                    content: Some(self.content),
+                    reasoning_content: self.reasoning,
+                    reasoning: None,
+                },
+                finish_reason: Some(self.finish_reason.as_str().to_string()),
+            }],
+            usage: Some(self.usage),
+        }
+    }
+}
+
+/// A streamed reply: chunks as the engine's updates arrive, then `[DONE]`.
+struct SseStream {
+    updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    started: bool,
+    ended: bool,
+}
+
+impl SseStream {
+    fn chunk(&self, delta: Delta, finish_reason: Option<String>, usage: Option<Usage>) -> String {
+        let choices = if usage.is_some() {
+            // OpenAI's final usage chunk carries no choice.
+            Vec::new()
+        } else {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }]
+        };
+        let chunk = ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        // Serialising plain structs of strings and numbers cannot fail.
+        let json = serde_json::to_string(&chunk).unwrap_or_default();
+        format!("data: {json}\n\n")
+    }
+
+    /// The next piece of the body; `None` once `[DONE]` (or an error) has been sent.
+    async fn next_piece(&mut self) -> Option<String> {
+        if self.ended {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            let role = Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+                reasoning_content: None,
+            };
+            return Some(self.chunk(role, None, None));
+        }
+        loop {
+            let update = self.updates.recv().await;
+            match update {
+                Some(Update::Delta { text, .. }) => {
+                    let delta = Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    };
+                    return Some(self.chunk(delta, None, None));
+                }
+                Some(Update::Done(output)) => {
+                    self.ended = true;
+                    let reason = output.finish_reason.as_str().to_string();
+                    let mut piece = self.chunk(Delta::default(), Some(reason), None);
+                    if self.include_usage {
+                        let usage = usage_of(&output);
+                        piece.push_str(&self.chunk(Delta::default(), None, Some(usage)));
+                    }
+                    piece.push_str("data: [DONE]\n\n");
+                    return Some(piece);
+                }
+                Some(Update::Failed { error, .. }) => {
+                    self.ended = true;
+                    return Some(error_event(&error.to_string()));
+                }
+                Some(Update::Progress { .. }) => continue,
+                None => {
+                    self.ended = true;
+                    return Some(error_event(STOPPED));
+                }
+            }
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let stream = futures_util::stream::unfold(self, |mut s| async move {
+            s.next_piece()
+                .await
+                .map(|piece| (Ok::<_, std::convert::Infallible>(Bytes::from(piece)), s))
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+}
+
+/// An error in the middle of a stream, in OpenAI's error shape.
+fn error_event(message: &str) -> String {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message: message.to_string(),
+            kind: "server_error".into(),
+            param: None,
+            code: None,
+        },
+    };
+    format!(
+        "data: {}\n\n",
+        serde_json::to_string(&body).unwrap_or_default()
+    )
+}
+
+fn usage_of(output: &GenOutput) -> Usage {
+    let prompt = u64::from(output.prompt_tokens);
+    let completion = u64::from(output.completion_tokens);
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,337 @@
+//! The `openai` backend against misbehaving loopback servers: 429 with `Retry-After`, 500, a hang
+//! past the time-out and malformed JSON are retried and counted exactly; 401 stops at once without
+//! leaking the key; other 4xx fail only their request; a closed port ends the run naming the URL.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use distill_models::chat::Message;
+use distill_teacher::openai::{ErrorCounts, OpenAiBackend, OpenAiConfig};
+use distill_teacher::{Backend, Cancel, Event, GenOutput, GenRequest, SamplingParams};
+
+/// What a mock endpoint answers to its `n`-th request (1-based), given the request body and its
+/// `Authorization` header.
+type Answer = dyn Fn(usize, &serde_json::Value, Option<&str>) -> Reply + Send + Sync;
+
+enum Reply {
+    Ok(String),
+    Status(StatusCode, Vec<(&'static str, String)>, String),
+    Hang(Duration),
+    Raw(&'static str),
+}
+
+#[derive(Clone)]
+struct Mock {
+    count: Arc<AtomicUsize>,
+    answer: Arc<Answer>,
+}
+
+/// A mock endpoint on 127.0.0.1 that stops when dropped.
+struct MockServer {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl MockServer {
+    fn start(
+        answer: impl Fn(usize, &serde_json::Value, Option<&str>) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let mock = Mock {
+            count: Arc::clone(&count),
+            answer: Arc::new(answer),
+        };
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/v1/chat/completions", post(handle))
+            .with_state(mock);
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Self {
+            addr,
+            count,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        // Hanging handlers must not hold the test up.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn handle(
+    State(mock): State<Mock>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let n = mock.count.fetch_add(1, Ordering::SeqCst) + 1;
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match (mock.answer)(n, &body, auth.as_deref()) {
+        Reply::Ok(content) => Json(serde_json::json!({
+            "id": format!("x{n}"),
+            "object": "chat.completion",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "reasoning_content": "thinking"},
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        }))
+        .into_response(),
+        Reply::Status(status, headers, body) => {
+            let mut response = (status, body).into_response();
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+            response
+        }
+        Reply::Hang(wait) => {
+            tokio::time::sleep(wait).await;
+            (StatusCode::OK, "{}").into_response()
+        }
+        Reply::Raw(text) => (StatusCode::OK, [("content-type", "application/json")], text).into_response(),
+    }
+}
+
+fn prompt_of(body: &serde_json::Value) -> String {
+    body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn requests(n: usize) -> Vec<GenRequest> {
+    (0..n)
+        .map(|i| GenRequest {
+            key: format!("p{i}/0"),
+            messages: vec![Message::user(format!("problem {i}"))],
+            prefill: "<think>\n".into(),
+            sampling: SamplingParams::default(),
+            seed: i as u64,
+            stop: Vec::new(),
+        })
+        .collect()
+}
+
+fn config(addr: SocketAddr) -> OpenAiConfig {
+    OpenAiConfig {
+        base_urls: vec![format!("http://{addr}")],
+        model: "mock".into(),
+        concurrency: 4,
+        timeout: Duration::from_millis(500),
+        max_retries: 3,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..OpenAiConfig::default()
+    }
+}
+
+struct Run {
+    done: Vec<GenOutput>,
+    failed: Vec<(String, String)>,
+    result: distill_teacher::Result<distill_teacher::GenStats>,
+}
+
+fn run(backend: &OpenAiBackend, n: usize) -> Run {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let mut iter = requests(n).into_iter();
+    let result = backend.generate(&mut iter, &Cancel::new(), &mut |event| match event {
+        Event::Done(output) => done.push(output),
+        Event::Failed { key, error } => failed.push((key, error.to_string())),
+        Event::Progress { .. } => {}
+    });
+    Run {
+        done,
+        failed,
+        result,
+    }
+}
+
+#[test]
+fn faults_are_retried_and_counted() {
+    let server = MockServer::start(|n, body, _| match n {
+        1 => Reply::Status(
+            StatusCode::TOO_MANY_REQUESTS,
+            vec![("retry-after", "1".into())],
+            r#"{"error":{"message":"slow down"}}"#.into(),
+        ),
+        2 => Reply::Status(StatusCode::INTERNAL_SERVER_ERROR, vec![], "boom".into()),
+        3 => Reply::Hang(Duration::from_secs(5)),
+        4 => Reply::Raw(r#"{"choices": [{"message": "#),
+        _ => Reply::Ok(format!("answer to {}", prompt_of(body))),
+    });
+    let backend = OpenAiBackend::new(config(server.addr)).unwrap();
+    let start = Instant::now();
+    let run = run(&backend, 16);
+    let stats = run.result.expect("the run succeeds");
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    assert_eq!(stats.completed, 16);
+    let mut keys: Vec<_> = run.done.iter().map(|o| o.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 16, "every sample exactly once");
+    for output in &run.done {
+        let i = output.key.trim_start_matches('p').trim_end_matches("/0");
+        assert_eq!(
+            output.text,
+            format!("<think>\nthinking\n</think>\n\nanswer to problem {i}")
+        );
+        assert_eq!((output.prompt_tokens, output.completion_tokens), (7, 3));
+    }
+    assert_eq!(
+        backend.error_counts(),
+        ErrorCounts {
+            rate_limited: 1,
+            server: 1,
+            timeout: 1,
+            malformed: 1,
+            ..ErrorCounts::default()
+        }
+    );
+    assert_eq!(server.requests(), 20);
+    // `Retry-After: 1` was obeyed rather than the 10 ms backoff.
+    assert!(start.elapsed() >= Duration::from_secs(1));
+}
+
+#[test]
+fn rejected_key_stops_at_once_without_leaking_it() {
+    const VAR: &str = "DISTILL_TEST_OPENAI_KEY_401";
+    const KEY: &str = "sk-very-secret-4011";
+    std::env::set_var(VAR, KEY);
+    for concurrency in [1, 4] {
+        let server = MockServer::start(|_, _, auth| {
+            assert_eq!(auth, Some("Bearer sk-very-secret-4011"));
+            Reply::Status(
+                StatusCode::UNAUTHORIZED,
+                vec![],
+                format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}"}}}}"#),
+            )
+        });
+        let backend = OpenAiBackend::new(OpenAiConfig {
+            api_key_env: Some(VAR.into()),
+            concurrency,
+            max_retries: 5,
+            ..config(server.addr)
+        })
+        .unwrap();
+        assert!(!format!("{backend:?}").contains(KEY));
+        let run = run(&backend, 16);
+        let error = run.result.expect_err("a rejected key ends the run");
+        let message = error.to_string();
+        assert!(message.contains(&format!("`${VAR}`")), "{message}");
+        assert!(!message.contains(KEY), "{message}");
+        assert!(!format!("{error:?}").contains(KEY));
+        assert!(run.done.is_empty() && run.failed.is_empty());
+        // No retries: at most one request per slot already in flight (those still on their
+        // way when the first 401 came back are abandoned).
+        let made = server.requests();
+        assert!(
+            made >= 1 && made <= concurrency,
+            "{made} requests at concurrency {concurrency}"
+        );
+        let counted = backend.error_counts().auth as usize;
+        assert!(counted >= 1 && counted <= made, "{counted} of {made}");
+    }
+}
+
+#[test]
+fn missing_key_variable_is_reported_by_name() {
+    let error = OpenAiBackend::new(OpenAiConfig {
+        base_urls: vec!["http://127.0.0.1:9".into()],
+        model: "m".into(),
+        api_key_env: Some("DISTILL_TEST_OPENAI_KEY_UNSET".into()),
+        ..OpenAiConfig::default()
+    })
+    .unwrap_err();
+    assert!(error
+        .to_string()
+        .contains("`DISTILL_TEST_OPENAI_KEY_UNSET`"));
+}
+
+#[test]
+fn other_client_errors_fail_only_their_request() {
+    let server = MockServer::start(|_, body, _| {
+        let prompt = prompt_of(body);
+        if prompt == "problem 3" {
+            Reply::Status(
+                StatusCode::BAD_REQUEST,
+                vec![],
+                r#"{"error":{"message":"prompt too long"}}"#.into(),
+            )
+        } else {
+            Reply::Ok("fine".into())
+        }
+    });
+    let backend = OpenAiBackend::new(config(server.addr)).unwrap();
+    let run = run(&backend, 8);
+    let stats = run.result.unwrap();
+    assert_eq!((stats.completed, stats.failed), (7, 1));
+    assert_eq!(run.failed.len(), 1);
+    assert_eq!(run.failed[0].0, "p3/0");
+    assert!(
+        run.failed[0].1.contains("prompt too long"),
+        "{}",
+        run.failed[0].1
+    );
+    assert_eq!(server.requests(), 8, "a 400 is not retried");
+    assert_eq!(backend.error_counts().client, 1);
+}
+
+#[test]
+fn unreachable_endpoint_names_the_url() {
+    // A port that was just free and is closed again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        base_urls: vec![format!("http://127.0.0.1:{port}/v1")],
+        model: "m".into(),
+        concurrency: 1,
+        max_retries: 2,
+        timeout: Duration::from_secs(2),
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+        ..OpenAiConfig::default()
+    })
+    .unwrap();
+    let start = Instant::now();
+    let run = run(&backend, 5);
+    let message = run.result.expect_err("nothing to reach").to_string();
+    assert!(
+        message.contains(&format!("`http://127.0.0.1:{port}/v1/chat/completions`")),
+        "{message}"
+    );
+    assert!(message.contains("after 3 attempts"), "{message}");
+    assert_eq!(backend.error_counts().connect, 3);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

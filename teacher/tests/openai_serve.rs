@@ -1,0 +1,119 @@
+//! The `openai` backend against `distill serve`'s router on loopback, both on the tiny fixture
+//! model: every sample comes back exactly once, and greedy samples equal the local backend's.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distill_models::chat::Message;
+use distill_models::Checkpoint;
+use distill_teacher::openai::{OpenAiBackend, OpenAiConfig, PrefillMode};
+use distill_teacher::server::{RunningServer, Server, ServerConfig};
+use distill_teacher::{
+    Backend, Cancel, Engine, EngineOptions, Event, GenOutput, GenRequest, LocalBackend,
+    SamplingParams,
+};
+
+const MODEL: &str = "tiny-llama";
+
+fn engine() -> Arc<Engine> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-llama.gguf");
+    let checkpoint = Checkpoint::open(&path).expect("fixture opens");
+    let options = EngineOptions {
+        batch: 4,
+        ..EngineOptions::default()
+    };
+    Arc::new(Engine::load(&checkpoint, options).expect("fixture loads"))
+}
+
+fn requests(n: usize, prefill: &str) -> Vec<GenRequest> {
+    (0..n)
+        .map(|i| GenRequest {
+            key: format!("p{i}/0"),
+            messages: vec![Message::user(format!("What is {i} plus {}?", i * 7))],
+            prefill: prefill.to_string(),
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_p: 1.0,
+                top_k: 0,
+                max_new_tokens: 12 + i % 5,
+            },
+            seed: i as u64,
+            stop: Vec::new(),
+        })
+        .collect()
+}
+
+/// Runs `backend` and returns its outputs by key, failing on any duplicate or failure.
+fn collect(backend: &dyn Backend, requests: Vec<GenRequest>) -> HashMap<String, GenOutput> {
+    let mut out = HashMap::new();
+    let mut failures = Vec::new();
+    let mut iter = requests.into_iter();
+    let stats = backend
+        .generate(&mut iter, &Cancel::new(), &mut |event| match event {
+            Event::Done(output) => {
+                let key = output.key.clone();
+                assert!(
+                    out.insert(key.clone(), output).is_none(),
+                    "`{key}` came back twice"
+                );
+            }
+            Event::Failed { key, error } => failures.push(format!("{key}: {error}")),
+            Event::Progress { .. } => {}
+        })
+        .expect("generation runs");
+    assert!(failures.is_empty(), "failures: {failures:?}");
+    assert_eq!(stats.completed as usize, out.len());
+    out
+}
+
+fn client(server: &RunningServer, prefill: PrefillMode) -> OpenAiBackend {
+    let base = server.base_url();
+    OpenAiBackend::new(OpenAiConfig {
+        // The same server twice, once with `/v1`: round-robin and both URL forms.
+        base_urls: vec![format!("{base}/v1"), format!("{base}/")],
+        model: MODEL.into(),
+        concurrency: 4,
+        timeout: Duration::from_secs(60),
+        max_retries: 0,
+        prefill,
+        ..OpenAiConfig::default()
+    })
+    .expect("backend builds")
+}
+
+#[test]
+fn openai_backend_against_serve_equals_local() {
+    let engine = engine();
+    let local = LocalBackend::new(Arc::clone(&engine), MODEL);
+    let server = Server::new(Arc::clone(&engine), ServerConfig::new(MODEL)).expect("server starts");
+    let running = RunningServer::start(server, "127.0.0.1:0").expect("server binds");
+
+    // No prefill: what an R1 endpoint is sent by default.
+    let expected = collect(&local, requests(16, ""));
+    let remote = client(&running, PrefillMode::None);
+    let got = collect(&remote, requests(16, ""));
+    assert_eq!(got.len(), 16);
+    for (key, want) in &expected {
+        assert_eq!(got.get(key), Some(want), "sample `{key}`");
+    }
+    assert_eq!(remote.error_counts().total(), 0);
+    assert_eq!(remote.name(), "openai:tiny-llama");
+
+    // The R1 prefill sent with `continue_final_message`: the text starts with it, as locally.
+    let expected = collect(&local, requests(16, "<think>\n"));
+    let remote = client(&running, PrefillMode::ContinueFinalMessage);
+    let got = collect(&remote, requests(16, "<think>\n"));
+    assert_eq!(got.len(), 16);
+    for (key, want) in &expected {
+        assert!(want.text.starts_with("<think>\n"));
+        assert_eq!(got.get(key), Some(want), "sample `{key}` with prefill");
+    }
+
+    let stats = running.server().stats();
+    assert_eq!(stats.completed, 32);
+    assert_eq!(stats.failed, 0);
+    assert!(stats.peak_live <= 4, "{stats:?}");
+}

@@ -1,0 +1,240 @@
+//! `distill serve`'s router on loopback with the tiny fixture model: OpenAI-style 400s, the model
+//! list, streaming, and concurrent requests sharing the engine's batch.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distill_models::Checkpoint;
+use distill_teacher::server::{RunningServer, Server, ServerConfig};
+use distill_teacher::{Engine, EngineOptions};
+use serde_json::{json, Value};
+
+const MODEL: &str = "tiny-llama";
+
+fn start() -> RunningServer {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-llama.gguf");
+    let checkpoint = Checkpoint::open(&path).expect("fixture opens");
+    let options = EngineOptions {
+        batch: 4,
+        ..EngineOptions::default()
+    };
+    let engine = Arc::new(Engine::load(&checkpoint, options).expect("fixture loads"));
+    let server = Server::new(engine, ServerConfig::new(MODEL)).expect("server starts");
+    RunningServer::start(server, "127.0.0.1:0").expect("server binds")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &str) -> (u16, String) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request reaches the server");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn greedy(content: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+#[test]
+fn malformed_requests_get_openai_style_400s() {
+    let server = start();
+    let url = format!("{}/v1/chat/completions", server.base_url());
+    let cases: Vec<(&str, String, &str)> =
+        vec![
+        ("not json", "{".into(), ""),
+        ("no messages", json!({"model": MODEL}).to_string(), "messages"),
+        ("empty messages", json!({"messages": []}).to_string(), "messages"),
+        (
+            "temperature",
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3.5}).to_string(),
+            "temperature",
+        ),
+        (
+            "top_p",
+            json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}).to_string(),
+            "top_p",
+        ),
+        (
+            "max_tokens",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).to_string(),
+            "max_tokens",
+        ),
+        (
+            "n",
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 2}).to_string(),
+            "n",
+        ),
+        (
+            "role",
+            json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string(),
+            "messages",
+        ),
+        (
+            "messages type",
+            json!({"messages": "hello"}).to_string(),
+            "",
+        ),
+        (
+            "continue without assistant",
+            json!({"messages": [{"role": "user", "content": "x"}], "continue_final_message": true})
+                .to_string(),
+            "continue_final_message",
+        ),
+    ];
+    runtime().block_on(async {
+        let client = client();
+        for (name, body, param) in cases {
+            let (status, text) = post(&client, &url, &body).await;
+            assert_eq!(status, 400, "{name}: {text}");
+            let value: Value = serde_json::from_str(&text).expect("error body is JSON");
+            assert_eq!(value["error"]["type"], "invalid_request_error", "{name}");
+            assert!(value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            if !param.is_empty() {
+                assert_eq!(value["error"]["param"], param, "{name}: {text}");
+            }
+        }
+        // Another model's name: 404 like OpenAI and vLLM.
+        let body = json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]});
+        let (status, text) = post(&client, &url, &body.to_string()).await;
+        assert_eq!(status, 404, "{text}");
+        assert!(text.contains("gpt-9"));
+    });
+    assert_eq!(
+        server.server().stats().submitted,
+        0,
+        "nothing invalid reached the engine"
+    );
+}
+
+#[test]
+fn models_lists_the_model() {
+    let server = start();
+    runtime().block_on(async {
+        let response = client()
+            .get(format!("{}/v1/models", server.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let value: Value = response.json().await.unwrap();
+        assert_eq!(value["object"], "list");
+        assert_eq!(value["data"][0]["id"], MODEL);
+        assert_eq!(value["data"].as_array().map(Vec::len), Some(1));
+    });
+}
+
+#[test]
+fn concurrent_requests_share_a_batch() {
+    let server = start();
+    let url = format!("{}/v1/chat/completions", server.base_url());
+    let engine = server.server().engine();
+    // Hold the engine's intake so both requests are queued before it takes either.
+    engine.set_paused(true);
+    runtime().block_on(async {
+        let client = client();
+        let a = tokio::spawn({
+            let (client, url) = (client.clone(), url.clone());
+            async move { post(&client, &url, &greedy("first", 16).to_string()).await }
+        });
+        let b = tokio::spawn({
+            let (client, url) = (client.clone(), url.clone());
+            async move { post(&client, &url, &greedy("second", 16).to_string()).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while engine.stats().queued < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "requests never queued: {:?}",
+                engine.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(engine.stats().peak_live, 0);
+        engine.set_paused(false);
+        for handle in [a, b] {
+            let (status, text) = handle.await.unwrap();
+            assert_eq!(status, 200, "{text}");
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["object"], "chat.completion");
+            assert_eq!(value["model"], MODEL);
+            assert_eq!(value["choices"][0]["message"]["role"], "assistant");
+            assert!(value["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+        }
+    });
+    let stats = engine.stats();
+    assert_eq!(stats.completed, 2);
+    assert_eq!(
+        stats.peak_live, 2,
+        "both requests were live in the engine at once"
+    );
+}
+
+#[test]
+fn streaming_matches_the_whole_reply() {
+    let server = start();
+    let url = format!("{}/v1/chat/completions", server.base_url());
+    runtime().block_on(async {
+        let client = client();
+        let body = greedy("stream me", 20);
+        let (status, text) = post(&client, &url, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let whole: Value = serde_json::from_str(&text).unwrap();
+        let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
+
+        let mut body = body;
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let (status, text) = post(&client, &url, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let streamed: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(streamed, content);
+        let finish = chunks
+            .iter()
+            .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+        assert_eq!(finish, whole["choices"][0]["finish_reason"].as_str());
+        let usage = &chunks.last().unwrap()["usage"];
+        assert_eq!(usage, &whole["usage"]);
+    });
+}

@@ -259,7 +259,8 @@ pub fn verify(completion: &str, reference: Option<&str>) -> (Option<String>, Opt
 /// compare exactly, so `3/4 = 0.75 = \frac34`; with `\pi` or an irrational root the relative
 /// tolerance [`RELATIVE_TOLERANCE`] applies), or when both are the same kind of structure with
 /// equivalent elements: tuples and intervals in order with the same brackets, matrices cell by
-/// cell, and `\{…\}` sets, bare comma lists, `\cup` unions and `a \pm b` as unordered sets.
+/// cell, and `\{…\}` sets, bare comma lists, `\cup` unions and `a \pm b` as unordered sets
+/// (in order past 64 elements, to keep the matching cheap).
 /// An empty answer is never equivalent to anything.
 pub fn answers_equivalent(pred: &str, reference: &str) -> bool {
     let a = normalize_answer(pred);
@@ -268,6 +269,8 @@ pub fn answers_equivalent(pred: &str, reference: &str) -> bool {
 }
 
 const MAX_STRUCTURE_DEPTH: usize = 6;
+/// Sets longer than this are compared in order (see [`answers_equivalent`]).
+const MAX_UNORDERED: usize = 64;
 
 fn equivalent_normalized(a: &str, b: &str, depth: usize) -> bool {
     if a == b {
@@ -305,6 +308,13 @@ fn equivalent_normalized(a: &str, b: &str, depth: usize) -> bool {
         (Some(Shape::Unordered(x)), Some(Shape::Unordered(y))) => {
             if x.len() != y.len() {
                 return false;
+            }
+            if x.len() > MAX_UNORDERED {
+                // Matching is quadratic; answers this long are compared in order instead.
+                return x
+                    .iter()
+                    .zip(&y)
+                    .all(|(ex, ey)| equivalent_elements(ex, ey, depth));
             }
             let mut used = vec![false; y.len()];
             x.iter().all(|ex| {

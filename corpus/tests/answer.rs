@@ -307,6 +307,18 @@ fn hostile_input_does_not_panic() {
     assert_eq!(extract_answer(&many).as_deref(), Some("5"));
     let long_list = vec!["1"; 2000].join(",");
     assert!(answers_equivalent(&long_list, &long_list));
+    let a: Vec<String> = (0..3000).map(|i| format!("\\frac{{{i}}}{{7}}")).collect();
+    let b: Vec<String> = (0..3000).map(|i| format!("{i}/7")).collect();
+    let start = std::time::Instant::now();
+    assert!(answers_equivalent(&a.join(","), &b.join(",")));
+    let mut reversed = b.clone();
+    reversed.reverse();
+    assert!(!answers_equivalent(&a.join(","), &reversed.join(",")));
+    assert!(
+        start.elapsed().as_secs() < 5,
+        "long lists took {:?}",
+        start.elapsed()
+    );
 }
 
 /// The required self-check: every MATH-500 reference, written as `\boxed{answer}` inside a

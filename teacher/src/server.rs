@@ -703,3 +703,38 @@ fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(text: &str) -> GenOutput {
+        GenOutput {
+            key: "k".into(),
+            text: text.into(),
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 5,
+            completion_tokens: 7,
+        }
+    }
+
+    #[test]
+    fn reasoning_parser_splits_closed_blocks_only() {
+        let mut config = ServerConfig::new("m");
+        let reply = Reply::new(&config, "", output("<think>\nwhy\n</think>\n\n42"));
+        assert_eq!(reply.reasoning.as_deref(), Some("why"));
+        assert_eq!(reply.content, "42");
+        assert_eq!(reply.usage.total_tokens, 12);
+        // The prefill is the client's own text: only what follows it is returned.
+        let reply = Reply::new(&config, "<think>\n", output("<think>\nwhy</think>42"));
+        assert_eq!(reply.reasoning.as_deref(), Some("why"));
+        assert_eq!(reply.content, "42");
+        let reply = Reply::new(&config, "", output("<think>\nunfinished"));
+        assert_eq!(reply.reasoning, None);
+        assert_eq!(reply.content, "<think>\nunfinished");
+        config.reasoning_parser = false;
+        let reply = Reply::new(&config, "", output("<think>\nwhy\n</think>\n\n42"));
+        assert_eq!(reply.reasoning, None);
+        assert_eq!(reply.content, "<think>\nwhy\n</think>\n\n42");
+    }
+}

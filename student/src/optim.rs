@@ -11,7 +11,7 @@
 //! `p −= lr / (1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)`; bias corrections in f64 as Python does.
 //!
 //! Gradient clipping and accumulation live beside it: [`GradBuffers`] sums micro-batch gradients
-//! into one f32 buffer per parameter (the `.grad` of PyTorch), [`GradBuffers::global_norm`] gives
+//! into one f32 tensor per parameter (the `.grad` of PyTorch), [`GradBuffers::global_norm`] gives
 //! the norm for clipping, and the clip factor is folded into the step instead of rescaling the
 //! gradients in a separate pass.
 
@@ -147,13 +147,6 @@ impl AdamW {
     /// One AdamW step at learning rate `lr`, with gradients multiplied by `grad_scale` (the
     /// clipping factor) as they are read.
     pub fn step(&mut self, grads: &GradBuffers, lr: f64, grad_scale: f32) -> Result<()> {
-        if grads.bufs.len() != self.params.len() {
-            return Err(Error::Batch(format!(
-                "`{}` gradient buffers for `{}` parameters",
-                grads.bufs.len(),
-                self.params.len()
-            )));
-        }
         self.step += 1;
         let t = self.step as i32;
         let c = &self.config;
@@ -171,15 +164,20 @@ impl AdamW {
         };
         self.params
             .par_iter_mut()
-            .zip(grads.bufs.par_iter())
-            .try_for_each(|(p, g)| {
+            .enumerate()
+            .try_for_each(|(i, p)| -> Result<()> {
+                // PyTorch skips a parameter whose `.grad` is None; so does this step.
+                let Some(g) = grads.get(i) else {
+                    return Ok(());
+                };
+                let (s, l) = g.storage_and_layout();
                 let op = FusedAdamW {
                     consts: &consts,
                     decay: p.decay,
-                    grad: g,
+                    grad: f32_slice(&s, l)?,
                     moments: RefCell::new((&mut p.m, &mut p.v)),
                 };
-                p.var.as_tensor().inplace_op1(&op)
+                Ok(p.var.as_tensor().inplace_op1(&op)?)
             })?;
         Ok(())
     }
@@ -323,13 +321,15 @@ fn adamw_kernel(
     }
 }
 
-/// Gradients summed over the micro-batches of one optimizer step, one f32 buffer per parameter
-/// in the optimizer's order.
+/// Gradients summed over the micro-batches of one optimizer step, one f32 tensor per parameter
+/// in the optimizer's order (the `.grad` of PyTorch).
+///
+/// The first micro-batch's gradients are taken out of candle's `GradStore` rather than copied,
+/// so a step holds one gradient per parameter, as PyTorch does; later micro-batches add to them
+/// one parameter at a time.
 #[derive(Default)]
 pub struct GradBuffers {
-    bufs: Vec<Vec<f32>>,
-    /// Whether the buffers hold a gradient (the next `accumulate` adds instead of overwriting).
-    filled: bool,
+    grads: Vec<Option<Tensor>>,
 }
 
 impl GradBuffers {
@@ -337,71 +337,54 @@ impl GradBuffers {
         Self::default()
     }
 
-    /// Adds the gradients of `vars` from one backward pass (a parameter without a gradient
-    /// contributes zero).
-    pub fn accumulate(&mut self, grads: &GradStore, optimizer: &AdamW) -> Result<()> {
-        if self.bufs.len() != optimizer.params.len() {
-            self.bufs = optimizer
-                .params
-                .iter()
-                .map(|p| vec![0.0; p.var.elem_count()])
-                .collect();
-            self.filled = false;
+    /// Adds the gradients of the optimizer's parameters from one backward pass (a parameter
+    /// without a gradient contributes zero). Consumes the store: nothing else in it is needed.
+    pub fn accumulate(&mut self, mut store: GradStore, optimizer: &AdamW) -> Result<()> {
+        self.grads.resize(optimizer.params.len(), None);
+        for (slot, p) in self.grads.iter_mut().zip(&optimizer.params) {
+            let Some(g) = store.remove(p.var.as_tensor()) else {
+                continue;
+            };
+            if g.dims() != p.var.dims() {
+                return Err(Error::Batch(format!(
+                    "gradient of `{}` has shape {:?}, the parameter {:?}",
+                    p.name,
+                    g.dims(),
+                    p.var.dims()
+                )));
+            }
+            *slot = Some(match slot.take() {
+                Some(sum) => (sum + g)?,
+                None => g.contiguous()?,
+            });
         }
-        let filled = self.filled;
-        self.bufs
-            .par_iter_mut()
-            .zip(optimizer.params.par_iter())
-            .try_for_each(|(buf, p)| -> Result<()> {
-                let Some(g) = grads.get(p.var.as_tensor()) else {
-                    if !filled {
-                        buf.fill(0.0);
-                    }
-                    return Ok(());
-                };
-                let g = g.contiguous()?;
-                let (s, l) = g.storage_and_layout();
-                let src = f32_slice(&s, l)?;
-                if src.len() != buf.len() {
-                    return Err(Error::Batch(format!(
-                        "gradient of `{}` has {} elements, the parameter {}",
-                        p.name,
-                        src.len(),
-                        buf.len()
-                    )));
-                }
-                if filled {
-                    buf.par_chunks_mut(CHUNK)
-                        .zip(src.par_chunks(CHUNK))
-                        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s));
-                } else {
-                    buf.copy_from_slice(src);
-                }
-                Ok(())
-            })?;
-        self.filled = true;
         Ok(())
     }
 
-    /// Starts the next optimizer step: the next `accumulate` overwrites.
+    /// Starts the next optimizer step: drops the summed gradients.
     pub fn clear(&mut self) {
-        self.filled = false;
+        self.grads.iter_mut().for_each(|g| *g = None);
     }
 
-    /// The summed gradient of parameter `i` (optimizer order).
-    pub fn get(&self, i: usize) -> Option<&[f32]> {
-        self.bufs.get(i).map(Vec::as_slice)
+    /// The summed gradient of parameter `i` (optimizer order), if it received one.
+    pub fn get(&self, i: usize) -> Option<&Tensor> {
+        self.grads.get(i).and_then(Option::as_ref)
     }
 
     /// L2 norm over every gradient (as `torch.nn.utils.clip_grad_norm_` measures it), summed in
     /// f64 in a fixed order so it is reproducible.
-    pub fn global_norm(&self) -> f64 {
-        let per: Vec<f64> = self
-            .bufs
+    pub fn global_norm(&self) -> Result<f64> {
+        let per = self
+            .grads
             .par_iter()
-            .map(|b| b.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-            .collect();
-        per.iter().sum::<f64>().sqrt()
+            .map(|g| -> Result<f64> {
+                let Some(g) = g else { return Ok(0.0) };
+                let (s, l) = g.storage_and_layout();
+                let x = f32_slice(&s, l)?;
+                Ok(x.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(per.iter().sum::<f64>().sqrt())
     }
 }
 

@@ -114,6 +114,19 @@ pub struct StepMetrics {
     pub label_tokens: usize,
     pub tokens_per_sec: f64,
     pub elapsed: Duration,
+    /// Where the step's time went.
+    pub timings: StepTimings,
+}
+
+/// Wall time of a step's phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimings {
+    /// Model forward and loss, all micro-batches.
+    pub forward: Duration,
+    /// Backward passes and gradient accumulation.
+    pub backward: Duration,
+    /// Gradient norm and the AdamW update.
+    pub optimizer: Duration,
 }
 
 /// How a `fit` call ended.
@@ -276,19 +289,28 @@ impl Trainer {
         let scale = 1.0 / label_tokens.max(1) as f64;
         let mut loss = 0f64;
         let mut tokens = 0;
+        let mut timings = StepTimings::default();
         self.grads.clear();
         for rows in micro_batches {
+            let t0 = Instant::now();
             let (l, n) = micro_batch_loss(&self.model, rows, scale, self.config.loss_chunk_size)?;
             tokens += n;
             loss += l.to_scalar::<f32>()? as f64;
+            let t1 = Instant::now();
             let grads = l.backward()?;
-            self.grads.accumulate(&grads, &self.optimizer)?;
+            // The graph (activations) goes with `l`; free it before the next micro-batch.
+            drop(l);
+            self.grads.accumulate(grads, &self.optimizer)?;
+            timings.forward += t1 - t0;
+            timings.backward += t1.elapsed();
         }
-        let grad_norm = self.grads.global_norm();
+        let t2 = Instant::now();
+        let grad_norm = self.grads.global_norm()?;
         let total = self.state.total_steps.max(self.state.step + 1);
         let lr = self.config.schedule.lr_at(self.state.step, total);
         let factor = clip_factor(grad_norm, self.config.max_grad_norm);
         self.optimizer.step(&self.grads, lr, factor)?;
+        timings.optimizer = t2.elapsed();
         self.state.step += 1;
         self.state.history.push(StepRecord {
             step: self.state.step,
@@ -307,6 +329,7 @@ impl Trainer {
             label_tokens,
             tokens_per_sec: tokens as f64 / elapsed.as_secs_f64().max(1e-9),
             elapsed,
+            timings,
         })
     }
 

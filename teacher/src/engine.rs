@@ -35,7 +35,17 @@ pub struct EngineOptions {
     /// Most tokens (prompt chunks plus decoded tokens) in one step; a prompt that does not fit
     /// waits a step. At least `batch`.
     pub step_tokens: usize,
+    /// Each step runs at least this many token rows, padding with a throw-away sequence: the
+    /// CPU float matmul (`gemm`) rounds a row differently when it is alone or among very few
+    /// (other kernels, other blocking), which would make a sample depend on its batch mates.
+    /// 0 means automatic: 1 for a GGUF whose matrices are all quantized (the quantized kernels
+    /// compute each row on its own), else [`FLOAT_MIN_ROWS`].
+    pub min_step_rows: usize,
 }
+
+/// Rows from which the float matmul gives every row the same bits whatever the row count
+/// (measured on candle's CPU backend for model-sized and tiny shapes).
+pub const FLOAT_MIN_ROWS: usize = 8;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -43,6 +53,7 @@ impl Default for EngineOptions {
             batch: 8,
             prefill_chunk: 512,
             step_tokens: 2048,
+            min_step_rows: 0,
         }
     }
 }
@@ -170,6 +181,10 @@ impl Engine {
         eos: Vec<u32>,
         options: EngineOptions,
     ) -> Result<Self> {
+        let mut options = options;
+        if options.min_step_rows == 0 {
+            options.min_step_rows = FLOAT_MIN_ROWS;
+        }
         if options.batch == 0 || options.prefill_chunk == 0 {
             return Err(Error::Config(
                 "`batch` and `prefill_chunk` must be at least 1".into(),
@@ -190,6 +205,10 @@ impl Engine {
         let device = candle_core::Device::Cpu;
         let model = checkpoint.load_quantized_model(&device)?;
         let tokenizer = checkpoint.tokenizer()?;
+        let mut options = options;
+        if options.min_step_rows == 0 && all_matrices_quantized(checkpoint) {
+            options.min_step_rows = 1;
+        }
         let template = match tokenizer.chat_template()? {
             Some(t) => t,
             None => {
@@ -223,6 +242,11 @@ impl Engine {
 
     pub fn eos_token_ids(&self) -> &[u32] {
         &self.eos
+    }
+
+    /// Replaces the ids that end a sequence (benchmarks use none, for fixed-length outputs).
+    pub fn set_eos_token_ids(&mut self, eos: Vec<u32>) {
+        self.eos = eos;
     }
 
     /// The prompt text: the chat template with the generation prompt, then the prefill.
@@ -354,11 +378,17 @@ impl Engine {
         let logits = {
             let mut caches: Vec<Option<&mut KvCache>> =
                 live.iter_mut().map(|s| Some(&mut s.cache)).collect();
-            let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(chosen.len());
+            let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(chosen.len() + 1);
             for (&i, feed) in chosen.iter().zip(&feeds) {
                 if let Some(cache) = caches[i].take() {
                     batch.push((feed.as_slice(), cache));
                 }
+            }
+            let rows: usize = feeds.iter().map(Vec::len).sum();
+            let padding = vec![0u32; opts.min_step_rows.saturating_sub(rows)];
+            let mut pad_cache = self.model.new_cache();
+            if !padding.is_empty() {
+                batch.push((padding.as_slice(), &mut pad_cache));
             }
             self.model.step(&mut batch, Logits::Last)?
         };
@@ -493,6 +523,21 @@ impl Engine {
             completion_tokens: seq.generated.len() as u32,
         })
     }
+}
+
+/// Whether every matrix of a GGUF checkpoint is stored quantized (norms and other vectors may
+/// be float): then each row's result is independent of the batch without padding.
+fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
+    use candle_core::quantized::GgmlDType;
+    checkpoint.gguf().is_some_and(|g| {
+        g.content().tensor_infos.values().all(|info| {
+            info.shape.dims().len() < 2
+                || !matches!(
+                    info.ggml_dtype,
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+                )
+        })
+    })
 }
 
 pub use crate::handle::EngineHandle;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use distill_corpus::answer::verify;
 use distill_corpus::problems::{load_problems, Problem, ProblemSource};
-use distill_corpus::record::{self, Columns, Message as RecordMessage, Record};
-use distill_corpus::shards::{Manifest, ShardReader, ShardWriter, WriterOptions, MANIFEST};
+use distill_corpus::record::{self, Message as RecordMessage, Record};
+use distill_corpus::shards::{completed_samples, Manifest, ShardWriter, WriterOptions, MANIFEST};
 use distill_corpus::think::split_think;
 use distill_models::chat::Message;
 use serde::{Deserialize, Serialize};
@@ -143,8 +143,8 @@ fn identity(config: &GenerateConfig, teacher: &str) -> Value {
         "answer_col": config.problems.answer_col,
         "id_col": config.problems.id_col,
         "seed": config.seed,
-        "temperature": config.sampling.temperature,
-        "top_p": config.sampling.top_p,
+        "temperature": short_float(config.sampling.temperature),
+        "top_p": short_float(config.sampling.top_p),
         "top_k": config.sampling.top_k,
         "max_new_tokens": config.sampling.max_new_tokens,
         "system": config.prompt.system,
@@ -152,6 +152,15 @@ fn identity(config: &GenerateConfig, teacher: &str) -> Value {
         "prefill": config.prompt.prefill,
         "stop": config.prompt.stop,
     })
+}
+
+/// An f32 as the f64 its shortest decimal form names (0.6, not 0.6000000238418579).
+fn short_float(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
 /// `generation.json`: the identity, the last run's settings and cumulative error counts.
@@ -229,25 +238,6 @@ fn clear_corpus(dir: &Path, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every `(problem_id, sample_index)` in the finished shards of `dir`.
-fn finished_samples(dir: &Path, manifest: &Manifest) -> Result<HashSet<(String, i32)>> {
-    let files: Vec<PathBuf> = manifest.shards.iter().map(|s| dir.join(&s.file)).collect();
-    let mut done = HashSet::new();
-    if files.is_empty() {
-        return Ok(done);
-    }
-    let reader = ShardReader::open(&files)?.with_columns(&["problem_id", "sample_index"]);
-    for batch in reader.batches() {
-        let batch = batch?;
-        let cols = Columns::new(&batch);
-        let (ids, indices) = (cols.str("problem_id")?, cols.i32("sample_index")?);
-        for row in 0..batch.num_rows() {
-            done.insert((ids.value(row).to_string(), indices.value(row)));
-        }
-    }
-    Ok(done)
-}
-
 impl Plan {
     /// Reads the problems and checks the output folder; fails before any model work on bad
     /// input. `teacher` is the backend's provenance name (part of the corpus identity).
@@ -302,10 +292,7 @@ impl Plan {
             }
             _ => {}
         }
-        let done = match &manifest {
-            Some(m) => finished_samples(dir, m)?,
-            None => HashSet::new(),
-        };
+        let done = completed_samples(dir)?;
         Ok(Self {
             config,
             teacher: teacher.to_string(),

@@ -1,0 +1,87 @@
+//! Generation throughput benchmark (not a test): a fixed workload of `batch` sequences, each a
+//! 64-token prompt followed by exactly 256 greedy tokens (no EOS), at batch 1, 8 and 32.
+//!
+//! `cargo run --release -p distill-teacher --example bench -- MODEL.gguf [IDS.json]` prints
+//! generated tokens/s per batch size; with `IDS.json` it writes the prompt ids there so
+//! `teacher/bench/hf_generate.py` runs the identical workload (`teacher/bench/run.sh` does both).
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use distill_models::chat::Message;
+use distill_models::Checkpoint;
+use distill_teacher::engine::{IterSource, Update};
+use distill_teacher::{Cancel, Engine, EngineOptions, GenRequest, SamplingParams};
+
+const PROMPT_TOKENS: usize = 64;
+const NEW_TOKENS: usize = 256;
+const BATCHES: [usize; 3] = [1, 8, 32];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let model = PathBuf::from(args.next().ok_or("usage: bench MODEL [IDS.json]")?);
+    let ids_out = args.next().map(PathBuf::from);
+    let checkpoint = Checkpoint::open(&model)?;
+    let mut engines = Vec::new();
+    for batch in BATCHES {
+        let options = EngineOptions {
+            batch,
+            ..EngineOptions::default()
+        };
+        let mut engine = Engine::load(&checkpoint, options)?;
+        // No EOS: every sequence generates exactly NEW_TOKENS.
+        engine.set_eos_token_ids(Vec::new());
+        engines.push(engine);
+    }
+    // A user message whose rendered prompt is exactly PROMPT_TOKENS long.
+    let engine = &engines[0];
+    let mut words = String::from("Explain step by step:");
+    let mut k = 0;
+    let user = loop {
+        let ids = engine.prompt_ids(&[Message::user(words.clone())], "")?;
+        if ids.len() == PROMPT_TOKENS {
+            break words;
+        }
+        if ids.len() > PROMPT_TOKENS {
+            return Err(format!("cannot hit {PROMPT_TOKENS} prompt tokens exactly").into());
+        }
+        words.push_str([" a", " number", " seven", " x"][k % 4]);
+        k += 1;
+    };
+    let ids = engine.prompt_ids(&[Message::user(user.clone())], "")?;
+    if let Some(path) = ids_out {
+        std::fs::write(&path, serde_json::to_string(&ids)?)?;
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!("model {} · threads {threads}", model.display());
+    for (engine, batch) in engines.iter().zip(BATCHES) {
+        let requests = (0..batch).map(|i| GenRequest {
+            key: i.to_string(),
+            messages: vec![Message::user(user.clone())],
+            prefill: String::new(),
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_p: 1.0,
+                top_k: 0,
+                max_new_tokens: NEW_TOKENS,
+            },
+            seed: i as u64,
+            stop: Vec::new(),
+        });
+        let start = Instant::now();
+        let mut generated = 0u64;
+        engine.run(&mut IterSource(requests), &Cancel::new(), &mut |u| {
+            if let Update::Done(o) = u {
+                generated += u64::from(o.completion_tokens);
+            }
+            ControlFlow::Continue(())
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "distill batch {batch:>2}: {generated} tokens in {secs:.2}s = {:.1} tok/s",
+            generated as f64 / secs
+        );
+    }
+    Ok(())
+}

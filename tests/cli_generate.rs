@@ -1,0 +1,223 @@
+//! `distill generate` end to end on the tiny GGUF fixture: a run killed with SIGKILL (or stopped
+//! with Ctrl-C) and resumed yields the same corpus, row for row, as an uninterrupted run at a
+//! different batch size; a different config is refused by name; bad input fails before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use distill_corpus::record::{records_from_batch, Record};
+use distill_corpus::shards::{Manifest, ShardReader};
+
+const PROBLEMS: usize = 40;
+const SAMPLES: usize = 2;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+}
+
+fn model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/tiny-llama.gguf")
+}
+
+fn write_problems(dir: &Path) -> PathBuf {
+    let path = dir.join("problems.jsonl");
+    let lines: Vec<String> = (0..PROBLEMS)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("q/{i}"),
+                "problem": format!("Tom has {i} apples and buys {} more. How many now?", i % 7),
+                "answer": (i + i % 7).to_string(),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// The generate command; sampled (T = 0.9) so the check covers per-sample random streams.
+fn generate(problems: &Path, out: &Path, batch: usize) -> Command {
+    let mut cmd = bin();
+    cmd.arg("--threads").arg("1").arg("generate");
+    cmd.arg("--problems").arg(problems);
+    cmd.arg("--out").arg(out);
+    cmd.arg("--model").arg(model());
+    cmd.args(["--samples", &SAMPLES.to_string(), "--seed", "7"]);
+    cmd.args(["--temperature", "0.9", "--max-new-tokens", "48"]);
+    cmd.args(["--shard-rows", "3", "--batch", &batch.to_string()]);
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn rows(dir: &Path) -> Vec<Record> {
+    let reader = ShardReader::open(&[dir.to_path_buf()]).unwrap();
+    let mut rows = Vec::new();
+    for batch in reader.batches() {
+        rows.extend(records_from_batch(&batch.unwrap()).unwrap());
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    rows
+}
+
+fn finished_rows(dir: &Path) -> u64 {
+    Manifest::read(dir).ok().flatten().map_or(0, |m| m.rows())
+}
+
+/// Starts a run and interrupts it (`signal`: `KILL` or `INT`) once a shard is finished.
+fn interrupted_run(problems: &Path, out: &Path, signal: &str) -> std::process::ExitStatus {
+    let mut child = generate(problems, out, 1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while finished_rows(out) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no shard appeared"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait().unwrap()
+}
+
+fn assert_resumes_to(reference: &[Record], problems: &Path, out: &Path) {
+    let partial = finished_rows(out) as usize;
+    assert!(
+        partial > 0 && partial < PROBLEMS * SAMPLES,
+        "interrupted with {partial} rows: not mid-way"
+    );
+    let resumed = run_ok(&mut generate(problems, out, 1));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        stderr.contains(&format!("({partial} already done)")),
+        "{stderr}"
+    );
+    let got = rows(out);
+    assert_eq!(got.len(), reference.len());
+    for (a, b) in got.iter().zip(reference) {
+        assert_eq!(a, b, "row {}", a.id);
+    }
+}
+
+#[test]
+fn killed_and_resumed_equals_uninterrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path());
+    let full = tmp.path().join("full");
+    run_ok(&mut generate(&problems, &full, 8));
+    let reference = rows(&full);
+    assert_eq!(reference.len(), PROBLEMS * SAMPLES);
+    let ids: std::collections::HashSet<_> = reference.iter().map(|r| &r.id).collect();
+    assert_eq!(ids.len(), reference.len(), "every sample exactly once");
+    let r = &reference[0];
+    assert_eq!(r.teacher, "tiny-llama.gguf");
+    assert_eq!(r.temperature, 0.9);
+    assert!(r.messages[0].content.ends_with("within \\boxed{}."));
+    assert!(["stop", "length"].contains(&r.finish_reason.as_str()));
+    assert!(r.correct.is_some(), "a reference answer gives a verdict");
+    let distinct: std::collections::HashSet<_> = reference.iter().map(|r| &r.reasoning).collect();
+    assert!(distinct.len() > reference.len() / 2, "samples differ");
+
+    // Rerunning a finished corpus does nothing.
+    let again = run_ok(&mut generate(&problems, &full, 8));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already"));
+    assert_eq!(rows(&full), reference);
+
+    // SIGKILL after the first shard, then resume (at batch 1: batch size must not matter).
+    let killed = tmp.path().join("killed");
+    let status = interrupted_run(&problems, &killed, "KILL");
+    assert!(!status.success());
+    assert_resumes_to(&reference, &problems, &killed);
+
+    // Ctrl-C: flushes complete rows into a final shard and exits with an error message.
+    let stopped = tmp.path().join("stopped");
+    let status = interrupted_run(&problems, &stopped, "INT");
+    assert!(!status.success(), "an interrupted run is not a success");
+    assert!(!std::fs::read_dir(&stopped).unwrap().any(|e| e
+        .unwrap()
+        .path()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    assert_resumes_to(&reference, &problems, &stopped);
+}
+
+#[test]
+fn different_config_is_refused_by_name_and_force_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path());
+    let out = tmp.path().join("out");
+    let limit = ["--limit", "4"];
+    run_ok(generate(&problems, &out, 4).args(limit));
+    let refused = generate(&problems, &out, 4)
+        .args(limit)
+        .args(["--top-p", "0.5", "--top-k", "5"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("`top_k`") && stderr.contains("`top_p`") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`temperature`"), "{stderr}");
+    // More samples or problems are not a different config: they extend the corpus.
+    run_ok(generate(&problems, &out, 4).args(["--limit", "6"]));
+    assert_eq!(rows(&out).len(), 6 * SAMPLES);
+    run_ok(
+        generate(&problems, &out, 4)
+            .args(limit)
+            .args(["--top-p", "0.5", "--force"]),
+    );
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 4 * SAMPLES);
+    assert!(rows.iter().all(|r| r.top_p == 0.5));
+}
+
+#[test]
+fn bad_input_fails_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path());
+    let out = tmp.path().join("out");
+    let fail = |cmd: &mut Command, needle: &str| {
+        let o = cmd.output().unwrap();
+        assert!(!o.status.success());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        assert!(!out.exists(), "nothing is written on bad input");
+    };
+    fail(
+        &mut generate(&tmp.path().join("missing.jsonl"), &out, 1),
+        "missing.jsonl",
+    );
+    fail(
+        generate(&problems, &out, 1).args(["--prompt-col", "question_text"]),
+        "question_text",
+    );
+    let mut no_model = bin();
+    no_model.args(["generate", "--model", "no/such.gguf", "--out"]);
+    no_model.arg(&out).arg("--problems").arg(&problems);
+    fail(&mut no_model, "no/such.gguf");
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"problem\": \"fine\"}\nnot json\n").unwrap();
+    fail(&mut generate(&bad, &out, 1), "bad.jsonl");
+}

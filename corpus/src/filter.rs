@@ -431,3 +431,54 @@ pub fn run(io: &PassIo, cfg: &FilterConfig) -> Result<FilterSummary> {
         problems_kept,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greek_maths_is_not_language_mixing() {
+        let counts = ScriptCounts::of("Let θ = π/4 and α + β = γ; then sin θ = √2/2.");
+        assert_eq!(counts.mixing(), None);
+        let mixed = ScriptCounts::of("The answer is 42, 答案是四十二.");
+        assert_eq!(mixed.mixing(), Some(("Latin", "Han/Kana", 6)));
+        let cyrillic = ScriptCounts::of("Ответ: сорок два, i.e. 42");
+        assert_eq!(cyrillic.mixing(), Some(("Cyrillic", "Latin", 2)));
+    }
+
+    #[test]
+    fn paragraphs_are_counted_in_characters_between_blank_lines() {
+        assert_eq!(longest_paragraph("ab\ncd\n\n  \nxyz"), 5);
+        assert_eq!(longest_paragraph("é".repeat(10).as_str()), 10);
+        assert_eq!(longest_paragraph(""), 0);
+    }
+
+    #[test]
+    fn repeated_ngrams_are_counted() {
+        assert_eq!(max_ngram_repeats("a b c a b c a b c", 3), 3);
+        assert_eq!(max_ngram_repeats("a b", 3), 0);
+        assert_eq!(max_ngram_repeats("a b c d", 2), 1);
+    }
+
+    #[test]
+    fn unclosed_think_needs_a_closing_tag_after_the_last_opening() {
+        let closed = RowView {
+            reasoning: "r",
+            completion: "c",
+            assistant: Some("<think>\nr\n</think>\n\nc"),
+            ..RowView::default()
+        };
+        assert!(!unclosed_think(&closed));
+        let reopened = RowView {
+            assistant: Some("<think>r</think> c <think> again"),
+            ..closed
+        };
+        assert!(unclosed_think(&reopened));
+        let no_answer = RowView {
+            completion: " ",
+            assistant: None,
+            ..closed
+        };
+        assert!(unclosed_think(&no_answer));
+    }
+}

@@ -304,9 +304,10 @@ pub fn dropped_schema(schema: &Schema) -> SchemaRef {
 /// Output of a pass that keeps some rows and drops others: `out/*.parquet` and
 /// `out/dropped/*.parquet`, staged until `finish`.
 pub struct SplitWriter {
-    staging: Staging,
+    // Fields drop in order: the sinks' threads must stop before the staging folder is removed.
     kept: Sink,
     dropped: Sink,
+    staging: Staging,
     dropped_schema: SchemaRef,
     counts: PassCounts,
     started: std::time::Instant,

@@ -4,10 +4,15 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod data;
 mod error;
+pub mod export;
+pub mod init;
 pub mod loss;
 pub mod optim;
+pub mod pack;
 pub mod schedule;
+pub mod tokenizer_train;
 pub mod trainer;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 //! print; everything a user sees is formatted here.
 
 pub mod cli;
+pub mod compare;
 pub mod corpus_cmd;
 pub mod model_cmd;
 pub mod run;

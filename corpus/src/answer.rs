@@ -174,11 +174,22 @@ static ANSWER_PHRASE: LazyLock<Regex> = LazyLock::new(|| {
 fn answer_phrase(text: &str) -> Option<&str> {
     // The last phrase that is followed by something: "the answer is" at the very end says
     // nothing, so earlier ones are tried.
-    let ends: Vec<usize> = ANSWER_PHRASE.find_iter(text).map(|m| m.end()).collect();
+    let ends: Vec<usize> = ANSWER_PHRASE
+        .find_iter(text)
+        .filter(|m| !m.as_str().starts_with('#') || gsm8k_marker(&text[m.end()..]))
+        .map(|m| m.end())
+        .collect();
     ends.iter()
         .rev()
         .filter_map(|&end| answer_after_phrase(&text[end..]))
         .next()
+}
+
+/// `#### 18` ends a GSM8K solution, but `#### Step 2` is a Markdown heading: only a value
+/// (digit, sign, `.`, `$` or a LaTeX command) after the marker counts.
+fn gsm8k_marker(rest: &str) -> bool {
+    rest.trim_start_matches([' ', '\t'])
+        .starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | '$' | '\\'))
 }
 
 fn answer_after_phrase(rest: &str) -> Option<&str> {

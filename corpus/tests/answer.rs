@@ -46,6 +46,11 @@ fn extraction_table() {
         ("**Final Answer:** 1,234", Some("1,234")),
         ("Answer: 3.5\nThat's all.", Some("3.5")),
         ("The answer is <<8=8>>8.\n#### 8", Some("8")),
+        ("#### 1,234", Some("1,234")),
+        (
+            "The answer is 7.\n\n#### Step 2: check\nIt holds for 3 cases",
+            Some("7"),
+        ),
         ("The answer is: -7. Done.", Some("-7")),
         (
             "Let me check the answer again. It was 12 then 15",

@@ -1,8 +1,367 @@
-//! `distill train`: command-line front end of the student crate.
+//! `distill train`: command-line front end of the student crate. Reads the corpus, builds the
+//! student (base checkpoint or from scratch), trains with a progress bar, metrics JSONL and a
+//! loss-curve PNG, and exports the final Hugging Face folder.
+//!
+//! Output folder layout:
+//! - `model/` — the final Hugging Face folder (what `transformers` and `distill` load);
+//! - `checkpoints/step-…/` — resumable checkpoints (`--resume` continues from the newest);
+//! - `metrics.jsonl` — one line per step (`loss`, `lr`, `grad_norm`, tokens/s) and per eval;
+//! - `loss.png`, `train_config.toml` (resolved settings), `data_report.json`.
 
-#[derive(Debug, clap::Args)]
-pub struct TrainArgs {}
+mod chart;
+pub mod config;
 
-pub fn train(_args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`distill train` is not implemented yet")
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use distill_models::chat::ChatTemplate;
+use distill_models::tokenizer::TextTokenizer;
+use distill_models::Checkpoint;
+use distill_student::data::{self, Conversation, Dataset, Renderer};
+use distill_student::{checkpoint, export, init, tokenizer_train};
+use distill_student::{Control, Event, StudentInit, Trainer};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+pub use config::{TrainArgs, TrainSettings};
+
+pub const MODEL_DIR: &str = "model";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOSS_PNG: &str = "loss.png";
+pub const CONFIG_FILE: &str = "train_config.toml";
+pub const DATA_REPORT: &str = "data_report.json";
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let settings = args.resolve()?;
+    run(&settings, args.resume, !args.quiet)
+}
+
+/// Runs a training job from resolved settings (also used by `distill run`).
+pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Result<()> {
+    settings.validate()?;
+    let (Some(corpus), Some(out)) = (&settings.corpus, &settings.out) else {
+        bail!("the corpus and the output folder must be set");
+    };
+    let final_dir = out.join(MODEL_DIR);
+    let ckpt_root = out.join(CHECKPOINTS_DIR);
+    if final_dir.exists() {
+        if resume {
+            eprintln!("Training already finished: `{}`", final_dir.display());
+            return Ok(());
+        }
+        bail!(
+            "`{}` already exists: choose another `--out`, or delete it",
+            final_dir.display()
+        );
+    }
+    let latest = if resume {
+        checkpoint::latest(&ckpt_root)?
+    } else {
+        if checkpoint::latest(&ckpt_root)?.is_some() {
+            bail!(
+                "`{}` holds checkpoints of an earlier run: pass `--resume` to continue it, or choose another `--out`",
+                ckpt_root.display()
+            );
+        }
+        None
+    };
+    if let Some(base) = &settings.base {
+        anyhow::ensure!(
+            base.exists(),
+            "the base model `{}` does not exist",
+            base.display()
+        );
+    }
+
+    let conversations = data::read_corpus(std::slice::from_ref(corpus))
+        .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
+    let held_out = match &settings.eval_corpus {
+        Some(path) => Some(
+            data::read_corpus(std::slice::from_ref(path))
+                .with_context(|| format!("cannot read the eval corpus `{}`", path.display()))?,
+        ),
+        None => None,
+    };
+
+    // The tokenizer and the student's starting point.
+    let (mut student, tokenizer) = starting_point(settings, latest.as_deref(), &conversations)?;
+    let template = chat_template(&settings.data.chat_template, &tokenizer)?;
+    let renderer = Renderer::new(tokenizer, template, &student.config.eos_token_ids())?;
+    check_positions(settings, &student)?;
+    export::prepare(&mut student, &renderer);
+
+    let dataset = build_data(settings, &renderer, &conversations, held_out.as_deref())?;
+    let r = &dataset.report;
+    eprintln!(
+        "Corpus: {} rows → {} training documents in {} rows ({} tokens, {} labelled, {:.0}% full), {} held out{}",
+        r.rows,
+        r.train_documents,
+        r.train_rows,
+        r.train_tokens,
+        r.train_label_tokens,
+        r.fill_ratio * 100.0,
+        r.eval_documents,
+        if r.dropped.is_empty() {
+            String::new()
+        } else {
+            format!("; dropped {}", r.drop_summary())
+        }
+    );
+
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;
+    write_file(
+        &out.join(DATA_REPORT),
+        &(serde_json::to_string_pretty(&dataset.report)? + "\n"),
+    )?;
+
+    let device = Device::Cpu;
+    let mut trainer = match &latest {
+        Some(dir) => {
+            eprintln!("Resuming from `{}`", dir.display());
+            Trainer::resume(dir, settings.train.clone(), Some(&student.config), &device)?
+        }
+        None => Trainer::new(student, settings.train.clone(), &device)?,
+    };
+    let start_step = trainer.state().step;
+    let metrics_path = out.join(METRICS_FILE);
+    truncate_metrics(&metrics_path, start_step)?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open `{}`", metrics_path.display()))?;
+
+    let total = settings.train.total_steps(dataset.train.len());
+    let bar = progress_bar(total, start_step, progress);
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_ctrl_c(&stop);
+    let mut curve: Vec<(u64, f64)> = trainer
+        .state()
+        .history
+        .iter()
+        .map(|h| (h.step, h.loss))
+        .collect();
+    let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
+    let png = out.join(LOSS_PNG);
+    let mut failure: Option<anyhow::Error> = None;
+    let eval_rows = (!dataset.eval.is_empty()).then_some(dataset.eval.as_slice());
+    let summary = trainer.fit(&dataset.train, eval_rows, Some(&ckpt_root), &mut |event| {
+        let line = match event {
+            Event::Step(m) => {
+                bar.set_position(m.step);
+                bar.set_message(format!(
+                    "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                    m.loss, m.lr, m.tokens_per_sec
+                ));
+                curve.push((m.step, m.loss));
+                json!({
+                    "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
+                    "tokens": m.tokens, "label_tokens": m.label_tokens,
+                    "tokens_per_sec": m.tokens_per_sec, "seconds": m.elapsed.as_secs_f64(),
+                })
+            }
+            Event::Eval { step, loss } => {
+                bar.println(format!("step {step}: held-out loss {loss:.4}"));
+                evals.push((*step, *loss));
+                json!({"step": step, "eval_loss": loss})
+            }
+            Event::Checkpoint { step, path } => {
+                if let Err(e) = chart::loss_curve(&png, &curve, &evals) {
+                    tracing::warn!("{e:#}");
+                }
+                json!({"step": step, "checkpoint": path})
+            }
+        };
+        if let Err(e) = writeln!(metrics, "{line}") {
+            failure.get_or_insert(
+                anyhow::anyhow!(e).context(format!("cannot write `{}`", metrics_path.display())),
+            );
+            return Control::Stop;
+        }
+        if stop.load(Ordering::SeqCst) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })?;
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    chart::loss_curve(&png, &curve, &evals)?;
+    if summary.stopped {
+        eprintln!(
+            "Stopped at step {}; checkpoint `{}` (continue with `--resume`)",
+            summary.steps,
+            summary
+                .checkpoint
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display()
+        );
+        return Ok(());
+    }
+    trainer.save_model(&final_dir)?;
+    export::check_folder(&final_dir, renderer.end_of_turn_id())?;
+    eprintln!(
+        "Trained {} steps: loss {}{}; student in `{}`",
+        summary.steps,
+        summary
+            .last_loss
+            .map_or("n/a".into(), |l| format!("{l:.4}")),
+        summary
+            .eval_loss
+            .map_or(String::new(), |l| format!(", held-out loss {l:.4}")),
+        final_dir.display()
+    );
+    Ok(())
+}
+
+/// The student to train and its tokenizer. From scratch, a fresh run trains the tokenizer on
+/// the corpus; a resumed run takes it from its checkpoint (training it again would give the
+/// same one, but reading it is faster and cannot drift).
+fn starting_point(
+    settings: &TrainSettings,
+    latest: Option<&Path>,
+    conversations: &[Conversation],
+) -> anyhow::Result<(StudentInit, TextTokenizer)> {
+    if let Some(base) = &settings.base {
+        let (student, tokenizer) = init::from_base(base)
+            .with_context(|| format!("cannot load the base model `{}`", base.display()))?;
+        return Ok((student, tokenizer));
+    }
+    let tokenizer = match latest {
+        Some(dir) => Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?.tokenizer()?,
+        None => {
+            let chatml = ChatTemplate::chatml();
+            let texts: Vec<String> = conversations
+                .iter()
+                .filter_map(|c| chatml.render(&c.messages, false).ok())
+                .collect();
+            tokenizer_train::train(&texts, &settings.model.tokenizer)?
+        }
+    };
+    let student = init::from_scratch(&settings.model, tokenizer.clone(), settings.train.seed)?;
+    Ok((student, tokenizer))
+}
+
+/// `auto` (the tokenizer's own template, else ChatML), a built-in name, or a Jinja file.
+fn chat_template(choice: &str, tokenizer: &TextTokenizer) -> anyhow::Result<ChatTemplate> {
+    if choice == "auto" {
+        return Ok(tokenizer
+            .chat_template()?
+            .unwrap_or_else(ChatTemplate::chatml));
+    }
+    if let Some(t) = ChatTemplate::builtin(choice) {
+        return Ok(t);
+    }
+    let path = PathBuf::from(choice);
+    if !path.is_file() {
+        bail!(
+            "`data.chat_template` `{choice}` is neither `auto`, a built-in template (`chatml`, `llama3`, `deepseek-r1`) nor a file"
+        );
+    }
+    let source = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    Ok(ChatTemplate::new(
+        &source,
+        tokenizer.bos_token.as_deref(),
+        tokenizer.eos_token.as_deref(),
+    )?)
+}
+
+/// Rows longer than the model's positions would train positions it has never had.
+fn check_positions(settings: &TrainSettings, student: &StudentInit) -> anyhow::Result<()> {
+    let max = student.config.to_json()["max_position_embeddings"].as_u64();
+    if let Some(max) = max {
+        if settings.data.max_seq_len as u64 > max {
+            bail!(
+                "`data.max_seq_len` `{}` exceeds the model's `max_position_embeddings` `{max}`",
+                settings.data.max_seq_len
+            );
+        }
+    }
+    Ok(())
+}
+
+fn build_data(
+    settings: &TrainSettings,
+    renderer: &Renderer,
+    conversations: &[Conversation],
+    held_out: Option<&[Conversation]>,
+) -> anyhow::Result<Dataset> {
+    let Some(held_out) = held_out else {
+        return Ok(data::build(conversations, renderer, &settings.data)?);
+    };
+    let mut config = settings.data.clone();
+    config.eval_fraction = 0.0;
+    let mut train = data::build(conversations, renderer, &config)?;
+    let eval = data::build(held_out, renderer, &config).context("the eval corpus is unusable")?;
+    train.eval = eval.train;
+    train.report.eval_documents = eval.report.train_documents;
+    train.report.eval_rows = eval.report.train_rows;
+    Ok(train)
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+/// Keeps only the metrics lines of steps a resumed run has (a run stopped after its last
+/// checkpoint logged steps that will be trained again).
+fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step && step > 0)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    write_file(path, &kept)
+}
+
+fn progress_bar(total: u64, start: u64, visible: bool) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if !visible {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template(
+        "{spinner} train [{bar:30}] {pos}/{len} steps  {msg}  elapsed {elapsed}  ETA {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_position(start);
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// The first Ctrl-C stops after the current step with a checkpoint; a second exits at once.
+fn stop_on_ctrl_c(stop: &Arc<AtomicBool>) {
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nInterrupted: checkpointing after this step (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = installed {
+        tracing::debug!("cannot install the Ctrl-C handler: {e}");
+    }
 }

@@ -1,0 +1,304 @@
+//! `distill train` settings: a TOML file (`--config`) and/or flags, flags winning. The file's
+//! shape is [`TrainSettings`]; unknown keys at any level are rejected with the key's name and
+//! line, so a typo never silently trains with a default.
+//!
+//! ```toml
+//! corpus = "runs/demo/corpus"
+//! out = "runs/demo/student"
+//! from_scratch = true          # or: base = "path/to/checkpoint-or.gguf"
+//! [data]                       # distill_student::data::DataConfig
+//! max_seq_len = 128
+//! [model]                      # from-scratch architecture (distill_student::init::ScratchConfig)
+//! hidden_size = 64
+//! [model.tokenizer]            # from-scratch BPE (vocab_size, split_digits, min_frequency)
+//! vocab_size = 80
+//! [train]                      # distill_student::TrainerConfig: batch, steps, cadence
+//! micro_batch_size = 32
+//! [train.schedule]             # lr, warmup_steps, min_lr_ratio
+//! [train.optim]                # beta1, beta2, eps, weight_decay, decay_embeddings
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use distill_student::data::DataConfig;
+use distill_student::init::ScratchConfig;
+use distill_student::TrainerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything a training run needs, as written to `train_config.toml` beside its output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    /// Corpus folder (or parquet file) to train on.
+    pub corpus: Option<PathBuf>,
+    /// A separate held-out corpus for the evaluation loss (instead of `data.eval_fraction`).
+    pub eval_corpus: Option<PathBuf>,
+    /// Base checkpoint: a Hugging Face folder or a GGUF file.
+    pub base: Option<PathBuf>,
+    /// Start from a fresh model (`[model]`) and a tokenizer trained on the corpus.
+    pub from_scratch: bool,
+    /// Output folder: `model/` (the final Hugging Face folder), `checkpoints/`,
+    /// `metrics.jsonl`, `loss.png`, `train_config.toml`, `data_report.json`.
+    pub out: Option<PathBuf>,
+    pub data: DataConfig,
+    pub model: ScratchConfig,
+    pub train: TrainerConfig,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TrainArgs {
+    /// TOML file with the run's settings; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Corpus folder (or parquet file).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Held-out corpus for the evaluation loss (default: `--eval-fraction` of the corpus).
+    #[arg(long)]
+    pub eval_corpus: Option<PathBuf>,
+    /// Base checkpoint to fine-tune: Hugging Face folder or GGUF file.
+    #[arg(long, conflicts_with = "from_scratch")]
+    pub base: Option<PathBuf>,
+    /// Train a fresh model and a byte-level BPE tokenizer on the corpus.
+    #[arg(long)]
+    pub from_scratch: bool,
+    /// Output folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the last checkpoint in `--out`.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar (metrics still go to `metrics.jsonl`).
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Tokens per training row and longest document kept.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// One document per row instead of best-fit-decreasing packing.
+    #[arg(long)]
+    pub no_packing: bool,
+    /// Chat template: `auto`, `chatml`, `llama3`, `deepseek-r1` or a Jinja file.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Fraction of the corpus held out for the evaluation loss.
+    #[arg(long)]
+    pub eval_fraction: Option<f64>,
+
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warmup steps.
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Optimizer steps (overrides `--epochs`).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Passes over the corpus.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Packed rows per forward pass.
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    pub accumulation_steps: Option<usize>,
+    /// Seed of the shuffle and of from-scratch weights.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Held-out loss every N steps (0: at the end only).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Checkpoint every N steps (0: at the end only).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+
+    /// From scratch: vocabulary size of the trained tokenizer.
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// From scratch: hidden size.
+    #[arg(long)]
+    pub hidden_size: Option<usize>,
+    /// From scratch: decoder layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// From scratch: attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// From scratch: key/value heads.
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    /// From scratch: MLP intermediate size.
+    #[arg(long)]
+    pub intermediate_size: Option<usize>,
+}
+
+/// Parses a settings file; errors name the file, line and offending key.
+pub fn load(path: &Path) -> anyhow::Result<TrainSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    parse(&text, path)
+}
+
+pub fn parse(text: &str, origin: &Path) -> anyhow::Result<TrainSettings> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| {
+                format!(
+                    " line {}",
+                    text[..s.start.min(text.len())].lines().count().max(1)
+                )
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "invalid config `{}`{line}: {}",
+            origin.display(),
+            e.message().trim()
+        )
+    })
+}
+
+impl TrainArgs {
+    /// The file's settings (or defaults) with every given flag applied.
+    pub fn resolve(&self) -> anyhow::Result<TrainSettings> {
+        let mut s = match &self.config {
+            Some(path) => load(path)?,
+            None => TrainSettings::default(),
+        };
+        let set = |slot: &mut Option<PathBuf>, v: &Option<PathBuf>| {
+            if v.is_some() {
+                slot.clone_from(v);
+            }
+        };
+        set(&mut s.corpus, &self.corpus);
+        set(&mut s.eval_corpus, &self.eval_corpus);
+        set(&mut s.out, &self.out);
+        if self.base.is_some() {
+            s.base.clone_from(&self.base);
+            s.from_scratch = false;
+        }
+        if self.from_scratch {
+            s.from_scratch = true;
+            s.base = None;
+        }
+        fn over<T: Clone>(slot: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *slot = v.clone();
+            }
+        }
+        over(&mut s.data.max_seq_len, &self.max_seq_len);
+        if self.no_packing {
+            s.data.packing = false;
+        }
+        over(&mut s.data.chat_template, &self.chat_template);
+        over(&mut s.data.eval_fraction, &self.eval_fraction);
+        over(&mut s.train.schedule.lr, &self.lr);
+        over(&mut s.train.schedule.warmup_steps, &self.warmup_steps);
+        if self.max_steps.is_some() {
+            s.train.max_steps = self.max_steps;
+        }
+        over(&mut s.train.epochs, &self.epochs);
+        over(&mut s.train.micro_batch_size, &self.micro_batch_size);
+        over(&mut s.train.accumulation_steps, &self.accumulation_steps);
+        over(&mut s.train.seed, &self.seed);
+        over(&mut s.train.eval_every, &self.eval_every);
+        over(&mut s.train.checkpoint_every, &self.checkpoint_every);
+        over(&mut s.model.tokenizer.vocab_size, &self.vocab_size);
+        over(&mut s.model.hidden_size, &self.hidden_size);
+        over(&mut s.model.num_hidden_layers, &self.layers);
+        over(&mut s.model.num_attention_heads, &self.heads);
+        over(&mut s.model.num_key_value_heads, &self.kv_heads);
+        over(&mut s.model.intermediate_size, &self.intermediate_size);
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+impl TrainSettings {
+    /// Checks what can be checked before reading anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.corpus.is_none() {
+            bail!("no corpus: pass `--corpus DIR` or set `corpus` in the config");
+        }
+        if self.out.is_none() {
+            bail!("no output folder: pass `--out DIR` or set `out` in the config");
+        }
+        match (&self.base, self.from_scratch) {
+            (None, false) => {
+                bail!("no starting point: pass `--base MODEL` or `--from-scratch`")
+            }
+            (Some(_), true) => bail!("`base` and `from_scratch` exclude each other"),
+            _ => {}
+        }
+        self.data.validate()?;
+        self.train.validate()?;
+        if self.from_scratch {
+            self.model.validate()?;
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot write the resolved config as TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_are_named_at_every_level() {
+        for (text, key) in [
+            ("corpuss = \"x\"", "corpuss"),
+            ("[data]\nmax_seq_length = 3", "max_seq_length"),
+            ("[train.schedule]\nlearning_rate = 0.1", "learning_rate"),
+            ("[model.tokenizer]\nvocab = 80", "vocab"),
+        ] {
+            let err = parse(text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("t.toml"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "corpus = \"a\"\nout = \"o\"\nfrom_scratch = true\n[train.schedule]\nlr = 0.01\n",
+        )
+        .unwrap();
+        let args = TrainArgs {
+            config: Some(path),
+            lr: Some(0.002),
+            max_steps: Some(7),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.train.schedule.lr, 0.002);
+        assert_eq!(s.train.max_steps, Some(7));
+        assert!(s.from_scratch);
+        let back = parse(&s.to_toml().unwrap(), Path::new("r.toml")).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn out_of_range_values_fail() {
+        let args = TrainArgs {
+            corpus: Some("c".into()),
+            out: Some("o".into()),
+            from_scratch: true,
+            lr: Some(3.0),
+            ..Default::default()
+        };
+        assert!(args
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("`schedule.lr`"));
+    }
+}

@@ -1,0 +1,235 @@
+//! `distill train` end to end: a from-scratch student on a tiny corpus (written with the corpus
+//! crate's shard writer) becomes a Hugging Face folder that `distill inspect` reads with the
+//! requested architecture; metrics, loss curve and resolved config land beside it; a run
+//! resumed from its middle checkpoint ends with the same weights; bad input fails in one line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use distill_corpus::record::{self, Record};
+use distill_corpus::shards::{ShardWriter, WriterOptions};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+}
+
+fn record(i: usize) -> Record {
+    let (a, b) = (5 + i % 20, 2 + i % 9);
+    let prompt = format!("Tom has {a} apples and buys {b} more. How many apples?");
+    let reasoning = format!("{a} + {b} = {}", a + b);
+    let completion = format!("\\boxed{{{}}}", a + b);
+    Record {
+        id: record::record_id(&format!("q{i}"), 0),
+        problem_id: format!("q{i}"),
+        sample_index: 0,
+        source: "test".into(),
+        messages: record::conversation(&prompt, &reasoning, &completion),
+        prompt,
+        reasoning,
+        completion,
+        final_answer: Some((a + b).to_string()),
+        reference_answer: Some((a + b).to_string()),
+        correct: Some(true),
+        finish_reason: "stop".into(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        teacher: "test".into(),
+        temperature: 0.6,
+        top_p: 0.95,
+        seed: i as u64,
+    }
+}
+
+fn write_corpus(dir: &Path, rows: usize) -> PathBuf {
+    let out = dir.join("corpus");
+    let records: Vec<Record> = (0..rows).map(record).collect();
+    let mut w = ShardWriter::create(&out, record::schema(), WriterOptions::default()).unwrap();
+    w.write(&record::records_to_batch(&records).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    out
+}
+
+fn train_cmd(corpus: &Path, out: &Path) -> Command {
+    train_cmd_with(corpus, out, &[])
+}
+
+/// The training command with some of its default flag values replaced.
+fn train_cmd_with(corpus: &Path, out: &Path, replace: &[(&str, &str)]) -> Command {
+    let mut cmd = bin();
+    cmd.args(["--threads", "1", "train", "--from-scratch", "--quiet"]);
+    cmd.arg("--corpus").arg(corpus).arg("--out").arg(out);
+    let defaults = [
+        ("--vocab-size", "60"),
+        ("--hidden-size", "32"),
+        ("--layers", "1"),
+        ("--heads", "2"),
+        ("--kv-heads", "1"),
+        ("--intermediate-size", "48"),
+        ("--max-seq-len", "128"),
+        ("--max-steps", "6"),
+        ("--micro-batch-size", "2"),
+        ("--eval-every", "3"),
+        ("--checkpoint-every", "3"),
+        ("--eval-fraction", "0.2"),
+        ("--lr", "0.005"),
+        ("--seed", "11"),
+    ];
+    for (flag, value) in defaults {
+        let value = replace
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .map_or(value, |(_, v)| v);
+        cmd.args([flag, value]);
+    }
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn from_scratch_run_writes_a_folder_inspect_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 30);
+    let out = dir.path().join("run");
+    run_ok(&mut train_cmd(&corpus, &out));
+
+    let model = out.join("model");
+    let inspect = run_ok(bin().arg("inspect").arg(&model).arg("--json"));
+    let r: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(r["architecture"], "qwen2");
+    assert_eq!(r["hidden_size"], 32);
+    assert_eq!(r["layers"], 1);
+    assert_eq!(r["attention_heads"], 2);
+    assert_eq!(r["kv_heads"], 1);
+    assert_eq!(r["intermediate_size"], 48);
+    assert_eq!(r["tie_word_embeddings"], true);
+    assert_eq!(r["chat_template"], true);
+    assert_eq!(r["vocab_size"], r["tokenizer_vocab_size"]);
+    assert!(r["vocab_size"].as_u64().unwrap() <= 60);
+    let eos: Vec<&str> = r["eos_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["text"].as_str())
+        .collect();
+    assert!(eos.contains(&"<|im_end|>"), "{eos:?}");
+
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.get("loss").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    let evals = lines
+        .iter()
+        .filter(|l| l.get("eval_loss").is_some())
+        .count();
+    assert_eq!(evals, 2, "{metrics}");
+    let png = std::fs::read(out.join("loss.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    let config = std::fs::read_to_string(out.join("train_config.toml")).unwrap();
+    assert!(config.contains("from_scratch = true"), "{config}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["rows"], 30);
+
+    // A finished run resumed is a no-op; the same --out without --resume is refused.
+    run_ok(train_cmd(&corpus, &out).arg("--resume"));
+    let err = run_err(&mut train_cmd(&corpus, &out));
+    assert!(err.contains("already exists"), "{err}");
+
+    // Resume from the middle: drop the final folder and the step-6 checkpoint, continue from
+    // step 3, and end with the same weights.
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    std::fs::remove_dir_all(&model).unwrap();
+    let ckpts = out.join("checkpoints");
+    let mut names: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    std::fs::remove_dir_all(ckpts.join(&names[1])).unwrap();
+    let err = run_err(&mut train_cmd(&corpus, &out));
+    assert!(err.contains("--resume"), "{err}");
+    let resumed = run_ok(train_cmd(&corpus, &out).arg("--resume"));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("Resuming"));
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        weights
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps = metrics.lines().filter(|l| l.contains("\"loss\"")).count();
+    assert_eq!(steps, 6, "{metrics}");
+}
+
+#[test]
+fn config_typos_and_bad_values_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 8);
+    let config = dir.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "corpus = {:?}\nout = {:?}\nfrom_scratch = true\n[train.schedule]\nlearning_rate = 0.1\n",
+            corpus,
+            dir.path().join("o")
+        ),
+    )
+    .unwrap();
+    let err = run_err(bin().arg("train").arg("--config").arg(&config));
+    assert!(
+        err.contains("learning_rate") && err.contains("train.toml"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let err = run_err(&mut train_cmd_with(
+        &corpus,
+        &dir.path().join("o2"),
+        &[("--lr", "5")],
+    ));
+    assert!(err.contains("`schedule.lr`"), "{err}");
+
+    let err = run_err(
+        bin()
+            .args(["train", "--from-scratch"])
+            .arg("--out")
+            .arg(dir.path()),
+    );
+    assert!(err.contains("--corpus"), "{err}");
+}
+
+#[test]
+fn a_corpus_without_usable_rows_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 8);
+    let err = run_err(&mut train_cmd_with(
+        &corpus,
+        &dir.path().join("o"),
+        &[("--max-seq-len", "10")],
+    ));
+    assert!(err.contains("all `8` corpus rows were dropped"), "{err}");
+    assert!(err.contains("longer than `max_seq_len`"), "{err}");
+}

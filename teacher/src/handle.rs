@@ -13,6 +13,9 @@ use crate::backend::{Cancel, GenRequest, GenStats};
 use crate::engine::{Engine, Poll, RequestSource, Update};
 use crate::{Error, Result};
 
+/// Internal request id → (the caller's key, where the caller listens).
+type Routes = Rc<RefCell<HashMap<String, (String, Sender<Update>)>>>;
+
 struct Job {
     request: GenRequest,
     reply: Sender<Update>,
@@ -152,7 +155,7 @@ impl Drop for EngineHandle {
 /// Jobs from the channel; each gets an internal key so callers' keys may collide.
 struct ChannelSource {
     rx: Receiver<Job>,
-    replies: Rc<RefCell<HashMap<String, (String, Sender<Update>)>>>,
+    replies: Routes,
     next_id: u64,
 }
 

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{corpus_cmd, model_cmd, student_cmd, teacher_cmd};
+use crate::{compare, corpus_cmd, model_cmd, problems_cmd, student_cmd, teacher_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,6 +24,8 @@ pub enum Command {
     Inspect(model_cmd::InspectArgs),
     /// Convert a GGUF file into a Hugging Face checkpoint folder.
     Convert(model_cmd::ConvertArgs),
+    /// Write a synthetic problem set (and its worked solutions as a corpus).
+    Problems(problems_cmd::ProblemsArgs),
     /// Curate a chain-of-thought corpus: verify, filter, dedup, decontaminate, split, stats, export.
     #[command(subcommand)]
     Corpus(corpus_cmd::CorpusCommand),
@@ -33,6 +35,10 @@ pub enum Command {
     Serve(teacher_cmd::ServeArgs),
     /// Fine-tune a student on a corpus (supervised fine-tuning).
     Train(student_cmd::TrainArgs),
+    /// Evaluate a teacher and its students on held-out problems; writes a report with charts.
+    Compare(compare::CompareArgs),
+    /// Run a pipeline file: every stage in order, resuming where a previous run stopped.
+    Run(crate::run::RunArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,13 +46,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(threads) = cli.threads {
         set_threads(threads)?;
     }
-    match cli.command {
+    dispatch(cli.command)
+}
+
+/// Runs one subcommand; `distill run` calls this for every stage of a pipeline.
+pub fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Inspect(args) => model_cmd::inspect(args),
         Command::Convert(args) => model_cmd::convert(args),
+        Command::Problems(args) => problems_cmd::problems(args),
         Command::Corpus(cmd) => corpus_cmd::run(cmd),
         Command::Generate(args) => teacher_cmd::generate(args),
         Command::Serve(args) => teacher_cmd::serve(args),
         Command::Train(args) => student_cmd::train(args),
+        Command::Compare(args) => compare::compare(args),
+        Command::Run(args) => crate::run::run(args),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod compare;
 pub mod corpus_cmd;
 pub mod model_cmd;
+pub mod problems_cmd;
 pub mod run;
 pub mod student_cmd;
 pub mod teacher_cmd;

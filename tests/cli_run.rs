@@ -1,0 +1,275 @@
+//! `distill run` end to end on a shrunken pipeline: every stage through the real binary,
+//! manifests written, a rerun skips finished stages, a pipeline killed during `train` resumes
+//! without redoing `generate`, and bad pipeline files fail before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+const STAGES: [&str; 7] = [
+    "problems",
+    "eval_problems",
+    "teacher",
+    "generate",
+    "verify",
+    "train",
+    "compare",
+];
+
+fn pipeline(out: &Path, student_steps: u32) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "shrunken-demo"
+out = "{out}"
+
+[problems]
+count = 48
+seed = 1
+
+[eval_problems]
+count = 6
+seed = 2
+
+[teacher]
+max_steps = 4
+max_seq_len = 256
+hidden_size = 32
+layers = 1
+heads = 2
+kv_heads = 1
+intermediate_size = 64
+vocab_size = 300
+quiet = true
+
+[generate]
+samples = 2
+max_new_tokens = 12
+batch = 4
+
+[verify]
+
+# A 4-step teacher writes no finished traces; the student learns from the worked solutions.
+[train]
+corpus = "{out}/problems/solutions"
+max_steps = {student_steps}
+checkpoint_every = 2
+max_seq_len = 256
+hidden_size = 16
+layers = 1
+heads = 2
+kv_heads = 1
+intermediate_size = 32
+vocab_size = 300
+quiet = true
+
+[compare]
+samples = 2
+max_new_tokens = 12
+"#,
+        out = out.display()
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn distill(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["--threads", "1"])
+        .args(args)
+        .output()
+        .expect("run distill");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn manifest(out: &Path, stage: &str) -> serde_json::Value {
+    let path = out.join("manifests").join(format!("{stage}.json"));
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn mtimes(dir: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn shrunken_pipeline_runs_skips_and_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let file = write(dir.path(), "demo.toml", &pipeline(&out, 4));
+    let file = file.to_str().unwrap();
+
+    let (ok, log) = distill(&["run", file]);
+    assert!(ok, "{log}");
+    for stage in STAGES {
+        let m = manifest(&out, stage);
+        assert_eq!(m["status"], "done", "{stage}");
+        assert_eq!(m["config_hash"].as_str().unwrap().len(), 16);
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("problems/train.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        48
+    );
+    assert!(out.join("teacher/model/config.json").is_file());
+    assert!(out.join("student/model/tokenizer.json").is_file());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["models"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert!(out.join("pipeline.toml").is_file() && out.join("pipeline.resolved.json").is_file());
+
+    // Nothing changed: every stage is skipped.
+    let (ok, log) = distill(&["run", file]);
+    assert!(ok, "{log}");
+    assert_eq!(
+        log.matches("done already, skipped").count(),
+        STAGES.len(),
+        "{log}"
+    );
+
+    // --only reruns exactly one stage.
+    let before = mtimes(&out.join("corpus/generated"));
+    let (ok, log) = distill(&["run", file, "--only", "verify"]);
+    assert!(ok, "{log}");
+    assert_eq!(log.matches(": running").count(), 1, "{log}");
+    assert!(log.contains("verify: running"), "{log}");
+    assert_eq!(mtimes(&out.join("corpus/generated")), before);
+}
+
+#[test]
+fn killed_during_train_resumes_without_redoing_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let file = write(dir.path(), "demo.toml", &pipeline(&out, 400));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["--threads", "1", "run", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the student has written a checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let checkpoints = out.join("student/checkpoints");
+    loop {
+        let has_checkpoint = std::fs::read_dir(&checkpoints)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            })
+            .unwrap_or(false);
+        if has_checkpoint {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pipeline ended before training checkpointed"
+        );
+        assert!(Instant::now() < deadline, "no checkpoint in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(manifest(&out, "train")["status"], "running");
+    assert_eq!(manifest(&out, "generate")["status"], "done");
+    let generated = mtimes(&out.join("corpus/generated"));
+
+    // Rerun with a short schedule would be a different config; rerun the same one.
+    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    assert!(log.contains("generate: done already, skipped"), "{log}");
+    assert!(log.contains("train: resuming"), "{log}");
+    assert_eq!(mtimes(&out.join("corpus/generated")), generated);
+    assert_eq!(manifest(&out, "train")["status"], "done");
+    assert_eq!(manifest(&out, "compare")["status"], "done");
+}
+
+#[test]
+fn bad_pipelines_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let text = pipeline(&out, 4);
+
+    let typo = write(
+        dir.path(),
+        "typo.toml",
+        &text.replace("max_new_tokens = 12\nbatch", "max_new_tokenz = 12\nbatch"),
+    );
+    let (ok, log) = distill(&["run", typo.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        log.contains("unknown key `max_new_tokenz` in table `[generate]`")
+            && log.contains("did you mean `max_new_tokens`?"),
+        "{log}"
+    );
+
+    let table = write(
+        dir.path(),
+        "table.toml",
+        &format!("{text}\n[trian]\nlr = 1.0\n"),
+    );
+    let (ok, log) = distill(&["run", table.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(log.contains("unknown table `[trian]`"), "{log}");
+
+    let value = write(
+        dir.path(),
+        "value.toml",
+        &text.replace(
+            "samples = 2\nmax_new_tokens = 12\nbatch",
+            "samples = \"many\"\nmax_new_tokens = 12\nbatch",
+        ),
+    );
+    let (ok, log) = distill(&["run", value.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        log.contains("in table `[generate]`") && log.contains("many"),
+        "{log}"
+    );
+
+    // A stage whose input another stage produces, run alone: name the producer.
+    let good = write(dir.path(), "good.toml", &text);
+    let (ok, log) = distill(&["run", good.to_str().unwrap(), "--only", "generate"]);
+    assert!(!ok);
+    assert!(
+        log.contains("stage `generate` needs") && log.contains("stage `problems` produces"),
+        "{log}"
+    );
+    assert!(!out.join("manifests").exists(), "no work may start");
+
+    let missing = write(
+        dir.path(),
+        "missing.toml",
+        &text.replace(
+            "[generate]\n",
+            "[generate]\nmodel = \"/no/such/model.gguf\"\n",
+        ),
+    );
+    let (ok, log) = distill(&["run", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        log.contains("stage `generate` needs `/no/such/model.gguf`, which does not exist"),
+        "{log}"
+    );
+    assert!(!out.join("manifests").exists(), "no work may start");
+}

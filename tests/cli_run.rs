@@ -273,3 +273,46 @@ fn bad_pipelines_fail_before_any_work() {
     );
     assert!(!out.join("manifests").exists(), "no work may start");
 }
+
+/// Every preset in `pipelines/` parses, every key is a real flag of its stage, and it resolves
+/// to the stages its header promises.
+#[test]
+fn every_preset_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut presets: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    presets.sort();
+    let names: Vec<String> = presets
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "demo.toml",
+            "gsm8k-smollm2.toml",
+            "local-teacher.toml",
+            "r1-distill-qwen-1.5b.toml"
+        ]
+    );
+    for preset in &presets {
+        let (ok, log) = distill(&["run", preset.to_str().unwrap(), "--dry-run"]);
+        assert!(ok, "{}: {log}", preset.display());
+        let header = std::fs::read_to_string(preset).unwrap();
+        assert!(header.starts_with(&format!(
+            "# {}",
+            preset.file_name().unwrap().to_string_lossy()
+        )));
+        assert!(header.contains("Run") && header.contains("cargo run --release -- run pipelines/"));
+        for stage in ["generate", "verify", "train", "compare"] {
+            assert!(
+                log.contains(&format!("{stage:>14}  distill ")),
+                "{}: no {stage}\n{log}",
+                preset.display()
+            );
+        }
+    }
+}

@@ -195,7 +195,7 @@ impl Pipeline {
                         defaults.insert("inputs".into(), toml::Value::Array(vec![path(c.clone())]));
                     }
                     defaults.insert("output".into(), path(out.join("corpus").join(pass)));
-                    (inputs, outputs) = (&["inputs", "eval"], &["output"]);
+                    (inputs, outputs) = (&["inputs", "evals"], &["output"]);
                 }
             }
             let mut merged = defaults;

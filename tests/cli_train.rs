@@ -233,3 +233,44 @@ fn a_corpus_without_usable_rows_says_why() {
     assert!(err.contains("all `8` corpus rows were dropped"), "{err}");
     assert!(err.contains("longer than `max_seq_len`"), "{err}");
 }
+
+#[test]
+fn a_gguf_base_is_fine_tuned_and_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 6);
+    let out = dir.path().join("run");
+    let base =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/tiny-llama.gguf");
+    let mut cmd = bin();
+    cmd.args(["--threads", "1", "train", "--quiet", "--max-steps", "2"]);
+    cmd.args([
+        "--micro-batch-size",
+        "2",
+        "--max-seq-len",
+        "128",
+        "--eval-fraction",
+        "0",
+    ]);
+    cmd.arg("--base")
+        .arg(&base)
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out);
+    run_ok(&mut cmd);
+    let base_report = run_ok(bin().arg("inspect").arg(&base).arg("--json"));
+    let base_report: serde_json::Value = serde_json::from_slice(&base_report.stdout).unwrap();
+    let inspect = run_ok(bin().arg("inspect").arg(out.join("model")).arg("--json"));
+    let r: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    for key in [
+        "architecture",
+        "parameters",
+        "vocab_size",
+        "hidden_size",
+        "layers",
+    ] {
+        assert_eq!(r[key], base_report[key], "{key}");
+    }
+    assert_eq!(r["chat_template"], true);
+    assert!(r["tensor_types"]["f32"].as_u64().is_some());
+}

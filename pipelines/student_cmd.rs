@@ -355,13 +355,8 @@ fn progress_bar(total: u64, start: u64, visible: bool) -> ProgressBar {
 /// The first Ctrl-C stops after the current step with a checkpoint; a second exits at once.
 fn stop_on_ctrl_c(stop: &Arc<AtomicBool>) {
     let flag = stop.clone();
-    let installed = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
+    crate::interrupt::on_interrupt(move || {
+        flag.store(true, Ordering::SeqCst);
         eprintln!("\nInterrupted: checkpointing after this step (Ctrl-C again to quit now)");
     });
-    if let Err(e) = installed {
-        tracing::debug!("cannot install the Ctrl-C handler: {e}");
-    }
 }

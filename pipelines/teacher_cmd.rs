@@ -217,16 +217,10 @@ impl GenerateArgs {
 /// Sets `cancel` on the first Ctrl-C; a second one exits at once.
 fn cancel_on_ctrl_c(cancel: &Cancel) {
     let cancel = cancel.clone();
-    let installed = ctrlc::set_handler(move || {
-        if cancel.is_cancelled() {
-            std::process::exit(130);
-        }
+    crate::interrupt::on_interrupt(move || {
         eprintln!("\nInterrupted: finishing the shard in progress (Ctrl-C again to quit now)");
         cancel.cancel();
     });
-    if let Err(e) = installed {
-        tracing::warn!("cannot install the Ctrl-C handler: {e}");
-    }
 }
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {

@@ -316,3 +316,50 @@ fn every_preset_parses() {
         }
     }
 }
+
+/// Ctrl-C during `generate` stops the whole pipeline (the next stage must not start on a partial
+/// corpus) and leaves `generate` to be resumed by the next run.
+#[test]
+fn ctrl_c_stops_the_pipeline_and_the_stage_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let text = pipeline(&out, 4).replace(
+        "samples = 2\nmax_new_tokens = 12\nbatch = 4",
+        "samples = 8\nmax_new_tokens = 48\nbatch = 2\nshard_rows = 8",
+    );
+    let text = &text[..text.find("[train]").unwrap()];
+    let file = write(dir.path(), "demo.toml", text);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["--threads", "1", "run", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !out.join("corpus/generated/manifest.json").is_file() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pipeline ended before generate wrote a shard"
+        );
+        assert!(Instant::now() < deadline, "no shard in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{log}");
+    assert_eq!(manifest(&out, "generate")["status"], "running", "{log}");
+    assert!(
+        !out.join("manifests/verify.json").exists(),
+        "verify must not start: {log}"
+    );
+
+    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    assert!(log.contains("generate: resuming"), "{log}");
+    assert!(log.contains("verify: 384 rows in"), "{log}");
+}

@@ -246,7 +246,13 @@ impl Stage {
                     argv.push("--resume".into());
                 }
                 let cli = Cli::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("{e}"))?;
-                crate::cli::dispatch(cli.command)
+                crate::cli::dispatch(cli.command)?;
+                // A stage stopped by Ctrl-C returns cleanly with partial output: leave it
+                // marked running so the next `distill run` resumes it.
+                if crate::interrupt::requested() {
+                    anyhow::bail!("interrupted; run the pipeline again to resume");
+                }
+                Ok(())
             }),
         }
     }

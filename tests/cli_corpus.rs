@@ -39,7 +39,12 @@ fn sample(problem: usize, index: i32, answer: &str) -> Record {
         id: record::record_id(&format!("p{problem}"), index),
         problem_id: format!("p{problem}"),
         sample_index: index,
-        source: if problem.is_multiple_of(2) { "even" } else { "odd" }.into(),
+        source: if problem.is_multiple_of(2) {
+            "even"
+        } else {
+            "odd"
+        }
+        .into(),
         messages: record::conversation(&prompt, &reasoning, &completion),
         prompt,
         reasoning,

@@ -11,11 +11,14 @@ use plotters::style::{register_font, FontStyle};
 
 use crate::{Error, Result};
 
-const FONT: &str = "sans-serif";
+/// The font family every distill chart draws text with (registered by [`ensure_font`]).
+pub const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (900, 520);
 const BAR: RGBColor = RGBColor(70, 110, 180);
 
-fn ensure_font() -> Result<()> {
+/// Registers the DejaVu Sans font embedded by the `dejavu` crate under [`FONT`], once per
+/// process, so charts render text on a machine without system fonts.
+pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()

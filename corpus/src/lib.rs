@@ -3,7 +3,7 @@
 //! decontaminate, split, stats, export). Builds without candle.
 
 pub mod answer;
-mod chart;
+pub mod chart;
 pub mod config;
 pub mod decontaminate;
 pub mod dedup;

@@ -1,19 +1,16 @@
 //! The report's PNG charts: accuracy bars with error bars, one reasoning-length histogram per
-//! model, and speed against size. Drawn with plotters' bitmap backend and the DejaVu Sans font
-//! embedded by the `dejavu` crate, registered under the same family name the corpus crate's
-//! charts use, so text renders identically on a machine without system fonts.
+//! model, and speed against size. Drawn with plotters' bitmap backend and the embedded font
+//! the corpus crate's chart module registers, so text renders on a machine without system fonts.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{register_font, FontStyle};
 
 use super::report::human_bytes;
 
-const FONT: &str = "sans-serif";
+use distill_corpus::chart::FONT;
 const WIDTH: u32 = 960;
 /// Colours that stay apart for colour-blind readers (Okabe–Ito blue and orange).
 const PASS: RGBColor = RGBColor(0, 114, 178);
@@ -21,16 +18,7 @@ const CONS: RGBColor = RGBColor(230, 159, 0);
 const GREY: RGBColor = RGBColor(90, 90, 90);
 
 fn ensure_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
-            && register_font(FONT, FontStyle::Bold, dejavu::sans::bold()).is_ok()
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!("the embedded DejaVu font did not load"))
-    }
+    Ok(distill_corpus::chart::ensure_font()?)
 }
 
 fn draw_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {

@@ -1,32 +1,21 @@
 //! The loss-curve PNG of a training run: training loss per step and held-out loss at each
 //! evaluation. Neither the corpus charts (histograms, bars; private to that crate) nor the
 //! compare report's charts draw lines over steps, so this one is drawn here, with the same
-//! plotters bitmap backend and embedded DejaVu font registered under the same family name.
+//! plotters bitmap backend and the embedded font the corpus crate's chart module registers.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::anyhow;
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
-const FONT: &str = "sans-serif";
+use distill_corpus::chart::FONT;
 const SIZE: (u32, u32) = (960, 540);
 /// Okabe–Ito blue and vermillion: distinguishable for colour-blind readers.
 const TRAIN: RGBColor = RGBColor(0, 114, 178);
 const EVAL: RGBColor = RGBColor(213, 94, 0);
 
 fn ensure_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
-            && register_font(FONT, FontStyle::Bold, dejavu::sans::bold()).is_ok()
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!("the embedded DejaVu font did not load"))
-    }
+    Ok(distill_corpus::chart::ensure_font()?)
 }
 
 /// Draws `train` (step, loss) as a line (a path element: plotters' `LineSeries` needs a

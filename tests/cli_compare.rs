@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use distill_corpus::record::{records_from_batch, Record};
@@ -23,29 +22,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .output()
-        .expect("run distill")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = distill(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "distill {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn failing(args: &[&str]) -> String {
-    let out = distill(args);
-    assert!(!out.status.success(), "distill {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{failing, ok};
 
 fn write_problems(dir: &Path) -> PathBuf {
     let path = dir.join("eval.jsonl");

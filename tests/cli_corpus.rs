@@ -2,34 +2,12 @@
 //! crafted corpus, and the errors a user sees for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use distill_corpus::record::{self, Record};
 use distill_corpus::shards::{ShardReader, ShardWriter, WriterOptions};
 
-fn distill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .output()
-        .expect("run distill")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = distill(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "distill {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn failing(args: &[&str]) -> String {
-    let out = distill(args);
-    assert!(!out.status.success(), "distill {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod common;
+use common::{failing, ok};
 
 fn sample(problem: usize, index: i32, answer: &str) -> Record {
     let prompt = format!("Problem {problem}: Lena buys {problem} boxes of {index} pencils each.");

@@ -137,6 +137,16 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert!(r.correct.is_some(), "a reference answer gives a verdict");
     let distinct: std::collections::HashSet<_> = reference.iter().map(|r| &r.reasoning).collect();
     assert!(distinct.len() > reference.len() / 2, "samples differ");
+    // The local backend makes no remote attempts: the manifest's counts are all zero.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("generation.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["errors"]["total"], 0);
+    assert_eq!(
+        manifest["errors"]["failed_attempts"],
+        serde_json::json!({"http_429": 0, "http_5xx": 0, "timeout": 0, "connection": 0,
+            "malformed": 0, "http_4xx": 0, "auth": 0})
+    );
 
     // Rerunning a finished corpus does nothing.
     let again = run_ok(&mut generate(&problems, &full, 8));

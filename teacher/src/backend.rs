@@ -117,6 +117,67 @@ pub struct GenStats {
     pub cancelled: bool,
 }
 
+/// Failed attempts of requests by kind, every failed attempt counted whether it was retried or
+/// not. Serialised with the names `generation.json` uses (`http_429`, `http_5xx`, `timeout`,
+/// `connection`, `malformed`, `http_4xx`, `auth`). A local backend makes no remote attempts and
+/// reports zeros.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ErrorCounts {
+    /// HTTP 429 (rate limited; retried, honouring `Retry-After`).
+    #[serde(rename = "http_429")]
+    pub rate_limited: u64,
+    /// HTTP 5xx (retried).
+    #[serde(rename = "http_5xx")]
+    pub server: u64,
+    /// No complete answer within the time-out (retried).
+    pub timeout: u64,
+    /// The connection failed (retried).
+    #[serde(rename = "connection")]
+    pub connect: u64,
+    /// A response that is not the expected JSON (retried).
+    pub malformed: u64,
+    /// Other HTTP 4xx: the request itself was refused (not retried; the sample fails).
+    #[serde(rename = "http_4xx")]
+    pub client: u64,
+    /// HTTP 401/403: the key was rejected (not retried; the run ends).
+    pub auth: u64,
+}
+
+impl ErrorCounts {
+    pub fn total(&self) -> u64 {
+        self.connect
+            + self.timeout
+            + self.rate_limited
+            + self.server
+            + self.malformed
+            + self.client
+            + self.auth
+    }
+
+    /// Counts of both.
+    pub fn plus(&self, other: &ErrorCounts) -> ErrorCounts {
+        self.zip(other, u64::saturating_add)
+    }
+
+    /// What was counted since `earlier` (a snapshot of the same counters).
+    pub fn since(&self, earlier: &ErrorCounts) -> ErrorCounts {
+        self.zip(earlier, u64::saturating_sub)
+    }
+
+    fn zip(&self, o: &ErrorCounts, f: impl Fn(u64, u64) -> u64) -> ErrorCounts {
+        ErrorCounts {
+            rate_limited: f(self.rate_limited, o.rate_limited),
+            server: f(self.server, o.server),
+            timeout: f(self.timeout, o.timeout),
+            connect: f(self.connect, o.connect),
+            malformed: f(self.malformed, o.malformed),
+            client: f(self.client, o.client),
+            auth: f(self.auth, o.auth),
+        }
+    }
+}
+
 /// A source of samples: a local model or a remote endpoint.
 ///
 /// Contract:
@@ -137,4 +198,10 @@ pub trait Backend: Send + Sync {
         cancel: &Cancel,
         on_event: &mut dyn FnMut(Event),
     ) -> crate::Result<GenStats>;
+
+    /// Failed attempts over the backend's lifetime, by kind (the `generate` stage records what
+    /// one run added). The default, for backends that make no remote requests, is all zero.
+    fn error_counts(&self) -> ErrorCounts {
+        ErrorCounts::default()
+    }
 }

@@ -6,6 +6,15 @@
 //! then manifest); `generation.json` beside them holds the resolved config and error counts. A
 //! rerun reads the finished shards and skips every sample already there; an output folder written
 //! with a different config is refused, naming the keys that differ.
+//!
+//! `generation.json`: `config` (the corpus identity), `run` (settings that do not change
+//! samples), `last_run` (the last finished run's [`GenerateReport`]) and `errors`, summed over
+//! every run into the folder (a resume adds to them; `--force` starts over):
+//! `errors.total` counts samples that failed for good in a run (the next run retries them),
+//! `errors.failed_attempts` counts failed request attempts by kind, retried or not
+//! (`http_429`, `http_5xx`, `timeout`, `connection`, `malformed`, `http_4xx`, `auth`; see
+//! [`ErrorCounts`]; always zero for the local backend), and `errors.recent` keeps the messages of
+//! the last 20 failed samples.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -20,7 +29,7 @@ use distill_models::chat::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::backend::{Backend, Cancel, Event, GenOutput, GenRequest, SamplingParams};
+use crate::backend::{Backend, Cancel, ErrorCounts, Event, GenOutput, GenRequest, SamplingParams};
 use crate::sampling::sample_seed;
 use crate::{Error, Result};
 
@@ -169,15 +178,20 @@ struct GenerationFile {
     config: Value,
     /// Settings that do not change samples (samples per problem, limit, shard size).
     run: Value,
-    errors: ErrorCounts,
+    errors: ErrorLog,
     #[serde(default)]
     last_run: Option<GenerateReport>,
 }
 
+/// The `errors` object of `generation.json`, accumulated over every run into the folder.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ErrorCounts {
+struct ErrorLog {
     /// Failed requests over every run (a failed sample is retried by the next run).
     total: u64,
+    /// Failed attempts by kind over every run, retried or not (all zero for a local backend).
+    /// Absent from files written before it existed, which read as zero.
+    #[serde(default)]
+    failed_attempts: ErrorCounts,
     /// The most recent failures: `{key, message}`.
     recent: Vec<BTreeMap<String, String>>,
 }
@@ -370,11 +384,7 @@ impl Plan {
         }
     }
 
-    fn generation_file(
-        &self,
-        errors: ErrorCounts,
-        report: Option<GenerateReport>,
-    ) -> GenerationFile {
+    fn generation_file(&self, errors: ErrorLog, report: Option<GenerateReport>) -> GenerationFile {
         GenerationFile {
             config: identity(&self.config, &self.teacher),
             run: serde_json::json!({
@@ -438,6 +448,7 @@ impl Plan {
         });
         let mut write_error: Option<Error> = None;
         let mut written = HashSet::new();
+        let attempts_before = backend.error_counts();
         let stats = backend.generate(&mut requests, cancel, &mut |event| match event {
             Event::Done(output) => {
                 if write_error.is_some() {
@@ -486,12 +497,23 @@ impl Plan {
             }
         });
         drop(requests);
+        errors.failed_attempts = errors
+            .failed_attempts
+            .plus(&backend.error_counts().since(&attempts_before));
         // Flush what is complete even when the backend failed: those rows are good.
         let finished = writer.finish();
-        let stats = stats?;
-        if let Some(e) = write_error {
-            return Err(e);
-        }
+        let failure = match (stats, write_error) {
+            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+            (Ok(stats), None) => Ok(stats),
+        };
+        let stats = match failure {
+            Ok(stats) => stats,
+            Err(e) => {
+                // The errors of a failed run still count (a rejected key, an endpoint gone).
+                write_generation_file(&dir, &self.generation_file(errors, None))?;
+                return Err(e);
+            }
+        };
         let manifest = finished?;
         report.cancelled = stats.cancelled;
         report.shards = manifest.shards.len();

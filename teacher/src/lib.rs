@@ -13,7 +13,8 @@ pub mod sampling;
 pub mod server;
 
 pub use backend::{
-    Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats, SamplingParams,
+    Backend, Cancel, ErrorCounts, Event, FinishReason, GenOutput, GenRequest, GenStats,
+    SamplingParams,
 };
 pub use engine::{Engine, EngineHandle, EngineOptions, Update};
 pub use error::{Error, Result};

@@ -24,6 +24,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+pub use crate::backend::ErrorCounts;
 use crate::backend::{Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats};
 use crate::{Error, Result};
 use wire::{ChatRequest, ChatResponse, Content, Stop, WireMessage};
@@ -77,31 +78,6 @@ impl Default for OpenAiConfig {
             retry_after_max: Duration::from_secs(600),
             prefill: PrefillMode::None,
         }
-    }
-}
-
-/// Failed attempts by kind, over the backend's lifetime (every attempt counts, retried or not),
-/// for the run manifest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorCounts {
-    pub connect: u64,
-    pub timeout: u64,
-    pub rate_limited: u64,
-    pub server: u64,
-    pub malformed: u64,
-    pub client: u64,
-    pub auth: u64,
-}
-
-impl ErrorCounts {
-    pub fn total(&self) -> u64 {
-        self.connect
-            + self.timeout
-            + self.rate_limited
-            + self.server
-            + self.malformed
-            + self.client
-            + self.auth
     }
 }
 
@@ -261,6 +237,10 @@ impl Backend for OpenAiBackend {
             cancel,
             on_event,
         ))
+    }
+
+    fn error_counts(&self) -> ErrorCounts {
+        OpenAiBackend::error_counts(self)
     }
 }
 

@@ -1,8 +1,11 @@
 //! The `openai` backend against misbehaving loopback servers: 429 with `Retry-After`, 500, a hang
 //! past the time-out and malformed JSON are retried and counted exactly; 401 stops at once without
 //! leaking the key; other 4xx fail only their request; a closed port ends the run naming the URL.
+//! Through the `generate` stage, every sample lands in the corpus exactly once and the failed
+//! attempts are counted by kind in `generation.json`, summed across a resume.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use distill_corpus::problems::ProblemSource;
+use distill_corpus::record::records_from_batch;
+use distill_corpus::shards::ShardReader;
 use distill_models::chat::Message;
+use distill_teacher::generate::{GenerateConfig, GenerateReport, Plan, PromptConfig};
 use distill_teacher::openai::{ErrorCounts, OpenAiBackend, OpenAiConfig};
 use distill_teacher::{Backend, Cancel, Event, GenOutput, GenRequest, SamplingParams};
 
@@ -334,4 +341,157 @@ fn unreachable_endpoint_names_the_url() {
     assert!(message.contains("after 3 attempts"), "{message}");
     assert_eq!(backend.error_counts().connect, 3);
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+fn write_problems(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("problems.jsonl");
+    let lines: String = (0..n)
+        .map(|i| {
+            format!("{{\"id\": \"p{i}\", \"prompt\": \"problem {i}\", \"answer\": \"{i}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+/// One `generate` run (a new backend each time, as a rerun of the command would have).
+fn generate_stage(addr: SocketAddr, problems: &Path, out: &Path) -> GenerateReport {
+    try_generate_stage(config(addr), problems, out).unwrap()
+}
+
+fn try_generate_stage(
+    config: OpenAiConfig,
+    problems: &Path,
+    out: &Path,
+) -> distill_teacher::Result<GenerateReport> {
+    let backend = OpenAiBackend::new(config).unwrap();
+    let plan = Plan::new(
+        GenerateConfig {
+            problems: ProblemSource {
+                path: problems.to_path_buf(),
+                ..ProblemSource::default()
+            },
+            out: out.to_path_buf(),
+            samples: 1,
+            seed: 7,
+            sampling: SamplingParams::default(),
+            prompt: PromptConfig::default(),
+            shard_rows: 4,
+            force: false,
+        },
+        &backend.name(),
+    )
+    .unwrap();
+    plan.run(&backend, &Cancel::new(), &mut |_| {})
+}
+
+fn corpus_ids(dir: &Path) -> Vec<String> {
+    let reader = ShardReader::open(&[dir.to_path_buf()]).unwrap();
+    let mut ids = Vec::new();
+    for batch in reader.batches() {
+        ids.extend(
+            records_from_batch(&batch.unwrap())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id),
+        );
+    }
+    ids.sort();
+    ids
+}
+
+fn manifest_errors(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("generation.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["errors"].clone()
+}
+
+/// 429, 500, a hang past the time-out and malformed JSON are retried; a 400 fails its sample,
+/// which the next run (another misbehaving server) retries: the corpus ends with every sample
+/// exactly once and `generation.json` holds the exact failed attempts of both runs by kind.
+#[test]
+fn generate_counts_faults_in_the_manifest_across_a_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path(), 16);
+    let out = tmp.path().join("corpus");
+    let first = MockServer::start(|n, body, _| match n {
+        1 => Reply::Status(StatusCode::TOO_MANY_REQUESTS, vec![], "slow down".into()),
+        2 => Reply::Status(StatusCode::BAD_GATEWAY, vec![], "boom".into()),
+        3 => Reply::Hang(Duration::from_secs(5)),
+        4 => Reply::Raw(r#"{"choices": [{"message": "#),
+        _ if prompt_of(body).starts_with("problem 3\n") => Reply::Status(
+            StatusCode::BAD_REQUEST,
+            vec![],
+            r#"{"error":{"message":"prompt too long"}}"#.into(),
+        ),
+        _ => Reply::Ok("\\boxed{1}".into()),
+    });
+    let report = generate_stage(first.addr, &problems, &out);
+    assert_eq!((report.written, report.failed, report.skipped), (15, 1, 0));
+    // Every problem's final attempt plus the four faulted ones.
+    assert_eq!(first.requests(), 20);
+    let all: Vec<String> = (0..16).map(|i| format!("p{i}/0")).collect();
+    let mut want: Vec<String> = all.iter().filter(|k| *k != "p3/0").cloned().collect();
+    want.sort();
+    assert_eq!(corpus_ids(&out), want, "every finished sample exactly once");
+    let errors = manifest_errors(&out);
+    assert_eq!(errors["total"], 1);
+    assert_eq!(
+        errors["failed_attempts"],
+        serde_json::json!({"http_429": 1, "http_5xx": 1, "timeout": 1, "connection": 0,
+            "malformed": 1, "http_4xx": 1, "auth": 0})
+    );
+    assert_eq!(errors["recent"][0]["key"], "p3/0");
+    assert!(
+        errors["recent"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt too long"),
+        "{errors}"
+    );
+    drop(first);
+
+    // The rerun asks only for the failed sample; its server fails it twice more first.
+    let second = MockServer::start(|n, _, _| match n {
+        1 => Reply::Status(StatusCode::SERVICE_UNAVAILABLE, vec![], "busy".into()),
+        2 => Reply::Raw("not json"),
+        _ => Reply::Ok("\\boxed{3}".into()),
+    });
+    let report = generate_stage(second.addr, &problems, &out);
+    assert_eq!((report.written, report.failed, report.skipped), (1, 0, 15));
+    assert_eq!(second.requests(), 3);
+    let mut all = all;
+    all.sort();
+    assert_eq!(corpus_ids(&out), all, "every sample exactly once");
+    let errors = manifest_errors(&out);
+    assert_eq!(errors["total"], 1, "failed samples of every run");
+    assert_eq!(
+        errors["failed_attempts"],
+        serde_json::json!({"http_429": 1, "http_5xx": 2, "timeout": 1, "connection": 0,
+            "malformed": 2, "http_4xx": 1, "auth": 0})
+    );
+}
+
+/// A run that ends on a rejected key still records its failed attempts.
+#[test]
+fn generate_records_the_attempts_of_a_failed_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path(), 4);
+    let out = tmp.path().join("corpus");
+    let server = MockServer::start(|n, _, _| match n {
+        1 => Reply::Status(StatusCode::INTERNAL_SERVER_ERROR, vec![], "boom".into()),
+        _ => Reply::Status(StatusCode::UNAUTHORIZED, vec![], "no".into()),
+    });
+    let config = OpenAiConfig {
+        concurrency: 1,
+        ..config(server.addr)
+    };
+    let error = try_generate_stage(config, &problems, &out).expect_err("401 ends the run");
+    assert!(error.to_string().contains("401"), "{error}");
+    assert_eq!(server.requests(), 2);
+    assert!(corpus_ids(&out).is_empty());
+    assert_eq!(
+        manifest_errors(&out)["failed_attempts"],
+        serde_json::json!({"http_429": 0, "http_5xx": 1, "timeout": 0, "connection": 0,
+            "malformed": 0, "http_4xx": 0, "auth": 1})
+    );
 }

@@ -509,8 +509,11 @@ impl Plan {
         let stats = match failure {
             Ok(stats) => stats,
             Err(e) => {
-                // The errors of a failed run still count (a rejected key, an endpoint gone).
-                write_generation_file(&dir, &self.generation_file(errors, None))?;
+                // The errors of a failed run still count (a rejected key, an endpoint gone);
+                // the run's own error is the one to report.
+                if let Err(w) = write_generation_file(&dir, &self.generation_file(errors, None)) {
+                    tracing::warn!("cannot record the errors of the failed run: {w}");
+                }
                 return Err(e);
             }
         };

@@ -5,11 +5,13 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+mod decode;
 mod error;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod ops;
+pub mod q8;
 pub mod quantized;
 pub mod qwen2;
 mod rope;

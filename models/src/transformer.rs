@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
+pub use crate::decode::KvCache;
+use crate::decode::{self, RowRope};
 pub use crate::rope::RopeSpec;
 pub use crate::weights::Linear;
 use crate::weights::Weights;
@@ -204,6 +206,67 @@ impl Attention {
         Ok(ops::softmax_last_dim(&scores)?.matmul(&v)?)
     }
 
+    /// A generation step on the CPU: `xs` `[1, rows, hidden]` holds the new rows of every
+    /// sequence in `batch` (in order); returns the output projection `[1, rows, hidden]`.
+    fn step_host(
+        &self,
+        xs: &Tensor,
+        layer: usize,
+        batch: &mut [(&[u32], &mut KvCache)],
+        rope: &RowRope,
+    ) -> Result<Tensor> {
+        let rows = xs.dim(1)?;
+        let host = |proj: &Linear| -> Result<Vec<f32>> {
+            Ok(proj.forward(xs)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let (mut q, mut k, v) = (
+            host(&self.q_proj)?,
+            host(&self.k_proj)?,
+            host(&self.v_proj)?,
+        );
+        rope.apply(&mut q, self.num_heads, self.head_dim);
+        rope.apply(&mut k, self.num_kv_heads, self.head_dim);
+        let heads = decode::Heads {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            dim: self.head_dim,
+            scale: self.scale as f32,
+        };
+        let out = decode::attend(&q, &k, &v, layer, batch, heads);
+        Ok(self
+            .o_proj
+            .forward(&decode::to_tensor(out, rows, xs.device())?)?)
+    }
+
+    /// A generation step on other devices, with tensor caches and one attention per sequence.
+    fn step_device(
+        &self,
+        xs: &Tensor,
+        layer: usize,
+        batch: &mut [(&[u32], &mut KvCache)],
+        rotary: &Rotary,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(xs, rotary)?;
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for (tokens, cache) in batch.iter_mut() {
+            let len = tokens.len();
+            let past = cache.len();
+            let (k_all, v_all) = cache.append_device(
+                layer,
+                &k.narrow(2, offset, len)?.contiguous()?,
+                &v.narrow(2, offset, len)?.contiguous()?,
+            )?;
+            let mask = (len > 1)
+                .then(|| causal_mask(len, past, xs.device()))
+                .transpose()?;
+            let q_s = q.narrow(2, offset, len)?.contiguous()?;
+            outs.push(self.attend(&q_s, k_all, v_all, mask.as_ref())?);
+            offset += len;
+        }
+        self.merge(&Tensor::cat(&outs, 2)?)
+    }
+
     /// `[b, heads, seq, d]` → output projection of `[b, seq, heads * d]`.
     fn merge(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, _, t, _) = xs.dims4()?;
@@ -263,44 +326,10 @@ impl Block {
     }
 }
 
-/// Keys and values of one sequence for every layer (`[1, kv_heads, len, head_dim]` each).
-/// One cache per sequence: nothing is shared between unrelated calls.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-            len: 0,
-        }
-    }
-
-    /// Number of positions already cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
-        self.len = 0;
-    }
-
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.layers[layer] {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
-            None => (k.clone(), v.clone()),
-        };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        Ok((k, v))
-    }
+/// Rotary tables of a generation step: host rows on the CPU, tensors elsewhere.
+enum StepRope {
+    Host(RowRope),
+    Device(Rotary),
 }
 
 /// Which logits [`Model::step`] returns for each sequence.
@@ -356,10 +385,9 @@ impl Model {
             (true, Weights::Float(_)) => Linear::Dense(candle_nn::Linear::new(embed.clone(), None)),
             // Tied and quantized: the head multiplies by the stored (quantized) embedding, as
             // llama.cpp does, instead of a dequantized vocab-sized copy.
-            (true, Weights::Quantized(..)) => Linear::Quantized {
-                weight: QMatMul::from_arc(w.qtensor("model.embed_tokens.weight")?.clone())?,
-                bias: None,
-            },
+            (true, Weights::Quantized(..)) => {
+                Linear::quantized(w.qtensor("model.embed_tokens.weight")?, None)?
+            }
             (false, _) => w.linear(spec, "lm_head", h, v, false)?,
         };
         let device = w.device().clone();
@@ -480,32 +508,23 @@ impl Model {
             .flat_map(|(t, c)| (c.len()..c.len() + t.len()).map(|p| p as u32))
             .collect();
         let n = ids.len();
-        let rotary = self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?;
+        let rotary = if self.device.is_cpu() {
+            StepRope::Host(RowRope::new(&positions, &self.spec.rope.inv_freq))
+        } else {
+            StepRope::Device(self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?)
+        };
         let mut xs = self
             .embed_tokens
             .forward(&Tensor::from_vec(ids, (1, n), &self.device)?)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
-            let (q, k, v) = layer.self_attn.qkv(&normed, &rotary)?;
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for (tokens, cache) in batch.iter_mut() {
-                let len = tokens.len();
-                let past = cache.len();
-                let (k_all, v_all) = cache.append(
-                    l,
-                    &k.narrow(2, offset, len)?.contiguous()?,
-                    &v.narrow(2, offset, len)?.contiguous()?,
-                )?;
-                let mask = (len > 1)
-                    .then(|| causal_mask(len, past, &self.device))
-                    .transpose()?;
-                let q_s = q.narrow(2, offset, len)?.contiguous()?;
-                outs.push(layer.self_attn.attend(&q_s, k_all, v_all, mask.as_ref())?);
-                offset += len;
-            }
-            let attn = Tensor::cat(&outs, 2)?;
-            xs = (xs + layer.self_attn.merge(&attn)?)?;
+            let attn = match &rotary {
+                StepRope::Host(rope) => layer.self_attn.step_host(&normed, l, batch, rope)?,
+                StepRope::Device(rotary) => {
+                    layer.self_attn.step_device(&normed, l, batch, rotary)?
+                }
+            };
+            xs = (xs + attn)?;
             let normed =
                 ops::rms_norm(&xs, &layer.post_attention_layernorm, self.spec.rms_norm_eps)?;
             xs = (&xs + layer.mlp.forward(&normed)?)?;

@@ -8,21 +8,38 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::q8::{Q8MatMul, Q8Matrix};
 use crate::transformer::Spec;
 use crate::{Error, Result};
 
 /// A projection: a float matrix (trainable, differentiable) or a quantized GGUF matrix run as
-/// stored by candle's `QMatMul` kernels (inference only).
+/// stored (inference only): by the VNNI kernel of [`crate::q8`] for Q8_0 on CPUs that have it,
+/// by candle's `QMatMul` otherwise.
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(candle_nn::Linear),
     Quantized {
         weight: QMatMul,
+        tiled: Option<Arc<Q8Matrix>>,
         bias: Option<Tensor>,
     },
 }
 
 impl Linear {
+    /// A quantized projection, re-tiled for [`crate::q8`] when that kernel applies.
+    pub(crate) fn quantized(q: &Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let tiled = if q.device().is_cpu() {
+            Q8Matrix::from_qtensor(q)?.map(Arc::new)
+        } else {
+            None
+        };
+        Ok(Linear::Quantized {
+            weight: QMatMul::from_arc(q.clone())?,
+            tiled,
+            bias,
+        })
+    }
+
     /// The float weight matrix `[out, in]`, when there is one.
     pub fn weight(&self) -> Option<&Tensor> {
         match self {
@@ -34,8 +51,18 @@ impl Linear {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Dense(l) => l.forward(xs),
-            Linear::Quantized { weight, bias } => {
-                let ys = weight.forward(&xs.contiguous()?)?;
+            Linear::Quantized {
+                weight,
+                tiled,
+                bias,
+            } => {
+                let xs = xs.contiguous()?;
+                let ys = match tiled {
+                    Some(t) if xs.device().is_cpu() && xs.dtype() == DType::F32 => {
+                        xs.apply_op1_no_bwd(&Q8MatMul(t))?
+                    }
+                    _ => weight.forward(&xs)?,
+                };
                 match bias {
                     Some(b) => ys.broadcast_add(b),
                     None => Ok(ys),
@@ -121,10 +148,7 @@ impl Weights<'_> {
             Weights::Quantized(..) => {
                 let q = self.qtensor(&name)?;
                 Self::check(&name, q, &[out_dim, in_dim])?;
-                Ok(Linear::Quantized {
-                    weight: QMatMul::from_arc(q.clone())?,
-                    bias,
-                })
+                Linear::quantized(q, bias)
             }
         }
     }

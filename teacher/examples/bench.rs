@@ -23,8 +23,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = PathBuf::from(args.next().ok_or("usage: bench MODEL [IDS.json]")?);
     let ids_out = args.next().map(PathBuf::from);
     let checkpoint = Checkpoint::open(&model)?;
+    // BENCH_BATCHES=32 (comma-separated) runs a subset, e.g. under a profiler.
+    let batches: Vec<usize> = match std::env::var("BENCH_BATCHES") {
+        Ok(list) => list
+            .split(',')
+            .map(|b| b.trim().parse())
+            .collect::<Result<_, _>>()?,
+        Err(_) => BATCHES.to_vec(),
+    };
     let mut engines = Vec::new();
-    for batch in BATCHES {
+    for &batch in &batches {
         let options = EngineOptions {
             batch,
             ..EngineOptions::default()
@@ -55,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!("model {} · threads {threads}", model.display());
-    for (engine, batch) in engines.iter().zip(BATCHES) {
+    for (engine, &batch) in engines.iter().zip(&batches) {
         let requests = (0..batch).map(|i| GenRequest {
             key: i.to_string(),
             messages: vec![Message::user(user.clone())],

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod fused;
 pub mod gguf;
 pub mod hf;
 pub mod llama;

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 mod decode;
 mod error;
+pub mod fused;
 pub mod gguf;
 pub mod hf;
 pub mod llama;

@@ -5,21 +5,36 @@
 //! backward: `backward()` returns Ok but gradients silently stop there. Each op here checks
 //! `track_op()` (true for a `Var` or anything computed from one) and only then takes the slower
 //! differentiable route, so inference keeps the fused speed.
+//!
+//! On the CPU in f32 (training), the differentiable route is a single node from
+//! [`crate::fused`] with an analytic backward, which keeps far fewer activations alive than the
+//! composition of primitives; the `*_composed` functions remain as the reference the fused ops
+//! are tested against and as the route on other devices and dtypes.
 
 use candle_core::{DType, Result, Tensor, D};
+
+use crate::fused;
 
 /// Root-mean-square layer norm over the last dimension, as `LlamaRMSNorm`/`Qwen2RMSNorm`:
 /// `weight * x / sqrt(mean(x²) + eps)`, computed in f32.
 pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if xs.track_op() || weight.track_op() {
-        let dtype = xs.dtype();
-        let xs = xs.to_dtype(DType::F32)?;
-        let variance = xs.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = xs.broadcast_div(&(variance + eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(weight)
+        if fused::supported(xs) && fused::supported(weight) {
+            return fused::rms_norm(xs, weight, eps);
+        }
+        rms_norm_composed(xs, weight, eps)
     } else {
         candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)
     }
+}
+
+/// [`rms_norm`] as a composition of autograd-recorded primitives.
+pub fn rms_norm_composed(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(DType::F32)?;
+    let variance = xs.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xs.broadcast_div(&(variance + eps)?.sqrt()?)?;
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
 /// Softmax over the last dimension. The max is detached: subtracting it does not change the
@@ -38,22 +53,38 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 /// `xs` is `[batch, heads, seq, head_dim]`; `cos`/`sin` are `[batch, seq, head_dim / 2]`.
 pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if xs.track_op() {
-        let half = xs.dim(D::Minus1)? / 2;
-        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-        let x1 = xs.narrow(D::Minus1, 0, half)?;
-        let x2 = xs.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        if fused::supported(xs) {
+            return fused::rope(xs, cos, sin);
+        }
+        rope_composed(xs, cos, sin)
     } else {
         candle_nn::rotary_emb::rope(&xs.contiguous()?, cos, sin)
     }
+}
+
+/// [`rope`] as a composition of autograd-recorded primitives.
+pub fn rope_composed(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = xs.dim(D::Minus1)? / 2;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+    let x1 = xs.narrow(D::Minus1, 0, half)?;
+    let x2 = xs.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
 /// SiLU, `x * sigmoid(x)`; candle's unary op has a backward, kept here so the model code reads
 /// the same for every activation.
 pub fn silu(xs: &Tensor) -> Result<Tensor> {
     xs.silu()
+}
+
+/// The SwiGLU gate `silu(gate) * up`; one fused node when differentiated on the CPU in f32.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if (gate.track_op() || up.track_op()) && fused::supported(gate) && fused::supported(up) {
+        return fused::swiglu(gate, up);
+    }
+    silu(gate)? * up
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::decode::{self, RowRope};
 pub use crate::rope::RopeSpec;
 pub use crate::weights::Linear;
 use crate::weights::Weights;
-use crate::{ops, Error, Result};
+use crate::{fused, ops, Error, Result};
 
 /// Architecture-neutral hyper-parameters, built from a `config.json` mirror.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,29 +167,72 @@ impl Attention {
         })
     }
 
+    /// Projects `[batch, seq, hidden]` to `q` `[b, seq, heads, d]` and `k`, `v`
+    /// `[b, seq, kv_heads, d]` (not rotated).
+    fn project(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = xs.dims3()?;
+        let split = |proj: &Linear, heads: usize| -> Result<Tensor> {
+            Ok(proj.forward(xs)?.reshape((b, t, heads, self.head_dim))?)
+        };
+        Ok((
+            split(&self.q_proj, self.num_heads)?,
+            split(&self.k_proj, self.num_kv_heads)?,
+            split(&self.v_proj, self.num_kv_heads)?,
+        ))
+    }
+
     /// Projects `[batch, seq, hidden]` to rotated `q` `[b, heads, seq, d]` and `k`, `v`
     /// `[b, kv_heads, seq, d]`.
     fn qkv(&self, xs: &Tensor, rotary: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
+        self.rotate(self.project(xs)?, rotary)
+    }
+
+    /// Projections from [`Self::project`] to heads-first layout, q and k rotated.
+    fn rotate(
+        &self,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        rotary: &Rotary,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let heads_first = |x: Tensor| -> Result<Tensor> { Ok(x.transpose(1, 2)?.contiguous()?) };
+        let q = ops::rope(&heads_first(q)?, &rotary.cos, &rotary.sin)?;
+        let k = ops::rope(&heads_first(k)?, &rotary.cos, &rotary.sin)?;
+        Ok((q, k, heads_first(v)?))
+    }
+
+    /// Full-sequence attention of `[batch, seq, hidden]`, output-projected. When a gradient
+    /// must flow on the CPU in f32, one fused node (see [`crate::fused`]); otherwise rope,
+    /// masked softmax attention and merge as separate ops, with the mask built on first use.
+    fn forward_full(
+        &self,
+        xs: &Tensor,
+        rotary: &Rotary,
+        ctx: &mut Option<fused::AttentionContext>,
+        mask: &mut Option<Tensor>,
+        rows: &[Vec<u32>],
+    ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
-        let split = |proj: &Linear, heads: usize| -> Result<Tensor> {
-            Ok(proj
-                .forward(xs)?
-                .reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let (q, k, v) = self.project(xs)?;
+        let tracked = q.track_op() || k.track_op() || v.track_op();
+        if tracked && fused::supported(&q) && fused::supported(&rotary.cos) {
+            let ctx = match ctx {
+                Some(c) => c,
+                None => ctx.insert(fused::AttentionContext::new(
+                    &rotary.cos,
+                    &rotary.sin,
+                    rows,
+                )?),
+            };
+            let out = fused::attention(&q, &k, &v, ctx, self.scale)?;
+            let out = out.reshape((b, t, self.num_heads * self.head_dim))?;
+            return Ok(self.o_proj.forward(&out)?);
+        }
+        let mask = match mask {
+            Some(m) => m,
+            None => mask.insert(document_mask(rows, xs.device())?),
         };
-        let q = ops::rope(
-            &split(&self.q_proj, self.num_heads)?,
-            &rotary.cos,
-            &rotary.sin,
-        )?;
-        let k = ops::rope(
-            &split(&self.k_proj, self.num_kv_heads)?,
-            &rotary.cos,
-            &rotary.sin,
-        )?;
-        let v = split(&self.v_proj, self.num_kv_heads)?;
-        Ok((q, k, v))
+        let (q, k, v) = self.rotate((q, k, v), rotary)?;
+        let attn = self.attend(&q, k, v, Some(mask))?;
+        self.merge(&attn)
     }
 
     /// Scaled dot-product attention of `q` over `k`/`v` (kv heads not yet repeated), with an
@@ -294,10 +337,8 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = ops::silu(&self.gate_proj.forward(xs)?)?;
-        Ok(self
-            .down_proj
-            .forward(&(gate * self.up_proj.forward(xs)?)?)?)
+        let gate = ops::swiglu(&self.gate_proj.forward(xs)?, &self.up_proj.forward(xs)?)?;
+        Ok(self.down_proj.forward(&gate)?)
     }
 }
 
@@ -452,7 +493,7 @@ impl Model {
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         self.check_ids(&input_ids.flatten_all()?.to_vec1::<u32>()?)?;
-        let (positions, mask) = match position_ids {
+        let (positions, rows) = match position_ids {
             Some(p) => {
                 let rows = p.to_dtype(DType::U32)?.to_vec2::<u32>()?;
                 if rows.len() != b || rows.iter().any(|r| r.len() != t) {
@@ -461,24 +502,23 @@ impl Model {
                         p.dims()
                     )));
                 }
-                (p.to_dtype(DType::U32)?, document_mask(&rows, &self.device)?)
+                (p.to_dtype(DType::U32)?, rows)
             }
             None => {
                 let row = Tensor::arange(0u32, t as u32, &self.device)?;
                 let rows = vec![(0..t as u32).collect::<Vec<_>>()];
-                (
-                    row.unsqueeze(0)?.repeat((b, 1))?,
-                    document_mask(&rows, &self.device)?,
-                )
+                (row.unsqueeze(0)?.repeat((b, 1))?, rows)
             }
         };
         let rotary = self.rotary(&positions)?;
         let mut xs = self.embed_tokens.forward(input_ids)?;
+        let (mut ctx, mut mask) = (None, None);
         for layer in &self.layers {
             let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
-            let (q, k, v) = layer.self_attn.qkv(&normed, &rotary)?;
-            let attn = layer.self_attn.attend(&q, k, v, Some(&mask))?;
-            xs = (xs + layer.self_attn.merge(&attn)?)?;
+            let attn_out = layer
+                .self_attn
+                .forward_full(&normed, &rotary, &mut ctx, &mut mask, &rows)?;
+            xs = (xs + attn_out)?;
             let normed =
                 ops::rms_norm(&xs, &layer.post_attention_layernorm, self.spec.rms_norm_eps)?;
             xs = (&xs + layer.mlp.forward(&normed)?)?;
@@ -575,11 +615,7 @@ fn document_mask(positions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let t = positions.first().map_or(0, Vec::len);
     let mut data = Vec::with_capacity(positions.len() * t * t);
     for row in positions {
-        let mut doc = Vec::with_capacity(t);
-        for (i, &p) in row.iter().enumerate() {
-            let starts = i == 0 || p != row[i - 1].wrapping_add(1);
-            doc.push(if starts { i } else { doc[i - 1] });
-        }
+        let doc = fused::document_starts(row);
         for (i, &start) in doc.iter().enumerate() {
             data.extend((0..t).map(|j| {
                 if j <= i && j >= start {

@@ -190,7 +190,10 @@ fn quantize_rows(lhs: &[f32], m: usize, k: usize) -> Vec<ActBlock> {
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 let mut sum = 0i32;
                 for (q, &x) in block.qs.iter_mut().zip(xs) {
-                    *q = (x * id).round() as i8;
+                    // Round half away from zero, as ggml's `roundf`, without the libm call
+                    // (baseline x86-64 has no rounding instruction); |v| <= 127.
+                    let v = x * id;
+                    *q = (v + 0.5f32.copysign(v)) as i8;
                     sum += *q as i32;
                 }
                 block.d = d;

@@ -43,6 +43,15 @@ pub enum Error {
          pass `--api-key-env NAME` with the name of the variable holding it"
     )]
     ApiKeyRequired { url: String, status: u16 },
+    #[error(
+        "`{url}` answered HTTP 404 ({message}): check the model name `{model}` (the server's \
+         `/v1/models` lists what it serves) and that the base URL ends where `/v1` begins"
+    )]
+    NotFound {
+        url: String,
+        model: String,
+        message: String,
+    },
     #[error("Cannot reach `{url}` after {attempts} attempts: {message}")]
     Unreachable {
         url: String,

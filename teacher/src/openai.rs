@@ -424,6 +424,17 @@ async fn run_request(
                     },
                 }))
             }
+            // A wrong model name or path fails every request alike: stop at once.
+            AttemptError::Client {
+                status: 404,
+                ref message,
+            } => {
+                return Err(Failure::Fatal(Error::NotFound {
+                    url: url.clone(),
+                    model: config.model.clone(),
+                    message: message.clone(),
+                }))
+            }
             AttemptError::Client { .. } => {
                 return Err(Failure::Request(format!(
                     "`{url}` refused it: {}",

@@ -270,6 +270,33 @@ fn rejected_key_stops_at_once_without_leaking_it() {
 }
 
 #[test]
+fn unknown_model_stops_at_once_naming_it() {
+    let server = MockServer::start(|_, _, _| {
+        Reply::Status(
+            StatusCode::NOT_FOUND,
+            vec![],
+            r#"{"error":{"message":"The model `no-such-model` does not exist."}}"#.into(),
+        )
+    });
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        model: "no-such-model".into(),
+        concurrency: 1,
+        max_retries: 5,
+        ..config(server.addr)
+    })
+    .unwrap();
+    let run = run(&backend, 8);
+    let message = run.result.expect_err("a 404 ends the run").to_string();
+    assert!(message.contains("HTTP 404"), "{message}");
+    assert!(message.contains("`no-such-model`"), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(run.done.is_empty() && run.failed.is_empty());
+    // One slot: exactly one request, no retries.
+    assert_eq!(server.requests(), 1);
+    assert_eq!(backend.error_counts().client, 1);
+}
+
+#[test]
 fn missing_key_variable_is_reported_by_name() {
     let error = OpenAiBackend::new(OpenAiConfig {
         base_urls: vec!["http://127.0.0.1:9".into()],

@@ -15,7 +15,6 @@
 //! gradient of the mean over the accumulated batch.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::batch::IGNORE;
@@ -130,53 +129,30 @@ struct HeadLoss {
     d_weight: Vec<f32>,
 }
 
-/// Row-major single-precision matrix product `dst (+)= lhs · rhs` with explicit strides:
-/// `(rows, cols)` strides for each operand, `accumulate` adds to `dst` instead of overwriting.
+/// Row-major single-precision matrix product `dst (+)= lhs · rhs` with explicit strides, on
+/// every rayon thread.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     accumulate: bool,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
 ) {
-    debug_assert!(dst.len() >= (m - 1) * dst_rs + n);
-    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: the slices cover every index the strides address (checked above in debug builds,
-    // guaranteed by the callers' shapes), and `dst` does not alias the operands.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    distill_models::fused::sgemm_threads(
+        rayon::current_num_threads(),
+        mnk,
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -59,6 +59,33 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
 /// parallelise over independent pieces). Strides are `(row, column)` in elements.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    sgemm_threads(
+        1,
+        mnk,
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    )
+}
+
+/// As `sgemm`, on `threads` rayon threads (1: the calling thread only). The student's chunked
+/// loss uses it too.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_threads(
+    threads: usize,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -104,7 +131,11 @@ fn sgemm(
             false,
             false,
             false,
-            Parallelism::None,
+            if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            },
         )
     }
 }

@@ -22,8 +22,8 @@ pub struct ProblemsArgs {
     /// Seed of the generator; the same seed gives the same problems.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Difficulty level (1 = the demo's 2–3 operations on values ≤ 99; higher levels add steps
-    /// and larger values).
+    /// Difficulty level (0 = the demo's 2–3 operations on values ≤ 20; 1 = 2–3 operations on
+    /// values ≤ 99; higher levels add steps and larger values).
     #[arg(long, default_value_t = 1)]
     pub difficulty: u32,
     /// Output `.jsonl` file: `id`, `source`, `prompt`, `answer`, `solution` per line.

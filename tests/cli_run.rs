@@ -1,6 +1,7 @@
 //! `distill run` end to end on a shrunken pipeline: every stage through the real binary,
-//! manifests written, a rerun skips finished stages, a pipeline killed during `train` resumes
-//! without redoing `generate`, and bad pipeline files fail before any work.
+//! manifests written, a teacher above chance and a student whose loss fell, a rerun skips
+//! finished stages, a pipeline killed during `train` resumes without redoing `generate`, and bad
+//! pipeline files fail before any work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +17,10 @@ const STAGES: [&str; 7] = [
     "compare",
 ];
 
+/// A shrunken demo that still learns: the teacher memorises 16 easy problems (the eval set is
+/// the same 16, so "above chance" tests that training took and the stages are wired, not
+/// generalisation; the full demo measures held-out accuracy) and the student trains on the
+/// worked solutions.
 fn pipeline(out: &Path, student_steps: u32) -> String {
     format!(
         r#"
@@ -24,36 +29,44 @@ name = "shrunken-demo"
 out = "{out}"
 
 [problems]
-count = 48
+count = 16
 seed = 1
+difficulty = 0
 
 [eval_problems]
-count = 6
-seed = 2
+count = 16
+seed = 1
+difficulty = 0
 
 [teacher]
-max_steps = 4
+max_steps = 150
 max_seq_len = 256
-hidden_size = 32
-layers = 1
-heads = 2
-kv_heads = 1
-intermediate_size = 64
+micro_batch_size = 4
+lr = 0.01
+warmup_steps = 10
+hidden_size = 64
+layers = 2
+heads = 4
+kv_heads = 2
+intermediate_size = 128
 vocab_size = 300
 quiet = true
 
 [generate]
 samples = 2
-max_new_tokens = 12
-batch = 4
+max_new_tokens = 48
+batch = 32
 
 [verify]
 
-# A 4-step teacher writes no finished traces; the student learns from the worked solutions.
+# The student learns from the worked solutions, so its corpus does not depend on how well the
+# teacher did.
 [train]
 corpus = "{out}/problems/solutions"
 max_steps = {student_steps}
 checkpoint_every = 2
+lr = 0.01
+warmup_steps = 2
 max_seq_len = 256
 hidden_size = 16
 layers = 1
@@ -64,8 +77,9 @@ vocab_size = 300
 quiet = true
 
 [compare]
-samples = 2
-max_new_tokens = 12
+samples = 4
+batch = 32
+max_new_tokens = 48
 "#,
         out = out.display()
     )
@@ -106,11 +120,37 @@ fn mtimes(dir: &Path) -> Vec<(PathBuf, SystemTime)> {
     out
 }
 
+/// Share of the problems whose answer is the most common one: the pass@1 of a model that always
+/// gives that answer.
+fn most_common_answer_share(problems: &Path) -> f64 {
+    let text = std::fs::read_to_string(problems).unwrap();
+    let mut counts = std::collections::HashMap::new();
+    let mut n = 0;
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts.entry(row["answer"].to_string()).or_insert(0usize) += 1;
+        n += 1;
+    }
+    *counts.values().max().unwrap() as f64 / n as f64
+}
+
+/// The training loss of every step in a `metrics.jsonl`.
+fn losses(metrics: &Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|m| m["loss"].as_f64())
+        .collect()
+}
+
+const STUDENT_STEPS: u32 = 30;
+
 #[test]
 fn shrunken_pipeline_runs_skips_and_reruns() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let file = write(dir.path(), "demo.toml", &pipeline(&out, 4));
+    let file = write(dir.path(), "demo.toml", &pipeline(&out, STUDENT_STEPS));
     let file = file.to_str().unwrap();
 
     let (ok, log) = distill(&["run", file]);
@@ -125,7 +165,7 @@ fn shrunken_pipeline_runs_skips_and_reruns() {
             .unwrap()
             .lines()
             .count(),
-        48
+        16
     );
     assert!(out.join("teacher/model/config.json").is_file());
     assert!(out.join("student/model/tokenizer.json").is_file());
@@ -136,6 +176,23 @@ fn shrunken_pipeline_runs_skips_and_reruns() {
         report["models"].as_array().map(Vec::len),
         Some(2),
         "{report}"
+    );
+    // The teacher beats chance: always answering the eval set's most common answer.
+    let chance = most_common_answer_share(&out.join("problems/eval.jsonl"));
+    let teacher = &report["models"][0];
+    assert_eq!(teacher["role"], "teacher", "{report}");
+    let pass_at_1 = teacher["pass_at_1"].as_f64().unwrap();
+    assert!(
+        pass_at_1 > chance + 0.05,
+        "teacher pass@1 {pass_at_1} is not above chance {chance}: {report}"
+    );
+    // The student trained: its loss fell.
+    let losses = losses(&out.join("student/metrics.jsonl"));
+    assert_eq!(losses.len(), STUDENT_STEPS as usize);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.8 * first,
+        "student loss went from {first} to {last}"
     );
     assert!(out.join("pipeline.toml").is_file() && out.join("pipeline.resolved.json").is_file());
 
@@ -213,7 +270,7 @@ fn bad_pipelines_fail_before_any_work() {
     let typo = write(
         dir.path(),
         "typo.toml",
-        &text.replace("max_new_tokens = 12\nbatch", "max_new_tokenz = 12\nbatch"),
+        &text.replace("max_new_tokens = 48\nbatch", "max_new_tokenz = 48\nbatch"),
     );
     let (ok, log) = distill(&["run", typo.to_str().unwrap()]);
     assert!(!ok);
@@ -236,8 +293,8 @@ fn bad_pipelines_fail_before_any_work() {
         dir.path(),
         "value.toml",
         &text.replace(
-            "samples = 2\nmax_new_tokens = 12\nbatch",
-            "samples = \"many\"\nmax_new_tokens = 12\nbatch",
+            "samples = 2\nmax_new_tokens = 48\nbatch",
+            "samples = \"many\"\nmax_new_tokens = 48\nbatch",
         ),
     );
     let (ok, log) = distill(&["run", value.to_str().unwrap()]);
@@ -323,10 +380,14 @@ fn every_preset_parses() {
 fn ctrl_c_stops_the_pipeline_and_the_stage_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let text = pipeline(&out, 4).replace(
-        "samples = 2\nmax_new_tokens = 12\nbatch = 4",
-        "samples = 8\nmax_new_tokens = 48\nbatch = 2\nshard_rows = 8",
-    );
+    // An untrained teacher, so every sample runs to the token limit and generate is still
+    // running when the first shard lands.
+    let text = pipeline(&out, 4)
+        .replace("max_steps = 150", "max_steps = 4")
+        .replace(
+            "samples = 2\nmax_new_tokens = 48\nbatch = 32",
+            "samples = 8\nmax_new_tokens = 48\nbatch = 2\nshard_rows = 8",
+        );
     let text = &text[..text.find("[train]").unwrap()];
     let file = write(dir.path(), "demo.toml", text);
     let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
@@ -361,5 +422,5 @@ fn ctrl_c_stops_the_pipeline_and_the_stage_resumes() {
     let (ok, log) = distill(&["run", file.to_str().unwrap()]);
     assert!(ok, "{log}");
     assert!(log.contains("generate: resuming"), "{log}");
-    assert!(log.contains("verify: 384 rows in"), "{log}");
+    assert!(log.contains("verify: 128 rows in"), "{log}");
 }

@@ -23,7 +23,8 @@ use crate::problems::Problem;
 /// Source name of generated problems.
 pub const ARITHMETIC_SOURCE: &str = "arithmetic";
 
-/// Multi-step arithmetic word problems. [`Default`] is the demo task (difficulty 1).
+/// Multi-step arithmetic word problems. [`Default`] is difficulty 1; the demo pipeline uses the
+/// smaller-number level 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArithmeticTask {
     /// Number of operations applied to the starting value.
@@ -120,12 +121,22 @@ pub struct Step {
 }
 
 impl ArithmeticTask {
-    /// The difficulty knob. Level `d` (clamped to `1..=8`) means `d+1 ..= d+2` steps, values up
-    /// to `10^(d+1) - 1`, a start in `5·10^(d-1) ..= 4·10^d` and operands in `2 ..= 2·10^d`:
-    /// level 1 is the demo task (2–3 steps, start 5–40, operands 2–20, values ≤ 99), level 2
+    /// The difficulty knob. Level 0 is the demo's task: 2–3 steps on small numbers (start
+    /// 2–12, operands 2–6, values ≤ 20), which a tiny model trained from scratch learns in a few
+    /// minutes of CPU. Level `d` in `1..=8` (larger levels are clamped to 8) means `d+1 ..= d+2`
+    /// steps, values up to `10^(d+1) - 1`, a start in `5·10^(d-1) ..= 4·10^d` and operands in
+    /// `2 ..= 2·10^d`: level 1 has 2–3 steps, start 5–40, operands 2–20, values ≤ 99; level 2
     /// has 3–4 steps with values ≤ 999, level 3 has 4–5 steps with values ≤ 9999.
     pub fn with_difficulty(level: u32) -> Self {
-        let d = level.clamp(1, 8);
+        if level == 0 {
+            return ArithmeticTask {
+                steps: 2..=3,
+                start: 2..=12,
+                operand: 2..=6,
+                max_value: 20,
+            };
+        }
+        let d = level.min(8);
         let p = 10u32.pow(d - 1);
         ArithmeticTask {
             steps: (d as usize + 1)..=(d as usize + 2),
@@ -282,10 +293,8 @@ mod tests {
         assert_eq!(t.max_value, 99);
         let t3 = ArithmeticTask::with_difficulty(3);
         assert_eq!((t3.steps, t3.max_value), (4..=5, 9999));
-        assert_eq!(
-            ArithmeticTask::with_difficulty(0),
-            ArithmeticTask::default()
-        );
+        let t0 = ArithmeticTask::with_difficulty(0);
+        assert_eq!((t0.steps, t0.operand, t0.max_value), (2..=3, 2..=6, 20));
         assert_eq!(ArithmeticTask::with_difficulty(99).max_value, 999_999_999);
     }
 

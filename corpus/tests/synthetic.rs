@@ -105,6 +105,12 @@ fn demo_task_answers_are_exact_and_bounded() {
 }
 
 #[test]
+fn level_zero_is_exact_and_bounded() {
+    let ops = check_task(&ArithmeticTask::with_difficulty(0), 2000, 3);
+    assert_eq!(ops.len(), 4, "all four operations occur: {ops:?}");
+}
+
+#[test]
 fn harder_levels_are_exact_and_bounded() {
     for level in [2, 3, 5] {
         let task = ArithmeticTask::with_difficulty(level);

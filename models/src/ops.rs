@@ -73,6 +73,20 @@ pub fn rope_composed(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
     xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
+/// The largest absolute element of a tensor (any shape, f32), e.g. of `a - b` when checking
+/// two computations agree; the tests of every crate compare tensors with it.
+pub fn max_abs(xs: &Tensor) -> Result<f32> {
+    xs.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// `max |a - b|` over all elements (same shapes).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());
+    }
+    max_abs(&(a - b)?)
+}
+
 /// SiLU, `x * sigmoid(x)`; candle's unary op has a backward, kept here so the model code reads
 /// the same for every activation.
 pub fn silu(xs: &Tensor) -> Result<Tensor> {
@@ -93,16 +107,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        super::max_abs_diff(a, b).unwrap()
     }
 
     /// The differentiable route and the fused route compute the same values.

@@ -4,6 +4,7 @@
 //! than one query block.
 
 use candle_core::{Device, Result, Tensor, Var};
+use distill_models::ops::{max_abs, max_abs_diff};
 use distill_models::{fused, ops};
 
 /// Relative tolerance on forward values and gradients.
@@ -11,26 +12,8 @@ const TOL: f32 = 1e-5;
 
 fn assert_close(name: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.dims(), want.dims(), "{name}: shapes");
-    let scale = want
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-3);
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(want).unwrap().max(1e-3);
+    let diff = max_abs_diff(got, want).unwrap();
     assert!(
         diff <= TOL * scale,
         "{name}: max |diff| {diff} vs max |want| {scale}"

@@ -24,17 +24,7 @@ fn reference(name: &str) -> std::collections::HashMap<String, Tensor> {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    distill_models::ops::max_abs_diff(a, b).unwrap()
 }
 
 fn ids(t: &Tensor) -> Tensor {

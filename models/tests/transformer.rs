@@ -56,16 +56,7 @@ fn frozen(varmap: &VarMap, spec: &Spec) -> Model {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    distill_models::ops::max_abs_diff(a, b).unwrap()
 }
 
 fn ids(v: &[u32]) -> Tensor {

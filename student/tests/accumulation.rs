@@ -86,18 +86,7 @@ fn run(
 
 fn max_weight_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32 {
     a.iter()
-        .map(|(k, x)| {
-            (x - &b[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(k, x)| distill_models::ops::max_abs_diff(x, &b[k]).unwrap())
         .fold(0.0, f32::max)
 }
 

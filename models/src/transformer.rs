@@ -19,8 +19,8 @@ use candle_nn::{Embedding, Init, VarBuilder};
 pub use crate::decode::KvCache;
 use crate::decode::{self, RowRope};
 pub use crate::rope::RopeSpec;
-pub use crate::weights::Linear;
 use crate::weights::Weights;
+pub use crate::weights::{Linear, QuantizedWeight};
 use crate::{fused, ops, Error, Result};
 
 /// Architecture-neutral hyper-parameters, built from a `config.json` mirror.

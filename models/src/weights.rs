@@ -19,25 +19,32 @@ use crate::{Error, Result};
 pub enum Linear {
     Dense(candle_nn::Linear),
     Quantized {
-        weight: QMatMul,
-        tiled: Option<Arc<Q8Matrix>>,
+        weight: QuantizedWeight,
         bias: Option<Tensor>,
     },
+}
+
+/// A quantized matrix in exactly one form: re-tiled for [`crate::q8`], or as candle stores it.
+/// (Keeping both would double the memory of a large quantized teacher.)
+#[derive(Debug, Clone)]
+pub enum QuantizedWeight {
+    Tiled(Arc<Q8Matrix>),
+    Candle(QMatMul),
 }
 
 impl Linear {
     /// A quantized projection, re-tiled for [`crate::q8`] when that kernel applies.
     pub(crate) fn quantized(q: &Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let tiled = if q.device().is_cpu() {
-            Q8Matrix::from_qtensor(q)?.map(Arc::new)
+            Q8Matrix::from_qtensor(q)?
         } else {
             None
         };
-        Ok(Linear::Quantized {
-            weight: QMatMul::from_arc(q.clone())?,
-            tiled,
-            bias,
-        })
+        let weight = match tiled {
+            Some(t) => QuantizedWeight::Tiled(Arc::new(t)),
+            None => QuantizedWeight::Candle(QMatMul::from_arc(q.clone())?),
+        };
+        Ok(Linear::Quantized { weight, bias })
     }
 
     /// The float weight matrix `[out, in]`, when there is one.
@@ -51,17 +58,15 @@ impl Linear {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Dense(l) => l.forward(xs),
-            Linear::Quantized {
-                weight,
-                tiled,
-                bias,
-            } => {
-                let xs = xs.contiguous()?;
-                let ys = match tiled {
-                    Some(t) if xs.device().is_cpu() && xs.dtype() == DType::F32 => {
-                        xs.apply_op1_no_bwd(&Q8MatMul(t))?
-                    }
-                    _ => weight.forward(&xs)?,
+            Linear::Quantized { weight, bias } => {
+                let ys = match weight {
+                    // Tiled matrices exist only on the CPU; the kernel takes f32 rows.
+                    QuantizedWeight::Tiled(t) => xs
+                        .to_dtype(DType::F32)?
+                        .contiguous()?
+                        .apply_op1_no_bwd(&Q8MatMul(t))?
+                        .to_dtype(xs.dtype())?,
+                    QuantizedWeight::Candle(w) => w.forward(&xs.contiguous()?)?,
                 };
                 match bias {
                     Some(b) => ys.broadcast_add(b),

@@ -2,8 +2,11 @@
 //! with Ctrl-C) and resumed yields the same corpus, row for row, as an uninterrupted run at a
 //! different batch size; a different config is refused by name; bad input fails before any work.
 
+mod common;
+use common::run_ok;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use distill_corpus::record::{records_from_batch, Record};
@@ -47,16 +50,6 @@ fn generate(problems: &Path, out: &Path, batch: usize) -> Command {
     cmd.args(["--temperature", "0.9", "--max-new-tokens", "48"]);
     cmd.args(["--shard-rows", "3", "--batch", &batch.to_string()]);
     cmd
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn rows(dir: &Path) -> Vec<Record> {

@@ -3,8 +3,11 @@
 //! requested architecture; metrics, loss curve and resolved config land beside it; a run
 //! resumed from its middle checkpoint ends with the same weights; bad input fails in one line.
 
+mod common;
+use common::run_ok;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use distill_corpus::record::{self, Record};
 use distill_corpus::shards::{ShardWriter, WriterOptions};
@@ -83,16 +86,6 @@ fn train_cmd_with(corpus: &Path, out: &Path, replace: &[(&str, &str)]) -> Comman
         cmd.args([flag, value]);
     }
     cmd
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn run_err(cmd: &mut Command) -> String {

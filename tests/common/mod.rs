@@ -29,3 +29,14 @@ pub fn failing(args: &[&str]) -> String {
     assert!(!out.status.success(), "distill {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs a prepared command (the binary with its own environment), asserts it succeeded.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

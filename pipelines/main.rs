@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    distill_models::alloc::tune_allocator();
     let cli = distill::cli::Cli::parse();
     match distill::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! forward and a KV-cached decode forward; Hugging Face folder and GGUF checkpoint I/O; tokenizers
 //! and chat templates.
 
+pub mod alloc;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;

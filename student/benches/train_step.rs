@@ -42,6 +42,8 @@ struct Measure {
 }
 
 fn main() -> BoxResult<()> {
+    // As the `distill` binary does, so the benchmark measures what users run.
+    distill_models::alloc::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let opt = |name: &str| -> Option<String> {
         args.iter()

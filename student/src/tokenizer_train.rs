@@ -3,9 +3,12 @@
 //! without any downloaded checkpoint.
 //!
 //! Choices:
-//! - Pre-tokenization: optionally every digit on its own (the demo's arithmetic needs one token
-//!   per digit), then GPT-2 byte-level splitting. Merges never cross pre-token boundaries, so no
-//!   token ever holds two digits.
+//! - Pre-tokenization: optionally every digit on its own, with the space before it (` ?\p{N}`:
+//!   `" 12"` is `" 1"`, `"2"`), then GPT-2 byte-level splitting. Merges never cross pre-token
+//!   boundaries, so no token ever holds two digits (the demo's arithmetic needs one token per
+//!   digit). Keeping the space with its digit, rather than as a token of its own as Qwen2's
+//!   splitter does, makes arithmetic text about a quarter shorter: fewer positions to train on
+//!   and to generate.
 //! - `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` are special tokens (`<|im_end|>` is the EOS
 //!   and the chat template's end of turn; `<|endoftext|>` pads). `<think>` and `</think>` are
 //!   added tokens but *not* special: each is one id, yet decoding with
@@ -20,10 +23,10 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::AddedToken;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use distill_models::chat::ChatTemplate;
 use distill_models::tokenizer::TextTokenizer;
@@ -98,7 +101,13 @@ where
     let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
     let byte_level = ByteLevel::new(false, true, true);
     let pre: PreTokenizerWrapper = if config.split_digits {
-        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        let digits = Split::new(
+            SplitPattern::Regex(r" ?\p{N}".into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| Error::Config(format!("cannot build the digit splitter: {e}")))?;
+        Sequence::new(vec![digits.into(), byte_level.into()]).into()
     } else {
         byte_level.into()
     };

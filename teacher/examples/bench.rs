@@ -19,6 +19,7 @@ const NEW_TOKENS: usize = 256;
 const BATCHES: [usize; 3] = [1, 8, 32];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    distill_models::alloc::tune_allocator();
     let mut args = std::env::args().skip(1);
     let model = PathBuf::from(args.next().ok_or("usage: bench MODEL [IDS.json]")?);
     let ids_out = args.next().map(PathBuf::from);

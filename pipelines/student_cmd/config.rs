@@ -10,7 +10,8 @@
 //! max_seq_len = 128
 //! [model]                      # from-scratch architecture (distill_student::init::ScratchConfig)
 //! hidden_size = 64
-//! [model.tokenizer]            # from-scratch BPE (vocab_size, split_digits, min_frequency)
+//! [model.tokenizer]            # from-scratch BPE (vocab_size, split_digits, min_frequency,
+//!                              #  merge_across_words)
 //! vocab_size = 80
 //! [train]                      # distill_student::TrainerConfig: batch, steps, cadence
 //! micro_batch_size = 32
@@ -117,6 +118,9 @@ pub struct TrainArgs {
     /// From scratch: vocabulary size of the trained tokenizer.
     #[arg(long)]
     pub vocab_size: Option<usize>,
+    /// From scratch: let tokenizer merges span words (whole phrases become tokens).
+    #[arg(long)]
+    pub merge_across_words: bool,
     /// From scratch: hidden size.
     #[arg(long)]
     pub hidden_size: Option<usize>,
@@ -206,6 +210,9 @@ impl TrainArgs {
         over(&mut s.train.eval_every, &self.eval_every);
         over(&mut s.train.checkpoint_every, &self.checkpoint_every);
         over(&mut s.model.tokenizer.vocab_size, &self.vocab_size);
+        if self.merge_across_words {
+            s.model.tokenizer.merge_across_words = true;
+        }
         over(&mut s.model.hidden_size, &self.hidden_size);
         over(&mut s.model.num_hidden_layers, &self.layers);
         over(&mut s.model.num_attention_heads, &self.heads);

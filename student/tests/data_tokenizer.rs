@@ -1,4 +1,4 @@
-//! From-scratch tokenizers (digits split, round trips, single-id special tokens, HF folder
+//! From-scratch tokenizers (digits split, merges across words on request, round trips, single-id special tokens, HF folder
 //! round trip) and reading conversations from corpus shards.
 
 use std::sync::Arc;
@@ -32,6 +32,7 @@ fn train(vocab_size: usize, split_digits: bool) -> TextTokenizer {
             vocab_size,
             split_digits,
             min_frequency: 2,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -58,6 +59,45 @@ fn digits_are_single_tokens() {
         })
     });
     assert!(multi_digit);
+}
+
+#[test]
+fn merges_span_words_only_when_asked() {
+    let texts = corpus_texts();
+    let config = |merge_across_words| TokenizerTrainConfig {
+        vocab_size: 400,
+        merge_across_words,
+        ..Default::default()
+    };
+    let words = tokenizer_train::train(&texts, &config(false)).unwrap();
+    let phrases = tokenizer_train::train(&texts, &config(true)).unwrap();
+    // A piece spans words when a space sits anywhere but at its start.
+    let spans_words = |t: &TextTokenizer, text: &str| {
+        t.encode(text, false).unwrap().iter().any(|id| {
+            let piece = t.decode(&[*id], false).unwrap();
+            piece.trim_start().contains(' ')
+        })
+    };
+    let (mut word_ids, mut phrase_ids) = (0, 0);
+    for text in &texts {
+        assert!(!spans_words(&words, text), "{text}");
+        for t in [&words, &phrases] {
+            let ids = t.encode(text, false).unwrap();
+            assert_eq!(&t.decode(&ids, false).unwrap(), text);
+            for id in &ids {
+                let piece = t.decode(&[*id], false).unwrap();
+                assert!(piece.chars().filter(char::is_ascii_digit).count() <= 1, "{piece}");
+            }
+        }
+        word_ids += words.encode(text, false).unwrap().len();
+        phrase_ids += phrases.encode(text, false).unwrap().len();
+    }
+    assert!(spans_words(&phrases, &texts[0]));
+    // The templated text is much shorter in phrase tokens.
+    assert!(
+        (phrase_ids as f64) < 0.8 * word_ids as f64,
+        "{phrase_ids} vs {word_ids}"
+    );
 }
 
 #[test]

@@ -100,6 +100,7 @@ fn a_tiny_student_learns_to_stop() {
             vocab_size: 40,
             split_digits: true,
             min_frequency: 2,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -86,7 +86,10 @@ fn merges_span_words_only_when_asked() {
             assert_eq!(&t.decode(&ids, false).unwrap(), text);
             for id in &ids {
                 let piece = t.decode(&[*id], false).unwrap();
-                assert!(piece.chars().filter(char::is_ascii_digit).count() <= 1, "{piece}");
+                assert!(
+                    piece.chars().filter(char::is_ascii_digit).count() <= 1,
+                    "{piece}"
+                );
             }
         }
         word_ids += words.encode(text, false).unwrap().len();

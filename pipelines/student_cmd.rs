@@ -212,7 +212,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     trainer.save_model(&final_dir)?;
     export::check_folder(&final_dir, renderer.end_of_turn_id())?;
     eprintln!(
-        "Trained {} steps: loss {}{}; student in `{}`",
+        "Trained {} steps: loss {}{}; model in `{}`",
         summary.steps,
         summary
             .last_loss

@@ -131,10 +131,18 @@ fn report_structure_and_exact_counts() {
     let problems = write_problems(tmp.path());
     let out = tmp.path().join("out");
     let (teacher, student) = (fixture("tiny-qwen2.gguf"), fixture("tiny-llama.gguf"));
-    compare(&[&teacher, &student], &[], &problems, &out, &[]);
+    let note = "The teacher stands in for DeepSeek-R1.";
+    compare(
+        &[&teacher, &student],
+        &[],
+        &problems,
+        &out,
+        &["--note", &format!("  {note}\n")],
+    );
 
     let r = report(&out);
     assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["note"], note, "the note is kept, trimmed");
     assert_eq!(r["teacher"], "tiny-qwen2");
     assert_eq!(r["problems"]["count"], PROBLEMS);
     assert_eq!(r["protocol"]["samples"], SAMPLES);
@@ -226,6 +234,7 @@ fn report_structure_and_exact_counts() {
     assert!(md.contains("**tiny-llama**"));
     assert!(md.contains("![pass@1 and cons@k](accuracy.png)"));
     assert!(md.contains("teacher `tiny-qwen2` scores pass@1"));
+    assert!(md.contains(&format!("\n\n{note}\n\n")), "{md}");
 }
 
 #[test]
@@ -305,6 +314,7 @@ fn labels_name_models_and_their_cache_folders() {
     compare(&[&teacher], &labels, &problems, &out, &["--k", "1"]);
     let r = report(&out);
     assert_eq!(r["teacher"], "big");
+    assert!(r.get("note").is_none(), "no --note, no note key");
     assert_eq!(r["protocol"]["k"], 1);
     assert_eq!(model(&r, "big")["k"], 1);
     assert_eq!(

@@ -76,7 +76,7 @@ pub fn accuracy(path: &Path, bars: &[AccuracyBar], k: u32) -> anyhow::Result<()>
         .enumerate()
         .map(|(i, b)| {
             let name = short(&b.label, max_label);
-            if i == 0 {
+            if i == 0 && b.label != "teacher" {
                 format!("{name} (teacher)")
             } else {
                 name
@@ -313,7 +313,14 @@ pub fn speed_size(
     let frac = |v: f64, lo: f64, hi: f64| (v.ln() - lo.ln()) / (hi.ln() - lo.ln());
     for (n, (i, label, bytes, speed)) in known.iter().enumerate() {
         let (colour, role) = if *i == 0 {
-            (CONS, " (teacher)")
+            (
+                CONS,
+                if *label == "teacher" {
+                    ""
+                } else {
+                    " (teacher)"
+                },
+            )
         } else {
             (PASS, "")
         };

@@ -110,6 +110,11 @@ pub struct CompareArgs {
     #[arg(long)]
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// A sentence or paragraph printed under the report's summary: what the models are, where
+    /// they came from (the demo says its teacher only stands in for DeepSeek-R1).
+    #[arg(long, value_name = "TEXT")]
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -172,6 +177,12 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
         },
         out: args.out.clone(),
         api_key_env: args.api_key_env.clone(),
+        note: args
+            .note
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string),
     })
 }
 

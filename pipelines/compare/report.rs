@@ -41,6 +41,9 @@ pub struct Report {
     pub problems: ProblemsInfo,
     pub protocol: Protocol,
     pub teacher: String,
+    /// The `--note` given to the comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub models: Vec<ModelReport>,
     pub charts: Charts,
 }
@@ -172,6 +175,7 @@ pub fn build(config: &CompareConfig, runs: &[ModelRun]) -> Report {
             prefill: config.prompt.prefill.clone(),
         },
         teacher: models.first().map(|m| m.label.clone()).unwrap_or_default(),
+        note: config.note.clone(),
         models,
         charts: Charts::default(),
     }
@@ -270,6 +274,9 @@ pub fn markdown(report: &Report) -> String {
     let p = &report.protocol;
     let _ = writeln!(md, "# distill compare\n");
     let _ = writeln!(md, "{}\n", summary(report));
+    if let Some(note) = &report.note {
+        let _ = writeln!(md, "{note}\n");
+    }
     let _ = writeln!(
         md,
         "| model | params | size | pass@1 ± se | cons@{} | agrees with teacher | reasoning tokens | \
@@ -278,7 +285,7 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in &report.models {
-        let name = if m.role == "teacher" {
+        let name = if m.role == "teacher" && m.label != "teacher" {
             format!("**{}** (teacher)", m.label)
         } else {
             format!("**{}**", m.label)

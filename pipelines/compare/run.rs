@@ -40,6 +40,8 @@ pub struct CompareConfig {
     pub out: PathBuf,
     /// Environment variable with the API key of `openai:` models.
     pub api_key_env: Option<String>,
+    /// Free text for the report, under the summary.
+    pub note: Option<String>,
 }
 
 /// What a comparison reports while it runs.

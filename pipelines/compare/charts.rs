@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::report::human_bytes;
+use super::report::{human_bytes, role_suffix};
 
 use distill_corpus::chart::FONT;
 const WIDTH: u32 = 960;
@@ -76,11 +76,7 @@ pub fn accuracy(path: &Path, bars: &[AccuracyBar], k: u32) -> anyhow::Result<()>
         .enumerate()
         .map(|(i, b)| {
             let name = short(&b.label, max_label);
-            if i == 0 && b.label != "teacher" {
-                format!("{name} (teacher)")
-            } else {
-                name
-            }
+            format!("{name}{}", role_suffix(i, &b.label))
         })
         .collect();
     let mut chart = ChartBuilder::on(&body)
@@ -312,18 +308,8 @@ pub fn speed_size(
     }
     let frac = |v: f64, lo: f64, hi: f64| (v.ln() - lo.ln()) / (hi.ln() - lo.ln());
     for (n, (i, label, bytes, speed)) in known.iter().enumerate() {
-        let (colour, role) = if *i == 0 {
-            (
-                CONS,
-                if *label == "teacher" {
-                    ""
-                } else {
-                    " (teacher)"
-                },
-            )
-        } else {
-            (PASS, "")
-        };
+        let colour = if *i == 0 { CONS } else { PASS };
+        let role = role_suffix(*i, label);
         chart
             .draw_series(std::iter::once(Circle::new(
                 (*bytes, *speed),

@@ -181,6 +181,16 @@ pub fn build(config: &CompareConfig, runs: &[ModelRun]) -> Report {
     }
 }
 
+/// What follows the name of model `index` in tables and charts: the teacher (index 0) is
+/// marked, unless its label already says so.
+pub fn role_suffix(index: usize, label: &str) -> &'static str {
+    if index == 0 && label != "teacher" {
+        " (teacher)"
+    } else {
+        ""
+    }
+}
+
 /// `1.2M`, `437k`, `950`.
 pub fn human_count(n: u64) -> String {
     let n = n as f64;
@@ -284,12 +294,8 @@ pub fn markdown(report: &Report) -> String {
         p.k
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for m in &report.models {
-        let name = if m.role == "teacher" && m.label != "teacher" {
-            format!("**{}** (teacher)", m.label)
-        } else {
-            format!("**{}**", m.label)
-        };
+    for (i, m) in report.models.iter().enumerate() {
+        let name = format!("**{}**{}", m.label, role_suffix(i, &m.label));
         let pass = match (m.metrics.pass_at_1, m.metrics.pass_at_1_se) {
             (Some(v), Some(se)) => format!("{:.1}% ± {:.1}", 100.0 * v, 100.0 * se),
             (v, _) => pct(v),

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod compare;
 pub mod corpus_cmd;
+pub mod device_check;
 pub mod device_args;
 pub mod interrupt;
 pub mod model_cmd;

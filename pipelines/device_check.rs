@@ -125,9 +125,7 @@ fn random_weights(config: &Config, seed: u64) -> anyhow::Result<HashMap<String, 
 /// Packed rows of two documents each, for the parity loss.
 fn parity_batch() -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let ids: Vec<u32> = (0..2 * 48).map(|i| (i * 37 + 5) % 96).collect();
-    let pos: Vec<u32> = (0..2)
-        .flat_map(|_| (0..20).chain(0..28))
-        .collect();
+    let pos: Vec<u32> = (0..2).flat_map(|_| (0..20).chain(0..28)).collect();
     let targets: Vec<u32> = ids.iter().map(|&t| (t * 7 + 3) % 96).collect();
     (ids, pos, targets)
 }
@@ -256,7 +254,9 @@ fn finetune(dev: &Device, out: &Path) -> anyhow::Result<bool> {
     };
     let mut trainer = Trainer::new(init, train_config, target)?;
     let start = Instant::now();
-    let summary = trainer.fit(&rule_rows(32, 32, 96), None, None, &mut |_| Control::Continue)?;
+    let summary = trainer.fit(&rule_rows(32, 32, 96), None, None, &mut |_| {
+        Control::Continue
+    })?;
     let history = &trainer.state().history;
     let (first, last) = (
         history.first().map_or(f64::NAN, |h| h.loss),
@@ -435,7 +435,9 @@ fn decode_speed(config_path: &Path, batch: usize, dev: &Device) -> anyhow::Resul
                 .zip(caches.iter_mut())
                 .collect();
             let logits = model.step(&mut items, Logits::Last)?;
-            let next = Tensor::cat(&logits, 0)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+            let next = Tensor::cat(&logits, 0)?
+                .argmax(candle_core::D::Minus1)?
+                .to_vec1::<u32>()?;
             feeds = next.into_iter().map(|t| vec![t]).collect();
             if step == 0 {
                 first = Some(start.elapsed());

@@ -7,6 +7,8 @@ use common::{failing, ok};
 
 use std::path::{Path, PathBuf};
 
+use distill_models::Checkpoint;
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("models/tests/fixtures")
@@ -201,4 +203,50 @@ fn generate_runs_in_bf16_and_says_where() {
         .unwrap()
         .unwrap();
     assert_eq!(manifest.rows(), 12);
+}
+
+/// The GPU check's Rust side runs end to end on the CPU (against itself): every line is JSON,
+/// parity holds, the fine-tune learns and its saved model reloads; the SFT and decode figures
+/// come out for a config.
+#[test]
+fn check_device_runs_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixture("tiny-qwen2/config.json");
+    let stdout = ok(&[
+        "--threads",
+        "1",
+        "check-device",
+        "--device",
+        "cpu",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--sft-config",
+        config.to_str().unwrap(),
+        "--sft-batch",
+        "1",
+        "--sft-seq",
+        "32",
+        "--sft-steps",
+        "2",
+        "--gguf",
+        fixture("tiny-llama.gguf").to_str().unwrap(),
+        "--decode-tokens",
+        "8",
+    ]);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let of = |check: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["check"] == check).collect()
+    };
+    assert_eq!(of("parity").len(), 4);
+    assert!(of("parity").iter().all(|l| l["ok"] == true), "{stdout}");
+    assert_eq!(of("finetune")[0]["ok"], true, "{stdout}");
+    assert!(of("sft")[0]["tok_s"].as_f64().unwrap() > 0.0, "{stdout}");
+    assert_eq!(of("decode_speed").len(), 2);
+    assert_eq!(of("decode_parity")[0]["matching_prefix"], 8);
+    assert_eq!(of("summary")[0]["failures"], 0);
+    let saved = Checkpoint::open(&dir.path().join("finetuned-tiny")).unwrap();
+    assert_eq!(saved.config().spec().unwrap().hidden_size, 64);
 }

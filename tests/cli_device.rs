@@ -250,3 +250,23 @@ fn check_device_runs_on_the_cpu() {
     let saved = Checkpoint::open(&dir.path().join("finetuned-tiny")).unwrap();
     assert_eq!(saved.config().spec().unwrap().hidden_size, 64);
 }
+
+/// On a CUDA build, the device check on the GPU (skipped, with the reason printed, when no GPU
+/// is usable, e.g. a CUDA build run on the build machine with stub libraries).
+#[test]
+#[cfg(feature = "cuda")]
+fn check_device_on_the_gpu() {
+    if let Err(e) = distill_models::DeviceChoice::Cuda(0).resolve() {
+        eprintln!("SKIPPED check_device_on_the_gpu: no usable GPU ({e})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = ok(&[
+        "check-device",
+        "--device",
+        "cuda",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("\"failures\":0"), "{stdout}");
+}

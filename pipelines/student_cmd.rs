@@ -298,14 +298,12 @@ fn chat_template(choice: &str, tokenizer: &TextTokenizer) -> anyhow::Result<Chat
 
 /// Rows longer than the model's positions would train positions it has never had.
 fn check_positions(settings: &TrainSettings, student: &StudentInit) -> anyhow::Result<()> {
-    let max = student.config.to_json()["max_position_embeddings"].as_u64();
-    if let Some(max) = max {
-        if settings.data.max_seq_len as u64 > max {
-            bail!(
-                "`data.max_seq_len` `{}` exceeds the model's `max_position_embeddings` `{max}`",
-                settings.data.max_seq_len
-            );
-        }
+    let max = student.config.max_position_embeddings();
+    if settings.data.max_seq_len > max {
+        bail!(
+            "`data.max_seq_len` `{}` exceeds the model's `max_position_embeddings` `{max}`",
+            settings.data.max_seq_len
+        );
     }
     Ok(())
 }

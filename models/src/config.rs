@@ -158,6 +158,14 @@ impl Config {
         }
     }
 
+    /// The most positions the model was built for (prompt and generation together).
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            Config::Qwen2(c) => c.max_position_embeddings,
+            Config::Llama(c) => c.max_position_embeddings,
+        }
+    }
+
     pub fn bos_token_id(&self) -> Option<u32> {
         match self {
             Config::Qwen2(c) => c.bos_token_id,

@@ -108,10 +108,20 @@ impl Checkpoint {
     /// Every weight as an f32 tensor under its Hugging Face name (GGUF weights dequantized and
     /// un-permuted).
     pub fn tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        self.tensors_as(device, DType::F32)
+    }
+
+    /// Every weight as a `dtype` tensor (a folder's are converted as they load; GGUF weights
+    /// are dequantized to f32 first).
+    pub fn tensors_as(&self, device: &Device, dtype: DType) -> Result<HashMap<String, Tensor>> {
         let spec = self.config.spec()?;
         match &self.format {
-            Format::Folder => hf::load_tensors(&self.path, &spec, DType::F32, device),
-            Format::Gguf(g) => g.tensors(device),
+            Format::Folder => hf::load_tensors(&self.path, &spec, dtype, device),
+            Format::Gguf(g) => g
+                .tensors(device)?
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+                .collect(),
         }
     }
 

@@ -44,7 +44,8 @@ pub struct StudentInit {
     pub config: distill_models::Config,
     pub generation: GenerationConfig,
     pub tokenizer: Option<TextTokenizer>,
-    /// f32 weights keyed by Hugging Face name.
+    /// Weights keyed by Hugging Face name, on the host, in `dtype` (a bf16 base stays bf16 until
+    /// the trainer casts it on the device).
     pub weights: HashMap<String, Tensor>,
     /// The dtype the base checkpoint stores its weights in; saved models keep it.
     pub dtype: DType,
@@ -62,7 +63,7 @@ impl StudentInit {
             config: ckpt.config().clone(),
             generation: ckpt.generation_config().clone(),
             tokenizer,
-            weights: ckpt.tensors(&Device::Cpu)?,
+            weights: ckpt.tensors_as(&Device::Cpu, ckpt.stored_dtype())?,
             dtype: ckpt.stored_dtype(),
         })
     }
@@ -200,7 +201,8 @@ impl Trainer {
                 let t = weights.remove(&name).ok_or_else(|| {
                     Error::Config(format!("the initial weights have no tensor `{name}`"))
                 })?;
-                let var = Var::from_tensor(&t.to_dtype(precision.params)?.to_device(device)?)?;
+                // Upload in the stored dtype (half the bytes for bf16), cast on the device.
+                let var = Var::from_tensor(&t.to_device(device)?.to_dtype(precision.params)?)?;
                 data.insert(name.clone(), var.clone());
                 params.push((name, var));
             }

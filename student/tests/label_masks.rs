@@ -169,6 +169,54 @@ fn a_generation_prompt_that_prefills_think_is_not_repeated() {
     );
 }
 
+/// DeepSeek-R1-Distill-Qwen's published template (its generation prompt ends `<think>\n`): the
+/// trained document's prompt is exactly the prompt generation and evaluation build with the
+/// default prefill, with one `<think>\n`, and the first target is the reasoning.
+#[test]
+fn r1_distill_training_prompt_equals_the_generation_prompt() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/r1-distill-qwen/tokenizer_config.json");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (bos, eos) = (
+        config["bos_token"]["content"].as_str().unwrap(),
+        config["eos_token"]["content"].as_str().unwrap(),
+    );
+    let template = ChatTemplate::new(
+        config["chat_template"].as_str().unwrap(),
+        Some(bos),
+        Some(eos),
+    )
+    .unwrap();
+    let mut tokenizer = tiny_tokenizer(&[]);
+    let markers = [bos, eos, "<｜User｜>", "<｜Assistant｜>"]
+        .map(|t| tokenizers::AddedToken::from(t.to_string(), true));
+    assert_eq!(tokenizer.inner.add_special_tokens(markers), 4);
+    let eos_id = tokenizer.token_id(eos).unwrap();
+    let r = Renderer::new(tokenizer, template.clone(), &[eos_id]).unwrap();
+
+    let messages = two_plus_three();
+    let (doc, _) = r
+        .render(&messages)
+        .unwrap()
+        .into_document(64, Overlong::Drop)
+        .unwrap();
+    let text = r.tokenizer().decode(&doc.input_ids, false).unwrap();
+    let prompt = template
+        .generation_prompt(&messages[..1], "<think>\n")
+        .unwrap();
+    assert_eq!(text, format!("{prompt}5\n</think>\n\n5{eos}"));
+    assert_eq!(text.matches("<think>").count(), 1, "{text}");
+    let first = doc.labels.iter().position(|&l| l != IGNORE).unwrap();
+    let prompt_ids = r.tokenizer().encode(&prompt, false).unwrap();
+    assert_eq!(
+        first + 1,
+        prompt_ids.len(),
+        "labels start right after the prompt"
+    );
+    assert_eq!(doc.labels[first], digit(5) as i64);
+}
+
 #[test]
 fn a_merge_across_the_prompt_boundary_falls_back_to_offsets() {
     // The role is glued to the content ("assistant" with no newline) and the answer

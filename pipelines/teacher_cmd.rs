@@ -128,6 +128,10 @@ pub struct OpenAiArgs {
     /// chat template opens `<think>` itself).
     #[arg(long)]
     pub continue_final_message: bool,
+    /// Ask for streamed answers from the first request (servers that only stream). Without it,
+    /// a server that refuses non-streaming requests is streamed from once it says so.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 impl OpenAiArgs {
@@ -153,6 +157,7 @@ impl OpenAiArgs {
             } else {
                 PrefillMode::None
             },
+            stream: self.stream,
             ..OpenAiConfig::default()
         })
     }

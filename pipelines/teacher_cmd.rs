@@ -14,7 +14,8 @@ use distill_teacher::generate::{
 use distill_teacher::local::{model_name, LocalBackend};
 use distill_teacher::openai::{OpenAiBackend, OpenAiConfig, PrefillMode};
 use distill_teacher::server::{self, Server, ServerConfig};
-use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::progress;
 
 /// Where samples come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -286,15 +287,15 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     let cancel = Cancel::new();
     cancel_on_ctrl_c(&cancel);
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} samples · {msg} · {elapsed_precise} (ETA {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = progress::Progress::new(
+        total,
+        "{bar:30} {pos}/{len} samples · {msg} · {elapsed_precise} (ETA {eta})",
+        "samples",
+        true,
     );
+    bar.set_prefix("generate");
     bar.set_position(already);
     bar.reset_eta();
-    bar.enable_steady_tick(Duration::from_millis(500));
     let start = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let report = plan.run(backend, &cancel, &mut |p: &Progress| {

@@ -39,6 +39,8 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Run a pipeline file: every stage in order, resuming where a previous run stopped.
     Run(crate::run::RunArgs),
+    /// Check a device (a GPU): parity with the CPU, a short fine-tune, throughput; JSON lines.
+    CheckDevice(crate::device_check::CheckDeviceArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,6 +63,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Train(args) => student_cmd::train(args),
         Command::Compare(args) => compare::compare(args),
         Command::Run(args) => crate::run::run(args),
+        Command::CheckDevice(args) => crate::device_check::check_device(args),
     }
 }
 

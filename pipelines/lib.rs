@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod compare;
 pub mod corpus_cmd;
+pub mod device_args;
+pub mod device_check;
 pub mod interrupt;
 pub mod model_cmd;
 pub mod problems_cmd;

@@ -10,6 +10,7 @@
 
 mod chart;
 pub mod config;
+mod memory;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -18,13 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use distill_models::chat::ChatTemplate;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::Checkpoint;
 use distill_student::data::{self, Conversation, Dataset, Renderer};
 use distill_student::{checkpoint, export, init, tokenizer_train};
-use distill_student::{Control, Event, StudentInit, Trainer};
+use distill_student::{Control, Event, StudentInit, TrainTarget, Trainer};
 use serde_json::json;
 
 use crate::progress::Progress;
@@ -79,6 +79,14 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
             base.display()
         );
     }
+    // The device before the corpus: no GPU, a CPU-only binary or a dtype the GPU lacks fail now.
+    let placement = settings.device.resolve()?;
+    let precision = settings.dtype.training(&placement.device)?;
+    eprintln!("Training on {} ({precision})", placement.description);
+    let target = TrainTarget {
+        device: placement.device.clone(),
+        precision,
+    };
 
     let conversations = data::read_corpus(std::slice::from_ref(corpus))
         .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
@@ -122,14 +130,21 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         &(serde_json::to_string_pretty(&dataset.report)? + "\n"),
     )?;
 
-    let device = Device::Cpu;
+    memory::preflight(settings, &student, &target, &dataset)?;
+    let spec = student.config.spec()?;
     let mut trainer = match &latest {
         Some(dir) => {
             eprintln!("Resuming from `{}`", dir.display());
-            Trainer::resume(dir, settings.train.clone(), Some(&student.config), &device)?
+            Trainer::resume(
+                dir,
+                settings.train.clone(),
+                Some(&student.config),
+                target.clone(),
+            )
         }
-        None => Trainer::new(student, settings.train.clone(), &device)?,
-    };
+        None => Trainer::new(student, settings.train.clone(), target.clone()),
+    }
+    .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
     let start_step = trainer.state().step;
     let metrics_path = out.join(METRICS_FILE);
     truncate_metrics(&metrics_path, start_step)?;
@@ -153,45 +168,48 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let png = out.join(LOSS_PNG);
     let mut failure: Option<anyhow::Error> = None;
     let eval_rows = (!dataset.eval.is_empty()).then_some(dataset.eval.as_slice());
-    let summary = trainer.fit(&dataset.train, eval_rows, Some(&ckpt_root), &mut |event| {
-        let line = match event {
-            Event::Step(m) => {
-                bar.set_position(m.step);
-                bar.set_message(format!(
-                    "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-                    m.loss, m.lr, m.tokens_per_sec
-                ));
-                curve.push((m.step, m.loss));
-                json!({
-                    "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
-                    "tokens": m.tokens, "label_tokens": m.label_tokens,
-                    "tokens_per_sec": m.tokens_per_sec, "seconds": m.elapsed.as_secs_f64(),
-                })
-            }
-            Event::Eval { step, loss } => {
-                bar.println(format!("step {step}: held-out loss {loss:.4}"));
-                evals.push((*step, *loss));
-                json!({"step": step, "eval_loss": loss})
-            }
-            Event::Checkpoint { step, path } => {
-                if let Err(e) = chart::loss_curve(&png, &curve, &evals) {
-                    tracing::warn!("{e:#}");
+    let summary = trainer
+        .fit(&dataset.train, eval_rows, Some(&ckpt_root), &mut |event| {
+            let line = match event {
+                Event::Step(m) => {
+                    bar.set_position(m.step);
+                    bar.set_message(format!(
+                        "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                        m.loss, m.lr, m.tokens_per_sec
+                    ));
+                    curve.push((m.step, m.loss));
+                    json!({
+                        "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
+                        "tokens": m.tokens, "label_tokens": m.label_tokens,
+                        "tokens_per_sec": m.tokens_per_sec, "seconds": m.elapsed.as_secs_f64(),
+                    })
                 }
-                json!({"step": step, "checkpoint": path})
+                Event::Eval { step, loss } => {
+                    bar.println(format!("step {step}: held-out loss {loss:.4}"));
+                    evals.push((*step, *loss));
+                    json!({"step": step, "eval_loss": loss})
+                }
+                Event::Checkpoint { step, path } => {
+                    if let Err(e) = chart::loss_curve(&png, &curve, &evals) {
+                        tracing::warn!("{e:#}");
+                    }
+                    json!({"step": step, "checkpoint": path})
+                }
+            };
+            if let Err(e) = writeln!(metrics, "{line}") {
+                failure.get_or_insert(
+                    anyhow::anyhow!(e)
+                        .context(format!("cannot write `{}`", metrics_path.display())),
+                );
+                return Control::Stop;
             }
-        };
-        if let Err(e) = writeln!(metrics, "{line}") {
-            failure.get_or_insert(
-                anyhow::anyhow!(e).context(format!("cannot write `{}`", metrics_path.display())),
-            );
-            return Control::Stop;
-        }
-        if stop.load(Ordering::SeqCst) {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
-    })?;
+            if stop.load(Ordering::SeqCst) {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
     bar.finish_and_clear();
     if let Some(e) = failure {
         return Err(e);
@@ -280,14 +298,12 @@ fn chat_template(choice: &str, tokenizer: &TextTokenizer) -> anyhow::Result<Chat
 
 /// Rows longer than the model's positions would train positions it has never had.
 fn check_positions(settings: &TrainSettings, student: &StudentInit) -> anyhow::Result<()> {
-    let max = student.config.to_json()["max_position_embeddings"].as_u64();
-    if let Some(max) = max {
-        if settings.data.max_seq_len as u64 > max {
-            bail!(
-                "`data.max_seq_len` `{}` exceeds the model's `max_position_embeddings` `{max}`",
-                settings.data.max_seq_len
-            );
-        }
+    let max = student.config.max_position_embeddings();
+    if settings.data.max_seq_len > max {
+        bail!(
+            "`data.max_seq_len` `{}` exceeds the model's `max_position_embeddings` `{max}`",
+            settings.data.max_seq_len
+        );
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ use distill_teacher::server::{self, Server, ServerConfig};
 
 use crate::progress;
 
+use crate::device_args::DeviceArgs;
+
 /// Where samples come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +102,8 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub openai: OpenAiArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Settings of `--backend openai`.
@@ -185,6 +189,8 @@ pub struct ServeArgs {
     /// Return `reasoning_content` apart from `content` when a reply closes a `<think>` block.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reasoning_parser: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl GenerateArgs {
@@ -271,16 +277,17 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         args.samples,
         model_path.display()
     );
-    let options = EngineOptions {
+    let options = args.device.engine(EngineOptions {
         batch: args.batch,
         ..EngineOptions::default()
-    };
+    });
     let local;
     let backend: &dyn Backend = match &remote {
         Some(remote) => remote,
         None => {
             local = LocalBackend::open(&model_path, options)
                 .with_context(|| format!("cannot load `{}`", model_path.display()))?;
+            eprintln!("Teacher on {}", local.engine().device_description());
             &local
         }
     };
@@ -364,12 +371,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("Loading `{}`", args.model.display());
     let checkpoint = distill_models::Checkpoint::open(&args.model)
         .with_context(|| format!("cannot open `{}`", args.model.display()))?;
-    let options = EngineOptions {
+    let options = args.device.engine(EngineOptions {
         batch: args.batch,
         ..EngineOptions::default()
-    };
+    });
     let engine = Engine::load(&checkpoint, options)
         .with_context(|| format!("cannot load `{}`", args.model.display()))?;
+    eprintln!("Model on {}", engine.device_description());
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;
     config.reasoning_parser = args.reasoning_parser;

@@ -1,6 +1,9 @@
 //! `distill inspect` and `distill convert` driven through the real binary: what users see,
 //! including the one-line errors for bad paths.
 
+mod common;
+use common::assets;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,6 +44,9 @@ fn json(stdout: &str) -> serde_json::Value {
 
 #[test]
 fn inspect_reports_the_real_model() {
+    if !assets::present(Path::new(&smollm2())) {
+        return;
+    }
     let (ok, stdout, stderr) = distill(&["inspect", &smollm2(), "--json"]);
     assert!(ok, "{stderr}");
     let r = json(&stdout);
@@ -150,4 +156,23 @@ fn bad_paths_give_one_clear_line() {
         stderr.contains("Unsupported architecture `mamba` (supported: qwen2, llama)"),
         "{stderr}"
     );
+}
+
+/// The asset rule every crate's tests share: skipped loudly at home, a failure in CI.
+#[test]
+fn a_missing_asset_skips_locally_and_fails_in_ci() {
+    let missing = Path::new("/no/such/asset.gguf");
+    assert!(!assets::present_in(missing, false));
+    assert!(std::panic::catch_unwind(|| assets::present_in(missing, true)).is_err());
+    assert!(assets::present_in(&root(), true));
+    for (value, ci) in [
+        (None, false),
+        (Some(""), false),
+        (Some("0"), false),
+        (Some("false"), false),
+        (Some("true"), true),
+        (Some("1"), true),
+    ] {
+        assert_eq!(assets::in_ci(value), ci, "{value:?}");
+    }
 }

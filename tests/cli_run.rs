@@ -1,26 +1,29 @@
 //! `distill run` end to end on a shrunken pipeline: every stage through the real binary,
-//! manifests written, a teacher above chance and a student whose loss fell, a rerun skips
-//! finished stages, a pipeline killed during `train` resumes without redoing `generate`, and bad
+//! manifests written, a teacher above chance on the problems it generates for, a student whose
+//! loss fell training on the teacher's verified, filtered samples, both compared on problems
+//! neither trained on, a rerun skips finished stages, a pipeline killed during `train` resumes without redoing `generate`, and bad
 //! pipeline files fail before any work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "problems",
     "eval_problems",
     "teacher",
     "generate",
     "verify",
+    "filter",
     "train",
     "compare",
 ];
 
-/// A shrunken demo that still learns: the teacher memorises 16 easy problems (the eval set is
-/// the same 16, so "above chance" tests that training took and the stages are wired, not
-/// generalisation; the full demo measures held-out accuracy) and the student trains on the
-/// worked solutions.
+/// A shrunken demo with the demo's wiring: the teacher memorises 16 easy problems and generates
+/// for them (so its samples are mostly correct: "above chance" there tests that training took
+/// and the stages are wired), the student trains only on the verified, filtered samples, and
+/// `compare` scores both on 16 other problems (seed 2) that neither model trained on. Held-out
+/// accuracy itself needs the full demo's budget; here it is only reported.
 fn pipeline(out: &Path, student_steps: u32) -> String {
     format!(
         r#"
@@ -35,7 +38,7 @@ difficulty = 0
 
 [eval_problems]
 count = 16
-seed = 1
+seed = 2
 difficulty = 0
 
 [teacher]
@@ -59,10 +62,10 @@ batch = 32
 
 [verify]
 
-# The student learns from the worked solutions, so its corpus does not depend on how well the
-# teacher did.
+# Rejection sampling: the student's corpus is what survives.
+[filter]
+
 [train]
-corpus = "{out}/problems/solutions"
 max_steps = {student_steps}
 checkpoint_every = 2
 lr = 0.01
@@ -134,6 +137,22 @@ fn most_common_answer_share(problems: &Path) -> f64 {
     *counts.values().max().unwrap() as f64 / n as f64
 }
 
+/// The `prompt` of every problem in a problems file.
+fn prompts(problems: &Path) -> std::collections::HashSet<String> {
+    std::fs::read_to_string(problems)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"].to_string())
+        .collect()
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
 /// The training loss of every step in a `metrics.jsonl`.
 fn losses(metrics: &Path) -> Vec<f64> {
     std::fs::read_to_string(metrics)
@@ -177,14 +196,43 @@ fn shrunken_pipeline_runs_skips_and_reruns() {
         Some(2),
         "{report}"
     );
-    // The teacher beats chance: always answering the eval set's most common answer.
-    let chance = most_common_answer_share(&out.join("problems/eval.jsonl"));
-    let teacher = &report["models"][0];
-    assert_eq!(teacher["role"], "teacher", "{report}");
-    let pass_at_1 = teacher["pass_at_1"].as_f64().unwrap();
+    // The teacher beats chance on the problems it generated for: its verified-correct share
+    // against always giving the training set's most common answer.
+    let chance = most_common_answer_share(&out.join("problems/train.jsonl"));
+    let verified = json_file(&out.join("corpus/verify/summary.json"));
+    let correct = verified["correct"].as_f64().unwrap() / verified["rows_in"].as_f64().unwrap();
     assert!(
-        pass_at_1 > chance + 0.05,
-        "teacher pass@1 {pass_at_1} is not above chance {chance}: {report}"
+        correct > chance + 0.05,
+        "teacher's samples {correct} correct, not above chance {chance}: {verified}"
+    );
+    // The student's corpus is the teacher's curated samples: exactly the rows filter kept, all
+    // of them verified correct; never the worked solutions.
+    let kept = json_file(&out.join("corpus/filter/summary.json"))["rows_out"]
+        .as_u64()
+        .unwrap();
+    assert!(kept > 0);
+    let data = json_file(&out.join("student/data_report.json"));
+    assert_eq!(data["rows"].as_u64(), Some(kept), "{data}");
+    let train_config = std::fs::read_to_string(out.join("student/train_config.toml")).unwrap();
+    let corpus = format!(
+        "corpus = {:?}",
+        out.join("corpus/filter").display().to_string()
+    );
+    assert!(train_config.contains(&corpus), "{train_config}");
+    // Both models are scored on the held-out problems, none of which any model trained on.
+    let eval_prompts = prompts(&out.join("problems/eval.jsonl"));
+    let train_prompts = prompts(&out.join("problems/train.jsonl"));
+    assert_eq!(eval_prompts.len(), 16);
+    assert!(eval_prompts.is_disjoint(&train_prompts));
+    for model in report["models"].as_array().unwrap() {
+        assert_eq!(model["problems"], 16, "{report}");
+        assert!(model["pass_at_1"].as_f64().is_some(), "{report}");
+    }
+    assert_eq!(report["models"][0]["role"], "teacher", "{report}");
+    assert_eq!(
+        report["problems"]["path"],
+        out.join("problems/eval.jsonl").display().to_string(),
+        "{report}"
     );
     // The student trained: its loss fell.
     let losses = losses(&out.join("student/metrics.jsonl"));

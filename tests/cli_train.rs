@@ -111,7 +111,7 @@ fn from_scratch_run_writes_a_folder_inspect_reads() {
     let model = out.join("model");
     let inspect = run_ok(bin().arg("inspect").arg(&model).arg("--json"));
     let r: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    assert_eq!(r["architecture"], "qwen2");
+    assert_eq!(r["architecture"], "llama");
     assert_eq!(r["hidden_size"], 32);
     assert_eq!(r["layers"], 1);
     assert_eq!(r["attention_heads"], 2);

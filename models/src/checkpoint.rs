@@ -130,8 +130,33 @@ impl Checkpoint {
     /// The model for inference with GGUF weights kept quantized (candle `QMatMul` kernels);
     /// a Hugging Face folder loads in f32 as with [`load_model`](Self::load_model).
     pub fn load_quantized_model(&self, device: &Device) -> Result<Model> {
+        self.load_for_inference(device, DType::F32)
+    }
+
+    /// The float dtype most stored weights have: what a folder's `safetensors` hold (`bf16` for
+    /// most released checkpoints), f32 for GGUF (its float tensors run dequantized).
+    pub fn stored_dtype(&self) -> DType {
+        let Format::Folder = &self.format else {
+            return DType::F32;
+        };
+        let counts = hf::dtype_counts(&self.path).unwrap_or_default();
+        let count = |k: &str| counts.get(k).copied().unwrap_or(0);
+        [DType::BF16, DType::F16, DType::F32]
+            .into_iter()
+            .max_by_key(|d| count(&format!("{d:?}").to_lowercase()))
+            .filter(|d| count(&format!("{d:?}").to_lowercase()) > 0)
+            .unwrap_or(DType::F32)
+    }
+
+    /// The model for inference on `device`: a folder's weights in `dtype` (see
+    /// [`crate::device::DtypeChoice::inference`]); GGUF matrices stay quantized and run with
+    /// f32 activations, as candle's quantized kernels take them.
+    pub fn load_for_inference(&self, device: &Device, dtype: DType) -> Result<Model> {
         match &self.format {
-            Format::Folder => self.load_model(device),
+            Format::Folder => {
+                let spec = self.config.spec()?;
+                hf::load_model(&self.path, &spec, dtype, device)
+            }
             Format::Gguf(g) => {
                 let spec = self.config.spec()?;
                 Model::new_quantized(&spec, &crate::quantized::load(g, device)?, device)
@@ -230,7 +255,8 @@ pub fn save_hf_folder(
             }
             ordered.push((name, t));
         }
-        config.save(&tmp.join(hf::CONFIG))?;
+        let dtype = ordered.first().map_or(DType::F32, |(_, t)| t.dtype());
+        config.save_with_dtype(&tmp.join(hf::CONFIG), dtype)?;
         generation.save(&tmp.join(hf::GENERATION_CONFIG))?;
         if let Some(tok) = tokenizer {
             tok.save_hf_dir(&tmp)?;

@@ -127,6 +127,22 @@ impl Config {
         std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
     }
 
+    /// [`Self::save`] with the dtype the weights beside it are stored in: `torch_dtype` (and
+    /// transformers 5's `dtype`, when the config has it) say what the files hold, whatever the
+    /// base checkpoint said.
+    pub fn save_with_dtype(&self, path: &Path, dtype: candle_core::DType) -> Result<()> {
+        let mut json = self.to_json();
+        if let Some(map) = json.as_object_mut() {
+            let name = torch_dtype_name(dtype);
+            map.insert("torch_dtype".into(), name.into());
+            if map.contains_key("dtype") {
+                map.insert("dtype".into(), name.into());
+            }
+        }
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    }
+
     pub fn architecture(&self) -> Architecture {
         match self {
             Config::Qwen2(_) => Architecture::Qwen2,
@@ -139,6 +155,14 @@ impl Config {
         match self {
             Config::Qwen2(c) => c.spec(),
             Config::Llama(c) => c.spec(),
+        }
+    }
+
+    /// The most positions the model was built for (prompt and generation together).
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            Config::Qwen2(c) => c.max_position_embeddings,
+            Config::Llama(c) => c.max_position_embeddings,
         }
     }
 
@@ -195,5 +219,14 @@ impl GenerationConfig {
             .as_ref()
             .map(TokenIds::to_vec)
             .unwrap_or_default()
+    }
+}
+
+/// The PyTorch name of a float dtype (`bfloat16`), as `config.json` writes it.
+pub fn torch_dtype_name(dtype: candle_core::DType) -> &'static str {
+    match dtype {
+        candle_core::DType::BF16 => "bfloat16",
+        candle_core::DType::F16 => "float16",
+        _ => "float32",
     }
 }

@@ -50,22 +50,48 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Appends `[1, kv_heads, len, d]` keys and values for `layer` to the tensor cache and
-    /// returns the whole history (non-CPU devices).
+    /// Appends `[1, kv_heads, len, d]` keys and values for `layer` to the device cache and
+    /// returns views of the whole history (non-CPU devices).
+    ///
+    /// The cache is a slab `[1, kv_heads, capacity, d]` written in place; capacity doubles when
+    /// full, so a sequence's history is copied O(log n) times instead of once per step.
     pub(crate) fn append_device(
         &mut self,
         layer: usize,
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.device[layer] {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
-            None => (k.clone(), v.clone()),
+        let past = self.len;
+        let need = past + k.dim(2)?;
+        let fits = matches!(&self.device[layer], Some((kb, _)) if kb.dim(2)? >= need);
+        if !fits {
+            let grow = |new: &Tensor, old: Option<&Tensor>| -> Result<Tensor> {
+                let (b, h, _, d) = new.dims4()?;
+                let capacity = need.next_power_of_two().max(MIN_DEVICE_CAPACITY);
+                let slab = Tensor::zeros((b, h, capacity, d), new.dtype(), new.device())?;
+                if let Some(old) = old.filter(|_| past > 0) {
+                    slab.slice_set(&old.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+                }
+                Ok(slab)
+            };
+            let old = self.device[layer].take();
+            let slabs = (
+                grow(k, old.as_ref().map(|(k, _)| k))?,
+                grow(v, old.as_ref().map(|(_, v)| v))?,
+            );
+            self.device[layer] = Some(slabs);
+        }
+        let Some((kb, vb)) = &self.device[layer] else {
+            unreachable!("the slab was just allocated");
         };
-        self.device[layer] = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        kb.slice_set(&k.contiguous()?, 2, past)?;
+        vb.slice_set(&v.contiguous()?, 2, past)?;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 }
+
+/// Positions a device cache slab holds at first (it doubles from there).
+const MIN_DEVICE_CAPACITY: usize = 256;
 
 /// Head layout of one attention layer.
 #[derive(Debug, Clone, Copy)]

@@ -31,6 +31,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("Chat template error: {0}")]
     Template(String),
+    #[error("Device: {0}")]
+    Device(String),
     #[error("Invalid model config: {0}")]
     Config(String),
     #[error(transparent)]

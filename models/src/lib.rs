@@ -7,6 +7,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 mod decode;
+pub mod device;
 mod error;
 pub mod fused;
 pub mod gguf;
@@ -23,5 +24,6 @@ mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Config, GenerationConfig, TokenIds};
+pub use device::{DeviceChoice, DtypeChoice, Placement, TrainPrecision};
 pub use error::{Error, Result};
 pub use transformer::{KvCache, Model, Spec};

@@ -26,8 +26,10 @@ pub fn load(gguf: &GgufCheckpoint, device: &Device) -> Result<HashMap<String, Ar
         let Some(hf) = hf_tensor_name(name) else {
             continue; // rope_freqs: the frequencies are recomputed from the config
         };
+        // Read and rearrange on the host; only finished blocks go to another device.
+        let host = Device::Cpu;
         let q = info
-            .read(&mut reader, content.tensor_data_offset, device)
+            .read(&mut reader, content.tensor_data_offset, &host)
             .map_err(|e| Error::parse(path, format!("cannot read tensor `{name}`: {e}")))?;
         let q = if permuted && (hf.contains(".q_proj.") || hf.contains(".k_proj.")) {
             let heads = if hf.contains(".q_proj.") {
@@ -35,11 +37,17 @@ pub fn load(gguf: &GgufCheckpoint, device: &Device) -> Result<HashMap<String, Ar
             } else {
                 spec.num_kv_heads
             };
-            unpermute_quantized_rows(&q, heads, device)?
+            unpermute_quantized_rows(&q, heads, &host)?
         } else {
             q
         };
-        out.insert(hf, Arc::new(repack_for_cpu(q, device)?));
+        let q = if device.is_cpu() {
+            repack_for_cpu(q, device)?
+        } else {
+            let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
+            QTensor::new(storage, q.shape().clone())?
+        };
+        out.insert(hf, Arc::new(q));
     }
     Ok(out)
 }

@@ -242,11 +242,14 @@ impl Attention {
         let n_rep = self.num_heads / self.num_kv_heads;
         let k = repeat_kv(k, n_rep)?;
         let v = repeat_kv(v, n_rep)?;
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        // Scores and softmax in f32 whatever the compute dtype, as transformers' eager attention
+        // does (`softmax(..., dtype=torch.float32)`); a no-op in f32.
+        let mut scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * self.scale)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        Ok(ops::softmax_last_dim(&scores)?.matmul(&v)?)
+        let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        Ok(probs.matmul(&v)?)
     }
 
     /// A generation step on the CPU: `xs` `[1, rows, hidden]` holds the new rows of every
@@ -391,6 +394,8 @@ pub struct Model {
     lm_head: Linear,
     inv_freq: Tensor,
     device: Device,
+    /// The compute dtype: the embedding table's (activations, caches and logits follow it).
+    dtype: DType,
 }
 
 impl Model {
@@ -433,6 +438,7 @@ impl Model {
         };
         let device = w.device().clone();
         let inv_freq = Tensor::new(spec.rope.inv_freq.as_slice(), &device)?;
+        let dtype = embed.dtype();
         Ok(Self {
             spec: spec.clone(),
             embed_tokens: Embedding::new(embed, h),
@@ -441,7 +447,13 @@ impl Model {
             lm_head,
             inv_freq,
             device,
+            dtype,
         })
+    }
+
+    /// The compute dtype (the embedding table's).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn spec(&self) -> &Spec {
@@ -460,15 +472,16 @@ impl Model {
         KvCache::new(self.spec.num_layers)
     }
 
-    /// Rotary tables for a `[batch, seq]` u32 tensor of positions.
+    /// Rotary tables for a `[batch, seq]` u32 tensor of positions, computed in f32 and stored
+    /// in the compute dtype.
     fn rotary(&self, positions: &Tensor) -> Result<Rotary> {
         let freqs = positions
             .to_dtype(DType::F32)?
             .unsqueeze(D::Minus1)?
             .broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
         Ok(Rotary {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos: freqs.cos()?.to_dtype(self.dtype)?,
+            sin: freqs.sin()?.to_dtype(self.dtype)?,
         })
     }
 
@@ -486,32 +499,54 @@ impl Model {
     /// `[batch, seq]`. With `position_ids` (`[batch, seq]`), a position that does not follow its
     /// predecessor by one starts a new document: attention never crosses documents, so several
     /// packed sequences in one row give exactly their unpacked results.
+    ///
+    /// This reads the ids (and positions) back to check them and build the attention layout;
+    /// callers that hold them on the host use [`Self::forward_hidden_host`] instead.
     pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
         position_ids: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        self.check_ids(&input_ids.flatten_all()?.to_vec1::<u32>()?)?;
-        let (positions, rows) = match position_ids {
+        let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+        let positions = match position_ids {
             Some(p) => {
-                let rows = p.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-                if rows.len() != b || rows.iter().any(|r| r.len() != t) {
+                if p.dims() != [b, t] {
                     return Err(Error::Config(format!(
                         "`position_ids` shape {:?} differs from `input_ids` shape [{b}, {t}]",
                         p.dims()
                     )));
                 }
-                (p.to_dtype(DType::U32)?, rows)
+                p.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?
             }
-            None => {
-                let row = Tensor::arange(0u32, t as u32, &self.device)?;
-                let rows = vec![(0..t as u32).collect::<Vec<_>>()];
-                (row.unsqueeze(0)?.repeat((b, 1))?, rows)
-            }
+            None => (0..b).flat_map(|_| 0..t as u32).collect(),
         };
+        self.forward_hidden_host(&ids, &positions, b)
+    }
+
+    /// [`Self::forward_hidden`] for a `[batch, ids.len() / batch]` grid of ids and positions
+    /// held on the host (row-major): they are checked there and uploaded once, so the forward
+    /// never waits for the device.
+    pub fn forward_hidden_host(
+        &self,
+        ids: &[u32],
+        positions: &[u32],
+        batch: usize,
+    ) -> Result<Tensor> {
+        if batch == 0 || !ids.len().is_multiple_of(batch) || positions.len() != ids.len() {
+            return Err(Error::Config(format!(
+                "{} ids and {} positions do not form {batch} equal rows",
+                ids.len(),
+                positions.len()
+            )));
+        }
+        self.check_ids(ids)?;
+        let t = ids.len() / batch;
+        let rows: Vec<Vec<u32>> = positions.chunks(t).map(<[u32]>::to_vec).collect();
+        let input_ids = Tensor::from_slice(ids, (batch, t), &self.device)?;
+        let positions = Tensor::from_slice(positions, (batch, t), &self.device)?;
         let rotary = self.rotary(&positions)?;
-        let mut xs = self.embed_tokens.forward(input_ids)?;
+        let mut xs = self.embed_tokens.forward(&input_ids)?;
         let (mut ctx, mut mask) = (None, None);
         for layer in &self.layers {
             let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
@@ -548,7 +583,9 @@ impl Model {
             .flat_map(|(t, c)| (c.len()..c.len() + t.len()).map(|p| p as u32))
             .collect();
         let n = ids.len();
-        let rotary = if self.device.is_cpu() {
+        // The host path (plain buffers, one ragged attention pass) is the CPU's f32 fast path;
+        // every other device and dtype takes the tensor path, which CPU bf16 tests exercise.
+        let rotary = if self.device.is_cpu() && self.dtype == DType::F32 {
             StepRope::Host(RowRope::new(&positions, &self.spec.rope.inv_freq))
         } else {
             StepRope::Device(self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?)

@@ -115,6 +115,9 @@ pub struct CompareArgs {
     #[arg(long, value_name = "TEXT")]
     #[serde(default)]
     pub note: Option<String>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub device: crate::device_args::DeviceArgs,
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -158,10 +161,10 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
         max_new_tokens: args.max_new_tokens,
         ..SamplingParams::default()
     };
-    let engine = EngineOptions {
+    let engine = args.device.engine(EngineOptions {
         batch: args.batch,
         ..EngineOptions::default()
-    };
+    });
     Ok(CompareConfig {
         models,
         problems,

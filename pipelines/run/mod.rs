@@ -5,6 +5,7 @@
 //! written once, in the subcommand. The runner adds the paths that connect the stages (a table
 //! may override them) and checks every key against the subcommand before any work starts.
 
+pub mod check;
 pub mod exec;
 pub mod manifest;
 pub mod plan;
@@ -28,7 +29,8 @@ pub struct RunArgs {
     /// Output folder (default: the file's `[pipeline] out`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print the stages and their commands without running anything.
+    /// Print the stages and their commands, and check them against the models and files they
+    /// use, without running anything.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -38,9 +40,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read `{}`", args.pipeline.display()))?;
     let pipeline = plan::Pipeline::parse(&text, &args.pipeline, args.out.as_deref())?;
     let stages = pipeline.stages()?;
+    // Before any stage runs: settings against the models and files they will use.
+    let notes = check::check(&stages)?;
     if args.dry_run {
         for s in &stages {
             println!("{:>14}  distill {}", s.name, s.argv.join(" "));
+        }
+        for note in &notes {
+            println!("{:>14}  {note}", "note");
         }
         return Ok(());
     }

@@ -35,6 +35,9 @@ struct Header {
     #[allow(dead_code)]
     description: Option<String>,
     out: Option<PathBuf>,
+    /// `device` and `dtype` for every model stage (a stage's own key wins).
+    device: Option<String>,
+    dtype: Option<String>,
 }
 
 /// A parsed pipeline file.
@@ -45,6 +48,8 @@ pub struct Pipeline {
     pub file: PathBuf,
     text: String,
     tables: BTreeMap<String, toml::Table>,
+    /// `[pipeline]`'s `device` and `dtype`, given to every model stage.
+    placement: toml::Table,
 }
 
 /// One resolved stage: the subcommand's arguments and the paths it reads and writes.
@@ -70,6 +75,8 @@ impl Pipeline {
                 name: None,
                 description: None,
                 out: None,
+                device: None,
+                dtype: None,
             },
         };
         let mut tables = BTreeMap::new();
@@ -96,12 +103,19 @@ impl Pipeline {
             .map(Path::to_path_buf)
             .or(header.out)
             .unwrap_or_else(|| PathBuf::from("runs").join(&name));
+        let mut placement = toml::Table::new();
+        for (key, value) in [("device", header.device), ("dtype", header.dtype)] {
+            if let Some(v) = value {
+                placement.insert(key.into(), toml::Value::String(v));
+            }
+        }
         let pipeline = Self {
             name,
             out,
             file: file.to_path_buf(),
             text: text.to_string(),
             tables,
+            placement,
         };
         pipeline.stages()?; // every key checked now, before any work
         Ok(pipeline)
@@ -197,6 +211,11 @@ impl Pipeline {
                     defaults.insert("output".into(), path(out.join("corpus").join(pass)));
                     (inputs, outputs) = (&["inputs", "evals"], &["output"]);
                 }
+            }
+            let local_generate = *name == "generate"
+                && table.get("backend").and_then(|b| b.as_str()) != Some("openai");
+            if matches!(*name, "teacher" | "train" | "compare") || local_generate {
+                defaults.extend(self.placement.clone());
             }
             let mut merged = defaults;
             merged.extend(table.clone());

@@ -22,6 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use distill_models::{DeviceChoice, DtypeChoice};
 use distill_student::data::DataConfig;
 use distill_student::init::ScratchConfig;
 use distill_student::TrainerConfig;
@@ -42,6 +43,10 @@ pub struct TrainSettings {
     /// Output folder: `model/` (the final Hugging Face folder), `checkpoints/`,
     /// `metrics.jsonl`, `loss.png`, `train_config.toml`, `data_report.json`.
     pub out: Option<PathBuf>,
+    /// Where training runs (`auto`, `cpu`, `cuda`, `cuda:N`).
+    pub device: DeviceChoice,
+    /// Training precision (`auto`, `f32`, `bf16`, `bf16-pure`).
+    pub dtype: DtypeChoice,
     pub data: DataConfig,
     pub model: ScratchConfig,
     pub train: TrainerConfig,
@@ -73,6 +78,15 @@ pub struct TrainArgs {
     /// No progress bar (metrics still go to `metrics.jsonl`).
     #[arg(long)]
     pub quiet: bool,
+    /// Where training runs: `auto` (the GPU when this binary has CUDA and one is usable),
+    /// `cpu`, `cuda` or `cuda:N` [default: the config's, else auto].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceChoice>,
+    /// `auto` (CPU: f32; GPU: bf16 compute over f32 master weights and moments, as PyTorch AMP),
+    /// `f32`, `bf16`, or `bf16-pure` (bf16 weights, gradients and moments: half the memory)
+    /// [default: the config's, else auto].
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<DtypeChoice>,
 
     /// Tokens per training row and longest document kept.
     #[arg(long)]
@@ -192,6 +206,8 @@ impl TrainArgs {
                 *slot = v.clone();
             }
         }
+        over(&mut s.device, &self.device);
+        over(&mut s.dtype, &self.dtype);
         over(&mut s.data.max_seq_len, &self.max_seq_len);
         if self.no_packing {
             s.data.packing = false;

@@ -62,6 +62,14 @@ pub struct TrainerState {
     /// The model's `config.json` the run started from.
     pub model_config: serde_json::Value,
     pub trainer_config: TrainerConfig,
+    /// The dtype the final model is exported in (the base checkpoint's): checkpoints hold the
+    /// trained parameters exactly, so a resumed run must remember it. `f32` in older states.
+    #[serde(default = "default_export_dtype")]
+    pub export_dtype: String,
+}
+
+fn default_export_dtype() -> String {
+    "f32".into()
 }
 
 /// Checkpoint folders under `root`, oldest first, with their steps.

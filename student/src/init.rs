@@ -7,13 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use distill_models::config::TokenIds;
 use distill_models::tokenizer::TextTokenizer;
-use distill_models::{llama, qwen2, Architecture, Checkpoint, Config, GenerationConfig};
+use distill_models::{llama, Architecture, Checkpoint, Config, GenerationConfig};
 
 use crate::tokenizer_train::TokenizerTrainConfig;
 use crate::trainer::StudentInit;
 use crate::{Error, Result};
 
 /// The architecture of a from-scratch student (the vocabulary comes from its tokenizer).
+///
+/// Llama, not Qwen2: a from-scratch student carries distill's own tokenizer (digit split,
+/// merges across words), and `transformers` 5 builds every `qwen2` checkpoint's tokenizer as
+/// `Qwen2Tokenizer`, which replaces `tokenizer.json`'s normalizer and pre-tokenizer with
+/// Qwen2's own whatever `tokenizer_class` says; for `llama` it loads `tokenizer.json` verbatim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScratchConfig {
@@ -35,7 +40,7 @@ pub struct ScratchConfig {
 impl Default for ScratchConfig {
     fn default() -> Self {
         Self {
-            architecture: Architecture::Qwen2,
+            architecture: Architecture::Llama,
             hidden_size: 64,
             num_hidden_layers: 2,
             num_attention_heads: 4,
@@ -53,6 +58,14 @@ impl Default for ScratchConfig {
 
 impl ScratchConfig {
     pub fn validate(&self) -> Result<()> {
+        if self.architecture == Architecture::Qwen2 {
+            return Err(Error::Config(
+                "`model.architecture` `qwen2` cannot be trained from scratch: transformers 5 \
+                 loads every qwen2 checkpoint with Qwen2's own pre-tokenizer, not the trained \
+                 one, so its token ids would differ from distill's; use `llama`"
+                    .into(),
+            ));
+        }
         for (name, v) in [
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -91,48 +104,28 @@ impl ScratchConfig {
             [one] => Some(TokenIds::One(*one)),
             many => Some(TokenIds::Many(many.to_vec())),
         };
-        let config = match self.architecture {
-            Architecture::Qwen2 => Config::Qwen2(qwen2::Config {
-                vocab_size,
-                hidden_size: self.hidden_size,
-                intermediate_size: self.intermediate_size,
-                num_hidden_layers: self.num_hidden_layers,
-                num_attention_heads: self.num_attention_heads,
-                num_key_value_heads: Some(self.num_key_value_heads),
-                head_dim: None,
-                hidden_act: "silu".into(),
-                max_position_embeddings: self.max_position_embeddings,
-                initializer_range: self.initializer_range,
-                rms_norm_eps: self.rms_norm_eps,
-                rope_theta: self.rope_theta,
-                rope_scaling: None,
-                tie_word_embeddings: self.tie_word_embeddings,
-                bos_token_id: bos,
-                eos_token_id,
-                extra: Default::default(),
-            }),
-            Architecture::Llama => Config::Llama(llama::Config {
-                vocab_size,
-                hidden_size: self.hidden_size,
-                intermediate_size: self.intermediate_size,
-                num_hidden_layers: self.num_hidden_layers,
-                num_attention_heads: self.num_attention_heads,
-                num_key_value_heads: Some(self.num_key_value_heads),
-                head_dim: None,
-                hidden_act: "silu".into(),
-                max_position_embeddings: self.max_position_embeddings,
-                initializer_range: self.initializer_range,
-                rms_norm_eps: self.rms_norm_eps,
-                rope_theta: self.rope_theta,
-                rope_scaling: None,
-                attention_bias: false,
-                mlp_bias: false,
-                tie_word_embeddings: self.tie_word_embeddings,
-                bos_token_id: bos,
-                eos_token_id,
-                extra: Default::default(),
-            }),
-        };
+        // `validate` admits only Llama (see the type's note).
+        let config = Config::Llama(llama::Config {
+            vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: Some(self.num_key_value_heads),
+            head_dim: None,
+            hidden_act: "silu".into(),
+            max_position_embeddings: self.max_position_embeddings,
+            initializer_range: self.initializer_range,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            rope_scaling: None,
+            attention_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: self.tie_word_embeddings,
+            bos_token_id: bos,
+            eos_token_id,
+            extra: Default::default(),
+        });
         // The same checks as loading a config.json (head counts, head_dim parity, ...).
         config.spec()?.validate()?;
         Ok(config)

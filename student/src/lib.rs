@@ -16,4 +16,4 @@ pub mod tokenizer_train;
 pub mod trainer;
 
 pub use error::{Error, Result};
-pub use trainer::{Control, Event, StepMetrics, StudentInit, Trainer, TrainerConfig};
+pub use trainer::{Control, Event, StepMetrics, StudentInit, TrainTarget, Trainer, TrainerConfig};

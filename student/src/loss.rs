@@ -64,9 +64,8 @@ pub fn chunked_cross_entropy(
         )));
     }
     if !hidden.device().is_cpu() || hidden.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-        // The fused path reads CPU f32 buffers; elsewhere fall back to plain autograd.
-        let logits = hidden.matmul(&weight.t()?)?;
-        return cross_entropy_reference(&logits, targets, scale);
+        // The fused path reads CPU f32 buffers; other devices and dtypes chunk with tensor ops.
+        return chunked_cross_entropy_tensors(hidden, weight, targets, scale, chunk);
     }
     let want_grads = hidden.track_op() || weight.track_op();
     let hidden_c = hidden.detach().contiguous()?;
@@ -101,6 +100,65 @@ pub fn chunked_cross_entropy(
             d_weight: dw,
         })),
     )?)
+}
+
+/// [`chunked_cross_entropy`] with candle tensor ops, for any device and dtype: per chunk, logits
+/// in the compute dtype, softmax and loss in f32, and `softmax − one-hot` multiplied back into
+/// the gradients of the hidden states and of the head (accumulated in f32). Only one
+/// `chunk × vocab` block exists at a time, and nothing is read back to the host.
+///
+/// The gradients enter the graph through a surrogate `Σ hidden·dh + Σ weight·dw`, whose value
+/// is subtracted again (`s − detach(s)` is exactly zero) and whose gradients are exactly `dh`
+/// and `dw`; the result's value is the loss.
+pub fn chunked_cross_entropy_tensors(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[u32],
+    scale: f64,
+    chunk: usize,
+) -> Result<Tensor> {
+    let (n, _) = hidden.dims2()?;
+    let dev = hidden.device();
+    let want_grads = hidden.track_op() || weight.track_op();
+    let (h, w) = (hidden.detach(), weight.detach());
+    let chunk = chunk.max(1);
+    let all_targets = Tensor::new(targets, dev)?;
+    let mut losses = Vec::new();
+    let mut d_hidden = Vec::new();
+    let mut d_weight: Option<Tensor> = None;
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let hc = h.narrow(0, start, len)?;
+        let target = all_targets.narrow(0, start, len)?.unsqueeze(1)?;
+        let logits = hc.matmul(&w.t()?)?.to_dtype(DType::F32)?;
+        let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+        let exp = shifted.exp()?;
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        losses.push((sum.log()? - shifted.gather(&target, 1)?)?.sum_all()?);
+        if want_grads {
+            let minus_one = Tensor::full(-1f32, (len, 1), dev)?;
+            let d_logits = (exp
+                .broadcast_div(&sum)?
+                .scatter_add(&target, &minus_one, 1)?
+                * scale)?
+                .to_dtype(w.dtype())?;
+            d_hidden.push(d_logits.matmul(&w)?);
+            let dw = d_logits.t()?.matmul(&hc)?.to_dtype(DType::F32)?;
+            d_weight = Some(match d_weight {
+                Some(acc) => (acc + dw)?,
+                None => dw,
+            });
+        }
+    }
+    let loss = (Tensor::stack(&losses, 0)?.sum_all()? * scale)?;
+    let Some(d_weight) = d_weight.filter(|_| want_grads) else {
+        return Ok(loss);
+    };
+    let dh = Tensor::cat(&d_hidden, 0)?.to_dtype(hidden.dtype())?;
+    let dw = d_weight.to_dtype(weight.dtype())?;
+    let surrogate = ((hidden * dh)?.sum_all()?.to_dtype(DType::F32)?
+        + (weight * dw)?.sum_all()?.to_dtype(DType::F32)?)?;
+    Ok((loss + (&surrogate - surrogate.detach())?)?)
 }
 
 /// Plain cross-entropy over full logits `[n, vocab]` through candle's autograd: the reference

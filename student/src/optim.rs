@@ -10,6 +10,11 @@
 //! `p *= 1 − lr·wd`, `m += (g − m)(1 − β1)`, `v = β2·v + (1 − β2)·g·g`,
 //! `p −= lr / (1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)`; bias corrections in f64 as Python does.
 //!
+//! That fast path is for f32 parameters on the CPU. Elsewhere (a GPU, bf16 parameters) the same
+//! arithmetic runs as candle tensor ops on the parameter's device, in f32, with the moments kept
+//! there in the parameter's dtype (as `torch.optim.AdamW` keeps them); fused device kernels are
+//! the GPU's speed path to come.
+//!
 //! Gradient clipping and accumulation live beside it: [`GradBuffers`] sums micro-batch gradients
 //! into one f32 tensor per parameter (the `.grad` of PyTorch), [`GradBuffers::global_norm`] gives
 //! the norm for clipping, and the clip factor is folded into the step instead of rescaling the
@@ -20,7 +25,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -91,8 +96,51 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    moments: Moments,
+}
+
+/// First and second moments: host buffers for the CPU f32 fast path, device tensors (in the
+/// parameter's dtype) elsewhere.
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    fn zeros(var: &Var) -> Result<Self> {
+        Ok(if on_host(var) {
+            let n = var.elem_count();
+            Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            }
+        } else {
+            Moments::Device {
+                m: var.zeros_like()?,
+                v: var.zeros_like()?,
+            }
+        })
+    }
+
+    /// Both moments as CPU f32 tensors of `shape` (the checkpoint layout).
+    fn to_cpu(&self, shape: &candle_core::Shape) -> Result<(Tensor, Tensor)> {
+        let dev = &Device::Cpu;
+        Ok(match self {
+            Moments::Host { m, v } => (
+                Tensor::from_slice(m, shape.clone(), dev)?,
+                Tensor::from_slice(v, shape.clone(), dev)?,
+            ),
+            Moments::Device { m, v } => (
+                m.to_device(dev)?.to_dtype(DType::F32)?,
+                v.to_device(dev)?.to_dtype(DType::F32)?,
+            ),
+        })
+    }
+}
+
+/// Whether a parameter takes the host fast path (f32 on the CPU).
+fn on_host(var: &Var) -> bool {
+    var.device().is_cpu() && var.dtype() == DType::F32
 }
 
 /// The optimizer: parameters (by Hugging Face name), their moments and the step count.
@@ -109,16 +157,14 @@ impl AdamW {
         let params = params
             .into_iter()
             .map(|(name, var)| {
-                let n = var.elem_count();
-                Param {
+                Ok(Param {
                     decay: decays(&name, var.rank(), config.decay_embeddings),
+                    moments: Moments::zeros(&var)?,
                     name,
                     var,
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Self {
             config,
             params,
@@ -162,24 +208,38 @@ impl AdamW {
             eps: c.eps as f32,
             grad_scale,
         };
-        self.params
-            .par_iter_mut()
-            .enumerate()
-            .try_for_each(|(i, p)| -> Result<()> {
-                // PyTorch skips a parameter whose `.grad` is None; so does this step.
-                let Some(g) = grads.get(i) else {
-                    return Ok(());
-                };
-                let (s, l) = g.storage_and_layout();
-                let op = FusedAdamW {
-                    consts: &consts,
-                    decay: p.decay,
-                    grad: f32_slice(&s, l)?,
-                    moments: RefCell::new((&mut p.m, &mut p.v)),
-                };
-                Ok(p.var.as_tensor().inplace_op1(&op)?)
-            })?;
-        Ok(())
+        let step_param = |(i, p): (usize, &mut Param)| -> Result<()> {
+            // PyTorch skips a parameter whose `.grad` is None; so does this step.
+            let Some(g) = grads.get(i) else {
+                return Ok(());
+            };
+            match &mut p.moments {
+                Moments::Host { m, v } => {
+                    let (s, l) = g.storage_and_layout();
+                    let op = FusedAdamW {
+                        consts: &consts,
+                        decay: p.decay,
+                        grad: f32_slice(&s, l)?,
+                        moments: RefCell::new((m, v)),
+                    };
+                    Ok(p.var.as_tensor().inplace_op1(&op)?)
+                }
+                Moments::Device { m, v } => adamw_tensors(&consts, p.decay, &p.var, m, v, g),
+            }
+        };
+        let all_host = self
+            .params
+            .iter()
+            .all(|p| matches!(p.moments, Moments::Host { .. }));
+        if all_host {
+            self.params
+                .par_iter_mut()
+                .enumerate()
+                .try_for_each(step_param)
+        } else {
+            // Device ops queue on one stream: issue them from one thread.
+            self.params.iter_mut().enumerate().try_for_each(step_param)
+        }
     }
 
     /// Moments and step as tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`, `step`), the layout
@@ -187,16 +247,9 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
-            let shape = p.var.shape().clone();
-            let dev = &Device::Cpu;
-            out.insert(
-                format!("{}.exp_avg", p.name),
-                Tensor::from_slice(&p.m, shape.clone(), dev)?,
-            );
-            out.insert(
-                format!("{}.exp_avg_sq", p.name),
-                Tensor::from_slice(&p.v, shape, dev)?,
-            );
+            let (m, v) = p.moments.to_cpu(p.var.shape())?;
+            out.insert(format!("{}.exp_avg", p.name), m);
+            out.insert(format!("{}.exp_avg_sq", p.name), v);
         }
         out.insert(
             "step".into(),
@@ -240,12 +293,50 @@ impl AdamW {
             .ok_or_else(|| Error::checkpoint(path, "no tensor `step`"))?
             .to_vec1::<i64>()?;
         for (p, (m, v)) in self.params.iter_mut().zip(restored) {
-            p.m = m;
-            p.v = v;
+            p.moments = match p.moments {
+                Moments::Host { .. } => Moments::Host { m, v },
+                Moments::Device { .. } => {
+                    let (dev, dtype, shape) = (p.var.device(), p.var.dtype(), p.var.shape());
+                    let up = |x: Vec<f32>| -> Result<Tensor> {
+                        Ok(Tensor::from_vec(x, shape.clone(), dev)?.to_dtype(dtype)?)
+                    };
+                    Moments::Device {
+                        m: up(m)?,
+                        v: up(v)?,
+                    }
+                }
+            };
         }
         self.step = step.first().copied().unwrap_or(0).max(0) as u64;
         Ok(())
     }
+}
+
+/// The AdamW step of [`adamw_kernel`] as tensor ops on the parameter's device, in f32; the
+/// parameter and moments are written back in their own dtype.
+fn adamw_tensors(
+    k: &StepConsts,
+    decay: bool,
+    var: &Var,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    grad: &Tensor,
+) -> Result<()> {
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let g = f32(grad)?.affine(k.grad_scale as f64, 0.0)?;
+    let mut x = f32(&var.as_detached_tensor())?;
+    if decay {
+        x = x.affine(k.decay_factor as f64, 0.0)?;
+    }
+    let m32 = f32(m)?;
+    let mi = (&m32 + ((&g - &m32)? * k.one_minus_beta1 as f64)?)?;
+    let vi = ((f32(v)? * k.beta2 as f64)? + (g.sqr()? * k.one_minus_beta2 as f64)?)?;
+    let denom = vi.sqrt()?.affine(1.0 / k.bias2_sqrt as f64, k.eps as f64)?;
+    let update = (mi.div(&denom)? * (-k.step_size) as f64)?;
+    var.set(&(x + update)?.to_dtype(var.dtype())?)?;
+    *m = mi.to_dtype(m.dtype())?;
+    *v = vi.to_dtype(v.dtype())?;
+    Ok(())
 }
 
 /// Per-step scalars, in f32 as PyTorch's kernels use them.
@@ -373,18 +464,40 @@ impl GradBuffers {
 
     /// L2 norm over every gradient (as `torch.nn.utils.clip_grad_norm_` measures it), summed in
     /// f64 in a fixed order so it is reproducible.
+    ///
+    /// Gradients off the host (a GPU, bf16) are squared and summed on their device in f32, one
+    /// partial sum per parameter, and only those partial sums are read back, in one transfer.
     pub fn global_norm(&self) -> Result<f64> {
+        let host = |g: &Tensor| g.device().is_cpu() && g.dtype() == DType::F32;
         let per = self
             .grads
             .par_iter()
             .map(|g| -> Result<f64> {
-                let Some(g) = g else { return Ok(0.0) };
+                let Some(g) = g.as_ref().filter(|g| host(g)) else {
+                    return Ok(0.0);
+                };
                 let (s, l) = g.storage_and_layout();
                 let x = f32_slice(&s, l)?;
                 Ok(x.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
             })
             .collect::<Result<Vec<f64>>>()?;
-        Ok(per.iter().sum::<f64>().sqrt())
+        let device_sums = self
+            .grads
+            .iter()
+            .flatten()
+            .filter(|g| !host(g))
+            .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+            .collect::<candle_core::Result<Vec<Tensor>>>()?;
+        let device_total: f64 = if device_sums.is_empty() {
+            0.0
+        } else {
+            Tensor::stack(&device_sums, 0)?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|&x| x as f64)
+                .sum()
+        };
+        Ok((per.iter().sum::<f64>() + device_total).sqrt())
     }
 }
 

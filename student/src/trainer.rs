@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use distill_models::tokenizer::TextTokenizer;
-use distill_models::{Checkpoint, GenerationConfig, Model, Spec};
+use distill_models::{Checkpoint, GenerationConfig, Model, Spec, TrainPrecision};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -46,6 +46,8 @@ pub struct StudentInit {
     pub tokenizer: Option<TextTokenizer>,
     /// f32 weights keyed by Hugging Face name.
     pub weights: HashMap<String, Tensor>,
+    /// The dtype the base checkpoint stores its weights in; saved models keep it.
+    pub dtype: DType,
 }
 
 impl StudentInit {
@@ -61,6 +63,7 @@ impl StudentInit {
             generation: ckpt.generation_config().clone(),
             tokenizer,
             weights: ckpt.tensors(&Device::Cpu)?,
+            dtype: ckpt.stored_dtype(),
         })
     }
 
@@ -77,6 +80,7 @@ impl StudentInit {
             generation,
             tokenizer,
             weights,
+            dtype: DType::F32,
         })
     }
 }
@@ -140,6 +144,23 @@ pub struct FitSummary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// Where a run trains: the device and the precision (parameter and compute dtypes).
+#[derive(Debug, Clone)]
+pub struct TrainTarget {
+    pub device: Device,
+    pub precision: TrainPrecision,
+}
+
+impl From<&Device> for TrainTarget {
+    /// f32 throughout, as on the CPU.
+    fn from(device: &Device) -> Self {
+        Self {
+            device: device.clone(),
+            precision: TrainPrecision::F32,
+        }
+    }
+}
+
 /// A student being trained.
 pub struct Trainer {
     config: TrainerConfig,
@@ -152,11 +173,19 @@ pub struct Trainer {
     grads: GradBuffers,
     state: TrainerState,
     device: Device,
+    precision: TrainPrecision,
     order: Option<(u64, Vec<usize>)>,
 }
 
 impl Trainer {
-    pub fn new(init: StudentInit, config: TrainerConfig, device: &Device) -> Result<Self> {
+    /// A run on `target`: a `&Device` trains in f32; a [`TrainTarget`] chooses the precision.
+    pub fn new(
+        init: StudentInit,
+        config: TrainerConfig,
+        target: impl Into<TrainTarget>,
+    ) -> Result<Self> {
+        let TrainTarget { device, precision } = target.into();
+        let device = &device;
         config.validate()?;
         let spec = init.config.spec()?;
         let varmap = VarMap::new();
@@ -171,13 +200,16 @@ impl Trainer {
                 let t = weights.remove(&name).ok_or_else(|| {
                     Error::Config(format!("the initial weights have no tensor `{name}`"))
                 })?;
-                let var = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?;
+                let var = Var::from_tensor(&t.to_dtype(precision.params)?.to_device(device)?)?;
                 data.insert(name.clone(), var.clone());
                 params.push((name, var));
             }
         }
         // Shapes are checked here: the VarMap refuses a variable whose shape differs.
-        let model = Model::new(&spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        let model = Model::new(
+            &spec,
+            VarBuilder::from_varmap(&varmap, precision.params, device),
+        )?;
         let optimizer = AdamW::new(params, config.optim.clone())?;
         let state = TrainerState {
             step: 0,
@@ -188,6 +220,7 @@ impl Trainer {
             evals: Vec::new(),
             model_config: init.config.to_json(),
             trainer_config: config.clone(),
+            export_dtype: init.dtype.as_str().into(),
         };
         Ok(Self {
             config,
@@ -200,6 +233,7 @@ impl Trainer {
             grads: GradBuffers::new(),
             state,
             device: device.clone(),
+            precision,
             order: None,
         })
     }
@@ -211,7 +245,7 @@ impl Trainer {
         dir: &Path,
         config: TrainerConfig,
         expected_model: Option<&distill_models::Config>,
-        device: &Device,
+        target: impl Into<TrainTarget>,
     ) -> Result<Self> {
         let state = checkpoint::load_state(dir)?;
         let mismatch = |difference: String| Error::ResumeMismatch {
@@ -232,7 +266,7 @@ impl Trainer {
         }
         let ckpt = Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?;
         let init = StudentInit::from_checkpoint(&ckpt)?;
-        let mut trainer = Self::new(init, config.clone(), device)?;
+        let mut trainer = Self::new(init, config.clone(), target)?;
         trainer
             .optimizer
             .load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
@@ -265,6 +299,30 @@ impl Trainer {
         &self.state
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn precision(&self) -> TrainPrecision {
+        self.precision
+    }
+
+    /// The model the forward runs: the trained variables themselves, or (mixed precision) a
+    /// copy cast to the compute dtype whose casts are recorded, so gradients reach the f32
+    /// master weights in f32.
+    fn compute_model(&self) -> Result<Option<Model>> {
+        if !self.precision.is_mixed() {
+            return Ok(None);
+        }
+        let weights: HashMap<String, Tensor> = self
+            .optimizer
+            .vars()
+            .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+            .collect();
+        let vb = VarBuilder::from_tensors(weights, self.precision.compute, &self.device);
+        Ok(Some(Model::new(&self.spec, vb)?))
+    }
+
     pub fn optimizer(&self) -> &AdamW {
         &self.optimizer
     }
@@ -291,9 +349,11 @@ impl Trainer {
         let mut tokens = 0;
         let mut timings = StepTimings::default();
         self.grads.clear();
+        let cast = self.compute_model()?;
+        let model = cast.as_ref().unwrap_or(&self.model);
         for rows in micro_batches {
             let t0 = Instant::now();
-            let (l, n) = micro_batch_loss(&self.model, rows, scale, self.config.loss_chunk_size)?;
+            let (l, n) = micro_batch_loss(model, rows, scale, self.config.loss_chunk_size)?;
             tokens += n;
             loss += l.to_scalar::<f32>()? as f64;
             let t1 = Instant::now();
@@ -304,6 +364,7 @@ impl Trainer {
             timings.forward += t1 - t0;
             timings.backward += t1.elapsed();
         }
+        drop(cast);
         let t2 = Instant::now();
         let grad_norm = self.grads.global_norm()?;
         let total = self.state.total_steps.max(self.state.step + 1);
@@ -335,7 +396,7 @@ impl Trainer {
 
     /// Mean cross-entropy over every label token of `rows`, without gradients.
     pub fn eval_loss(&self, rows: &[PackedRow]) -> Result<f64> {
-        let vb = VarBuilder::from_tensors(self.weights(), DType::F32, &self.device);
+        let vb = VarBuilder::from_tensors(self.weights(), self.precision.compute, &self.device);
         let model = Model::new(&self.spec, vb)?;
         let (mut sum, mut count) = (0f64, 0usize);
         for chunk in rows.chunks(self.config.micro_batch_size) {
@@ -462,20 +523,37 @@ impl Trainer {
     /// `keep_last`). Returns its folder.
     pub fn save_checkpoint(&self, root: &Path) -> Result<PathBuf> {
         checkpoint::write_atomic(root, self.state.step, self.config.keep_last, |dir| {
-            self.save_model(&dir.join(checkpoint::MODEL_DIR))?;
+            // The trained parameters exactly (f32 master weights stay f32), for exact resume.
+            self.save_model_as(&dir.join(checkpoint::MODEL_DIR), self.precision.params)?;
             self.optimizer.save(&dir.join(checkpoint::OPTIMIZER_FILE))?;
             checkpoint::save_state(dir, &self.state)
         })
     }
 
-    /// Writes the current weights as a Hugging Face folder (`out` must be absent or empty).
+    /// Writes the current weights as a Hugging Face folder (`out` must be absent or empty), in
+    /// the base checkpoint's dtype (f32 for a model trained from scratch).
     pub fn save_model(&self, out: &Path) -> Result<()> {
+        let dtype = match self.state.export_dtype.as_str() {
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
+        self.save_model_as(out, dtype)
+    }
+
+    /// [`Self::save_model`] in `dtype`.
+    pub fn save_model_as(&self, out: &Path, dtype: DType) -> Result<()> {
+        let weights = self
+            .weights()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(dtype)?.to_device(&Device::Cpu)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
         Ok(distill_models::checkpoint::save_hf_folder(
             out,
             &self.model_config,
             &self.generation,
             self.tokenizer.as_ref(),
-            self.weights(),
+            weights,
             MAX_SHARD_BYTES,
         )?)
     }
@@ -542,12 +620,11 @@ fn micro_batch_loss(
     }
     let dev = model.device();
     let b = rows.len();
-    let ids = Tensor::from_vec(ids, (b, width), dev)?;
-    let pos = Tensor::from_vec(pos, (b, width), dev)?;
     let spec = model.spec();
     let (positions, targets) = label_targets(&labels, spec.vocab_size)?;
+    // Ids and positions go up from the host once; nothing in the forward reads back.
     let hidden = model
-        .forward_hidden(&ids, Some(&pos))?
+        .forward_hidden_host(&ids, &pos, b)?
         .reshape((b * width, spec.hidden_size))?;
     let hidden = if positions.len() == b * width {
         hidden
@@ -555,7 +632,7 @@ fn micro_batch_loss(
         hidden.index_select(&Tensor::new(positions.as_slice(), dev)?, 0)?
     };
     let head = model.lm_head().weight().ok_or_else(|| {
-        Error::Config("the model's head is quantized; training needs f32 weights".into())
+        Error::Config("the model's head is quantized; training needs float weights".into())
     })?;
     let loss = if chunk == 0 {
         cross_entropy_reference(&hidden.matmul(&head.t()?)?, &targets, scale)?

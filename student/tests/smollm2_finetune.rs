@@ -4,8 +4,11 @@
 //!
 //! The corpus goes the way `distill train` reads one: corpus records written as parquet shards,
 //! read back, rendered with the model's own chat template (ChatML with SmolLM's default system
-//! prompt) with labels on the assistant turn only. Skipped (with a message) when the GGUF is not
-//! on this machine.
+//! prompt) with labels on the assistant turn only. Skipped loudly when the GGUF is not on this
+//! machine, and failed in CI, where it must be (`tests/common/assets.rs`).
+
+#[path = "../../tests/common/assets.rs"]
+mod assets;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -108,11 +111,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn smollm2_finetune_lowers_held_out_loss_and_reloads() {
     let path = gguf();
-    if !path.is_file() {
-        eprintln!(
-            "skipping: `{}` is absent (see ../shared/models/README.md)",
-            path.display()
-        );
+    if !assets::present(&path) {
         return;
     }
     let start = Instant::now();

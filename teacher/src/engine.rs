@@ -15,10 +15,11 @@
 
 use std::ops::ControlFlow;
 
+use candle_core::{DType, Tensor, D};
 use distill_models::chat::{ChatTemplate, Message};
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
-use distill_models::{Checkpoint, KvCache, Model};
+use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
 
 use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats};
 use crate::sampling::{sample, SampleRng};
@@ -41,6 +42,12 @@ pub struct EngineOptions {
     /// 0 means automatic: 1 for a GGUF whose matrices are all quantized (the quantized kernels
     /// compute each row on its own), else [`FLOAT_MIN_ROWS`].
     pub min_step_rows: usize,
+    /// Where the model runs (`auto`: the GPU when there is one).
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// The dtype a checkpoint folder runs in (`auto`: f32 on the CPU, the stored dtype on a GPU).
+    #[serde(default)]
+    pub dtype: DtypeChoice,
 }
 
 /// Rows from which the float matmul gives every row the same bits whatever the row count
@@ -54,6 +61,8 @@ impl Default for EngineOptions {
             prefill_chunk: 512,
             step_tokens: 2048,
             min_step_rows: 0,
+            device: DeviceChoice::Auto,
+            dtype: DtypeChoice::Auto,
         }
     }
 }
@@ -169,6 +178,8 @@ pub struct Engine {
     template: ChatTemplate,
     eos: Vec<u32>,
     options: EngineOptions,
+    /// Where the model runs, for the user (`cuda:0 (NVIDIA H200, …)`, `cpu`).
+    device_description: String,
 }
 
 impl Engine {
@@ -191,6 +202,7 @@ impl Engine {
             ));
         }
         Ok(Self {
+            device_description: distill_models::device::describe(model.device()),
             model,
             tokenizer,
             template,
@@ -199,11 +211,20 @@ impl Engine {
         })
     }
 
-    /// Loads a checkpoint for generation on the CPU: a GGUF file stays quantized. Without a
-    /// chat template in the checkpoint, ChatML is used (and logged).
+    /// Loads a checkpoint for generation on `options.device` in `options.dtype`: a GGUF file
+    /// stays quantized. Without a chat template in the checkpoint, ChatML is used (and logged).
     pub fn load(checkpoint: &Checkpoint, options: EngineOptions) -> Result<Self> {
-        let device = candle_core::Device::Cpu;
-        let model = checkpoint.load_quantized_model(&device)?;
+        let placement = options.device.resolve()?;
+        let device = placement.device;
+        let dtype = options
+            .dtype
+            .inference(&device, checkpoint.stored_dtype())?;
+        tracing::info!(
+            "generation on {} in {}",
+            placement.description,
+            dtype.as_str()
+        );
+        let model = checkpoint.load_for_inference(&device, dtype)?;
         let tokenizer = checkpoint.tokenizer()?;
         let mut options = options;
         if options.min_step_rows == 0 && all_matrices_quantized(checkpoint) {
@@ -219,13 +240,20 @@ impl Engine {
                 ChatTemplate::chatml()
             }
         };
-        Self::new(
+        let mut engine = Self::new(
             model,
             tokenizer,
             template,
             checkpoint.eos_token_ids(),
             options,
-        )
+        )?;
+        engine.device_description = format!("{} in {}", placement.description, dtype.as_str());
+        Ok(engine)
+    }
+
+    /// Where the model runs and in which dtype, for the user.
+    pub fn device_description(&self) -> &str {
+        &self.device_description
     }
 
     pub fn model(&self) -> &Model {
@@ -395,6 +423,8 @@ impl Engine {
         };
         let mut sampled = 0u64;
         let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
+        // Sequences whose prompt is still prefilling sample nothing this step.
+        let mut picks: Vec<(usize, Tensor)> = Vec::with_capacity(chosen.len());
         for ((&i, feed), logits) in chosen.iter().zip(&feeds).zip(logits) {
             let seq = &mut live[i];
             if seq.next.is_none() {
@@ -403,8 +433,11 @@ impl Engine {
                     continue;
                 }
             }
-            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-            let token = sample(&logits, &seq.request.sampling, &mut seq.rng);
+            picks.push((i, logits));
+        }
+        let tokens = self.sample_step(&picks, live)?;
+        for (&(i, _), token) in picks.iter().zip(tokens) {
+            let seq = &mut live[i];
             sampled += 1;
             seq.generated.push(token);
             seq.next = Some(token);
@@ -425,6 +458,32 @@ impl Engine {
             }
         }
         Ok(sampled)
+    }
+
+    /// One token for each `(live index, logits [1, vocab])`. The logits of the step are read
+    /// back in one transfer (never one per sequence); when every sequence is greedy and the
+    /// model is off the CPU, the argmax runs on the device and only the ids cross.
+    fn sample_step(&self, picks: &[(usize, Tensor)], live: &mut [Seq]) -> Result<Vec<u32>> {
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<&Tensor> = picks.iter().map(|(_, l)| l).collect();
+        let logits = Tensor::cat(&rows, 0)?;
+        let greedy = picks
+            .iter()
+            .all(|&(i, _)| live[i].request.sampling.temperature <= 0.0);
+        if greedy && !logits.device().is_cpu() {
+            return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        }
+        let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(picks
+            .iter()
+            .zip(host)
+            .map(|(&(i, _), row)| {
+                let seq = &mut live[i];
+                sample(&row, &seq.request.sampling, &mut seq.rng)
+            })
+            .collect())
     }
 
     /// Applies a sampled token: stop checks and streaming. `Some(Some(reason))`: finished;

@@ -2,6 +2,8 @@
 //! insist on success or failure. Each test binary uses only some of them.
 #![allow(dead_code)]
 
+pub mod assets;
+
 use std::process::{Command, Output};
 
 pub fn distill(args: &[&str]) -> Output {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU check, run on a GPU machine (python3 with torch + transformers, no Rust, no network)
+# from the repository root, with gpu/dist/distill.xz built by gpu/build.sh. Prints one JSON
+# line per figure: distill's (`distill check-device`) and PyTorch's on the same work, side by
+# side. Budget: under 8 minutes on one H100/H200.
+#
+#   bash gpu/check.sh                 # OUT=/tmp/gpu-check by default
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+NV=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/lib
+export LD_LIBRARY_PATH="$NV:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
+BIN=$OUT/distill
+python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+  gpu/dist/distill.xz "$BIN"
+chmod +x "$BIN"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader |
+  python3 -c 'import json, sys; print(json.dumps({"check": "machine", "gpu": sys.stdin.read().strip(), "cpus": __import__("os").cpu_count()}))'
+GGUF=(models/tests/fixtures/tiny-llama.gguf)
+[ -f ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf ] && GGUF+=(../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf)
+[ -f shared/models/SmolLM2-135M-Instruct.Q4_1.gguf ] && GGUF+=(shared/models/SmolLM2-135M-Instruct.Q4_1.gguf)
+SFT=(--sft-config gpu/qwen2.5-1.5b.json --sft-batch "${SFT_BATCH:-2}" --sft-seq 2048 --sft-steps 20)
+timeout 330 "$BIN" check-device --device cuda --out "$OUT" "${SFT[@]}" --gguf "${GGUF[@]}"
+echo "{\"check\": \"distill_exit\", \"rc\": $?}"
+timeout 150 python3 gpu/check.py --config gpu/qwen2.5-1.5b.json --batch "${SFT_BATCH:-2}" --seq 2048 \
+  --steps 20 --reload "$OUT"
+echo "{\"check\": \"python_exit\", \"rc\": $?}"

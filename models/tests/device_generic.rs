@@ -1,0 +1,193 @@
+//! The decoder off the CPU f32 fast paths, run on the CPU in bf16: tensor KV caches (slabs that
+//! grow), masked attention with an f32 softmax, rotary tables in the compute dtype, composed
+//! differentiable ops. These are the paths a GPU takes; bf16 on the CPU proves them in CI.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use distill_models::transformer::Logits;
+use distill_models::{Checkpoint, Model};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn f32_of(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    distill_models::ops::max_abs_diff(&f32_of(a), &f32_of(b)).unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    distill_models::ops::max_abs(&f32_of(a)).unwrap()
+}
+
+fn load(name: &str, dtype: DType) -> Model {
+    Checkpoint::open(&fixture(name))
+        .unwrap()
+        .load_for_inference(&Device::Cpu, dtype)
+        .unwrap()
+}
+
+/// A folder loads in the dtype asked for, and bf16 logits follow the f32 ones to bf16's
+/// precision.
+#[test]
+fn bf16_forward_follows_f32() {
+    for name in ["tiny-qwen2", "tiny-llama"] {
+        let (m32, m16) = (load(name, DType::F32), load(name, DType::BF16));
+        assert_eq!(m16.dtype(), DType::BF16);
+        let ids = Tensor::new(&[[3u32, 77, 12, 200, 5, 9, 41, 8]], &Device::Cpu).unwrap();
+        let (a, b) = (
+            m32.forward(&ids, None).unwrap(),
+            m16.forward(&ids, None).unwrap(),
+        );
+        assert_eq!(b.dtype(), DType::BF16);
+        let rel = max_diff(&a, &b) / max_abs(&a);
+        assert!(
+            rel < 3e-2,
+            "{name}: bf16 logits off by {rel} of the largest"
+        );
+        assert!(
+            rel > 0.0,
+            "{name}: bf16 gave f32's exact logits: not run in bf16?"
+        );
+    }
+}
+
+/// `stored_dtype` reads what the safetensors hold; `auto` on the CPU still runs f32.
+#[test]
+fn stored_dtype_is_the_files_dtype() {
+    let bf16 = Checkpoint::open(&fixture("tiny-llama-bf16")).unwrap();
+    assert_eq!(bf16.stored_dtype(), DType::BF16);
+    let f32 = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    assert_eq!(f32.stored_dtype(), DType::F32);
+    let gguf = Checkpoint::open(&fixture("tiny-qwen2.gguf")).unwrap();
+    assert_eq!(gguf.stored_dtype(), DType::F32);
+    let auto = distill_models::DtypeChoice::Auto
+        .inference(&Device::Cpu, bf16.stored_dtype())
+        .unwrap();
+    assert_eq!(auto, DType::F32);
+}
+
+/// Cached decoding on the tensor path equals the full forward, past the first slab capacity
+/// (256 positions), so the slab's growth and copy are exercised.
+#[test]
+fn tensor_cache_decode_equals_full_forward_across_slab_growth() {
+    let model = load("tiny-qwen2", DType::BF16);
+    let tokens: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 256).collect();
+    let full = model
+        .forward(
+            &Tensor::new(tokens.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            None,
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let mut cache = model.new_cache();
+    // A prompt of 250, then one token at a time across the 256 boundary.
+    let prefill = model.forward_cached(&tokens[..250], &mut cache).unwrap();
+    let scale = max_abs(&full);
+    let d = max_diff(&prefill, &full.narrow(0, 0, 250).unwrap()) / scale;
+    assert!(d < 2e-2, "prefill differs by {d}");
+    for (i, &t) in tokens.iter().enumerate().skip(250) {
+        let step = model.forward_cached(&[t], &mut cache).unwrap();
+        let d = max_diff(&step, &full.narrow(0, i, 1).unwrap()) / scale;
+        assert!(d < 2e-2, "position {i}: cached logits differ by {d}");
+    }
+    assert_eq!(cache.len(), 300);
+}
+
+/// A ragged batch on the tensor path equals each sequence run alone.
+#[test]
+fn tensor_path_ragged_batch_equals_sequences_alone() {
+    let model = load("tiny-llama", DType::BF16);
+    let prompts: [&[u32]; 3] = [&[1, 5, 9], &[7, 7, 2, 200, 31, 4], &[90]];
+    let alone: Vec<Tensor> = prompts
+        .iter()
+        .map(|p| {
+            let mut c = model.new_cache();
+            model.forward_cached(p, &mut c).unwrap()
+        })
+        .collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut batch: Vec<(&[u32], &mut distill_models::KvCache)> =
+        prompts.iter().copied().zip(caches.iter_mut()).collect();
+    let out = model.step(&mut batch, Logits::All).unwrap();
+    for (i, (a, b)) in alone.iter().zip(&out).enumerate() {
+        let d = max_diff(a, b) / max_abs(a);
+        assert!(d < 2e-2, "sequence {i}: batched logits differ by {d}");
+    }
+}
+
+/// The mixed-precision training forward: a bf16 cast of f32 variables, composed
+/// differentiable ops, gradients back in f32 within bf16 precision of the f32 fused path.
+#[test]
+fn bf16_training_gradients_follow_f32() {
+    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    let spec = ckpt.config().spec().unwrap();
+    let vars: Vec<(String, Var)> = ckpt
+        .tensors(&Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, Var::from_tensor(&t).unwrap()))
+        .collect();
+    let tensors = || {
+        vars.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let ids: Vec<u32> = vec![4, 8, 15, 16, 23, 42, 4, 8, 15, 16, 23, 42];
+    // Two packed documents per row: positions restart at 0.
+    let pos: Vec<u32> = vec![0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5];
+    let loss = |dtype: DType| {
+        let model = Model::new(
+            &spec,
+            VarBuilder::from_tensors(tensors(), dtype, &Device::Cpu),
+        )
+        .unwrap();
+        let logits = model.forward_hidden_host(&ids, &pos, 2).unwrap();
+        let logits = model.lm_head().forward(&logits).unwrap();
+        let target = Tensor::from_slice(&ids, 12, &Device::Cpu).unwrap();
+        candle_nn::loss::cross_entropy(
+            &f32_of(&logits.reshape((12, spec.vocab_size)).unwrap()),
+            &target,
+        )
+        .unwrap()
+    };
+    let (g32, g16) = (
+        loss(DType::F32).backward().unwrap(),
+        loss(DType::BF16).backward().unwrap(),
+    );
+    for (name, var) in &vars {
+        let (a, b) = (g32.get(var).unwrap(), g16.get(var).unwrap());
+        assert_eq!(b.dtype(), DType::F32, "{name}");
+        let rel = max_diff(a, b) / max_abs(a).max(1e-6);
+        assert!(
+            rel < 0.1,
+            "{name}: bf16 gradient off by {rel} of its largest"
+        );
+    }
+}
+
+/// Ids outside the vocabulary are refused on the host, before anything is uploaded.
+#[test]
+fn host_forward_checks_ids_and_shapes() {
+    let model = load("tiny-qwen2", DType::BF16);
+    let e = model
+        .forward_hidden_host(&[1, 2, 999], &[0, 1, 2], 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("999"), "{e}");
+    assert!(model.forward_hidden_host(&[1, 2, 3], &[0, 1], 1).is_err());
+    assert!(model
+        .forward_hidden_host(&[1, 2, 3], &[0, 1, 2], 2)
+        .is_err());
+}

@@ -1,0 +1,161 @@
+//! Checks every stage's settings against the models and files it will use before the first
+//! stage runs, so a pipeline fails in seconds rather than at `train` after hours of generation:
+//! sequence lengths against the model's positions, the tokenizer against the embedding rows,
+//! a tokenizer present where the stage needs one. A model that an earlier stage makes (the
+//! teacher, the student) cannot be read yet: what needs it is noted and left to the stage.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use clap::Parser;
+use distill_models::Checkpoint;
+
+use super::plan::Stage;
+use crate::cli::{Cli, Command};
+use crate::teacher_cmd::BackendKind;
+
+/// Checks `stages`; returns notes on what could not be checked (a model or file that is not
+/// there yet), or the first violation as a one-line error naming the stage and the key.
+pub fn check(stages: &[Stage]) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let earlier = &stages[..i];
+        let mut argv = vec!["distill".to_string()];
+        argv.extend(stage.argv.iter().cloned());
+        // `plan` parsed these already; a failure here is reported there first.
+        let Ok(cli) = Cli::try_parse_from(&argv) else {
+            continue;
+        };
+        let mut model = |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> Fits| {
+            check_model(stage.name, key, path, earlier, fits, &mut notes)
+        };
+        match cli.command {
+            Command::Train(args) => {
+                let settings = args.resolve()?;
+                let max_seq_len = settings.data.max_seq_len;
+                match &settings.base {
+                    Some(base) => model("base", base, &|ckpt| Fits {
+                        key: "max_seq_len",
+                        length: max_seq_len,
+                        positions: ckpt.config().max_position_embeddings(),
+                        needs_prompt_room: false,
+                    })?,
+                    None => {
+                        let positions = settings.model.max_position_embeddings;
+                        if max_seq_len > positions {
+                            bail!(
+                                "stage `{}`: `max_seq_len` `{max_seq_len}` exceeds the from-scratch model's `max_position_embeddings` `{positions}`",
+                                stage.name
+                            );
+                        }
+                    }
+                }
+            }
+            Command::Generate(args) if args.backend == BackendKind::Local => {
+                if let Some(path) = &args.model {
+                    let max_new_tokens = args.max_new_tokens;
+                    model("model", path, &|ckpt| Fits {
+                        key: "max_new_tokens",
+                        length: max_new_tokens,
+                        positions: ckpt.config().max_position_embeddings(),
+                        needs_prompt_room: true,
+                    })?;
+                }
+            }
+            Command::Compare(args) => {
+                let max_new_tokens = args.max_new_tokens;
+                for spec in args.models.iter().filter(|m| !m.starts_with("openai:")) {
+                    model("models", Path::new(spec), &|ckpt| Fits {
+                        key: "max_new_tokens",
+                        length: max_new_tokens,
+                        positions: ckpt.config().max_position_embeddings(),
+                        needs_prompt_room: true,
+                    })?;
+                }
+            }
+            _ => {}
+        }
+        for input in &stage.inputs {
+            if !input.exists() && producer(input, earlier).is_none() {
+                notes.push(format!(
+                    "stage `{}` needs `{}`, which does not exist",
+                    stage.name,
+                    input.display()
+                ));
+            }
+        }
+    }
+    Ok(notes)
+}
+
+/// A length a stage asks of a model, against the model's positions.
+struct Fits {
+    key: &'static str,
+    length: usize,
+    positions: usize,
+    /// Generation: the prompt takes positions too, so the new tokens alone must leave room.
+    needs_prompt_room: bool,
+}
+
+/// Opens the model at `path` (config and tokenizer only; no weights) and checks `fits` and its
+/// tokenizer; a model an earlier stage makes is noted instead (an absent one is noted with the
+/// stage's missing inputs).
+fn check_model(
+    stage: &str,
+    key: &str,
+    path: &Path,
+    earlier: &[Stage],
+    fits: &dyn Fn(&Checkpoint) -> Fits,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if !path.exists() {
+        if let Some(p) = producer(path, earlier) {
+            notes.push(format!(
+                "stage `{stage}`: `{key}` `{}` not checked: stage `{p}` makes it",
+                path.display()
+            ));
+        }
+        return Ok(());
+    }
+    let shown = path.display();
+    let ckpt = Checkpoint::open(path)
+        .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}`: {e}"))?;
+    let f = fits(&ckpt);
+    let too_long = if f.needs_prompt_room {
+        f.length >= f.positions
+    } else {
+        f.length > f.positions
+    };
+    if too_long {
+        bail!(
+            "stage `{stage}`: `{}` `{}` {} `{shown}`'s `max_position_embeddings` `{}`",
+            f.key,
+            f.length,
+            if f.needs_prompt_room {
+                "leaves no room for a prompt in"
+            } else {
+                "exceeds"
+            },
+            f.positions
+        );
+    }
+    let tokenizer = ckpt.tokenizer().map_err(|e| {
+        anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}` has no usable tokenizer: {e}")
+    })?;
+    let rows = ckpt.config().spec()?.vocab_size;
+    if tokenizer.vocab_size() > rows {
+        bail!(
+            "stage `{stage}`: `{key}` `{shown}`: its tokenizer has {} ids but the model only {rows} embedding rows (`vocab_size`)",
+            tokenizer.vocab_size()
+        );
+    }
+    Ok(())
+}
+
+/// The earlier stage whose output holds `path`.
+fn producer<'a>(path: &Path, earlier: &'a [Stage]) -> Option<&'a str> {
+    earlier
+        .iter()
+        .find(|s| s.outputs.iter().any(|o: &PathBuf| path.starts_with(o)))
+        .map(|s| s.name)
+}

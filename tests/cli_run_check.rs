@@ -1,0 +1,176 @@
+//! `distill run` checks every stage against the models and files it will use before the first
+//! stage runs: every preset passes a dry run whether or not its models are downloaded (what
+//! cannot be checked is named), the R1 preset's `max_seq_len` fits Qwen2.5-Math-1.5B's
+//! positions, and a `max_seq_len` or `max_new_tokens` a model cannot hold fails in one line
+//! before any stage has written anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// Runs `distill` in `cwd`; success and stdout + stderr.
+fn distill_in(cwd: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run distill");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn preset(name: &str) -> PathBuf {
+    root().join("pipelines").join(name)
+}
+
+/// Where a preset's user-provided models are absent (a fresh folder), a dry run succeeds and
+/// names each model it could not check; models that earlier stages make are named with them.
+#[test]
+fn every_preset_dry_runs_without_its_models() {
+    let empty = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "demo.toml",
+            &["stage `generate`: `model` `runs/demo/teacher/model` not checked: stage `teacher` makes it"],
+        ),
+        (
+            "gsm8k-smollm2.toml",
+            &[
+                "stage `generate` needs `models/teacher.gguf`, which does not exist",
+                "stage `train` needs `../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf`, which does not exist",
+            ],
+        ),
+        (
+            "local-teacher.toml",
+            &[
+                "stage `generate` needs `models/teacher`, which does not exist",
+                "stage `train` needs `models/Qwen2.5-0.5B-Instruct`, which does not exist",
+            ],
+        ),
+        (
+            "r1-distill-qwen-1.5b.toml",
+            &[
+                "stage `train` needs `models/Qwen2.5-Math-1.5B`, which does not exist",
+                "stage `compare`: `models` `runs/r1-distill-qwen-1.5b/student/model` not checked: stage `train` makes it",
+            ],
+        ),
+    ];
+    for (name, notes) in cases {
+        let (ok, log) = distill_in(
+            empty.path(),
+            &["run", preset(name).to_str().unwrap(), "--dry-run"],
+        );
+        assert!(ok, "{name}: {log}");
+        for note in notes {
+            assert!(log.contains(note), "{name}: no {note:?}\n{log}");
+        }
+    }
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+/// A stand-in for Qwen2.5-Math-1.5B that the checks can read: its real `config.json` over the
+/// tiny GGUF's converted folder (the checks read the config and tokenizer, never the weights).
+fn qwen2_5_math_stub(cwd: &Path) {
+    let dir = cwd.join("models/Qwen2.5-Math-1.5B");
+    std::fs::create_dir_all(cwd.join("models")).unwrap();
+    let gguf = root().join("models/tests/fixtures/tiny-qwen2.gguf");
+    let (ok, log) = distill_in(
+        cwd,
+        &["convert", gguf.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    assert!(ok, "{log}");
+    let config = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+        "hidden_size": 1536, "initializer_range": 0.02, "intermediate_size": 8960,
+        "max_position_embeddings": 4096, "max_window_layers": 21, "num_attention_heads": 12,
+        "num_hidden_layers": 28, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "use_sliding_window": false, "vocab_size": 151936
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+#[test]
+fn r1_preset_fits_the_positions_of_its_base() {
+    let cwd = tempfile::tempdir().unwrap();
+    qwen2_5_math_stub(cwd.path());
+    let file = preset("r1-distill-qwen-1.5b.toml");
+    let (ok, log) = distill_in(cwd.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok, "{log}");
+    assert!(!log.contains("Qwen2.5-Math-1.5B` not checked"), "{log}");
+    assert!(!log.contains("needs `models/Qwen2.5-Math-1.5B`"), "{log}");
+
+    // What the preset asked before: found before any stage runs, in one line.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let old = cwd.path().join("old.toml");
+    std::fs::write(
+        &old,
+        text.replace("max_seq_len = 4096", "max_seq_len = 16384"),
+    )
+    .unwrap();
+    let (ok, log) = distill_in(cwd.path(), &["run", old.to_str().unwrap(), "--dry-run"]);
+    assert!(!ok);
+    assert!(
+        log.contains("stage `train`: `max_seq_len` `16384` exceeds `models/Qwen2.5-Math-1.5B`'s `max_position_embeddings` `4096`"),
+        "{log}"
+    );
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+}
+
+/// A tiny local model with 128 positions: a `max_seq_len` or `max_new_tokens` it cannot hold
+/// stops the pipeline before its first stage writes anything.
+#[test]
+fn lengths_a_model_cannot_hold_fail_before_any_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let tiny = root().join("models/tests/fixtures/tiny-qwen2.gguf");
+    let head = format!(
+        "[pipeline]\nout = {:?}\n\n[problems]\ncount = 4\nseed = 1\n\n",
+        out.display().to_string()
+    );
+    let cases = [
+        (
+            format!(
+                "[train]\nbase = {:?}\ncorpus = {:?}\nmax_seq_len = 256\nmax_steps = 1\n",
+                tiny.display().to_string(),
+                out.join("problems/solutions").display().to_string()
+            ),
+            "stage `train`: `max_seq_len` `256` exceeds",
+        ),
+        (
+            format!(
+                "[generate]\nmodel = {:?}\nmax_new_tokens = 128\n",
+                tiny.display().to_string()
+            ),
+            "stage `generate`: `max_new_tokens` `128` leaves no room for a prompt in",
+        ),
+    ];
+    for (table, expected) in cases {
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, format!("{head}{table}")).unwrap();
+        let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap()]);
+        assert!(!ok, "{log}");
+        assert!(
+            log.contains(expected) && log.contains("`max_position_embeddings` `128`"),
+            "{log}"
+        );
+        assert!(!out.exists(), "no stage may start: {log}");
+    }
+    // Within the model's positions the same pipeline gets past the check (and runs).
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{head}[generate]\nmodel = {:?}\nmax_new_tokens = 8\nsamples = 1\nlimit = 1\n",
+            tiny.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok, "{log}");
+}

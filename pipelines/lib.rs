@@ -9,6 +9,7 @@ pub mod device_check;
 pub mod interrupt;
 pub mod model_cmd;
 pub mod problems_cmd;
+pub mod progress;
 pub mod run;
 pub mod student_cmd;
 pub mod teacher_cmd;

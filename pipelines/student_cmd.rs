@@ -17,7 +17,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use distill_models::chat::ChatTemplate;
@@ -26,8 +25,9 @@ use distill_models::Checkpoint;
 use distill_student::data::{self, Conversation, Dataset, Renderer};
 use distill_student::{checkpoint, export, init, tokenizer_train};
 use distill_student::{Control, Event, StudentInit, TrainTarget, Trainer};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+
+use crate::progress::Progress;
 
 pub use config::{TrainArgs, TrainSettings};
 
@@ -352,19 +352,17 @@ fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
     write_file(path, &kept)
 }
 
-fn progress_bar(total: u64, start: u64, visible: bool) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    if !visible {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    let style = ProgressStyle::with_template(
+fn progress_bar(total: u64, start: u64, visible: bool) -> Progress {
+    let bar = Progress::new(
+        total,
         "{spinner} train [{bar:30}] {pos}/{len} steps  {msg}  elapsed {elapsed}  ETA {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+        "steps",
+        visible,
+    );
+    bar.set_prefix("train");
     bar.set_position(start);
-    bar.enable_steady_tick(Duration::from_millis(250));
+    // Steps done before a resume say nothing about this run's speed.
+    bar.reset_eta();
     bar
 }
 

@@ -14,7 +14,8 @@ use distill_teacher::generate::{
 use distill_teacher::local::{model_name, LocalBackend};
 use distill_teacher::openai::{OpenAiBackend, OpenAiConfig, PrefillMode};
 use distill_teacher::server::{self, Server, ServerConfig};
-use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::progress;
 
 use crate::device_args::DeviceArgs;
 
@@ -132,6 +133,10 @@ pub struct OpenAiArgs {
     /// chat template opens `<think>` itself).
     #[arg(long)]
     pub continue_final_message: bool,
+    /// Ask for streamed answers from the first request (servers that only stream). Without it,
+    /// a server that refuses non-streaming requests is streamed from once it says so.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 impl OpenAiArgs {
@@ -157,6 +162,7 @@ impl OpenAiArgs {
             } else {
                 PrefillMode::None
             },
+            stream: self.stream,
             ..OpenAiConfig::default()
         })
     }
@@ -288,15 +294,15 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     let cancel = Cancel::new();
     cancel_on_ctrl_c(&cancel);
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} samples · {msg} · {elapsed_precise} (ETA {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = progress::Progress::new(
+        total,
+        "{bar:30} {pos}/{len} samples · {msg} · {elapsed_precise} (ETA {eta})",
+        "samples",
+        true,
     );
+    bar.set_prefix("generate");
     bar.set_position(already);
     bar.reset_eta();
-    bar.enable_steady_tick(Duration::from_millis(500));
     let start = Instant::now();
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let report = plan.run(backend, &cancel, &mut |p: &Progress| {

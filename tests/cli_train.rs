@@ -59,8 +59,15 @@ fn train_cmd(corpus: &Path, out: &Path) -> Command {
 
 /// The training command with some of its default flag values replaced.
 fn train_cmd_with(corpus: &Path, out: &Path, replace: &[(&str, &str)]) -> Command {
+    let mut cmd = train_cmd_shown(corpus, out, replace);
+    cmd.arg("--quiet");
+    cmd
+}
+
+/// The training command with its progress display on.
+fn train_cmd_shown(corpus: &Path, out: &Path, replace: &[(&str, &str)]) -> Command {
     let mut cmd = bin();
-    cmd.args(["--threads", "1", "train", "--from-scratch", "--quiet"]);
+    cmd.args(["--threads", "1", "train", "--from-scratch"]);
     cmd.arg("--corpus").arg(corpus).arg("--out").arg(out);
     let defaults = [
         ("--vocab-size", "60"),
@@ -266,4 +273,35 @@ fn a_gguf_base_is_fine_tuned_and_exported() {
     }
     assert_eq!(r["chat_template"], true);
     assert!(r["tensor_types"]["f32"].as_u64().is_some());
+}
+
+/// Under nohup or a scheduler stderr is no terminal and a bar cannot draw: plain progress
+/// lines come at the interval instead (here 1 ms), with the count, rate, ETA and a last line,
+/// and the held-out losses printed above the bar are not lost.
+#[test]
+fn without_a_terminal_progress_is_printed_as_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 30);
+    let out = dir.path().join("student");
+    let output = train_cmd_shown(&corpus, &out, &[])
+        .env("DISTILL_PROGRESS_INTERVAL", "0.001")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("train: "))
+        .collect();
+    let periodic: Vec<&&str> = lines.iter().filter(|l| l.contains(" · ETA ")).collect();
+    assert!(!periodic.is_empty(), "{stderr}");
+    for line in &periodic {
+        assert!(line.contains("/6 steps ("), "{line}");
+        assert!(line.contains(" · elapsed 0:00:"), "{line}");
+    }
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("train: 6/6 steps (100%)"), "{last}");
+    assert!(last.ends_with(" · done"), "{last}");
+    assert!(last.contains(" steps/s"), "{last}");
+    assert!(stderr.contains("step 3: held-out loss"), "{stderr}");
 }

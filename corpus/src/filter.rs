@@ -10,12 +10,14 @@ use arrow_array::{Array, ListArray, RecordBatch, StringArray, StructArray};
 use serde::{Deserialize, Serialize};
 
 use crate::pass::{par_rows, DropReason, PassCounts, PassIo, SplitWriter};
-use crate::record::{col, Columns};
+use crate::record::{col, Columns, FinishReason};
 use crate::{Error, Result};
 
 /// Reason codes written to `drop_reason`.
 pub mod reason {
     pub const TRUNCATED: &str = "truncated";
+    /// Ended for another reason than the model stopping (content filter, abort, tool call...).
+    pub const UNFINISHED: &str = "unfinished";
     pub const UNCLOSED_THINK: &str = "unclosed_think";
     pub const UNVERIFIED: &str = "unverified";
     pub const INCORRECT: &str = "incorrect";
@@ -107,8 +109,16 @@ pub struct RowView<'a> {
 
 /// The first check `row` fails, or `None` when it is kept (before the per-problem limit).
 pub fn check_row(row: &RowView, cfg: &FilterConfig) -> Option<DropReason> {
-    if !cfg.keep_truncated && row.finish_reason == "length" {
-        return Some(DropReason::new(reason::TRUNCATED));
+    match FinishReason::parse(row.finish_reason) {
+        FinishReason::Stop => {}
+        FinishReason::Length if cfg.keep_truncated => {}
+        FinishReason::Length => return Some(DropReason::new(reason::TRUNCATED)),
+        _ => {
+            return Some(DropReason::with_detail(
+                reason::UNFINISHED,
+                format!("finish_reason `{}`", row.finish_reason),
+            ))
+        }
     }
     if unclosed_think(row) {
         return Some(DropReason::new(reason::UNCLOSED_THINK));

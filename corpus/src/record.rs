@@ -63,6 +63,67 @@ impl Message {
     }
 }
 
+/// Why the teacher stopped writing a sample: the `finish_reason` column's values. Only `stop`
+/// is a finished answer; `length` is cut at the token limit, and the rest (an endpoint's
+/// content filter, an aborted request, a tool call, the server running out of resources, or a
+/// value this version does not know) are not clean samples either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended the answer itself (EOS or a stop string).
+    Stop,
+    /// The token limit cut the answer.
+    Length,
+    /// The endpoint's content filter withheld or cut the answer (OpenAI, DeepSeek).
+    ContentFilter,
+    /// The model called a tool instead of answering (`tool_calls`, or the older `function_call`).
+    ToolCalls,
+    /// The server aborted the request (vLLM, SGLang).
+    Abort,
+    /// The server ran out of resources mid-answer (DeepSeek's `insufficient_system_resource`).
+    InsufficientSystemResource,
+    /// Missing, or a value not listed here.
+    Unknown,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::Abort => "abort",
+            FinishReason::InsufficientSystemResource => "insufficient_system_resource",
+            FinishReason::Unknown => "unknown",
+        }
+    }
+
+    /// The reason an endpoint or a corpus row names; anything unlisted is `Unknown`.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "stop" | "eos_token" | "stop_sequence" => FinishReason::Stop,
+            "length" | "max_tokens" => FinishReason::Length,
+            "content_filter" => FinishReason::ContentFilter,
+            "tool_calls" | "function_call" => FinishReason::ToolCalls,
+            "abort" => FinishReason::Abort,
+            "insufficient_system_resource" => FinishReason::InsufficientSystemResource,
+            _ => FinishReason::Unknown,
+        }
+    }
+
+    /// Whether the model finished the answer itself.
+    pub fn is_finished(self) -> bool {
+        self == FinishReason::Stop
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One teacher sample. Field meanings are in DESIGN.md's record table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {

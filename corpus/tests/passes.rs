@@ -73,6 +73,8 @@ fn filter_corpus() -> Vec<Record> {
         rows.push(r);
     };
     add("truncated", &|r| r.finish_reason = "length".into());
+    add("filtered", &|r| r.finish_reason = "content_filter".into());
+    add("aborted", &|r| r.finish_reason = "abort".into());
     add("unclosed", &|r| {
         r.completion = String::new();
         r.messages[1].content = format!("<think>\n{}", r.reasoning);
@@ -117,6 +119,8 @@ fn each_filter_drops_its_row_with_its_reason() {
     assert_eq!(ids(&read_records(&out)), ["keep/0", "keep/1"]);
     let expected = reasons(&[
         ("truncated/0", reason::TRUNCATED),
+        ("filtered/0", reason::UNFINISHED),
+        ("aborted/0", reason::UNFINISHED),
         ("unclosed/0", reason::UNCLOSED_THINK),
         ("incorrect/0", reason::INCORRECT),
         ("unverified/0", reason::UNVERIFIED),
@@ -128,9 +132,9 @@ fn each_filter_drops_its_row_with_its_reason() {
         ("loop/0", reason::REPETITION),
     ]);
     assert_eq!(read_dropped(&out), expected);
-    assert_eq!((s.counts.rows_in, s.counts.rows_out), (12, 2));
-    assert_eq!(s.counts.dropped.values().sum::<u64>(), 10);
-    assert!(s.counts.dropped.values().all(|&n| n == 1));
+    assert_eq!((s.counts.rows_in, s.counts.rows_out), (14, 2));
+    assert_eq!(s.counts.dropped.values().sum::<u64>(), 12);
+    assert_eq!(s.counts.dropped.get(reason::UNFINISHED), Some(&2));
     assert_eq!(s.problems_kept, 1);
     // The side file keeps every input column plus the reason and its detail.
     let dropped = distill_corpus::shards::ShardReader::open(&[out.join("dropped")]).unwrap();
@@ -161,9 +165,14 @@ fn relaxed_options_keep_what_they_allow() {
         ..FilterConfig::default()
     };
     filter::run(&io(&input, &out), &cfg).unwrap();
+    // Keeping truncated rows does not keep answers the endpoint filtered or aborted.
     assert_eq!(
         read_dropped(&out),
-        reasons(&[("unclosed/0", reason::UNCLOSED_THINK)])
+        reasons(&[
+            ("filtered/0", reason::UNFINISHED),
+            ("aborted/0", reason::UNFINISHED),
+            ("unclosed/0", reason::UNCLOSED_THINK)
+        ])
     );
 }
 

@@ -136,6 +136,16 @@ impl ChatTemplate {
             .map_err(template_error)
     }
 
+    /// The text a model continues to write the next assistant turn: the generation prompt, then
+    /// the part of `prefill` the template has not already written. DeepSeek-R1-Distill's
+    /// templates end the generation prompt with `<think>\n` themselves; appending the default
+    /// prefill again would show the model `<think>\n<think>\n`, which it never saw in training.
+    pub fn generation_prompt(&self, messages: &[Message], prefill: &str) -> Result<String> {
+        let prompt = self.render(messages, true)?;
+        let written = written_by_prompt(&prompt, prefill);
+        Ok(prompt + &prefill[written..])
+    }
+
     /// ChatML (`<|im_start|>role\n...<|im_end|>\n`), as Qwen2 and SmolLM2 use.
     pub fn chatml() -> Self {
         Self::builtin_template(CHATML, None, Some("<|im_end|>"))
@@ -175,6 +185,23 @@ impl ChatTemplate {
             Err(e) => panic!("built-in chat template does not compile: {e}"),
         }
     }
+}
+
+/// How many bytes at the start of `turn` (a prefill, or a whole assistant turn) the generation
+/// prompt `prompt` already ends with: the longest start of `turn` that `prompt` ends with. An
+/// overlap of whitespace alone does not count, so a generation prompt ending in a newline does not
+/// swallow a turn that starts with one; only text such as an opened `<think>` does.
+///
+/// Every place that builds a prompt or a training document asks this one question, so generation,
+/// evaluation, serving and training agree on where the template's own prefill ends.
+pub fn written_by_prompt(prompt: &str, turn: &str) -> usize {
+    let longest = prompt.len().min(turn.len());
+    turn.char_indices()
+        .map(|(at, c)| at + c.len_utf8())
+        .take_while(|&end| end <= longest)
+        .filter(|&end| prompt.ends_with(&turn[..end]) && !turn[..end].trim().is_empty())
+        .last()
+        .unwrap_or(0)
 }
 
 const CHATML: &str = "\

@@ -289,3 +289,86 @@ fn smollm2_template_matches_transformers() {
         assert_eq!(tokenizer.encode(&text, false).unwrap(), ids, "{text:?}");
     }
 }
+
+/// DeepSeek-R1-Distill-Qwen's published chat template (`r1-distill-qwen/`, see its script).
+fn r1_distill_template() -> ChatTemplate {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("r1-distill-qwen/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    ChatTemplate::new(
+        config["chat_template"].as_str().unwrap(),
+        config["bos_token"]["content"].as_str(),
+        config["eos_token"]["content"].as_str(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn r1_distill_template_renders_like_jinja2() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("r1-distill-qwen/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let template = r1_distill_template();
+    let cases = reference.as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for case in cases {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let add = case["add_generation_prompt"].as_bool().unwrap();
+        let text = template.render(&messages, add).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap(), "{messages:?}");
+    }
+}
+
+/// R1-Distill's template opens the think block itself: the default prefill must not open it
+/// again (`<think>\n<think>\n` is a prompt the model never saw).
+#[test]
+fn generation_prompt_opens_the_think_block_once() {
+    let messages = [Message::user("What is 2+2?")];
+    for template in [r1_distill_template(), ChatTemplate::deepseek_r1()] {
+        let prompt = template.generation_prompt(&messages, "<think>\n").unwrap();
+        assert_eq!(
+            prompt,
+            "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n"
+        );
+        assert_eq!(prompt.matches("<think>").count(), 1, "{prompt:?}");
+        // Without a prefill the template's own generation prompt is the prompt.
+        assert_eq!(
+            template.generation_prompt(&messages, "").unwrap(),
+            template.render(&messages, true).unwrap()
+        );
+    }
+    // A template that does not open it gets the prefill appended.
+    assert_eq!(
+        ChatTemplate::chatml()
+            .generation_prompt(&messages, "<think>\n")
+            .unwrap(),
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    );
+}
+
+#[test]
+fn written_by_prompt_finds_the_overlap_with_the_turn() {
+    use distill_models::chat::written_by_prompt;
+    assert_eq!(
+        written_by_prompt("<｜Assistant｜><think>\n", "<think>\n"),
+        8
+    );
+    assert_eq!(
+        written_by_prompt("<｜Assistant｜><think>\n", "<think>\nOkay"),
+        8
+    );
+    // A template that opens the tag without its newline: only the newline is left to add.
+    assert_eq!(written_by_prompt("assistant\n<think>", "<think>\n"), 7);
+    // A shared newline alone is not the template writing the turn.
+    assert_eq!(
+        written_by_prompt("<|im_start|>assistant\n", "\n<think>\n"),
+        0
+    );
+    assert_eq!(written_by_prompt("<|im_start|>assistant\n", "<think>\n"), 0);
+    assert_eq!(written_by_prompt("", "<think>\n"), 0);
+    assert_eq!(written_by_prompt("<think>\n", ""), 0);
+    // Overlaps end on character boundaries.
+    assert_eq!(written_by_prompt("ab｜", "｜c"), "｜".len());
+}

@@ -17,12 +17,12 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use anyhow::{bail, Context};
 use distill_corpus::problems::{load_problems, Preset, ProblemSource};
 use distill_teacher::engine::EngineOptions;
 use distill_teacher::generate::PromptConfig;
 use distill_teacher::{Cancel, SamplingParams};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 pub use report::Report;
@@ -235,12 +235,7 @@ fn write_charts(out: &Path, report: &Report, runs: &[ModelRun]) -> anyhow::Resul
 /// The command: checks everything, shows a progress bar per model, prints the summary.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let config = resolve(&args)?;
-    let style = ProgressStyle::with_template(
-        "{prefix:>16} [{bar:30.cyan/blue}] {pos}/{len} samples · {elapsed_precise} · {msg}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let mut bar: Option<ProgressBar> = None;
+    let mut bar: Option<Progress> = None;
     let mut started = std::time::Instant::now();
     let cancel = Cancel::new();
     let report = evaluate(&config, &cancel, &mut |event| match event {
@@ -256,7 +251,12 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             if missing == 0 {
                 eprintln!("{label}: all {total} samples cached");
             } else {
-                let b = ProgressBar::new(total).with_style(style.clone());
+                let b = Progress::new(
+                    total,
+                    "{prefix:>16} [{bar:30.cyan/blue}] {pos}/{len} samples · {elapsed_precise} · {msg}",
+                    "samples",
+                    true,
+                );
                 b.set_prefix(label.to_string());
                 b.set_position(total - missing);
                 b.set_message("loading model");

@@ -97,7 +97,7 @@ pub struct TrainArgs {
     /// Chat template: `auto`, `chatml`, `llama3`, `deepseek-r1` or a Jinja file.
     #[arg(long)]
     pub chat_template: Option<String>,
-    /// Fraction of the corpus held out for the evaluation loss.
+    /// Fraction of the problems held out for the evaluation loss (all samples of each).
     #[arg(long)]
     pub eval_fraction: Option<f64>,
 

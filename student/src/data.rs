@@ -7,7 +7,6 @@
 pub mod render;
 
 use std::collections::BTreeMap;
-use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, RecordBatch};
@@ -33,7 +32,8 @@ pub struct DataConfig {
     pub packing: bool,
     /// Documents over `max_seq_len`: `drop` them or `truncate` them.
     pub overlong: Overlong,
-    /// Fraction of rows held out for the evaluation loss (chosen by a hash of the row id).
+    /// Fraction of problems held out for the evaluation loss (chosen by a hash of the problem id,
+    /// so every sample of a held-out problem is held out).
     pub eval_fraction: f64,
     /// Chat template: `auto` (the checkpoint's own, else ChatML), a built-in name (`chatml`,
     /// `llama3`, `deepseek-r1`) or a path to a Jinja file.
@@ -77,6 +77,8 @@ impl DataConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     pub id: String,
+    /// The corpus' `problem_id`, when it has that column.
+    pub problem_id: Option<String>,
     pub messages: Vec<Message>,
     /// The teacher's `finish_reason`, when the corpus has that column.
     pub finish_reason: Option<String>,
@@ -99,6 +101,7 @@ pub fn read_corpus(inputs: &[PathBuf]) -> Result<Vec<Conversation>> {
     }
     for optional in [
         col::ID,
+        col::PROBLEM_ID,
         col::FINISH_REASON,
         col::PROMPT,
         col::REASONING,
@@ -125,6 +128,7 @@ fn read_batch<'a>(
     let c = Columns::new(batch);
     let optional_str = |name: &str| batch.column_by_name(name).and_then(|_| c.str(name).ok());
     let ids = optional_str(col::ID);
+    let problem_ids = optional_str(col::PROBLEM_ID);
     let finish = optional_str(col::FINISH_REASON);
     let (prompt, reasoning, completion) = (
         optional_str(col::PROMPT),
@@ -158,6 +162,7 @@ fn read_batch<'a>(
         );
         out.push(Conversation {
             id,
+            problem_id: text(problem_ids).map(str::to_string),
             messages: conversation
                 .into_iter()
                 .map(|m| Message::new(m.role, m.content))
@@ -207,15 +212,38 @@ pub struct Dataset {
     pub report: DataReport,
 }
 
-/// Whether a row id falls in the held-out fraction (a stable hash, so the split does not depend
-/// on shard order or batch size).
-pub fn is_eval(id: &str, fraction: f64) -> bool {
-    if fraction <= 0.0 {
-        return false;
+/// Seed of the held-out hash: not `corpus split`'s default, so training on the train side of a
+/// `corpus split` still holds out a `fraction` of its problems.
+const EVAL_SPLIT_SEED: u64 = 0x5eed;
+
+impl Conversation {
+    /// The problem this sample answers: the `problem_id` column, else the id's part before its
+    /// `/sample_index` (the corpus' `{problem_id}/{sample_index}` convention), else the id.
+    pub fn problem_key(&self) -> &str {
+        if let Some(problem) = &self.problem_id {
+            return problem;
+        }
+        match self.id.rsplit_once('/') {
+            Some((problem, index))
+                if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                problem
+            }
+            _ => &self.id,
+        }
     }
-    let mut h = twox_hash::XxHash3_64::with_seed(0x5eed);
-    h.write(id.as_bytes());
-    (h.finish() as f64 / u64::MAX as f64) < fraction
+}
+
+/// Whether a problem falls in the held-out fraction: a stable hash of the problem (the one
+/// `corpus split` uses), so every sample of a problem lands on the same side and the split does
+/// not depend on shard order or batch size. Splitting by sample would put other samples of a
+/// held-out problem in training and make the eval loss optimistic.
+pub fn is_eval(problem: &str, fraction: f64) -> bool {
+    let config = distill_corpus::split::SplitConfig {
+        eval_fraction: fraction,
+        split_seed: EVAL_SPLIT_SEED,
+    };
+    fraction > 0.0 && distill_corpus::split::is_eval(problem, &config)
 }
 
 /// Renders, tokenizes, filters, splits and packs `conversations`.
@@ -250,7 +278,7 @@ pub fn build(
                 report.truncated += usize::from(truncated);
                 report.offset_fallbacks += usize::from(fallback);
                 report.appended_eos += usize::from(appended);
-                if is_eval(&conv.id, config.eval_fraction) {
+                if is_eval(conv.problem_key(), config.eval_fraction) {
                     eval_docs.push(doc);
                 } else {
                     train_docs.push(doc);

@@ -20,6 +20,7 @@ fn conversations() -> Vec<Conversation> {
         .iter()
         .map(|&(a, b)| Conversation {
             id: format!("{a}+{b}"),
+            problem_id: None,
             messages: vec![
                 Message::user(format!("{a}+{b}")),
                 Message::assistant(format!("<think>\n{a}+{b}={}\n</think>\n\n{}", a + b, a + b)),

@@ -11,6 +11,7 @@ use label_support::*;
 fn conv(id: &str, messages: Vec<Message>) -> Conversation {
     Conversation {
         id: id.into(),
+        problem_id: None,
         messages,
         finish_reason: None,
     }
@@ -169,6 +170,54 @@ fn a_generation_prompt_that_prefills_think_is_not_repeated() {
     );
 }
 
+/// DeepSeek-R1-Distill-Qwen's published template (its generation prompt ends `<think>\n`): the
+/// trained document's prompt is exactly the prompt generation and evaluation build with the
+/// default prefill, with one `<think>\n`, and the first target is the reasoning.
+#[test]
+fn r1_distill_training_prompt_equals_the_generation_prompt() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/r1-distill-qwen/tokenizer_config.json");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (bos, eos) = (
+        config["bos_token"]["content"].as_str().unwrap(),
+        config["eos_token"]["content"].as_str().unwrap(),
+    );
+    let template = ChatTemplate::new(
+        config["chat_template"].as_str().unwrap(),
+        Some(bos),
+        Some(eos),
+    )
+    .unwrap();
+    let mut tokenizer = tiny_tokenizer(&[]);
+    let markers = [bos, eos, "<｜User｜>", "<｜Assistant｜>"]
+        .map(|t| tokenizers::AddedToken::from(t.to_string(), true));
+    assert_eq!(tokenizer.inner.add_special_tokens(markers).unwrap(), 4);
+    let eos_id = tokenizer.token_id(eos).unwrap();
+    let r = Renderer::new(tokenizer, template.clone(), &[eos_id]).unwrap();
+
+    let messages = two_plus_three();
+    let (doc, _) = r
+        .render(&messages)
+        .unwrap()
+        .into_document(64, Overlong::Drop)
+        .unwrap();
+    let text = r.tokenizer().decode(&doc.input_ids, false).unwrap();
+    let prompt = template
+        .generation_prompt(&messages[..1], "<think>\n")
+        .unwrap();
+    assert_eq!(text, format!("{prompt}5\n</think>\n\n5{eos}"));
+    assert_eq!(text.matches("<think>").count(), 1, "{text}");
+    let first = doc.labels.iter().position(|&l| l != IGNORE).unwrap();
+    let prompt_ids = r.tokenizer().encode(&prompt, false).unwrap();
+    assert_eq!(
+        first + 1,
+        prompt_ids.len(),
+        "labels start right after the prompt"
+    );
+    assert_eq!(doc.labels[first], digit(5) as i64);
+}
+
 #[test]
 fn a_merge_across_the_prompt_boundary_falls_back_to_offsets() {
     // The role is glued to the content ("assistant" with no newline) and the answer
@@ -315,4 +364,72 @@ fn build_counts_and_packs() {
     )
     .unwrap();
     assert_eq!(unpacked.train.len(), 6);
+}
+
+/// The problem a one-document row of `two_plus_three`-shaped conversations answers: its user
+/// text, decoded.
+fn row_problem(r: &Renderer, row: &distill_student::batch::PackedRow) -> String {
+    let text = r.tokenizer().decode(&row.input_ids, false).unwrap();
+    let user = text.split("<|im_start|>user\n").nth(1).unwrap();
+    user.split("<|im_end|>").next().unwrap().to_string()
+}
+
+/// The held-out split is by problem: every sample of a problem is on one side, the split is
+/// the same on every build, and about `eval_fraction` of the problems are held out.
+#[test]
+fn held_out_split_is_by_problem() {
+    let r = chatml_renderer();
+    let (problems, samples) = (300, 4);
+    let mut rows: Vec<Conversation> = Vec::new();
+    for p in 0..problems {
+        for s in 0..samples {
+            let mut m = two_plus_three();
+            m[0].content = format!("{p}+{s}");
+            // Half the rows carry a `problem_id` column, the rest only the `{problem}/{index}` id.
+            let mut c = conv(&format!("q{p}/{s}"), m);
+            if p % 2 == 0 {
+                c.id = format!("row-{p}-{s}");
+                c.problem_id = Some(format!("q{p}"));
+            }
+            rows.push(c);
+        }
+    }
+    let config = DataConfig {
+        max_seq_len: 64,
+        packing: false,
+        eval_fraction: 0.2,
+        ..Default::default()
+    };
+    let ds = data::build(&rows, &r, &config).unwrap();
+    let problem_of = |row| {
+        let user = row_problem(&r, row);
+        user.split('+').next().unwrap().parse::<usize>().unwrap()
+    };
+    let eval: std::collections::BTreeSet<usize> = ds.eval.iter().map(problem_of).collect();
+    let train: std::collections::BTreeSet<usize> = ds.train.iter().map(problem_of).collect();
+    assert!(eval.is_disjoint(&train), "{:?}", eval.intersection(&train));
+    assert_eq!(eval.len() + train.len(), problems);
+    assert_eq!(ds.eval.len(), eval.len() * samples);
+    assert_eq!(ds.train.len(), train.len() * samples);
+    // 20% of 300 problems: 60, binomial sd about 7.
+    assert!((40..=80).contains(&eval.len()), "{} held out", eval.len());
+    // Deterministic: a rebuild (and a shuffled corpus) holds out the same problems.
+    rows.reverse();
+    let again = data::build(&rows, &r, &config).unwrap();
+    let eval_again: std::collections::BTreeSet<usize> = again.eval.iter().map(problem_of).collect();
+    assert_eq!(eval, eval_again);
+}
+
+#[test]
+fn problem_key_reads_the_column_then_the_id() {
+    let mut c = conv("gsm8k-12/3", two_plus_three());
+    assert_eq!(c.problem_key(), "gsm8k-12");
+    c.id = "a/b/10".into();
+    assert_eq!(c.problem_key(), "a/b");
+    c.id = "no-index".into();
+    assert_eq!(c.problem_key(), "no-index");
+    c.id = "trailing/".into();
+    assert_eq!(c.problem_key(), "trailing/");
+    c.problem_id = Some("p7".into());
+    assert_eq!(c.problem_key(), "p7");
 }

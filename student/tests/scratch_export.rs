@@ -23,6 +23,7 @@ fn conversations() -> Vec<Conversation> {
             let (sum, product) = (a + b, a * b);
             out.push(Conversation {
                 id: format!("{a}-{b}"),
+                problem_id: None,
                 messages: vec![
                     Message::user(format!(
                         "Mia starts with {a} coins. Then Mia finds {b} more. How many coins does Mia have at the end?"

@@ -43,22 +43,8 @@ pub struct GenRequest {
     pub stop: Vec<String>,
 }
 
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FinishReason {
-    Stop,
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
+/// Why generation ended: the corpus' `finish_reason` values, defined once beside the record.
+pub use distill_corpus::record::FinishReason;
 
 /// One finished sample.
 #[derive(Debug, Clone, PartialEq)]

@@ -277,9 +277,10 @@ impl Engine {
         self.eos = eos;
     }
 
-    /// The prompt text: the chat template with the generation prompt, then the prefill.
+    /// The prompt text: the chat template with the generation prompt, then the prefill (less
+    /// any part of it the template already wrote, e.g. DeepSeek-R1-Distill's `<think>\n`).
     pub fn prompt_text(&self, messages: &[Message], prefill: &str) -> Result<String> {
-        Ok(self.template.render(messages, true)? + prefill)
+        Ok(self.template.generation_prompt(messages, prefill)?)
     }
 
     /// The prompt ids. Special tokens are not added again: the template already writes the BOS

@@ -52,6 +52,16 @@ pub enum Error {
         model: String,
         message: String,
     },
+    #[error(
+        "`{url}` refused `max_tokens = {max_tokens}` (HTTP {status}: {message}); lower \
+         `max_new_tokens` so that prompt and answer fit the model's context on the server"
+    )]
+    MaxTokensTooLarge {
+        url: String,
+        max_tokens: usize,
+        status: u16,
+        message: String,
+    },
     #[error("Cannot reach `{url}` after {attempts} attempts: {message}")]
     Unreachable {
         url: String,

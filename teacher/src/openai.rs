@@ -9,14 +9,28 @@
 //! The trait is synchronous, so the backend owns a small tokio runtime; requests run as tasks on
 //! its worker threads, so a slow `on_event` (a shard being written) never stalls their I/O.
 //!
+//! A 400 saying `max_tokens` cannot fit the model's context ends the run at once too, with the
+//! server's message: it is true of every request alike.
+//!
+//! Streaming: with `stream` set, or once an endpoint refuses a non-streaming request saying it
+//! only streams (the backend then streams every later request), answers come as server-sent
+//! events whose deltas are joined back into one answer ([`stream`]); an answer that arrives as
+//! an event stream although none was asked for is read the same way.
+//!
+//! Finish reasons other than `stop` and `length` (`content_filter`, `abort`, `tool_calls`...)
+//! are kept as what they are, and an answer cut while still reasoning keeps its think block
+//! open, so the curation filters see both.
+//!
 //! Prefill: R1 endpoints generally reject or ignore an assistant prefill, and R1's own chat template
 //! already opens `<think>`, so by default the request's `prefill` is not sent. With
 //! [`PrefillMode::ContinueFinalMessage`] it is sent as a final assistant message with vLLM's
 //! `continue_final_message`, and prepended to the returned text as the local backend does.
 
+mod refusal;
+mod stream;
 pub mod wire;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +41,7 @@ use tokio::task::JoinSet;
 pub use crate::backend::ErrorCounts;
 use crate::backend::{Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats};
 use crate::{Error, Result};
-use wire::{ChatRequest, ChatResponse, Content, Stop, WireMessage};
+use wire::{ChatRequest, ChatResponse, Content, Stop, StreamOptions, WireMessage};
 
 /// How the request's `prefill` (the start of the assistant turn) reaches the endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +75,9 @@ pub struct OpenAiConfig {
     /// Longest `Retry-After` obeyed, so a confused server cannot park the run for a day.
     pub retry_after_max: Duration,
     pub prefill: PrefillMode,
+    /// Ask for streamed answers (`stream: true`) from the first request, for servers that only
+    /// stream. Without it the backend switches to streaming when a server says it must.
+    pub stream: bool,
 }
 
 impl Default for OpenAiConfig {
@@ -77,6 +94,7 @@ impl Default for OpenAiConfig {
             backoff_max: Duration::from_secs(60),
             retry_after_max: Duration::from_secs(600),
             prefill: PrefillMode::None,
+            stream: false,
         }
     }
 }
@@ -116,6 +134,9 @@ struct Shared {
     client: reqwest::Client,
     api_key: Option<ApiKey>,
     counts: Mutex<ErrorCounts>,
+    /// Whether requests ask for a stream: `config.stream`, or set once a server said it only
+    /// streams.
+    streaming: AtomicBool,
 }
 
 /// `{base}/v1/chat/completions`, whether or not `base` already ends in `/v1`.
@@ -193,12 +214,13 @@ impl OpenAiBackend {
             .map_err(Error::Runtime)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                config,
                 endpoints,
                 next_endpoint: AtomicUsize::new(0),
                 client,
                 api_key,
                 counts: Mutex::new(ErrorCounts::default()),
+                streaming: AtomicBool::new(config.stream),
+                config,
             }),
             runtime,
         })
@@ -397,18 +419,30 @@ async fn run_request(
     request: GenRequest,
 ) -> std::result::Result<GenOutput, Failure> {
     let config = &shared.config;
-    let body = request_body(config, &request);
     let attempts = config.max_retries + 1;
     let mut connect_failures = 0;
     let mut last = String::new();
-    for attempt in 0..attempts {
+    let mut attempt = 0;
+    while attempt < attempts {
         // Round-robin per attempt, so a retry lands on another server when there are several.
         let index = shared.next_endpoint.fetch_add(1, Ordering::Relaxed) % shared.endpoints.len();
         let url = &shared.endpoints[index];
+        let streaming = shared.streaming.load(Ordering::Relaxed);
+        let body = request_body(config, &request, streaming);
         let error = match attempt_once(shared, url, &body).await {
             Ok(response) => return Ok(to_output(&request, config.prefill, response)),
             Err(error) => error,
         };
+        if let AttemptError::Client { status, message } = &error {
+            if !streaming && refusal::asks_for_streaming(message) {
+                // Not a failure: the server only streams. Every request streams from now on,
+                // and this one is asked again at once without using up an attempt.
+                if !shared.streaming.swap(true, Ordering::Relaxed) {
+                    tracing::info!(url = %url, "the endpoint only streams (HTTP {status}: {message}); streaming from now on");
+                }
+                continue;
+            }
+        }
         error.count(&mut lock(&shared.counts));
         match error {
             AttemptError::Auth { status } => {
@@ -435,6 +469,18 @@ async fn run_request(
                     message: message.clone(),
                 }))
             }
+            // So does a `max_tokens` the model's context cannot hold.
+            AttemptError::Client {
+                status: status @ (400 | 422),
+                ref message,
+            } if refusal::max_tokens_too_large(message, request.sampling.max_new_tokens) => {
+                return Err(Failure::Fatal(Error::MaxTokensTooLarge {
+                    url: url.clone(),
+                    max_tokens: request.sampling.max_new_tokens,
+                    status,
+                    message: message.clone(),
+                }))
+            }
             AttemptError::Client { .. } => {
                 return Err(Failure::Request(format!(
                     "`{url}` refused it: {}",
@@ -456,6 +502,7 @@ async fn run_request(
             };
             tokio::time::sleep(delay).await;
         }
+        attempt += 1;
     }
     if connect_failures == attempts {
         // Not one attempt reached a server: the endpoint is down, and so is the rest of the run.
@@ -486,7 +533,7 @@ fn backoff(config: &OpenAiConfig, attempt: u32) -> Duration {
     exp.mul_f64(jitter)
 }
 
-fn request_body(config: &OpenAiConfig, request: &GenRequest) -> ChatRequest {
+fn request_body(config: &OpenAiConfig, request: &GenRequest, stream: bool) -> ChatRequest {
     let mut messages: Vec<WireMessage> = request
         .messages
         .iter()
@@ -517,7 +564,11 @@ fn request_body(config: &OpenAiConfig, request: &GenRequest) -> ChatRequest {
         seed: Some((request.seed & i64::MAX as u64) as i64),
         stop: (!request.stop.is_empty()).then(|| Stop::Many(request.stop.clone())),
         n: Some(1),
-        stream: Some(false),
+        stream: Some(stream),
+        // Without it a stream carries no token counts.
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
         continue_final_message: continue_final.then_some(true),
         add_generation_prompt: continue_final.then_some(false),
     }
@@ -536,6 +587,11 @@ async fn attempt_once(
     let response = builder.send().await.map_err(transport_error)?;
     let status = response.status();
     let retry_after = parse_retry_after(response.headers(), SystemTime::now());
+    let event_stream = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with(stream::EVENT_STREAM));
     let text = response.text().await.map_err(transport_error)?;
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return Err(AttemptError::Auth {
@@ -558,8 +614,11 @@ async fn attempt_once(
             message: wire::error_message(&text),
         });
     }
-    let parsed: ChatResponse =
-        serde_json::from_str(&text).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+    let parsed: ChatResponse = if event_stream {
+        stream::collect(&text).map_err(|e| AttemptError::Malformed(e.to_string()))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| AttemptError::Malformed(e.to_string()))?
+    };
     if parsed.choices.is_empty() {
         return Err(AttemptError::Malformed("no `choices` in the answer".into()));
     }
@@ -605,17 +664,23 @@ fn to_output(request: &GenRequest, prefill: PrefillMode, response: ChatResponse)
         .message
         .reasoning_content
         .or(choice.message.reasoning);
+    // A missing reason is not taken for `stop`: only a model that ended its answer is clean.
+    let finish_reason = choice
+        .finish_reason
+        .as_deref()
+        .map_or(FinishReason::Unknown, FinishReason::parse);
     let text = match reasoning {
+        // Cut while reasoning (the parser saw no `</think>`, so there is no content): closing
+        // the block here would pass a truncated trace off as a finished one.
+        Some(reasoning) if content.is_empty() && !finish_reason.is_finished() => {
+            wire::open_reasoning(reasoning.trim_start_matches('\n'))
+        }
         Some(reasoning) => wire::join_reasoning(reasoning.trim_matches('\n'), &content),
         // The endpoint continued the prefill, so the turn starts with it (as the local backend's).
         None if prefill == PrefillMode::ContinueFinalMessage => {
             format!("{}{content}", request.prefill)
         }
         None => content,
-    };
-    let finish_reason = match choice.finish_reason.as_deref() {
-        Some("length") => FinishReason::Length,
-        _ => FinishReason::Stop,
     };
     let usage = response.usage.unwrap_or_default();
     GenOutput {

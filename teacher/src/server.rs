@@ -313,12 +313,9 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
 async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, ApiError> {
     let raw: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}"), None))?;
-    let include_usage = raw
-        .pointer("/stream_options/include_usage")
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
     let request: ChatRequest = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}"), None))?;
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
     let mut parsed = validate(&state.config, request)?;
     parsed.include_usage = include_usage;
     let prefill = parsed.request.prefill.clone();

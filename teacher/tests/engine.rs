@@ -147,6 +147,42 @@ fn max_new_tokens_ends_with_length() {
     assert_eq!(out["p0/0"].prompt_tokens as usize, prompt.len());
 }
 
+/// DeepSeek-R1-Distill's published template ends the generation prompt with `<think>\n`; the
+/// default prefill must not open the think block a second time (the model never saw that).
+#[test]
+fn a_template_that_opens_think_gets_no_second_think() {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("r1-distill-qwen/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    let template = distill_models::chat::ChatTemplate::new(
+        config["chat_template"].as_str().unwrap(),
+        config["bos_token"]["content"].as_str(),
+        config["eos_token"]["content"].as_str(),
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(&fixture("tiny-llama.gguf")).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let model = ckpt.load_quantized_model(&dev).unwrap();
+    let e = Engine::new(
+        model,
+        ckpt.tokenizer().unwrap(),
+        template,
+        vec![],
+        options(1),
+    )
+    .unwrap();
+    let r = request(0, 0.0, 3);
+    let text = e.prompt_text(&r.messages, &r.prefill).unwrap();
+    assert_eq!(
+        text,
+        "<｜begin▁of▁sentence｜><｜User｜>Problem 0: what is 0 plus 3?<｜Assistant｜><think>\n"
+    );
+    // The turn still starts with the prefill, so `<think>` parsing sees the open tag.
+    let out = run(&e, vec![r]);
+    assert!(out["p0/0"].text.starts_with("<think>\n"));
+}
+
 /// Request `i`'s tokens from a plain one-sequence loop over the model (the reference the
 /// engine's batching must reproduce), without any EOS.
 fn reference_ids(e: &Engine, r: &GenRequest) -> Vec<u32> {

@@ -2,7 +2,10 @@
 //! past the time-out and malformed JSON are retried and counted exactly; 401 stops at once without
 //! leaking the key; other 4xx fail only their request; a closed port ends the run naming the URL.
 //! Through the `generate` stage, every sample lands in the corpus exactly once and the failed
-//! attempts are counted by kind in `generation.json`, summed across a resume.
+//! attempts are counted by kind in `generation.json`, summed across a resume. A `max_tokens` the
+//! server's context cannot hold ends the run at once; finish reasons other than stop/length are
+//! kept as they are; an answer cut while reasoning keeps its think block open; servers that only
+//! stream are streamed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,10 @@ enum Reply {
     Status(StatusCode, Vec<(&'static str, String)>, String),
     Hang(Duration),
     Raw(&'static str),
+    /// A 200 with this JSON body.
+    Json(serde_json::Value),
+    /// A 200 event stream with this body.
+    Sse(String),
 }
 
 #[derive(Clone)]
@@ -124,6 +131,8 @@ async fn handle(
             (StatusCode::OK, "{}").into_response()
         }
         Reply::Raw(text) => (StatusCode::OK, [("content-type", "application/json")], text).into_response(),
+        Reply::Json(value) => Json(value).into_response(),
+        Reply::Sse(text) => (StatusCode::OK, [("content-type", "text/event-stream")], text).into_response(),
     }
 }
 
@@ -521,4 +530,253 @@ fn generate_records_the_attempts_of_a_failed_run() {
         serde_json::json!({"http_429": 0, "http_5xx": 1, "timeout": 0, "connection": 0,
             "malformed": 0, "http_4xx": 0, "auth": 1})
     );
+}
+
+/// A non-streaming answer with these parts.
+fn answer(reasoning: Option<&str>, content: Option<&str>, finish: Option<&str>) -> Reply {
+    Reply::Json(serde_json::json!({
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
+            "finish_reason": finish,
+        }],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }))
+}
+
+/// vLLM's answer to a `max_tokens` larger than the model's context: every request gets it.
+#[test]
+fn max_tokens_beyond_the_context_ends_the_run_at_once() {
+    const MESSAGE: &str = "'max_tokens' or 'max_completion_tokens' is too large: 32768. This \
+        model's maximum context length is 4096 tokens and your request has 9 input tokens \
+        (32768 > 4096 - 9).";
+    for concurrency in [1, 4] {
+        let server = MockServer::start(|_, _, _| {
+            Reply::Status(
+                StatusCode::BAD_REQUEST,
+                vec![],
+                serde_json::json!({"error": {"message": MESSAGE}}).to_string(),
+            )
+        });
+        let backend = OpenAiBackend::new(OpenAiConfig {
+            concurrency,
+            ..config(server.addr)
+        })
+        .unwrap();
+        let run = run(&backend, 16);
+        let message = run
+            .result
+            .expect_err("the first such answer ends the run")
+            .to_string();
+        assert!(message.contains("`max_tokens = 32768`"), "{message}");
+        assert!(
+            message.contains("maximum context length is 4096"),
+            "{message}"
+        );
+        assert!(
+            run.done.is_empty() && run.failed.is_empty(),
+            "{:?}",
+            run.failed
+        );
+        let made = server.requests();
+        assert!(
+            made >= 1 && made <= concurrency,
+            "{made} requests at {concurrency}"
+        );
+    }
+}
+
+/// Finish reasons are kept as what they are, in the output and in the corpus column.
+#[test]
+fn finish_reasons_other_than_stop_and_length_are_kept() {
+    let reasons = [
+        Some("stop"),
+        Some("length"),
+        Some("content_filter"),
+        Some("abort"),
+        Some("tool_calls"),
+        None,
+        Some("brand_new_reason"),
+    ];
+    let expected = [
+        "stop",
+        "length",
+        "content_filter",
+        "abort",
+        "tool_calls",
+        "unknown",
+        "unknown",
+    ];
+    let server = MockServer::start(move |_, body, _| {
+        let prompt = prompt_of(body);
+        let i: usize = prompt
+            .trim_start_matches("problem ")
+            .split('\n')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        answer(Some("thinking"), Some("\\boxed{1}"), reasons[i])
+    });
+    let backend = OpenAiBackend::new(config(server.addr)).unwrap();
+    let run = run(&backend, reasons.len());
+    run.result.as_ref().unwrap();
+    let mut got: Vec<(String, &str)> = run
+        .done
+        .iter()
+        .map(|o| (o.key.clone(), o.finish_reason.as_str()))
+        .collect();
+    got.sort();
+    let want: Vec<(String, &str)> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("p{i}/0"), *r))
+        .collect();
+    assert_eq!(got, want);
+
+    // Through the `generate` stage into the corpus' `finish_reason` column.
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path(), reasons.len());
+    let out = tmp.path().join("corpus");
+    try_generate_stage(config(server.addr), &problems, &out).unwrap();
+    let reader = ShardReader::open(&[out]).unwrap();
+    let mut column: Vec<(String, String)> = Vec::new();
+    for batch in reader.batches() {
+        for r in records_from_batch(&batch.unwrap()).unwrap() {
+            column.push((r.id, r.finish_reason));
+        }
+    }
+    column.sort();
+    let want: Vec<(String, String)> = want.into_iter().map(|(k, r)| (k, r.to_string())).collect();
+    assert_eq!(column, want);
+}
+
+/// `reasoning_content` of an answer cut before `</think>` is not closed: closing it would hide
+/// the truncation from the filters. An answer cut after the reasoning ended is closed.
+#[test]
+fn an_answer_cut_while_reasoning_keeps_its_think_block_open() {
+    let server = MockServer::start(|_, body, _| match prompt_of(body).as_str() {
+        "problem 0" => answer(Some("Let me see. 6 times"), None, Some("length")),
+        "problem 1" => answer(Some("Let me see. 6 times"), Some(""), Some("abort")),
+        "problem 2" => answer(
+            Some("6 times 7 is 42."),
+            Some("The answer is"),
+            Some("length"),
+        ),
+        _ => answer(Some("6 times 7 is 42."), Some("42"), Some("stop")),
+    });
+    let backend = OpenAiBackend::new(config(server.addr)).unwrap();
+    let run = run(&backend, 4);
+    run.result.as_ref().unwrap();
+    let text = |key: &str| {
+        run.done
+            .iter()
+            .find(|o| o.key == key)
+            .map(|o| o.text.clone())
+            .unwrap()
+    };
+    assert_eq!(text("p0/0"), "<think>\nLet me see. 6 times");
+    assert_eq!(text("p1/0"), "<think>\nLet me see. 6 times");
+    assert_eq!(
+        text("p2/0"),
+        "<think>\n6 times 7 is 42.\n</think>\n\nThe answer is"
+    );
+    assert_eq!(text("p3/0"), "<think>\n6 times 7 is 42.\n</think>\n\n42");
+}
+
+/// An event stream answering `problem i`: reasoning and content in several deltas, the finish
+/// reason, then the usage chunk.
+fn stream_answer(body: &serde_json::Value) -> Reply {
+    let prompt = prompt_of(body);
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let c = serde_json::json!({"id": "s", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut text = String::new();
+    text += &chunk(serde_json::json!({"role": "assistant"}), None);
+    text += &chunk(serde_json::json!({"reasoning_content": "thinking "}), None);
+    text += &chunk(serde_json::json!({"reasoning_content": "hard"}), None);
+    text += &chunk(serde_json::json!({"content": "answer to "}), None);
+    text += &chunk(serde_json::json!({"content": prompt}), Some("stop"));
+    let usage = serde_json::json!({"id": "s", "choices": [],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
+    text += &format!("data: {usage}\n\ndata: [DONE]\n\n");
+    Reply::Sse(text)
+}
+
+fn assert_streamed_answers(run: &Run, n: usize) {
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    assert_eq!(run.done.len(), n);
+    for output in &run.done {
+        let i = output.key.trim_start_matches('p').trim_end_matches("/0");
+        assert_eq!(
+            output.text,
+            format!("<think>\nthinking hard\n</think>\n\nanswer to problem {i}")
+        );
+        assert_eq!(output.finish_reason.as_str(), "stop");
+        assert_eq!((output.prompt_tokens, output.completion_tokens), (7, 3));
+    }
+}
+
+#[test]
+fn stream_asks_for_a_stream_with_usage_and_joins_the_deltas() {
+    let server = MockServer::start(|_, body, _| {
+        assert_eq!(body["stream"], true, "{body}");
+        assert_eq!(body["stream_options"]["include_usage"], true, "{body}");
+        stream_answer(body)
+    });
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        stream: true,
+        ..config(server.addr)
+    })
+    .unwrap();
+    let run = run(&backend, 6);
+    run.result.as_ref().unwrap();
+    assert_streamed_answers(&run, 6);
+    assert_eq!(server.requests(), 6);
+}
+
+/// A server that refuses non-streaming requests is streamed from its first refusal on; the
+/// refusal is no failed attempt.
+#[test]
+fn a_server_that_only_streams_is_streamed_once_it_says_so() {
+    let server = MockServer::start(|_, body, _| {
+        if body["stream"] == true {
+            stream_answer(body)
+        } else {
+            Reply::Status(
+                StatusCode::BAD_REQUEST,
+                vec![],
+                r#"{"error":{"message":"Only streaming is supported: set `stream` to true"}}"#
+                    .into(),
+            )
+        }
+    });
+    let backend = OpenAiBackend::new(OpenAiConfig {
+        concurrency: 1,
+        max_retries: 0,
+        ..config(server.addr)
+    })
+    .unwrap();
+    let run = run(&backend, 5);
+    run.result.as_ref().unwrap();
+    assert_streamed_answers(&run, 5);
+    assert_eq!(server.requests(), 6, "one refusal, then five streams");
+    assert_eq!(backend.error_counts(), ErrorCounts::default());
+}
+
+/// A server that streams although no stream was asked for is read all the same.
+#[test]
+fn an_unasked_stream_is_read() {
+    let server = MockServer::start(|_, body, _| {
+        assert_eq!(body["stream"], false);
+        stream_answer(body)
+    });
+    let backend = OpenAiBackend::new(config(server.addr)).unwrap();
+    let run = run(&backend, 3);
+    run.result.as_ref().unwrap();
+    assert_streamed_answers(&run, 3);
 }

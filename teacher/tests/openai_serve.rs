@@ -102,6 +102,20 @@ fn openai_backend_against_serve_equals_local() {
     assert_eq!(remote.error_counts().total(), 0);
     assert_eq!(remote.name(), "openai:tiny-llama");
 
+    // Streamed: the deltas, finish reason and usage of `distill serve`'s event stream join into
+    // the same samples.
+    let streamed = OpenAiBackend::new(OpenAiConfig {
+        stream: true,
+        ..client(&running, PrefillMode::None).config().clone()
+    })
+    .expect("backend builds");
+    let got = collect(&streamed, requests(16, ""));
+    assert_eq!(got.len(), 16);
+    for (key, want) in &expected {
+        assert_eq!(got.get(key), Some(want), "streamed sample `{key}`");
+    }
+    assert_eq!(streamed.error_counts().total(), 0);
+
     // The R1 prefill sent with `continue_final_message`: the text starts with it, as locally.
     let expected = collect(&local, requests(16, "<think>\n"));
     let remote = client(&running, PrefillMode::ContinueFinalMessage);
@@ -113,7 +127,7 @@ fn openai_backend_against_serve_equals_local() {
     }
 
     let stats = running.server().stats();
-    assert_eq!(stats.completed, 32);
+    assert_eq!(stats.completed, 48);
     assert_eq!(stats.failed, 0);
     assert!(stats.peak_live <= 4, "{stats:?}");
 }

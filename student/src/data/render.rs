@@ -21,7 +21,7 @@
 //! A template without an end-of-turn token in its closing markup gets the tokenizer's EOS
 //! appended: a student that never sees EOS as a target never stops.
 
-use distill_models::chat::{ChatTemplate, Message};
+use distill_models::chat::{written_by_prompt, ChatTemplate, Message};
 use distill_models::tokenizer::TextTokenizer;
 
 use crate::pack::Document;
@@ -204,10 +204,12 @@ impl Renderer {
             .map_err(|_| DropReason::TemplateError)?;
         let at = probed.find(PLACEHOLDER).ok_or(DropReason::TemplateError)?;
         let (head, tail) = (&probed[..at], &probed[at + PLACEHOLDER.len()..]);
+        // The part of the turn the generation prompt opens itself (`<think>\n`) is written once,
+        // as generation writes it (`ChatTemplate::generation_prompt`).
+        let written = written_by_prompt(&prompt, content);
         let (prompt, answer) = match prompt.strip_prefix(head) {
-            Some(prefill) if content.starts_with(prefill) => {
-                (prompt.as_str(), &content[prefill.len()..])
-            }
+            Some("") => (prompt.as_str(), content),
+            Some(_) if written > 0 => (prompt.as_str(), &content[written..]),
             _ => (head, content),
         };
         let (tail, appended_eos) = self.close(tail);

@@ -32,11 +32,20 @@ pub struct ChatRequest {
     pub n: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// With `stream`: `include_usage` asks for a last chunk holding the token counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
     /// vLLM: continue the final (assistant) message instead of opening a new turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_final_message: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_generation_prompt: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// `stop` is either one string or a list of them.
@@ -149,7 +158,33 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-/// One `chat.completion.chunk` of a streamed response.
+/// One `chat.completion.chunk` as a client reads it: lenient like [`ChatResponse`], with the
+/// delta in the shape of a whole message.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamChunk {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<StreamChoice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: ResponseMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// One `chat.completion.chunk` of a streamed response, as `distill serve` writes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChunk {
     pub id: String,
@@ -247,6 +282,12 @@ pub fn split_reasoning(text: &str) -> Option<(String, String)> {
 /// received separately and the content.
 pub fn join_reasoning(reasoning: &str, content: &str) -> String {
     format!("<think>\n{reasoning}\n</think>\n\n{content}")
+}
+
+/// The turn of an answer cut while it was still reasoning: the think block stays open, as the
+/// model left it, so the curation filters see the truncation (`unclosed_think`).
+pub fn open_reasoning(reasoning: &str) -> String {
+    format!("<think>\n{reasoning}")
 }
 
 #[cfg(test)]

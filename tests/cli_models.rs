@@ -147,7 +147,7 @@ fn bad_paths_give_one_clear_line() {
     let (ok, _, stderr) = distill(&["inspect", &dir.path().display().to_string()]);
     assert!(!ok);
     assert!(
-        stderr.contains("Unsupported architecture `mamba` (supported: qwen2, llama)"),
+        stderr.contains("Unsupported architecture `mamba` (supported: qwen2, qwen3, llama)"),
         "{stderr}"
     );
 }

@@ -102,11 +102,14 @@ impl Common {
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Spec> {
         // Zero heads is reported by `Spec::validate`, not a division panic here.
-        let head_dim = self.head_dim.or(layout.default_head_dim).unwrap_or_else(|| {
-            self.hidden_size
-                .checked_div(self.num_attention_heads)
-                .unwrap_or(0)
-        });
+        let head_dim = self
+            .head_dim
+            .or(layout.default_head_dim)
+            .unwrap_or_else(|| {
+                self.hidden_size
+                    .checked_div(self.num_attention_heads)
+                    .unwrap_or(0)
+            });
         Ok(Spec {
             vocab_size: layout.vocab_size,
             hidden_size: self.hidden_size,

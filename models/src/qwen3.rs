@@ -36,7 +36,12 @@ pub struct Config {
 impl Config {
     pub(crate) fn spec(&self) -> Result<Spec> {
         // Sliding-window layers attend differently; refuse them rather than run them wrong.
-        if self.extra.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+        if self
+            .extra
+            .get("use_sliding_window")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
             return Err(Error::Config(
                 "`use_sliding_window` true is not supported for qwen3".into(),
             ));

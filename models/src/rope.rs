@@ -163,8 +163,7 @@ impl Yarn {
     fn inv_freq(&self, base: f32, head_dim: usize) -> Vec<f32> {
         let dim = head_dim as f64;
         let correction_dim = |rotations: f64| {
-            dim * (self.original_max_position_embeddings
-                / (rotations * 2.0 * std::f64::consts::PI))
+            dim * (self.original_max_position_embeddings / (rotations * 2.0 * std::f64::consts::PI))
                 .ln()
                 / (2.0 * f64::from(base).ln())
         };

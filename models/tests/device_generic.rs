@@ -110,11 +110,9 @@ fn tensor_cache_decode_equals_full_forward_across_slab_growth() {
 #[test]
 fn qwen3_tensor_path_decode_follows_transformers() {
     let model = load("tiny-qwen3", DType::BF16);
-    let r = candle_core::safetensors::load(
-        fixture("tiny-qwen3/reference.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let r =
+        candle_core::safetensors::load(fixture("tiny-qwen3/reference.safetensors"), &Device::Cpu)
+            .unwrap();
     let row: Vec<u32> = r["input_ids"]
         .get(0)
         .unwrap()
@@ -130,7 +128,10 @@ fn qwen3_tensor_path_decode_follows_transformers() {
     let got = Tensor::cat(&steps, 0).unwrap();
     let want = &r["decode_logits"];
     let rel = max_diff(&got, want) / max_abs(want);
-    assert!(rel < 3e-2, "bf16 cached decode off by {rel} of the largest logit");
+    assert!(
+        rel < 3e-2,
+        "bf16 cached decode off by {rel} of the largest logit"
+    );
 }
 
 /// A ragged batch on the tensor path equals each sequence run alone.

@@ -244,7 +244,10 @@ fn quantized_gguf_tracks_dequantized() {
 fn qwen3_yarn_matches_transformers() {
     let model = load("tiny-qwen3");
     let spec = model.spec();
-    assert_eq!((spec.head_dim, spec.qk_norm, spec.qkv_bias), (32, true, false));
+    assert_eq!(
+        (spec.head_dim, spec.qk_norm, spec.qkv_bias),
+        (32, true, false)
+    );
     let r = reference("tiny-qwen3/reference.safetensors");
     check_full_and_decode(&model, &r);
     check_packed(&model, &r);
@@ -276,12 +279,21 @@ fn qwen3_training_forward_matches_transformers() {
     .unwrap();
     let r = reference("tiny-qwen3/reference.safetensors");
     let logits = model.forward(&ids(&r["input_ids"]), None).unwrap();
-    assert!(logits.track_op(), "the training forward must record gradients");
+    assert!(
+        logits.track_op(),
+        "the training forward must record gradients"
+    );
     let d = max_diff(&logits, &r["logits"]);
     assert!(d < TOL, "training-forward logits differ by {d}");
     check_packed(&model, &r);
 
-    let grads = logits.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    let grads = logits
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for name in [
         "model.layers.0.self_attn.q_norm.weight",
         "model.layers.1.self_attn.k_norm.weight",
@@ -318,13 +330,19 @@ fn qwen3_folder_round_trip() {
     assert_eq!(config.architecture(), distill_models::Architecture::Qwen3);
     let json = config.to_json();
     assert_eq!(json["model_type"], "qwen3");
-    assert_eq!(json["architectures"], serde_json::json!(["Qwen3ForCausalLM"]));
+    assert_eq!(
+        json["architectures"],
+        serde_json::json!(["Qwen3ForCausalLM"])
+    );
     assert_eq!(json["head_dim"], 32);
     assert_eq!(json["rope_scaling"]["rope_type"], "yarn");
     let spec = config.spec().unwrap();
     let shapes: HashMap<String, Vec<usize>> = spec.tensor_shapes().into_iter().collect();
     assert_eq!(shapes["model.layers.1.self_attn.q_norm.weight"], vec![32]);
-    assert_eq!(shapes["model.layers.1.self_attn.q_proj.weight"], vec![128, 64]);
+    assert_eq!(
+        shapes["model.layers.1.self_attn.q_proj.weight"],
+        vec![128, 64]
+    );
     assert!(!shapes.contains_key("model.layers.0.self_attn.q_proj.bias"));
     let tensors = hf::load_tensors(&src, &spec, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(tensors.len(), shapes.len());
@@ -336,7 +354,10 @@ fn qwen3_folder_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     config.save(&dir.path().join("config.json")).unwrap();
     hf::save_tensors(dir.path(), &ordered, usize::MAX).unwrap();
-    assert_eq!(Config::load(&dir.path().join("config.json")).unwrap(), config);
+    assert_eq!(
+        Config::load(&dir.path().join("config.json")).unwrap(),
+        config
+    );
     let input = ids(&reference("tiny-qwen3/reference.safetensors")["input_ids"]);
     let want = load("tiny-qwen3").forward(&input, None).unwrap();
     let model = hf::load_model(dir.path(), &spec, DType::F32, &Device::Cpu).unwrap();
@@ -404,7 +425,7 @@ fn llama32_and_qwen3_hub_configs_parse() {
     let spec = config.spec().unwrap();
     assert!(spec.tie_word_embeddings && !spec.qk_norm);
     assert_eq!(spec.num_parameters(), 1_235_814_400); // transformers' count for Llama-3.2-1B
-    // The longest wavelengths are divided by the factor, the shortest kept.
+                                                      // The longest wavelengths are divided by the factor, the shortest kept.
     let base = distill_models::transformer::RopeSpec::from_hf(500000.0, None, 64).unwrap();
     assert_eq!(spec.rope.inv_freq[0], base.inv_freq[0]);
     assert_eq!(spec.rope.inv_freq[31], base.inv_freq[31] / 32.0);

@@ -66,7 +66,11 @@ fn ids(v: &[u32]) -> Tensor {
 
 #[test]
 fn every_parameter_receives_a_gradient() {
-    for (tied, bias, qk_norm) in [(true, false, false), (false, true, false), (true, false, true)] {
+    for (tied, bias, qk_norm) in [
+        (true, false, false),
+        (false, true, false),
+        (true, false, true),
+    ] {
         let spec = Spec {
             qk_norm,
             ..spec(tied, bias)

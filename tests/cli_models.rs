@@ -71,6 +71,7 @@ fn inspect_reads_folders_in_both_config_layouts() {
         ("tiny-qwen2", "qwen2", false),
         ("tiny-qwen2-sharded", "qwen2", false),
         ("tiny-llama-bf16", "llama", true),
+        ("tiny-qwen3", "qwen3", false),
     ] {
         let (ok, stdout, stderr) = distill(&["inspect", &fixture(name), "--json"]);
         assert!(ok, "{name}: {stderr}");
@@ -83,6 +84,15 @@ fn inspect_reads_folders_in_both_config_layouts() {
             "{name}: no tokenizer in fixture"
         );
     }
+    // Qwen3's explicit head_dim (32, not 64 / 4) is what the model runs with.
+    let (_, stdout, _) = distill(&["inspect", &fixture("tiny-qwen3"), "--json"]);
+    assert_eq!(json(&stdout)["head_dim"], 32);
+    let (ok, stdout, stderr) = distill(&["inspect", &fixture("tiny-qwen3.gguf"), "--json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(json(&stdout)["architecture"], "qwen3");
+    assert_eq!(json(&stdout)["head_dim"], 32);
+    let (_, stdout, _) = distill(&["inspect", &fixture("tiny-qwen3")]);
+    assert!(stdout.contains("architecture  qwen3"), "{stdout}");
     let (_, stdout, _) = distill(&["inspect", &fixture("tiny-llama-bf16"), "--json"]);
     assert_eq!(json(&stdout)["tensor_types"]["bf16"], 20);
 }
@@ -153,7 +163,7 @@ fn bad_paths_give_one_clear_line() {
     let (ok, _, stderr) = distill(&["inspect", &dir.path().display().to_string()]);
     assert!(!ok);
     assert!(
-        stderr.contains("Unsupported architecture `mamba` (supported: qwen2, llama)"),
+        stderr.contains("Unsupported architecture `mamba` (supported: qwen2, qwen3, llama)"),
         "{stderr}"
     );
 }

@@ -1,12 +1,12 @@
-//! `config.json` and `generation_config.json`: which architecture a checkpoint is, and the
-//! per-architecture serde mirrors behind it.
+//! `config.json` and `generation_config.json`: which architecture a checkpoint is, the
+//! per-architecture serde mirrors behind it, and the fields they all share ([`Common`]).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::transformer::Spec;
-use crate::{llama, qwen2, Error, Result};
+use crate::transformer::{RopeSpec, Spec};
+use crate::{llama, qwen2, qwen3, Error, Result};
 
 /// Serde defaults shared by the architecture configs (the `transformers` defaults).
 pub(crate) mod defaults {
@@ -21,6 +21,119 @@ pub(crate) mod defaults {
     }
     pub fn init_range() -> f64 {
         0.02
+    }
+}
+
+/// The `config.json` fields Qwen2, Qwen3 and Llama share, flattened into each architecture's
+/// mirror (`#[serde(flatten)] common`), so each is defined once. `vocab_size` and
+/// `max_position_embeddings` stay in the mirrors: their defaults differ per architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Common {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    #[serde(default = "defaults::act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::init_range")]
+    pub initializer_range: f64,
+    #[serde(default = "defaults::eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "defaults::theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<TokenIds>,
+}
+
+/// What an architecture adds to [`Common`] when it becomes a [`Spec`].
+pub(crate) struct Layout {
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    /// `head_dim` when `config.json` does not give it (`None`: hidden size / heads).
+    pub default_head_dim: Option<usize>,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub qk_norm: bool,
+}
+
+impl Common {
+    /// A config with these sizes and every other field at its `transformers` default.
+    pub fn new(
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: usize,
+    ) -> Self {
+        Self {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: Some(num_key_value_heads),
+            head_dim: None,
+            hidden_act: defaults::act(),
+            initializer_range: defaults::init_range(),
+            rms_norm_eps: defaults::eps(),
+            rope_theta: defaults::theta(),
+            rope_scaling: None,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    /// The decoder description; `extra` holds the keys the mirror did not name (transformers 5's
+    /// `rope_parameters` among them).
+    pub(crate) fn spec(
+        &self,
+        layout: Layout,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Spec> {
+        // Zero heads is reported by `Spec::validate`, not a division panic here.
+        let head_dim = self
+            .head_dim
+            .or(layout.default_head_dim)
+            .unwrap_or_else(|| {
+                self.hidden_size
+                    .checked_div(self.num_attention_heads)
+                    .unwrap_or(0)
+            });
+        Ok(Spec {
+            vocab_size: layout.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope: RopeSpec::from_config(
+                self.rope_theta,
+                self.rope_scaling.as_ref(),
+                extra,
+                head_dim,
+                layout.max_position_embeddings,
+            )?,
+            qkv_bias: layout.qkv_bias,
+            o_bias: layout.o_bias,
+            mlp_bias: layout.mlp_bias,
+            qk_norm: layout.qk_norm,
+            tie_word_embeddings: self.tie_word_embeddings,
+            hidden_act: self.hidden_act.clone(),
+            initializer_range: self.initializer_range,
+        })
     }
 }
 
@@ -46,6 +159,7 @@ impl TokenIds {
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Qwen2,
+    Qwen3,
     Llama,
 }
 
@@ -53,6 +167,7 @@ impl Architecture {
     pub fn model_type(self) -> &'static str {
         match self {
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
             Architecture::Llama => "llama",
         }
     }
@@ -61,6 +176,7 @@ impl Architecture {
     pub fn hf_class(self) -> &'static str {
         match self {
             Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
             Architecture::Llama => "LlamaForCausalLM",
         }
     }
@@ -70,6 +186,7 @@ impl Architecture {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Config {
     Qwen2(qwen2::Config),
+    Qwen3(qwen3::Config),
     Llama(llama::Config),
 }
 
@@ -91,6 +208,9 @@ impl Config {
             "qwen2" => {
                 Config::Qwen2(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?)
             }
+            "qwen3" => {
+                Config::Qwen3(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?)
+            }
             // Mistral-style checkpoints without sliding windows are Llama in all but name.
             "llama" => {
                 Config::Llama(serde_json::from_value(value).map_err(|e| Error::parse(origin, e))?)
@@ -111,6 +231,7 @@ impl Config {
         let arch = self.architecture();
         let mut value = match self {
             Config::Qwen2(c) => serde_json::to_value(c),
+            Config::Qwen3(c) => serde_json::to_value(c),
             Config::Llama(c) => serde_json::to_value(c),
         }
         .unwrap_or_default();
@@ -146,7 +267,25 @@ impl Config {
     pub fn architecture(&self) -> Architecture {
         match self {
             Config::Qwen2(_) => Architecture::Qwen2,
+            Config::Qwen3(_) => Architecture::Qwen3,
             Config::Llama(_) => Architecture::Llama,
+        }
+    }
+
+    /// The fields every architecture shares.
+    pub fn common(&self) -> &Common {
+        match self {
+            Config::Qwen2(c) => &c.common,
+            Config::Qwen3(c) => &c.common,
+            Config::Llama(c) => &c.common,
+        }
+    }
+
+    pub fn common_mut(&mut self) -> &mut Common {
+        match self {
+            Config::Qwen2(c) => &mut c.common,
+            Config::Qwen3(c) => &mut c.common,
+            Config::Llama(c) => &mut c.common,
         }
     }
 
@@ -154,6 +293,7 @@ impl Config {
     pub fn spec(&self) -> Result<Spec> {
         match self {
             Config::Qwen2(c) => c.spec(),
+            Config::Qwen3(c) => c.spec(),
             Config::Llama(c) => c.spec(),
         }
     }
@@ -162,23 +302,21 @@ impl Config {
     pub fn max_position_embeddings(&self) -> usize {
         match self {
             Config::Qwen2(c) => c.max_position_embeddings,
+            Config::Qwen3(c) => c.max_position_embeddings,
             Config::Llama(c) => c.max_position_embeddings,
         }
     }
 
     pub fn bos_token_id(&self) -> Option<u32> {
-        match self {
-            Config::Qwen2(c) => c.bos_token_id,
-            Config::Llama(c) => c.bos_token_id,
-        }
+        self.common().bos_token_id
     }
 
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        let ids = match self {
-            Config::Qwen2(c) => c.eos_token_id.as_ref(),
-            Config::Llama(c) => c.eos_token_id.as_ref(),
-        };
-        ids.map(TokenIds::to_vec).unwrap_or_default()
+        self.common()
+            .eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 }
 

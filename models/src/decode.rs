@@ -10,6 +10,7 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use crate::rope::RopeSpec;
 use crate::Result;
 
 /// Keys and values of one sequence for every layer. On the CPU they live in host buffers,
@@ -109,15 +110,18 @@ pub(crate) struct RowRope {
 }
 
 impl RowRope {
-    pub(crate) fn new(positions: &[u32], inv_freq: &[f32]) -> Self {
+    /// The tables of `rope` at `positions`, scaled by its attention factor (YaRN) as the
+    /// tensor path scales them.
+    pub(crate) fn new(positions: &[u32], rope: &RopeSpec) -> Self {
         let angles = || {
             positions
                 .iter()
-                .flat_map(|&p| inv_freq.iter().map(move |&f| p as f32 * f))
+                .flat_map(|&p| rope.inv_freq.iter().map(move |&f| p as f32 * f))
         };
+        let factor = rope.attention_factor;
         Self {
-            cos: angles().map(f32::cos).collect(),
-            sin: angles().map(f32::sin).collect(),
+            cos: angles().map(|a| a.cos() * factor).collect(),
+            sin: angles().map(|a| a.sin() * factor).collect(),
         }
     }
 

@@ -13,7 +13,7 @@ pub enum Error {
     },
     #[error("Cannot parse `{path}`: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("Unsupported architecture `{0}` (supported: qwen2, llama)")]
+    #[error("Unsupported architecture `{0}` (supported: qwen2, qwen3, llama)")]
     UnsupportedArchitecture(String),
     #[error("Missing tensor `{name}` in `{path}`")]
     MissingTensor { name: String, path: PathBuf },

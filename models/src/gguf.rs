@@ -1,4 +1,4 @@
-//! GGUF checkpoints (llama.cpp's format) for the llama and qwen2 architectures: the model config
+//! GGUF checkpoints (llama.cpp's format) for the llama, qwen2 and qwen3 architectures: the model config
 //! rebuilt from `{arch}.*` metadata, every weight dequantized to f32 under its Hugging Face name
 //! (llama q/k rows un-permuted back to HF layout), the tokenizer rebuilt from `tokenizer.ggml.*`,
 //! and the stop tokens. candle parses the file and does the dequantization maths.
@@ -12,9 +12,9 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::TokenIds;
+use crate::config::{Common, TokenIds};
 use crate::tokenizer::{GgufVocab, TextTokenizer};
-use crate::{llama, qwen2, Config, Error, GenerationConfig, Result};
+use crate::{llama, qwen2, qwen3, Config, Error, GenerationConfig, Result};
 
 mod diagnose;
 use diagnose::{diagnose_header, read_up_to};
@@ -112,7 +112,7 @@ impl GgufCheckpoint {
     /// tensor directory (biases present, `output.weight` absent means tied embeddings).
     pub fn config(&self) -> Result<Config> {
         let arch = self.architecture_name();
-        if arch != "llama" && arch != "qwen2" {
+        if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3") {
             // The variant carries a string; naming the file in it keeps the message useful
             // wherever the error surfaces.
             return Err(Error::UnsupportedArchitecture(format!(
@@ -158,48 +158,48 @@ impl GgufCheckpoint {
             .map(TokenIds::One);
         let has = |name: &str| self.content.tensor_infos.contains_key(name);
 
-        let config = if arch == "qwen2" {
-            Config::Qwen2(qwen2::Config {
+        let common = Common {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: Some(num_key_value_heads),
+            head_dim,
+            hidden_act: "silu".into(),
+            initializer_range: 0.02,
+            rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings,
+            bos_token_id,
+            eos_token_id,
+        };
+        let config = match arch.as_str() {
+            "qwen2" => Config::Qwen2(qwen2::Config {
                 vocab_size,
-                hidden_size,
-                intermediate_size,
-                num_hidden_layers,
-                num_attention_heads,
-                num_key_value_heads: Some(num_key_value_heads),
-                head_dim,
-                hidden_act: "silu".into(),
                 max_position_embeddings: max_position_embeddings.unwrap_or(32_768),
-                initializer_range: 0.02,
-                rms_norm_eps,
-                rope_theta,
-                rope_scaling,
-                tie_word_embeddings,
-                bos_token_id,
-                eos_token_id,
+                common,
                 extra: Default::default(),
-            })
-        } else {
-            Config::Llama(llama::Config {
+            }),
+            "qwen3" => Config::Qwen3(qwen3::Config {
                 vocab_size,
-                hidden_size,
-                intermediate_size,
-                num_hidden_layers,
-                num_attention_heads,
-                num_key_value_heads: Some(num_key_value_heads),
-                head_dim,
-                hidden_act: "silu".into(),
+                max_position_embeddings: max_position_embeddings.unwrap_or(32_768),
+                attention_bias: has("blk.0.attn_q.bias"),
+                // Qwen3's default head_dim (128) is not hidden / heads: always say it.
+                common: Common {
+                    head_dim: Some(rope_head_dim),
+                    ..common
+                },
+                extra: Default::default(),
+            }),
+            _ => Config::Llama(llama::Config {
+                vocab_size,
                 max_position_embeddings: max_position_embeddings.unwrap_or(2048),
-                initializer_range: 0.02,
-                rms_norm_eps,
-                rope_theta,
-                rope_scaling,
                 attention_bias: has("blk.0.attn_q.bias"),
                 mlp_bias: has("blk.0.ffn_up.bias"),
-                tie_word_embeddings,
-                bos_token_id,
-                eos_token_id,
+                common,
                 extra: Default::default(),
-            })
+            }),
         };
         config
             .spec()
@@ -496,7 +496,7 @@ impl GgufCheckpoint {
     }
 }
 
-/// Hugging Face's name for a GGUF tensor of the llama/qwen2 layout.
+/// Hugging Face's name for a GGUF tensor of the llama/qwen2/qwen3 layout.
 pub fn hf_tensor_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
@@ -549,6 +549,8 @@ const LAYER_MODULES: &[(&str, &str)] = &[
     ("attn_k", "self_attn.k_proj"),
     ("attn_v", "self_attn.v_proj"),
     ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
     ("ffn_norm", "post_attention_layernorm"),
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),

@@ -1,4 +1,4 @@
-//! Model core: Qwen2 and Llama decoders in candle with a differentiable full-sequence training
+//! Model core: Qwen2, Qwen3 and Llama decoders in candle with a differentiable full-sequence training
 //! forward and a KV-cached decode forward; Hugging Face folder and GGUF checkpoint I/O; tokenizers
 //! and chat templates.
 
@@ -17,6 +17,7 @@ pub mod ops;
 pub mod q8;
 pub mod quantized;
 pub mod qwen2;
+pub mod qwen3;
 mod rope;
 pub mod tokenizer;
 pub mod transformer;

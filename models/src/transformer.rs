@@ -1,6 +1,6 @@
-//! The decoder shared by Qwen2 and Llama: embeddings, pre-norm blocks of grouped-query attention
-//! with rotary positions and a SwiGLU MLP, final norm and LM head. Weight names equal the Hugging
-//! Face keys.
+//! The decoder shared by Qwen2, Qwen3 and Llama: embeddings, pre-norm blocks of grouped-query
+//! attention with rotary positions (and, for Qwen3, an RMSNorm over each q/k head) and a SwiGLU
+//! MLP, final norm and LM head. Weight names equal the Hugging Face keys.
 //!
 //! Two forwards share the layers:
 //! - [`Model::forward`]: the full-sequence training forward. Logits for every position, packed
@@ -38,6 +38,9 @@ pub struct Spec {
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Qwen3's per-head RMSNorm of q and k (`self_attn.q_norm` / `k_norm`, `[head_dim]`),
+    /// applied before the rotary embedding.
+    pub qk_norm: bool,
     pub tie_word_embeddings: bool,
     pub hidden_act: String,
     pub initializer_range: f64,
@@ -103,6 +106,10 @@ impl Spec {
                     push(format!("{p}.{proj}.bias"), vec![rows]);
                 }
             }
+            if self.qk_norm {
+                push(format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]);
+                push(format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]);
+            }
             push(format!("{p}.input_layernorm.weight"), vec![h]);
             push(format!("{p}.post_attention_layernorm.weight"), vec![h]);
         }
@@ -145,6 +152,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Per-head RMSNorm weights `[head_dim]` of q and k (Qwen3), with their epsilon.
+    qk_norm: Option<(Tensor, Tensor, f64)>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -155,11 +164,18 @@ impl Attention {
     fn new(spec: &Spec, w: &Weights, p: &str) -> Result<Self> {
         let (h, d) = (spec.hidden_size, spec.head_dim);
         let (q, kv) = (spec.num_heads * d, spec.num_kv_heads * d);
+        let qk_norm = if spec.qk_norm {
+            let norm = |name: &str| w.tensor(&format!("{p}.{name}.weight"), &[d], Init::Const(1.0));
+            Some((norm("q_norm")?, norm("k_norm")?, spec.rms_norm_eps))
+        } else {
+            None
+        };
         Ok(Self {
             q_proj: w.linear(spec, &format!("{p}.q_proj"), h, q, spec.qkv_bias)?,
             k_proj: w.linear(spec, &format!("{p}.k_proj"), h, kv, spec.qkv_bias)?,
             v_proj: w.linear(spec, &format!("{p}.v_proj"), h, kv, spec.qkv_bias)?,
             o_proj: w.linear(spec, &format!("{p}.o_proj"), q, h, spec.o_bias)?,
+            qk_norm,
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: d,
@@ -168,17 +184,30 @@ impl Attention {
     }
 
     /// Projects `[batch, seq, hidden]` to `q` `[b, seq, heads, d]` and `k`, `v`
-    /// `[b, seq, kv_heads, d]` (not rotated).
+    /// `[b, seq, kv_heads, d]` (q and k head-normed where the model has q/k norms, not rotated).
     fn project(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = xs.dims3()?;
         let split = |proj: &Linear, heads: usize| -> Result<Tensor> {
             Ok(proj.forward(xs)?.reshape((b, t, heads, self.head_dim))?)
         };
-        Ok((
+        let (q, k) = self.norm_qk(
             split(&self.q_proj, self.num_heads)?,
             split(&self.k_proj, self.num_kv_heads)?,
-            split(&self.v_proj, self.num_kv_heads)?,
-        ))
+        )?;
+        Ok((q, k, split(&self.v_proj, self.num_kv_heads)?))
+    }
+
+    /// Qwen3's RMSNorm over the last (head) dimension of q and k; the identity elsewhere.
+    /// Differentiable (and fused on the CPU when tracked), so the training forward runs it
+    /// before the fused attention, which rotates internally.
+    fn norm_qk(&self, q: Tensor, k: Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.qk_norm {
+            Some((q_norm, k_norm, eps)) => Ok((
+                ops::rms_norm(&q, q_norm, *eps)?,
+                ops::rms_norm(&k, k_norm, *eps)?,
+            )),
+            None => Ok((q, k)),
+        }
     }
 
     /// Projects `[batch, seq, hidden]` to rotated `q` `[b, heads, seq, d]` and `k`, `v`
@@ -262,14 +291,9 @@ impl Attention {
         rope: &RowRope,
     ) -> Result<Tensor> {
         let rows = xs.dim(1)?;
-        let host = |proj: &Linear| -> Result<Vec<f32>> {
-            Ok(proj.forward(xs)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        let (mut q, mut k, v) = (
-            host(&self.q_proj)?,
-            host(&self.k_proj)?,
-            host(&self.v_proj)?,
-        );
+        let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let (q, k, v) = self.project(xs)?;
+        let (mut q, mut k, v) = (host(q)?, host(k)?, host(v)?);
         rope.apply(&mut q, self.num_heads, self.head_dim);
         rope.apply(&mut k, self.num_kv_heads, self.head_dim);
         let heads = decode::Heads {
@@ -385,7 +409,7 @@ pub enum Logits {
     All,
 }
 
-/// A Qwen2/Llama causal language model.
+/// A Qwen2/Qwen3/Llama causal language model.
 pub struct Model {
     spec: Spec,
     embed_tokens: Embedding,
@@ -479,9 +503,15 @@ impl Model {
             .to_dtype(DType::F32)?
             .unsqueeze(D::Minus1)?
             .broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
+        // YaRN scales the tables themselves (`attention_scaling` in transformers), in f32.
+        let factor = f64::from(self.spec.rope.attention_factor);
+        let table = |t: Tensor| -> Result<Tensor> {
+            let t = if factor == 1.0 { t } else { (t * factor)? };
+            Ok(t.to_dtype(self.dtype)?)
+        };
         Ok(Rotary {
-            cos: freqs.cos()?.to_dtype(self.dtype)?,
-            sin: freqs.sin()?.to_dtype(self.dtype)?,
+            cos: table(freqs.cos()?)?,
+            sin: table(freqs.sin()?)?,
         })
     }
 
@@ -586,7 +616,7 @@ impl Model {
         // The host path (plain buffers, one ragged attention pass) is the CPU's f32 fast path;
         // every other device and dtype takes the tensor path, which CPU bf16 tests exercise.
         let rotary = if self.device.is_cpu() && self.dtype == DType::F32 {
-            StepRope::Host(RowRope::new(&positions, &self.spec.rope.inv_freq))
+            StepRope::Host(RowRope::new(&positions, &self.spec.rope))
         } else {
             StepRope::Device(self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?)
         };

@@ -38,7 +38,7 @@ fn load(name: &str, dtype: DType) -> Model {
 /// precision.
 #[test]
 fn bf16_forward_follows_f32() {
-    for name in ["tiny-qwen2", "tiny-llama"] {
+    for name in ["tiny-qwen2", "tiny-llama", "tiny-qwen3"] {
         let (m32, m16) = (load(name, DType::F32), load(name, DType::BF16));
         assert_eq!(m16.dtype(), DType::BF16);
         let ids = Tensor::new(&[[3u32, 77, 12, 200, 5, 9, 41, 8]], &Device::Cpu).unwrap();
@@ -105,6 +105,35 @@ fn tensor_cache_decode_equals_full_forward_across_slab_growth() {
     assert_eq!(cache.len(), 300);
 }
 
+/// Qwen3 on the tensor path (q/k norm and yarn-scaled tables in bf16, tensor caches) decodes
+/// the reference's cached logits to bf16 precision.
+#[test]
+fn qwen3_tensor_path_decode_follows_transformers() {
+    let model = load("tiny-qwen3", DType::BF16);
+    let r =
+        candle_core::safetensors::load(fixture("tiny-qwen3/reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let row: Vec<u32> = r["input_ids"]
+        .get(0)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut cache = model.new_cache();
+    let mut steps = vec![model.forward_cached(&row[..4], &mut cache).unwrap()];
+    for &t in &row[4..] {
+        steps.push(model.forward_cached(&[t], &mut cache).unwrap());
+    }
+    let got = Tensor::cat(&steps, 0).unwrap();
+    let want = &r["decode_logits"];
+    let rel = max_diff(&got, want) / max_abs(want);
+    assert!(
+        rel < 3e-2,
+        "bf16 cached decode off by {rel} of the largest logit"
+    );
+}
+
 /// A ragged batch on the tensor path equals each sequence run alone.
 #[test]
 fn tensor_path_ragged_batch_equals_sequences_alone() {
@@ -131,7 +160,13 @@ fn tensor_path_ragged_batch_equals_sequences_alone() {
 /// differentiable ops, gradients back in f32 within bf16 precision of the f32 fused path.
 #[test]
 fn bf16_training_gradients_follow_f32() {
-    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    for name in ["tiny-qwen2", "tiny-qwen3"] {
+        bf16_training_gradients_follow_f32_for(name);
+    }
+}
+
+fn bf16_training_gradients_follow_f32_for(fixture_name: &str) {
+    let ckpt = Checkpoint::open(&fixture(fixture_name)).unwrap();
     let spec = ckpt.config().spec().unwrap();
     let vars: Vec<(String, Var)> = ckpt
         .tensors(&Device::Cpu)
@@ -172,7 +207,7 @@ fn bf16_training_gradients_follow_f32() {
         let rel = max_diff(a, b) / max_abs(a).max(1e-6);
         assert!(
             rel < 0.1,
-            "{name}: bf16 gradient off by {rel} of its largest"
+            "{fixture_name} {name}: bf16 gradient off by {rel} of its largest"
         );
     }
 }

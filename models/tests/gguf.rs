@@ -29,21 +29,21 @@ fn smollm2_config_and_metadata() {
     let Config::Llama(c) = checkpoint.config().unwrap() else {
         panic!("SmolLM2 is a llama model");
     };
-    assert_eq!(c.num_hidden_layers, 30);
-    assert_eq!(c.hidden_size, 576);
-    assert_eq!(c.num_attention_heads, 9);
-    assert_eq!(c.num_key_value_heads, Some(3));
-    assert_eq!(c.intermediate_size, 1536);
+    assert_eq!(c.common.num_hidden_layers, 30);
+    assert_eq!(c.common.hidden_size, 576);
+    assert_eq!(c.common.num_attention_heads, 9);
+    assert_eq!(c.common.num_key_value_heads, Some(3));
+    assert_eq!(c.common.intermediate_size, 1536);
     assert_eq!(c.vocab_size, 49152);
-    assert_eq!(c.rope_theta, 100_000.0);
-    assert_eq!(c.rms_norm_eps, 1e-5);
+    assert_eq!(c.common.rope_theta, 100_000.0);
+    assert_eq!(c.common.rms_norm_eps, 1e-5);
     assert_eq!(c.max_position_embeddings, 8192);
-    assert!(c.tie_word_embeddings);
-    assert_eq!(c.rope_scaling, None);
-    assert_eq!(c.head_dim, None);
+    assert!(c.common.tie_word_embeddings);
+    assert_eq!(c.common.rope_scaling, None);
+    assert_eq!(c.common.head_dim, None);
     assert!(!c.attention_bias && !c.mlp_bias);
-    assert_eq!(c.bos_token_id, Some(1));
-    assert_eq!(c.eos_token_id, Some(TokenIds::One(2)));
+    assert_eq!(c.common.bos_token_id, Some(1));
+    assert_eq!(c.common.eos_token_id, Some(TokenIds::One(2)));
 
     let expected: BTreeMap<String, usize> = [("f32", 61), ("q4_1", 210), ("q8_0", 1)]
         .into_iter()
@@ -191,14 +191,14 @@ fn tiny_llama_matches_hf_weights() {
         panic!("llama expected")
     };
     assert_eq!(
-        c.rope_scaling,
+        c.common.rope_scaling,
         Some(serde_json::json!({
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64
         }))
     );
-    assert!(c.tie_word_embeddings);
-    assert_eq!(c.rms_norm_eps, 1e-6);
+    assert!(c.common.tie_word_embeddings);
+    assert_eq!(c.common.rms_norm_eps, 1e-6);
     let types = checkpoint.tensor_types();
     assert_eq!(types.get("f16"), Some(&3));
     assert_eq!(types.get("q8_0"), Some(&3));
@@ -211,9 +211,9 @@ fn tiny_qwen2_matches_hf_weights() {
     let Config::Qwen2(c) = checkpoint.config().unwrap() else {
         panic!("qwen2 expected")
     };
-    assert!(!c.tie_word_embeddings);
-    assert_eq!(c.rope_theta, 10_000.0);
-    assert_eq!(c.rope_scaling, None);
+    assert!(!c.common.tie_word_embeddings);
+    assert_eq!(c.common.rope_theta, 10_000.0);
+    assert_eq!(c.common.rope_scaling, None);
     let tensors = checkpoint.tensors(&Device::Cpu).unwrap();
     assert!(tensors.contains_key("lm_head.weight"));
     assert!(tensors.contains_key("model.layers.1.self_attn.k_proj.bias"));
@@ -526,8 +526,8 @@ fn config_with_rope_freqs(
 fn llama3_rope_scaling_is_solved_from_rope_freqs() {
     let dir = tempfile::tempdir().unwrap();
     let scaling = |config: Config| match config {
-        Config::Llama(c) => c.rope_scaling,
-        Config::Qwen2(_) => panic!("llama expected"),
+        Config::Llama(c) => c.common.rope_scaling,
+        _ => panic!("llama expected"),
     };
     // Llama-3.1 values (head_dim 128: several frequencies in the smoothed band).
     let divisors = llama3_divisors(500_000.0, HEAD_DIM, 8.0, 1.0, 4.0, 8192.0);
@@ -647,7 +647,7 @@ fn unknown_architecture() {
     assert_eq!(
         message(err),
         format!(
-            "Unsupported architecture `gemma3` in `{}` (supported: qwen2, llama)",
+            "Unsupported architecture `gemma3` in `{}` (supported: qwen2, qwen3, llama)",
             path.display()
         )
     );

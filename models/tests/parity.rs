@@ -1,10 +1,12 @@
 //! Parity with the reference implementation: logits of the tiny fixture checkpoints made by
-//! `fixtures/make_fixtures.py` (transformers, float32) must match within 1e-4 — full sequence,
-//! packed documents, and step-by-step cached decoding.
+//! `fixtures/make_fixtures.py` and `fixtures/make_qwen3_fixtures.py` (transformers, float32) must
+//! match within 1e-4 — full sequence, packed documents, and step-by-step cached decoding.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
 use distill_models::{hf, Config, Model};
 
 const TOL: f32 = 1e-4;
@@ -163,7 +165,7 @@ fn bad_checkpoints_are_named() {
     let err = Config::load(&cfg).unwrap_err().to_string();
     assert_eq!(
         err,
-        "Unsupported architecture `gpt_neox` (supported: qwen2, llama)"
+        "Unsupported architecture `gpt_neox` (supported: qwen2, qwen3, llama)"
     );
 }
 
@@ -232,4 +234,214 @@ fn quantized_gguf_tracks_dequantized() {
             assert!(diff < 0.02 * scale, "{diff} vs scale {scale}");
         }
     }
+}
+
+/// Qwen3: per-head q/k RMSNorm before the rotary embedding, an explicit `head_dim` (32) that
+/// is not hidden / heads (16), no q/k/v biases, and yarn rope scaling (factor 4 over an
+/// original context of 32, so the 16-token inputs see extrapolated, blended and interpolated
+/// frequencies and the 1.1386 attention factor on cos/sin).
+#[test]
+fn qwen3_yarn_matches_transformers() {
+    let model = load("tiny-qwen3");
+    let spec = model.spec();
+    assert_eq!(
+        (spec.head_dim, spec.qk_norm, spec.qkv_bias),
+        (32, true, false)
+    );
+    let r = reference("tiny-qwen3/reference.safetensors");
+    check_full_and_decode(&model, &r);
+    check_packed(&model, &r);
+}
+
+/// The training forward (weights as variables: fused CPU attention, which rotates internally,
+/// after the differentiable q/k norm) gives the reference logits too, packed rows included,
+/// and the q/k norms receive gradients.
+#[test]
+fn qwen3_training_forward_matches_transformers() {
+    let dir = fixtures().join("tiny-qwen3");
+    let spec = Config::load(&dir.join("config.json"))
+        .unwrap()
+        .spec()
+        .unwrap();
+    let vars: HashMap<String, Var> = hf::load_tensors(&dir, &spec, DType::F32, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, Var::from_tensor(&t).unwrap()))
+        .collect();
+    let tensors: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let model = Model::new(
+        &spec,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let r = reference("tiny-qwen3/reference.safetensors");
+    let logits = model.forward(&ids(&r["input_ids"]), None).unwrap();
+    assert!(
+        logits.track_op(),
+        "the training forward must record gradients"
+    );
+    let d = max_diff(&logits, &r["logits"]);
+    assert!(d < TOL, "training-forward logits differ by {d}");
+    check_packed(&model, &r);
+
+    let grads = logits
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for name in [
+        "model.layers.0.self_attn.q_norm.weight",
+        "model.layers.1.self_attn.k_norm.weight",
+    ] {
+        let g = grads.get(vars[name].as_tensor()).unwrap();
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "no gradient reaches {name}");
+    }
+}
+
+/// The GGUF of tiny-qwen3 (arch `qwen3`, `blk.N.attn_q_norm` / `attn_k_norm`, yarn metadata),
+/// dequantized and kept as stored, gives tiny-qwen3's reference logits.
+#[test]
+fn qwen3_gguf_matches_transformers() {
+    let ckpt = distill_models::Checkpoint::open(&fixtures().join("tiny-qwen3.gguf")).unwrap();
+    let Config::Qwen3(config) = ckpt.config() else {
+        panic!("qwen3 expected");
+    };
+    assert_eq!(config.common.head_dim, Some(32));
+    let folder = Config::load(&fixtures().join("tiny-qwen3/config.json")).unwrap();
+    assert_eq!(ckpt.config().spec().unwrap(), folder.spec().unwrap());
+    let r = reference("tiny-qwen3/reference.safetensors");
+    check_full_and_decode(&ckpt.load_model(&Device::Cpu).unwrap(), &r);
+    check_full_and_decode(&ckpt.load_quantized_model(&Device::Cpu).unwrap(), &r);
+}
+
+/// config.json round trip: `model_type` qwen3, `Qwen3ForCausalLM`, head_dim and the yarn
+/// scaling survive; the q/k norm weights are part of the model's tensors and save/reload
+/// exactly.
+#[test]
+fn qwen3_folder_round_trip() {
+    let src = fixtures().join("tiny-qwen3");
+    let config = Config::load(&src.join("config.json")).unwrap();
+    assert_eq!(config.architecture(), distill_models::Architecture::Qwen3);
+    let json = config.to_json();
+    assert_eq!(json["model_type"], "qwen3");
+    assert_eq!(
+        json["architectures"],
+        serde_json::json!(["Qwen3ForCausalLM"])
+    );
+    assert_eq!(json["head_dim"], 32);
+    assert_eq!(json["rope_scaling"]["rope_type"], "yarn");
+    let spec = config.spec().unwrap();
+    let shapes: HashMap<String, Vec<usize>> = spec.tensor_shapes().into_iter().collect();
+    assert_eq!(shapes["model.layers.1.self_attn.q_norm.weight"], vec![32]);
+    assert_eq!(
+        shapes["model.layers.1.self_attn.q_proj.weight"],
+        vec![128, 64]
+    );
+    assert!(!shapes.contains_key("model.layers.0.self_attn.q_proj.bias"));
+    let tensors = hf::load_tensors(&src, &spec, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(tensors.len(), shapes.len());
+    let ordered: Vec<(String, Tensor)> = spec
+        .tensor_shapes()
+        .into_iter()
+        .map(|(n, _)| (n.clone(), tensors[&n].clone()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    config.save(&dir.path().join("config.json")).unwrap();
+    hf::save_tensors(dir.path(), &ordered, usize::MAX).unwrap();
+    assert_eq!(
+        Config::load(&dir.path().join("config.json")).unwrap(),
+        config
+    );
+    let input = ids(&reference("tiny-qwen3/reference.safetensors")["input_ids"]);
+    let want = load("tiny-qwen3").forward(&input, None).unwrap();
+    let model = hf::load_model(dir.path(), &spec, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(max_diff(&model.forward(&input, None).unwrap(), &want), 0.0);
+}
+
+/// YaRN inverse frequencies and attention factor equal transformers' `_compute_yarn_parameters`
+/// (dumped by `make_qwen3_fixtures.py`): default and explicit betas, DeepSeek's
+/// mscale/mscale_all_dim, a given attention_factor, truncate false, and the original context
+/// taken from `max_position_embeddings`.
+#[test]
+fn yarn_parameters_match_transformers() {
+    let text = std::fs::read_to_string(fixtures().join("rope-yarn.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let rope = distill_models::transformer::RopeSpec::from_config(
+            case["rope_theta"].as_f64().unwrap(),
+            Some(&case["rope_scaling"]),
+            &serde_json::Map::new(),
+            case["head_dim"].as_u64().unwrap() as usize,
+            case["max_position_embeddings"].as_u64().unwrap() as usize,
+        )
+        .unwrap();
+        let want: Vec<f32> = case["inv_freq"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(rope.inv_freq.len(), want.len(), "{name}");
+        for (i, (got, want)) in rope.inv_freq.iter().zip(&want).enumerate() {
+            assert!(
+                (got - want).abs() <= 2e-7 * want.abs(),
+                "{name}: inv_freq[{i}] {got} vs transformers {want}"
+            );
+        }
+        let factor = case["attention_factor"].as_f64().unwrap() as f32;
+        assert!(
+            (rope.attention_factor - factor).abs() < 1e-6,
+            "{name}: attention factor {} vs transformers {factor}",
+            rope.attention_factor
+        );
+    }
+}
+
+/// Real configs as the hub ships them: Llama-3.2-1B (tied embeddings, llama3 rope scaling,
+/// head_dim 64) and a Qwen3 config without `head_dim` (transformers' default 128, not
+/// hidden / heads).
+#[test]
+fn llama32_and_qwen3_hub_configs_parse() {
+    let llama32 = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false,
+        "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16,
+        "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256}"#;
+    let config = Config::from_json_str(llama32, Path::new("config.json")).unwrap();
+    let spec = config.spec().unwrap();
+    assert!(spec.tie_word_embeddings && !spec.qk_norm);
+    assert_eq!(spec.num_parameters(), 1_235_814_400); // transformers' count for Llama-3.2-1B
+                                                      // The longest wavelengths are divided by the factor, the shortest kept.
+    let base = distill_models::transformer::RopeSpec::from_hf(500000.0, None, 64).unwrap();
+    assert_eq!(spec.rope.inv_freq[0], base.inv_freq[0]);
+    assert_eq!(spec.rope.inv_freq[31], base.inv_freq[31] / 32.0);
+    assert_eq!(spec.rope.attention_factor, 1.0);
+
+    let qwen3 = r#"{"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,
+        "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "rope_theta": 1000000, "tie_word_embeddings": true, "vocab_size": 151936}"#;
+    let spec = Config::from_json_str(qwen3, Path::new("config.json"))
+        .unwrap()
+        .spec()
+        .unwrap();
+    assert_eq!((spec.head_dim, spec.qk_norm), (128, true));
+    // Qwen3-0.6B's parameter count (its config gives head_dim 128 explicitly).
+    assert_eq!(spec.num_parameters(), 596_049_920);
+    let sliding = qwen3.replace("\"qwen3\",", "\"qwen3\", \"use_sliding_window\": true,");
+    let err = Config::from_json_str(&sliding, Path::new("config.json")).unwrap_err();
+    assert!(err.to_string().contains("use_sliding_window"), "{err}");
 }

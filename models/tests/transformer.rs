@@ -21,6 +21,7 @@ fn spec(tied: bool, qkv_bias: bool) -> Spec {
         qkv_bias,
         o_bias: false,
         mlp_bias: false,
+        qk_norm: false,
         tie_word_embeddings: tied,
         hidden_act: "silu".into(),
         initializer_range: 0.2,
@@ -65,8 +66,15 @@ fn ids(v: &[u32]) -> Tensor {
 
 #[test]
 fn every_parameter_receives_a_gradient() {
-    for (tied, bias) in [(true, false), (false, true)] {
-        let spec = spec(tied, bias);
+    for (tied, bias, qk_norm) in [
+        (true, false, false),
+        (false, true, false),
+        (true, false, true),
+    ] {
+        let spec = Spec {
+            qk_norm,
+            ..spec(tied, bias)
+        };
         let (varmap, model) = random_model(&spec);
         let input =
             Tensor::new(&[[1u32, 5, 9, 3, 7, 2], [4, 4, 8, 1, 0, 6]], &Device::Cpu).unwrap();
@@ -181,7 +189,22 @@ fn packed_documents_equal_separate_runs() {
 
 #[test]
 fn cached_decode_equals_full_forward() {
-    let spec = spec(true, false);
+    // Qwen3-style q/k norms and yarn tables (attention factor 1.1386 on cos/sin) too.
+    let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 4});
+    let qwen3 = Spec {
+        qk_norm: true,
+        rope: RopeSpec::from_hf(10000.0, Some(&yarn), 8).unwrap(),
+        ..spec(true, false)
+    };
+    assert!(qwen3.rope.attention_factor > 1.1);
+    for spec in [spec(true, false), qwen3] {
+        cached_decode_equals_full_forward_for(&spec);
+    }
+}
+
+fn cached_decode_equals_full_forward_for(spec: &Spec) {
+    let spec = spec.clone();
     let (varmap, _) = random_model(&spec);
     let model = frozen(&varmap, &spec);
     let seq = [7u32, 1, 22, 8, 30, 2, 2, 41, 5];

@@ -129,6 +129,7 @@ mod tests {
             qkv_bias: true,
             o_bias: false,
             mlp_bias: false,
+            qk_norm: false,
             tie_word_embeddings: true,
             hidden_act: "silu".into(),
             initializer_range: 0.02,

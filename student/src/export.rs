@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use distill_models::config::TokenIds;
-use distill_models::{Checkpoint, Config};
+use distill_models::Checkpoint;
 
 use crate::data::Renderer;
 use crate::trainer::StudentInit;
@@ -45,10 +45,7 @@ pub fn prepare(init: &mut StudentInit, renderer: &Renderer) {
         _ => TokenIds::Many(stop.clone()),
     };
     init.generation.eos_token_id = Some(ids.clone());
-    match &mut init.config {
-        Config::Qwen2(c) => c.eos_token_id = Some(ids),
-        Config::Llama(c) => c.eos_token_id = Some(ids),
-    }
+    init.config.common_mut().eos_token_id = Some(ids);
     init.tokenizer = Some(tokenizer);
 }
 

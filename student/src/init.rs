@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use distill_models::config::TokenIds;
+use distill_models::config::{Common, TokenIds};
 use distill_models::tokenizer::TextTokenizer;
-use distill_models::{llama, Architecture, Checkpoint, Config, GenerationConfig};
+use distill_models::{llama, qwen2, qwen3, Architecture, Checkpoint, Config, GenerationConfig};
 
 use crate::tokenizer_train::TokenizerTrainConfig;
 use crate::trainer::StudentInit;
@@ -104,28 +104,49 @@ impl ScratchConfig {
             [one] => Some(TokenIds::One(*one)),
             many => Some(TokenIds::Many(many.to_vec())),
         };
-        // `validate` admits only Llama (see the type's note).
-        let config = Config::Llama(llama::Config {
-            vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: Some(self.num_key_value_heads),
-            head_dim: None,
-            hidden_act: "silu".into(),
-            max_position_embeddings: self.max_position_embeddings,
-            initializer_range: self.initializer_range,
+        let common = Common {
             rms_norm_eps: self.rms_norm_eps,
             rope_theta: self.rope_theta,
-            rope_scaling: None,
-            attention_bias: false,
-            mlp_bias: false,
+            initializer_range: self.initializer_range,
             tie_word_embeddings: self.tie_word_embeddings,
             bos_token_id: bos,
             eos_token_id,
-            extra: Default::default(),
-        });
+            ..Common::new(
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_hidden_layers,
+                self.num_attention_heads,
+                self.num_key_value_heads,
+            )
+        };
+        let max_position_embeddings = self.max_position_embeddings;
+        let config = match self.architecture {
+            Architecture::Qwen2 => Config::Qwen2(qwen2::Config {
+                vocab_size,
+                max_position_embeddings,
+                common,
+                extra: Default::default(),
+            }),
+            Architecture::Qwen3 => Config::Qwen3(qwen3::Config {
+                vocab_size,
+                max_position_embeddings,
+                attention_bias: false,
+                // Written out: Qwen3's default head_dim is 128, not hidden size / heads.
+                common: Common {
+                    head_dim: Some(self.hidden_size / self.num_attention_heads),
+                    ..common
+                },
+                extra: Default::default(),
+            }),
+            Architecture::Llama => Config::Llama(llama::Config {
+                vocab_size,
+                max_position_embeddings,
+                attention_bias: false,
+                mlp_bias: false,
+                common,
+                extra: Default::default(),
+            }),
+        };
         // The same checks as loading a config.json (head counts, head_dim parity, ...).
         config.spec()?.validate()?;
         Ok(config)

@@ -45,3 +45,43 @@ fn normals(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
     out.truncate(n);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::ScratchConfig;
+    use distill_models::{Architecture, Config};
+
+    /// A from-scratch Qwen3 student lists its per-head q/k norms, starts them at one (as
+    /// `transformers` does), and writes `head_dim` out (Qwen3's default is 128, not
+    /// hidden / heads).
+    #[test]
+    fn qwen3_student_has_unit_qk_norms_and_explicit_head_dim() {
+        let scratch = ScratchConfig {
+            architecture: Architecture::Qwen3,
+            ..ScratchConfig::default()
+        };
+        let config = scratch.model_config(300, Some(1), &[2]).unwrap();
+        assert_eq!(config.to_json()["model_type"], "qwen3");
+        assert_eq!(config.to_json()["head_dim"], 16);
+        let text = serde_json::to_string(&config.to_json()).unwrap();
+        let reread = Config::from_json_str(&text, std::path::Path::new("config.json")).unwrap();
+        // (The reread config also holds `architectures` / `torch_dtype` in its extra keys.)
+        assert_eq!(reread.architecture(), Architecture::Qwen3);
+        assert_eq!(reread.common(), config.common());
+        assert_eq!(reread.spec().unwrap(), config.spec().unwrap());
+        let spec = config.spec().unwrap();
+        assert_eq!(spec.head_dim, 16);
+        let weights = init_weights(&spec, 7, &Device::Cpu).unwrap();
+        assert_eq!(weights.len(), spec.tensor_shapes().len());
+        for layer in 0..spec.num_layers {
+            for norm in ["q_norm", "k_norm"] {
+                let name = format!("model.layers.{layer}.self_attn.{norm}.weight");
+                let w = weights
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{name} missing"));
+                assert_eq!(w.to_vec1::<f32>().unwrap(), vec![1.0; 16], "{name}");
+            }
+        }
+    }
+}

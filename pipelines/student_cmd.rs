@@ -82,7 +82,10 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     // The device before the corpus: no GPU, a CPU-only binary or a dtype the GPU lacks fail now.
     let placement = settings.device.resolve()?;
     let precision = settings.dtype.training(&placement.device)?;
-    eprintln!("Training on {} ({precision})", placement.description);
+    eprintln!(
+        "Training on {}",
+        placement.explained(&format!("in {precision}"))
+    );
     let target = TrainTarget {
         device: placement.device.clone(),
         precision,

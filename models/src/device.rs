@@ -72,33 +72,45 @@ impl<'de> serde::Deserialize<'de> for DeviceChoice {
 /// Whether this binary was built with the `cuda` cargo feature.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
-/// A resolved device and a one-line description for the user (`cuda:0 (NVIDIA H200, 139.8 GiB,
-/// compute 9.0)`, `cpu (no usable GPU: …)`).
+/// A resolved device, its description for the user (`cuda:0 (NVIDIA H200, 139.8 GiB, compute
+/// 9.0)`, `cpu`), and why `auto` fell back to the CPU when it did.
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub device: Device,
     pub description: String,
+    pub fallback: Option<String>,
+}
+
+impl Placement {
+    /// `description`, followed by the fallback reason in parentheses when there is one.
+    pub fn explained(&self, what: &str) -> String {
+        match &self.fallback {
+            Some(why) => format!("{} {what} ({why})", self.description),
+            None => format!("{} {what}", self.description),
+        }
+    }
 }
 
 impl DeviceChoice {
     /// Opens the device. `auto` never fails: without a usable GPU it picks the CPU and says why.
     pub fn resolve(self) -> Result<Placement> {
         match self {
-            Self::Cpu => Ok(cpu("cpu".into())),
+            Self::Cpu => Ok(cpu(None)),
             Self::Cuda(n) => open_cuda(n),
-            Self::Auto if !CUDA_BUILT => Ok(cpu("cpu (this binary is built without CUDA)".into())),
+            Self::Auto if !CUDA_BUILT => Ok(cpu(Some("this binary is built without CUDA".into()))),
             Self::Auto => match open_cuda(0) {
                 Ok(p) => Ok(p),
-                Err(e) => Ok(cpu(format!("cpu (no usable GPU: {e})"))),
+                Err(e) => Ok(cpu(Some(format!("no usable GPU: {e}")))),
             },
         }
     }
 }
 
-fn cpu(description: String) -> Placement {
+fn cpu(fallback: Option<String>) -> Placement {
     Placement {
         device: Device::Cpu,
-        description,
+        description: "cpu".into(),
+        fallback,
     }
 }
 
@@ -138,6 +150,7 @@ fn open_cuda(ordinal: usize) -> Result<Placement> {
     Ok(Placement {
         device,
         description,
+        fallback: None,
     })
 }
 
@@ -429,6 +442,7 @@ mod tests {
         assert_eq!(e.lines().count(), 1);
         let auto = DeviceChoice::Auto.resolve().unwrap();
         assert!(auto.device.is_cpu());
-        assert!(auto.description.contains("without CUDA"));
+        assert_eq!(auto.description, "cpu");
+        assert!(auto.fallback.unwrap().contains("without CUDA"));
     }
 }

@@ -215,7 +215,7 @@ impl Engine {
     /// stays quantized. Without a chat template in the checkpoint, ChatML is used (and logged).
     pub fn load(checkpoint: &Checkpoint, options: EngineOptions) -> Result<Self> {
         let placement = options.device.resolve()?;
-        let device = placement.device;
+        let device = placement.device.clone();
         let dtype = options
             .dtype
             .inference(&device, checkpoint.stored_dtype())?;
@@ -247,7 +247,7 @@ impl Engine {
             checkpoint.eos_token_ids(),
             options,
         )?;
-        engine.device_description = format!("{} in {}", placement.description, dtype.as_str());
+        engine.device_description = placement.explained(&format!("in {}", dtype.as_str()));
         Ok(engine)
     }
 

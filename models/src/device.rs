@@ -56,18 +56,30 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-impl serde::Serialize for DeviceChoice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+/// Serde as the string the flag takes (`"cuda:1"`, `"bf16-pure"`), through `Display`/`FromStr`.
+macro_rules! serde_as_flag_string {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl<'de> serde::Deserialize<'de> for DeviceChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_flag_string!(DeviceChoice);
 
 /// Whether this binary was built with the `cuda` cargo feature.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
@@ -245,18 +257,7 @@ impl fmt::Display for DtypeChoice {
     }
 }
 
-impl serde::Serialize for DtypeChoice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DtypeChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_flag_string!(DtypeChoice);
 
 /// The dtypes of a training run: trainable parameters (and so gradients and AdamW moments) and
 /// the forward/backward compute.

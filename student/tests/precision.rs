@@ -2,8 +2,10 @@
 //! tensors, bf16 mixed precision (f32 master weights) and pure bf16. These are the code paths a
 //! GPU takes; on the CPU they run through bf16 tensors, so CI proves them without a GPU.
 
+mod common;
+use common::init;
+
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use distill_models::{Checkpoint, DtypeChoice, TrainPrecision};
@@ -11,17 +13,7 @@ use distill_student::batch::{PackedRow, IGNORE};
 use distill_student::checkpoint;
 use distill_student::loss::{chunked_cross_entropy, chunked_cross_entropy_tensors};
 use distill_student::schedule::ScheduleConfig;
-use distill_student::{Control, Event, StudentInit, TrainTarget, Trainer, TrainerConfig};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/tests/fixtures")
-        .join(name)
-}
-
-fn init(name: &str) -> StudentInit {
-    StudentInit::from_checkpoint(&Checkpoint::open(&fixture(name)).unwrap()).unwrap()
-}
+use distill_student::{Control, Event, TrainTarget, Trainer, TrainerConfig};
 
 fn rows(n: usize) -> Vec<PackedRow> {
     (0..n)

@@ -2,25 +2,17 @@
 //! and final weights of an uninterrupted run bit for bit; resumes from another config, model or
 //! dataset are refused with the difference named; the saved folder reloads as the same model.
 
+mod common;
+use common::init;
+
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use distill_models::Checkpoint;
 use distill_student::batch::{PackedRow, IGNORE};
 use distill_student::checkpoint::{self, StepRecord};
 use distill_student::schedule::ScheduleConfig;
-use distill_student::{Control, Error, Event, StudentInit, Trainer, TrainerConfig};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/tests/fixtures")
-        .join(name)
-}
-
-fn init(name: &str) -> StudentInit {
-    StudentInit::from_checkpoint(&Checkpoint::open(&fixture(name)).unwrap()).unwrap()
-}
+use distill_student::{Control, Error, Event, Trainer, TrainerConfig};
 
 fn rows(n: usize) -> Vec<PackedRow> {
     (0..n)

@@ -2,8 +2,9 @@
 //! per figure on stdout (the GPU check script, `gpu/check.sh`, adds PyTorch's figures beside
 //! them in the same run).
 //!
-//! - `parity`: logits and every parameter gradient of tiny random Qwen2 and Llama models on the
-//!   device against the CPU's f32, per dtype, with the tolerance each dtype is held to;
+//! - `parity`: logits (max relative difference) and every parameter gradient (relative L2
+//!   difference) of tiny seeded Qwen2 and Llama models on the device against the CPU's f32, per
+//!   dtype, with the tolerance each dtype is held to;
 //! - `finetune`: a short fine-tune of a tiny model on the device whose loss must fall; the model
 //!   is saved (with its logits on fixed ids) for `gpu/check.py` to reload in transformers;
 //! - `sft`: tokens/s, MFU and peak memory of SFT steps on a random-init Qwen2.5 config;
@@ -109,14 +110,18 @@ fn tiny_config(arch: &str) -> anyhow::Result<Config> {
     Ok(Config::from_json_str(&c.to_string(), Path::new("tiny"))?)
 }
 
-/// Random weights (not unit norms, not zero biases, so every term matters), on the CPU.
+/// Seeded random weights, with norms and biases moved off one and zero (so every term matters),
+/// on the CPU. Deterministic: the same weights on every run and machine.
 fn random_weights(config: &Config, seed: u64) -> anyhow::Result<HashMap<String, Tensor>> {
     let spec = config.spec()?;
     let mut w = distill_student::trainer::init_weights(&spec, seed, &Device::Cpu)?;
     for (name, t) in w.iter_mut() {
         if name.ends_with("norm.weight") || name.ends_with(".bias") {
-            let noise = Tensor::randn(0f32, 0.1, t.shape(), &Device::Cpu)?;
-            *t = (&*t + noise)?;
+            // A fixed pseudo-random pattern in [-0.1, 0.1] (candle's CPU randn is unseeded).
+            let noise: Vec<f32> = (0..t.elem_count() as u64)
+                .map(|i| ((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0) * 0.1)
+                .collect();
+            *t = (&*t + Tensor::from_vec(noise, t.shape(), &Device::Cpu)?)?;
         }
     }
     Ok(w)
@@ -167,9 +172,18 @@ fn logits_and_grads(
     Ok((logits.to_device(&Device::Cpu)?, out))
 }
 
+/// `max |a − b| / max |a|`: the logits' measure.
 fn rel_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
     let d = distill_models::ops::max_abs_diff(a, b)?;
     Ok(d / distill_models::ops::max_abs(a)?.max(1e-12))
+}
+
+/// `‖a − b‖₂ / ‖a‖₂`: the gradients' measure (a bias's few small elements make the max-based
+/// one swing with the draw in bf16).
+fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    let norm =
+        |t: &Tensor| -> anyhow::Result<f32> { Ok(t.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt()) };
+    Ok(norm(&(a - b)?)? / norm(a)?.max(1e-12))
 }
 
 /// Device vs CPU f32: logits and every gradient within the dtype's tolerance (relative to the
@@ -180,13 +194,17 @@ fn parity(arch: &str, dtype: DType, dev: &Device) -> anyhow::Result<bool> {
     let (ref_logits, ref_grads) = logits_and_grads(&config, &weights, DType::F32, &Device::Cpu)?;
     let (logits, grads) = logits_and_grads(&config, &weights, dtype, dev)?;
     // f32 on a GPU: cuBLAS FP32 (no TF32); bf16: 8 bits of mantissa through two layers.
-    let tol = if dtype == DType::F32 { 1e-4 } else { 4e-2 };
+    let (tol, grad_tol) = if dtype == DType::F32 {
+        (1e-4, 1e-4)
+    } else {
+        (4e-2, 1e-1)
+    };
     let logit_diff = rel_diff(&ref_logits, &logits)?;
     let mut grad_diff = 0f32;
     let mut worst = String::new();
     for (name, g) in &ref_grads {
         let d = match grads.get(name) {
-            Some(x) => rel_diff(g, x)?,
+            Some(x) => rel_l2(g, x)?,
             None => f32::INFINITY,
         };
         if d > grad_diff {
@@ -194,12 +212,11 @@ fn parity(arch: &str, dtype: DType, dev: &Device) -> anyhow::Result<bool> {
             worst.clone_from(name);
         }
     }
-    // Gradients pass through more bf16 roundings than logits.
-    let ok = logit_diff <= tol && grad_diff <= tol * 2.5;
+    let ok = logit_diff <= tol && grad_diff <= grad_tol;
     emit(json!({
         "check": "parity", "arch": arch, "dtype": dtype.as_str(), "device": describe(dev),
-        "logits_rel_diff": logit_diff, "grad_rel_diff": grad_diff, "worst_grad": worst,
-        "tolerance_logits": tol, "tolerance_grads": tol * 2.5, "ok": ok,
+        "logits_max_rel_diff": logit_diff, "grad_rel_l2_diff": grad_diff, "worst_grad": worst,
+        "tolerance_logits": tol, "tolerance_grads": grad_tol, "ok": ok,
     }));
     Ok(!ok)
 }

@@ -9,29 +9,14 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use distill_models::{Checkpoint, DtypeChoice, TrainPrecision};
-use distill_student::batch::{PackedRow, IGNORE};
+use distill_student::batch::PackedRow;
 use distill_student::checkpoint;
 use distill_student::loss::{chunked_cross_entropy, chunked_cross_entropy_tensors};
 use distill_student::schedule::ScheduleConfig;
 use distill_student::{Control, Event, TrainTarget, Trainer, TrainerConfig};
 
 fn rows(n: usize) -> Vec<PackedRow> {
-    (0..n)
-        .map(|r| {
-            let len = 8 + r % 7;
-            let ids: Vec<u32> = (0..len)
-                .map(|i| ((r * 13 + i * 7) % 40 + 3) as u32)
-                .collect();
-            let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).collect();
-            labels.push(IGNORE);
-            labels[0] = IGNORE;
-            PackedRow {
-                position_ids: (0..len as u32).collect(),
-                input_ids: ids,
-                labels,
-            }
-        })
-        .collect()
+    common::rows(n, |r| 8 + r % 7, |r, i| ((r * 13 + i * 7) % 40 + 3) as u32)
 }
 
 fn config(steps: u64) -> TrainerConfig {

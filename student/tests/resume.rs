@@ -15,22 +15,11 @@ use distill_student::schedule::ScheduleConfig;
 use distill_student::{Control, Error, Event, Trainer, TrainerConfig};
 
 fn rows(n: usize) -> Vec<PackedRow> {
-    (0..n)
-        .map(|r| {
-            let len = 6 + r % 9;
-            let ids: Vec<u32> = (0..len)
-                .map(|i| ((r * 31 + i * 17) % 250 + 3) as u32)
-                .collect();
-            let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).collect();
-            labels.push(IGNORE);
-            labels[0] = IGNORE;
-            PackedRow {
-                position_ids: (0..len as u32).collect(),
-                input_ids: ids,
-                labels,
-            }
-        })
-        .collect()
+    common::rows(
+        n,
+        |r| 6 + r % 9,
+        |r, i| ((r * 31 + i * 17) % 250 + 3) as u32,
+    )
 }
 
 fn config() -> TrainerConfig {

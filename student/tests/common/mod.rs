@@ -18,3 +18,27 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn init(name: &str) -> StudentInit {
     StudentInit::from_checkpoint(&Checkpoint::open(&fixture(name)).unwrap()).unwrap()
 }
+
+/// `n` rows of one document each, `len(r)` tokens long with token `token(r, i)` at position `i`,
+/// labelled with the next token (the first and last positions unlabelled).
+pub fn rows(
+    n: usize,
+    len: impl Fn(usize) -> usize,
+    token: impl Fn(usize, usize) -> u32,
+) -> Vec<distill_student::batch::PackedRow> {
+    use distill_student::batch::{PackedRow, IGNORE};
+    (0..n)
+        .map(|r| {
+            let len = len(r);
+            let ids: Vec<u32> = (0..len).map(|i| token(r, i)).collect();
+            let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).collect();
+            labels.push(IGNORE);
+            labels[0] = IGNORE;
+            PackedRow {
+                position_ids: (0..len as u32).collect(),
+                input_ids: ids,
+                labels,
+            }
+        })
+        .collect()
+}

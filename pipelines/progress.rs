@@ -66,6 +66,11 @@ impl Progress {
         self.bar.set_position(position);
     }
 
+    /// The total, once it is known (the bar starts with 0 when it is not).
+    pub fn set_length(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+
     pub fn set_message(&self, message: impl Into<std::borrow::Cow<'static, str>>) {
         self.bar.set_message(message);
     }

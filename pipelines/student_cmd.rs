@@ -6,7 +6,8 @@
 //! - `model/` — the final Hugging Face folder (what `transformers` and `distill` load);
 //! - `checkpoints/step-…/` — resumable checkpoints (`--resume` continues from the newest);
 //! - `metrics.jsonl` — one line per step (`loss`, `lr`, `grad_norm`, tokens/s) and per eval;
-//! - `loss.png`, `train_config.toml` (resolved settings), `data_report.json`.
+//! - `loss.png`, `train_config.toml` (resolved settings), `data_report.json`;
+//! - `token-cache/` — the corpus tokenised once (`data.token_cache` puts it elsewhere).
 
 mod chart;
 pub mod config;
@@ -22,7 +23,9 @@ use anyhow::{bail, Context};
 use distill_models::chat::ChatTemplate;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::Checkpoint;
-use distill_student::data::{self, Conversation, Dataset, Renderer};
+use distill_student::batch::Rows;
+use distill_student::data::token_cache::{Sources, TokenCache};
+use distill_student::data::{self, Renderer};
 use distill_student::{checkpoint, export, init, tokenizer_train};
 use distill_student::{Control, Event, StudentInit, TrainTarget, Trainer};
 use serde_json::json;
@@ -37,6 +40,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const LOSS_PNG: &str = "loss.png";
 pub const CONFIG_FILE: &str = "train_config.toml";
 pub const DATA_REPORT: &str = "data_report.json";
+pub const TOKEN_CACHE_DIR: &str = "token-cache";
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let settings = args.resolve()?;
@@ -91,24 +95,15 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         precision,
     };
 
-    let conversations = data::read_corpus(std::slice::from_ref(corpus))
-        .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
-    let held_out = match &settings.eval_corpus {
-        Some(path) => Some(
-            data::read_corpus(std::slice::from_ref(path))
-                .with_context(|| format!("cannot read the eval corpus `{}`", path.display()))?,
-        ),
-        None => None,
-    };
-
     // The tokenizer and the student's starting point.
-    let (mut student, tokenizer) = starting_point(settings, latest.as_deref(), &conversations)?;
+    let (mut student, tokenizer) = starting_point(settings, latest.as_deref(), corpus)?;
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
     let renderer = Renderer::new(tokenizer, template, &student.config.eos_token_ids())?;
     check_positions(settings, &student)?;
     export::prepare(&mut student, &renderer);
 
-    let dataset = build_data(settings, &renderer, &conversations, held_out.as_deref())?;
+    let cache = tokenise(settings, corpus, out, &renderer, progress)?;
+    let dataset = cache.dataset(&settings.data)?;
     let r = &dataset.report;
     eprintln!(
         "Corpus: {} rows → {} training documents in {} rows ({} tokens, {} labelled, {:.0}% full), {} held out{}",
@@ -157,7 +152,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         .open(&metrics_path)
         .with_context(|| format!("cannot open `{}`", metrics_path.display()))?;
 
-    let total = settings.train.total_steps(dataset.train.len());
+    let total = settings.train.total_steps(dataset.train.count());
     let bar = progress_bar(total, start_step, progress);
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_ctrl_c(&stop);
@@ -170,7 +165,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
     let png = out.join(LOSS_PNG);
     let mut failure: Option<anyhow::Error> = None;
-    let eval_rows = (!dataset.eval.is_empty()).then_some(dataset.eval.as_slice());
+    let eval_rows: Option<&dyn Rows> = (dataset.eval.count() > 0).then_some(&dataset.eval);
     let summary = trainer
         .fit(&dataset.train, eval_rows, Some(&ckpt_root), &mut |event| {
             let line = match event {
@@ -252,7 +247,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
 fn starting_point(
     settings: &TrainSettings,
     latest: Option<&Path>,
-    conversations: &[Conversation],
+    corpus: &Path,
 ) -> anyhow::Result<(StudentInit, TextTokenizer)> {
     if let Some(base) = &settings.base {
         let (student, tokenizer) = init::from_base(base)
@@ -262,6 +257,10 @@ fn starting_point(
     let tokenizer = match latest {
         Some(dir) => Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?.tokenizer()?,
         None => {
+            // Learning a vocabulary reads the whole corpus text: from-scratch students are
+            // small (the demo's); students of real size start from a base and its tokenizer.
+            let conversations = data::read_corpus(&[corpus.to_path_buf()])
+                .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
             let chatml = ChatTemplate::chatml();
             let texts: Vec<String> = conversations
                 .iter()
@@ -311,23 +310,64 @@ fn check_positions(settings: &TrainSettings, student: &StudentInit) -> anyhow::R
     Ok(())
 }
 
-fn build_data(
+/// The corpus tokenised into the token cache (`data.token_cache`, else `OUT/token-cache`):
+/// built on the first run, reused by `--resume` and by any run with the same corpus,
+/// tokenizer, template and data settings.
+fn tokenise(
     settings: &TrainSettings,
+    corpus: &Path,
+    out: &Path,
     renderer: &Renderer,
-    conversations: &[Conversation],
-    held_out: Option<&[Conversation]>,
-) -> anyhow::Result<Dataset> {
-    let Some(held_out) = held_out else {
-        return Ok(data::build(conversations, renderer, &settings.data)?);
+    progress: bool,
+) -> anyhow::Result<TokenCache> {
+    let root = settings
+        .data
+        .token_cache
+        .clone()
+        .unwrap_or_else(|| out.join(TOKEN_CACHE_DIR));
+    let inputs = [corpus.to_path_buf()];
+    let eval: Option<Vec<PathBuf>> = settings.eval_corpus.clone().map(|p| vec![p]);
+    let sources = Sources {
+        corpus: &inputs,
+        eval_corpus: eval.as_deref(),
     };
-    let mut config = settings.data.clone();
-    config.eval_fraction = 0.0;
-    let mut train = data::build(conversations, renderer, &config)?;
-    let eval = data::build(held_out, renderer, &config).context("the eval corpus is unusable")?;
-    train.eval = eval.train;
-    train.report.eval_documents = eval.report.train_documents;
-    train.report.eval_rows = eval.report.train_rows;
-    Ok(train)
+    let bar = Progress::new(
+        0,
+        "{spinner} tokenise [{bar:30}] {pos}/{len} rows  elapsed {elapsed}  ETA {eta}",
+        "rows",
+        progress,
+    );
+    bar.set_prefix("tokenise");
+    let cache = TokenCache::open_or_build(
+        &root,
+        sources,
+        renderer,
+        &settings.data,
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .with_context(|| match &settings.eval_corpus {
+        Some(eval) => format!(
+            "cannot prepare the corpus `{}` and the eval corpus `{}`",
+            corpus.display(),
+            eval.display()
+        ),
+        None => format!("cannot prepare the corpus `{}`", corpus.display()),
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} token cache `{}` ({} tokens)",
+        if cache.reused() {
+            "Reusing the"
+        } else {
+            "Wrote the"
+        },
+        cache.dir().display(),
+        cache.info().tokens
+    );
+    Ok(cache)
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {

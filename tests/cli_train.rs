@@ -106,7 +106,13 @@ fn from_scratch_run_writes_a_folder_inspect_reads() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_corpus(dir.path(), 30);
     let out = dir.path().join("run");
-    run_ok(&mut train_cmd(&corpus, &out));
+    let first = run_ok(&mut train_cmd(&corpus, &out));
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(said.contains("Wrote the token cache"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(out.join("token-cache")).unwrap().count(),
+        1
+    );
 
     let model = out.join("model");
     let inspect = run_ok(bin().arg("inspect").arg(&model).arg("--json"));
@@ -174,7 +180,10 @@ fn from_scratch_run_writes_a_folder_inspect_reads() {
     let err = run_err(&mut train_cmd(&corpus, &out));
     assert!(err.contains("--resume"), "{err}");
     let resumed = run_ok(train_cmd(&corpus, &out).arg("--resume"));
-    assert!(String::from_utf8_lossy(&resumed.stderr).contains("Resuming"));
+    let said = String::from_utf8_lossy(&resumed.stderr);
+    assert!(said.contains("Resuming"), "{said}");
+    // The resumed run reads the corpus' tokens from the cache the first run wrote.
+    assert!(said.contains("Reusing the token cache"), "{said}");
     assert_eq!(
         std::fs::read(model.join("model.safetensors")).unwrap(),
         weights

@@ -5,7 +5,8 @@
 use candle_core::DType;
 use distill_models::device::{gib, is_out_of_memory, memory_info};
 use distill_models::Spec;
-use distill_student::data::Dataset;
+use distill_student::batch::Rows;
+use distill_student::data::token_cache::CachedDataset;
 use distill_student::{StudentInit, TrainTarget};
 
 use super::TrainSettings;
@@ -52,13 +53,13 @@ pub fn preflight(
     settings: &TrainSettings,
     student: &StudentInit,
     target: &TrainTarget,
-    dataset: &Dataset,
+    dataset: &CachedDataset,
 ) -> anyhow::Result<()> {
     let Some((free, _)) = memory_info(&target.device) else {
         return Ok(());
     };
     let spec = student.config.spec()?;
-    let width = dataset.train.iter().map(|r| r.len()).max().unwrap_or(0);
+    let width = dataset.train.max_len();
     let need = estimate(&spec, target, settings.train.micro_batch_size, width);
     if need.total() > free as f64 {
         anyhow::bail!("{}", advice(settings, target, width, &need, Some(free)));

@@ -30,3 +30,85 @@ impl PackedRow {
         self.labels.iter().filter(|&&l| l != IGNORE).count()
     }
 }
+
+/// Training rows the trainer draws from, by index: held in memory (`[PackedRow]`, `Vec`) or
+/// streamed from a memory-mapped token cache ([`crate::data::token_cache::CachedRows`]), so a
+/// corpus of any size trains with bounded memory.
+pub trait Rows: Sync {
+    /// Number of rows.
+    fn count(&self) -> usize;
+
+    /// Row `index` (`< count()`), materialised.
+    fn row(&self, index: usize) -> PackedRow;
+
+    /// Tokens of the longest row (what a micro-batch pads to).
+    fn max_len(&self) -> usize;
+
+    /// Row and token counts plus a hash of every id, position and label, in row order (see
+    /// [`crate::trainer::fingerprint`]): what a resumed run checks the data against.
+    fn fingerprint(&self) -> crate::checkpoint::DatasetFingerprint;
+
+    /// Fails when the rows cannot be trained on (no rows, ragged rows, no label at all).
+    fn check(&self) -> crate::Result<()>;
+}
+
+impl Rows for [PackedRow] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn row(&self, index: usize) -> PackedRow {
+        self[index].clone()
+    }
+
+    fn max_len(&self) -> usize {
+        self.iter().map(PackedRow::len).max().unwrap_or(0)
+    }
+
+    fn fingerprint(&self) -> crate::checkpoint::DatasetFingerprint {
+        crate::trainer::fingerprint(self.iter())
+    }
+
+    fn check(&self) -> crate::Result<()> {
+        use crate::Error;
+        if self.is_empty() {
+            return Err(Error::NoData("the training set has no rows".into()));
+        }
+        for (i, r) in self.iter().enumerate() {
+            if r.is_empty() || r.position_ids.len() != r.len() || r.labels.len() != r.len() {
+                return Err(Error::Batch(format!(
+                    "row {i} has `{}` input ids, `{}` position ids and `{}` labels (must be equal and non-zero)",
+                    r.len(),
+                    r.position_ids.len(),
+                    r.labels.len()
+                )));
+            }
+        }
+        if self.iter().all(|r| r.label_count() == 0) {
+            return Err(Error::NoData("no training row has a label token".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Rows for Vec<PackedRow> {
+    fn count(&self) -> usize {
+        self.as_slice().count()
+    }
+
+    fn row(&self, index: usize) -> PackedRow {
+        self.as_slice().row(index)
+    }
+
+    fn max_len(&self) -> usize {
+        self.as_slice().max_len()
+    }
+
+    fn fingerprint(&self) -> crate::checkpoint::DatasetFingerprint {
+        self.as_slice().fingerprint()
+    }
+
+    fn check(&self) -> crate::Result<()> {
+        self.as_slice().check()
+    }
+}

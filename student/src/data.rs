@@ -5,13 +5,14 @@
 //! Every dropped row is counted under its reason, so an empty result can say why.
 
 pub mod render;
+pub mod token_cache;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, RecordBatch};
 use distill_corpus::record::{self, col, Columns};
-use distill_corpus::shards::ShardReader;
+use distill_corpus::shards::{BatchStream, ShardReader};
 use distill_models::chat::Message;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub struct DataConfig {
     pub chat_template: String,
     /// Keep rows the teacher cut off at its token limit (`finish_reason` `length`).
     pub keep_truncated: bool,
+    /// Folder of the token cache (the corpus tokenised once, memory-mapped while training):
+    /// default `OUT/token-cache`; point runs over the same corpus at one folder to share it.
+    pub token_cache: Option<PathBuf>,
 }
 
 impl Default for DataConfig {
@@ -51,6 +55,7 @@ impl Default for DataConfig {
             eval_fraction: 0.02,
             chat_template: "auto".into(),
             keep_truncated: false,
+            token_cache: None,
         }
     }
 }
@@ -86,6 +91,27 @@ pub struct Conversation {
 
 /// Reads every conversation of the corpus at `inputs` (folders or parquet files).
 pub fn read_corpus(inputs: &[PathBuf]) -> Result<Vec<Conversation>> {
+    let mut out = Vec::new();
+    for batch in stream_corpus(inputs)? {
+        out.extend(batch?);
+    }
+    Ok(out)
+}
+
+/// The corpus at `inputs`, one record batch of conversations at a time (what the token cache
+/// tokenises from, holding one batch in memory).
+pub struct CorpusStream {
+    batches: BatchStream,
+    use_messages: bool,
+    files: Vec<PathBuf>,
+    rows: u64,
+    /// Rows read so far (row ids of corpora without an `id` column count from here).
+    seen: usize,
+}
+
+/// Opens the corpus at `inputs` for streaming: fails now when a file or a required column is
+/// missing.
+pub fn stream_corpus(inputs: &[PathBuf]) -> Result<CorpusStream> {
     let reader = ShardReader::open(inputs)?;
     let schema = reader.schema().clone();
     let has = |name: &str| schema.field_with_name(name).is_ok();
@@ -111,18 +137,49 @@ pub fn read_corpus(inputs: &[PathBuf]) -> Result<Vec<Conversation>> {
             columns.push(optional);
         }
     }
-    let first = reader.files().first().cloned().unwrap_or_default();
-    let mut out = Vec::with_capacity(reader.num_rows() as usize);
-    for batch in reader.with_columns(&columns).batches() {
-        read_batch(&batch?, use_messages, &first, &mut out)?;
+    let (files, rows) = (reader.files().to_vec(), reader.num_rows());
+    Ok(CorpusStream {
+        batches: reader.with_columns(&columns).batches(),
+        use_messages,
+        files,
+        rows,
+        seen: 0,
+    })
+}
+
+impl CorpusStream {
+    /// The parquet files read, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
-    Ok(out)
+
+    /// Rows in all files (from their footers).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+impl Iterator for CorpusStream {
+    type Item = Result<Vec<Conversation>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = match self.batches.next()? {
+            Ok(batch) => batch,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let origin = self.files.first().cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(batch.num_rows());
+        let result = read_batch(&batch, self.use_messages, &origin, self.seen, &mut out);
+        self.seen += batch.num_rows();
+        Some(result.map(|()| out))
+    }
 }
 
 fn read_batch<'a>(
     batch: &'a RecordBatch,
     use_messages: bool,
     origin: &Path,
+    first_row: usize,
     out: &mut Vec<Conversation>,
 ) -> Result<()> {
     let c = Columns::new(batch);
@@ -157,7 +214,7 @@ fn read_batch<'a>(
             conversation = from_fields();
         }
         let id = text(ids).map_or_else(
-            || format!("{}#{}", origin.display(), out.len()),
+            || format!("{}#{}", origin.display(), first_row + row),
             str::to_string,
         );
         out.push(Conversation {
@@ -174,12 +231,12 @@ fn read_batch<'a>(
 }
 
 /// Counts of what happened to the corpus rows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DataReport {
     pub rows: usize,
     pub train_documents: usize,
     pub eval_documents: usize,
-    pub dropped: BTreeMap<&'static str, usize>,
+    pub dropped: BTreeMap<String, usize>,
     pub truncated: usize,
     /// Conversations whose prompt boundary came from character offsets.
     pub offset_fallbacks: usize,
@@ -246,43 +303,87 @@ pub fn is_eval(problem: &str, fraction: f64) -> bool {
     fraction > 0.0 && distill_corpus::split::is_eval(problem, &config)
 }
 
-/// Renders, tokenizes, filters, splits and packs `conversations`.
-pub fn build(
-    conversations: &[Conversation],
+/// One conversation made ready to train on: its tokens and first trained index with
+/// `max_seq_len` applied, and how it got there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub input_ids: Vec<u32>,
+    pub boundary: usize,
+    pub truncated: bool,
+    pub offset_fallback: bool,
+    pub appended_eos: bool,
+}
+
+/// Renders, tokenizes and length-checks every conversation of `batch` (in parallel): the one
+/// path from a corpus row to a training document, shared by [`build`] and the token cache.
+pub fn prepare(
+    batch: &[Conversation],
     renderer: &Renderer,
     config: &DataConfig,
-) -> Result<Dataset> {
-    config.validate()?;
-    type Outcome = std::result::Result<(Document, bool, bool, bool), DropReason>;
-    let outcomes: Vec<Outcome> = conversations
+) -> Vec<std::result::Result<Prepared, DropReason>> {
+    batch
         .par_iter()
         .map(|conv| {
             if !config.keep_truncated && conv.finish_reason.as_deref() == Some("length") {
                 return Err(DropReason::TeacherTruncated);
             }
             let rendered = renderer.render(&conv.messages)?;
-            let (fallback, appended) = (rendered.offset_fallback, rendered.appended_eos);
-            let (doc, truncated) = rendered.into_document(config.max_seq_len, config.overlong)?;
-            Ok((doc, truncated, fallback, appended))
+            let (offset_fallback, appended_eos) = (rendered.offset_fallback, rendered.appended_eos);
+            let (input_ids, boundary, truncated) =
+                rendered.fit_length(config.max_seq_len, config.overlong)?;
+            Ok(Prepared {
+                input_ids,
+                boundary,
+                truncated,
+                offset_fallback,
+                appended_eos,
+            })
         })
-        .collect();
-    let mut report = DataReport {
-        rows: conversations.len(),
-        ..Default::default()
-    };
-    let (mut train_docs, mut eval_docs) = (Vec::new(), Vec::new());
-    for (conv, outcome) in conversations.iter().zip(outcomes) {
+        .collect()
+}
+
+impl DataReport {
+    /// Counts one conversation's outcome; the document when it is kept.
+    pub fn tally(
+        &mut self,
+        outcome: std::result::Result<Prepared, DropReason>,
+    ) -> Option<Prepared> {
+        self.rows += 1;
         match outcome {
-            Err(reason) => *report.dropped.entry(reason.name()).or_default() += 1,
-            Ok((doc, truncated, fallback, appended)) => {
-                report.truncated += usize::from(truncated);
-                report.offset_fallbacks += usize::from(fallback);
-                report.appended_eos += usize::from(appended);
-                if is_eval(conv.problem_key(), config.eval_fraction) {
-                    eval_docs.push(doc);
-                } else {
-                    train_docs.push(doc);
-                }
+            Err(reason) => {
+                *self.dropped.entry(reason.name().to_string()).or_default() += 1;
+                None
+            }
+            Ok(doc) => {
+                self.truncated += usize::from(doc.truncated);
+                self.offset_fallbacks += usize::from(doc.offset_fallback);
+                self.appended_eos += usize::from(doc.appended_eos);
+                Some(doc)
+            }
+        }
+    }
+}
+
+/// Renders, tokenizes, filters, splits and packs `conversations`, in memory (`distill train`
+/// streams through the token cache instead; both give the same rows).
+pub fn build(
+    conversations: &[Conversation],
+    renderer: &Renderer,
+    config: &DataConfig,
+) -> Result<Dataset> {
+    config.validate()?;
+    let mut report = DataReport::default();
+    let (mut train_docs, mut eval_docs) = (Vec::new(), Vec::new());
+    for (conv, outcome) in conversations
+        .iter()
+        .zip(prepare(conversations, renderer, config))
+    {
+        if let Some(doc) = report.tally(outcome) {
+            let doc = Document::from_boundary(doc.input_ids, doc.boundary);
+            if is_eval(conv.problem_key(), config.eval_fraction) {
+                eval_docs.push(doc);
+            } else {
+                train_docs.push(doc);
             }
         }
     }
@@ -310,7 +411,7 @@ pub fn build(
 }
 
 /// Why no row survived, in one line.
-fn no_rows_reason(report: &DataReport, config: &DataConfig) -> String {
+pub(crate) fn no_rows_reason(report: &DataReport, config: &DataConfig) -> String {
     if report.rows == 0 {
         return "the corpus has no rows".into();
     }

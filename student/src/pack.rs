@@ -33,6 +33,14 @@ impl Document {
         Self { input_ids, labels }
     }
 
+    /// A document whose tokens from `boundary` on are trained (the answer turn of a rendered
+    /// conversation): the form the token cache stores, `(ids, boundary)`.
+    pub fn from_boundary(input_ids: Vec<u32>, boundary: usize) -> Self {
+        let mut labels = Vec::with_capacity(input_ids.len());
+        push_labels(&input_ids, boundary, &mut labels);
+        Self { input_ids, labels }
+    }
+
     pub fn len(&self) -> usize {
         self.input_ids.len()
     }
@@ -45,6 +53,26 @@ impl Document {
     pub fn label_count(&self) -> usize {
         self.labels.iter().filter(|&&l| l != IGNORE).count()
     }
+}
+
+/// Appends the labels of a document whose tokens from `boundary` on are trained: the target
+/// after position `i` is token `i + 1` when `i + 1 >= boundary`, [`IGNORE`] elsewhere and at the
+/// last position (what [`Document::from_mask`] gives for that mask).
+pub fn push_labels(ids: &[u32], boundary: usize, out: &mut Vec<i64>) {
+    let n = ids.len();
+    out.extend((0..n).map(|i| {
+        if i + 1 < n && i + 1 >= boundary {
+            i64::from(ids[i + 1])
+        } else {
+            IGNORE
+        }
+    }));
+}
+
+/// Label positions of a document of `len` tokens trained from `boundary` on (what
+/// [`push_labels`] marks), without reading its tokens.
+pub fn label_count(len: usize, boundary: usize) -> usize {
+    len.saturating_sub(boundary.max(1))
 }
 
 /// Best-fit-decreasing bin packing of `lengths` into bins of `capacity`: returns the bins in

@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 pub use config::TrainerConfig;
 pub use init::init_weights;
 
-use crate::batch::{PackedRow, IGNORE};
+use crate::batch::{PackedRow, Rows, IGNORE};
 use crate::checkpoint::{self, DatasetFingerprint, StepRecord, TrainerState};
 use crate::loss::{chunked_cross_entropy, cross_entropy_reference, label_targets};
 use crate::optim::{clip_factor, AdamW, GradBuffers};
@@ -397,11 +397,15 @@ impl Trainer {
     }
 
     /// Mean cross-entropy over every label token of `rows`, without gradients.
-    pub fn eval_loss(&self, rows: &[PackedRow]) -> Result<f64> {
+    pub fn eval_loss(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {
         let vb = VarBuilder::from_tensors(self.weights(), self.precision.compute, &self.device);
         let model = Model::new(&self.spec, vb)?;
         let (mut sum, mut count) = (0f64, 0usize);
-        for chunk in rows.chunks(self.config.micro_batch_size) {
+        let batch = self.config.micro_batch_size.max(1);
+        for start in (0..rows.count()).step_by(batch) {
+            let chunk: Vec<PackedRow> = (start..(start + batch).min(rows.count()))
+                .map(|i| rows.row(i))
+                .collect();
             let refs: Vec<&PackedRow> = chunk.iter().collect();
             let labels: usize = chunk.iter().map(|r| r.label_count()).sum();
             let (l, _) = micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size)?;
@@ -421,16 +425,13 @@ impl Trainer {
     /// cadence and at the end.
     pub fn fit(
         &mut self,
-        train: &[PackedRow],
-        eval: Option<&[PackedRow]>,
+        train: &(impl Rows + ?Sized),
+        eval: Option<&dyn Rows>,
         checkpoint_dir: Option<&Path>,
         on_event: &mut dyn FnMut(&Event) -> Control,
     ) -> Result<FitSummary> {
-        validate_rows(train)?;
-        if train.iter().all(|r| r.label_count() == 0) {
-            return Err(Error::NoData("no training row has a label token".into()));
-        }
-        let fingerprint = fingerprint(train);
+        train.check()?;
+        let fingerprint = train.fingerprint();
         match self.state.dataset {
             Some(saved) if saved != fingerprint && self.state.step > 0 => {
                 return Err(Error::ResumeMismatch {
@@ -443,7 +444,7 @@ impl Trainer {
             }
             _ => self.state.dataset = Some(fingerprint),
         }
-        let total = self.config.total_steps(train.len());
+        let total = self.config.total_steps(train.count());
         if self.state.step > 0 && self.state.total_steps != total {
             return Err(Error::ResumeMismatch {
                 path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
@@ -466,7 +467,7 @@ impl Trainer {
             let rows = self.next_rows(train, self.config.rows_per_step());
             let micro: Vec<Vec<&PackedRow>> = rows
                 .chunks(self.config.micro_batch_size)
-                .map(|c| c.to_vec())
+                .map(|c| c.iter().collect())
                 .collect();
             let metrics = self.train_step(&micro)?;
             self.state.rows_consumed += rows.len() as u64;
@@ -509,7 +510,7 @@ impl Trainer {
 
     fn evaluate(
         &mut self,
-        rows: &[PackedRow],
+        rows: &dyn Rows,
         on_event: &mut dyn FnMut(&Event) -> Control,
     ) -> Result<f64> {
         let loss = self.eval_loss(rows)?;
@@ -562,14 +563,14 @@ impl Trainer {
 
     /// The next `n` rows of the epoch-by-epoch shuffled stream, advancing nothing (the caller
     /// moves the cursor once the step succeeded).
-    fn next_rows<'a>(&mut self, rows: &'a [PackedRow], n: usize) -> Vec<&'a PackedRow> {
-        let len = rows.len() as u64;
+    fn next_rows(&mut self, rows: &(impl Rows + ?Sized), n: usize) -> Vec<PackedRow> {
+        let len = rows.count() as u64;
         (0..n as u64)
             .map(|i| {
                 let g = self.state.rows_consumed + i;
                 let epoch = g / len;
-                let order = self.epoch_order(epoch, rows.len());
-                &rows[order[(g % len) as usize]]
+                let index = self.epoch_order(epoch, rows.count())[(g % len) as usize];
+                rows.row(index)
             })
             .collect()
     }
@@ -644,37 +645,50 @@ fn micro_batch_loss(
     Ok((loss, tokens))
 }
 
-fn validate_rows(rows: &[PackedRow]) -> Result<()> {
-    if rows.is_empty() {
-        return Err(Error::NoData("the training set has no rows".into()));
-    }
-    for (i, r) in rows.iter().enumerate() {
-        if r.is_empty() || r.position_ids.len() != r.len() || r.labels.len() != r.len() {
-            return Err(Error::Batch(format!(
-                "row {i} has `{}` input ids, `{}` position ids and `{}` labels (must be equal and non-zero)",
-                r.len(),
-                r.position_ids.len(),
-                r.labels.len()
-            )));
-        }
-    }
-    Ok(())
+/// Row and token counts plus a hash of every id, position and label.
+pub fn fingerprint<'a>(rows: impl IntoIterator<Item = &'a PackedRow>) -> DatasetFingerprint {
+    let mut f = Fingerprinter::new();
+    rows.into_iter().for_each(|r| f.add(r));
+    f.finish()
 }
 
-/// Row and token counts plus a hash of every id, position and label.
-pub fn fingerprint(rows: &[PackedRow]) -> DatasetFingerprint {
-    let mut h = twox_hash::XxHash3_64::new();
-    let mut tokens = 0u64;
-    for r in rows {
-        tokens += r.len() as u64;
+/// [`fingerprint`] one row at a time, for rows streamed from a token cache.
+pub struct Fingerprinter {
+    hash: twox_hash::XxHash3_64,
+    rows: u64,
+    tokens: u64,
+}
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fingerprinter {
+    pub fn new() -> Self {
+        Self {
+            hash: twox_hash::XxHash3_64::new(),
+            rows: 0,
+            tokens: 0,
+        }
+    }
+
+    pub fn add(&mut self, r: &PackedRow) {
+        self.rows += 1;
+        self.tokens += r.len() as u64;
+        let h = &mut self.hash;
         h.write_u64(r.len() as u64);
         r.input_ids.iter().for_each(|&x| h.write_u32(x));
         r.position_ids.iter().for_each(|&x| h.write_u32(x));
         r.labels.iter().for_each(|&x| h.write_i64(x));
     }
-    DatasetFingerprint {
-        rows: rows.len() as u64,
-        tokens,
-        hash: h.finish(),
+
+    pub fn finish(self) -> DatasetFingerprint {
+        DatasetFingerprint {
+            rows: self.rows,
+            tokens: self.tokens,
+            hash: self.hash.finish(),
+        }
     }
 }

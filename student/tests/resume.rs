@@ -191,7 +191,9 @@ fn mismatched_resumes_are_refused() {
 fn bad_input_is_rejected() {
     let mut t = Trainer::new(init("tiny-qwen2"), config(), &Device::Cpu).unwrap();
     let msg = t
-        .fit(&[], None, None, &mut |_| Control::Continue)
+        .fit(&Vec::<PackedRow>::new(), None, None, &mut |_| {
+            Control::Continue
+        })
         .unwrap_err()
         .to_string();
     assert!(msg.contains("no rows"), "{msg}");

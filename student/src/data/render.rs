@@ -278,6 +278,17 @@ impl Rendered {
         max_seq_len: usize,
         overlong: Overlong,
     ) -> std::result::Result<(Document, bool), DropReason> {
+        let (ids, boundary, truncated) = self.fit_length(max_seq_len, overlong)?;
+        Ok((Document::from_boundary(ids, boundary), truncated))
+    }
+
+    /// The tokens and first trained index with `max_seq_len` applied, and whether they were
+    /// truncated: `Err` when the document must be dropped.
+    pub fn fit_length(
+        self,
+        max_seq_len: usize,
+        overlong: Overlong,
+    ) -> std::result::Result<(Vec<u32>, usize, bool), DropReason> {
         let mut ids = self.input_ids;
         let mut truncated = false;
         if ids.len() > max_seq_len {
@@ -293,7 +304,6 @@ impl Rendered {
                 }
             }
         }
-        let trained: Vec<bool> = (0..ids.len()).map(|i| i >= self.boundary).collect();
-        Ok((Document::from_mask(ids, &trained), truncated))
+        Ok((ids, self.boundary, truncated))
     }
 }

@@ -1,0 +1,632 @@
+//! The token cache: a corpus tokenised once into files that training memory-maps, so `distill
+//! train` holds neither the corpus nor its tokens in memory (an 800k-sample R1 corpus is tens of
+//! GB of tokens) and a resumed or repeated run does not tokenise again.
+//!
+//! A cache folder `<root>/<key>/` is written once (under a temporary name, then renamed into
+//! place) and never changed afterwards:
+//! - `tokens.u32`: the ids of every kept document, end to end, little-endian u32;
+//! - `documents.bin`: 16 bytes per document, little-endian: token offset (u64), length (u32),
+//!   first trained index (u32); the training documents first, then the held-out ones;
+//! - `cache.json`: [`CacheInfo`]: what the key was made of, the counts and the data report;
+//! - `fingerprint-packed.json` / `fingerprint-unpacked.json`: the training rows' fingerprint
+//!   (what a resumed run checks), computed on first use.
+//!
+//! The key is a hash of everything the documents depend on: each corpus file's path, size and
+//! modification time (how make and cargo judge freshness; hashing a 50 GB corpus would cost
+//! minutes at every start), the tokenizer's JSON, the chat template, the stop ids, and the data
+//! settings that change documents (`max_seq_len`, `overlong`, `keep_truncated`, the held-out
+//! fraction). Packing is not part of it: rows are packed from the document lengths when a
+//! dataset is opened, which takes under a second for 800k documents.
+//!
+//! Memory while building is one record batch of conversations and their tokens (a few tens of
+//! MB) plus 16 bytes per document; while training, the document table, the packing plan (about
+//! 12 bytes per document) and the rows of the current step. The mapped token pages belong to the
+//! page cache: the kernel drops them under memory pressure.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::UNIX_EPOCH;
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use super::{is_eval, no_rows_reason, prepare, stream_corpus, DataConfig, DataReport, Renderer};
+use crate::batch::{PackedRow, Rows};
+use crate::checkpoint::DatasetFingerprint;
+use crate::pack;
+use crate::trainer::Fingerprinter;
+use crate::{Error, Result};
+
+/// Version of the files' layout; a cache of another version is rebuilt.
+const CACHE_VERSION: u32 = 1;
+const TOKENS_FILE: &str = "tokens.u32";
+const DOCUMENTS_FILE: &str = "documents.bin";
+const INFO_FILE: &str = "cache.json";
+const DOCUMENT_BYTES: usize = 16;
+
+/// What the tokens depend on; its hash names the cache folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub version: u32,
+    pub corpus: Vec<FileStamp>,
+    pub eval_corpus: Vec<FileStamp>,
+    /// xxh3-128 of the tokenizer's JSON.
+    pub tokenizer: String,
+    /// xxh3-128 of the chat template's source.
+    pub template: String,
+    pub stop_ids: Vec<u32>,
+    pub max_seq_len: usize,
+    pub overlong: super::Overlong,
+    pub keep_truncated: bool,
+    /// The held-out fraction the corpus was split with (0 with a separate eval corpus).
+    pub eval_fraction: f64,
+}
+
+/// One corpus file as the key sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub modified_ns: u128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(Self {
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            bytes: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+impl CacheKey {
+    /// The folder name: the first 16 hex digits of the key's hash.
+    pub fn folder_name(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{:032x}", twox_hash::XxHash3_128::oneshot(json.as_bytes()))[..16].to_string()
+    }
+}
+
+/// `cache.json`: the key, the counts and the report of the build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheInfo {
+    pub key: CacheKey,
+    pub train_documents: u64,
+    pub eval_documents: u64,
+    pub tokens: u64,
+    /// The build's counts (rows, drops, truncations); row counts are filled in per dataset.
+    pub report: DataReport,
+}
+
+/// One document of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DocEntry {
+    offset: u64,
+    len: u32,
+    boundary: u32,
+}
+
+impl DocEntry {
+    fn to_bytes(self) -> [u8; DOCUMENT_BYTES] {
+        let mut b = [0u8; DOCUMENT_BYTES];
+        b[..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.to_le_bytes());
+        b[12..].copy_from_slice(&self.boundary.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Self {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&b[..8]);
+        Self {
+            offset: u64::from_le_bytes(offset),
+            len: u32_at(8),
+            boundary: u32_at(12),
+        }
+    }
+}
+
+/// Where a corpus comes from: the training corpus and an optional separate held-out corpus.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    pub corpus: &'a [PathBuf],
+    pub eval_corpus: Option<&'a [PathBuf]>,
+}
+
+/// A tokenised corpus on disk, mapped.
+pub struct TokenCache {
+    dir: PathBuf,
+    tokens: Arc<Mapped>,
+    documents: Vec<DocEntry>,
+    info: CacheInfo,
+    reused: bool,
+}
+
+/// The token file, mapped (an empty file cannot be mapped, and has no tokens to read).
+struct Mapped(Option<Mmap>);
+
+impl Mapped {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+/// Tokenisation progress: corpus rows done and in all.
+pub type OnProgress<'a> = &'a mut dyn FnMut(u64, u64);
+
+impl TokenCache {
+    /// The cache of `sources` under `root`: opened when a complete one with the same key is
+    /// there, else built (streaming the corpus one record batch at a time). A damaged cache is
+    /// rebuilt.
+    pub fn open_or_build(
+        root: &Path,
+        sources: Sources<'_>,
+        renderer: &Renderer,
+        config: &DataConfig,
+        on_progress: OnProgress<'_>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let key = key(sources, renderer, config)?;
+        let dir = root.join(key.folder_name());
+        if dir.join(INFO_FILE).is_file() {
+            match Self::open(&dir, &key) {
+                Ok(cache) => return Ok(cache),
+                Err(e) => {
+                    tracing::warn!("rebuilding the token cache: {e}");
+                    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                }
+            }
+        }
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        remove_abandoned(root, &key.folder_name());
+        let partial = root.join(format!(
+            "{}.partial.{}",
+            key.folder_name(),
+            std::process::id()
+        ));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        let built = build(&partial, &key, sources, renderer, config, on_progress);
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        if std::fs::rename(&partial, &dir).is_err() {
+            // Another run finished the same cache first: use that one.
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        let mut cache = Self::open(&dir, &key)?;
+        cache.reused = false;
+        Ok(cache)
+    }
+
+    /// Opens the complete cache in `dir`, checking it against `key` and its own counts.
+    fn open(dir: &Path, key: &CacheKey) -> Result<Self> {
+        let damaged =
+            |what: String| Error::Batch(format!("token cache `{}`: {what}", dir.display()));
+        let info_path = dir.join(INFO_FILE);
+        let text = std::fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
+        let info: CacheInfo = serde_json::from_str(&text)
+            .map_err(|e| damaged(format!("unreadable `{INFO_FILE}` ({e})")))?;
+        if &info.key != key {
+            return Err(damaged("its key does not match its folder".into()));
+        }
+        let docs_path = dir.join(DOCUMENTS_FILE);
+        let raw = std::fs::read(&docs_path).map_err(|e| Error::io(&docs_path, e))?;
+        let count = (info.train_documents + info.eval_documents) as usize;
+        if raw.len() != count * DOCUMENT_BYTES {
+            return Err(damaged(format!(
+                "`{DOCUMENTS_FILE}` has {} bytes, expected {}",
+                raw.len(),
+                count * DOCUMENT_BYTES
+            )));
+        }
+        let documents: Vec<DocEntry> = raw
+            .chunks_exact(DOCUMENT_BYTES)
+            .map(DocEntry::from_bytes)
+            .collect();
+        let tokens_path = dir.join(TOKENS_FILE);
+        let file = File::open(&tokens_path).map_err(|e| Error::io(&tokens_path, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| Error::io(&tokens_path, e))?
+            .len();
+        if bytes != info.tokens * 4 {
+            return Err(damaged(format!(
+                "`{TOKENS_FILE}` has {bytes} bytes, expected {}",
+                info.tokens * 4
+            )));
+        }
+        if let Some(d) = documents
+            .iter()
+            .find(|d| d.len == 0 || d.offset + u64::from(d.len) > info.tokens)
+        {
+            return Err(damaged(format!(
+                "a document ({} tokens at {}) lies outside its {} tokens",
+                d.len, d.offset, info.tokens
+            )));
+        }
+        // SAFETY: the cache is written once under a temporary name and renamed into place;
+        // nothing writes to `tokens.u32` afterwards, so the mapped bytes do not change.
+        let map = if bytes == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tokens_path, e))?)
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tokens: Arc::new(Mapped(map)),
+            documents,
+            info,
+            reused: true,
+        })
+    }
+
+    /// The cache's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the cache was found complete (nothing was tokenised).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    pub fn info(&self) -> &CacheInfo {
+        &self.info
+    }
+
+    /// The training and held-out rows, packed as `config` says, with the full data report.
+    pub fn dataset(&self, config: &DataConfig) -> Result<CachedDataset> {
+        let split = self.info.train_documents as usize;
+        let fingerprint_file = self.dir.join(if config.packing {
+            "fingerprint-packed.json"
+        } else {
+            "fingerprint-unpacked.json"
+        });
+        let train = CachedRows::new(
+            self.tokens.clone(),
+            self.documents[..split].to_vec(),
+            config,
+            Some(fingerprint_file),
+        )?;
+        let eval = CachedRows::new(
+            self.tokens.clone(),
+            self.documents[split..].to_vec(),
+            config,
+            None,
+        )?;
+        let mut report = self.info.report.clone();
+        report.train_documents = split;
+        report.eval_documents = self.documents.len() - split;
+        report.train_rows = train.count();
+        report.eval_rows = eval.count();
+        report.train_tokens = train.token_count;
+        report.train_label_tokens = train.label_tokens;
+        report.fill_ratio = if train.count() == 0 {
+            0.0
+        } else {
+            train.token_count as f64 / (train.count() * config.max_seq_len) as f64
+        };
+        Ok(CachedDataset {
+            train,
+            eval,
+            report,
+        })
+    }
+}
+
+/// Training and held-out rows streamed from a [`TokenCache`].
+pub struct CachedDataset {
+    pub train: CachedRows,
+    pub eval: CachedRows,
+    pub report: DataReport,
+}
+
+/// Packed rows read from the mapped tokens on demand.
+pub struct CachedRows {
+    tokens: Arc<Mapped>,
+    documents: Vec<DocEntry>,
+    /// Row `r` holds `documents[row_documents[row_starts[r]..row_starts[r + 1]]]`.
+    row_documents: Vec<u32>,
+    row_starts: Vec<usize>,
+    max_len: usize,
+    token_count: usize,
+    label_tokens: usize,
+    fingerprint: OnceLock<DatasetFingerprint>,
+    fingerprint_file: Option<PathBuf>,
+}
+
+impl CachedRows {
+    fn new(
+        tokens: Arc<Mapped>,
+        documents: Vec<DocEntry>,
+        config: &DataConfig,
+        fingerprint_file: Option<PathBuf>,
+    ) -> Result<Self> {
+        let lengths: Vec<usize> = documents.iter().map(|d| d.len as usize).collect();
+        // The same plan `pack::pack` makes for the same documents.
+        let bins: Vec<Vec<usize>> = if config.packing {
+            pack::best_fit_decreasing(&lengths, config.max_seq_len)?
+        } else {
+            (0..documents.len()).map(|i| vec![i]).collect()
+        };
+        let mut row_documents = Vec::with_capacity(documents.len());
+        let mut row_starts = Vec::with_capacity(bins.len() + 1);
+        let mut max_len = 0;
+        row_starts.push(0);
+        for bin in &bins {
+            row_documents.extend(bin.iter().map(|&i| i as u32));
+            row_starts.push(row_documents.len());
+            max_len = max_len.max(bin.iter().map(|&i| lengths[i]).sum());
+        }
+        let label_tokens = documents
+            .iter()
+            .map(|d| pack::label_count(d.len as usize, d.boundary as usize))
+            .sum();
+        Ok(Self {
+            tokens,
+            row_documents,
+            row_starts,
+            max_len,
+            token_count: lengths.iter().sum(),
+            label_tokens,
+            fingerprint: OnceLock::new(),
+            fingerprint_file,
+            documents,
+        })
+    }
+
+    /// Tokens in all rows.
+    pub fn token_count(&self) -> usize {
+        self.token_count
+    }
+
+    /// The ids of `doc`, decoded from the mapped little-endian bytes.
+    fn ids(&self, doc: DocEntry) -> impl Iterator<Item = u32> + '_ {
+        let start = doc.offset as usize * 4;
+        self.tokens.bytes()[start..start + doc.len as usize * 4]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The fingerprint from its file, else computed (one pass over the rows) and saved.
+    fn load_or_compute_fingerprint(&self) -> DatasetFingerprint {
+        let saved = self.fingerprint_file.as_ref().and_then(|path| {
+            let text = std::fs::read_to_string(path).ok()?;
+            serde_json::from_str::<DatasetFingerprint>(&text).ok()
+        });
+        if let Some(f) = saved.filter(|f| f.rows == self.count() as u64) {
+            return f;
+        }
+        let mut f = Fingerprinter::new();
+        for i in 0..self.count() {
+            f.add(&self.row(i));
+        }
+        let f = f.finish();
+        if let Some(path) = &self.fingerprint_file {
+            // A read-only cache folder only costs the pass again next time.
+            if let Err(e) = std::fs::write(path, serde_json::to_string(&f).unwrap_or_default()) {
+                tracing::debug!("cannot save `{}`: {e}", path.display());
+            }
+        }
+        f
+    }
+}
+
+impl Rows for CachedRows {
+    fn count(&self) -> usize {
+        self.row_starts.len() - 1
+    }
+
+    fn row(&self, index: usize) -> PackedRow {
+        let docs = &self.row_documents[self.row_starts[index]..self.row_starts[index + 1]];
+        let len: usize = docs
+            .iter()
+            .map(|&d| self.documents[d as usize].len as usize)
+            .sum();
+        let mut row = PackedRow {
+            input_ids: Vec::with_capacity(len),
+            position_ids: Vec::with_capacity(len),
+            labels: Vec::with_capacity(len),
+        };
+        for &d in docs {
+            let doc = self.documents[d as usize];
+            let start = row.input_ids.len();
+            row.input_ids.extend(self.ids(doc));
+            row.position_ids.extend(0..doc.len);
+            pack::push_labels(
+                &row.input_ids[start..],
+                doc.boundary as usize,
+                &mut row.labels,
+            );
+        }
+        row
+    }
+
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn fingerprint(&self) -> DatasetFingerprint {
+        *self
+            .fingerprint
+            .get_or_init(|| self.load_or_compute_fingerprint())
+    }
+
+    fn check(&self) -> Result<()> {
+        // Rows are well formed by construction (checked when the cache was opened).
+        if self.count() == 0 {
+            return Err(Error::NoData("the training set has no rows".into()));
+        }
+        if self.label_tokens == 0 {
+            return Err(Error::NoData("no training row has a label token".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The key of `sources` tokenised by `renderer` under `config`.
+fn key(sources: Sources<'_>, renderer: &Renderer, config: &DataConfig) -> Result<CacheKey> {
+    let stamps = |inputs: &[PathBuf]| -> Result<Vec<FileStamp>> {
+        distill_corpus::shards::ShardReader::open(inputs)?
+            .files()
+            .iter()
+            .map(|f| FileStamp::of(f))
+            .collect()
+    };
+    let hash = |text: &str| format!("{:032x}", twox_hash::XxHash3_128::oneshot(text.as_bytes()));
+    let tokenizer_json = renderer
+        .tokenizer()
+        .inner
+        .to_string(false)
+        .map_err(|e| Error::Config(format!("cannot serialise the tokenizer: {e}")))?;
+    Ok(CacheKey {
+        version: CACHE_VERSION,
+        corpus: stamps(sources.corpus)?,
+        eval_corpus: match sources.eval_corpus {
+            Some(inputs) => stamps(inputs)?,
+            None => Vec::new(),
+        },
+        tokenizer: hash(&tokenizer_json),
+        template: hash(renderer.template().source()),
+        stop_ids: renderer.stop_ids().to_vec(),
+        max_seq_len: config.max_seq_len,
+        overlong: config.overlong,
+        keep_truncated: config.keep_truncated,
+        eval_fraction: if sources.eval_corpus.is_some() {
+            0.0
+        } else {
+            config.eval_fraction
+        },
+    })
+}
+
+/// Tokenises `sources` into `dir`, one record batch at a time.
+fn build(
+    dir: &Path,
+    key: &CacheKey,
+    sources: Sources<'_>,
+    renderer: &Renderer,
+    config: &DataConfig,
+    on_progress: OnProgress<'_>,
+) -> Result<()> {
+    let tokens_path = dir.join(TOKENS_FILE);
+    let file = File::create(&tokens_path).map_err(|e| Error::io(&tokens_path, e))?;
+    let mut tokens = BufWriter::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    let mut report = DataReport::default();
+    let mut eval_report = DataReport::default();
+    let train_stream = stream_corpus(sources.corpus)?;
+    let eval_stream = sources.eval_corpus.map(stream_corpus).transpose()?;
+    let total = train_stream.rows() + eval_stream.as_ref().map_or(0, |s| s.rows());
+    let mut done = 0u64;
+    on_progress(done, total);
+    let streams = std::iter::once((train_stream, false)).chain(eval_stream.map(|s| (s, true)));
+    for (stream, held_out_corpus) in streams {
+        for batch in stream {
+            let batch = batch?;
+            let outcomes = prepare(&batch, renderer, config);
+            for (conv, outcome) in batch.iter().zip(outcomes) {
+                let counted = if held_out_corpus {
+                    &mut eval_report
+                } else {
+                    &mut report
+                };
+                let Some(doc) = counted.tally(outcome) else {
+                    continue;
+                };
+                for id in &doc.input_ids {
+                    tokens
+                        .write_all(&id.to_le_bytes())
+                        .map_err(|e| Error::io(&tokens_path, e))?;
+                }
+                let entry = DocEntry {
+                    offset,
+                    len: doc.input_ids.len() as u32,
+                    boundary: doc.boundary as u32,
+                };
+                offset += doc.input_ids.len() as u64;
+                if held_out_corpus || is_eval(conv.problem_key(), key.eval_fraction) {
+                    eval.push(entry);
+                } else {
+                    train.push(entry);
+                }
+            }
+            done += batch.len() as u64;
+            on_progress(done, total);
+        }
+        if held_out_corpus && eval.is_empty() {
+            return Err(Error::NoData(format!(
+                "the eval corpus is unusable: {}",
+                no_rows_reason(&eval_report, config)
+            )));
+        }
+    }
+    if train.is_empty() && sources.eval_corpus.is_none() && !eval.is_empty() {
+        // A tiny corpus whose every row hashed into the held-out set still trains.
+        std::mem::swap(&mut train, &mut eval);
+    }
+    if train.is_empty() {
+        return Err(Error::NoData(no_rows_reason(&report, config)));
+    }
+    tokens
+        .into_inner()
+        .map_err(|e| Error::io(&tokens_path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(&tokens_path, e))?;
+    let docs_path = dir.join(DOCUMENTS_FILE);
+    let bytes: Vec<u8> = train
+        .iter()
+        .chain(&eval)
+        .flat_map(|d| d.to_bytes())
+        .collect();
+    std::fs::write(&docs_path, bytes).map_err(|e| Error::io(&docs_path, e))?;
+    let info = CacheInfo {
+        key: key.clone(),
+        train_documents: train.len() as u64,
+        eval_documents: eval.len() as u64,
+        tokens: offset,
+        report,
+    };
+    let info_path = dir.join(INFO_FILE);
+    let json = serde_json::to_string_pretty(&info)
+        .map_err(|e| Error::Config(format!("cannot serialise the token cache info: {e}")))?;
+    std::fs::write(
+        &info_path,
+        json + "
+",
+    )
+    .map_err(|e| Error::io(&info_path, e))
+}
+
+/// Removes partial builds of `folder` left by runs that no longer exist (killed mid-build).
+fn remove_abandoned(root: &Path, folder: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let prefix = format!("{folder}.partial.");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid).exists();
+        if !alive && Path::new("/proc/self").exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -24,6 +24,9 @@ pub enum Command {
     Inspect(model_cmd::InspectArgs),
     /// Convert a GGUF file into a Hugging Face checkpoint folder.
     Convert(model_cmd::ConvertArgs),
+    /// Write a checkpoint as a GGUF file for llama.cpp, ollama and LM Studio (F16, Q8_0, Q4_K_M,
+    /// Q6_K), with an ollama Modelfile beside it.
+    Export(model_cmd::ExportArgs),
     /// Write a synthetic problem set (and its worked solutions as a corpus).
     Problems(problems_cmd::ProblemsArgs),
     /// Curate a chain-of-thought corpus: verify, filter, dedup, decontaminate, split, stats, export.
@@ -56,6 +59,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(args) => model_cmd::inspect(args),
         Command::Convert(args) => model_cmd::convert(args),
+        Command::Export(args) => model_cmd::export(args),
         Command::Problems(args) => problems_cmd::problems(args),
         Command::Corpus(cmd) => corpus_cmd::run(cmd),
         Command::Generate(args) => teacher_cmd::generate(args),

@@ -1,9 +1,11 @@
-//! `distill inspect` and `distill convert`: look inside a checkpoint, turn a GGUF file into a
-//! Hugging Face folder.
+//! `distill inspect`, `distill convert` and `distill export`: look inside a checkpoint, turn a
+//! GGUF file into a Hugging Face folder, write any checkpoint as a (quantized) GGUF file with an
+//! ollama Modelfile beside it.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use distill_models::gguf::{export_gguf, modelfile, ExportOptions, Quant};
 use distill_models::hf::DEFAULT_MAX_SHARD_BYTES;
 use distill_models::Checkpoint;
 use serde::Serialize;
@@ -26,6 +28,27 @@ pub struct ConvertArgs {
     /// Largest safetensors shard, in bytes, before the weights are split into several files.
     #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
     pub max_shard_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The checkpoint: a Hugging Face folder (a trained student's `model/` folder too) or a
+    /// `.gguf` file to requantize.
+    pub model: PathBuf,
+    /// The GGUF file to write (replaced if it exists). An ollama Modelfile is written beside it,
+    /// with the same name and the extension `.Modelfile`.
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// f32, f16, q8_0 (near-lossless), q4_k_m (llama.cpp's Q4_K_M mix: Q4_K, Q6_K for the
+    /// output and half of attn_v / ffn_down) or q6_k.
+    #[arg(long, default_value = "q8_0")]
+    pub quant: Quant,
+    /// `general.name` in the file (default: the checkpoint's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write no ollama Modelfile.
+    #[arg(long)]
+    pub no_modelfile: bool,
 }
 
 /// What `inspect` reports; also its `--json` schema.
@@ -187,6 +210,76 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
         saved.config().architecture().model_type(),
         human_count(saved.config().spec()?.num_parameters()),
         human_bytes(saved.size_on_disk()?),
+    );
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let ckpt = Checkpoint::open(&args.model)
+        .with_context(|| format!("cannot open `{}`", args.model.display()))?;
+    let options = ExportOptions {
+        quant: args.quant,
+        name: args.name.clone(),
+    };
+    let summary = export_gguf(&ckpt, &args.gguf, &options)?;
+    let types: Vec<String> = summary
+        .tensor_types
+        .iter()
+        .map(|(k, v)| format!("{k} ×{v}"))
+        .collect();
+    println!(
+        "wrote {} ({}, {}; {}; pre-tokenizer {})",
+        summary.path.display(),
+        summary.quant,
+        human_bytes(summary.bytes),
+        types.join(", "),
+        summary.pre_tokenizer.as_deref().unwrap_or("none"),
+    );
+    if let Some(first) = summary.fallbacks.first() {
+        println!(
+            "  {} tensors stored in another type than {} asks for, e.g. {first}",
+            summary.fallbacks.len(),
+            summary.quant
+        );
+    }
+    if args.no_modelfile {
+        return Ok(());
+    }
+    let file_name = args
+        .gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let modelfile = modelfile::modelfile_for(&args.gguf, &format!("./{file_name}"))?;
+    let path = args.gguf.with_extension("Modelfile");
+    std::fs::write(&path, &modelfile.text)
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    // ollama model names are lowercase letters, digits, `-`, `_` and `.`.
+    let ollama_name: String = args
+        .gguf
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let template = match (modelfile.layout, &modelfile.note) {
+        (Some(layout), _) => format!("{layout} template"),
+        (None, note) => format!(
+            "no TEMPLATE: {}",
+            note.as_deref().unwrap_or("no chat template")
+        ),
+    };
+    println!(
+        "wrote {} ({template}); load it with `ollama create {ollama_name} -f {}`",
+        path.display(),
+        path.display()
     );
     Ok(())
 }

@@ -298,6 +298,27 @@ impl Config {
         }
     }
 
+    /// `config.json` keys the architecture's mirror does not name.
+    pub fn extra(&self) -> &serde_json::Map<String, serde_json::Value> {
+        match self {
+            Config::Qwen2(c) => &c.extra,
+            Config::Qwen3(c) => &c.extra,
+            Config::Llama(c) => &c.extra,
+        }
+    }
+
+    /// `rope_theta` and `rope_scaling` as the decoder applies them, wherever the config keeps
+    /// them (top level, or transformers 5's `rope_parameters`).
+    pub fn rope_parameters(&self) -> (f64, Option<serde_json::Value>) {
+        let common = self.common();
+        crate::rope::resolve_scaling(
+            common.rope_theta,
+            common.rope_scaling.as_ref(),
+            self.extra(),
+            self.max_position_embeddings(),
+        )
+    }
+
     /// The most positions the model was built for (prompt and generation together).
     pub fn max_position_embeddings(&self) -> usize {
         match self {

@@ -31,6 +31,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("Chat template error: {0}")]
     Template(String),
+    /// The checkpoint cannot be written as GGUF in a form llama.cpp reads the same way.
+    #[error("Cannot export `{path}` as GGUF: {reason}")]
+    Export { path: PathBuf, reason: String },
     #[error("Device: {0}")]
     Device(String),
     #[error("Invalid model config: {0}")]
@@ -46,6 +49,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn export(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        Error::Export {
+            path: path.into(),
+            reason: reason.to_string(),
         }
     }
 

@@ -2,6 +2,9 @@
 //! rebuilt from `{arch}.*` metadata, every weight dequantized to f32 under its Hugging Face name
 //! (llama q/k rows un-permuted back to HF layout), the tokenizer rebuilt from `tokenizer.ggml.*`,
 //! and the stop tokens. candle parses the file and does the dequantization maths.
+//!
+//! Writing is the inverse ([`export_gguf`], in `gguf/export.rs`, with the tokenizer metadata in
+//! `gguf/vocab.rs` and an ollama Modelfile in [`modelfile`]), sharing the name table below.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -17,7 +20,11 @@ use crate::tokenizer::{GgufVocab, TextTokenizer};
 use crate::{llama, qwen2, qwen3, Config, Error, GenerationConfig, Result};
 
 mod diagnose;
+mod export;
+pub mod modelfile;
+mod vocab;
 use diagnose::{diagnose_header, read_up_to};
+pub use export::{export_gguf, permute_rows, tensor_type, ExportOptions, ExportSummary, Quant};
 
 /// The tensor llama.cpp stores Llama-3 `rope_scaling` in (per-frequency divisors); not a weight.
 const ROPE_FREQS: &str = "rope_freqs.weight";

@@ -24,43 +24,8 @@ impl RopeSpec {
         head_dim: usize,
         max_position_embeddings: usize,
     ) -> Result<Self> {
-        let (theta, scaling) = match extra.get("rope_parameters").filter(|p| p.is_object()) {
-            Some(params) if scaling.is_none_or(|s| s.is_null()) => {
-                let theta = params
-                    .get("rope_theta")
-                    .and_then(|t| t.as_f64())
-                    .unwrap_or(theta);
-                (theta, Some(params))
-            }
-            _ => (theta, scaling.filter(|s| !s.is_null())),
-        };
-        let Some(mut scaling) = scaling.cloned() else {
-            return Self::from_hf(theta, None, head_dim);
-        };
-        let kind = scaling
-            .get("rope_type")
-            .or_else(|| scaling.get("type"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        let kind = kind.as_deref();
-        if matches!(kind, Some("llama3" | "yarn")) {
-            if let Some(map) = scaling.as_object_mut() {
-                let original = extra
-                    .get("original_max_position_embeddings")
-                    .cloned()
-                    .or_else(|| map.get("original_max_position_embeddings").cloned())
-                    .unwrap_or_else(|| max_position_embeddings.into());
-                map.insert("original_max_position_embeddings".into(), original);
-                // yarn without `factor`: the ratio of the two context lengths.
-                if kind == Some("yarn") && map.get("factor").is_none_or(|f| f.is_null()) {
-                    if let Some(original) = map["original_max_position_embeddings"].as_f64() {
-                        let factor = max_position_embeddings as f64 / original;
-                        map.insert("factor".into(), factor.into());
-                    }
-                }
-            }
-        }
-        Self::from_hf(theta, Some(&scaling), head_dim)
+        let (theta, scaling) = resolve_scaling(theta, scaling, extra, max_position_embeddings);
+        Self::from_hf(theta, scaling.as_ref(), head_dim)
     }
 
     /// Mirrors `transformers`' `ROPE_INIT_FUNCTIONS` for `default`, `linear`, `llama3` and
@@ -145,6 +110,54 @@ impl RopeSpec {
             attention_factor,
         })
     }
+}
+
+/// The `rope_theta` and `rope_scaling` a config means, wherever it keeps them: top-level keys, or
+/// transformers 5's `rope_parameters`; a scaling that needs `original_max_position_embeddings`
+/// gets it from the config's top level or else from `max_position_embeddings`, and YaRN without
+/// `factor` gets the ratio of the two context lengths, as `transformers` does.
+pub(crate) fn resolve_scaling(
+    theta: f64,
+    scaling: Option<&serde_json::Value>,
+    extra: &serde_json::Map<String, serde_json::Value>,
+    max_position_embeddings: usize,
+) -> (f64, Option<serde_json::Value>) {
+    let (theta, scaling) = match extra.get("rope_parameters").filter(|p| p.is_object()) {
+        Some(params) if scaling.is_none_or(|s| s.is_null()) => {
+            let theta = params
+                .get("rope_theta")
+                .and_then(|t| t.as_f64())
+                .unwrap_or(theta);
+            (theta, Some(params))
+        }
+        _ => (theta, scaling.filter(|s| !s.is_null())),
+    };
+    let Some(mut scaling) = scaling.cloned() else {
+        return (theta, None);
+    };
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let kind = kind.as_deref();
+    if matches!(kind, Some("llama3" | "yarn")) {
+        if let Some(map) = scaling.as_object_mut() {
+            let original = extra
+                .get("original_max_position_embeddings")
+                .cloned()
+                .or_else(|| map.get("original_max_position_embeddings").cloned())
+                .unwrap_or_else(|| max_position_embeddings.into());
+            map.insert("original_max_position_embeddings".into(), original);
+            if kind == Some("yarn") && map.get("factor").is_none_or(|f| f.is_null()) {
+                if let Some(original) = map["original_max_position_embeddings"].as_f64() {
+                    let factor = max_position_embeddings as f64 / original;
+                    map.insert("factor".into(), factor.into());
+                }
+            }
+        }
+    }
+    (theta, Some(scaling))
 }
 
 /// YaRN's parameters, as `transformers`' `_compute_yarn_parameters` reads them.

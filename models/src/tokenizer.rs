@@ -250,11 +250,13 @@ fn pick_chat_template(value: &Value) -> Option<String> {
 }
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
-const TOKEN_TYPE_NORMAL: i32 = 1;
-const TOKEN_TYPE_UNKNOWN: i32 = 2;
-const TOKEN_TYPE_CONTROL: i32 = 3;
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
-const TOKEN_TYPE_BYTE: i32 = 6;
+pub(crate) const TOKEN_TYPE_NORMAL: i32 = 1;
+pub(crate) const TOKEN_TYPE_UNKNOWN: i32 = 2;
+pub(crate) const TOKEN_TYPE_CONTROL: i32 = 3;
+pub(crate) const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+/// Ids no token uses (a vocabulary padded up to the embedding's rows).
+pub(crate) const TOKEN_TYPE_UNUSED: i32 = 5;
+pub(crate) const TOKEN_TYPE_BYTE: i32 = 6;
 
 /// The GGUF `tokenizer.ggml.*` metadata a tokenizer is rebuilt from.
 #[derive(Debug, Clone, Default)]
@@ -281,10 +283,11 @@ pub(crate) struct GgufVocab {
 // llama.cpp's pre-tokenizer regexes (src/llama-vocab.cpp), applied in sequence, each splitting
 // the pieces the previous one produced and keeping unmatched text as pieces of its own, which is
 // what a chain of `Split { behavior: Isolated }` pre-tokenizers does.
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const DEEPSEEK3_REGEXES: &[&str] = &[
+pub(crate) const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+pub(crate) const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const DEEPSEEK3_REGEXES: &[&str] = &[
     r"\p{N}{1,3}",
     r"[一-龥぀-ゟ゠-ヿ]+",
     r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,

@@ -1,5 +1,5 @@
-//! `distill inspect` and `distill convert` driven through the real binary: what users see,
-//! including the one-line errors for bad paths.
+//! `distill inspect`, `distill convert` and `distill export` driven through the real binary:
+//! what users see, including the one-line errors for bad paths.
 
 mod common;
 use common::assets;
@@ -139,6 +139,57 @@ fn convert_writes_a_folder_that_reads_back() {
     assert!(!ok);
     assert!(stderr.contains("output folder is not empty"), "{stderr}");
     assert!(out.join("model.safetensors").is_file());
+}
+
+#[test]
+fn export_writes_a_gguf_and_a_modelfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.q8_0.gguf");
+    let out_s = out.display().to_string();
+    let (ok, stdout, stderr) = distill(&[
+        "export",
+        &fixture("tiny-qwen2.gguf"),
+        "--gguf",
+        &out_s,
+        "--quant",
+        "q8_0",
+    ]);
+    assert!(ok, "{stderr}");
+    let modelfile = dir.path().join("tiny.q8_0.Modelfile");
+    assert_eq!(
+        stdout,
+        format!(
+            "wrote {out_s} (q8_0, 119.1 KiB; f32 ×11, q8_0 ×16; pre-tokenizer qwen2)\n\
+             wrote {} (ChatML template); load it with `ollama create tiny.q8_0 -f {}`\n",
+            modelfile.display(),
+            modelfile.display()
+        )
+    );
+    assert!(std::fs::read_to_string(&modelfile)
+        .unwrap()
+        .contains("FROM ./tiny.q8_0.gguf\n"));
+    let (ok, report, _) = distill(&["inspect", &out_s, "--json"]);
+    assert!(ok);
+    let report = json(&report);
+    assert_eq!(report["tensor_types"]["q8_0"], 16);
+    assert_eq!(report["architecture"], "qwen2");
+
+    let (ok, _, stderr) = distill(&["export", &fixture("tiny-qwen2"), "--gguf", &out_s]);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: Cannot export `{}` as GGUF: it has no tokenizer (tokenizer.json); llama.cpp \
+             needs one\n",
+            fixture("tiny-qwen2")
+        )
+    );
+    let (ok, _, stderr) = distill(&["export", &out_s, "--gguf", &out_s, "--quant", "q5_k_m"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown quantization `q5_k_m` (choose f32, f16, q8_0, q4_k_m, q6_k)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -26,6 +26,9 @@ use super::{dtype_name, gguf_tensor_name, GgufCheckpoint, ROPE_FREQS};
 use crate::transformer::Spec;
 use crate::{Architecture, Checkpoint, Config, Error, Result};
 
+/// GGUF metadata entries, in the order they are written.
+type Metadata = Vec<(String, Meta)>;
+
 /// A GGUF quantization, named as `llama-quantize` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quant {
@@ -238,10 +241,10 @@ pub fn tensor_type(
         }
     };
     let cols = shape[shape.len() - 1];
-    if cols % wanted.block_size() == 0 {
+    if cols.is_multiple_of(wanted.block_size()) {
         return (wanted, None);
     }
-    let used = if cols % GgmlDType::Q8_0.block_size() == 0 && wanted != GgmlDType::Q8_0 {
+    let used = if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) && wanted != GgmlDType::Q8_0 {
         GgmlDType::Q8_0
     } else {
         GgmlDType::F16
@@ -258,9 +261,8 @@ pub fn tensor_type(
 /// llama.cpp's choice of the layers whose `attn_v` / `ffn_down` get more bits in the `_M` mixes:
 /// the first and last eighth, and every third layer between.
 fn use_more_bits(layer: usize, layers: usize) -> bool {
-    layer < layers / 8
-        || layer >= 7 * layers / 8
-        || (layer >= layers / 8 && (layer - layers / 8) % 3 == 2)
+    // Past the first eighth, so the subtraction cannot underflow.
+    layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2
 }
 
 /// llama.cpp's converter permutation of q/k rows for its interleaved RoPE: each head's rows
@@ -288,7 +290,7 @@ fn model_metadata(
     spec: &Spec,
     quant: Quant,
     name: &str,
-) -> std::result::Result<(Vec<(String, Meta)>, Option<Tensor>), String> {
+) -> std::result::Result<(Metadata, Option<Tensor>), String> {
     if spec.hidden_act != "silu" {
         return Err(format!(
             "its activation is `{}`; llama.cpp runs these architectures with SiLU only",
@@ -449,10 +451,7 @@ fn llama3_divisors(
 
 /// The `tokenizer.*` keys, and the pre-tokenizer name: copied from a GGUF source, written by
 /// [`vocab`] for a Hugging Face folder.
-fn tokenizer_metadata(
-    ckpt: &Checkpoint,
-    spec: &Spec,
-) -> Result<(Vec<(String, Meta)>, Option<String>)> {
+fn tokenizer_metadata(ckpt: &Checkpoint, spec: &Spec) -> Result<(Metadata, Option<String>)> {
     let source = ckpt.path();
     if let Some(gguf) = ckpt.gguf() {
         let mut keys: Vec<&String> = gguf

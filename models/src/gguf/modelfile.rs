@@ -289,8 +289,10 @@ fn render_layout(layout: &Layout, t: &Translation, messages: &[Message]) -> Stri
 fn go_template(layout: &Layout, t: &Translation) -> String {
     let mut out = t.bos.clone();
     if let Some(default) = &t.default_system {
+        // `index` fails on an empty list: only a conversation gets the default system turn.
         out += &format!(
-            "{{{{ if ne (index .Messages 0).Role \"system\" }}}}{}{default}{}{{{{ end }}}}",
+            "{{{{ if .Messages }}}}{{{{ if ne (index .Messages 0).Role \"system\" }}}}{}{default}{}\
+             {{{{ end }}}}{{{{ end }}}}",
             layout.system.0, layout.system.1
         );
     }
@@ -346,8 +348,8 @@ mod tests {
         let template = ChatTemplate::new(source, Some("<|im_start|>"), Some("<|im_end|>")).unwrap();
         let (_, go) = translated(&template, false);
         assert!(go.starts_with(
-            "{{ if ne (index .Messages 0).Role \"system\" }}<|im_start|>system\nYou are \
-             helpful.<|im_end|>\n{{ end }}"
+            "{{ if .Messages }}{{ if ne (index .Messages 0).Role \"system\" }}<|im_start|>system\n\
+             You are helpful.<|im_end|>\n{{ end }}{{ end }}{{ range"
         ));
         // Llama 3 writes BOS itself: kept only for a tokenizer that does not add it.
         let (name, go) = translated(&ChatTemplate::llama3(), true);

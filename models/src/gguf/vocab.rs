@@ -231,10 +231,12 @@ pub(crate) fn pre_tokenizer_name(json: &Value) -> std::result::Result<&'static s
     let model = &json["model"];
     match model["type"].as_str() {
         Some("BPE") => {}
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "its tokenizer model is `{}`; the GGUF export writes byte-level BPE tokenizers only",
             other.unwrap_or("unknown")
-        )),
+        ))
+        }
     }
     if model["byte_fallback"].as_bool() == Some(true) {
         return Err(

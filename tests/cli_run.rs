@@ -419,6 +419,16 @@ fn every_preset_parses() {
                 preset.display()
             );
         }
+        // The SmolLM2 student is exported for llama.cpp: the stage takes the trained model.
+        if preset.ends_with("gsm8k-smollm2.toml") {
+            assert!(
+                log.contains(
+                    "        export  distill export --gguf runs/gsm8k-smollm2/export/student.q4_k_m.gguf \
+                     --quant q4_k_m -- runs/gsm8k-smollm2/student/model\n"
+                ),
+                "{log}"
+            );
+        }
     }
 }
 

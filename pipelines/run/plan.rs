@@ -25,6 +25,7 @@ const STAGES: &[(&str, &[&str])] = &[
     ("split", &["corpus", "split"]),
     ("train", &["train"]),
     ("compare", &["compare"]),
+    ("export", &["export"]),
 ];
 
 /// Keys of the `[pipeline]` table.
@@ -204,6 +205,21 @@ impl Pipeline {
                     defaults.insert("out".into(), path(out.join("report")));
                     (inputs, outputs) = (&["models", "problems"], &["out"]);
                 }
+                "export" => {
+                    if let Some(m) = &w.student {
+                        defaults.insert("model".into(), path(m.clone()));
+                    }
+                    let quant = table
+                        .get("quant")
+                        .and_then(|q| q.as_str())
+                        .unwrap_or("q8_0")
+                        .to_string();
+                    defaults.insert(
+                        "gguf".into(),
+                        path(out.join(format!("export/student.{quant}.gguf"))),
+                    );
+                    (inputs, outputs) = (&["model"], &["gguf"]);
+                }
                 pass => {
                     if let Some(c) = &w.corpus {
                         defaults.insert("inputs".into(), toml::Value::Array(vec![path(c.clone())]));
@@ -308,7 +324,7 @@ impl Wiring {
                 self.corpus = get("output").map(|o| o.join("train"));
                 self.eval_corpus = get("output").map(|o| o.join("eval"));
             }
-            "compare" => {}
+            "compare" | "export" => {}
             _ => self.corpus = get("output"),
         }
     }

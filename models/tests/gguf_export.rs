@@ -875,3 +875,63 @@ fn smollm2_q8_0_export_generates_the_same_tokens() {
         );
     }
 }
+
+/// Not run by default: writes SmolLM2 exported as Q4_K_M and Q8_0 into
+/// `DISTILL_GGUF_EXPORT_DIR` with distill's greedy ids (8 chat prompts, up to 64 new tokens,
+/// models run quantized) in `smollm2-greedy.json`, for `fixtures/gguf-export/llama_cpp_greedy.py`
+/// to compare with llama.cpp's (see the fixtures README):
+/// `DISTILL_GGUF_EXPORT_DIR=/tmp/gguf-export cargo test --release -p distill-models --test
+/// gguf_export -- --ignored llama_cpp_inputs`.
+#[test]
+#[ignore]
+fn llama_cpp_inputs() {
+    let source = smollm2_path();
+    let dir = PathBuf::from(
+        std::env::var_os("DISTILL_GGUF_EXPORT_DIR").expect("set DISTILL_GGUF_EXPORT_DIR"),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let questions = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "What is 12 times 7? Explain step by step.",
+        "Give me three tips for learning to code.",
+        "Translate 'good morning' into Spanish and German.",
+        "Why is the sky blue?",
+        "List the planets of the solar system in order.",
+        "Summarize the plot of Romeo and Juliet in two sentences.",
+    ];
+    let mut files = serde_json::Map::new();
+    for quant in [Quant::Q4KM, Quant::Q8_0] {
+        let out = dir.join(format!("smollm2.{quant}.gguf"));
+        export(&source, &out, quant);
+        let ckpt = Checkpoint::open(&out).unwrap();
+        let tokenizer = ckpt.tokenizer().unwrap();
+        let template = tokenizer.chat_template().unwrap().unwrap();
+        let model = ckpt.load_quantized_model(&Device::Cpu).unwrap();
+        let eos = ckpt.eos_token_ids();
+        let mut cases = Vec::new();
+        for question in questions {
+            let text = template
+                .render(&[distill_models::chat::Message::user(question)], true)
+                .unwrap();
+            let prompt = tokenizer.encode(&text, false).unwrap();
+            let mut ids = greedy(&model, &prompt, 64);
+            if let Some(end) = ids.iter().position(|id| eos.contains(id)) {
+                ids.truncate(end + 1);
+            }
+            let completion = tokenizer.decode(&ids, false).unwrap();
+            cases.push(serde_json::json!({
+                "text": text, "prompt_ids": prompt, "distill_ids": ids, "distill_text": completion,
+            }));
+        }
+        files.insert(
+            out.file_name().unwrap().to_string_lossy().into_owned(),
+            cases.into(),
+        );
+    }
+    std::fs::write(
+        dir.join("smollm2-greedy.json"),
+        serde_json::to_string_pretty(&Value::Object(files)).unwrap(),
+    )
+    .unwrap();
+}

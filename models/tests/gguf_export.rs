@@ -876,7 +876,7 @@ fn smollm2_q8_0_export_generates_the_same_tokens() {
     }
 }
 
-/// Not run by default: writes SmolLM2 exported as Q4_K_M and Q8_0 into
+/// Not run by default: writes SmolLM2 exported as F16, Q8_0 and Q4_K_M into
 /// `DISTILL_GGUF_EXPORT_DIR` with distill's greedy ids (8 chat prompts, up to 64 new tokens,
 /// models run quantized) in `smollm2-greedy.json`, for `fixtures/gguf-export/llama_cpp_greedy.py`
 /// to compare with llama.cpp's (see the fixtures README):
@@ -901,7 +901,7 @@ fn llama_cpp_inputs() {
         "Summarize the plot of Romeo and Juliet in two sentences.",
     ];
     let mut files = serde_json::Map::new();
-    for quant in [Quant::Q4KM, Quant::Q8_0] {
+    for quant in [Quant::F16, Quant::Q8_0, Quant::Q4KM] {
         let out = dir.join(format!("smollm2.{quant}.gguf"));
         export(&source, &out, quant);
         let ckpt = Checkpoint::open(&out).unwrap();

@@ -8,6 +8,7 @@
 //! from_scratch = true          # or: base = "path/to/checkpoint-or.gguf"
 //! [data]                       # distill_student::data::DataConfig
 //! max_seq_len = 128
+//! token_cache = "/data/token-cache"   # where the corpus is tokenised once (default OUT/token-cache)
 //! [model]                      # from-scratch architecture (distill_student::init::ScratchConfig)
 //! hidden_size = 64
 //! [model.tokenizer]            # from-scratch BPE (vocab_size, split_digits, min_frequency,

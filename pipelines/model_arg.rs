@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use distill_models::hub::{self, DownloadProgress, HubRef, HubSettings, ModelRef};
 
-use crate::model_cmd::human_bytes;
 use crate::progress::Progress;
 
 /// A model argument made local.
@@ -120,7 +119,7 @@ impl DownloadProgress for Bars {
             true,
         );
         bar.set_prefix("download");
-        bar.set_message(format!("{file} ({})", human_bytes(bytes)));
+        bar.set_message(file.to_string());
         self.bar = Some(bar);
     }
 

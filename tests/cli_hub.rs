@@ -17,8 +17,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use distill_corpus::record::records_from_batch;
-use distill_corpus::shards::ShardReader;
+use distill_corpus::record::{self, records_from_batch, Record};
+use distill_corpus::shards::{ShardReader, ShardWriter, WriterOptions};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -760,4 +760,98 @@ fn gguf_files_are_picked_and_downloads_resume() {
         }
     }
     assert_eq!(teachers, ["tiny/cut:llama"]);
+}
+
+#[test]
+fn a_pipeline_fetches_its_hub_models_before_the_first_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let server = Server::start(vec![(
+        "tiny/llama",
+        repo('e', &[("tiny-llama.gguf", fixture("tiny-llama.gguf"))]),
+    )]);
+    let out = tmp.path().join("run");
+    let corpus = write_corpus(tmp.path());
+    let pipeline = tmp.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nout = {out:?}\n\n[problems]\ncount = 2\nseed = 1\n\n[train]\n\
+             base = \"tiny/llama\"\ncorpus = {corpus:?}\nmax_seq_len = 128\nmax_steps = 1\n\
+             micro_batch_size = 2\neval_fraction = 0.0\nquiet = true\n",
+            out = out.display().to_string(),
+            corpus = corpus.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--threads", "1", "run", pipeline.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        distill(&home, &server.endpoint, &[], &args)
+    };
+
+    // A dry run downloads nothing and says so.
+    let (stdout, _) = succeed(run(&["--dry-run"]));
+    assert!(
+        stdout.contains(
+            "stage `train`: `base` `tiny/llama` not checked: no such local path, and no hub \
+             model of that name in the Hugging Face cache yet"
+        ),
+        "{stdout}"
+    );
+    assert!(server.seen().is_empty(), "{:?}", server.seen());
+
+    let (_, stderr) = succeed(run(&[]));
+    let download = stderr.find("Downloading `tiny/llama`").expect(&stderr);
+    let first_stage = stderr.find("[1/2] problems: running").expect(&stderr);
+    assert!(download < first_stage, "{stderr}");
+    assert_eq!(
+        stderr.matches("Downloaded 1 file of `tiny/llama`").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(out.join("student/model/config.json").is_file());
+    let config = std::fs::read_to_string(out.join("student/train_config.toml")).unwrap();
+    assert!(config.contains("base = \"tiny/llama\""), "{config}");
+
+    // Cached now: the dry run checks it from the cache.
+    let (stdout, _) = succeed(run(&["--dry-run"]));
+    assert!(!stdout.contains("not checked"), "{stdout}");
+}
+
+/// Four short verified samples, as a corpus folder.
+fn write_corpus(dir: &Path) -> PathBuf {
+    let records: Vec<Record> = (0..4)
+        .map(|i| {
+            let prompt = format!("What is {i} + 2?");
+            let reasoning = format!("{i} + 2 = {}", i + 2);
+            let completion = format!("\\boxed{{{}}}", i + 2);
+            Record {
+                id: record::record_id(&format!("q{i}"), 0),
+                problem_id: format!("q{i}"),
+                sample_index: 0,
+                source: "test".into(),
+                messages: record::conversation(&prompt, &reasoning, &completion),
+                prompt,
+                reasoning,
+                completion,
+                final_answer: Some((i + 2).to_string()),
+                reference_answer: Some((i + 2).to_string()),
+                correct: Some(true),
+                finish_reason: "stop".into(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                teacher: "test".into(),
+                temperature: 0.6,
+                top_p: 0.95,
+                seed: i,
+            }
+        })
+        .collect();
+    let out = dir.join("corpus");
+    let mut w = ShardWriter::create(&out, record::schema(), WriterOptions::default()).unwrap();
+    w.write(&record::records_to_batch(&records).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    out
 }

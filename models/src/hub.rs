@@ -499,6 +499,13 @@ pub fn cached(model: &HubRef, settings: &HubSettings) -> Result<Resolved> {
         None if !files.iter().any(|f| f == CONFIG) && !files.iter().any(|f| is_gguf(f)) => {
             return Err(missing(CONFIG).into())
         }
+        Some(GgufPick::Quant(quant))
+            if !files.iter().any(|f| {
+                is_gguf(f) && f.to_ascii_lowercase().contains(&quant.to_ascii_lowercase())
+            }) =>
+        {
+            return Err(missing(&format!("*{quant}*.gguf")).into())
+        }
         _ => match choose(model, &files)? {
             Layout::Gguf(file) => snapshot.join(file),
             Layout::Folder => {

@@ -467,7 +467,21 @@ fn a_folder_model_lands_in_the_hf_cache_and_works_offline() {
         "/api/models/tiny/qwen2-sharded/revision/main"
     );
 
-    // With the server gone, the cache answers (with a warning); offline, without one.
+    // With the hub down or gone, the cache answers (with a warning); offline, without one.
+    server.hub.repos["tiny/qwen2-sharded"]
+        .lock()
+        .unwrap()
+        .status = Some(503);
+    let (stdout, stderr) = succeed(distill(&home, &server.endpoint, &[], &args));
+    assert_eq!(inspect_json(&stdout)["path"], report["path"]);
+    assert_eq!(
+        stderr,
+        format!(
+            "Warning: cannot reach {} (HTTP 503); using model `tiny/qwen2-sharded` from the \
+             cache (commit aaaaaaaaaaaa)\n",
+            server.endpoint
+        )
+    );
     server.stop();
     let (stdout, stderr) = succeed(distill(&home, &server.endpoint, &[], &args));
     assert_eq!(inspect_json(&stdout)["path"], report["path"]);

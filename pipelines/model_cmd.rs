@@ -10,7 +10,7 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A Hugging Face checkpoint folder or a `.gguf` file.
+    /// A Hugging Face checkpoint folder, a `.gguf` file, or a hub model (`owner/name`).
     pub model: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -19,7 +19,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// The checkpoint to convert: a `.gguf` file (or a Hugging Face folder, re-saved in f32).
+    /// The checkpoint to convert: a `.gguf` file (or a Hugging Face folder, re-saved in f32),
+    /// local or on the hub (`owner/name/FILE.gguf`, `owner/name:QUANT`).
     pub model: PathBuf,
     /// Output folder; created, and it must be absent or empty.
     pub out_dir: PathBuf,
@@ -32,6 +33,9 @@ pub struct ConvertArgs {
 #[derive(Debug, Serialize)]
 pub struct ModelReport {
     pub path: PathBuf,
+    /// `owner/name@commit` for a model from the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
     pub format: &'static str,
     pub architecture: String,
     pub parameters: usize,
@@ -77,6 +81,7 @@ pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
     });
     Ok(ModelReport {
         path: path.to_path_buf(),
+        hub: None,
         format: if ckpt.is_gguf() {
             "gguf"
         } else {
@@ -109,7 +114,9 @@ pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let r = report(&args.model)?;
+    let model = crate::model_arg::resolve(&args.model)?;
+    let mut r = report(&model.path)?;
+    r.hub = model.hub;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -120,6 +127,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(k, v)| format!("{k} ×{v}"))
         .collect();
+    let hub = r.hub.iter().map(|h| ("hub model", h.clone()));
     let rows = [
         ("path", r.path.display().to_string()),
         ("format", r.format.to_string()),
@@ -169,14 +177,15 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             if r.chat_template { "yes" } else { "no" }.to_string(),
         ),
     ];
-    for (k, v) in rows {
+    for (k, v) in hub.chain(rows) {
         println!("{k:>16}  {v}");
     }
     Ok(())
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
-    let ckpt = Checkpoint::open(&args.model)
+    let model = crate::model_arg::resolve(&args.model)?;
+    let ckpt = Checkpoint::open(&model.path)
         .with_context(|| format!("cannot open `{}`", args.model.display()))?;
     ckpt.save_hf(&args.out_dir, args.max_shard_bytes)
         .with_context(|| format!("cannot write `{}`", args.out_dir.display()))?;

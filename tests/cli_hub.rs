@@ -841,24 +841,12 @@ fn write_corpus(dir: &Path) -> PathBuf {
             let reasoning = format!("{i} + 2 = {}", i + 2);
             let completion = format!("\\boxed{{{}}}", i + 2);
             Record {
-                id: record::record_id(&format!("q{i}"), 0),
-                problem_id: format!("q{i}"),
-                sample_index: 0,
-                source: "test".into(),
-                messages: record::conversation(&prompt, &reasoning, &completion),
-                prompt,
-                reasoning,
-                completion,
                 final_answer: Some((i + 2).to_string()),
                 reference_answer: Some((i + 2).to_string()),
                 correct: Some(true),
-                finish_reason: "stop".into(),
-                prompt_tokens: 0,
-                completion_tokens: 0,
                 teacher: "test".into(),
-                temperature: 0.6,
-                top_p: 0.95,
                 seed: i,
+                ..Record::sample(&format!("q{i}"), 0, &prompt, &reasoning, &completion)
             }
         })
         .collect();

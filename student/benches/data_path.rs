@@ -274,24 +274,14 @@ fn sample(i: usize, tokens: usize) -> Record {
     }
     let completion = format!("She has \\boxed{{{}}} marbles.", a + b);
     Record {
-        id: record::record_id(&format!("p{}", i / 2), (i % 2) as i32),
-        problem_id: format!("p{}", i / 2),
-        sample_index: (i % 2) as i32,
-        source: "bench".into(),
-        messages: record::conversation(&prompt, &reasoning, &completion),
-        prompt,
-        reasoning,
-        completion,
-        final_answer: None,
-        reference_answer: None,
         correct: Some(true),
-        finish_reason: "stop".into(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        teacher: "bench".into(),
-        temperature: 0.6,
-        top_p: 0.95,
-        seed: 0,
+        ..Record::sample(
+            &format!("p{}", i / 2),
+            (i % 2) as i32,
+            &prompt,
+            &reasoning,
+            &completion,
+        )
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use distill_corpus::record::{self, Record};
 use distill_corpus::shards::{ShardWriter, WriterOptions};
-use distill_models::chat::{ChatTemplate, Message};
+use distill_models::chat::ChatTemplate;
 use distill_student::batch::Rows;
 use distill_student::data::token_cache::{Sources, TokenCache};
 use distill_student::data::{self, DataConfig, Renderer};
@@ -302,12 +302,7 @@ fn renderer(tokens: usize) -> BoxResult<Renderer> {
     let texts: Vec<String> = (0..200)
         .map(|i| {
             let r = sample(i, tokens.min(256));
-            let messages: Vec<Message> = r
-                .messages
-                .iter()
-                .map(|m| Message::new(m.role.clone(), m.content.clone()))
-                .collect();
-            ChatTemplate::chatml().render(&messages, false)
+            ChatTemplate::chatml().render(&data::chat_messages(&r.messages), false)
         })
         .collect::<Result<_, _>>()?;
     let config = TokenizerTrainConfig {

@@ -51,7 +51,7 @@ fn renderer() -> Renderer {
         .filter_map(|i| {
             let r = record(i);
             ChatTemplate::chatml()
-                .render(&r.messages_as_chat(), false)
+                .render(&data::chat_messages(&r.messages), false)
                 .ok()
         })
         .collect();
@@ -62,19 +62,6 @@ fn renderer() -> Renderer {
     let tokenizer = tokenizer_train::train(&texts, &config).unwrap();
     let template = tokenizer.chat_template().unwrap().unwrap();
     Renderer::new(tokenizer, template, &[]).unwrap()
-}
-
-trait AsChat {
-    fn messages_as_chat(&self) -> Vec<distill_models::chat::Message>;
-}
-
-impl AsChat for Record {
-    fn messages_as_chat(&self) -> Vec<distill_models::chat::Message> {
-        self.messages
-            .iter()
-            .map(|m| distill_models::chat::Message::new(m.role.clone(), m.content.clone()))
-            .collect()
-    }
 }
 
 fn all_rows(rows: &dyn Rows) -> Vec<PackedRow> {

@@ -467,19 +467,7 @@ fn choose(model: &HubRef, files: &[String]) -> Result<Layout> {
 
 /// The shard files `model.safetensors.index.json` lists, sorted and deduplicated.
 fn shards(index: &Path, repo: &str) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::parse(index, e))?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::parse(index, "no `weight_map` object"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    files.sort();
-    files.dedup();
+    let files = crate::hf::shard_names(index)?;
     if let Some(bad) = files
         .iter()
         .find(|f| f.split('/').any(|p| p.is_empty() || p == ".."))

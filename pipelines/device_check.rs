@@ -52,7 +52,8 @@ pub struct CheckDeviceArgs {
     /// SFT precision (`bf16`: f32 master weights; `bf16-pure`).
     #[arg(long, default_value = "bf16")]
     pub sft_dtype: DtypeChoice,
-    /// GGUF files whose greedy decode is compared between the device and the CPU.
+    /// GGUF files (local, or on the hub: `owner/name:QUANT`) whose greedy decode is compared
+    /// between the device and the CPU.
     #[arg(long, num_args = 0..)]
     pub gguf: Vec<PathBuf>,
     /// Greedy tokens compared per GGUF.
@@ -68,6 +69,12 @@ fn emit(v: serde_json::Value) {
 }
 
 pub fn check_device(args: CheckDeviceArgs) -> anyhow::Result<()> {
+    // Hub models (`owner/name:QUANT`) are fetched before any device work.
+    let ggufs = args
+        .gguf
+        .iter()
+        .map(|g| crate::model_arg::resolve(g).map(|m| m.path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let placement = args.device.resolve()?;
     let dev = placement.device.clone();
     emit(json!({"check": "device", "device": placement.description}));
@@ -88,7 +95,7 @@ pub fn check_device(args: CheckDeviceArgs) -> anyhow::Result<()> {
             }
         }
     }
-    for gguf in &args.gguf {
+    for gguf in &ggufs {
         failures += decode_parity(gguf, args.decode_tokens, &dev)? as usize;
     }
     emit(json!({"check": "summary", "failures": failures}));

@@ -7,6 +7,7 @@ pub mod corpus_cmd;
 pub mod device_args;
 pub mod device_check;
 pub mod interrupt;
+pub mod model_arg;
 pub mod model_cmd;
 pub mod problems_cmd;
 pub mod progress;

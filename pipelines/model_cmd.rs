@@ -12,7 +12,7 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A Hugging Face checkpoint folder or a `.gguf` file.
+    /// A Hugging Face checkpoint folder, a `.gguf` file, or a hub model (`owner/name`).
     pub model: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -21,7 +21,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// The checkpoint to convert: a `.gguf` file (or a Hugging Face folder, re-saved in f32).
+    /// The checkpoint to convert: a `.gguf` file (or a Hugging Face folder, re-saved in f32),
+    /// local or on the hub (`owner/name/FILE.gguf`, `owner/name:QUANT`).
     pub model: PathBuf,
     /// Output folder; created, and it must be absent or empty.
     pub out_dir: PathBuf,
@@ -32,8 +33,8 @@ pub struct ConvertArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
-    /// The checkpoint: a Hugging Face folder (a trained student's `model/` folder too) or a
-    /// `.gguf` file to requantize.
+    /// The checkpoint: a Hugging Face folder (a trained student's `model/` folder too), a
+    /// `.gguf` file to requantize, or a hub model (`owner/name`).
     pub model: PathBuf,
     /// The GGUF file to write (replaced if it exists). An ollama Modelfile is written beside it,
     /// with the same name and the extension `.Modelfile`.
@@ -55,6 +56,9 @@ pub struct ExportArgs {
 #[derive(Debug, Serialize)]
 pub struct ModelReport {
     pub path: PathBuf,
+    /// `owner/name@commit` for a model from the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
     pub format: &'static str,
     pub architecture: String,
     pub parameters: usize,
@@ -100,6 +104,7 @@ pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
     });
     Ok(ModelReport {
         path: path.to_path_buf(),
+        hub: None,
         format: if ckpt.is_gguf() {
             "gguf"
         } else {
@@ -132,7 +137,9 @@ pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let r = report(&args.model)?;
+    let model = crate::model_arg::resolve(&args.model)?;
+    let mut r = report(&model.path)?;
+    r.hub = model.hub;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -143,6 +150,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(k, v)| format!("{k} ×{v}"))
         .collect();
+    let hub = r.hub.iter().map(|h| ("hub model", h.clone()));
     let rows = [
         ("path", r.path.display().to_string()),
         ("format", r.format.to_string()),
@@ -192,14 +200,15 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             if r.chat_template { "yes" } else { "no" }.to_string(),
         ),
     ];
-    for (k, v) in rows {
+    for (k, v) in hub.chain(rows) {
         println!("{k:>16}  {v}");
     }
     Ok(())
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
-    let ckpt = Checkpoint::open(&args.model)
+    let model = crate::model_arg::resolve(&args.model)?;
+    let ckpt = Checkpoint::open(&model.path)
         .with_context(|| format!("cannot open `{}`", args.model.display()))?;
     ckpt.save_hf(&args.out_dir, args.max_shard_bytes)
         .with_context(|| format!("cannot write `{}`", args.out_dir.display()))?;
@@ -215,11 +224,17 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let ckpt = Checkpoint::open(&args.model)
+    let model = crate::model_arg::resolve(&args.model)?;
+    let ckpt = Checkpoint::open(&model.path)
         .with_context(|| format!("cannot open `{}`", args.model.display()))?;
+    // A hub model's folder is a cache snapshot: its hub name names it better.
+    let name = args
+        .name
+        .clone()
+        .or_else(|| model.hub.as_ref().map(|_| model.name.clone()));
     let options = ExportOptions {
         quant: args.quant,
-        name: args.name.clone(),
+        name,
     };
     let summary = export_gguf(&ckpt, &args.gguf, &options)?;
     let types: Vec<String> = summary

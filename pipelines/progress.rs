@@ -205,21 +205,39 @@ struct PlainState<'a> {
     eta: Option<Duration>,
 }
 
-/// `[prefix: ]12/40 samples (30%) · 1.5 samples/s · {message} · elapsed 0:00:08 · ETA 0:00:19`
+/// `[prefix: ]12/40 samples (30%) · 1.5 samples/s · {message} · elapsed 0:00:08 · ETA 0:00:19`;
+/// with the unit `bytes`, sizes in KiB, MiB, GiB (`1.2 MiB/4.0 MiB (30%) · 2.5 MiB/s`).
 fn plain_line(s: &PlainState) -> String {
     let mut parts = Vec::new();
+    let bytes = s.unit == "bytes";
+    let amount = |n: u64| {
+        if bytes {
+            crate::model_cmd::human_bytes(n)
+        } else {
+            n.to_string()
+        }
+    };
+    let unit = if bytes {
+        String::new()
+    } else {
+        format!(" {}", s.unit)
+    };
     let count = match s.length {
         Some(len) if len > 0 => format!(
-            "{}/{len} {} ({:.0}%)",
-            s.position,
-            s.unit,
+            "{}/{}{unit} ({:.0}%)",
+            amount(s.position),
+            amount(len),
             100.0 * s.position as f64 / len as f64
         ),
-        _ => format!("{} {}", s.position, s.unit),
+        _ => format!("{}{unit}", amount(s.position)),
     };
     parts.push(count);
     if s.per_sec.is_finite() && s.per_sec > 0.0 {
-        parts.push(format!("{:.2} {}/s", s.per_sec, s.unit));
+        parts.push(if bytes {
+            format!("{}/s", amount(s.per_sec as u64))
+        } else {
+            format!("{:.2} {}/s", s.per_sec, s.unit)
+        });
     }
     if !s.message.trim().is_empty() {
         parts.push(s.message.trim().to_string());
@@ -288,6 +306,20 @@ mod tests {
         assert_eq!(
             plain_line(&stalled),
             "12 samples · 812.4 tok/s · elapsed 0:00:08 · ETA unknown"
+        );
+        let download = PlainState {
+            prefix: "download".into(),
+            position: 3 << 20,
+            length: Some(12 << 20),
+            unit: "bytes",
+            per_sec: 1536.0 * 1024.0,
+            message: "model.safetensors".into(),
+            ..state()
+        };
+        assert_eq!(
+            plain_line(&download),
+            "download: 3.0 MiB/12.0 MiB (25%) · 1.5 MiB/s · model.safetensors · elapsed 0:00:08 · \
+             ETA 1:02:05"
         );
     }
 

@@ -76,13 +76,19 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         }
         None
     };
-    if let Some(base) = &settings.base {
-        anyhow::ensure!(
-            base.exists(),
-            "the base model `{}` does not exist",
-            base.display()
-        );
-    }
+    // A hub model is downloaded now, before the device, the corpus and the model load.
+    let base = match &settings.base {
+        Some(arg) => {
+            let model = crate::model_arg::resolve(arg)?;
+            anyhow::ensure!(
+                model.path.exists(),
+                "the base model `{}` does not exist",
+                model.path.display()
+            );
+            Some(model.path)
+        }
+        None => None,
+    };
     // The device before the corpus: no GPU, a CPU-only binary or a dtype the GPU lacks fail now.
     let placement = settings.device.resolve()?;
     let precision = settings.dtype.training(&placement.device)?;
@@ -96,7 +102,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     };
 
     // The tokenizer and the student's starting point.
-    let (mut student, tokenizer) = starting_point(settings, latest.as_deref(), corpus)?;
+    let (mut student, tokenizer) =
+        starting_point(settings, base.as_deref(), latest.as_deref(), corpus)?;
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
     let renderer = Renderer::new(tokenizer, template, &student.config.eos_token_ids())?;
     check_positions(settings, &student)?;
@@ -246,10 +253,11 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
 /// same one, but reading it is faster and cannot drift).
 fn starting_point(
     settings: &TrainSettings,
+    base: Option<&Path>,
     latest: Option<&Path>,
     corpus: &Path,
 ) -> anyhow::Result<(StudentInit, TextTokenizer)> {
-    if let Some(base) = &settings.base {
+    if let Some(base) = base {
         let (student, tokenizer) = init::from_base(base)
             .with_context(|| format!("cannot load the base model `{}`", base.display()))?;
         return Ok((student, tokenizer));

@@ -11,7 +11,7 @@ use distill_teacher::engine::{Engine, EngineOptions};
 use distill_teacher::generate::{
     GenerateConfig, Plan, Progress, PromptConfig, R1_PREFILL, R1_USER_TEMPLATE,
 };
-use distill_teacher::local::{model_name, LocalBackend};
+use distill_teacher::local::LocalBackend;
 use distill_teacher::openai::{OpenAiBackend, OpenAiConfig, PrefillMode};
 use distill_teacher::server::{self, Server, ServerConfig};
 
@@ -59,7 +59,8 @@ pub struct GenerateArgs {
     /// Which backend generates the samples.
     #[arg(long, value_enum, default_value_t = BackendKind::Local)]
     pub backend: BackendKind,
-    /// The teacher for `--backend local`: a checkpoint folder or a `.gguf` file.
+    /// The teacher for `--backend local`: a checkpoint folder, a `.gguf` file, or a hub model
+    /// (`owner/name[@revision]`, `owner/name/FILE.gguf`, `owner/name:QUANT`).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Sequences decoded together (local backend).
@@ -170,7 +171,7 @@ impl OpenAiArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The model: a checkpoint folder or a `.gguf` file.
+    /// The model: a checkpoint folder, a `.gguf` file, or a hub model (`owner/name`).
     pub model: PathBuf,
     /// Address to listen on; the default serves this machine only.
     #[arg(long, default_value = "127.0.0.1")]
@@ -242,16 +243,17 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut remote: Option<OpenAiBackend> = None;
     let (teacher, model_path) = match args.backend {
         BackendKind::Local => {
-            let path = args
-                .model
-                .clone()
-                .context("`--backend local` needs `--model PATH` (a checkpoint folder or GGUF)")?;
+            let arg = args.model.as_ref().context(
+                "`--backend local` needs `--model MODEL` (a checkpoint folder, a GGUF file or a \
+                 hub model `owner/name`)",
+            )?;
+            let model = crate::model_arg::resolve(arg)?;
             anyhow::ensure!(
-                path.exists(),
+                model.path.exists(),
                 "the model `{}` does not exist",
-                path.display()
+                model.path.display()
             );
-            (model_name(&path), path)
+            (model.name, model.path)
         }
         BackendKind::Openai => {
             let config = args.openai.config()?;
@@ -359,24 +361,25 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "`--batch` must be at least 1");
     anyhow::ensure!(args.max_tokens > 0, "`--max-tokens` must be at least 1");
+    let model = crate::model_arg::resolve(&args.model)?;
     anyhow::ensure!(
-        args.model.exists(),
+        model.path.exists(),
         "the model `{}` does not exist",
-        args.model.display()
+        model.path.display()
     );
     let name = args
         .served_model_name
         .clone()
-        .unwrap_or_else(|| model_name(&args.model));
-    eprintln!("Loading `{}`", args.model.display());
-    let checkpoint = distill_models::Checkpoint::open(&args.model)
-        .with_context(|| format!("cannot open `{}`", args.model.display()))?;
+        .unwrap_or_else(|| model.name.clone());
+    eprintln!("Loading `{}`", model.path.display());
+    let checkpoint = distill_models::Checkpoint::open(&model.path)
+        .with_context(|| format!("cannot open `{}`", model.path.display()))?;
     let options = args.device.engine(EngineOptions {
         batch: args.batch,
         ..EngineOptions::default()
     });
     let engine = Engine::load(&checkpoint, options)
-        .with_context(|| format!("cannot load `{}`", args.model.display()))?;
+        .with_context(|| format!("cannot load `{}`", model.path.display()))?;
     eprintln!("Model on {}", engine.device_description());
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;

@@ -11,10 +11,13 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
-/// Runs `distill` in `cwd`; success and stdout + stderr.
+/// Runs `distill` in `cwd`, with `cwd/hf` as the Hugging Face home (so hub models are looked
+/// up in a cache the test controls); success and stdout + stderr.
 fn distill_in(cwd: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_distill"))
         .current_dir(cwd)
+        .env("HF_HOME", cwd.join("hf"))
+        .env_remove("HF_HUB_CACHE")
         .args(args)
         .output()
         .expect("run distill");
@@ -27,8 +30,9 @@ fn preset(name: &str) -> PathBuf {
     root().join("pipelines").join(name)
 }
 
-/// Where a preset's user-provided models are absent (a fresh folder), a dry run succeeds and
-/// names each model it could not check; models that earlier stages make are named with them.
+/// Where a preset's user-provided models are absent (a fresh folder, an empty Hugging Face
+/// cache), a dry run succeeds, downloads nothing, and names each model it could not check;
+/// models that earlier stages make are named with them.
 #[test]
 fn every_preset_dry_runs_without_its_models() {
     let empty = tempfile::tempdir().unwrap();
@@ -47,14 +51,18 @@ fn every_preset_dry_runs_without_its_models() {
         (
             "local-teacher.toml",
             &[
-                "stage `generate` needs `models/teacher`, which does not exist",
-                "stage `train` needs `models/Qwen2.5-0.5B-Instruct`, which does not exist",
+                "stage `generate`: `model` `models/teacher` not checked: no such local path, and \
+                 no hub model of that name in the Hugging Face cache yet (`distill run` downloads \
+                 it before the first stage)",
+                "stage `train`: `base` `Qwen/Qwen2.5-0.5B-Instruct` not checked: no such local \
+                 path, and no hub model of that name in the Hugging Face cache yet",
             ],
         ),
         (
             "r1-distill-qwen-1.5b.toml",
             &[
-                "stage `train` needs `models/Qwen2.5-Math-1.5B`, which does not exist",
+                "stage `train`: `base` `Qwen/Qwen2.5-Math-1.5B` not checked: no such local path, \
+                 and no hub model of that name in the Hugging Face cache yet",
                 "stage `compare`: `models` `runs/r1-distill-qwen-1.5b/student/model` not checked: stage `train` makes it",
             ],
         ),
@@ -72,11 +80,16 @@ fn every_preset_dry_runs_without_its_models() {
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
 }
 
-/// A stand-in for Qwen2.5-Math-1.5B that the checks can read: its real `config.json` over the
-/// tiny GGUF's converted folder (the checks read the config and tokenizer, never the weights).
+/// A stand-in for Qwen2.5-Math-1.5B in the test's Hugging Face cache, as a download leaves it:
+/// its real `config.json` over the tiny GGUF's converted folder (the checks read the config and
+/// tokenizer, never the weights).
 fn qwen2_5_math_stub(cwd: &Path) {
-    let dir = cwd.join("models/Qwen2.5-Math-1.5B");
-    std::fs::create_dir_all(cwd.join("models")).unwrap();
+    let repo = cwd.join("hf/hub/models--Qwen--Qwen2.5-Math-1.5B");
+    let commit = "4a8c7d1e".repeat(5);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    let dir = repo.join("snapshots").join(&commit);
     let gguf = root().join("models/tests/fixtures/tiny-qwen2.gguf");
     let (ok, log) = distill_in(
         cwd,
@@ -103,7 +116,7 @@ fn r1_preset_fits_the_positions_of_its_base() {
     let (ok, log) = distill_in(cwd.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
     assert!(ok, "{log}");
     assert!(!log.contains("Qwen2.5-Math-1.5B` not checked"), "{log}");
-    assert!(!log.contains("needs `models/Qwen2.5-Math-1.5B`"), "{log}");
+    assert!(!log.contains("needs `Qwen/Qwen2.5-Math-1.5B`"), "{log}");
 
     // What the preset asked before: found before any stage runs, in one line.
     let text = std::fs::read_to_string(&file).unwrap();
@@ -116,7 +129,7 @@ fn r1_preset_fits_the_positions_of_its_base() {
     let (ok, log) = distill_in(cwd.path(), &["run", old.to_str().unwrap(), "--dry-run"]);
     assert!(!ok);
     assert!(
-        log.contains("stage `train`: `max_seq_len` `16384` exceeds `models/Qwen2.5-Math-1.5B`'s `max_position_embeddings` `4096`"),
+        log.contains("stage `train`: `max_seq_len` `16384` exceeds `Qwen/Qwen2.5-Math-1.5B`'s `max_position_embeddings` `4096`"),
         "{log}"
     );
     assert_eq!(log.trim().lines().count(), 1, "{log}");

@@ -22,24 +22,12 @@ fn record(i: usize) -> Record {
     let reasoning = format!("{a} + {b} = {}", a + b);
     let completion = format!("\\boxed{{{}}}", a + b);
     Record {
-        id: record::record_id(&format!("q{i}"), 0),
-        problem_id: format!("q{i}"),
-        sample_index: 0,
-        source: "test".into(),
-        messages: record::conversation(&prompt, &reasoning, &completion),
-        prompt,
-        reasoning,
-        completion,
         final_answer: Some((a + b).to_string()),
         reference_answer: Some((a + b).to_string()),
         correct: Some(true),
-        finish_reason: "stop".into(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
         teacher: "test".into(),
-        temperature: 0.6,
-        top_p: 0.95,
         seed: i as u64,
+        ..Record::sample(&format!("q{i}"), 0, &prompt, &reasoning, &completion)
     }
 }
 

@@ -147,6 +147,40 @@ pub struct Record {
     pub seed: u64,
 }
 
+impl Record {
+    /// A finished (`stop`) sample of `problem_id` written with R1's sampling settings (T=0.6,
+    /// top-p 0.95), not verified yet: id, messages and text columns filled consistently; callers
+    /// set whatever else they need (`source`, `teacher`, `correct`, …).
+    pub fn sample(
+        problem_id: &str,
+        sample_index: i32,
+        prompt: &str,
+        reasoning: &str,
+        completion: &str,
+    ) -> Self {
+        Self {
+            id: record_id(problem_id, sample_index),
+            problem_id: problem_id.to_string(),
+            sample_index,
+            source: String::new(),
+            prompt: prompt.to_string(),
+            messages: conversation(prompt, reasoning, completion),
+            reasoning: reasoning.to_string(),
+            completion: completion.to_string(),
+            final_answer: None,
+            reference_answer: None,
+            correct: None,
+            finish_reason: FinishReason::Stop.as_str().to_string(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            teacher: String::new(),
+            temperature: 0.6,
+            top_p: 0.95,
+            seed: 0,
+        }
+    }
+}
+
 /// `{problem_id}/{sample_index}`: the unique row id.
 pub fn record_id(problem_id: &str, sample_index: i32) -> String {
     format!("{problem_id}/{sample_index}")

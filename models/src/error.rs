@@ -39,6 +39,8 @@ pub enum Error {
     #[error("Invalid model config: {0}")]
     Config(String),
     #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -35,19 +35,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             format!("no `{WEIGHTS}` or `{WEIGHTS_INDEX}` in the folder"),
         ));
     }
-    let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-    let index: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::parse(&index_path, e))?;
-    let map = index
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::parse(&index_path, "no `weight_map` object"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    files.sort();
-    files.dedup();
+    let files = shard_names(&index_path)?;
     let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
     if let Some(missing) = files.iter().find(|f| !f.is_file()) {
         return Err(Error::parse(
@@ -55,6 +43,25 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             format!("lists shard `{}` which does not exist", missing.display()),
         ));
     }
+    Ok(files)
+}
+
+/// The shard files a `model.safetensors.index.json` lists (its `weight_map` values), sorted and
+/// deduplicated, as written (relative to the index's folder).
+pub fn shard_names(index_path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let index: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::parse(index_path, e))?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::parse(index_path, "no `weight_map` object"))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
     Ok(files)
 }
 

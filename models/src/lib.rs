@@ -1,6 +1,6 @@
 //! Model core: Qwen2, Qwen3 and Llama decoders in candle with a differentiable full-sequence training
 //! forward and a KV-cached decode forward; Hugging Face folder and GGUF checkpoint I/O; tokenizers
-//! and chat templates.
+//! and chat templates; models by name from the Hugging Face hub.
 
 pub mod alloc;
 pub mod chat;
@@ -12,6 +12,7 @@ mod error;
 pub mod fused;
 pub mod gguf;
 pub mod hf;
+pub mod hub;
 pub mod llama;
 pub mod ops;
 pub mod q8;

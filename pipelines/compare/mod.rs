@@ -54,8 +54,8 @@ pub mod defaults {
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompareArgs {
-    /// Models to evaluate, the teacher first: checkpoint folders, `.gguf` files, or
-    /// `openai:MODEL@BASE_URL` for an OpenAI-compatible endpoint.
+    /// Models to evaluate, the teacher first: checkpoint folders, `.gguf` files, hub models
+    /// (`owner/name`), or `openai:MODEL@BASE_URL` for an OpenAI-compatible endpoint.
     #[arg(long, num_args = 1.., required = true, value_name = "MODEL")]
     pub models: Vec<String>,
     /// Held-out problems: a `.jsonl` / `.json` / `.parquet` file or a folder of them.

@@ -2,7 +2,8 @@
 //! before any work, its identity (what the generation cache is keyed on), its size, and opening
 //! its backend.
 //!
-//! A spec is a local checkpoint (a Hugging Face folder or a `.gguf` file) or
+//! A spec is a local checkpoint (a Hugging Face folder or a `.gguf` file), a hub model
+//! (`owner/name`, fetched into the Hugging Face cache before any work) or
 //! `openai:MODEL@BASE_URL` for an OpenAI-compatible endpoint.
 
 use std::collections::{BTreeMap, HashSet};
@@ -20,7 +21,15 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     Local(PathBuf),
-    OpenAi { model: String, base_url: String },
+    /// A hub model (`name` as written), run from its snapshot in the Hugging Face cache.
+    Hub {
+        name: String,
+        path: PathBuf,
+    },
+    OpenAi {
+        model: String,
+        base_url: String,
+    },
 }
 
 /// One model of the comparison, checked.
@@ -44,13 +53,22 @@ impl ModelSpec {
     pub fn provenance(&self) -> String {
         match &self.source {
             Source::Local(path) => distill_teacher::local::model_name(path),
+            Source::Hub { name, .. } => name.clone(),
             Source::OpenAi { model, .. } => format!("openai:{model}"),
+        }
+    }
+
+    /// The checkpoint a local or hub model runs from.
+    pub fn local_path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Local(path) | Source::Hub { path, .. } => Some(path),
+            Source::OpenAi { .. } => None,
         }
     }
 
     pub fn backend_kind(&self) -> &'static str {
         match self.source {
-            Source::Local(_) => "local",
+            Source::Local(_) | Source::Hub { .. } => "local",
             Source::OpenAi { .. } => "openai",
         }
     }
@@ -97,6 +115,12 @@ fn default_label(source: &Source) -> String {
             let name = distill_teacher::local::model_name(path);
             let stem = name.strip_suffix(".gguf").unwrap_or(&name).to_string();
             sanitize_label(&stem)
+        }
+        // `owner/name[:QUANT][@rev]` → `name[-QUANT]`; `owner/name/dir/FILE.gguf` → `FILE`.
+        Source::Hub { name, .. } => {
+            let name = name.split('@').next().unwrap_or(name);
+            let last = name.rsplit('/').next().unwrap_or(name);
+            sanitize_label(last.strip_suffix(".gguf").unwrap_or(last))
         }
         Source::OpenAi { model, .. } => sanitize_label(model),
     }
@@ -170,7 +194,16 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
     for spec in models {
         let source = match parse_openai(spec) {
             Some(source) => source?,
-            None => Source::Local(PathBuf::from(spec)),
+            None => match crate::model_arg::hub_ref(Path::new(spec)) {
+                Some(hub) => {
+                    let model = crate::model_arg::resolve_hub(&hub)?;
+                    Source::Hub {
+                        name: model.name,
+                        path: model.path,
+                    }
+                }
+                None => Source::Local(PathBuf::from(spec)),
+            },
         };
         let label = named
             .get(spec)
@@ -180,7 +213,7 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
             bail!("two models get the label `{label}`; name them apart with `--labels NAME=MODEL`");
         }
         let (parameters, bytes_on_disk, identity) = match &source {
-            Source::Local(path) => {
+            Source::Local(path) | Source::Hub { path, .. } => {
                 if !path.exists() {
                     bail!("model path `{}` does not exist", path.display());
                 }
@@ -219,7 +252,7 @@ pub fn open_backend(
     api_key_env: Option<&str>,
 ) -> anyhow::Result<Box<dyn Backend>> {
     Ok(match &model.source {
-        Source::Local(path) => Box::new(
+        Source::Local(path) | Source::Hub { path, .. } => Box::new(
             LocalBackend::open(path, engine)
                 .with_context(|| format!("cannot load model `{}`", path.display()))?,
         ),
@@ -285,5 +318,15 @@ mod tests {
             default_label(&Source::Local("a/tiny-llama.gguf".into())),
             "tiny-llama"
         );
+        let hub = |name: &str| Source::Hub {
+            name: name.into(),
+            path: "unused".into(),
+        };
+        assert_eq!(
+            default_label(&hub("Qwen/Qwen2.5-1.5B@main")),
+            "Qwen2.5-1.5B"
+        );
+        assert_eq!(default_label(&hub("o/m-GGUF:Q4_K_M")), "m-GGUF-Q4_K_M");
+        assert_eq!(default_label(&hub("o/m-GGUF/q/m-Q8_0.gguf")), "m-Q8_0");
     }
 }

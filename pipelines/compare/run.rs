@@ -19,7 +19,7 @@ use distill_teacher::{Cancel, SamplingParams};
 use super::cache::{self, RunStats};
 use super::memory::{self, PeakMethod};
 use super::metrics::Sample;
-use super::model::{self, ModelSpec, Source};
+use super::model::{self, ModelSpec};
 
 /// Everything a comparison needs, checked.
 #[derive(Debug, Clone)]
@@ -183,7 +183,7 @@ fn run_model(
             })
             .with_context(|| format!("model `{label}`: generation failed"))?;
         let generate_seconds = started.elapsed().as_secs_f64();
-        let local = matches!(spec.source, Source::Local(_));
+        let local = spec.local_path().is_some();
         let run = RunStats {
             generated_samples: report.written,
             generated_tokens: report.completion_tokens,
@@ -244,7 +244,7 @@ enum TokenCounter {
 
 impl TokenCounter {
     fn for_model(spec: &ModelSpec) -> Self {
-        let Source::Local(path) = &spec.source else {
+        let Some(path) = spec.local_path() else {
             return Self::ByteShare;
         };
         // The model was opened once already, so this only fails if it changed in between;

@@ -2,7 +2,9 @@
 //! stage runs, so a pipeline fails in seconds rather than at `train` after hours of generation:
 //! sequence lengths against the model's positions, the tokenizer against the embedding rows,
 //! a tokenizer present where the stage needs one. A model that an earlier stage makes (the
-//! teacher, the student) cannot be read yet: what needs it is noted and left to the stage.
+//! teacher, the student) cannot be read yet: what needs it is noted and left to the stage. A hub
+//! model (`owner/name`) is downloaded here, before the first stage, and checked; a dry run only
+//! looks in the Hugging Face cache and notes a model that is not there yet.
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +16,10 @@ use super::plan::Stage;
 use crate::cli::{Cli, Command};
 use crate::teacher_cmd::BackendKind;
 
-/// Checks `stages`; returns notes on what could not be checked (a model or file that is not
-/// there yet), or the first violation as a one-line error naming the stage and the key.
-pub fn check(stages: &[Stage]) -> anyhow::Result<Vec<String>> {
+/// Checks `stages`, downloading hub models when `fetch` (a dry run does not); returns notes on
+/// what could not be checked (a model or file that is not there yet), or the first violation as
+/// a one-line error naming the stage and the key.
+pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
     for (i, stage) in stages.iter().enumerate() {
         let earlier = &stages[..i];
@@ -27,7 +30,7 @@ pub fn check(stages: &[Stage]) -> anyhow::Result<Vec<String>> {
             continue;
         };
         let mut model = |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> Fits| {
-            check_model(stage.name, key, path, earlier, fits, &mut notes)
+            check_model(stage.name, key, path, earlier, fetch, fits, &mut notes)
         };
         match cli.command {
             Command::Train(args) => {
@@ -99,25 +102,49 @@ struct Fits {
 
 /// Opens the model at `path` (config and tokenizer only; no weights) and checks `fits` and its
 /// tokenizer; a model an earlier stage makes is noted instead (an absent one is noted with the
-/// stage's missing inputs).
+/// stage's missing inputs). A hub model is fetched first (`fetch`), or else looked up in the
+/// cache.
 fn check_model(
     stage: &str,
     key: &str,
     path: &Path,
     earlier: &[Stage],
+    fetch: bool,
     fits: &dyn Fn(&Checkpoint) -> Fits,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    if !path.exists() {
-        if let Some(p) = producer(path, earlier) {
-            notes.push(format!(
-                "stage `{stage}`: `{key}` `{}` not checked: stage `{p}` makes it",
-                path.display()
-            ));
-        }
-        return Ok(());
-    }
     let shown = path.display();
+    let local;
+    let path = if path.exists() {
+        path
+    } else if let Some(p) = producer(path, earlier) {
+        notes.push(format!(
+            "stage `{stage}`: `{key}` `{shown}` not checked: stage `{p}` makes it"
+        ));
+        return Ok(());
+    } else if let Some(hub) = crate::model_arg::hub_ref(path) {
+        let found = if fetch {
+            Some(
+                crate::model_arg::resolve_hub(&hub)
+                    .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}"))?,
+            )
+        } else {
+            crate::model_arg::cached(&hub)
+                .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}"))?
+        };
+        let Some(found) = found else {
+            notes.push(format!(
+                "stage `{stage}`: `{key}` `{shown}` not checked: no such local path, and no hub \
+                 model of that name in the Hugging Face cache yet (`distill run` downloads it \
+                 before the first stage)"
+            ));
+            return Ok(());
+        };
+        local = found.path;
+        local.as_path()
+    } else {
+        return Ok(());
+    };
     let ckpt = Checkpoint::open(path)
         .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}`: {e}"))?;
     let f = fits(&ckpt);

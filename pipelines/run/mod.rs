@@ -40,8 +40,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read `{}`", args.pipeline.display()))?;
     let pipeline = plan::Pipeline::parse(&text, &args.pipeline, args.out.as_deref())?;
     let stages = pipeline.stages()?;
-    // Before any stage runs: settings against the models and files they will use.
-    let notes = check::check(&stages)?;
+    // Before any stage runs: settings against the models and files they will use (hub models
+    // are downloaded now, except in a dry run).
+    let notes = check::check(&stages, !args.dry_run)?;
     if args.dry_run {
         for s in &stages {
             println!("{:>14}  distill {}", s.name, s.argv.join(" "));

@@ -236,10 +236,20 @@ impl Pipeline {
             let mut merged = defaults;
             merged.extend(table.clone());
             let argv = to_argv(name, command, &merged, &self.file)?;
+            // A hub model (`owner/name`) is no file to wait for: the run fetches it before the
+            // first stage. A path an earlier stage writes stays an input, whatever its shape.
+            let mut stage_inputs = paths(&merged, inputs);
+            stage_inputs.retain(|p| {
+                !(is_model_key(&merged, p)
+                    && !stages
+                        .iter()
+                        .any(|s: &Stage| s.outputs.iter().any(|o| p.starts_with(o)))
+                    && crate::model_arg::hub_ref(p).is_some())
+            });
             let stage = Stage {
                 name,
                 argv,
-                inputs: paths(&merged, inputs),
+                inputs: stage_inputs,
                 outputs: paths(&merged, outputs),
                 resumable_with_flag: command == &["train"],
             };
@@ -328,6 +338,20 @@ impl Wiring {
             _ => self.corpus = get("output"),
         }
     }
+}
+
+/// Keys whose values name models (local paths or hub models).
+const MODEL_KEYS: [&str; 3] = ["base", "model", "models"];
+
+/// Whether `path` is the value (or one of the values) of a model key of `t`.
+fn is_model_key(t: &toml::Table, path: &Path) -> bool {
+    MODEL_KEYS.iter().any(|key| match t.get(*key) {
+        Some(toml::Value::String(s)) => Path::new(s) == path,
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .any(|v| v.as_str().is_some_and(|s| Path::new(s) == path)),
+        _ => false,
+    })
 }
 
 fn paths(t: &toml::Table, keys: &[&str]) -> Vec<PathBuf> {

@@ -5,9 +5,10 @@
 //! ```toml
 //! corpus = "runs/demo/corpus"
 //! out = "runs/demo/student"
-//! from_scratch = true          # or: base = "path/to/checkpoint-or.gguf"
+//! from_scratch = true          # or: base = "path/to/checkpoint-or.gguf" (or "owner/name")
 //! [data]                       # distill_student::data::DataConfig
 //! max_seq_len = 128
+//! token_cache = "/data/token-cache"   # where the corpus is tokenised once (default OUT/token-cache)
 //! [model]                      # from-scratch architecture (distill_student::init::ScratchConfig)
 //! hidden_size = 64
 //! [model.tokenizer]            # from-scratch BPE (vocab_size, split_digits, min_frequency,
@@ -36,7 +37,7 @@ pub struct TrainSettings {
     pub corpus: Option<PathBuf>,
     /// A separate held-out corpus for the evaluation loss (instead of `data.eval_fraction`).
     pub eval_corpus: Option<PathBuf>,
-    /// Base checkpoint: a Hugging Face folder or a GGUF file.
+    /// Base checkpoint: a Hugging Face folder, a GGUF file, or a hub model (`owner/name`).
     pub base: Option<PathBuf>,
     /// Start from a fresh model (`[model]`) and a tokenizer trained on the corpus.
     pub from_scratch: bool,
@@ -63,7 +64,8 @@ pub struct TrainArgs {
     /// Held-out corpus for the evaluation loss (default: `--eval-fraction` of the corpus).
     #[arg(long)]
     pub eval_corpus: Option<PathBuf>,
-    /// Base checkpoint to fine-tune: Hugging Face folder or GGUF file.
+    /// Base checkpoint to fine-tune: Hugging Face folder, GGUF file, or a hub model
+    /// (`owner/name[@revision]`, downloaded into the Hugging Face cache).
     #[arg(long, conflicts_with = "from_scratch")]
     pub base: Option<PathBuf>,
     /// Train a fresh model and a byte-level BPE tokenizer on the corpus.

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use distill_corpus::record::{self, Record};
 use distill_corpus::shards::{ShardWriter, WriterOptions};
-use distill_models::chat::{ChatTemplate, Message};
+use distill_models::chat::ChatTemplate;
 use distill_student::batch::Rows;
 use distill_student::data::token_cache::{Sources, TokenCache};
 use distill_student::data::{self, DataConfig, Renderer};
@@ -274,24 +274,14 @@ fn sample(i: usize, tokens: usize) -> Record {
     }
     let completion = format!("She has \\boxed{{{}}} marbles.", a + b);
     Record {
-        id: record::record_id(&format!("p{}", i / 2), (i % 2) as i32),
-        problem_id: format!("p{}", i / 2),
-        sample_index: (i % 2) as i32,
-        source: "bench".into(),
-        messages: record::conversation(&prompt, &reasoning, &completion),
-        prompt,
-        reasoning,
-        completion,
-        final_answer: None,
-        reference_answer: None,
         correct: Some(true),
-        finish_reason: "stop".into(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        teacher: "bench".into(),
-        temperature: 0.6,
-        top_p: 0.95,
-        seed: 0,
+        ..Record::sample(
+            &format!("p{}", i / 2),
+            (i % 2) as i32,
+            &prompt,
+            &reasoning,
+            &completion,
+        )
     }
 }
 
@@ -312,12 +302,7 @@ fn renderer(tokens: usize) -> BoxResult<Renderer> {
     let texts: Vec<String> = (0..200)
         .map(|i| {
             let r = sample(i, tokens.min(256));
-            let messages: Vec<Message> = r
-                .messages
-                .iter()
-                .map(|m| Message::new(m.role.clone(), m.content.clone()))
-                .collect();
-            ChatTemplate::chatml().render(&messages, false)
+            ChatTemplate::chatml().render(&data::chat_messages(&r.messages), false)
         })
         .collect::<Result<_, _>>()?;
     let config = TokenizerTrainConfig {

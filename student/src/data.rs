@@ -220,14 +220,19 @@ fn read_batch<'a>(
         out.push(Conversation {
             id,
             problem_id: text(problem_ids).map(str::to_string),
-            messages: conversation
-                .into_iter()
-                .map(|m| Message::new(m.role, m.content))
-                .collect(),
+            messages: chat_messages(&conversation),
             finish_reason: text(finish).map(str::to_string),
         });
     }
     Ok(())
+}
+
+/// A corpus conversation as chat-template messages.
+pub fn chat_messages(messages: &[record::Message]) -> Vec<Message> {
+    messages
+        .iter()
+        .map(|m| Message::new(m.role.clone(), m.content.clone()))
+        .collect()
 }
 
 /// Counts of what happened to the corpus rows.

@@ -201,24 +201,9 @@ fn record(i: usize, finish: &str) -> Record {
         format!("\\boxed{{{}}}", i + 1),
     );
     Record {
-        id: record::record_id(&format!("p{i}"), 0),
-        problem_id: format!("p{i}"),
-        sample_index: 0,
-        source: "test".into(),
-        messages: record::conversation(&prompt, &reasoning, &completion),
-        prompt,
-        reasoning,
-        completion,
-        final_answer: None,
-        reference_answer: None,
-        correct: None,
         finish_reason: finish.into(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
         teacher: "t".into(),
-        temperature: 0.6,
-        top_p: 0.95,
-        seed: 0,
+        ..Record::sample(&format!("p{i}"), 0, &prompt, &reasoning, &completion)
     }
 }
 

@@ -23,25 +23,15 @@ fn record(i: usize) -> Record {
     let reasoning = steps.join("\n");
     let completion = format!("\\boxed{{{}}}", a + b);
     Record {
-        id: record::record_id(&format!("p{}", i / 2), (i % 2) as i32),
-        problem_id: format!("p{}", i / 2),
-        sample_index: (i % 2) as i32,
-        source: "test".into(),
-        messages: record::conversation(&prompt, &reasoning, &completion),
-        prompt,
-        reasoning,
-        completion,
-        final_answer: None,
-        reference_answer: None,
-        correct: None,
         // Every 11th row hit the teacher's token limit: dropped unless kept.
         finish_reason: if i % 11 == 10 { "length" } else { "stop" }.into(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        teacher: "t".into(),
-        temperature: 0.6,
-        top_p: 0.95,
-        seed: 0,
+        ..Record::sample(
+            &format!("p{}", i / 2),
+            (i % 2) as i32,
+            &prompt,
+            &reasoning,
+            &completion,
+        )
     }
 }
 
@@ -61,7 +51,7 @@ fn renderer() -> Renderer {
         .filter_map(|i| {
             let r = record(i);
             ChatTemplate::chatml()
-                .render(&r.messages_as_chat(), false)
+                .render(&data::chat_messages(&r.messages), false)
                 .ok()
         })
         .collect();
@@ -72,19 +62,6 @@ fn renderer() -> Renderer {
     let tokenizer = tokenizer_train::train(&texts, &config).unwrap();
     let template = tokenizer.chat_template().unwrap().unwrap();
     Renderer::new(tokenizer, template, &[]).unwrap()
-}
-
-trait AsChat {
-    fn messages_as_chat(&self) -> Vec<distill_models::chat::Message>;
-}
-
-impl AsChat for Record {
-    fn messages_as_chat(&self) -> Vec<distill_models::chat::Message> {
-        self.messages
-            .iter()
-            .map(|m| distill_models::chat::Message::new(m.role.clone(), m.content.clone()))
-            .collect()
-    }
 }
 
 fn all_rows(rows: &dyn Rows) -> Vec<PackedRow> {

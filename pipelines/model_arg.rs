@@ -1,0 +1,137 @@
+//! Every model argument goes through here (`inspect`, `convert`, `train --base`, `generate
+//! --model`, `serve`, `compare --models`, and the pipeline tables that hold them): a local path
+//! stays that path; `owner/name` (see [`distill_models::hub`]) is fetched from the Hugging Face
+//! hub into its cache, with a progress bar per file, before any expensive work, and opened from
+//! there.
+
+use std::path::{Path, PathBuf};
+
+use distill_models::hub::{self, DownloadProgress, HubRef, HubSettings, ModelRef};
+
+use crate::progress::Progress;
+
+/// A model argument made local.
+#[derive(Debug, Clone)]
+pub struct ModelPath {
+    /// A checkpoint folder or a `.gguf` file.
+    pub path: PathBuf,
+    /// The name recorded as provenance and shown: the file or folder name of a local model, the
+    /// argument itself for a hub model.
+    pub name: String,
+    /// For a hub model: `owner/name@commit`.
+    pub hub: Option<String>,
+}
+
+/// The hub model an argument names, or `None` for a local path (existing or not).
+pub fn hub_ref(arg: &Path) -> Option<HubRef> {
+    match ModelRef::parse(arg.to_str()?) {
+        ModelRef::Hub(model) => Some(model),
+        ModelRef::Local(_) => None,
+    }
+}
+
+/// Resolves a model argument, downloading a hub model's missing files. A local path is
+/// returned as is (whether it exists is for the caller to say).
+pub fn resolve(arg: &Path) -> anyhow::Result<ModelPath> {
+    match hub_ref(arg) {
+        Some(model) => resolve_hub(&model),
+        None => Ok(ModelPath {
+            path: arg.to_path_buf(),
+            name: distill_teacher::local::model_name(arg),
+            hub: None,
+        }),
+    }
+}
+
+/// Fetches a hub model (what is missing from the cache) and says where it is.
+pub fn resolve_hub(model: &HubRef) -> anyhow::Result<ModelPath> {
+    let settings = HubSettings::from_env()?;
+    let mut bars = Bars::new(&settings);
+    let found = hub::resolve(model, &settings, &mut bars)?;
+    if let Some(warning) = &found.warning {
+        eprintln!("Warning: {warning}");
+    }
+    if found.downloaded > 0 {
+        eprintln!(
+            "Downloaded {} file{} of `{model}` into `{}`",
+            found.downloaded,
+            if found.downloaded == 1 { "" } else { "s" },
+            found.path.display()
+        );
+    }
+    Ok(hub_path(model, found))
+}
+
+/// A hub model from the cache alone, for checks that must not download (`run --dry-run`):
+/// `None` when it is not (completely) there yet.
+pub fn cached(model: &HubRef) -> anyhow::Result<Option<ModelPath>> {
+    let settings = HubSettings::from_env()?;
+    match hub::cached(model, &settings) {
+        Ok(found) => Ok(Some(hub_path(model, found))),
+        Err(distill_models::Error::Hub(
+            hub::HubError::NotCached { .. } | hub::HubError::OfflineMissing { .. },
+        )) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn hub_path(model: &HubRef, found: hub::Resolved) -> ModelPath {
+    ModelPath {
+        path: found.path,
+        name: model.to_string(),
+        hub: Some(format!("{}@{}", model.repo, found.commit)),
+    }
+}
+
+/// One progress bar per file downloaded; a line saying where from and to before the first.
+struct Bars {
+    endpoint: String,
+    cache: PathBuf,
+    announced: bool,
+    bar: Option<Progress>,
+}
+
+impl Bars {
+    fn new(settings: &HubSettings) -> Self {
+        Self {
+            endpoint: settings.endpoint.clone(),
+            cache: settings.cache.clone(),
+            announced: false,
+            bar: None,
+        }
+    }
+}
+
+impl DownloadProgress for Bars {
+    fn start(&mut self, repo: &str, file: &str, bytes: u64) {
+        if !self.announced {
+            self.announced = true;
+            eprintln!(
+                "Downloading `{repo}` from {} into `{}`",
+                self.endpoint,
+                self.cache.display()
+            );
+        }
+        let bar = Progress::new(
+            bytes,
+            "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} · {bytes_per_sec} · ETA {eta}",
+            "bytes",
+            true,
+        );
+        bar.set_prefix("download");
+        bar.set_message(file.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn position(&mut self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `distill train --engine trl`: the same corpus and settings handed to TRL's SFT under
+//! `accelerate launch` (PyTorch, FSDP2 or DeepSpeed ZeRO-3), for students that one device cannot
+//! train. Writes into the output folder:
+//!
+//! - `data/train.parquet`, `data/eval.parquet`: the conversations distill would train on and
+//!   hold out, in TRL's conversational layout (`messages`); `data/lengths.json`: their token
+//!   lengths under the base tokenizer and template (see [`dataset`]);
+//! - `recipe.yaml`, `accelerate.yaml`, `launch.sh`, `slurm.sbatch` (see [`job`]), the entry
+//!   script `distill_sft.py`, and `chat_template.jinja` when distill supplies the training
+//!   template (see [`template`]);
+//! - `train_config.toml` (resolved settings) and `data_report.json`, as the distill engine does.
+//!
+//! A per-GPU memory estimate is printed before anything launches; `--dry-run` stops there.
+
+pub mod dataset;
+pub mod job;
+pub mod settings;
+pub mod template;
+mod yaml;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use distill_models::Checkpoint;
+use distill_student::data::Renderer;
+
+pub use settings::{Distributed, Engine, Offload, TrlSettings};
+
+use super::{write_file, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, DATA_REPORT, MODEL_DIR};
+use job::Job;
+
+/// Writes the TRL job for `settings` into its output folder; with `dry_run` stops there.
+pub fn run(
+    settings: &TrainSettings,
+    resume: bool,
+    progress: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    settings.validate()?;
+    let (Some(corpus), Some(out), Some(base)) = (&settings.corpus, &settings.out, &settings.base)
+    else {
+        bail!("the corpus, the output folder and the base model must be set");
+    };
+    let final_dir = out.join(MODEL_DIR);
+    if final_dir.exists() {
+        if resume {
+            eprintln!("Training already finished: `{}`", final_dir.display());
+            return Ok(());
+        }
+        bail!(
+            "`{}` already exists: choose another `--out`, or delete it",
+            final_dir.display()
+        );
+    }
+    let checkpoints = out.join(CHECKPOINTS_DIR);
+    if !resume && !dry_run && has_checkpoints(&checkpoints) {
+        bail!(
+            "`{}` holds checkpoints of an earlier run: pass `--resume` to continue it, or choose another `--out`",
+            checkpoints.display()
+        );
+    }
+
+    let base = Base::resolve(base)?;
+    let ckpt = Checkpoint::open(&base.dir)
+        .with_context(|| format!("cannot read the base model `{}`", base.dir.display()))?;
+    let spec = ckpt.config().spec()?;
+    let positions = ckpt.config().max_position_embeddings();
+    if settings.data.max_seq_len > positions {
+        bail!(
+            "`data.max_seq_len` `{}` exceeds the base model's `max_position_embeddings` `{positions}`",
+            settings.data.max_seq_len
+        );
+    }
+    let tokenizer = ckpt.tokenizer().with_context(|| {
+        format!(
+            "the base model `{}` has no usable tokenizer (`tokenizer.json`)",
+            base.dir.display()
+        )
+    })?;
+    let template = super::chat_template(&settings.data.chat_template, &tokenizer)?;
+    let plan = template::plan(&settings.data.chat_template, &template)?;
+    let renderer = Renderer::new(tokenizer, template, &ckpt.eos_token_ids())?;
+
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    let exported = dataset::export(
+        corpus,
+        settings.eval_corpus.as_deref(),
+        out,
+        &renderer,
+        &settings.data,
+        progress,
+    )?;
+    let r = &exported.report;
+    eprintln!(
+        "Dataset: {} corpus rows → {} training conversations ({} tokens; longest {}, p99 {}), {} held out{}",
+        r.rows,
+        exported.train_rows,
+        exported.lengths.tokens,
+        exported.lengths.max,
+        exported.lengths.p99,
+        exported.eval_rows,
+        if r.dropped.is_empty() {
+            String::new()
+        } else {
+            format!("; dropped {}", r.drop_summary())
+        }
+    );
+    write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;
+    write_file(
+        &out.join(DATA_REPORT),
+        &(serde_json::to_string_pretty(&exported.report)? + "\n"),
+    )?;
+    let chat_template = template::write(&plan, out)?;
+    match &plan {
+        template::Plan::Variant { name, .. } => eprintln!(
+            "Chat template: distill's `{name}` with the trained turn marked (`{}`)",
+            job::CHAT_TEMPLATE
+        ),
+        template::Plan::Marked => {
+            eprintln!("Chat template: the base model's, which marks assistant turns")
+        }
+        template::Plan::LeftToTrl => eprintln!(
+            "Chat template: the base model's; TRL swaps in its training variant for assistant-only loss (it knows Qwen2.5, Qwen3, DeepSeek-R1-Distill, Llama 3 and others) or stops naming the template"
+        ),
+    }
+
+    let job = Job {
+        settings,
+        model: base.trl_name,
+        revision: base.revision,
+        spec,
+        lengths: exported.lengths,
+        has_eval: exported.eval_rows > 0,
+        out: std::path::absolute(out)
+            .with_context(|| format!("cannot resolve `{}`", out.display()))?,
+        chat_template,
+    };
+    for (name, text) in job.files() {
+        write_file(&out.join(name), &text)?;
+    }
+    write_file(&out.join(job::ENTRY), job::ENTRY_SOURCE)?;
+    make_executable(&out.join(job::LAUNCH))?;
+    eprintln!("{}", job.memory_line());
+
+    if dry_run {
+        eprintln!(
+            "Dry run: the TRL job is in `{}`; start it with `bash {}` (one machine) or `sbatch {}` (Slurm)",
+            out.display(),
+            out.join(job::LAUNCH).display(),
+            out.join(job::SLURM).display(),
+        );
+        return Ok(());
+    }
+    bail!(
+        "launching TRL from distill is not built yet: the job is written to `{}`; start it with `bash {}`",
+        out.display(),
+        out.join(job::LAUNCH).display()
+    )
+}
+
+/// The base model as TRL names it and as distill reads it.
+struct Base {
+    /// What the recipe's `model_name_or_path` says: the hub name, or the absolute folder.
+    trl_name: String,
+    revision: Option<String>,
+    /// A local folder with its config and tokenizer.
+    dir: PathBuf,
+}
+
+impl Base {
+    fn resolve(arg: &Path) -> anyhow::Result<Self> {
+        let gguf = |path: &Path| {
+            path.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        };
+        let refuse = |what: &str| {
+            anyhow::anyhow!(
+                "the TRL engine trains a Hugging Face checkpoint, not the GGUF file {what}: convert it with `distill convert` and pass the folder as `--base`"
+            )
+        };
+        match crate::model_arg::hub_ref(arg) {
+            Some(model) => {
+                if model.gguf.is_some() {
+                    return Err(refuse(&format!("`{model}`")));
+                }
+                let found = crate::model_arg::resolve_metadata(arg)?;
+                if gguf(&found.path) {
+                    return Err(refuse(&format!("in `{}`", model.repo)));
+                }
+                Ok(Self {
+                    trl_name: model.repo.clone(),
+                    revision: model.revision.clone(),
+                    dir: found.path,
+                })
+            }
+            None => {
+                if !arg.exists() {
+                    bail!("the base model `{}` does not exist", arg.display());
+                }
+                if gguf(arg) {
+                    return Err(refuse(&format!("`{}`", arg.display())));
+                }
+                let dir = std::path::absolute(arg)
+                    .with_context(|| format!("cannot resolve `{}`", arg.display()))?;
+                Ok(Self {
+                    trl_name: dir.display().to_string(),
+                    revision: None,
+                    dir,
+                })
+            }
+        }
+    }
+}
+
+/// Whether `dir` holds a TRL checkpoint (`checkpoint-N/`).
+fn has_checkpoints(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+    })
+}
+
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make `{}` executable", path.display()))?;
+    }
+    Ok(())
+}

@@ -362,3 +362,75 @@ fn bad_combinations_fail_in_one_line() {
     assert!(err.contains("distill convert"), "{err}");
     assert!(!out.exists());
 }
+
+/// A stand-in Python that answers the package probe with `versions` (a JSON object).
+#[cfg(unix)]
+fn fake_python(dir: &Path, versions: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    std::fs::write(&path, format!("#!/bin/sh\necho '{versions}'\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Without `--dry-run` the Python side is checked before anything is read or written: the
+/// first missing or mismatched package is named in one line with the command that fixes it.
+#[cfg(unix)]
+#[test]
+fn the_python_side_is_checked_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corpus, _) = write_corpus(dir.path(), 4, 1);
+    let out = dir.path().join("o");
+    let pinned = r#""torch": "2.15.0+cu132", "transformers": "5.25.0", "trl": "1.16.0", "accelerate": "1.16.0", "datasets": "5.2.0", "peft": "0.21.2""#;
+    let cases = [
+        (
+            format!(
+                "{{{}}}",
+                pinned
+                    .replace("\"1.16.0\", \"accelerate", "\"1.15.0\", \"accelerate")
+                    .replace("\"0.21.2\"", "null")
+            ),
+            &[][..],
+            "`trl==1.16.0` is pinned, `1.15.0` is installed (and 1 more)",
+        ),
+        (
+            format!("{{{pinned}}}"),
+            &["--distributed", "zero3"][..],
+            "`deepspeed==0.19.8` is not installed",
+        ),
+    ];
+    for (versions, extra, expected) in cases {
+        let python = fake_python(dir.path(), &versions);
+        let output = bin()
+            .env("DISTILL_TRL_PYTHON", &python)
+            .args(["train", "--engine", "trl", "--base", "no-such-base"])
+            .arg("--corpus")
+            .arg(&corpus)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = stderr(&output);
+        assert!(!output.status.success());
+        assert!(err.contains(expected), "{err}");
+        assert!(err.contains("bash engines/trl/setup.sh"), "{err}");
+        assert!(err.contains(&python.display().to_string()), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+    let output = bin()
+        .env("DISTILL_TRL_PYTHON", dir.path().join("missing/python"))
+        .args(["train", "--engine", "trl", "--base", "b"])
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert!(
+        err.contains("missing/python` does not exist: run `bash engines/trl/setup.sh`"),
+        "{err}"
+    );
+}

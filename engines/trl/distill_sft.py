@@ -7,6 +7,9 @@ It runs what `trl sft --config recipe.yaml` runs (TRL's `ScriptArguments`, `SFTC
   `distill-metrics {json}` from the main process, which `distill train` turns into its progress
   bar and `metrics.jsonl`;
 - a rerun resumes from the newest checkpoint in `output_dir`;
+- when the file `distill-stop` appears (distill writes it on Ctrl-C), every process agrees on it
+  after the current step, a checkpoint is saved, and the script ends printing `distill-stopped`
+  without a final model;
 - the held-out loss is computed at the end when the recipe evaluates no earlier;
 - the final model (and tokenizer) is saved to `model/`, a Hugging Face folder that
   `distill compare`, `distill serve` and `transformers` load.
@@ -21,9 +24,12 @@ import sys
 
 FINAL_DIR = "model"
 METRICS_PREFIX = "distill-metrics "
+STOP_FILE = "distill-stop"
+STOPPED_LINE = "distill-stopped"
 
 
 def main():
+    import torch
     from datasets import load_dataset
     from transformers import TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
@@ -50,6 +56,26 @@ def main():
                 record[key] = value
             print(METRICS_PREFIX + json.dumps(record), flush=True)
 
+    class StopFile(TrainerCallback):
+        """Checkpoints and stops after the step in which the stop file appeared. Every
+        process must stop at the same step (or the others wait in a collective forever), so
+        they agree through a max all-reduce of their flags."""
+
+        stopped = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stop = os.path.exists(STOP_FILE)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                flag = torch.tensor([1.0 if stop else 0.0], device=args.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stop = flag.item() > 0
+            if stop:
+                self.stopped = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    stop_file = StopFile()
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config()
 
@@ -73,7 +99,7 @@ def main():
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
-        callbacks=[MetricsLines()],
+        callbacks=[MetricsLines(), stop_file],
     )
 
     last = None
@@ -82,6 +108,9 @@ def main():
     if last is not None:
         trainer.accelerator.print(f"Resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
+    if stop_file.stopped:
+        trainer.accelerator.print(STOPPED_LINE, flush=True)
+        return 0
 
     if eval_dataset is not None and training_args.eval_strategy == "no":
         trainer.evaluate(eval_dataset=eval_dataset)  # logged through MetricsLines
@@ -90,6 +119,7 @@ def main():
     trainer.accelerator.print(f"Model saved to {FINAL_DIR}")
     if hasattr(trainer, "end"):
         trainer.end()
+    return 0
 
 
 if __name__ == "__main__":

@@ -410,15 +410,18 @@ impl Job<'_> {
             t,
             r#"#!/usr/bin/env bash
 # Launches the TRL job in this folder (written by `distill train --engine trl`).
-# One machine: `bash launch.sh`. One machine of several: set MACHINE_RANK, MAIN_PROCESS_IP
-# (and MAIN_PROCESS_PORT) on each, as slurm.sbatch does.
+# One machine: `bash launch.sh` (MAIN_PROCESS_PORT picks the rendezvous port). One machine of
+# several: set MACHINE_RANK, MAIN_PROCESS_IP and MAIN_PROCESS_PORT on each, as slurm.sbatch does.
 # {memory}
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="{python}"
 args=(--config_file {accelerate})
+if [ -n "${{MAIN_PROCESS_PORT:-}}" ]; then
+  args+=(--main_process_port "$MAIN_PROCESS_PORT")
+fi
 if [ -n "${{MACHINE_RANK:-}}" ]; then
-  args+=(--machine_rank "$MACHINE_RANK" --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "${{MAIN_PROCESS_PORT:-29500}}")
+  args+=(--machine_rank "$MACHINE_RANK" --main_process_ip "$MAIN_PROCESS_IP")
 fi
 exec "$PYTHON" -m accelerate.commands.launch "${{args[@]}}" {entry} --config {recipe} "$@"
 "#,

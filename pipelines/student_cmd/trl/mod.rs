@@ -11,9 +11,16 @@
 //! - `train_config.toml` (resolved settings) and `data_report.json`, as the distill engine does.
 //!
 //! A per-GPU memory estimate is printed before anything launches; `--dry-run` stops there.
+//! Otherwise the Python environment is checked first (see [`python`]), and once the folder is
+//! written the job runs on this machine and is followed (see [`launch`]): its metrics go to
+//! `metrics.jsonl` and `loss.png`, Ctrl-C checkpoints and stops it, `--resume` continues from
+//! TRL's newest checkpoint, and the final `model/` gets the stop ids of the template it was
+//! trained with, so `compare`, `serve` and `inspect` take it as they take a distill student.
 
 pub mod dataset;
 pub mod job;
+pub mod launch;
+pub mod python;
 pub mod settings;
 pub mod template;
 mod yaml;
@@ -26,7 +33,10 @@ use distill_student::data::Renderer;
 
 pub use settings::{Distributed, Engine, Offload, TrlSettings};
 
-use super::{write_file, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, DATA_REPORT, MODEL_DIR};
+use super::{
+    chart, write_file, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, DATA_REPORT, LOSS_PNG,
+    METRICS_FILE, MODEL_DIR,
+};
 use job::Job;
 
 /// Writes the TRL job for `settings` into its output folder; with `dry_run` stops there.
@@ -59,6 +69,15 @@ pub fn run(
             checkpoints.display()
         );
     }
+    // The Python side before anything is read or written: a missing or mismatched package is
+    // named now, not after the dataset is written.
+    let python = if dry_run {
+        None
+    } else {
+        let python = python::python(&settings.trl)?;
+        python::check(&python, &python::required(&settings.trl))?;
+        Some(python)
+    };
 
     let base = Base::resolve(base)?;
     let ckpt = Checkpoint::open(&base.dir)
@@ -142,7 +161,7 @@ pub fn run(
     make_executable(&out.join(job::LAUNCH))?;
     eprintln!("{}", job.memory_line());
 
-    if dry_run {
+    let Some(python) = python else {
         eprintln!(
             "Dry run: the TRL job is in `{}`; start it with `bash {}` (one machine) or `sbatch {}` (Slurm)",
             out.display(),
@@ -150,12 +169,82 @@ pub fn run(
             out.join(job::SLURM).display(),
         );
         return Ok(());
+    };
+
+    let metrics = out.join(METRICS_FILE);
+    if !resume {
+        // A fresh run's metrics start empty; a resumed one's continue (TRL logs the steps it
+        // trains again after its checkpoint once more).
+        write_file(&metrics, "")?;
     }
-    bail!(
-        "launching TRL from distill is not built yet: the job is written to `{}`; start it with `bash {}`",
-        out.display(),
-        out.join(job::LAUNCH).display()
-    )
+    eprintln!("Launching TRL: `bash {}`", out.join(job::LAUNCH).display());
+    let outcome = launch::run(out, &python, &metrics, progress)?;
+    if !outcome.curve.is_empty() {
+        chart::loss_curve(&out.join(LOSS_PNG), &outcome.curve, &outcome.evals)?;
+    }
+    if outcome.stopped {
+        eprintln!(
+            "Stopped at step {}; checkpoint in `{}` (continue with `--resume`)",
+            outcome.steps,
+            checkpoints.display()
+        );
+        return Ok(());
+    }
+    if !final_dir.is_dir() {
+        bail!(
+            "TRL finished without writing `{}`; its output is in `{}`",
+            final_dir.display(),
+            out.join(launch::LOG_FILE).display()
+        );
+    }
+    register(&final_dir, &renderer)?;
+    eprintln!(
+        "Trained {} steps with TRL: loss {}{}; model in `{}`",
+        outcome.steps,
+        outcome
+            .last_loss
+            .map_or("n/a".into(), |l| format!("{l:.4}")),
+        outcome
+            .eval_loss
+            .map_or(String::new(), |l| format!(", held-out loss {l:.4}")),
+        final_dir.display()
+    );
+    Ok(())
+}
+
+/// Makes TRL's final folder stop where training put the end of the turn: every stop id of the
+/// template it was trained with goes into `generation_config.json` and `config.json` (a base
+/// model's own list can lack the template's end-of-turn token, as Qwen2.5 base models lack
+/// `<|im_end|>`), and the folder must then open as a distill student does.
+fn register(dir: &Path, renderer: &Renderer) -> anyhow::Result<()> {
+    for name in ["generation_config.json", "config.json"] {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let mut value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("cannot parse `{}`", path.display()))?;
+        let mut ids: Vec<u64> = match &value["eos_token_id"] {
+            serde_json::Value::Number(n) => n.as_u64().into_iter().collect(),
+            serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_u64()).collect(),
+            _ => Vec::new(),
+        };
+        let before = ids.len();
+        for &id in renderer.stop_ids() {
+            if !ids.contains(&u64::from(id)) {
+                ids.push(u64::from(id));
+            }
+        }
+        if ids.len() != before {
+            value["eos_token_id"] = serde_json::json!(ids);
+            write_file(&path, &(serde_json::to_string_pretty(&value)? + "\n"))?;
+        }
+    }
+    distill_student::export::check_folder(dir, renderer.end_of_turn_id())
+        .with_context(|| format!("TRL's model `{}` is not usable", dir.display()))?;
+    Ok(())
 }
 
 /// The base model as TRL names it and as distill reads it.

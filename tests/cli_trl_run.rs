@@ -249,3 +249,77 @@ fn ctrl_c_checkpoints_and_resume_continues() {
     assert_eq!(numbers, (1..=step + 3).collect::<Vec<u64>>());
     assert!(out.join("model/model.safetensors").is_file());
 }
+
+/// A pipeline whose `[train]` says `engine = "trl"`: the student stage runs through TRL on 2 CPU
+/// processes from the model the pipeline's teacher stage made, and the `compare` stage takes
+/// the folder TRL wrote like a distill student.
+#[test]
+fn a_pipeline_trains_its_student_through_trl() {
+    let Some(python) = trl_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let file = dir.path().join("trl.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[pipeline]
+out = "{out}"
+
+[problems]
+count = 200
+seed = 3
+
+[teacher]
+max_steps = 1
+max_seq_len = 512
+vocab_size = 300
+merge_across_words = true
+hidden_size = 32
+layers = 1
+heads = 2
+kv_heads = 1
+intermediate_size = 48
+quiet = true
+
+[train]
+engine = "trl"
+base = "{out}/teacher/model"
+corpus = "{out}/problems/solutions"
+device = "cpu"
+gpus_per_node = 2
+micro_batch_size = 2
+max_seq_len = 512
+max_steps = 8
+lr = 0.001
+quiet = true
+
+[compare]
+limit = 4
+samples = 1
+max_new_tokens = 16
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let run = run_ok(
+        bin()
+            .env("DISTILL_TRL_PYTHON", &python)
+            .args(["--threads", "1", "run"])
+            .arg(&file),
+    );
+    let text = said(&run);
+    assert!(text.contains("Trained 8 steps with TRL"), "{text}");
+    let numbers: Vec<u64> = metrics(&out.join("student"))
+        .0
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(numbers, (1..=8).collect::<Vec<u64>>());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/report.json")).unwrap())
+            .unwrap();
+    let text = report.to_string();
+    assert!(text.contains("student/model"), "{text}");
+}

@@ -167,6 +167,10 @@ fn trl_trains_and_the_model_comes_back() {
         .filter_map(|t| t["text"].as_str())
         .collect();
     assert!(eos.contains(&"<|im_end|>"), "{eos:?}");
+    // It keeps distill's `chatml` for inference, not the training variant TRL was given.
+    let template = std::fs::read_to_string(model.join("chat_template.jinja")).unwrap();
+    assert!(!template.contains("endgeneration"), "{template}");
+    assert!(template.contains("<|im_start|>"), "{template}");
     let report = dir.path().join("report");
     run_ok(
         bin()
@@ -322,4 +326,85 @@ max_new_tokens = 16
             .unwrap();
     let text = report.to_string();
     assert!(text.contains("student/model"), "{text}");
+}
+
+/// Both engines train the same thing: for every training document TRL prepares from the job
+/// (its data preparation run by `engines/trl/dump_tokens.py` on the recipe, without training),
+/// the tokens equal the document distill's trainer builds from the same corpus row with the
+/// same tokenizer and template, and the labels cover exactly distill's trained span: the last
+/// assistant turn after the prompt, through its end-of-turn token.
+#[test]
+fn trl_tokens_and_labels_are_distills() {
+    use distill_models::Checkpoint;
+    use distill_student::data::{self, DataConfig, Renderer};
+
+    let Some(python) = trl_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, corpus, base) = setup(dir.path());
+    let job = dir.path().join("job");
+    run_ok(&mut trl_train(
+        &python,
+        &base,
+        &corpus,
+        &job,
+        &["--no-packing", "--eval-fraction", "0.1", "--dry-run"],
+    ));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("engines/trl/dump_tokens.py");
+    let dumped = run_ok(Command::new(&python).arg(&script).arg(&job));
+    let trl: Vec<(Vec<u32>, Vec<i64>)> = String::from_utf8_lossy(&dumped.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ids = v["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let labels = v["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
+            (ids, labels)
+        })
+        .collect();
+
+    let ckpt = Checkpoint::open(&base).unwrap();
+    let tokenizer = ckpt.tokenizer().unwrap();
+    let template = tokenizer.chat_template().unwrap().unwrap();
+    let renderer = Renderer::new(tokenizer, template, &ckpt.eos_token_ids()).unwrap();
+    let config = DataConfig {
+        max_seq_len: 512,
+        packing: false,
+        eval_fraction: 0.1,
+        ..Default::default()
+    };
+    let conversations = data::read_corpus(&[corpus]).unwrap();
+    let outcomes = data::prepare(&conversations, &renderer, &config);
+    let distill: Vec<(Vec<u32>, usize)> = conversations
+        .iter()
+        .zip(outcomes)
+        .filter(|(c, _)| !data::is_eval(c.problem_key(), 0.1))
+        .filter_map(|(_, o)| o.ok())
+        .map(|d| (d.input_ids, d.boundary))
+        .collect();
+    assert!(distill.len() > 150, "{}", distill.len());
+    assert_eq!(trl.len(), distill.len());
+    let end_of_turn = renderer.end_of_turn_id().unwrap();
+    for (i, ((trl_ids, labels), (ids, boundary))) in trl.iter().zip(&distill).enumerate() {
+        assert_eq!(trl_ids, ids, "document {i}: tokens");
+        let expected: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| if j >= *boundary { i64::from(t) } else { -100 })
+            .collect();
+        assert_eq!(labels, &expected, "document {i}: labels");
+        assert_eq!(
+            *ids.last().unwrap(),
+            end_of_turn,
+            "document {i} ends its turn"
+        );
+    }
 }

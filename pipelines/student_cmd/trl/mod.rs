@@ -197,7 +197,7 @@ pub fn run(
             out.join(launch::LOG_FILE).display()
         );
     }
-    register(&final_dir, &renderer)?;
+    register(&final_dir, &renderer, chat_template)?;
     eprintln!(
         "Trained {} steps with TRL: loss {}{}; model in `{}`",
         outcome.steps,
@@ -215,8 +215,22 @@ pub fn run(
 /// Makes TRL's final folder stop where training put the end of the turn: every stop id of the
 /// template it was trained with goes into `generation_config.json` and `config.json` (a base
 /// model's own list can lack the template's end-of-turn token, as Qwen2.5 base models lack
-/// `<|im_end|>`), and the folder must then open as a distill student does.
-fn register(dir: &Path, renderer: &Renderer) -> anyhow::Result<()> {
+/// `<|im_end|>`); when distill supplied the training variant of its template, the folder gets
+/// the template itself back (the variant renders earlier assistant turns as the trained one);
+/// and the folder must then open as a distill student does.
+fn register(dir: &Path, renderer: &Renderer, variant: bool) -> anyhow::Result<()> {
+    if variant {
+        write_file(&dir.join(job::CHAT_TEMPLATE), renderer.template().source())?;
+        let config = dir.join("tokenizer_config.json");
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            let mut value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("cannot parse `{}`", config.display()))?;
+            if value.get("chat_template").is_some() {
+                value["chat_template"] = renderer.template().source().into();
+                write_file(&config, &(serde_json::to_string_pretty(&value)? + "\n"))?;
+            }
+        }
+    }
     for name in ["generation_config.json", "config.json"] {
         let path = dir.join(name);
         if !path.is_file() {

@@ -108,10 +108,11 @@ mod tests {
         ChatTemplate::new(&source, builtin.bos_token(), builtin.eos_token()).unwrap()
     }
 
-    /// For each built-in template and conversation, the variant renders the text distill trains
-    /// on: the history as the original renders it with its generation prompt, then the raw
-    /// assistant content (after the part the prompt already wrote) and the end-of-turn token,
-    /// labelled; and with a generation prompt and no answer it renders as the original.
+    /// For each built-in template and conversation, the variant renders exactly the document
+    /// distill trains on: the history as the original renders it with its generation prompt,
+    /// then the raw assistant content (after the part the prompt already wrote) and the
+    /// end-of-turn token, labelled, and nothing after; with a generation prompt and no answer
+    /// it renders as the original.
     #[test]
     fn variants_label_what_distill_trains() {
         let reasoning = "<think>\n3 + 4 = 7, twice.\n</think>\n\nThe answer is \\boxed{7}.  ";
@@ -139,15 +140,7 @@ mod tests {
                 let written = distill_models::chat::written_by_prompt(&prompt, content);
                 let labelled = format!("{}{end_of_turn}", &content[written..]);
                 let text = marked.render(messages, false).unwrap();
-                let expected_start = format!("{prompt}{START}{labelled}{END}");
-                assert!(
-                    text.starts_with(&expected_start),
-                    "{name}: {text:?}\nexpected to start with {expected_start:?}"
-                );
-                assert!(
-                    text[expected_start.len()..].trim().is_empty(),
-                    "{name}: only whitespace after the turn: {text:?}"
-                );
+                assert_eq!(text, format!("{prompt}{START}{labelled}{END}"), "{name}");
                 // A prompt alone renders as the original's. (A history with assistant turns,
                 // rendered alone, has its own last assistant turn taken for the trained one;
                 // TRL's assistant-only loss always renders the whole conversation.)

@@ -62,11 +62,38 @@ pub fn resolve_hub(model: &HubRef) -> anyhow::Result<ModelPath> {
     Ok(hub_path(model, found))
 }
 
+/// A model argument made local without its weights: a local path as is; a hub model's
+/// config, tokenizer and chat template fetched into the cache (for jobs that another program
+/// trains and that fetch the weights themselves: the TRL engine).
+pub fn resolve_metadata(arg: &Path) -> anyhow::Result<ModelPath> {
+    match hub_ref(arg) {
+        Some(model) => resolve_hub_metadata(&model),
+        None => resolve(arg),
+    }
+}
+
+/// [`resolve_hub`] without the weights (see [`resolve_metadata`]).
+pub fn resolve_hub_metadata(model: &HubRef) -> anyhow::Result<ModelPath> {
+    let settings = HubSettings::from_env()?;
+    let mut bars = Bars::new(&settings);
+    let found = hub::resolve_metadata(model, &settings, &mut bars)?;
+    if let Some(warning) = &found.warning {
+        eprintln!("Warning: {warning}");
+    }
+    Ok(hub_path(model, found))
+}
+
 /// A hub model from the cache alone, for checks that must not download (`run --dry-run`):
 /// `None` when it is not (completely) there yet.
 pub fn cached(model: &HubRef) -> anyhow::Result<Option<ModelPath>> {
+    cached_files(model, hub::Files::All)
+}
+
+/// [`cached`] for some files only: with [`hub::Files::Metadata`], whether the config and
+/// tokenizer are there.
+pub fn cached_files(model: &HubRef, files: hub::Files) -> anyhow::Result<Option<ModelPath>> {
     let settings = HubSettings::from_env()?;
-    match hub::cached(model, &settings) {
+    match hub::cached_files(model, &settings, files) {
         Ok(found) => Ok(Some(hub_path(model, found))),
         Err(distill_models::Error::Hub(
             hub::HubError::NotCached { .. } | hub::HubError::OfflineMissing { .. },

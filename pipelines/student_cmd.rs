@@ -8,10 +8,13 @@
 //! - `metrics.jsonl` — one line per step (`loss`, `lr`, `grad_norm`, tokens/s) and per eval;
 //! - `loss.png`, `train_config.toml` (resolved settings), `data_report.json`;
 //! - `token-cache/` — the corpus tokenised once (`data.token_cache` puts it elsewhere).
+//!
+//! `--engine trl` hands the same settings to TRL instead (see [`trl`]).
 
 mod chart;
 pub mod config;
 mod memory;
+pub mod trl;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -44,7 +47,10 @@ pub const TOKEN_CACHE_DIR: &str = "token-cache";
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let settings = args.resolve()?;
-    run(&settings, args.resume, !args.quiet)
+    match settings.engine {
+        trl::Engine::Distill => run(&settings, args.resume, !args.quiet),
+        trl::Engine::Trl => trl::run(&settings, args.resume, !args.quiet, args.dry_run),
+    }
 }
 
 /// Runs a training job from resolved settings (also used by `distill run`).
@@ -282,7 +288,10 @@ fn starting_point(
 }
 
 /// `auto` (the tokenizer's own template, else ChatML), a built-in name, or a Jinja file.
-fn chat_template(choice: &str, tokenizer: &TextTokenizer) -> anyhow::Result<ChatTemplate> {
+pub(crate) fn chat_template(
+    choice: &str,
+    tokenizer: &TextTokenizer,
+) -> anyhow::Result<ChatTemplate> {
     if choice == "auto" {
         return Ok(tokenizer
             .chat_template()?
@@ -378,7 +387,7 @@ fn tokenise(
     Ok(cache)
 }
 
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
 }
 

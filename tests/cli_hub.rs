@@ -857,3 +857,103 @@ fn write_corpus(dir: &Path) -> PathBuf {
     w.finish().unwrap();
     out
 }
+
+/// A TRL job trains on the cluster, where TRL fetches the weights: distill fetches only what it
+/// reads (config, generation config, tokenizer), also offline from the cache, and the recipe
+/// names the hub model.
+#[test]
+fn a_trl_job_fetches_the_config_and_tokenizer_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let corpus = write_corpus(tmp.path());
+    // A tiny model with a tokenizer to serve: distill trains one from scratch for one step.
+    let base = tmp.path().join("base");
+    let (_, _) = succeed(distill(
+        &home,
+        "http://127.0.0.1:9",
+        &[],
+        &[
+            "--threads",
+            "1",
+            "train",
+            "--from-scratch",
+            "--quiet",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            base.to_str().unwrap(),
+            "--vocab-size",
+            "60",
+            "--hidden-size",
+            "16",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--intermediate-size",
+            "32",
+            "--max-seq-len",
+            "128",
+            "--max-steps",
+            "1",
+        ],
+    ));
+    let model = base.join("model");
+    let files: Vec<(&str, PathBuf)> = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ]
+    .into_iter()
+    .map(|f| (f, model.join(f)))
+    .collect();
+    let server = Server::start(vec![("tiny/student", repo('f', &files))]);
+    let job = tmp.path().join("job");
+    let args = [
+        "train",
+        "--engine",
+        "trl",
+        "--dry-run",
+        "--quiet",
+        "--base",
+        "tiny/student",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        job.to_str().unwrap(),
+        "--max-seq-len",
+        "128",
+    ];
+    succeed(distill(&home, &server.endpoint, &[], &args));
+    assert!(server.requests_for("model.safetensors").is_empty());
+    assert!(!server.requests_for("tokenizer.json").is_empty());
+    let snapshot = home
+        .join("hub/models--tiny--student/snapshots")
+        .join("f".repeat(40));
+    assert_eq!(
+        files_under(&snapshot),
+        [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    let recipe = std::fs::read_to_string(job.join("recipe.yaml")).unwrap();
+    assert!(
+        recipe.contains("\nmodel_name_or_path: \"tiny/student\"\n"),
+        "{recipe}"
+    );
+    // Offline, the cache holds all the job needs.
+    succeed(distill(
+        &home,
+        &server.endpoint,
+        &[("HF_HUB_OFFLINE", "1")],
+        &args,
+    ));
+    assert_eq!(server.requests_for("model.safetensors").len(), 0);
+}

@@ -353,3 +353,80 @@ fn export_batch(
     }
     Ok((RecordBatch::try_new(schema.clone(), columns)?, fresh))
 }
+
+/// A parquet file with one `messages` column (TRL's conversational layout), written a batch of
+/// conversations at a time under a temporary name and renamed into place by
+/// [`MessagesWriter::finish`]; dropped unfinished, it leaves nothing behind.
+pub struct MessagesWriter {
+    staged: StagedFile,
+    writer: ArrowWriter<BufWriter<File>>,
+    schema: SchemaRef,
+    rows: u64,
+}
+
+impl MessagesWriter {
+    /// Rows per row group: small enough for a reader to stream long reasoning traces.
+    const ROW_GROUP_ROWS: usize = 2048;
+
+    pub fn create(path: &Path, overwrite: bool) -> Result<Self> {
+        let staged = StagedFile::new(path, overwrite)?;
+        let file = File::create(&staged.tmp).map_err(|e| Error::io(&staged.tmp, e))?;
+        let schema = export_schema(true);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(Self::ROW_GROUP_ROWS))
+            .build();
+        let writer = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
+            .map_err(|e| Error::ParquetWrite {
+                path: staged.tmp.clone(),
+                source: e,
+            })?;
+        Ok(Self {
+            staged,
+            writer,
+            schema,
+            rows: 0,
+        })
+    }
+
+    /// Appends conversations (each a list of messages).
+    pub fn write<'a>(&mut self, rows: impl IntoIterator<Item = &'a [Message]>) -> Result<()> {
+        let list = record::messages_array(rows)?;
+        let n = list.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(list)])?;
+        self.writer.write(&batch).map_err(|e| Error::ParquetWrite {
+            path: self.staged.tmp.clone(),
+            source: e,
+        })?;
+        self.rows += n as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Completes the file and moves it into place; returns its rows.
+    pub fn finish(self) -> Result<u64> {
+        let Self {
+            staged,
+            writer,
+            rows,
+            ..
+        } = self;
+        let buf = writer.into_inner().map_err(|e| Error::ParquetWrite {
+            path: staged.tmp.clone(),
+            source: e,
+        })?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| Error::io(&staged.tmp, e.into_error()))?;
+        file.sync_data().map_err(|e| Error::io(&staged.tmp, e))?;
+        staged.commit()?;
+        Ok(rows)
+    }
+}

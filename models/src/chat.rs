@@ -67,7 +67,7 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// Compiles `source`; a syntax error comes back as [`Error::Template`] naming the line.
     pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
-        let env = environment(source.to_string()).map_err(template_error)?;
+        let env = environment(without_generation_tags(source)).map_err(template_error)?;
         Ok(Self {
             source: source.to_string(),
             bos_token: bos_token.map(str::to_string),
@@ -241,6 +241,33 @@ const DEEPSEEK_R1: &str = "\
 {%- if add_generation_prompt %}
 {{- '<｜Assistant｜><think>\\n' }}
 {%- endif %}";
+
+/// transformers' `{% generation %}` … `{% endgeneration %}` (the assistant-mask extension that
+/// TRL's assistant-only loss reads) renders its body unchanged, as `{% if true %}` … `{% endif %}`
+/// does: minijinja, which has no such tag, compiles that in its place (whitespace control kept).
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find("{%") {
+        out.push_str(&rest[..at]);
+        let tag = &rest[at..];
+        let Some(close) = tag.find("%}") else {
+            rest = tag;
+            break;
+        };
+        let inner = &tag[2..close];
+        let (lead, body) = inner.strip_prefix('-').map_or(("", inner), |b| ("-", b));
+        let (body, trail) = body.strip_suffix('-').map_or((body, ""), |b| (b, "-"));
+        match body.trim() {
+            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
+            _ => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// An environment configured like transformers' `ImmutableSandboxedEnvironment(trim_blocks=True,
 /// lstrip_blocks=True, extensions=[loopcontrols])` with HF's extra globals and filters.
@@ -710,5 +737,26 @@ mod tests {
         assert_eq!(python_float_repr(1e16), "1e+16");
         assert_eq!(python_float_repr(123456.5), "123456.5");
         assert_eq!(python_float_repr(-2.5e-7), "-2.5e-07");
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        assert_eq!(
+            without_generation_tags(
+                "a{%- generation -%} b {% endgeneration %}{% if x %}{%generation%}"
+            ),
+            "a{%- if true -%} b {% endif %}{% if x %}{% if true %}"
+        );
+        let marked = ChatTemplate::new(
+            "{%- for m in messages %}{{- m['role'] + ':' }}\n{%- generation %}\n{{- m['content'] }}{%- endgeneration %}\n{%- endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let messages = [Message::user("hi"), Message::assistant("yo")];
+        assert_eq!(
+            marked.render(&messages, false).unwrap(),
+            "user:hiassistant:yo"
+        );
     }
 }

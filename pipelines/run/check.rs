@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Parser;
-use distill_models::Checkpoint;
+use distill_models::{hub, Checkpoint};
 
 use super::plan::Stage;
 use crate::cli::{Cli, Command};
+use crate::student_cmd::trl::Engine;
 use crate::teacher_cmd::BackendKind;
 
 /// Checks `stages`, downloading hub models when `fetch` (a dry run does not); returns notes on
@@ -29,8 +30,24 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
         let Ok(cli) = Cli::try_parse_from(&argv) else {
             continue;
         };
+        // A model TRL trains is fetched by TRL on every node: distill needs its config and
+        // tokenizer only.
+        let files = match &cli.command {
+            Command::Train(args) if args.resolve().is_ok_and(|s| s.engine == Engine::Trl) => {
+                hub::Files::Metadata
+            }
+            _ => hub::Files::All,
+        };
         let mut model = |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> Fits| {
-            check_model(stage.name, key, path, earlier, fetch, fits, &mut notes)
+            check_model(
+                stage.name,
+                key,
+                path,
+                earlier,
+                Lookup { fetch, files },
+                fits,
+                &mut notes,
+            )
         };
         match cli.command {
             Command::Train(args) => {
@@ -91,6 +108,14 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
     Ok(notes)
 }
 
+/// How a hub model is looked up: downloaded (`fetch`) or from the cache alone, with or without
+/// its weights.
+#[derive(Clone, Copy)]
+struct Lookup {
+    fetch: bool,
+    files: hub::Files,
+}
+
 /// A length a stage asks of a model, against the model's positions.
 struct Fits {
     key: &'static str,
@@ -109,7 +134,7 @@ fn check_model(
     key: &str,
     path: &Path,
     earlier: &[Stage],
-    fetch: bool,
+    lookup: Lookup,
     fits: &dyn Fn(&Checkpoint) -> Fits,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
@@ -123,13 +148,15 @@ fn check_model(
         ));
         return Ok(());
     } else if let Some(hub) = crate::model_arg::hub_ref(path) {
+        let Lookup { fetch, files } = lookup;
         let found = if fetch {
-            Some(
-                crate::model_arg::resolve_hub(&hub)
-                    .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}"))?,
-            )
+            let found = match files {
+                hub::Files::All => crate::model_arg::resolve_hub(&hub),
+                hub::Files::Metadata => crate::model_arg::resolve_hub_metadata(&hub),
+            };
+            Some(found.map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}"))?)
         } else {
-            crate::model_arg::cached(&hub)
+            crate::model_arg::cached_files(&hub, files)
                 .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}"))?
         };
         let Some(found) = found else {

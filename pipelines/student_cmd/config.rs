@@ -19,6 +19,16 @@
 //! [train.schedule]             # lr, warmup_steps, min_lr_ratio
 //! [train.optim]                # beta1, beta2, eps, weight_decay, decay_embeddings
 //! ```
+//!
+//! `engine = "trl"` hands the same settings to TRL (see [`super::trl`]); its own table:
+//!
+//! ```toml
+//! engine = "trl"
+//! [trl]                        # distributed, nodes, gpus_per_node, offload, lora_r, …
+//! distributed = "zero3"
+//! nodes = 2
+//! gpus_per_node = 8
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +38,8 @@ use distill_student::data::DataConfig;
 use distill_student::init::ScratchConfig;
 use distill_student::TrainerConfig;
 use serde::{Deserialize, Serialize};
+
+use super::trl::settings::{Distributed, Engine, Offload, TrlSettings};
 
 /// Everything a training run needs, as written to `train_config.toml` beside its output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,9 +60,14 @@ pub struct TrainSettings {
     pub device: DeviceChoice,
     /// Training precision (`auto`, `f32`, `bf16`, `bf16-pure`).
     pub dtype: DtypeChoice,
+    /// Which trainer runs: `distill` (this one) or `trl` (TRL under accelerate).
+    pub engine: Engine,
     pub data: DataConfig,
     pub model: ScratchConfig,
     pub train: TrainerConfig,
+    /// The TRL engine's own settings (machines, sharding, LoRA, Python, Slurm).
+    #[serde(skip_serializing_if = "TrlSettings::is_default")]
+    pub trl: TrlSettings,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -152,6 +169,36 @@ pub struct TrainArgs {
     /// From scratch: MLP intermediate size.
     #[arg(long)]
     pub intermediate_size: Option<usize>,
+
+    /// Trainer: `distill` (this one, one device) or `trl` (TRL's SFT under `accelerate
+    /// launch`, one GPU or many) [default: the config's, else distill].
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// TRL: write the dataset, recipe, accelerate config, launch and Slurm scripts into
+    /// `--out`, print the memory estimate, and stop before launching.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// TRL: `none` (data parallel), `fsdp2` or `zero3`.
+    #[arg(long, value_enum)]
+    pub distributed: Option<Distributed>,
+    /// TRL: machines in the job.
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// TRL: GPUs (processes) per machine.
+    #[arg(long)]
+    pub gpus_per_node: Option<usize>,
+    /// TRL: `none`, `optimizer` (ZeRO-3) or `all` moved to host memory.
+    #[arg(long, value_enum)]
+    pub offload: Option<Offload>,
+    /// TRL: LoRA rank (PEFT); 0 trains every weight.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// TRL: LoRA alpha (default: twice the rank).
+    #[arg(long)]
+    pub lora_alpha: Option<usize>,
+    /// TRL: QLoRA, the frozen base in 4-bit (needs `--lora-r`).
+    #[arg(long)]
+    pub load_in_4bit: bool,
 }
 
 /// Parses a settings file; errors name the file, line and offending key.
@@ -236,6 +283,21 @@ impl TrainArgs {
         over(&mut s.model.num_attention_heads, &self.heads);
         over(&mut s.model.num_key_value_heads, &self.kv_heads);
         over(&mut s.model.intermediate_size, &self.intermediate_size);
+        over(&mut s.engine, &self.engine);
+        over(&mut s.trl.distributed, &self.distributed);
+        over(&mut s.trl.nodes, &self.nodes);
+        over(&mut s.trl.gpus_per_node, &self.gpus_per_node);
+        over(&mut s.trl.offload, &self.offload);
+        over(&mut s.trl.lora_r, &self.lora_r);
+        if self.lora_alpha.is_some() {
+            s.trl.lora_alpha = self.lora_alpha;
+        }
+        if self.load_in_4bit {
+            s.trl.load_in_4bit = true;
+        }
+        if self.dry_run && s.engine != Engine::Trl {
+            bail!("`--dry-run` writes a TRL job: it needs `--engine trl`");
+        }
         s.validate()?;
         Ok(s)
     }
@@ -261,6 +323,19 @@ impl TrainSettings {
         self.train.validate()?;
         if self.from_scratch {
             self.model.validate()?;
+        }
+        match self.engine {
+            Engine::Trl => {
+                if self.from_scratch {
+                    bail!("the TRL engine fine-tunes a base model: pass `--base MODEL` (from-scratch students train with `--engine distill`)");
+                }
+                self.trl.validate()?;
+            }
+            Engine::Distill => {
+                if !self.trl.is_default() {
+                    bail!("the `[trl]` settings need `engine = \"trl\"` (or `--engine trl`)");
+                }
+            }
         }
         Ok(())
     }

@@ -181,13 +181,42 @@ pub fn resolve(
     settings: &HubSettings,
     progress: &mut dyn DownloadProgress,
 ) -> Result<Resolved> {
+    resolve_files(model, settings, progress, Files::All)
+}
+
+/// Which files of a checkpoint folder to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// Everything a checkpoint needs, weights included.
+    All,
+    /// Config, generation config, tokenizer and chat template only: what describing a model or
+    /// tokenising for it needs (a job that another program trains, which fetches the weights
+    /// itself). For a GGUF repo nothing is fetched and the path names the `.gguf` file.
+    Metadata,
+}
+
+/// [`resolve`] without the weights: see [`Files::Metadata`].
+pub fn resolve_metadata(
+    model: &HubRef,
+    settings: &HubSettings,
+    progress: &mut dyn DownloadProgress,
+) -> Result<Resolved> {
+    resolve_files(model, settings, progress, Files::Metadata)
+}
+
+fn resolve_files(
+    model: &HubRef,
+    settings: &HubSettings,
+    progress: &mut dyn DownloadProgress,
+    wanted: Files,
+) -> Result<Resolved> {
     let revision = model.revision();
     if settings.offline {
-        return cached(model, settings);
+        return cached_files(model, settings, wanted);
     }
     // A commit never changes: when it is all here, the hub need not be asked.
     if is_commit(revision) {
-        if let Ok(found) = cached(model, settings) {
+        if let Ok(found) = cached_files(model, settings, wanted) {
             return Ok(found);
         }
     }
@@ -200,7 +229,7 @@ pub fn resolve(
                 Failure::Status { status, .. } => format!("HTTP {status}"),
                 Failure::Transport(cause) | Failure::Other(cause) => cause,
             };
-            return match cached(model, settings) {
+            return match cached_files(model, settings, wanted) {
                 Ok(mut found) => {
                     found.warning = Some(format!(
                         "cannot reach {} ({cause}); using model `{model}` from the cache \
@@ -237,6 +266,7 @@ pub fn resolve(
     }
     let snapshot = hub.cache_repo().pointer_path(&info.sha);
     let path = match layout {
+        Layout::Gguf(file) if wanted == Files::Metadata => snapshot.join(file),
         Layout::Gguf(file) => fetch.file(&file)?,
         Layout::Folder => {
             let has = |f: &str| files.iter().any(|x| x == f);
@@ -244,7 +274,9 @@ pub fn resolve(
             for file in OPTIONAL_FILES.into_iter().filter(|f| has(f)) {
                 fetch.file(file)?;
             }
-            if has(WEIGHTS) {
+            if wanted == Files::Metadata {
+                // The config and tokenizer are all that is wanted.
+            } else if has(WEIGHTS) {
                 fetch.file(WEIGHTS)?;
             } else if has(WEIGHTS_INDEX) {
                 let index = fetch.file(WEIGHTS_INDEX)?;
@@ -271,6 +303,11 @@ pub fn resolve(
 /// `model` from the cache alone: [`HubError::NotCached`] or [`HubError::OfflineMissing`] when
 /// something is missing (a dry run reads these as "not downloaded yet").
 pub fn cached(model: &HubRef, settings: &HubSettings) -> Result<Resolved> {
+    cached_files(model, settings, Files::All)
+}
+
+/// [`cached`] for `wanted` files only (see [`Files`]).
+pub fn cached_files(model: &HubRef, settings: &HubSettings, wanted: Files) -> Result<Resolved> {
     let cache = Cache::new(settings.cache.clone()).repo(repo(model));
     let revision = model.revision();
     let not_cached = || HubError::NotCached {
@@ -315,7 +352,11 @@ pub fn cached(model: &HubRef, settings: &HubSettings) -> Result<Resolved> {
             Layout::Gguf(file) => snapshot.join(file),
             Layout::Folder => {
                 let has = |f: &str| snapshot.join(f).is_file();
-                if !has(WEIGHTS) {
+                if wanted == Files::Metadata {
+                    if !has(CONFIG) {
+                        return Err(missing(CONFIG).into());
+                    }
+                } else if !has(WEIGHTS) {
                     if !has(WEIGHTS_INDEX) {
                         return Err(missing(WEIGHTS).into());
                     }

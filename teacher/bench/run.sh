@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
-# Generation benchmark: distill's engine vs PyTorch transformers `generate` on one workload
-# (SmolLM2 GGUF, 64-token prompt, 256 new tokens, batch 1/8/32, same threads); prints the ratio.
+# Generation benchmark: distill's engine against llama.cpp (llama-cpp-python) and PyTorch
+# transformers `generate` on one workload (a GGUF file, 64-token prompt, exactly 256 new greedy
+# tokens, batch 1/8/32, same threads), side by side in one run; prints the ratios.
 #   teacher/bench/run.sh [MODEL.gguf] [THREADS]
+# LLAMA_PYTHON: a Python with llama_cpp (default ~/.cache/gguf-venv/bin/python); PYTHON: one
+# with torch + transformers (default ~/.cache/distill-venv/bin/python). A reference whose
+# Python is missing is skipped with a line saying so. teacher/bench/README.md says how to make both.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model="${1:-../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 threads="${2:-$(nproc)}"
 python="${PYTHON:-$HOME/.cache/distill-venv/bin/python}"
+llama_python="${LLAMA_PYTHON:-$HOME/.cache/gguf-venv/bin/python}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/distill-target}"
 export RAYON_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads"
 ids="$(mktemp --suffix .json)"
-rust_out="$(mktemp)" hf_out="$(mktemp)"
+rust_out="$(mktemp)" hf_out="$(mktemp)" llama_out="$(mktemp)"
+cat /proc/cpuinfo | awk -F': ' '/model name/ {print "cpu: " $2; exit}'
 cargo run --release -q -p distill-teacher --example bench -- "$model" "$ids" | tee "$rust_out"
-"$python" teacher/bench/hf_generate.py "$model" "$ids" "$threads" | tee "$hf_out"
+if "$llama_python" -c 'import llama_cpp' 2>/dev/null; then
+  "$llama_python" teacher/bench/llama_cpp_generate.py "$model" "$ids" "$threads" | tee "$llama_out"
+else
+  echo "llama.cpp: skipped ($llama_python has no llama_cpp)"
+fi
+if "$python" -c 'import torch, transformers' 2>/dev/null; then
+  "$python" teacher/bench/hf_generate.py "$model" "$ids" "$threads" | tee "$hf_out"
+else
+  echo "transformers: skipped ($python has no torch + transformers)"
+fi
+rate() { awk -v e="$1" -v b="$2" '$1==e && $3==b":" {for (i = 1; i <= NF; i++) if ($i == "tok/s" || $i == "tok/s,") {print $(i-1); exit}}' "$3"; }
+llama1=$(rate llama.cpp 1 "$llama_out")
 for batch in 1 8 32; do
-  ours=$(awk -v b="$batch" '$1=="distill" && $3==b":" {print $(NF-1)}' "$rust_out")
-  theirs=$(awk -v b="$batch" '$1=="transformers" && $3==b":" {print $(NF-1)}' "$hf_out")
-  awk -v b="$batch" -v o="$ours" -v t="$theirs" \
-    'BEGIN {printf "batch %2d: distill %.1f tok/s, transformers %.1f tok/s, ratio %.2fx\n", b, o, t, o/t}'
+  ours=$(rate distill "$batch" "$rust_out")
+  line=$(printf "batch %2d: distill %.1f tok/s" "$batch" "$ours")
+  llama=$(rate llama.cpp "$batch" "$llama_out")
+  [ -n "$llama" ] && line+=$(awk -v o="$ours" -v t="$llama" -v s="$llama1" \
+    'BEGIN {printf ", llama.cpp %.1f (%.2fx; %.2fx its batch-1 rate)", t, o/t, o/s}')
+  hf=$(rate transformers "$batch" "$hf_out")
+  [ -n "$hf" ] && line+=$(awk -v o="$ours" -v t="$hf" 'BEGIN {printf ", transformers %.1f (%.2fx)", t, o/t}')
+  echo "$line"
 done
-rm -f "$ids" "$rust_out" "$hf_out"
+rm -f "$ids" "$rust_out" "$hf_out" "$llama_out"

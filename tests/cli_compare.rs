@@ -379,3 +379,69 @@ fn bad_input_fails_before_any_work() {
     assert!(err.contains("--k"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn exports_get_a_laptop_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path());
+    let source = fixture("tiny-llama.gguf");
+    let mut files = Vec::new();
+    for quant in ["f32", "f16", "q8_0"] {
+        let file = tmp.path().join(format!("student.{quant}.gguf"));
+        ok(&[
+            "export",
+            source.to_str().unwrap(),
+            "--gguf",
+            file.to_str().unwrap(),
+            "--quant",
+            quant,
+        ]);
+        files.push(file);
+    }
+    let out = tmp.path().join("out");
+    let labels = vec![
+        format!("f32={}", files[0].display()),
+        format!("f16={}", files[1].display()),
+        format!("q8={}", files[2].display()),
+    ];
+    compare(
+        &[&files[0], &files[1], &files[2]],
+        &labels,
+        &problems,
+        &out,
+        &[],
+    );
+    let r = report(&out);
+    assert_eq!(model(&r, "f32")["weights"], "F32");
+    assert_eq!(model(&r, "f16")["weights"], "F16");
+    assert_eq!(model(&r, "q8")["weights"], "Q8_0");
+    assert_eq!(model(&r, "q8")["gguf"], true);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let table = md.split("### On a laptop").nth(1).expect("a laptop table");
+    let row = |label: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| **{label}**")))
+            .unwrap_or_else(|| panic!("no row `{label}` in {table}"))
+            .to_string()
+    };
+    // The f32 file is the reference (most bits per weight); the others are measured against it.
+    assert!(row("f32").contains("| F32 |"), "{}", row("f32"));
+    assert!(row("f32").ends_with("| reference |"), "{}", row("f32"));
+    assert!(row("q8").contains("| Q8_0 |"), "{}", row("q8"));
+    assert!(row("q8").contains("points vs `f32`"), "{}", row("q8"));
+    assert!(row("f16").contains("points vs `f32`"), "{}", row("f16"));
+
+    // Without a GGUF file there is no laptop table.
+    let folder = tmp.path().join("folder");
+    ok(&[
+        "convert",
+        source.to_str().unwrap(),
+        folder.to_str().unwrap(),
+    ]);
+    let plain = tmp.path().join("plain");
+    compare(&[&folder], &[], &problems, &plain, &[]);
+    let md = std::fs::read_to_string(plain.join("report.md")).unwrap();
+    assert!(!md.contains("On a laptop"), "{md}");
+    assert_eq!(report(&plain)["models"][0]["weights"], "f32");
+}

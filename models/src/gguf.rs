@@ -108,6 +108,25 @@ impl GgufCheckpoint {
         self.content.metadata.get(key)
     }
 
+    /// What the file's matrices are stored as, the way llama.cpp names it (`Q4_K_M`, `Q8_0`,
+    /// `F16`): `general.file_type` when the file has it, else its commonest non-f32 tensor type.
+    pub fn file_type_name(&self) -> String {
+        let named = self
+            .metadata("general.file_type")
+            .and_then(|v| v.to_u32().ok())
+            .and_then(|n| FILE_TYPES.iter().find(|(k, _)| *k == n))
+            .map(|(_, name)| name.to_uppercase());
+        named.unwrap_or_else(|| {
+            let types = self.tensor_types();
+            types
+                .iter()
+                .filter(|(t, _)| t.as_str() != "f32")
+                .max_by_key(|(_, n)| **n)
+                .or_else(|| types.iter().next())
+                .map_or_else(|| "?".into(), |(t, _)| t.to_uppercase())
+        })
+    }
+
     /// `general.architecture` (empty when absent).
     pub fn architecture_name(&self) -> String {
         self.meta_str("general.architecture")
@@ -502,6 +521,29 @@ impl GgufCheckpoint {
         })
     }
 }
+
+/// llama.cpp's `general.file_type` numbers (`LLAMA_FTYPE_MOSTLY_*`) and their names.
+pub const FILE_TYPES: [(u32, &str); 19] = [
+    (0, "f32"),
+    (1, "f16"),
+    (2, "q4_0"),
+    (3, "q4_1"),
+    (7, "q8_0"),
+    (8, "q5_0"),
+    (9, "q5_1"),
+    (10, "q2_k"),
+    (11, "q3_k_s"),
+    (12, "q3_k_m"),
+    (13, "q3_k_l"),
+    (14, "q4_k_s"),
+    (15, "q4_k_m"),
+    (16, "q5_k_s"),
+    (17, "q5_k_m"),
+    (18, "q6_k"),
+    (19, "iq2_xxs"),
+    (20, "iq2_xs"),
+    (32, "bf16"),
+];
 
 /// Hugging Face's name for a GGUF tensor of the llama/qwen2/qwen3 layout.
 pub fn hf_tensor_name(gguf: &str) -> Option<String> {

@@ -44,6 +44,11 @@ pub struct ModelSpec {
     pub parameters: Option<u64>,
     /// Weight bytes on disk (local models).
     pub bytes_on_disk: Option<u64>,
+    /// How the weights are stored (local models): a GGUF file's type as llama.cpp names it
+    /// (`Q4_K_M`), a folder's dtype (`bf16`).
+    pub weights: Option<String>,
+    /// The model is a GGUF file (what llama.cpp, ollama and LM Studio run).
+    pub gguf: bool,
     /// What the cached generations depend on: path, file sizes and modification times.
     pub identity: Value,
 }
@@ -212,7 +217,7 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
         if !seen.insert(label.clone()) {
             bail!("two models get the label `{label}`; name them apart with `--labels NAME=MODEL`");
         }
-        let (parameters, bytes_on_disk, identity) = match &source {
+        let (parameters, bytes_on_disk, weights, gguf, identity) = match &source {
             Source::Local(path) | Source::Hub { path, .. } => {
                 if !path.exists() {
                     bail!("model path `{}` does not exist", path.display());
@@ -227,11 +232,26 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
                 let bytes = checkpoint
                     .size_on_disk()
                     .with_context(|| format!("model `{}`", path.display()))?;
-                (Some(parameters), Some(bytes), path_identity(path)?)
+                let weights = match checkpoint.gguf() {
+                    Some(g) => g.file_type_name(),
+                    None => format!("{:?}", checkpoint.stored_dtype()).to_lowercase(),
+                };
+                let gguf = checkpoint.is_gguf();
+                (
+                    Some(parameters),
+                    Some(bytes),
+                    Some(weights),
+                    gguf,
+                    path_identity(path)?,
+                )
             }
-            Source::OpenAi { model, base_url } => {
-                (None, None, json!({ "openai": model, "base_url": base_url }))
-            }
+            Source::OpenAi { model, base_url } => (
+                None,
+                None,
+                None,
+                false,
+                json!({ "openai": model, "base_url": base_url }),
+            ),
         };
         out.push(ModelSpec {
             label,
@@ -239,6 +259,8 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
             source,
             parameters,
             bytes_on_disk,
+            weights,
+            gguf,
             identity,
         });
     }

@@ -101,6 +101,12 @@ pub struct ModelReport {
     pub backend: String,
     pub parameters: Option<u64>,
     pub bytes_on_disk: Option<u64>,
+    /// How the weights are stored: `Q4_K_M` (a GGUF file's type), `bf16` (a folder's dtype).
+    #[serde(default)]
+    pub weights: Option<String>,
+    /// A GGUF file (what llama.cpp, ollama and LM Studio run).
+    #[serde(default)]
+    pub gguf: bool,
     #[serde(flatten)]
     pub metrics: Metrics,
     pub pass_at_1_vs_teacher: Option<f64>,
@@ -131,6 +137,8 @@ pub fn build(config: &CompareConfig, runs: &[ModelRun]) -> Report {
             backend: run.model.backend_kind().into(),
             parameters: run.model.parameters,
             bytes_on_disk: run.model.bytes_on_disk,
+            weights: run.model.weights.clone(),
+            gguf: run.model.gguf,
             metrics: metrics::compute(&run.samples, config.k, &teacher_majority),
             pass_at_1_vs_teacher: None,
             reasoning_tokens_method: run.reasoning_count,
@@ -278,6 +286,63 @@ pub fn summary(report: &Report) -> String {
     text
 }
 
+/// When GGUF files are compared (a student exported with `distill export`), what running each on
+/// a laptop costs and keeps: weights, bits per weight, file size, peak memory, speed and pass@1,
+/// with pass@1 against the model of the same size stored with the most bits (the unquantized
+/// reference). Nothing when no GGUF file is compared.
+fn laptop_table(md: &mut String, report: &Report) {
+    if !report.models.iter().any(|m| m.gguf) {
+        return;
+    }
+    let bits = |m: &ModelReport| match (m.bytes_on_disk, m.parameters) {
+        (Some(b), Some(p)) if p > 0 => Some(b as f64 * 8.0 / p as f64),
+        _ => None,
+    };
+    let _ = writeln!(
+        md,
+        "\n### On a laptop (GGUF files run by llama.cpp, ollama, LM Studio)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| model | weights | bits/weight | file | peak memory | tokens/s | pass@1 | vs reference |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
+    for m in &report.models {
+        if m.parameters.is_none() {
+            continue;
+        }
+        // The reference: the same parameter count with the most bits per weight.
+        let reference = report
+            .models
+            .iter()
+            .filter(|r| r.parameters == m.parameters)
+            .max_by(|a, b| {
+                bits(a)
+                    .partial_cmp(&bits(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+        let versus = match (reference, m.metrics.pass_at_1) {
+            (Some(r), _) if r.label == m.label => "reference".to_string(),
+            (Some(r), Some(v)) => match r.metrics.pass_at_1 {
+                Some(rv) => format!("{:+.1} points vs `{}`", 100.0 * (v - rv), r.label),
+                None => "n/a".into(),
+            },
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| **{}** | {} | {} | {} | {} | {} | {} | {versus} |",
+            m.label,
+            m.weights.as_deref().unwrap_or("n/a"),
+            opt(bits(m), |v| format!("{v:.1}")),
+            opt(m.bytes_on_disk, human_bytes),
+            opt(m.peak_rss_bytes, human_bytes),
+            opt(m.tokens_per_second, |v| format!("{v:.1}")),
+            pct(m.metrics.pass_at_1),
+        );
+    }
+}
+
 /// The markdown report.
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
@@ -313,6 +378,7 @@ pub fn markdown(report: &Report) -> String {
             opt(m.peak_rss_bytes, human_bytes),
         );
     }
+    laptop_table(&mut md, report);
     let c = &report.charts;
     let _ = writeln!(md, "\n![pass@1 and cons@k]({})\n", c.accuracy);
     let _ = writeln!(md, "![reasoning lengths]({})\n", c.reasoning_lengths);

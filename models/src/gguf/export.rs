@@ -60,13 +60,10 @@ impl Quant {
 
     /// `general.file_type`: llama.cpp's `LLAMA_FTYPE_MOSTLY_*` number.
     pub fn file_type(self) -> u32 {
-        match self {
-            Quant::F32 => 0,
-            Quant::F16 => 1,
-            Quant::Q8_0 => 7,
-            Quant::Q4KM => 15,
-            Quant::Q6K => 18,
-        }
+        super::FILE_TYPES
+            .iter()
+            .find(|(_, name)| *name == self.name())
+            .map_or(0, |(n, _)| *n)
     }
 }
 

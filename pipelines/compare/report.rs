@@ -1,5 +1,6 @@
 //! The comparison report: `report.json` (every number, machine-readable) and `report.md` (a
-//! table, the charts and a one-sentence summary).
+//! table, the charts and a one-sentence summary; with GGUF files among the models, a laptop
+//! table of what each quantization costs and keeps).
 //!
 //! `report.json` schema (version 1); a number that cannot be computed is `null`:
 //!
@@ -13,7 +14,8 @@
 //! | `charts` | `{accuracy, reasoning_lengths, speed_size}`: PNG file names beside the report |
 //!
 //! Each `models[]` entry: `label`, `role` (`teacher`/`student`), `spec` (as given), `backend`
-//! (`local`/`openai`), `parameters`, `bytes_on_disk`; the metrics of
+//! (`local`/`openai`), `parameters`, `bytes_on_disk`, `weights` (a GGUF file's type as llama.cpp
+//! names it, `Q4_K_M`, or a folder's dtype, `bf16`), `gguf` (a GGUF file); the metrics of
 //! [`super::metrics::Metrics`] (`problems`, `samples`, `scored_problems`, `pass_at_1`,
 //! `pass_at_1_se`, `k`, `cons_at_k`, `agreement_with_teacher`, `mean_reasoning_tokens`,
 //! `mean_completion_tokens`, `truncation_rate`); `pass_at_1_vs_teacher` (this pass@1 ÷ the

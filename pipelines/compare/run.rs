@@ -160,6 +160,8 @@ fn run_model(
     let mut generated_now = 0;
     if missing_before > 0 {
         on_event(Event::Loading { label });
+        // The previous model's freed buffers would otherwise stay resident and count here.
+        distill_models::alloc::release_free_memory();
         let baseline = memory::current_rss_bytes();
         let method = if memory::reset_peak() {
             PeakMethod::VmhwmReset

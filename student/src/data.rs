@@ -369,6 +369,82 @@ impl DataReport {
     }
 }
 
+/// Where a corpus comes from: the training corpus and an optional separate held-out corpus.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    pub corpus: &'a [PathBuf],
+    pub eval_corpus: Option<&'a [PathBuf]>,
+}
+
+impl Sources<'_> {
+    /// The held-out fraction the training corpus is split with: none when a separate eval
+    /// corpus gives the held-out rows.
+    pub fn eval_fraction(&self, config: &DataConfig) -> f64 {
+        if self.eval_corpus.is_some() {
+            0.0
+        } else {
+            config.eval_fraction
+        }
+    }
+}
+
+/// What [`walk`] hands its documents to.
+pub trait DocumentSink {
+    /// A kept document of `conv`; `held_out`: it belongs to the held-out set.
+    fn document(&mut self, conv: &Conversation, doc: Prepared, held_out: bool) -> Result<()>;
+
+    /// A record batch is done: `rows` of `total` corpus rows read so far.
+    fn batch_done(&mut self, rows: u64, total: u64) -> Result<()>;
+}
+
+/// The reports of a [`walk`]: the training corpus's and the eval corpus's rows.
+#[derive(Debug, Clone, Default)]
+pub struct Walked {
+    pub report: DataReport,
+    pub eval_report: DataReport,
+}
+
+/// Streams `sources` one record batch at a time through [`prepare`], counts every row in the
+/// report of its corpus, and hands each kept document to `sink` with its side: an eval corpus's
+/// rows are held out; the training corpus's by problem ([`is_eval`]) when there is no eval
+/// corpus. The one walk behind the token cache and the TRL dataset export, so both keep and hold
+/// out exactly what the in-memory [`build`] does.
+pub fn walk(
+    sources: Sources<'_>,
+    renderer: &Renderer,
+    config: &DataConfig,
+    sink: &mut dyn DocumentSink,
+) -> Result<Walked> {
+    let train_stream = stream_corpus(sources.corpus)?;
+    let eval_stream = sources.eval_corpus.map(stream_corpus).transpose()?;
+    let fraction = sources.eval_fraction(config);
+    let total = train_stream.rows() + eval_stream.as_ref().map_or(0, |s| s.rows());
+    let mut walked = Walked::default();
+    let mut done = 0u64;
+    sink.batch_done(done, total)?;
+    let streams = std::iter::once((train_stream, false)).chain(eval_stream.map(|s| (s, true)));
+    for (stream, held_out_corpus) in streams {
+        for batch in stream {
+            let batch = batch?;
+            let outcomes = prepare(&batch, renderer, config);
+            for (conv, outcome) in batch.iter().zip(outcomes) {
+                let counted = if held_out_corpus {
+                    &mut walked.eval_report
+                } else {
+                    &mut walked.report
+                };
+                if let Some(doc) = counted.tally(outcome) {
+                    let held_out = held_out_corpus || is_eval(conv.problem_key(), fraction);
+                    sink.document(conv, doc, held_out)?;
+                }
+            }
+            done += batch.len() as u64;
+            sink.batch_done(done, total)?;
+        }
+    }
+    Ok(walked)
+}
+
 /// Renders, tokenizes, filters, splits and packs `conversations`, in memory (`distill train`
 /// streams through the token cache instead; both give the same rows).
 pub fn build(

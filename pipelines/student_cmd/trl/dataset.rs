@@ -86,80 +86,45 @@ pub fn export(
     let dir = out.join(DATA_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     let (train_path, eval_path) = (dir.join(TRAIN_FILE), dir.join(EVAL_FILE));
-    let mut train = MessagesWriter::create(&train_path, true)?;
-    let mut eval = MessagesWriter::create(&eval_path, true)?;
-    let (mut train_lengths, mut eval_lengths) = (Vec::new(), Vec::new());
-    let mut report = DataReport::default();
-    let mut eval_report = DataReport::default();
-
     let corpus_inputs = [corpus.to_path_buf()];
-    let stream = data::stream_corpus(&corpus_inputs)
-        .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
     let eval_inputs: Option<Vec<PathBuf>> = eval_corpus.map(|p| vec![p.to_path_buf()]);
-    let eval_stream = eval_inputs
-        .as_deref()
-        .map(data::stream_corpus)
-        .transpose()
-        .with_context(|| {
-            format!(
-                "cannot read the eval corpus `{}`",
-                eval_corpus.unwrap_or(Path::new("")).display()
-            )
-        })?;
-    let fraction = if eval_corpus.is_some() {
-        0.0
-    } else {
-        config.eval_fraction
+    let sources = data::Sources {
+        corpus: &corpus_inputs,
+        eval_corpus: eval_inputs.as_deref(),
     };
-    let total = stream.rows() + eval_stream.as_ref().map_or(0, |s| s.rows());
     let bar = Progress::new(
-        total,
+        0,
         "{spinner} dataset [{bar:30}] {pos}/{len} rows  elapsed {elapsed}  ETA {eta}",
         "rows",
         progress,
     );
     bar.set_prefix("dataset");
-    let mut done = 0u64;
-    let streams = std::iter::once((stream, false)).chain(eval_stream.map(|s| (s, true)));
-    for (stream, held_out_corpus) in streams {
-        for batch in stream {
-            let batch = batch?;
-            let outcomes = data::prepare(&batch, renderer, config);
-            let (mut to_train, mut to_eval) = (Vec::new(), Vec::new());
-            for (conv, outcome) in batch.iter().zip(outcomes) {
-                let counted = if held_out_corpus {
-                    &mut eval_report
-                } else {
-                    &mut report
-                };
-                let Some(doc) = counted.tally(outcome) else {
-                    continue;
-                };
-                // Up to the trained turn: later messages are never trained on.
-                let last = conv
-                    .messages
-                    .iter()
-                    .rposition(|m| m.role == "assistant" && !m.content.is_empty())
-                    .unwrap_or(conv.messages.len().saturating_sub(1));
-                let messages: Vec<RecordMessage> = conv.messages[..=last]
-                    .iter()
-                    .map(|m| RecordMessage::new(m.role.clone(), m.content.clone()))
-                    .collect();
-                let length = doc.input_ids.len() as u32;
-                if held_out_corpus || data::is_eval(conv.problem_key(), fraction) {
-                    to_eval.push(messages);
-                    eval_lengths.push(length);
-                } else {
-                    to_train.push(messages);
-                    train_lengths.push(length);
-                }
-            }
-            train.write(to_train.iter().map(Vec::as_slice))?;
-            eval.write(to_eval.iter().map(Vec::as_slice))?;
-            done += batch.len() as u64;
-            bar.set_position(done);
-        }
-    }
+    let mut sink = Sink {
+        train: MessagesWriter::create(&train_path, true)?,
+        eval: MessagesWriter::create(&eval_path, true)?,
+        to_train: Vec::new(),
+        to_eval: Vec::new(),
+        train_lengths: Vec::new(),
+        eval_lengths: Vec::new(),
+        bar: &bar,
+    };
+    let walked =
+        data::walk(sources, renderer, config, &mut sink).with_context(|| match eval_corpus {
+            Some(eval) => format!(
+                "cannot read the corpus `{}` or the eval corpus `{}`",
+                corpus.display(),
+                eval.display()
+            ),
+            None => format!("cannot read the corpus `{}`", corpus.display()),
+        })?;
+    let Sink {
+        train,
+        eval,
+        mut train_lengths,
+        mut eval_lengths,
+        ..
+    } = sink;
+    let (mut report, eval_report) = (walked.report, walked.eval_report);
     bar.finish_and_clear();
     if let (Some(path), 0) = (eval_corpus, eval.rows()) {
         anyhow::bail!(
@@ -216,4 +181,55 @@ pub fn export(
         lengths,
         report,
     })
+}
+
+/// The TRL export's side of [`data::walk`]: each kept conversation (up to its trained turn) into
+/// the train or eval parquet file, written once per record batch.
+struct Sink<'a> {
+    train: MessagesWriter,
+    eval: MessagesWriter,
+    to_train: Vec<Vec<RecordMessage>>,
+    to_eval: Vec<Vec<RecordMessage>>,
+    train_lengths: Vec<u32>,
+    eval_lengths: Vec<u32>,
+    bar: &'a Progress,
+}
+
+impl data::DocumentSink for Sink<'_> {
+    fn document(
+        &mut self,
+        conv: &data::Conversation,
+        doc: data::Prepared,
+        held_out: bool,
+    ) -> distill_student::Result<()> {
+        // Up to the trained turn: later messages are never trained on.
+        let last = conv
+            .messages
+            .iter()
+            .rposition(|m| m.role == "assistant" && !m.content.is_empty())
+            .unwrap_or(conv.messages.len().saturating_sub(1));
+        let messages: Vec<RecordMessage> = conv.messages[..=last]
+            .iter()
+            .map(|m| RecordMessage::new(m.role.clone(), m.content.clone()))
+            .collect();
+        let length = doc.input_ids.len() as u32;
+        if held_out {
+            self.to_eval.push(messages);
+            self.eval_lengths.push(length);
+        } else {
+            self.to_train.push(messages);
+            self.train_lengths.push(length);
+        }
+        Ok(())
+    }
+
+    fn batch_done(&mut self, rows: u64, total: u64) -> distill_student::Result<()> {
+        self.train.write(self.to_train.iter().map(Vec::as_slice))?;
+        self.eval.write(self.to_eval.iter().map(Vec::as_slice))?;
+        self.to_train.clear();
+        self.to_eval.clear();
+        self.bar.set_length(total);
+        self.bar.set_position(rows);
+        Ok(())
+    }
 }

@@ -32,7 +32,10 @@ use std::time::UNIX_EPOCH;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use super::{is_eval, no_rows_reason, prepare, stream_corpus, DataConfig, DataReport, Renderer};
+pub use super::Sources;
+use super::{
+    no_rows_reason, walk, Conversation, DataConfig, DataReport, DocumentSink, Prepared, Renderer,
+};
 use crate::batch::{PackedRow, Rows};
 use crate::checkpoint::DatasetFingerprint;
 use crate::pack;
@@ -134,13 +137,6 @@ impl DocEntry {
             boundary: u32_at(12),
         }
     }
-}
-
-/// Where a corpus comes from: the training corpus and an optional separate held-out corpus.
-#[derive(Debug, Clone, Copy)]
-pub struct Sources<'a> {
-    pub corpus: &'a [PathBuf],
-    pub eval_corpus: Option<&'a [PathBuf]>,
 }
 
 /// A tokenised corpus on disk, mapped.
@@ -506,12 +502,45 @@ fn key(sources: Sources<'_>, renderer: &Renderer, config: &DataConfig) -> Result
         max_seq_len: config.max_seq_len,
         overlong: config.overlong,
         keep_truncated: config.keep_truncated,
-        eval_fraction: if sources.eval_corpus.is_some() {
-            0.0
-        } else {
-            config.eval_fraction
-        },
+        eval_fraction: sources.eval_fraction(config),
     })
+}
+
+/// The token cache's side of a [`walk`]: ids appended to `tokens.u32`, documents listed.
+struct CacheWriter<'a> {
+    tokens: BufWriter<File>,
+    tokens_path: &'a Path,
+    offset: u64,
+    train: Vec<DocEntry>,
+    eval: Vec<DocEntry>,
+    on_progress: OnProgress<'a>,
+}
+
+impl DocumentSink for CacheWriter<'_> {
+    fn document(&mut self, _: &Conversation, doc: Prepared, held_out: bool) -> Result<()> {
+        for id in &doc.input_ids {
+            self.tokens
+                .write_all(&id.to_le_bytes())
+                .map_err(|e| Error::io(self.tokens_path, e))?;
+        }
+        let entry = DocEntry {
+            offset: self.offset,
+            len: doc.input_ids.len() as u32,
+            boundary: doc.boundary as u32,
+        };
+        self.offset += doc.input_ids.len() as u64;
+        if held_out {
+            self.eval.push(entry);
+        } else {
+            self.train.push(entry);
+        }
+        Ok(())
+    }
+
+    fn batch_done(&mut self, rows: u64, total: u64) -> Result<()> {
+        (self.on_progress)(rows, total);
+        Ok(())
+    }
 }
 
 /// Tokenises `sources` into `dir`, one record batch at a time.
@@ -525,63 +554,34 @@ fn build(
 ) -> Result<()> {
     let tokens_path = dir.join(TOKENS_FILE);
     let file = File::create(&tokens_path).map_err(|e| Error::io(&tokens_path, e))?;
-    let mut tokens = BufWriter::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    let mut report = DataReport::default();
-    let mut eval_report = DataReport::default();
-    let train_stream = stream_corpus(sources.corpus)?;
-    let eval_stream = sources.eval_corpus.map(stream_corpus).transpose()?;
-    let total = train_stream.rows() + eval_stream.as_ref().map_or(0, |s| s.rows());
-    let mut done = 0u64;
-    on_progress(done, total);
-    let streams = std::iter::once((train_stream, false)).chain(eval_stream.map(|s| (s, true)));
-    for (stream, held_out_corpus) in streams {
-        for batch in stream {
-            let batch = batch?;
-            let outcomes = prepare(&batch, renderer, config);
-            for (conv, outcome) in batch.iter().zip(outcomes) {
-                let counted = if held_out_corpus {
-                    &mut eval_report
-                } else {
-                    &mut report
-                };
-                let Some(doc) = counted.tally(outcome) else {
-                    continue;
-                };
-                for id in &doc.input_ids {
-                    tokens
-                        .write_all(&id.to_le_bytes())
-                        .map_err(|e| Error::io(&tokens_path, e))?;
-                }
-                let entry = DocEntry {
-                    offset,
-                    len: doc.input_ids.len() as u32,
-                    boundary: doc.boundary as u32,
-                };
-                offset += doc.input_ids.len() as u64;
-                if held_out_corpus || is_eval(conv.problem_key(), key.eval_fraction) {
-                    eval.push(entry);
-                } else {
-                    train.push(entry);
-                }
-            }
-            done += batch.len() as u64;
-            on_progress(done, total);
-        }
-        if held_out_corpus && eval.is_empty() {
-            return Err(Error::NoData(format!(
-                "the eval corpus is unusable: {}",
-                no_rows_reason(&eval_report, config)
-            )));
-        }
+    let mut writer = CacheWriter {
+        tokens: BufWriter::with_capacity(1 << 20, file),
+        tokens_path: &tokens_path,
+        offset: 0,
+        train: Vec::new(),
+        eval: Vec::new(),
+        on_progress,
+    };
+    let walked = walk(sources, renderer, config, &mut writer)?;
+    let CacheWriter {
+        tokens,
+        offset,
+        mut train,
+        mut eval,
+        ..
+    } = writer;
+    if sources.eval_corpus.is_some() && eval.is_empty() {
+        return Err(Error::NoData(format!(
+            "the eval corpus is unusable: {}",
+            no_rows_reason(&walked.eval_report, config)
+        )));
     }
     if train.is_empty() && sources.eval_corpus.is_none() && !eval.is_empty() {
         // A tiny corpus whose every row hashed into the held-out set still trains.
         std::mem::swap(&mut train, &mut eval);
     }
     if train.is_empty() {
-        return Err(Error::NoData(no_rows_reason(&report, config)));
+        return Err(Error::NoData(no_rows_reason(&walked.report, config)));
     }
     tokens
         .into_inner()
@@ -600,17 +600,12 @@ fn build(
         train_documents: train.len() as u64,
         eval_documents: eval.len() as u64,
         tokens: offset,
-        report,
+        report: walked.report,
     };
     let info_path = dir.join(INFO_FILE);
     let json = serde_json::to_string_pretty(&info)
         .map_err(|e| Error::Config(format!("cannot serialise the token cache info: {e}")))?;
-    std::fs::write(
-        &info_path,
-        json + "
-",
-    )
-    .map_err(|e| Error::io(&info_path, e))
+    std::fs::write(&info_path, json + "\n").map_err(|e| Error::io(&info_path, e))
 }
 
 /// Removes partial builds of `folder` left by runs that no longer exist (killed mid-build).

@@ -61,24 +61,14 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     };
     let final_dir = out.join(MODEL_DIR);
     let ckpt_root = out.join(CHECKPOINTS_DIR);
-    if final_dir.exists() {
-        if resume {
-            eprintln!("Training already finished: `{}`", final_dir.display());
-            return Ok(());
-        }
-        bail!(
-            "`{}` already exists: choose another `--out`, or delete it",
-            final_dir.display()
-        );
+    if already_finished(&final_dir, resume)? {
+        return Ok(());
     }
     let latest = if resume {
         checkpoint::latest(&ckpt_root)?
     } else {
         if checkpoint::latest(&ckpt_root)?.is_some() {
-            bail!(
-                "`{}` holds checkpoints of an earlier run: pass `--resume` to continue it, or choose another `--out`",
-                ckpt_root.display()
-            );
+            bail!("{}", earlier_run(&ckpt_root));
         }
         None
     };
@@ -385,6 +375,30 @@ fn tokenise(
         cache.info().tokens
     );
     Ok(cache)
+}
+
+/// Whether the run in `final_dir`'s folder already finished: then `--resume` is a no-op (said
+/// so), and without it the folder would be overwritten, which is refused.
+pub(crate) fn already_finished(final_dir: &Path, resume: bool) -> anyhow::Result<bool> {
+    if !final_dir.exists() {
+        return Ok(false);
+    }
+    if resume {
+        eprintln!("Training already finished: `{}`", final_dir.display());
+        return Ok(true);
+    }
+    bail!(
+        "`{}` already exists: choose another `--out`, or delete it",
+        final_dir.display()
+    );
+}
+
+/// The refusal to start over checkpoints of an earlier run without `--resume`.
+pub(crate) fn earlier_run(checkpoints: &Path) -> String {
+    format!(
+        "`{}` holds checkpoints of an earlier run: pass `--resume` to continue it, or choose another `--out`",
+        checkpoints.display()
+    )
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -52,22 +52,12 @@ pub fn run(
         bail!("the corpus, the output folder and the base model must be set");
     };
     let final_dir = out.join(MODEL_DIR);
-    if final_dir.exists() {
-        if resume {
-            eprintln!("Training already finished: `{}`", final_dir.display());
-            return Ok(());
-        }
-        bail!(
-            "`{}` already exists: choose another `--out`, or delete it",
-            final_dir.display()
-        );
+    if super::already_finished(&final_dir, resume)? {
+        return Ok(());
     }
     let checkpoints = out.join(CHECKPOINTS_DIR);
     if !resume && !dry_run && has_checkpoints(&checkpoints) {
-        bail!(
-            "`{}` holds checkpoints of an earlier run: pass `--resume` to continue it, or choose another `--out`",
-            checkpoints.display()
-        );
+        bail!("{}", super::earlier_run(&checkpoints));
     }
     // The Python side before anything is read or written: a missing or mismatched package is
     // named now, not after the dataset is written.

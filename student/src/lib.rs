@@ -8,6 +8,7 @@ pub mod data;
 mod error;
 pub mod export;
 pub mod init;
+pub mod kd;
 pub mod loss;
 pub mod optim;
 pub mod pack;

@@ -1,0 +1,97 @@
+//! Logit-distillation divergences against PyTorch (TRL's GKD definitions) on fixed logits:
+//! forward KL, reverse KL and generalised JSD at two temperatures, values and gradients.
+
+use candle_core::{DType, Device, Tensor, Var};
+use distill_student::kd::Divergence;
+use serde_json::Value;
+
+fn fixture() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kd-losses.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn divergences_and_gradients_match_pytorch() {
+    let f = fixture();
+    let (n, vocab) = (
+        f["positions"].as_u64().unwrap() as usize,
+        f["vocab"].as_u64().unwrap() as usize,
+    );
+    let teacher = Tensor::from_vec(floats(&f["teacher"]), (n, vocab), &Device::Cpu).unwrap();
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let d = Divergence {
+            beta: case["beta"].as_f64().unwrap(),
+            temperature: case["temperature"].as_f64().unwrap(),
+        };
+        let student = Var::from_tensor(
+            &Tensor::from_vec(floats(&f["student"]), (n, vocab), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let loss = d.loss(student.as_tensor(), &teacher).unwrap();
+        let value = loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let expected = case["loss"].as_f64().unwrap();
+        assert!(
+            (value - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+            "{d:?}: {value} vs PyTorch {expected}"
+        );
+        let grads = loss.backward().unwrap();
+        let grad: Vec<f32> = grads
+            .get(student.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let expected = floats(&case["grad"]);
+        let worst = grad
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 2e-6, "{d:?}: gradient differs by {worst}");
+    }
+}
+
+#[test]
+fn bad_settings_and_shapes_are_refused() {
+    let a = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+    let ok = Divergence {
+        beta: 0.5,
+        temperature: 1.0,
+    };
+    let err = ok.loss(&a, &b).unwrap_err().to_string();
+    assert!(err.contains("differ in shape"), "{err}");
+    let err = Divergence { beta: 1.5, ..ok }
+        .loss(&a, &a)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`beta` must be in [0, 1]"), "{err}");
+    let err = Divergence {
+        temperature: 0.0,
+        ..ok
+    }
+    .loss(&a, &a)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("`temperature` must be positive"), "{err}");
+    // Identical distributions diverge by nothing, whatever the divergence.
+    for beta in [0.0, 0.3, 1.0] {
+        let zero = Divergence { beta, ..ok }.loss(&a, &a).unwrap();
+        assert!(zero.to_scalar::<f32>().unwrap().abs() < 1e-7);
+    }
+}

@@ -234,7 +234,7 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
                     .with_context(|| format!("model `{}`", path.display()))?;
                 let weights = match checkpoint.gguf() {
                     Some(g) => g.file_type_name(),
-                    None => format!("{:?}", checkpoint.stored_dtype()).to_lowercase(),
+                    None => checkpoint.stored_dtype().as_str().to_string(),
                 };
                 let gguf = checkpoint.is_gguf();
                 (

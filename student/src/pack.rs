@@ -157,9 +157,13 @@ pub fn pack(docs: &[Document], max_seq_len: usize, packing: bool) -> Result<Vec<
 
 /// How full the rows are: real tokens over `rows × max_seq_len`.
 pub fn fill_ratio(rows: &[PackedRow], max_seq_len: usize) -> f64 {
-    if rows.is_empty() || max_seq_len == 0 {
+    fill_ratio_of(rows.iter().map(|r| r.len()).sum(), rows.len(), max_seq_len)
+}
+
+/// [`fill_ratio`] from counts: `tokens` real tokens in `rows` rows of `max_seq_len`.
+pub fn fill_ratio_of(tokens: usize, rows: usize, max_seq_len: usize) -> f64 {
+    if rows == 0 || max_seq_len == 0 {
         return 0.0;
     }
-    let tokens: usize = rows.iter().map(|r| r.len()).sum();
-    tokens as f64 / (rows.len() * max_seq_len) as f64
+    tokens as f64 / (rows * max_seq_len) as f64
 }

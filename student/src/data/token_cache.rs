@@ -311,11 +311,8 @@ impl TokenCache {
         report.eval_rows = eval.count();
         report.train_tokens = train.token_count;
         report.train_label_tokens = train.label_tokens;
-        report.fill_ratio = if train.count() == 0 {
-            0.0
-        } else {
-            train.token_count as f64 / (train.count() * config.max_seq_len) as f64
-        };
+        report.fill_ratio =
+            pack::fill_ratio_of(train.token_count, train.count(), config.max_seq_len);
         Ok(CachedDataset {
             train,
             eval,

@@ -100,6 +100,11 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     // The tokenizer and the student's starting point.
     let (mut student, tokenizer) =
         starting_point(settings, base.as_deref(), latest.as_deref(), corpus)?;
+    // The teacher's tokenizer before the corpus is read: a pair that cannot distil fails now.
+    let teacher = match &settings.train.kd {
+        Some(kd) => Some(open_teacher(&kd.teacher, &tokenizer)?),
+        None => None,
+    };
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
     let renderer = Renderer::new(tokenizer, template, &student.config.eos_token_ids())?;
     check_positions(settings, &student)?;
@@ -146,6 +151,14 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         None => Trainer::new(student, settings.train.clone(), target.clone()),
     }
     .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
+    if let Some(teacher) = teacher {
+        let dtype = target.precision.compute;
+        let model = teacher
+            .load_for_inference(&target.device, dtype)
+            .with_context(|| format!("cannot load the teacher `{}`", teacher.path().display()))?;
+        eprintln!("Distilling from `{}`", teacher.path().display());
+        trainer.set_teacher(distill_student::kd::Teacher::new(model))?;
+    }
     let start_step = trainer.state().step;
     let metrics_path = out.join(METRICS_FILE);
     truncate_metrics(&metrics_path, start_step)?;
@@ -174,16 +187,21 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
             let line = match event {
                 Event::Step(m) => {
                     bar.set_position(m.step);
+                    let kd = m.kd.map_or(String::new(), |d| format!("  kd {d:.4}"));
                     bar.set_message(format!(
-                        "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                        "loss {:.4}{kd}  lr {:.2e}  {:.0} tok/s",
                         m.loss, m.lr, m.tokens_per_sec
                     ));
                     curve.push((m.step, m.loss));
-                    json!({
+                    let mut line = json!({
                         "step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
                         "tokens": m.tokens, "label_tokens": m.label_tokens,
                         "tokens_per_sec": m.tokens_per_sec, "seconds": m.elapsed.as_secs_f64(),
-                    })
+                    });
+                    if let Some(kd) = m.kd {
+                        line["kd"] = json!(kd);
+                    }
+                    line
                 }
                 Event::Eval { step, loss } => {
                     bar.println(format!("step {step}: held-out loss {loss:.4}"));
@@ -275,6 +293,32 @@ fn starting_point(
     };
     let student = init::from_scratch(&settings.model, tokenizer.clone(), settings.train.seed)?;
     Ok((student, tokenizer))
+}
+
+/// The teacher of a logit-distillation run, opened (not loaded) and checked against the
+/// student's tokenizer: the divergence compares distributions id by id, so both must mean the
+/// same token by every id.
+fn open_teacher(name: &str, student: &TextTokenizer) -> anyhow::Result<Checkpoint> {
+    let model = crate::model_arg::resolve(Path::new(name))?;
+    anyhow::ensure!(
+        model.path.exists(),
+        "the teacher `{}` does not exist",
+        model.path.display()
+    );
+    let teacher = Checkpoint::open(&model.path)
+        .with_context(|| format!("cannot open the teacher `{}`", model.path.display()))?;
+    let tokenizer = teacher
+        .tokenizer()
+        .with_context(|| format!("cannot read the teacher's tokenizer `{}`", name))?;
+    if let Some((id, t, s)) = tokenizer.first_difference(student) {
+        let show = |t: Option<String>| t.map_or("no token".to_string(), |t| format!("`{t}`"));
+        bail!(
+            "the teacher `{name}` and the student do not share a tokenizer (logit distillation compares them id by id): id {id} is {} for the teacher and {} for the student",
+            show(t),
+            show(s)
+        );
+    }
+    Ok(teacher)
 }
 
 /// `auto` (the tokenizer's own template, else ChatML), a built-in name, or a Jinja file.

@@ -302,3 +302,105 @@ fn without_a_terminal_progress_is_printed_as_lines() {
     assert!(last.contains(" steps/s"), "{last}");
     assert!(stderr.contains("step 3: held-out loss"), "{stderr}");
 }
+
+/// The `kd` values of `metrics.jsonl`, step by step.
+fn kd_per_step(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["kd"].as_f64().expect("a distillation step reports `kd`"))
+        .collect()
+}
+
+/// Logit distillation: a student whose teacher is itself starts at a divergence of zero; a
+/// student distilled from a better-trained teacher (same tokenizer) closes the gap step by
+/// step; a teacher with another vocabulary is refused before training, naming the first id
+/// that differs; KD flags without a teacher and KD under the TRL engine are refused.
+#[test]
+fn logit_distillation_from_a_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 30);
+    // Same corpus, seed and tokenizer settings: the same tokenizer, different training.
+    let teacher = dir.path().join("teacher");
+    run_ok(&mut train_cmd_with(
+        &corpus,
+        &teacher,
+        &[("--max-steps", "40"), ("--lr", "0.01")],
+    ));
+    let start = dir.path().join("start");
+    run_ok(&mut train_cmd_with(
+        &corpus,
+        &start,
+        &[("--max-steps", "1")],
+    ));
+    let distil = |out: &Path, base: &Path, steps: &str| {
+        let mut cmd = bin();
+        cmd.args(["--threads", "1", "train", "--quiet", "--max-steps", steps]);
+        cmd.args(["--micro-batch-size", "4", "--max-seq-len", "128"]);
+        cmd.args(["--eval-fraction", "0", "--lr", "0.01", "--kd-weight", "1"]);
+        cmd.arg("--base").arg(base.join("model"));
+        cmd.arg("--kd-teacher").arg(teacher.join("model"));
+        cmd.arg("--corpus").arg(&corpus).arg("--out").arg(out);
+        cmd
+    };
+
+    let same = dir.path().join("same");
+    run_ok(&mut distil(&same, &teacher, "1"));
+    let kd = kd_per_step(&same);
+    assert_eq!(kd.len(), 1);
+    assert!(
+        kd[0].abs() < 1e-6,
+        "teacher = student: divergence {}",
+        kd[0]
+    );
+
+    let student = dir.path().join("student");
+    let said = run_ok(&mut distil(&student, &start, "12"));
+    assert!(
+        String::from_utf8_lossy(&said.stderr).contains("Distilling from"),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    let kd = kd_per_step(&student);
+    assert_eq!(kd.len(), 12);
+    assert!(kd[0] > 0.05, "an untrained student differs: {kd:?}");
+    assert!(kd[11] < 0.5 * kd[0], "the divergence falls: {kd:?}");
+    let config = std::fs::read_to_string(student.join("train_config.toml")).unwrap();
+    assert!(
+        config.contains("[train.kd]") && config.contains("weight = 1.0"),
+        "{config}"
+    );
+
+    let other = dir.path().join("other");
+    run_ok(&mut train_cmd_with(
+        &corpus,
+        &other,
+        &[("--max-steps", "1"), ("--vocab-size", "70")],
+    ));
+    let mut cmd = distil(&dir.path().join("refused"), &other, "1");
+    let err = run_err(&mut cmd);
+    assert!(
+        err.contains("do not share a tokenizer") && err.contains("id "),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.trim().lines().last().unwrap().contains("id 60"),
+        "{err}"
+    );
+    assert!(!dir.path().join("refused").join("token-cache").exists());
+
+    let mut cmd = train_cmd_with(&corpus, &dir.path().join("x"), &[]);
+    cmd.args(["--kd-beta", "0.5"]);
+    assert!(run_err(&mut cmd).contains("need a teacher"));
+    let mut cmd = bin();
+    cmd.args(["train", "--engine", "trl", "--dry-run", "--kd-teacher", "t"]);
+    cmd.args(["--base", "b", "--corpus", "c", "--out", "o"]);
+    assert!(run_err(&mut cmd).contains("distill's own trainer"));
+}

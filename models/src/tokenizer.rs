@@ -182,6 +182,20 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Where two tokenizers' vocabularies part, for refusing a teacher/student pair whose
+    /// token ids mean different things: the first id whose token differs or exists in one
+    /// only, with its token in `self` and in `other`.
+    pub fn first_difference(
+        &self,
+        other: &TextTokenizer,
+    ) -> Option<(u32, Option<String>, Option<String>)> {
+        let n = self.vocab_size().max(other.vocab_size()) as u32;
+        (0..n).find_map(|id| {
+            let (a, b) = (self.inner.id_to_token(id), other.inner.id_to_token(id));
+            (a != b).then_some((id, a, b))
+        })
+    }
+
     pub fn unk_token(&self) -> Option<&str> {
         self.unk_token.as_deref()
     }

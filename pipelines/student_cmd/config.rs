@@ -18,6 +18,10 @@
 //! micro_batch_size = 32
 //! [train.schedule]             # lr, warmup_steps, min_lr_ratio
 //! [train.optim]                # beta1, beta2, eps, weight_decay, decay_embeddings
+//! [train.kd]                   # logit distillation (distill_student::kd::KdConfig)
+//! teacher = "Qwen/Qwen2.5-1.5B-Instruct"   # same tokenizer as the student
+//! weight = 0.5                 # loss = (1 − weight)·cross-entropy + weight·divergence
+//! beta = 0.0                   # 0 forward KL, 1 reverse KL, between: generalised JSD
 //! ```
 //!
 //! `engine = "trl"` hands the same settings to TRL (see [`super::trl`]); its own table:
@@ -199,6 +203,23 @@ pub struct TrainArgs {
     /// TRL: QLoRA, the frozen base in 4-bit (needs `--lora-r`).
     #[arg(long)]
     pub load_in_4bit: bool,
+    /// Logit distillation: the frozen teacher whose next-token distributions the student also
+    /// learns (a checkpoint folder, a GGUF file or `owner/name`; same tokenizer as the student).
+    #[arg(long, value_name = "MODEL", help_heading = "Logit distillation")]
+    pub kd_teacher: Option<String>,
+    /// Share of the divergence in the loss, the rest being the cross-entropy [default: 0.5].
+    #[arg(long, value_name = "W", help_heading = "Logit distillation")]
+    pub kd_weight: Option<f64>,
+    /// 0 forward KL, 1 reverse KL, between: generalised JSD (TRL's GKD `beta`) [default: 0].
+    #[arg(long, value_name = "BETA", help_heading = "Logit distillation")]
+    pub kd_beta: Option<f64>,
+    /// Temperature of both distributions [default: 1].
+    #[arg(long, value_name = "T", help_heading = "Logit distillation")]
+    pub kd_temperature: Option<f64>,
+    /// Compare on the teacher's K most likely tokens per position; 0 the whole vocabulary
+    /// [default: 0].
+    #[arg(long, value_name = "K", help_heading = "Logit distillation")]
+    pub kd_top_k: Option<usize>,
 }
 
 /// Parses a settings file; errors name the file, line and offending key.
@@ -295,6 +316,25 @@ impl TrainArgs {
         if self.load_in_4bit {
             s.trl.load_in_4bit = true;
         }
+        if let Some(teacher) = &self.kd_teacher {
+            s.train.kd.get_or_insert_with(Default::default).teacher = teacher.clone();
+        }
+        let kd_flags = self.kd_weight.is_some()
+            || self.kd_beta.is_some()
+            || self.kd_temperature.is_some()
+            || self.kd_top_k.is_some();
+        match &mut s.train.kd {
+            Some(kd) => {
+                over(&mut kd.weight, &self.kd_weight);
+                over(&mut kd.beta, &self.kd_beta);
+                over(&mut kd.temperature, &self.kd_temperature);
+                over(&mut kd.top_k, &self.kd_top_k);
+            }
+            None if kd_flags => bail!(
+                "`--kd-weight`, `--kd-beta`, `--kd-temperature` and `--kd-top-k` need a teacher: pass `--kd-teacher MODEL` or set `[train.kd] teacher`"
+            ),
+            None => {}
+        }
         if self.dry_run && s.engine != Engine::Trl {
             bail!("`--dry-run` writes a TRL job: it needs `--engine trl`");
         }
@@ -328,6 +368,9 @@ impl TrainSettings {
             Engine::Trl => {
                 if self.from_scratch {
                     bail!("the TRL engine fine-tunes a base model: pass `--base MODEL` (from-scratch students train with `--engine distill`)");
+                }
+                if self.train.kd.is_some() {
+                    bail!("logit distillation (`[train.kd]`) runs in distill's own trainer: drop `--engine trl`");
                 }
                 self.trl.validate()?;
             }

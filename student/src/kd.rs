@@ -12,10 +12,137 @@
 //! teacher's are constants). Checked against PyTorch on fixed logits, gradients included
 //! (`tests/fixtures/make_kd_losses.py`).
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::ops::log_softmax;
+use distill_models::Model;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+/// Logit distillation in `distill train` (`[train.kd]`): the loss is
+/// `(1 − weight) · cross-entropy + weight · divergence`, both averaged over the step's label
+/// tokens, where the divergence compares the student's next-token distribution with a frozen
+/// teacher's at every labelled position of the same rows (one extra teacher forward per
+/// micro-batch, no backward through it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KdConfig {
+    /// The teacher: a checkpoint distill loads (a Hugging Face folder, a GGUF file, a hub name).
+    /// Recorded so that a resume with another teacher is refused.
+    pub teacher: String,
+    /// Share of the divergence in the loss (0: cross-entropy only, 1: divergence only).
+    pub weight: f64,
+    /// 0: forward KL, 1: reverse KL, between: generalised JSD (see [`Divergence`]).
+    pub beta: f64,
+    /// Both distributions are softmax(logits / temperature).
+    pub temperature: f64,
+    /// Compare the distributions on the teacher's `top_k` most likely tokens at each position
+    /// (both renormalised there), as a corpus of stored top-k log-probabilities does; 0 uses
+    /// the whole vocabulary.
+    pub top_k: usize,
+}
+
+impl Default for KdConfig {
+    fn default() -> Self {
+        Self {
+            teacher: String::new(),
+            weight: 0.5,
+            beta: 0.0,
+            temperature: 1.0,
+            top_k: 0,
+        }
+    }
+}
+
+impl KdConfig {
+    pub fn divergence(&self) -> Divergence {
+        Divergence {
+            beta: self.beta,
+            temperature: self.temperature,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.teacher.is_empty() {
+            return Err(Error::Config(
+                "`kd.teacher` is empty: name the teacher checkpoint".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.weight) {
+            return Err(Error::Config(format!(
+                "`kd.weight` must be in [0, 1], got `{}`",
+                self.weight
+            )));
+        }
+        self.divergence().validate()
+    }
+}
+
+/// The frozen teacher of a logit-distillation run: any model distill runs (a GGUF teacher
+/// stays quantized), on the trainer's device.
+pub struct Teacher {
+    model: Model,
+}
+
+impl Teacher {
+    /// `model` must share the student's vocabulary (checked by the caller against the
+    /// tokenizers, see `TextTokenizer::first_difference`).
+    pub fn new(model: Model) -> Self {
+        Self { model }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The teacher's final hidden states `[positions.len(), hidden]` (no gradient) at the
+    /// flat `positions` of a `[batch, ids.len() / batch]` grid of ids and position ids.
+    pub fn hidden_at(
+        &self,
+        ids: &[u32],
+        position_ids: &[u32],
+        batch: usize,
+        positions: &[u32],
+    ) -> Result<Tensor> {
+        let hidden = self.model.forward_hidden_host(ids, position_ids, batch)?;
+        let hidden = hidden.reshape((ids.len(), self.model.spec().hidden_size))?;
+        let index = Tensor::new(positions, self.model.device())?;
+        Ok(hidden.index_select(&index, 0)?.detach())
+    }
+
+    /// The teacher's logits (f32) for rows of [`Self::hidden_at`].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let logits = self.model.lm_head().forward(hidden)?;
+        Ok(logits.to_dtype(DType::F32)?.detach())
+    }
+}
+
+/// The summed per-position divergence of a micro-batch (not yet scaled): the student's logits
+/// `[positions, vocab]` against the teacher's, on the whole vocabulary or on the teacher's
+/// `top_k` tokens per position. Both are cut to the smaller vocabulary (checkpoints often pad
+/// their embedding tables past the tokenizer's last id; the padding is never a target).
+pub fn divergence_sum(
+    config: &KdConfig,
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+) -> Result<Tensor> {
+    let vocab = student_logits.dim(1)?.min(teacher_logits.dim(1)?);
+    let student = student_logits.narrow(1, 0, vocab)?.to_dtype(DType::F32)?;
+    let teacher = teacher_logits.narrow(1, 0, vocab)?;
+    let (student, teacher) = if config.top_k > 0 && config.top_k < vocab {
+        let top = teacher
+            .arg_sort_last_dim(false)?
+            .narrow(1, 0, config.top_k)?
+            .contiguous()?;
+        (student.gather(&top, 1)?, teacher.gather(&top, 1)?)
+    } else {
+        (student, teacher)
+    };
+    Ok(config
+        .divergence()
+        .per_position(&student, &teacher)?
+        .sum_all()?)
+}
 
 /// The divergence and its temperature.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,6 +173,15 @@ impl Divergence {
     /// Mean over positions of the divergence between `student_logits` and `teacher_logits`,
     /// both `[positions, vocab]`.
     pub fn loss(&self, student_logits: &Tensor, teacher_logits: &Tensor) -> Result<Tensor> {
+        let positions = student_logits.dim(0)?;
+        Ok((self
+            .per_position(student_logits, teacher_logits)?
+            .sum_all()?
+            / positions as f64)?)
+    }
+
+    /// The divergence at each position, `[positions, 1]`.
+    pub fn per_position(&self, student_logits: &Tensor, teacher_logits: &Tensor) -> Result<Tensor> {
         self.validate()?;
         let (positions, vocab) = student_logits.dims2()?;
         if teacher_logits.dims() != [positions, vocab] {
@@ -71,7 +207,7 @@ impl Divergence {
                 ((a.broadcast_sub(&top)?.exp()? + b.broadcast_sub(&top)?.exp()?)?.log()? + &top)?;
             ((kl(&t, &m)? * self.beta)? + (kl(&s, &m)? * (1.0 - self.beta))?)?
         };
-        Ok((per_token.sum_all()? / positions as f64)?)
+        Ok(per_token)
     }
 }
 

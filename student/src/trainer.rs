@@ -32,6 +32,7 @@ pub use init::init_weights;
 
 use crate::batch::{PackedRow, Rows, IGNORE};
 use crate::checkpoint::{self, DatasetFingerprint, StepRecord, TrainerState};
+use crate::kd::{divergence_sum, KdConfig, Teacher};
 use crate::loss::{chunked_cross_entropy, cross_entropy_reference, label_targets};
 use crate::optim::{clip_factor, AdamW, GradBuffers};
 use crate::{Error, Result};
@@ -110,6 +111,8 @@ pub struct StepMetrics {
     pub total_steps: u64,
     /// Mean cross-entropy over the step's label tokens.
     pub loss: f64,
+    /// Mean teacher-student divergence over the step's label tokens (logit distillation).
+    pub kd: Option<f64>,
     /// Learning rate this step used.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -176,6 +179,8 @@ pub struct Trainer {
     device: Device,
     precision: TrainPrecision,
     order: Option<(u64, Vec<usize>)>,
+    /// The frozen teacher of `config.kd`.
+    teacher: Option<Teacher>,
 }
 
 impl Trainer {
@@ -237,6 +242,7 @@ impl Trainer {
             device: device.clone(),
             precision,
             order: None,
+            teacher: None,
         })
     }
 
@@ -309,6 +315,23 @@ impl Trainer {
         self.precision
     }
 
+    /// Gives a logit-distillation run (`config.kd`) its teacher, which must be on the
+    /// trainer's device and share the student's vocabulary.
+    pub fn set_teacher(&mut self, teacher: Teacher) -> Result<()> {
+        if self.config.kd.is_none() {
+            return Err(Error::Config(
+                "a teacher was given but the training config has no `kd` section".into(),
+            ));
+        }
+        if !teacher.model().device().same_device(&self.device) {
+            return Err(Error::Config(
+                "the teacher is on another device than the student".into(),
+            ));
+        }
+        self.teacher = Some(teacher);
+        Ok(())
+    }
+
     /// The model the forward runs: the trained variables themselves, or (mixed precision) a
     /// copy cast to the compute dtype whose casts are recorded, so gradients reach the f32
     /// master weights in f32.
@@ -347,17 +370,20 @@ impl Trainer {
             .map(|r| r.label_count())
             .sum();
         let scale = 1.0 / label_tokens.max(1) as f64;
-        let mut loss = 0f64;
+        let (mut loss, mut kd) = (0f64, 0f64);
         let mut tokens = 0;
         let mut timings = StepTimings::default();
         self.grads.clear();
         let cast = self.compute_model()?;
         let model = cast.as_ref().unwrap_or(&self.model);
+        let kd_term = kd_term(&self.config.kd, &self.teacher)?;
         for rows in micro_batches {
             let t0 = Instant::now();
-            let (l, n) = micro_batch_loss(model, rows, scale, self.config.loss_chunk_size)?;
-            tokens += n;
-            loss += l.to_scalar::<f32>()? as f64;
+            let parts = micro_batch_loss(model, rows, scale, self.config.loss_chunk_size, kd_term)?;
+            tokens += parts.tokens;
+            loss += parts.cross_entropy;
+            kd += parts.divergence.unwrap_or(0.0);
+            let l = parts.objective;
             let t1 = Instant::now();
             let grads = l.backward()?;
             // The graph (activations) goes with `l`; free it before the next micro-batch.
@@ -386,6 +412,7 @@ impl Trainer {
             step: self.state.step,
             total_steps: total,
             loss,
+            kd: kd_term.map(|_| kd),
             lr,
             grad_norm,
             tokens,
@@ -408,8 +435,8 @@ impl Trainer {
                 .collect();
             let refs: Vec<&PackedRow> = chunk.iter().collect();
             let labels: usize = chunk.iter().map(|r| r.label_count()).sum();
-            let (l, _) = micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size)?;
-            sum += l.to_scalar::<f32>()? as f64;
+            let parts = micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size, None)?;
+            sum += parts.cross_entropy;
             count += labels;
         }
         if count == 0 {
@@ -595,14 +622,43 @@ impl Trainer {
     }
 }
 
-/// The scaled summed loss of one micro-batch (`scale` × Σ token losses) and its real (unpadded)
-/// token count.
+/// The divergence term of a step: the config and its teacher, or an error when the config asks
+/// for distillation and no teacher was given.
+fn kd_term<'a>(
+    kd: &'a Option<KdConfig>,
+    teacher: &'a Option<Teacher>,
+) -> Result<Option<(&'a KdConfig, &'a Teacher)>> {
+    match (kd, teacher) {
+        (None, _) => Ok(None),
+        (Some(kd), Some(t)) => Ok(Some((kd, t))),
+        (Some(kd), None) => Err(Error::Config(format!(
+            "the training config distils from `{}` but no teacher was loaded",
+            kd.teacher
+        ))),
+    }
+}
+
+/// What one micro-batch contributes to a step.
+struct MicroBatchLoss {
+    /// The scaled loss to differentiate: `scale` × Σ token losses, the cross-entropy and
+    /// divergence mixed by `kd.weight` when distilling.
+    objective: Tensor,
+    /// `scale` × Σ token cross-entropies.
+    cross_entropy: f64,
+    /// `scale` × Σ token divergences, when distilling.
+    divergence: Option<f64>,
+    /// Real (unpadded) tokens.
+    tokens: usize,
+}
+
+/// The loss of one micro-batch, with a teacher's divergence term when `kd` is given.
 fn micro_batch_loss(
     model: &Model,
     rows: &[&PackedRow],
     scale: f64,
     chunk: usize,
-) -> Result<(Tensor, usize)> {
+    kd: Option<(&KdConfig, &Teacher)>,
+) -> Result<MicroBatchLoss> {
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if width == 0 {
         return Err(Error::Batch("a micro-batch has no tokens".into()));
@@ -642,7 +698,47 @@ fn micro_batch_loss(
     } else {
         chunked_cross_entropy(&hidden, head, &targets, scale, chunk)?
     };
-    Ok((loss, tokens))
+    let cross_entropy = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let Some((config, teacher)) = kd else {
+        return Ok(MicroBatchLoss {
+            objective: loss,
+            cross_entropy,
+            divergence: None,
+            tokens,
+        });
+    };
+    // The divergence needs both whole distributions at each labelled position: the logits are
+    // made `chunk` positions at a time from the hidden states.
+    let teacher_hidden = teacher.hidden_at(&ids, &pos, b, &positions)?;
+    let step = if chunk == 0 {
+        positions.len().max(1)
+    } else {
+        chunk
+    };
+    let mut divergence: Option<Tensor> = None;
+    for start in (0..positions.len()).step_by(step) {
+        let n = step.min(positions.len() - start);
+        let teacher_logits = teacher.logits(&teacher_hidden.narrow(0, start, n)?)?;
+        let student_logits = hidden.narrow(0, start, n)?.matmul(&head.t()?)?;
+        let sum = divergence_sum(config, &student_logits, &teacher_logits)?;
+        divergence = Some(match divergence {
+            Some(total) => (total + sum)?,
+            None => sum,
+        });
+    }
+    let divergence = match divergence {
+        Some(d) => (d * scale)?,
+        None => loss.zeros_like()?,
+    };
+    let divergence_value = divergence.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let objective = ((loss.to_dtype(DType::F32)? * (1.0 - config.weight))?
+        + (divergence.to_dtype(DType::F32)? * config.weight)?)?;
+    Ok(MicroBatchLoss {
+        objective,
+        cross_entropy,
+        divergence: Some(divergence_value),
+        tokens,
+    })
 }
 
 /// Row and token counts plus a hash of every id, position and label.

@@ -95,3 +95,62 @@ fn bad_settings_and_shapes_are_refused() {
         assert!(zero.to_scalar::<f32>().unwrap().abs() < 1e-7);
     }
 }
+
+/// `divergence_sum` on the whole vocabulary equals the divergence summed over positions; on
+/// the teacher's top k it equals the divergence of both distributions gathered at the
+/// teacher's k largest logits (picked here on the host) and renormalised there.
+#[test]
+fn top_k_compares_the_teachers_most_likely_tokens() {
+    use distill_student::kd::{divergence_sum, KdConfig};
+    let f = fixture();
+    let (n, vocab) = (
+        f["positions"].as_u64().unwrap() as usize,
+        f["vocab"].as_u64().unwrap() as usize,
+    );
+    let teacher_host = floats(&f["teacher"]);
+    let student_host = floats(&f["student"]);
+    let teacher = Tensor::from_vec(teacher_host.clone(), (n, vocab), &Device::Cpu).unwrap();
+    let student = Tensor::from_vec(student_host.clone(), (n, vocab), &Device::Cpu).unwrap();
+    let scalar = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    for beta in [0.0, 0.5, 1.0] {
+        let config = |top_k| KdConfig {
+            teacher: "t".into(),
+            beta,
+            temperature: 2.0,
+            top_k,
+            ..KdConfig::default()
+        };
+        let d = config(0).divergence();
+        let full = scalar(d.loss(&student, &teacher).unwrap()) * n as f64;
+        for k in [0, vocab, vocab + 5] {
+            let sum = scalar(divergence_sum(&config(k), &student, &teacher).unwrap());
+            assert!(
+                (sum - full).abs() < 1e-5 * full.abs().max(1.0),
+                "k {k}: {sum} vs {full}"
+            );
+        }
+        let k = 3;
+        let (mut s_top, mut t_top) = (Vec::new(), Vec::new());
+        for p in 0..n {
+            let row = &teacher_host[p * vocab..(p + 1) * vocab];
+            let mut ids: Vec<usize> = (0..vocab).collect();
+            ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            for &i in &ids[..k] {
+                t_top.push(row[i]);
+                s_top.push(student_host[p * vocab + i]);
+            }
+        }
+        let s_top = Tensor::from_vec(s_top, (n, k), &Device::Cpu).unwrap();
+        let t_top = Tensor::from_vec(t_top, (n, k), &Device::Cpu).unwrap();
+        let expected = scalar(d.loss(&s_top, &t_top).unwrap()) * n as f64;
+        let sum = scalar(divergence_sum(&config(k), &student, &teacher).unwrap());
+        assert!(
+            (sum - expected).abs() < 1e-5,
+            "top {k}, beta {beta}: {sum} vs {expected}"
+        );
+        assert!(
+            (sum - full).abs() > 1e-3,
+            "top {k} differs from the whole vocabulary"
+        );
+    }
+}

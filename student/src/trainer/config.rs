@@ -41,6 +41,10 @@ pub struct TrainerConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept on disk (the oldest are deleted once a newer one is complete).
     pub keep_last: usize,
+    /// Logit distillation against a frozen teacher (`[train.kd]`); `None` trains on the
+    /// cross-entropy alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kd: Option<crate::kd::KdConfig>,
 }
 
 impl Default for TrainerConfig {
@@ -59,6 +63,7 @@ impl Default for TrainerConfig {
             eval_every: 0,
             checkpoint_every: 0,
             keep_last: 2,
+            kd: None,
         }
     }
 }
@@ -121,6 +126,9 @@ impl TrainerConfig {
             return Err(Error::Config(
                 "`keep_last` must be at least 1, got `0`".into(),
             ));
+        }
+        if let Some(kd) = &self.kd {
+            kd.validate()?;
         }
         Ok(())
     }

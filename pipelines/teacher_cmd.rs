@@ -85,6 +85,11 @@ pub struct GenerateArgs {
     /// Most tokens generated per sample (longer samples end with `finish_reason = length`).
     #[arg(long, default_value_t = SamplingParams::default().max_new_tokens)]
     pub max_new_tokens: usize,
+    /// Store the teacher's K most likely tokens and their log-probabilities at every generated
+    /// token (columns `teacher_token_ids`, `teacher_top_ids`, …; ~6 + 6K bytes per token before
+    /// compression), for logit distillation from the corpus. 0 stores none.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub logprobs: usize,
     /// System prompt (R1 convention: none).
     #[arg(long)]
     pub system: Option<String>,
@@ -214,6 +219,7 @@ impl GenerateArgs {
                 top_p: self.top_p,
                 top_k: self.top_k,
                 max_new_tokens: self.max_new_tokens,
+                logprobs: self.logprobs,
             },
             prompt: PromptConfig {
                 system: self.system.clone(),

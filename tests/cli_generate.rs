@@ -224,3 +224,74 @@ fn bad_input_fails_before_any_work() {
     std::fs::write(&bad, "{\"problem\": \"fine\"}\nnot json\n").unwrap();
     fail(&mut generate(&bad, &out, 1), "bad.jsonl");
 }
+
+/// `--logprobs K` stores the teacher's top-K log-probabilities of every generated token
+/// beside the sample, without changing the sample; the row's tokens decode to its text;
+/// adding the option to an existing corpus is a different config; `corpus` passes keep the
+/// columns.
+#[test]
+fn logprobs_are_stored_beside_the_samples() {
+    use distill_corpus::logprobs;
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = write_problems(tmp.path());
+    let (plain, with) = (tmp.path().join("plain"), tmp.path().join("with"));
+    let limit = ["--limit", "5"];
+    run_ok(generate(&problems, &plain, 4).args(limit));
+    run_ok(
+        generate(&problems, &with, 4)
+            .args(limit)
+            .args(["--logprobs", "3"]),
+    );
+    assert_eq!(rows(&plain), rows(&with), "the samples do not change");
+    let reader = ShardReader::open(&[with.clone()]).unwrap();
+    assert!(logprobs::present(reader.schema()));
+    assert!(!logprobs::present(
+        ShardReader::open(&[plain.clone()]).unwrap().schema()
+    ));
+    let tokenizer = distill_models::Checkpoint::open(&model())
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    let mut checked = 0;
+    for batch in reader.batches() {
+        let batch = batch.unwrap();
+        let records = records_from_batch(&batch).unwrap();
+        for (record, lp) in records.iter().zip(logprobs::read(&batch).unwrap()) {
+            let lp = lp.expect("every local sample has log-probabilities");
+            assert_eq!(lp.k(), 3);
+            assert_eq!(lp.len(), record.completion_tokens as usize);
+            let text = tokenizer.decode(lp.token_ids(), false).unwrap();
+            let assistant = &record.messages.last().unwrap().content;
+            assert!(
+                format!("<think>\n{text}").starts_with(assistant.trim_end())
+                    || text.contains(record.completion.trim()),
+                "{text:?} vs {assistant:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5 * SAMPLES);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(with.join("generation.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["config"]["logprobs"], 3);
+    assert!(report["last_run"]["logprob_tokens"].as_u64().unwrap() > 0);
+    let refused = generate(&problems, &plain, 4)
+        .args(limit)
+        .args(["--logprobs", "3"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("`logprobs`"));
+    // A curation pass carries the columns through.
+    let filtered = tmp.path().join("filtered");
+    run_ok(
+        bin()
+            .args(["corpus", "filter"])
+            .arg(&with)
+            .arg("-o")
+            .arg(&filtered),
+    );
+    let reader = ShardReader::open(&[filtered]).unwrap();
+    assert!(logprobs::present(reader.schema()));
+}

@@ -10,6 +10,7 @@ pub mod dedup;
 mod error;
 pub mod export;
 pub mod filter;
+pub mod logprobs;
 pub mod pass;
 pub mod problems;
 pub mod record;

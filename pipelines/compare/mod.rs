@@ -159,6 +159,7 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
         temperature: args.temperature,
         top_p: args.top_p,
         max_new_tokens: args.max_new_tokens,
+        logprobs: 0,
         ..SamplingParams::default()
     };
     let engine = args.device.engine(EngineOptions {

@@ -74,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 top_p: 1.0,
                 top_k: 0,
                 max_new_tokens: NEW_TOKENS,
+                logprobs: 0,
             },
             seed: i as u64,
             stop: Vec::new(),

@@ -12,6 +12,10 @@ pub struct SamplingParams {
     /// 0 disables top-k.
     pub top_k: usize,
     pub max_new_tokens: usize,
+    /// Also return the `logprobs` most likely tokens and their log-probabilities at every
+    /// generated token (0: none).
+    #[serde(default)]
+    pub logprobs: usize,
 }
 
 impl Default for SamplingParams {
@@ -21,6 +25,7 @@ impl Default for SamplingParams {
             top_p: 0.95,
             top_k: 0,
             max_new_tokens: 32768,
+            logprobs: 0,
         }
     }
 }
@@ -43,6 +48,8 @@ pub struct GenRequest {
     pub stop: Vec<String>,
 }
 
+/// Per-token log-probabilities, defined beside the corpus columns that store them.
+pub use distill_corpus::logprobs::TokenLogprobs;
 /// Why generation ended: the corpus' `finish_reason` values, defined once beside the record.
 pub use distill_corpus::record::FinishReason;
 
@@ -57,6 +64,8 @@ pub struct GenOutput {
     pub finish_reason: FinishReason,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Per generated token, when `sampling.logprobs` asked for them and the backend has them.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// A cancellation flag shared between the caller (a Ctrl-C handler, a failing sink) and a

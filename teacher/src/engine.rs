@@ -21,7 +21,7 @@ use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
 use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
 
-use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats};
+use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats, TokenLogprobs};
 use crate::sampling::{sample, SampleRng};
 use crate::{Error, Result};
 
@@ -130,6 +130,8 @@ struct Seq {
     /// Bytes of `detok.text` already sent as deltas.
     sent: usize,
     max_stop: usize,
+    /// The top log-probabilities of each sampled token, when the request asks for them.
+    logprobs: Option<TokenLogprobs>,
 }
 
 impl Seq {
@@ -307,6 +309,8 @@ impl Engine {
             detok: Detokenizer::default(),
             sent: 0,
             max_stop,
+            logprobs: (request.sampling.logprobs > 0)
+                .then(|| TokenLogprobs::new(request.sampling.logprobs)),
             request,
         })
     }
@@ -345,6 +349,8 @@ impl Engine {
                                 finish_reason: FinishReason::Length,
                                 prompt_tokens: prompt_tokens as u32,
                                 completion_tokens: 0,
+                                logprobs: (request.sampling.logprobs > 0)
+                                    .then(|| TokenLogprobs::new(request.sampling.logprobs)),
                             }));
                             continue;
                         }
@@ -469,21 +475,27 @@ impl Engine {
         }
         let rows: Vec<&Tensor> = picks.iter().map(|(_, l)| l).collect();
         let logits = Tensor::cat(&rows, 0)?;
-        let greedy = picks
-            .iter()
-            .all(|&(i, _)| live[i].request.sampling.temperature <= 0.0);
+        let greedy = picks.iter().all(|&(i, _)| {
+            let s = &live[i].request.sampling;
+            s.temperature <= 0.0 && s.logprobs == 0
+        });
         if greedy && !logits.device().is_cpu() {
             return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
         }
         let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        Ok(picks
+        picks
             .iter()
             .zip(host)
             .map(|(&(i, _), row)| {
                 let seq = &mut live[i];
-                sample(&row, &seq.request.sampling, &mut seq.rng)
+                let token = sample(&row, &seq.request.sampling, &mut seq.rng);
+                if let Some(logprobs) = &mut seq.logprobs {
+                    let (lp, top) = top_logprobs(&row, token, logprobs.k());
+                    logprobs.push(token, lp, &top)?;
+                }
+                Ok(token)
             })
-            .collect())
+            .collect()
     }
 
     /// Applies a sampled token: stop checks and streaming. `Some(Some(reason))`: finished;
@@ -581,8 +593,35 @@ impl Engine {
             finish_reason: reason,
             prompt_tokens: seq.prompt.len() as u32,
             completion_tokens: seq.generated.len() as u32,
+            logprobs: seq.logprobs,
         })
     }
+}
+
+/// The model's log-probability of `token` and its `k` most likely tokens with theirs (most
+/// likely first, ties by id), from one row of raw logits: `log_softmax` at temperature 1,
+/// before any sampling filter, as vLLM's and OpenAI's `logprobs` report them.
+pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let k = k.min(logits.len());
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let order = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    if k < ids.len() && k > 0 {
+        ids.select_nth_unstable_by(k - 1, order);
+    }
+    ids.truncate(k);
+    ids.sort_unstable_by(order);
+    let top = ids
+        .into_iter()
+        .map(|i| (i, logits[i as usize] - lse))
+        .collect();
+    (logits[token as usize] - lse, top)
 }
 
 /// Whether every matrix of a GGUF checkpoint is stored quantized (norms and other vectors may

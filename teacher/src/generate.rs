@@ -126,6 +126,9 @@ pub struct GenerateReport {
     pub cancelled: bool,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Generated tokens whose top log-probabilities were stored (`--logprobs`).
+    #[serde(default)]
+    pub logprob_tokens: u64,
     /// Finished shards in the folder.
     pub shards: usize,
 }
@@ -144,7 +147,7 @@ pub struct Plan {
 fn identity(config: &GenerateConfig, teacher: &str) -> Value {
     let problems =
         fs::canonicalize(&config.problems.path).unwrap_or_else(|_| config.problems.path.clone());
-    serde_json::json!({
+    let mut identity = serde_json::json!({
         "teacher": teacher,
         "problems": problems,
         "preset": config.problems.preset,
@@ -160,7 +163,12 @@ fn identity(config: &GenerateConfig, teacher: &str) -> Value {
         "user_template": config.prompt.user_template,
         "prefill": config.prompt.prefill,
         "stop": config.prompt.stop,
-    })
+    });
+    // Only when asked, so corpora written before the option keep their identity.
+    if config.sampling.logprobs > 0 {
+        identity["logprobs"] = config.sampling.logprobs.into();
+    }
+    identity
 }
 
 /// An f32 as the f64 its shortest decimal form names (0.6, not 0.6000000238418579).
@@ -418,7 +426,13 @@ impl Plan {
             row_group_rows: self.config.shard_rows.clamp(1, 2048),
             ..WriterOptions::default()
         };
-        let mut writer = ShardWriter::create(&dir, record::schema(), options)?;
+        let logprobs = self.config.sampling.logprobs > 0;
+        let schema = if logprobs {
+            distill_corpus::logprobs::with_logprobs(&record::schema())
+        } else {
+            record::schema()
+        };
+        let mut writer = ShardWriter::create(&dir, schema, options)?;
 
         let index: HashMap<&str, usize> = self
             .problems
@@ -462,11 +476,20 @@ impl Plan {
                     return;
                 }
                 let row = self.record(&self.problems[problem], sample, &output);
-                match record::records_to_batch(std::slice::from_ref(&row))
-                    .and_then(|batch| writer.write(&batch))
-                {
+                let batch = record::records_to_batch(std::slice::from_ref(&row));
+                let batch = if logprobs {
+                    batch.and_then(|b| {
+                        distill_corpus::logprobs::append(&b, &[output.logprobs.as_ref()])
+                    })
+                } else {
+                    batch
+                };
+                match batch.and_then(|batch| writer.write(&batch)) {
                     Ok(()) => {
                         report.written += 1;
+                        if let Some(l) = &output.logprobs {
+                            report.logprob_tokens += l.len() as u64;
+                        }
                         report.prompt_tokens += u64::from(output.prompt_tokens);
                         report.completion_tokens += u64::from(output.completion_tokens);
                         progress.done += 1;

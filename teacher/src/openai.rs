@@ -689,6 +689,7 @@ fn to_output(request: &GenRequest, prefill: PrefillMode, response: ChatResponse)
         finish_reason,
         prompt_tokens: u32::try_from(usage.prompt_tokens).unwrap_or(u32::MAX),
         completion_tokens: u32::try_from(usage.completion_tokens).unwrap_or(u32::MAX),
+        logprobs: None,
     }
 }
 

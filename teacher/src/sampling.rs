@@ -174,6 +174,7 @@ mod tests {
             top_p,
             top_k,
             max_new_tokens: 16,
+            logprobs: 0,
         }
     }
 

@@ -54,6 +54,7 @@ impl ServerConfig {
             reasoning_parser: true,
             defaults: SamplingParams {
                 max_new_tokens: 4096,
+                logprobs: 0,
                 ..SamplingParams::default()
             },
             max_queue: 4096,
@@ -712,6 +713,7 @@ mod tests {
             finish_reason: FinishReason::Stop,
             prompt_tokens: 5,
             completion_tokens: 7,
+            logprobs: None,
         }
     }
 

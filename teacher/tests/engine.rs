@@ -58,6 +58,7 @@ fn request(i: usize, temperature: f32, max_new_tokens: usize) -> GenRequest {
             top_p: 0.95,
             top_k: 0,
             max_new_tokens,
+            logprobs: 0,
         },
         seed: sample_seed(1234, &format!("p{i}"), 0),
         stop: Vec::new(),
@@ -367,4 +368,60 @@ fn local_backend_and_handle_agree_with_the_engine() {
         assert_eq!(expected[&k], o);
     }
     let _ = Arc::strong_count(backend.engine());
+}
+
+/// `logprobs: k` returns, for every sampled token, the model's own log-probabilities: equal
+/// (to float16 rounding) to `log_softmax` of a full forward over prompt + generated tokens,
+/// the `k` ids in the order of those logits, the sampled token among them when greedy, and
+/// the same sample text and tokens as without log-probabilities.
+#[test]
+fn top_logprobs_are_the_models_own_distribution() {
+    use candle_core::{Device, Tensor, D};
+    let name = "tiny-qwen2.gguf";
+    let ckpt = Checkpoint::open(&fixture(name)).unwrap();
+    let model = ckpt.load_model(&Device::Cpu).unwrap();
+    let engine = engine(name, 4, false, Some(Vec::new()));
+    let k = 6;
+    for temperature in [0.0, 0.9] {
+        let plain: Vec<GenRequest> = (0..3).map(|i| request(i, temperature, 9)).collect();
+        let mut asked = plain.clone();
+        for r in &mut asked {
+            r.sampling.logprobs = k;
+        }
+        let without = run(&engine, plain.clone());
+        let with = run(&engine, asked);
+        for (req, (key, out)) in plain.iter().zip(&with) {
+            assert_eq!(out.text, without[key].text, "{key}: same sample");
+            assert!(without[key].logprobs.is_none());
+            let lp = out.logprobs.as_ref().expect("log-probabilities were asked");
+            assert_eq!(lp.k(), k);
+            assert_eq!(lp.len(), out.completion_tokens as usize);
+            let prompt = engine.prompt_ids(&req.messages, &req.prefill).unwrap();
+            let ids: Vec<u32> = prompt.iter().chain(lp.token_ids()).copied().collect();
+            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+            let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+            let log_probs: Vec<Vec<f32>> = log_probs.to_vec2().unwrap();
+            let token_lps: Vec<f32> = lp.token_logprobs().collect();
+            for (i, &token) in lp.token_ids().iter().enumerate() {
+                let row = &log_probs[prompt.len() - 1 + i];
+                let close = |a: f32, b: f32| (a - b).abs() <= 2e-3 * b.abs().max(1.0);
+                assert!(close(token_lps[i], row[token as usize]), "{key} step {i}");
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                let (top_ids, top_lps) = lp.top(i);
+                let top_lps: Vec<f32> = top_lps.collect();
+                for j in 0..k {
+                    assert!(close(top_lps[j], row[top_ids[j] as usize]), "{key} {i} {j}");
+                    assert!(close(top_lps[j], row[order[j]]), "{key} {i} rank {j}");
+                }
+                if temperature == 0.0 {
+                    assert_eq!(top_ids[0], token, "greedy picks the most likely token");
+                }
+            }
+        }
+    }
 }

@@ -39,6 +39,7 @@ fn requests(n: usize, prefill: &str) -> Vec<GenRequest> {
                 top_p: 1.0,
                 top_k: 0,
                 max_new_tokens: 12 + i % 5,
+                logprobs: 0,
             },
             seed: i as u64,
             stop: Vec::new(),

@@ -243,6 +243,7 @@ fn rule_rows(n: usize, len: usize, vocab: u32) -> Vec<PackedRow> {
                 position_ids: (0..len as u32).collect(),
                 input_ids: ids,
                 labels,
+                teacher: None,
             }
         })
         .collect()
@@ -406,6 +407,7 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
                     position_ids: (0..args.sft_seq as u32).map(|i| i % quarter).collect(),
                     labels: ids.iter().map(|&x| x as i64).collect(),
                     input_ids: ids,
+                    teacher: None,
                 }
             })
             .collect();

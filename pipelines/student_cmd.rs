@@ -56,6 +56,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 /// Runs a training job from resolved settings (also used by `distill run`).
 pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Result<()> {
     settings.validate()?;
+    // Distilling from the corpus: the token cache keeps the teacher's stored distributions.
+    let mut settings = settings.clone();
+    settings.data.teacher_logprobs = settings.train.kd.as_ref().is_some_and(|k| k.from_corpus);
+    let settings = &settings;
     let (Some(corpus), Some(out)) = (&settings.corpus, &settings.out) else {
         bail!("the corpus and the output folder must be set");
     };
@@ -102,8 +106,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         starting_point(settings, base.as_deref(), latest.as_deref(), corpus)?;
     // The teacher's tokenizer before the corpus is read: a pair that cannot distil fails now.
     let teacher = match &settings.train.kd {
-        Some(kd) => Some(open_teacher(&kd.teacher, &tokenizer)?),
-        None => None,
+        Some(kd) if !kd.from_corpus => Some(open_teacher(&kd.teacher, &tokenizer)?),
+        _ => None,
     };
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
     let renderer = Renderer::new(tokenizer, template, &student.config.eos_token_ids())?;
@@ -113,6 +117,9 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let cache = tokenise(settings, corpus, out, &renderer, progress)?;
     let dataset = cache.dataset(&settings.data)?;
     let r = &dataset.report;
+    if settings.data.teacher_logprobs {
+        check_alignment(r, corpus)?;
+    }
     eprintln!(
         "Corpus: {} rows → {} training documents in {} rows ({} tokens, {} labelled, {:.0}% full), {} held out{}",
         r.rows,
@@ -293,6 +300,26 @@ fn starting_point(
     };
     let student = init::from_scratch(&settings.model, tokenizer.clone(), settings.train.seed)?;
     Ok((student, tokenizer))
+}
+
+/// Distilling from stored distributions needs the teacher's tokens to reappear in the
+/// student's: when most rows' do not, the student's tokenizer is not the teacher's.
+fn check_alignment(report: &data::DataReport, corpus: &Path) -> anyhow::Result<()> {
+    let (targets, tokens) = (report.teacher_targets, report.teacher_tokens);
+    let share = targets as f64 / tokens.max(1) as f64;
+    eprintln!(
+        "Teacher distributions: {targets} of {tokens} generated tokens ({:.0}%) found in {} of {} documents; the rest train on the cross-entropy only",
+        share * 100.0,
+        report.teacher_aligned,
+        report.teacher_aligned + report.teacher_unaligned
+    );
+    if targets == 0 || share < 0.5 {
+        bail!(
+            "only {targets} of the {tokens} tokens the teacher generated in `{}` reappear in the student's tokens: logit distillation from the corpus needs the teacher's tokenizer (and chat template)",
+            corpus.display()
+        );
+    }
+    Ok(())
 }
 
 /// The teacher of a logit-distillation run, opened (not loaded) and checked against the

@@ -243,10 +243,12 @@ fn logprobs_are_stored_beside_the_samples() {
             .args(["--logprobs", "3"]),
     );
     assert_eq!(rows(&plain), rows(&with), "the samples do not change");
-    let reader = ShardReader::open(&[with.clone()]).unwrap();
+    let reader = ShardReader::open(std::slice::from_ref(&with)).unwrap();
     assert!(logprobs::present(reader.schema()));
     assert!(!logprobs::present(
-        ShardReader::open(&[plain.clone()]).unwrap().schema()
+        ShardReader::open(std::slice::from_ref(&plain))
+            .unwrap()
+            .schema()
     ));
     let tokenizer = distill_models::Checkpoint::open(&model())
         .unwrap()

@@ -252,7 +252,7 @@ pub fn read(batch: &RecordBatch) -> Result<Vec<Option<TokenLogprobs>>> {
                 top_logprobs: f16s(top_lps, row, col::TOP_LOGPROBS)?,
             };
             let n = t.token_ids.len();
-            let k = if n == 0 { 0 } else { t.top_ids.len() / n };
+            let k = t.top_ids.len().checked_div(n).unwrap_or(0);
             if t.token_logprobs.len() != n
                 || t.top_ids.len() != n * k
                 || t.top_logprobs.len() != n * k

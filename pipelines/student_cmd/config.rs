@@ -19,7 +19,9 @@
 //! [train.schedule]             # lr, warmup_steps, min_lr_ratio
 //! [train.optim]                # beta1, beta2, eps, weight_decay, decay_embeddings
 //! [train.kd]                   # logit distillation (distill_student::kd::KdConfig)
-//! teacher = "Qwen/Qwen2.5-1.5B-Instruct"   # same tokenizer as the student
+//! teacher = "Qwen/Qwen2.5-1.5B-Instruct"   # same tokenizer as the student;
+//!                              #  or from_corpus = true: the corpus's stored top-K
+//!                              #  (`distill generate --logprobs K`)
 //! weight = 0.5                 # loss = (1 − weight)·cross-entropy + weight·divergence
 //! beta = 0.0                   # 0 forward KL, 1 reverse KL, between: generalised JSD
 //! ```
@@ -207,6 +209,14 @@ pub struct TrainArgs {
     /// learns (a checkpoint folder, a GGUF file or `owner/name`; same tokenizer as the student).
     #[arg(long, value_name = "MODEL", help_heading = "Logit distillation")]
     pub kd_teacher: Option<String>,
+    /// Logit distillation from the teacher's top-K distributions stored in the corpus
+    /// (`distill generate --logprobs K`), without running the teacher.
+    #[arg(
+        long,
+        help_heading = "Logit distillation",
+        conflicts_with = "kd_teacher"
+    )]
+    pub kd_from_corpus: bool,
     /// Share of the divergence in the loss, the rest being the cross-entropy [default: 0.5].
     #[arg(long, value_name = "W", help_heading = "Logit distillation")]
     pub kd_weight: Option<f64>,
@@ -317,7 +327,14 @@ impl TrainArgs {
             s.trl.load_in_4bit = true;
         }
         if let Some(teacher) = &self.kd_teacher {
-            s.train.kd.get_or_insert_with(Default::default).teacher = teacher.clone();
+            let kd = s.train.kd.get_or_insert_with(Default::default);
+            kd.teacher = teacher.clone();
+            kd.from_corpus = false;
+        }
+        if self.kd_from_corpus {
+            let kd = s.train.kd.get_or_insert_with(Default::default);
+            kd.teacher.clear();
+            kd.from_corpus = true;
         }
         let kd_flags = self.kd_weight.is_some()
             || self.kd_beta.is_some()
@@ -331,7 +348,7 @@ impl TrainArgs {
                 over(&mut kd.top_k, &self.kd_top_k);
             }
             None if kd_flags => bail!(
-                "`--kd-weight`, `--kd-beta`, `--kd-temperature` and `--kd-top-k` need a teacher: pass `--kd-teacher MODEL` or set `[train.kd] teacher`"
+                "`--kd-weight`, `--kd-beta`, `--kd-temperature` and `--kd-top-k` need a teacher: pass `--kd-teacher MODEL` or `--kd-from-corpus`"
             ),
             None => {}
         }

@@ -234,6 +234,7 @@ fn child(spec: &str, model: Option<String>, steps: usize) -> BoxResult<()> {
                 input_ids: ids,
                 position_ids: (0..SEQ as u32).collect(),
                 labels,
+                teacher: None,
             }
         })
         .collect();

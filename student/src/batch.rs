@@ -9,11 +9,52 @@ pub const IGNORE: i64 = -100;
 /// `distill_models::Model::forward`). `labels[i]` is the target for predicting position `i`
 /// from positions `..=i`, i.e. already shifted by one, `IGNORE` where no loss applies (prompt
 /// tokens, the last token of each document).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PackedRow {
     pub input_ids: Vec<u32>,
     pub position_ids: Vec<u32>,
     pub labels: Vec<i64>,
+    /// The teacher's distributions stored in the corpus (`generate --logprobs`), for logit
+    /// distillation without a live teacher; `None` when the row has none.
+    pub teacher: Option<TeacherTargets>,
+}
+
+/// The teacher's top-`k` next-token distribution at some positions of a row or document:
+/// position `positions[j]` predicts the token after it, and the teacher gave `ids[j k..(j+1) k]`
+/// (most likely first) with log-probabilities `logprobs[j k..(j+1) k]` (float16 bits, as the
+/// corpus stores them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TeacherTargets {
+    pub k: usize,
+    /// Ascending.
+    pub positions: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<u16>,
+}
+
+impl TeacherTargets {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            ..Self::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Appends `other`'s targets with their positions moved by `offset` (packing documents).
+    pub fn extend_shifted(&mut self, other: &TeacherTargets, offset: u32) {
+        self.positions
+            .extend(other.positions.iter().map(|p| p + offset));
+        self.ids.extend_from_slice(&other.ids);
+        self.logprobs.extend_from_slice(&other.logprobs);
+    }
 }
 
 impl PackedRow {

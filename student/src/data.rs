@@ -5,19 +5,21 @@
 //! Every dropped row is counted under its reason, so an empty result can say why.
 
 pub mod render;
+pub mod teacher_targets;
 pub mod token_cache;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, RecordBatch};
+use distill_corpus::logprobs::{self, TokenLogprobs};
 use distill_corpus::record::{self, col, Columns};
 use distill_corpus::shards::{BatchStream, ShardReader};
 use distill_models::chat::Message;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::PackedRow;
+use crate::batch::{PackedRow, TeacherTargets};
 use crate::pack::{self, Document};
 use crate::{Error, Result};
 
@@ -44,6 +46,10 @@ pub struct DataConfig {
     /// Folder of the token cache (the corpus tokenised once, memory-mapped while training):
     /// default `OUT/token-cache`; point runs over the same corpus at one folder to share it.
     pub token_cache: Option<PathBuf>,
+    /// Read the teacher's stored log-probabilities and align them with each document's tokens
+    /// (logit distillation from the corpus; set from `train.kd.from_corpus`, not a setting).
+    #[serde(skip)]
+    pub teacher_logprobs: bool,
 }
 
 impl Default for DataConfig {
@@ -56,6 +62,7 @@ impl Default for DataConfig {
             chat_template: "auto".into(),
             keep_truncated: false,
             token_cache: None,
+            teacher_logprobs: false,
         }
     }
 }
@@ -87,6 +94,9 @@ pub struct Conversation {
     pub messages: Vec<Message>,
     /// The teacher's `finish_reason`, when the corpus has that column.
     pub finish_reason: Option<String>,
+    /// The teacher's stored log-probabilities (`generate --logprobs`), when they were asked
+    /// for ([`DataConfig::teacher_logprobs`]) and the row has them.
+    pub teacher_logprobs: Option<TokenLogprobs>,
 }
 
 /// Reads every conversation of the corpus at `inputs` (folders or parquet files).
@@ -103,6 +113,7 @@ pub fn read_corpus(inputs: &[PathBuf]) -> Result<Vec<Conversation>> {
 pub struct CorpusStream {
     batches: BatchStream,
     use_messages: bool,
+    teacher_logprobs: bool,
     files: Vec<PathBuf>,
     rows: u64,
     /// Rows read so far (row ids of corpora without an `id` column count from here).
@@ -112,6 +123,12 @@ pub struct CorpusStream {
 /// Opens the corpus at `inputs` for streaming: fails now when a file or a required column is
 /// missing.
 pub fn stream_corpus(inputs: &[PathBuf]) -> Result<CorpusStream> {
+    stream_corpus_with(inputs, false)
+}
+
+/// [`stream_corpus`], also reading the teacher's stored log-probabilities when
+/// `teacher_logprobs` (the corpus must have them).
+pub fn stream_corpus_with(inputs: &[PathBuf], teacher_logprobs: bool) -> Result<CorpusStream> {
     let reader = ShardReader::open(inputs)?;
     let schema = reader.schema().clone();
     let has = |name: &str| schema.field_with_name(name).is_ok();
@@ -137,10 +154,28 @@ pub fn stream_corpus(inputs: &[PathBuf]) -> Result<CorpusStream> {
             columns.push(optional);
         }
     }
+    if teacher_logprobs {
+        if !logprobs::present(&schema) {
+            return Err(Error::NoData(format!(
+                "the corpus `{}` has no teacher log-probabilities (columns `{}`, …): generate it with `distill generate --logprobs K`",
+                inputs
+                    .first()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+                logprobs::col::TOP_IDS
+            )));
+        }
+        columns.extend([
+            logprobs::col::TOKEN_IDS,
+            logprobs::col::TOKEN_LOGPROBS,
+            logprobs::col::TOP_IDS,
+            logprobs::col::TOP_LOGPROBS,
+        ]);
+    }
     let (files, rows) = (reader.files().to_vec(), reader.num_rows());
     Ok(CorpusStream {
         batches: reader.with_columns(&columns).batches(),
         use_messages,
+        teacher_logprobs,
         files,
         rows,
         seen: 0,
@@ -169,7 +204,16 @@ impl Iterator for CorpusStream {
         };
         let origin = self.files.first().cloned().unwrap_or_default();
         let mut out = Vec::with_capacity(batch.num_rows());
-        let result = read_batch(&batch, self.use_messages, &origin, self.seen, &mut out);
+        let mut result = read_batch(&batch, self.use_messages, &origin, self.seen, &mut out);
+        if result.is_ok() && self.teacher_logprobs {
+            result = logprobs::read(&batch)
+                .map(|rows| {
+                    for (conv, lp) in out.iter_mut().zip(rows) {
+                        conv.teacher_logprobs = lp;
+                    }
+                })
+                .map_err(Error::from);
+        }
         self.seen += batch.num_rows();
         Some(result.map(|()| out))
     }
@@ -222,6 +266,7 @@ fn read_batch<'a>(
             problem_id: text(problem_ids).map(str::to_string),
             messages: chat_messages(&conversation),
             finish_reason: text(finish).map(str::to_string),
+            teacher_logprobs: None,
         });
     }
     Ok(())
@@ -253,6 +298,22 @@ pub struct DataReport {
     pub train_label_tokens: usize,
     /// Real tokens over `rows × max_seq_len` of the training rows.
     pub fill_ratio: f64,
+    /// Documents whose stored teacher tokens were found in their tokens (logit distillation
+    /// from the corpus), and those whose were not (they train on the cross-entropy only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub teacher_aligned: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub teacher_unaligned: usize,
+    /// Tokens the teacher generated in kept documents, and how many of them got their stored
+    /// distribution at a position.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub teacher_tokens: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub teacher_targets: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl DataReport {
@@ -317,6 +378,12 @@ pub struct Prepared {
     pub truncated: bool,
     pub offset_fallback: bool,
     pub appended_eos: bool,
+    /// The teacher's stored distributions at this document's positions, when asked for and
+    /// found ([`teacher_targets::align`]); `Some` but empty when the row had them and they did
+    /// not align.
+    pub teacher: Option<TeacherTargets>,
+    /// Tokens the teacher generated for this row (0 without stored distributions).
+    pub teacher_tokens: usize,
 }
 
 /// Renders, tokenizes and length-checks every conversation of `batch` (in parallel): the one
@@ -336,12 +403,18 @@ pub fn prepare(
             let (offset_fallback, appended_eos) = (rendered.offset_fallback, rendered.appended_eos);
             let (input_ids, boundary, truncated) =
                 rendered.fit_length(config.max_seq_len, config.overlong)?;
+            let teacher = conv.teacher_logprobs.as_ref().map(|lp| {
+                teacher_targets::align(&input_ids, boundary, lp, renderer.stop_ids())
+                    .unwrap_or_default()
+            });
             Ok(Prepared {
                 input_ids,
                 boundary,
                 truncated,
                 offset_fallback,
                 appended_eos,
+                teacher,
+                teacher_tokens: conv.teacher_logprobs.as_ref().map_or(0, |lp| lp.len()),
             })
         })
         .collect()
@@ -363,6 +436,13 @@ impl DataReport {
                 self.truncated += usize::from(doc.truncated);
                 self.offset_fallbacks += usize::from(doc.offset_fallback);
                 self.appended_eos += usize::from(doc.appended_eos);
+                match &doc.teacher {
+                    Some(t) if t.is_empty() => self.teacher_unaligned += 1,
+                    Some(_) => self.teacher_aligned += 1,
+                    None => {}
+                }
+                self.teacher_tokens += doc.teacher_tokens;
+                self.teacher_targets += doc.teacher.as_ref().map_or(0, |t| t.len());
                 Some(doc)
             }
         }
@@ -415,8 +495,11 @@ pub fn walk(
     config: &DataConfig,
     sink: &mut dyn DocumentSink,
 ) -> Result<Walked> {
-    let train_stream = stream_corpus(sources.corpus)?;
-    let eval_stream = sources.eval_corpus.map(stream_corpus).transpose()?;
+    let train_stream = stream_corpus_with(sources.corpus, config.teacher_logprobs)?;
+    let eval_stream = sources
+        .eval_corpus
+        .map(|inputs| stream_corpus_with(inputs, config.teacher_logprobs))
+        .transpose()?;
     let fraction = sources.eval_fraction(config);
     let total = train_stream.rows() + eval_stream.as_ref().map_or(0, |s| s.rows());
     let mut walked = Walked::default();
@@ -460,7 +543,11 @@ pub fn build(
         .zip(prepare(conversations, renderer, config))
     {
         if let Some(doc) = report.tally(outcome) {
-            let doc = Document::from_boundary(doc.input_ids, doc.boundary);
+            let teacher = doc.teacher.filter(|t| !t.is_empty());
+            let doc = Document {
+                teacher,
+                ..Document::from_boundary(doc.input_ids, doc.boundary)
+            };
             if is_eval(conv.problem_key(), config.eval_fraction) {
                 eval_docs.push(doc);
             } else {

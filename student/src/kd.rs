@@ -27,9 +27,13 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KdConfig {
-    /// The teacher: a checkpoint distill loads (a Hugging Face folder, a GGUF file, a hub name).
-    /// Recorded so that a resume with another teacher is refused.
+    /// The teacher: a checkpoint distill loads (a Hugging Face folder, a GGUF file, a hub name),
+    /// run alongside the student. Recorded so that a resume with another teacher is refused.
     pub teacher: String,
+    /// Use the teacher's top-k distributions stored in the corpus (`generate --logprobs K`)
+    /// instead of a live teacher: no teacher forward, no teacher memory; the divergence is
+    /// computed on the stored `K` tokens at the positions of the teacher's own sample.
+    pub from_corpus: bool,
     /// Share of the divergence in the loss (0: cross-entropy only, 1: divergence only).
     pub weight: f64,
     /// 0: forward KL, 1: reverse KL, between: generalised JSD (see [`Divergence`]).
@@ -46,6 +50,7 @@ impl Default for KdConfig {
     fn default() -> Self {
         Self {
             teacher: String::new(),
+            from_corpus: false,
             weight: 0.5,
             beta: 0.0,
             temperature: 1.0,
@@ -63,9 +68,23 @@ impl KdConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.teacher.is_empty() {
+        match (self.teacher.is_empty(), self.from_corpus) {
+            (true, false) => {
+                return Err(Error::Config(
+                    "`kd` needs a teacher: set `kd.teacher` to a checkpoint or `kd.from_corpus = true`"
+                        .into(),
+                ))
+            }
+            (false, true) => {
+                return Err(Error::Config(
+                    "`kd.teacher` and `kd.from_corpus` exclude each other: a live teacher or the corpus's stored distributions".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.from_corpus && self.top_k > 0 {
             return Err(Error::Config(
-                "`kd.teacher` is empty: name the teacher checkpoint".into(),
+                "`kd.top_k` picks a live teacher's tokens; with `kd.from_corpus` the corpus's stored `K` are used".into(),
             ));
         }
         if !(0.0..=1.0).contains(&self.weight) {
@@ -115,6 +134,44 @@ impl Teacher {
         let logits = self.model.lm_head().forward(hidden)?;
         Ok(logits.to_dtype(DType::F32)?.detach())
     }
+}
+
+/// The summed divergence at stored targets: `student_logits` `[targets, vocab]` gathered at
+/// each target's `k` ids against the stored log-probabilities (float16 bits), both renormalised
+/// over those ids, which is what [`divergence_sum`] computes from a live teacher's logits with
+/// `top_k = k` (log-probabilities differ from logits by a per-position constant).
+pub fn stored_divergence_sum(
+    config: &KdConfig,
+    student_logits: &Tensor,
+    k: usize,
+    ids: &[u32],
+    logprobs: &[u16],
+) -> Result<Tensor> {
+    let (targets, vocab) = student_logits.dims2()?;
+    if ids.len() != targets * k || logprobs.len() != targets * k {
+        return Err(Error::Batch(format!(
+            "{} stored ids and {} log-probabilities for {targets} targets of {k}",
+            ids.len(),
+            logprobs.len()
+        )));
+    }
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Batch(format!(
+            "the corpus's teacher token `{id}` is outside the student's vocabulary of {vocab}: was the corpus generated with another tokenizer?"
+        )));
+    }
+    let device = student_logits.device();
+    let index = Tensor::from_slice(ids, (targets, k), device)?;
+    let student = student_logits.to_dtype(DType::F32)?.gather(&index, 1)?;
+    let teacher: Vec<f32> = logprobs
+        .iter()
+        .map(|&b| half::f16::from_bits(b).to_f32())
+        .collect();
+    let teacher = Tensor::from_vec(teacher, (targets, k), device)?;
+    Ok(config
+        .divergence()
+        .per_position(&student, &teacher)?
+        .sum_all()?)
 }
 
 /// The summed per-position divergence of a micro-batch (not yet scaled): the student's logits

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::batch::{PackedRow, IGNORE};
+use crate::batch::{PackedRow, TeacherTargets, IGNORE};
 use crate::{Error, Result};
 
 /// One tokenized conversation: `labels[i]` is the target after position `i` (already shifted;
@@ -17,6 +17,8 @@ use crate::{Error, Result};
 pub struct Document {
     pub input_ids: Vec<u32>,
     pub labels: Vec<i64>,
+    /// The teacher's stored distributions at positions of this document.
+    pub teacher: Option<TeacherTargets>,
 }
 
 impl Document {
@@ -30,7 +32,11 @@ impl Document {
                 _ => IGNORE,
             })
             .collect();
-        Self { input_ids, labels }
+        Self {
+            input_ids,
+            labels,
+            teacher: None,
+        }
     }
 
     /// A document whose tokens from `boundary` on are trained (the answer turn of a rendered
@@ -38,7 +44,11 @@ impl Document {
     pub fn from_boundary(input_ids: Vec<u32>, boundary: usize) -> Self {
         let mut labels = Vec::with_capacity(input_ids.len());
         push_labels(&input_ids, boundary, &mut labels);
-        Self { input_ids, labels }
+        Self {
+            input_ids,
+            labels,
+            teacher: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -125,8 +135,14 @@ pub fn concat(docs: &[&Document]) -> PackedRow {
         input_ids: Vec::with_capacity(total),
         position_ids: Vec::with_capacity(total),
         labels: Vec::with_capacity(total),
+        teacher: None,
     };
     for doc in docs {
+        if let Some(t) = &doc.teacher {
+            row.teacher
+                .get_or_insert_with(|| TeacherTargets::new(t.k))
+                .extend_shifted(t, row.input_ids.len() as u32);
+        }
         row.input_ids.extend_from_slice(&doc.input_ids);
         row.position_ids.extend(0..doc.len() as u32);
         row.labels.extend_from_slice(&doc.labels);

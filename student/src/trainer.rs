@@ -32,7 +32,7 @@ pub use init::init_weights;
 
 use crate::batch::{PackedRow, Rows, IGNORE};
 use crate::checkpoint::{self, DatasetFingerprint, StepRecord, TrainerState};
-use crate::kd::{divergence_sum, KdConfig, Teacher};
+use crate::kd::{divergence_sum, stored_divergence_sum, KdConfig, Teacher};
 use crate::loss::{chunked_cross_entropy, cross_entropy_reference, label_targets};
 use crate::optim::{clip_factor, AdamW, GradBuffers};
 use crate::{Error, Result};
@@ -627,10 +627,11 @@ impl Trainer {
 fn kd_term<'a>(
     kd: &'a Option<KdConfig>,
     teacher: &'a Option<Teacher>,
-) -> Result<Option<(&'a KdConfig, &'a Teacher)>> {
+) -> Result<Option<(&'a KdConfig, Option<&'a Teacher>)>> {
     match (kd, teacher) {
         (None, _) => Ok(None),
-        (Some(kd), Some(t)) => Ok(Some((kd, t))),
+        (Some(kd), _) if kd.from_corpus => Ok(Some((kd, None))),
+        (Some(kd), Some(t)) => Ok(Some((kd, Some(t)))),
         (Some(kd), None) => Err(Error::Config(format!(
             "the training config distils from `{}` but no teacher was loaded",
             kd.teacher
@@ -657,7 +658,7 @@ fn micro_batch_loss(
     rows: &[&PackedRow],
     scale: f64,
     chunk: usize,
-    kd: Option<(&KdConfig, &Teacher)>,
+    kd: Option<(&KdConfig, Option<&Teacher>)>,
 ) -> Result<MicroBatchLoss> {
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if width == 0 {
@@ -682,13 +683,13 @@ fn micro_batch_loss(
     let spec = model.spec();
     let (positions, targets) = label_targets(&labels, spec.vocab_size)?;
     // Ids and positions go up from the host once; nothing in the forward reads back.
-    let hidden = model
+    let all_hidden = model
         .forward_hidden_host(&ids, &pos, b)?
         .reshape((b * width, spec.hidden_size))?;
     let hidden = if positions.len() == b * width {
-        hidden
+        all_hidden.clone()
     } else {
-        hidden.index_select(&Tensor::new(positions.as_slice(), dev)?, 0)?
+        all_hidden.index_select(&Tensor::new(positions.as_slice(), dev)?, 0)?
     };
     let head = model.lm_head().weight().ok_or_else(|| {
         Error::Config("the model's head is quantized; training needs float weights".into())
@@ -707,24 +708,56 @@ fn micro_batch_loss(
             tokens,
         });
     };
-    // The divergence needs both whole distributions at each labelled position: the logits are
-    // made `chunk` positions at a time from the hidden states.
-    let teacher_hidden = teacher.hidden_at(&ids, &pos, b, &positions)?;
-    let step = if chunk == 0 {
-        positions.len().max(1)
-    } else {
-        chunk
-    };
+    let step = if chunk == 0 { usize::MAX } else { chunk };
     let mut divergence: Option<Tensor> = None;
-    for start in (0..positions.len()).step_by(step) {
-        let n = step.min(positions.len() - start);
-        let teacher_logits = teacher.logits(&teacher_hidden.narrow(0, start, n)?)?;
-        let student_logits = hidden.narrow(0, start, n)?.matmul(&head.t()?)?;
-        let sum = divergence_sum(config, &student_logits, &teacher_logits)?;
-        divergence = Some(match divergence {
+    let mut add = |sum: Tensor| -> Result<()> {
+        divergence = Some(match divergence.take() {
             Some(total) => (total + sum)?,
             None => sum,
         });
+        Ok(())
+    };
+    match teacher {
+        // Both whole distributions at each labelled position: the logits are made `chunk`
+        // positions at a time from the hidden states.
+        Some(teacher) => {
+            let teacher_hidden = teacher.hidden_at(&ids, &pos, b, &positions)?;
+            for start in (0..positions.len()).step_by(step.min(positions.len().max(1))) {
+                let n = step.min(positions.len() - start);
+                let teacher_logits = teacher.logits(&teacher_hidden.narrow(0, start, n)?)?;
+                let student_logits = hidden.narrow(0, start, n)?.matmul(&head.t()?)?;
+                add(divergence_sum(config, &student_logits, &teacher_logits)?)?;
+            }
+        }
+        // The stored targets of each row, at their positions in the padded grid.
+        None => {
+            let (mut at, mut k, mut target_ids, mut target_lps) = (vec![], 0, vec![], vec![]);
+            for (r, row) in rows.iter().enumerate() {
+                let Some(t) = &row.teacher else { continue };
+                if k != 0 && t.k != k {
+                    return Err(Error::Batch(format!(
+                        "rows store {k} and {} teacher alternatives per token",
+                        t.k
+                    )));
+                }
+                k = t.k;
+                at.extend(t.positions.iter().map(|&p| (r * width) as u32 + p));
+                target_ids.extend_from_slice(&t.ids);
+                target_lps.extend_from_slice(&t.logprobs);
+            }
+            for start in (0..at.len()).step_by(step.min(at.len().max(1))) {
+                let n = step.min(at.len() - start);
+                let index = Tensor::new(&at[start..start + n], dev)?;
+                let student_logits = all_hidden.index_select(&index, 0)?.matmul(&head.t()?)?;
+                add(stored_divergence_sum(
+                    config,
+                    &student_logits,
+                    k,
+                    &target_ids[start * k..(start + n) * k],
+                    &target_lps[start * k..(start + n) * k],
+                )?)?;
+            }
+        }
     }
     let divergence = match divergence {
         Some(d) => (d * scale)?,

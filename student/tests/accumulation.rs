@@ -30,6 +30,7 @@ fn rows(n: usize, seed: u64) -> Vec<PackedRow> {
                 input_ids: vec![],
                 position_ids: vec![],
                 labels: vec![],
+                teacher: None,
             };
             for _ in 0..1 + rand(3) {
                 let len = 4 + rand(14);
@@ -118,6 +119,7 @@ fn unpack(row: &PackedRow) -> Vec<PackedRow> {
                 input_ids: vec![],
                 position_ids: vec![],
                 labels: vec![],
+                teacher: None,
             });
         }
         let doc = out.last_mut().unwrap();

@@ -38,6 +38,7 @@ fn load_rows() -> Vec<PackedRow> {
                 input_ids: ints("input_ids").iter().map(|&x| x as u32).collect(),
                 position_ids: ints("position_ids").iter().map(|&x| x as u32).collect(),
                 labels: ints("labels"),
+                teacher: None,
             }
         })
         .collect()

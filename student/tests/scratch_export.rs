@@ -33,6 +33,7 @@ fn conversations() -> Vec<Conversation> {
                     )),
                 ],
                 finish_reason: None,
+                teacher_logprobs: None,
             });
         }
     }

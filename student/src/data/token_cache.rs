@@ -8,6 +8,10 @@
 //! - `documents.bin`: 16 bytes per document, little-endian: token offset (u64), length (u32),
 //!   first trained index (u32); the training documents first, then the held-out ones;
 //! - `cache.json`: [`CacheInfo`]: what the key was made of, the counts and the data report;
+//! - with stored teacher distributions (logit distillation from the corpus): `teacher.bin`, 16
+//!   bytes per document in `documents.bin`'s order: offset of its first target (u64), position
+//!   of its first target (u32), number of targets (u32, positions consecutive); and
+//!   `teacher-topk.bin`: per target, `k` ids (u32) then `k` float16 log-probabilities (u16);
 //! - `fingerprint-packed.json` / `fingerprint-unpacked.json`: the training rows' fingerprint
 //!   (what a resumed run checks), computed on first use.
 //!
@@ -36,7 +40,7 @@ pub use super::Sources;
 use super::{
     no_rows_reason, walk, Conversation, DataConfig, DataReport, DocumentSink, Prepared, Renderer,
 };
-use crate::batch::{PackedRow, Rows};
+use crate::batch::{PackedRow, Rows, TeacherTargets};
 use crate::checkpoint::DatasetFingerprint;
 use crate::pack;
 use crate::trainer::Fingerprinter;
@@ -48,6 +52,8 @@ const TOKENS_FILE: &str = "tokens.u32";
 const DOCUMENTS_FILE: &str = "documents.bin";
 const INFO_FILE: &str = "cache.json";
 const DOCUMENT_BYTES: usize = 16;
+const TEACHER_INDEX_FILE: &str = "teacher.bin";
+const TEACHER_TOPK_FILE: &str = "teacher-topk.bin";
 
 /// What the tokens depend on; its hash names the cache folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +71,9 @@ pub struct CacheKey {
     pub keep_truncated: bool,
     /// The held-out fraction the corpus was split with (0 with a separate eval corpus).
     pub eval_fraction: f64,
+    /// The teacher's stored distributions are aligned and kept beside the tokens.
+    #[serde(default)]
+    pub teacher_logprobs: bool,
 }
 
 /// One corpus file as the key sees it.
@@ -108,6 +117,11 @@ pub struct CacheInfo {
     pub tokens: u64,
     /// The build's counts (rows, drops, truncations); row counts are filled in per dataset.
     pub report: DataReport,
+    /// Alternatives per stored teacher target, and the number of targets.
+    #[serde(default)]
+    pub teacher_k: usize,
+    #[serde(default)]
+    pub teacher_targets: u64,
 }
 
 /// One document of the cache.
@@ -139,11 +153,80 @@ impl DocEntry {
     }
 }
 
+/// Where one document's stored teacher targets are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct TeacherEntry {
+    /// Index of its first target in `teacher-topk.bin`.
+    offset: u64,
+    /// Document position of its first target (the rest follow one by one).
+    first: u32,
+    count: u32,
+}
+
+impl TeacherEntry {
+    fn to_bytes(self) -> [u8; DOCUMENT_BYTES] {
+        let mut b = [0u8; DOCUMENT_BYTES];
+        b[..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.first.to_le_bytes());
+        b[12..].copy_from_slice(&self.count.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Self {
+        let d = DocEntry::from_bytes(b);
+        Self {
+            offset: d.offset,
+            first: d.len,
+            count: d.boundary,
+        }
+    }
+}
+
+/// The stored teacher targets of a cache's documents.
+#[derive(Clone)]
+struct TeacherTable {
+    k: usize,
+    /// One per document, in the documents' order.
+    entries: Vec<TeacherEntry>,
+    topk: Arc<Mapped>,
+}
+
+impl TeacherTable {
+    /// Bytes per target: `k` ids and `k` float16 log-probabilities.
+    fn target_bytes(k: usize) -> usize {
+        6 * k
+    }
+
+    /// Appends document `doc`'s targets to `out`, its positions moved by `start`.
+    fn push(&self, doc: usize, start: u32, out: &mut Option<TeacherTargets>) {
+        let e = self.entries[doc];
+        if e.count == 0 {
+            return;
+        }
+        let out = out.get_or_insert_with(|| TeacherTargets::new(self.k));
+        let size = Self::target_bytes(self.k);
+        let bytes = &self.topk.bytes()[e.offset as usize * size..][..e.count as usize * size];
+        for (j, target) in bytes.chunks_exact(size).enumerate() {
+            out.positions.push(start + e.first + j as u32);
+            let (ids, lps) = target.split_at(4 * self.k);
+            out.ids.extend(
+                ids.chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            out.logprobs.extend(
+                lps.chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]])),
+            );
+        }
+    }
+}
+
 /// A tokenised corpus on disk, mapped.
 pub struct TokenCache {
     dir: PathBuf,
     tokens: Arc<Mapped>,
     documents: Vec<DocEntry>,
+    teacher: Option<TeacherTable>,
     info: CacheInfo,
     reused: bool,
 }
@@ -261,10 +344,16 @@ impl TokenCache {
         } else {
             Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tokens_path, e))?)
         };
+        let teacher = if key.teacher_logprobs {
+            Some(open_teacher_table(dir, &info, documents.len(), &damaged)?)
+        } else {
+            None
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             tokens: Arc::new(Mapped(map)),
             documents,
+            teacher,
             info,
             reused: true,
         })
@@ -292,15 +381,23 @@ impl TokenCache {
         } else {
             "fingerprint-unpacked.json"
         });
+        let teacher = |range: std::ops::Range<usize>| {
+            self.teacher.as_ref().map(|t| TeacherTable {
+                entries: t.entries[range].to_vec(),
+                ..t.clone()
+            })
+        };
         let train = CachedRows::new(
             self.tokens.clone(),
             self.documents[..split].to_vec(),
+            teacher(0..split),
             config,
             Some(fingerprint_file),
         )?;
         let eval = CachedRows::new(
             self.tokens.clone(),
             self.documents[split..].to_vec(),
+            teacher(split..self.documents.len()),
             config,
             None,
         )?;
@@ -332,6 +429,7 @@ pub struct CachedDataset {
 pub struct CachedRows {
     tokens: Arc<Mapped>,
     documents: Vec<DocEntry>,
+    teacher: Option<TeacherTable>,
     /// Row `r` holds `documents[row_documents[row_starts[r]..row_starts[r + 1]]]`.
     row_documents: Vec<u32>,
     row_starts: Vec<usize>,
@@ -346,6 +444,7 @@ impl CachedRows {
     fn new(
         tokens: Arc<Mapped>,
         documents: Vec<DocEntry>,
+        teacher: Option<TeacherTable>,
         config: &DataConfig,
         fingerprint_file: Option<PathBuf>,
     ) -> Result<Self> {
@@ -379,6 +478,7 @@ impl CachedRows {
             fingerprint: OnceLock::new(),
             fingerprint_file,
             documents,
+            teacher,
         })
     }
 
@@ -434,10 +534,14 @@ impl Rows for CachedRows {
             input_ids: Vec::with_capacity(len),
             position_ids: Vec::with_capacity(len),
             labels: Vec::with_capacity(len),
+            teacher: None,
         };
         for &d in docs {
             let doc = self.documents[d as usize];
             let start = row.input_ids.len();
+            if let Some(teacher) = &self.teacher {
+                teacher.push(d as usize, start as u32, &mut row.teacher);
+            }
             row.input_ids.extend(self.ids(doc));
             row.position_ids.extend(0..doc.len);
             pack::push_labels(
@@ -500,6 +604,7 @@ fn key(sources: Sources<'_>, renderer: &Renderer, config: &DataConfig) -> Result
         overlong: config.overlong,
         keep_truncated: config.keep_truncated,
         eval_fraction: sources.eval_fraction(config),
+        teacher_logprobs: config.teacher_logprobs,
     })
 }
 
@@ -510,11 +615,61 @@ struct CacheWriter<'a> {
     offset: u64,
     train: Vec<DocEntry>,
     eval: Vec<DocEntry>,
+    teacher: Option<TeacherWriter>,
     on_progress: OnProgress<'a>,
+}
+
+/// The stored teacher targets' side of a cache build.
+struct TeacherWriter {
+    topk: BufWriter<File>,
+    path: PathBuf,
+    k: Option<usize>,
+    offset: u64,
+    train: Vec<TeacherEntry>,
+    eval: Vec<TeacherEntry>,
+}
+
+impl TeacherWriter {
+    fn document(&mut self, targets: Option<&TeacherTargets>, held_out: bool) -> Result<()> {
+        let mut entry = TeacherEntry {
+            offset: self.offset,
+            ..TeacherEntry::default()
+        };
+        if let Some(t) = targets.filter(|t| !t.is_empty()) {
+            let k = *self.k.get_or_insert(t.k);
+            if t.k != k {
+                return Err(Error::Batch(format!(
+                    "the corpus stores {k} teacher alternatives per token in some rows and {} in others",
+                    t.k
+                )));
+            }
+            let io = |e| Error::io(&self.path, e);
+            for j in 0..t.len() {
+                for id in &t.ids[j * k..(j + 1) * k] {
+                    self.topk.write_all(&id.to_le_bytes()).map_err(io)?;
+                }
+                for lp in &t.logprobs[j * k..(j + 1) * k] {
+                    self.topk.write_all(&lp.to_le_bytes()).map_err(io)?;
+                }
+            }
+            entry.first = t.positions[0];
+            entry.count = t.len() as u32;
+            self.offset += t.len() as u64;
+        }
+        if held_out {
+            self.eval.push(entry);
+        } else {
+            self.train.push(entry);
+        }
+        Ok(())
+    }
 }
 
 impl DocumentSink for CacheWriter<'_> {
     fn document(&mut self, _: &Conversation, doc: Prepared, held_out: bool) -> Result<()> {
+        if let Some(teacher) = &mut self.teacher {
+            teacher.document(doc.teacher.as_ref(), held_out)?;
+        }
         for id in &doc.input_ids {
             self.tokens
                 .write_all(&id.to_le_bytes())
@@ -557,6 +712,20 @@ fn build(
         offset: 0,
         train: Vec::new(),
         eval: Vec::new(),
+        teacher: if config.teacher_logprobs {
+            let path = dir.join(TEACHER_TOPK_FILE);
+            let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            Some(TeacherWriter {
+                topk: BufWriter::with_capacity(1 << 20, file),
+                path,
+                k: None,
+                offset: 0,
+                train: Vec::new(),
+                eval: Vec::new(),
+            })
+        } else {
+            None
+        },
         on_progress,
     };
     let walked = walk(sources, renderer, config, &mut writer)?;
@@ -565,6 +734,7 @@ fn build(
         offset,
         mut train,
         mut eval,
+        mut teacher,
         ..
     } = writer;
     if sources.eval_corpus.is_some() && eval.is_empty() {
@@ -576,9 +746,30 @@ fn build(
     if train.is_empty() && sources.eval_corpus.is_none() && !eval.is_empty() {
         // A tiny corpus whose every row hashed into the held-out set still trains.
         std::mem::swap(&mut train, &mut eval);
+        if let Some(t) = &mut teacher {
+            std::mem::swap(&mut t.train, &mut t.eval);
+        }
     }
     if train.is_empty() {
         return Err(Error::NoData(no_rows_reason(&walked.report, config)));
+    }
+    let (mut teacher_k, mut teacher_targets) = (0, 0);
+    if let Some(t) = teacher {
+        t.topk
+            .into_inner()
+            .map_err(|e| Error::io(&t.path, e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io(&t.path, e))?;
+        let index_path = dir.join(TEACHER_INDEX_FILE);
+        let bytes: Vec<u8> = t
+            .train
+            .iter()
+            .chain(&t.eval)
+            .flat_map(|e| e.to_bytes())
+            .collect();
+        std::fs::write(&index_path, bytes).map_err(|e| Error::io(&index_path, e))?;
+        teacher_k = t.k.unwrap_or(0);
+        teacher_targets = t.offset;
     }
     tokens
         .into_inner()
@@ -598,11 +789,64 @@ fn build(
         eval_documents: eval.len() as u64,
         tokens: offset,
         report: walked.report,
+        teacher_k,
+        teacher_targets,
     };
     let info_path = dir.join(INFO_FILE);
     let json = serde_json::to_string_pretty(&info)
         .map_err(|e| Error::Config(format!("cannot serialise the token cache info: {e}")))?;
     std::fs::write(&info_path, json + "\n").map_err(|e| Error::io(&info_path, e))
+}
+
+/// The stored teacher targets of a complete cache, checked against its counts.
+fn open_teacher_table(
+    dir: &Path,
+    info: &CacheInfo,
+    documents: usize,
+    damaged: &dyn Fn(String) -> Error,
+) -> Result<TeacherTable> {
+    let index_path = dir.join(TEACHER_INDEX_FILE);
+    let raw = std::fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
+    if raw.len() != documents * DOCUMENT_BYTES {
+        return Err(damaged(format!(
+            "`{TEACHER_INDEX_FILE}` has {} bytes, expected {}",
+            raw.len(),
+            documents * DOCUMENT_BYTES
+        )));
+    }
+    let entries: Vec<TeacherEntry> = raw
+        .chunks_exact(DOCUMENT_BYTES)
+        .map(TeacherEntry::from_bytes)
+        .collect();
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.offset + u64::from(e.count) > info.teacher_targets)
+    {
+        return Err(damaged(format!(
+            "a document's teacher targets ({} at {}) lie outside its {} targets",
+            e.count, e.offset, info.teacher_targets
+        )));
+    }
+    let path = dir.join(TEACHER_TOPK_FILE);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    let expected = info.teacher_targets * TeacherTable::target_bytes(info.teacher_k) as u64;
+    if bytes != expected {
+        return Err(damaged(format!(
+            "`{TEACHER_TOPK_FILE}` has {bytes} bytes, expected {expected}"
+        )));
+    }
+    // SAFETY: as for `tokens.u32`: written once, renamed into place, never changed.
+    let map = if bytes == 0 {
+        None
+    } else {
+        Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?)
+    };
+    Ok(TeacherTable {
+        k: info.teacher_k,
+        entries,
+        topk: Arc::new(Mapped(map)),
+    })
 }
 
 /// Removes partial builds of `folder` left by runs that no longer exist (killed mid-build).

@@ -38,6 +38,7 @@ pub fn rows(
                 position_ids: (0..len as u32).collect(),
                 input_ids: ids,
                 labels,
+                teacher: None,
             }
         })
         .collect()

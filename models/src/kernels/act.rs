@@ -11,8 +11,11 @@ pub(crate) struct Q8Block {
     pub d: f32,
     /// Q8_1's `s`: `d · Σ qs` (with `d` before rounding), rounded to f16; times the weights' min.
     pub s: f32,
-    /// `Σ qs`: times a weight offset (8, 16 or 128) it removes that offset exactly.
+    /// `Σ qs`.
     pub sum: i32,
+    /// `−offset · Σ qs` for the weight type's unsigned offset (8, 16, 128, or 0): the integer
+    /// dot product starts from it, which removes the offset exactly.
+    pub corr: i32,
 }
 
 /// 256 activations as ggml's Q8_K: `x ≈ d · qs` with the signed extreme at ±127 (`d` in f32).
@@ -34,9 +37,11 @@ impl Q8Block {
         d: 0.0,
         s: 0.0,
         sum: 0,
+        corr: 0,
     };
 
-    pub(crate) fn quantize(xs: &[f32]) -> Self {
+    /// Quantizes 32 values for weights whose quants carry `offset`.
+    pub(crate) fn quantize(xs: &[f32], offset: i32) -> Self {
         let amax = xs.iter().fold(0f32, |a, x| a.max(x.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -52,6 +57,7 @@ impl Q8Block {
         out.d = half::f16::from_f32(d).to_f32();
         out.s = half::f16::from_f32(sum as f32 * d).to_f32();
         out.sum = sum;
+        out.corr = -offset * sum;
         out
     }
 }

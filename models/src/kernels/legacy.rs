@@ -9,7 +9,8 @@
 //! - Q8_0: byte `64 g + 4 c + j` holds input `4 g + j` plus 128;
 //! - then the 16 f16 scales `d`, then (Q4_1/Q5_1) the 16 f16 mins `m`.
 //!
-//! Per block: `isum = Σ q·a − offset · Σ a` in integers (offset 8, 16 or 128; none with a min),
+//! Per block: `isum = Σ q·a − offset · Σ a` in integers (the dot product starts from the
+//! activation block's `−offset · Σ a`) (offset 8, 16 or 128; none with a min),
 //! then `acc = fma(isum, d·d_a, acc)` and, with a min, `acc = fma(m, s_a, acc)` (ggml's Q8_1 `s`).
 
 use super::act::Q8Block;
@@ -80,7 +81,7 @@ impl<const BITS: u32, const MIN: bool> Format for Legacy<BITS, MIN> {
     const ZERO: Q8Block = Q8Block::ZERO;
 
     fn quantize(xs: &[f32]) -> Q8Block {
-        Q8Block::quantize(xs)
+        Q8Block::quantize(xs, Self::OFFSET)
     }
 
     fn pack(block: &[u8], c: usize, rec: &mut [u8]) {
@@ -122,11 +123,10 @@ impl<const BITS: u32, const MIN: bool> Format for Legacy<BITS, MIN> {
     fn reference(tiles: &[u8], acts: &[Q8Block], c: usize) -> f32 {
         let mut acc = 0f32;
         for (rec, a) in tiles.chunks_exact(Self::TILE_BYTES).zip(acts) {
-            let mut isum = 0i32;
+            let mut isum = a.corr;
             for (v, &x) in a.qs.iter().enumerate() {
                 isum += Self::quant(rec, c, v) * x as i32;
             }
-            isum -= Self::OFFSET * a.sum;
             acc = (isum as f32).mul_add(f16_at(rec, Self::D + 2 * c) * a.d, acc);
             if MIN {
                 acc = f16_at(rec, Self::M + 2 * c).mul_add(a.s, acc);
@@ -178,7 +178,8 @@ mod x86 {
         let mut accf = [_mm512_setzero_ps(); R];
         for b in 0..tiles.len() / tb {
             let p = tiles.as_ptr().add(b * tb);
-            let mut acci = [_mm512_setzero_si512(); R];
+            let mut acci: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_set1_epi32(acts[r][b].corr));
             if BITS == 8 {
                 for g in 0..8 {
                     let w = _mm512_loadu_si512(p.add(64 * g) as *const _);
@@ -217,10 +218,8 @@ mod x86 {
             };
             for r in 0..R {
                 let a = &acts[r][b];
-                let offset = _mm512_set1_epi32(L::<BITS, MIN>::OFFSET * a.sum);
-                let isum = _mm512_sub_epi32(acci[r], offset);
                 let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-                accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, accf[r]);
+                accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[r]), scale, accf[r]);
                 if MIN {
                     accf[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.s), accf[r]);
                 }
@@ -248,7 +247,10 @@ mod x86 {
             let mut accf = [_mm256_setzero_ps(); R];
             for b in 0..tiles.len() / tb {
                 let p = tiles.as_ptr().add(b * tb);
-                let mut acci = [_mm256_setzero_si256(); R];
+                // Q8_0's AVX2 sums are signed already: no offset to remove.
+                let mut acci: [__m256i; R] = std::array::from_fn(|r| {
+                    _mm256_set1_epi32(if BITS == 8 { 0 } else { acts[r][b].corr })
+                });
                 if BITS == 8 {
                     for g in 0..8 {
                         let w = _mm256_loadu_si256(p.add(64 * g + 32 * half) as *const _);
@@ -291,15 +293,8 @@ mod x86 {
                 };
                 for r in 0..R {
                     let a = &acts[r][b];
-                    // Q8_0's AVX2 sums are already signed: no offset to remove.
-                    let off = if BITS == 8 {
-                        0
-                    } else {
-                        L::<BITS, MIN>::OFFSET * a.sum
-                    };
-                    let isum = _mm256_sub_epi32(acci[r], _mm256_set1_epi32(off));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                    accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, accf[r]);
+                    accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acci[r]), scale, accf[r]);
                     if MIN {
                         accf[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), accf[r]);
                     }

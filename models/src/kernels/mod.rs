@@ -30,8 +30,9 @@ use rayon::prelude::*;
 
 /// Output columns per tile (one 512-bit vector of `i32`/`f32` lanes).
 const TILE_N: usize = 16;
-/// Activation rows that share each weight load.
-const ROWS: usize = 4;
+/// Most activation rows that share each weight load (AVX-512 has the registers for 8
+/// accumulator pairs; AVX2 takes 4).
+const ROWS: usize = 8;
 /// Activation rows per work item: the quantized rows of one item stay in L2 while every weight
 /// tile of the item streams past them.
 const ROW_CHUNK: usize = 64;
@@ -314,6 +315,7 @@ fn run<F: Format>(
     let tile_items = n_tiles.div_ceil(tiles_per_item);
     let row_items = m.div_ceil(ROW_CHUNK);
     let dst_addr = dst.as_mut_ptr() as usize;
+    let max_rows = if isa == Isa::Avx512Vnni { ROWS } else { 4 };
     (0..row_items * tile_items)
         .into_par_iter()
         .for_each(|item| {
@@ -324,17 +326,21 @@ fn run<F: Format>(
                 let cols = TILE_N.min(n - t * TILE_N);
                 let mut r = rows.start;
                 while r < rows.end {
-                    let take = ROWS.min(rows.end - r);
+                    let take = max_rows.min(rows.end - r);
                     let mut out = [[0f32; TILE_N]; ROWS];
-                    let act = |i: usize| &acts[(r + i.min(take - 1)) * kb..][..kb];
-                    let a = [act(0), act(1), act(2), act(3)];
+                    let a: [&[F::Act]; ROWS] =
+                        std::array::from_fn(|i| &acts[(r + i.min(take - 1)) * kb..][..kb]);
                     // SAFETY: `matmul_with` chose a path this CPU has; runs hold whole records.
                     unsafe {
                         match (isa, take) {
                             (Isa::Avx512Vnni, 1) => F::avx512::<1>(run, &a, &mut out),
                             (Isa::Avx512Vnni, 2) => F::avx512::<2>(run, &a, &mut out),
                             (Isa::Avx512Vnni, 3) => F::avx512::<3>(run, &a, &mut out),
-                            (Isa::Avx512Vnni, _) => F::avx512::<4>(run, &a, &mut out),
+                            (Isa::Avx512Vnni, 4) => F::avx512::<4>(run, &a, &mut out),
+                            (Isa::Avx512Vnni, 5) => F::avx512::<5>(run, &a, &mut out),
+                            (Isa::Avx512Vnni, 6) => F::avx512::<6>(run, &a, &mut out),
+                            (Isa::Avx512Vnni, 7) => F::avx512::<7>(run, &a, &mut out),
+                            (Isa::Avx512Vnni, _) => F::avx512::<8>(run, &a, &mut out),
                             (Isa::Avx2, 1) => F::avx2::<1>(run, &a, &mut out),
                             (Isa::Avx2, 2) => F::avx2::<2>(run, &a, &mut out),
                             (Isa::Avx2, 3) => F::avx2::<3>(run, &a, &mut out),

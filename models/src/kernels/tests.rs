@@ -102,7 +102,7 @@ where
         .to_vec2::<f32>()
         .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 100);
-    for m in [1, 3, 17, 64] {
+    for m in [1, 3, 6, 7, 13, 17, 64] {
         let lhs: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
         let mut want = vec![0f32; m * n];
         matrix.matmul_with(Isa::Scalar, &lhs, m, &mut want);
@@ -161,10 +161,11 @@ fn every_type_matches_its_reference_on_every_path() {
 #[test]
 fn activations_quantize_as_ggml() {
     let xs: Vec<f32> = (0..32).map(|i| i as f32 * 0.5 - 8.0).collect();
-    let b = Q8Block::quantize(&xs);
+    let b = Q8Block::quantize(&xs, 16);
     // max |x| = 8: d = 8 / 127 (rounded to f16), x = 0.5 → 0.5 · 127 / 8 = 7.94 → 8.
     assert_eq!(b.qs[0], -127);
     assert_eq!(b.qs[17], 8);
     assert_eq!(b.sum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+    assert_eq!(b.corr, -16 * b.sum);
     assert_eq!(b.d, half::f16::from_f32(8.0 / 127.0).to_f32());
 }

@@ -274,6 +274,8 @@ impl Format for Q6K {
 }
 
 #[cfg(target_arch = "x86_64")]
+// Blocks and rows index several arrays at once (tiles, activations, accumulators).
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use super::super::simd::bits_to_bit4;
     use super::super::{quad, Format, ROWS, TILE_N};

@@ -159,6 +159,8 @@ impl<const BITS: u32, const MIN: bool> Format for Legacy<BITS, MIN> {
 }
 
 #[cfg(target_arch = "x86_64")]
+// Blocks and rows index several arrays at once (tiles, activations, accumulators).
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use super::super::simd::bits_to_bit4;
     use super::super::{quad, Format, ROWS, TILE_N};

@@ -208,7 +208,7 @@ impl QMatrix {
         isa: Isa,
     ) -> Option<Self> {
         with_format!(dtype, None, |F| {
-            if k % F::QK != 0 || data.len() != n * k / F::QK * F::FILE_BYTES {
+            if !k.is_multiple_of(F::QK) || data.len() != n * k / F::QK * F::FILE_BYTES {
                 return None;
             }
             debug_assert_eq!(F::DTYPE, dtype);

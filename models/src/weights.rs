@@ -105,7 +105,7 @@ impl Weights<'_> {
         }
     }
 
-    fn check(name: &str, q: &QTensor, shape: &[usize]) -> Result<()> {
+    pub(crate) fn check(name: &str, q: &QTensor, shape: &[usize]) -> Result<()> {
         if q.shape().dims() != shape {
             return Err(Error::ShapeMismatch {
                 name: name.to_string(),

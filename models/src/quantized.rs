@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::Device;
 
 use crate::gguf::{hf_tensor_name, GgufCheckpoint};
@@ -41,26 +41,15 @@ pub fn load(gguf: &GgufCheckpoint, device: &Device) -> Result<HashMap<String, Ar
         } else {
             q
         };
-        let q = if device.is_cpu() {
-            repack_for_cpu(q, device)?
-        } else {
+        let q = if !device.is_cpu() {
             let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
             QTensor::new(storage, q.shape().clone())?
+        } else {
+            q
         };
         out.insert(hf, Arc::new(q));
     }
     Ok(out)
-}
-
-/// candle 0.11's CPU kernels for Q4_1 and Q5_1 have no SIMD path (measured ~70× slower per
-/// weight than Q8_0 on SmolLM2), so on the CPU those blocks are repacked as Q8_0 at load time.
-/// Same 32-weight blocks; 8 bits per weight hold the 16 or 32 levels of the original block to
-/// within 1/254 of its range, and the AVX2 Q8_0 kernel runs instead.
-fn repack_for_cpu(q: QTensor, device: &Device) -> Result<QTensor> {
-    if !device.is_cpu() || !matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_1) {
-        return Ok(q);
-    }
-    Ok(QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?)
 }
 
 /// The inverse of llama.cpp's q/k permutation on whole rows: Hugging Face row `h·d + k·d/2 + j`

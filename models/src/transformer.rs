@@ -9,10 +9,11 @@
 //!   [`KvCache`]. Projections and MLPs run on all new tokens at once; attention runs per sequence,
 //!   so sequences of different lengths decode together (continuous batching).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
@@ -409,10 +410,41 @@ pub enum Logits {
     All,
 }
 
+/// The token embedding table: floats, or (GGUF on the CPU) the stored quantized rows, of which a
+/// step dequantizes only the ones it looks up: an f32 copy of a large vocabulary (Qwen2.5's
+/// 151,936 × 896: 545 MB) takes more memory than the whole Q4_K_M file (491 MB).
+enum TokenEmbedding {
+    Dense(Embedding),
+    Quantized { table: Arc<QTensor>, hidden: usize },
+}
+
+impl TokenEmbedding {
+    /// `[..]` ids (checked against the vocabulary) → `[.., hidden]`.
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (table, hidden) = match self {
+            TokenEmbedding::Dense(e) => return e.forward(ids),
+            TokenEmbedding::Quantized { table, hidden } => (table, *hidden),
+        };
+        let mut dims = ids.dims().to_vec();
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let data = table.data()?;
+        // Every quant block lies inside one row, so rows are whole byte ranges.
+        let row_bytes = data.len() / table.shape().dims()[0];
+        let mut rows = Vec::with_capacity(ids.len() * row_bytes);
+        for &id in &ids {
+            rows.extend_from_slice(&data[id as usize * row_bytes..][..row_bytes]);
+        }
+        let storage = QStorage::from_data(Cow::Owned(rows), &Device::Cpu, table.dtype())?;
+        let picked = QTensor::new(storage, (ids.len(), hidden))?;
+        dims.push(hidden);
+        picked.dequantize(&Device::Cpu)?.reshape(dims)
+    }
+}
+
 /// A Qwen2/Qwen3/Llama causal language model.
 pub struct Model {
     spec: Spec,
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbedding,
     layers: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -446,26 +478,43 @@ impl Model {
             mean: 0.0,
             stdev: spec.initializer_range,
         };
-        let embed = w.tensor("model.embed_tokens.weight", &[v, h], embed_init)?;
+        let name = "model.embed_tokens.weight";
+        // GGUF on the CPU: the table stays as stored (see `TokenEmbedding`).
+        let (embed, embed_tokens) = match w {
+            Weights::Quantized(..) if w.device().is_cpu() => {
+                let table = w.qtensor(name)?;
+                Weights::check(name, table, &[v, h])?;
+                let rows = TokenEmbedding::Quantized {
+                    table: table.clone(),
+                    hidden: h,
+                };
+                (None, rows)
+            }
+            _ => {
+                let embed = w.tensor(name, &[v, h], embed_init)?;
+                let rows = TokenEmbedding::Dense(Embedding::new(embed.clone(), h));
+                (Some(embed), rows)
+            }
+        };
         let layers = (0..spec.num_layers)
             .map(|l| Block::new(spec, w, &format!("model.layers.{l}")))
             .collect::<Result<Vec<_>>>()?;
         let norm = w.tensor("model.norm.weight", &[h], Init::Const(1.0))?;
-        let lm_head = match (spec.tie_word_embeddings, w) {
-            (true, Weights::Float(_)) => Linear::Dense(candle_nn::Linear::new(embed.clone(), None)),
+        let lm_head = match (spec.tie_word_embeddings, w, &embed) {
+            (true, Weights::Float(_), Some(embed)) => {
+                Linear::Dense(candle_nn::Linear::new(embed.clone(), None))
+            }
             // Tied and quantized: the head multiplies by the stored (quantized) embedding, as
             // llama.cpp does, instead of a dequantized vocab-sized copy.
-            (true, Weights::Quantized(..)) => {
-                Linear::quantized(w.qtensor("model.embed_tokens.weight")?, None)?
-            }
-            (false, _) => w.linear(spec, "lm_head", h, v, false)?,
+            (true, _, _) => Linear::quantized(w.qtensor(name)?, None)?,
+            (false, _, _) => w.linear(spec, "lm_head", h, v, false)?,
         };
         let device = w.device().clone();
         let inv_freq = Tensor::new(spec.rope.inv_freq.as_slice(), &device)?;
-        let dtype = embed.dtype();
+        let dtype = embed.as_ref().map_or(DType::F32, Tensor::dtype);
         Ok(Self {
             spec: spec.clone(),
-            embed_tokens: Embedding::new(embed, h),
+            embed_tokens,
             layers,
             norm,
             lm_head,

@@ -8,13 +8,13 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::q8::{Q8MatMul, Q8Matrix};
+use crate::kernels::{QMatMulOp, QMatrix};
 use crate::transformer::Spec;
 use crate::{Error, Result};
 
 /// A projection: a float matrix (trainable, differentiable) or a quantized GGUF matrix run as
-/// stored (inference only): by the VNNI kernel of [`crate::q8`] for Q8_0 on CPUs that have it,
-/// by candle's `QMatMul` otherwise.
+/// stored (inference only): by the batched kernels of [`crate::kernels`] on the CPU for the
+/// types they cover, by candle's `QMatMul` otherwise.
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(candle_nn::Linear),
@@ -24,19 +24,19 @@ pub enum Linear {
     },
 }
 
-/// A quantized matrix in exactly one form: re-tiled for [`crate::q8`], or as candle stores it.
+/// A quantized matrix in exactly one form: re-tiled for [`crate::kernels`], or as candle stores it.
 /// (Keeping both would double the memory of a large quantized teacher.)
 #[derive(Debug, Clone)]
 pub enum QuantizedWeight {
-    Tiled(Arc<Q8Matrix>),
+    Tiled(Arc<QMatrix>),
     Candle(QMatMul),
 }
 
 impl Linear {
-    /// A quantized projection, re-tiled for [`crate::q8`] when that kernel applies.
+    /// A quantized projection, re-tiled for [`crate::kernels`] when they cover its type.
     pub(crate) fn quantized(q: &Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let tiled = if q.device().is_cpu() {
-            Q8Matrix::from_qtensor(q)?
+            QMatrix::from_qtensor(q)?
         } else {
             None
         };
@@ -64,7 +64,7 @@ impl Linear {
                     QuantizedWeight::Tiled(t) => xs
                         .to_dtype(DType::F32)?
                         .contiguous()?
-                        .apply_op1_no_bwd(&Q8MatMul(t))?
+                        .apply_op1_no_bwd(&QMatMulOp(t))?
                         .to_dtype(xs.dtype())?,
                     QuantizedWeight::Candle(w) => w.forward(&xs.contiguous()?)?,
                 };
@@ -105,7 +105,7 @@ impl Weights<'_> {
         }
     }
 
-    fn check(name: &str, q: &QTensor, shape: &[usize]) -> Result<()> {
+    pub(crate) fn check(name: &str, q: &QTensor, shape: &[usize]) -> Result<()> {
         if q.shape().dims() != shape {
             return Err(Error::ShapeMismatch {
                 name: name.to_string(),

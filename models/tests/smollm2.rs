@@ -110,7 +110,7 @@ fn smollm2_matches_reference() {
     );
 }
 
-/// Run quantized (Q4_1 blocks through candle's `QMatMul`, as llama.cpp runs them), the model
+/// Run quantized (Q4_1 blocks through `models/src/kernels`, as llama.cpp runs them), the model
 /// still produces the reference greedy answer.
 #[test]
 fn smollm2_quantized_greedy_matches_reference() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generation benchmark: distill's engine against llama.cpp (llama-cpp-python) and PyTorch
 # transformers `generate` on one workload (a GGUF file, 64-token prompt, exactly 256 new greedy
-# tokens, batch 1/8/32, same threads), side by side in one run; prints the ratios.
+# tokens, batch 1/8/32, same threads), side by side in one run; prints the ratios (generation
+# rate, and prompt tokens/s of the prefill alone for distill and llama.cpp).
 #   teacher/bench/run.sh [MODEL.gguf] [THREADS]
 # LLAMA_PYTHON: a Python with llama_cpp (default ~/.cache/gguf-venv/bin/python); PYTHON: one
 # with torch + transformers (default ~/.cache/distill-venv/bin/python). A reference whose
@@ -29,6 +30,7 @@ else
   echo "transformers: skipped ($python has no torch + transformers)"
 fi
 rate() { awk -v e="$1" -v b="$2" '$1==e && $3==b":" {for (i = 1; i <= NF; i++) if ($i == "tok/s" || $i == "tok/s,") {print $(i-1); exit}}' "$3"; }
+prefill() { awk -v e="$1" -v b="$2" '$1==e && $3==b":" {for (i = 1; i <= NF; i++) if ($i == "(prefill") {print $(i+1); exit}}' "$3"; }
 llama1=$(rate llama.cpp 1 "$llama_out")
 for batch in 1 8 32; do
   ours=$(rate distill "$batch" "$rust_out")
@@ -36,6 +38,10 @@ for batch in 1 8 32; do
   llama=$(rate llama.cpp "$batch" "$llama_out")
   [ -n "$llama" ] && line+=$(awk -v o="$ours" -v t="$llama" -v s="$llama1" \
     'BEGIN {printf ", llama.cpp %.1f (%.2fx; %.2fx its batch-1 rate)", t, o/t, o/s}')
+  ours_p=$(prefill distill "$batch" "$rust_out")
+  llama_p=$(prefill llama.cpp "$batch" "$llama_out")
+  [ -n "$llama_p" ] && line+=$(awk -v o="$ours_p" -v t="$llama_p" \
+    'BEGIN {printf "; prefill distill %.0f, llama.cpp %.0f tok/s (%.2fx)", o, t, o/t}')
   hf=$(rate transformers "$batch" "$hf_out")
   [ -n "$hf" ] && line+=$(awk -v o="$ours" -v t="$hf" 'BEGIN {printf ", transformers %.1f (%.2fx)", t, o/t}')
   echo "$line"

@@ -2,7 +2,8 @@
 //! 64-token prompt followed by exactly 256 greedy tokens (no EOS), at batch 1, 8 and 32.
 //!
 //! `cargo run --release -p distill-teacher --example bench -- MODEL.gguf [IDS.json]` prints
-//! generated tokens/s per batch size; with `IDS.json` it writes the prompt ids there so
+//! generated tokens/s per batch size, and the prefill rate: the same prompts with one new token
+//! each, timed on their own (all `batch` prompts go through one ragged forward); with `IDS.json` it writes the prompt ids there so
 //! `teacher/bench/hf_generate.py` runs the identical workload (`teacher/bench/run.sh` does both).
 
 use std::ops::ControlFlow;
@@ -65,33 +66,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!("model {} · threads {threads}", model.display());
     for (engine, &batch) in engines.iter().zip(&batches) {
-        let requests = (0..batch).map(|i| GenRequest {
-            key: i.to_string(),
-            messages: vec![Message::user(user.clone())],
-            prefill: String::new(),
-            sampling: SamplingParams {
-                temperature: 0.0,
-                top_p: 1.0,
-                top_k: 0,
-                max_new_tokens: NEW_TOKENS,
-                logprobs: 0,
-            },
-            seed: i as u64,
-            stop: Vec::new(),
-        });
-        let start = Instant::now();
-        let mut generated = 0u64;
-        engine.run(&mut IterSource(requests), &Cancel::new(), &mut |u| {
-            if let Update::Done(o) = u {
-                generated += u64::from(o.completion_tokens);
-            }
-            ControlFlow::Continue(())
-        })?;
-        let secs = start.elapsed().as_secs_f64();
+        // Prompt tokens / s: the prompts alone (one new token each, which the prefill's own
+        // forward pass samples).
+        let (_, prefill_secs) = generate(engine, &user, batch, 1)?;
+        let (generated, secs) = generate(engine, &user, batch, NEW_TOKENS)?;
         println!(
-            "distill batch {batch:>2}: {generated} tokens in {secs:.2}s = {:.1} tok/s",
-            generated as f64 / secs
+            "distill batch {batch:>2}: {generated} tokens in {secs:.2}s = {:.1} tok/s (prefill {:.0} tok/s)",
+            generated as f64 / secs,
+            (batch * PROMPT_TOKENS) as f64 / prefill_secs
         );
     }
     Ok(())
+}
+
+/// Runs `batch` copies of the prompt to exactly `new_tokens` greedy tokens each; returns the
+/// tokens generated and the seconds taken.
+fn generate(
+    engine: &Engine,
+    user: &str,
+    batch: usize,
+    new_tokens: usize,
+) -> Result<(u64, f64), Box<dyn std::error::Error>> {
+    let requests = (0..batch).map(|i| GenRequest {
+        key: i.to_string(),
+        messages: vec![Message::user(user.to_string())],
+        prefill: String::new(),
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: new_tokens,
+            logprobs: 0,
+        },
+        seed: i as u64,
+        stop: Vec::new(),
+    });
+    let start = Instant::now();
+    let mut generated = 0u64;
+    engine.run(&mut IterSource(requests), &Cancel::new(), &mut |u| {
+        if let Update::Done(o) = u {
+            generated += u64::from(o.completion_tokens);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok((generated, start.elapsed().as_secs_f64()))
 }

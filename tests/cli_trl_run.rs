@@ -5,11 +5,12 @@
 //! comes back and `inspect` and `compare` take it; Ctrl-C checkpoints and stops the job and
 //! `--resume` continues from TRL's checkpoint.
 //!
-//! It needs the TRL venv (`bash engines/trl/setup.sh`, or `DISTILL_TRL_PYTHON`); without one
-//! it is skipped with a loud note (CI has no Python; whether it gets one is the lead's call).
+//! It needs the TRL venv (`bash engines/trl/setup.sh`, which `.ci/run` runs, or
+//! `DISTILL_TRL_PYTHON`); without one it is skipped with a loud note, except in CI, where it
+//! fails (see `common::assets`).
 
 mod common;
-use common::run_ok;
+use common::{assets, run_ok};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,20 +20,19 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_distill"))
 }
 
-/// The Python with TRL, or `None` (and a loud note) when there is none here.
+/// The Python with TRL, or `None` (and a loud note) when there is none here; in CI a missing
+/// venv fails the test.
 fn trl_python() -> Option<PathBuf> {
     let python = match std::env::var_os("DISTILL_TRL_PYTHON").filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/distill-trl-venv/bin/python"),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/distill-trl-venv/bin/python"),
     };
-    if python.exists() {
-        return Some(python);
-    }
-    eprintln!(
-        "\n*** SKIPPED: no TRL venv (`{}` is absent; run `bash engines/trl/setup.sh` or set DISTILL_TRL_PYTHON); this test did not run ***\n",
-        python.display()
-    );
-    None
+    assets::present_or(
+        &python,
+        "the TRL venv: run `bash engines/trl/setup.sh` or set DISTILL_TRL_PYTHON",
+    )
+    .then_some(python)
 }
 
 /// Problems, their worked-solutions corpus, and a tiny base model trained on it for one step.

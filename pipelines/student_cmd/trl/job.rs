@@ -272,6 +272,11 @@ impl Job<'_> {
             train.accumulation_steps,
             self.processes() * train.rows_per_step()
         ));
+        y.comment(
+            "the loss of a step is the mean over every label token of the step, across its\n\
+             micro-batches and processes, as distill's trainer takes it",
+        );
+        y.field("average_tokens_across_devices", true);
         y.field("optim", "adamw_torch");
         y.field("adam_beta1", train.optim.beta1);
         y.field("adam_beta2", train.optim.beta2);
@@ -345,10 +350,15 @@ impl Job<'_> {
         let distributed_type = match (trl.distributed, self.cpu(), self.processes()) {
             (Distributed::Zero3, _, _) => "DEEPSPEED",
             (Distributed::Fsdp2, _, _) => "FSDP",
-            (Distributed::None, true, n) if n > 1 => "MULTI_CPU",
-            (Distributed::None, false, n) if n > 1 => "MULTI_GPU",
+            // accelerate starts the processes of a `MULTI_CPU` job only through mpirun (without
+            // it, one process trains alone); `MULTI_GPU`'s launcher is torchrun, and with the
+            // recipe's `use_cpu` every process it starts joins a gloo group on the CPU.
+            (Distributed::None, _, n) if n > 1 => "MULTI_GPU",
             (Distributed::None, _, _) => "NO",
         };
+        if self.cpu() && distributed_type == "MULTI_GPU" {
+            y.comment("CPU processes started by torchrun (gloo; `use_cpu` in recipe.yaml)");
+        }
         y.field("distributed_type", distributed_type);
         match trl.distributed {
             Distributed::Zero3 => {

@@ -31,6 +31,8 @@ pub const LAUNCH: &str = "launch.sh";
 pub const SLURM: &str = "slurm.sbatch";
 pub const ENTRY: &str = "distill_sft.py";
 pub const CHAT_TEMPLATE: &str = "chat_template.jinja";
+/// Tells distill_sft.py whether weight decay reaches the embedding table (launch.sh sets it).
+pub const DECAY_EMBEDDINGS_ENV: &str = "DISTILL_DECAY_EMBEDDINGS";
 
 /// The entry script TRL runs under (shipped in `engines/trl/`, copied beside the recipe).
 pub const ENTRY_SOURCE: &str = include_str!("../../../engines/trl/distill_sft.py");
@@ -426,6 +428,9 @@ impl Job<'_> {
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="{python}"
+# distill's `train.optim.decay_embeddings`: transformers decays the embedding table (and a tied
+# head) under `weight_decay`; distill_sft.py leaves it out unless this is 1, as distill does.
+export {decay_env}={decay}
 args=(--config_file {accelerate})
 if [ -n "${{MAIN_PROCESS_PORT:-}}" ]; then
   args+=(--main_process_port "$MAIN_PROCESS_PORT")
@@ -437,6 +442,8 @@ exec "$PYTHON" -m accelerate.commands.launch "${{args[@]}}" {entry} --config {re
 "#,
             memory = self.memory_line(),
             python = self.python(),
+            decay_env = DECAY_EMBEDDINGS_ENV,
+            decay = u8::from(self.settings.train.optim.decay_embeddings),
             accelerate = ACCELERATE,
             entry = ENTRY,
             recipe = RECIPE,

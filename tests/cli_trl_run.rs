@@ -278,7 +278,7 @@ fn ctrl_c_checkpoints_and_resume_continues() {
     assert!(!refused.status.success());
     assert!(said(&refused).contains("--resume"), "{}", said(&refused));
     let end = (step + 3).to_string();
-    run_ok(&mut trl_train(
+    let resumed = run_ok(&mut trl_train(
         &python,
         &base,
         &corpus,
@@ -291,6 +291,12 @@ fn ctrl_c_checkpoints_and_resume_continues() {
             "--resume",
         ],
     ));
+    // The corpus is unchanged: the dataset TRL resumes on is the one it started on.
+    let text = said(&resumed);
+    assert!(
+        text.contains("Dataset (unchanged since the last export, reused)"),
+        "{text}"
+    );
     let numbers: Vec<u64> = metrics(&out).0.iter().map(|(s, _)| *s).collect();
     assert_eq!(numbers, (1..=step + 3).collect::<Vec<u64>>());
     assert!(out.join("model/model.safetensors").is_file());

@@ -187,3 +187,34 @@ fn lengths_a_model_cannot_hold_fail_before_any_stage() {
     let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
     assert!(ok, "{log}");
 }
+
+/// `dry_run = true` in `[train]` writes the TRL job and trains nothing: a later stage that
+/// takes the student fails the check before any stage runs, naming both stages and the model;
+/// as the last stage it passes.
+#[test]
+fn a_dry_run_train_stage_feeds_no_later_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let head = format!(
+        "[pipeline]\nout = {:?}\n\n[problems]\ncount = 4\nseed = 1\n\n[train]\nengine = \"trl\"\nbase = {:?}\ncorpus = {:?}\nmax_seq_len = 64\ndry_run = true\n",
+        out.display().to_string(),
+        root().join("models/tests/fixtures/tiny-qwen2.gguf").display().to_string(),
+        out.join("problems/solutions").display().to_string()
+    );
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, format!("{head}\n[compare]\nlimit = 1\n")).unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(!ok, "{log}");
+    let model = out.join("student/model").display().to_string();
+    assert!(
+        log.contains(&format!(
+            "stage `train`: `dry_run = true` writes the TRL job without training it, so stage `compare` would have no `{model}`"
+        )),
+        "{log}"
+    );
+    assert!(!out.exists(), "no stage may start: {log}");
+
+    std::fs::write(&file, &head).unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok, "{log}");
+}

@@ -291,16 +291,44 @@ fn dry_run_writes_the_job_distill_would_train() {
     assert!(config.contains("engine = \"trl\""), "{config}");
     assert!(config.contains("[trl]"), "{config}");
 
-    // A second dry run rewrites the folder.
-    run_ok(
+    // A second dry run rewrites the folder, reusing the dataset (same corpus, tokenizer,
+    // template and filters): its files are left as they were.
+    let train_file = job.join("data/train.parquet");
+    let written = std::fs::metadata(&train_file).unwrap().modified().unwrap();
+    let again = run_ok(
         bin()
             .args(["train", "--config"])
             .arg(job.join("train_config.toml"))
             .args(["--dry-run", "--quiet"]),
     );
+    assert!(
+        stderr(&again).contains("Dataset (unchanged since the last export, reused): "),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::metadata(&train_file).unwrap().modified().unwrap(),
+        written
+    );
     assert_eq!(
         std::fs::read_to_string(job.join("recipe.yaml")).unwrap(),
         recipe
+    );
+    // Another filter is another dataset: exported again.
+    let changed = run_ok(
+        bin()
+            .args(["train", "--config"])
+            .arg(job.join("train_config.toml"))
+            .args(["--dry-run", "--quiet", "--eval-fraction", "0.4"]),
+    );
+    assert!(
+        stderr(&changed).starts_with("Dataset: "),
+        "{}",
+        stderr(&changed)
+    );
+    assert_ne!(
+        std::fs::metadata(&train_file).unwrap().modified().unwrap(),
+        written
     );
 }
 

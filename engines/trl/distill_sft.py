@@ -10,6 +10,10 @@ It runs what `trl sft --config recipe.yaml` runs (TRL's `ScriptArguments`, `SFTC
 - when the file `distill-stop` appears (distill writes it on Ctrl-C), every process agrees on it
   after the current step, a checkpoint is saved, and the script ends printing `distill-stopped`
   without a final model;
+- weight decay leaves the embedding table (and so a tied head) alone, as distill's AdamW does,
+  unless `DISTILL_DECAY_EMBEDDINGS=1` (launch.sh sets it from `train.optim.decay_embeddings`);
+  transformers decays every weight matrix, so `trl sft --config recipe.yaml` differs here when
+  `weight_decay` is not 0;
 - the held-out loss is computed at the end when the recipe evaluates no earlier;
 - the final model (and tokenizer) is saved to `model/`, a Hugging Face folder that
   `distill compare`, `distill serve` and `transformers` load.
@@ -26,6 +30,7 @@ FINAL_DIR = "model"
 METRICS_PREFIX = "distill-metrics "
 STOP_FILE = "distill-stop"
 STOPPED_LINE = "distill-stopped"
+DECAY_EMBEDDINGS_ENV = "DISTILL_DECAY_EMBEDDINGS"
 
 
 def main():
@@ -75,6 +80,15 @@ def main():
                 control.should_training_stop = True
             return control
 
+    class DistillSFTTrainer(SFTTrainer):
+        """TRL's trainer with distill's choice of decayed parameters."""
+
+        def get_decay_parameter_names(self, model):
+            names = super().get_decay_parameter_names(model)
+            if os.environ.get(DECAY_EMBEDDINGS_ENV, "0") == "1":
+                return names
+            return [name for name in names if "embed_tokens" not in name]
+
     stop_file = StopFile()
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config()
@@ -92,7 +106,7 @@ def main():
     dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
     eval_dataset = dataset.get(script_args.dataset_test_split)
 
-    trainer = SFTTrainer(
+    trainer = DistillSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=dataset[script_args.dataset_train_split],

@@ -38,7 +38,10 @@ def main(folder):
         else:
             mask = row.get("assistant_masks") or row.get("completion_mask")
             labels = [t if m else -100 for t, m in zip(ids, mask)]
-        print(json.dumps({"input_ids": ids, "labels": labels}))
+        record = {"input_ids": ids, "labels": labels}
+        if "seq_lengths" in row:
+            record["seq_lengths"] = list(row["seq_lengths"])
+        print(json.dumps(record))
     return 0
 
 

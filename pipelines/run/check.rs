@@ -51,6 +51,9 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
         };
         match cli.command {
             Command::Train(args) => {
+                if args.dry_run {
+                    dry_run_feeds_nothing(stage, &stages[i + 1..])?;
+                }
                 let settings = args.resolve()?;
                 let max_seq_len = settings.data.max_seq_len;
                 match &settings.base {
@@ -202,6 +205,24 @@ fn check_model(
             "stage `{stage}`: `{key}` `{shown}`: its tokenizer has {} ids but the model only {rows} embedding rows (`vocab_size`)",
             tokenizer.vocab_size()
         );
+    }
+    Ok(())
+}
+
+/// A training stage with `dry_run = true` writes the TRL job and stops, so no model comes out of
+/// it: a later stage that reads its output would fail only when it starts.
+fn dry_run_feeds_nothing(stage: &Stage, later: &[Stage]) -> anyhow::Result<()> {
+    for next in later {
+        let here = std::slice::from_ref(stage);
+        if let Some(input) = next.inputs.iter().find(|p| producer(p, here).is_some()) {
+            bail!(
+                "stage `{}`: `dry_run = true` writes the TRL job without training it, so stage `{}` would have no `{}`; remove `dry_run`, or the stages after `{}`",
+                stage.name,
+                next.name,
+                input.display(),
+                stage.name
+            );
+        }
     }
     Ok(())
 }

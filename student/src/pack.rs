@@ -1,8 +1,10 @@
 //! Packing tokenized documents into padding-free training rows.
 //!
 //! Best-fit decreasing: documents are placed longest first, each into the open row whose free
-//! space is the smallest that still holds it (a new row when none does). Ties are broken by
-//! input order and row creation order, so the result depends only on the length list. Every
+//! space is the smallest that still holds it (a new row when none does). Equal lengths keep
+//! input order, and among rows with the same free space the one that has had it longest wins, so
+//! the result depends only on the length list and equals TRL's `bfd` packing of the same
+//! documents (`trl.data_utils.pack_dataset`, which `distill train --engine trl` uses). Every
 //! document keeps its own position ids starting at 0, which is how the model keeps attention
 //! inside documents (see `distill_models::Model::forward_hidden`): packing changes no loss.
 
@@ -101,16 +103,18 @@ pub fn best_fit_decreasing(lengths: &[usize], capacity: usize) -> Result<Vec<Vec
     order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
     let mut bins: Vec<Vec<usize>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    // (free space, bin index): the first entry at or above a length is the best fit, and among
-    // equally full bins the oldest.
-    let mut by_space: BTreeSet<(usize, usize)> = BTreeSet::new();
-    for doc in order {
+    // (free space, when the bin came to it, bin index): the first entry at or above a length is
+    // the best fit, and among equally full bins the one that has been that full longest (TRL's
+    // first-in-first-out queue per free space; a bin's creation order would differ from it when
+    // a newer bin reaches a free space before an older one does).
+    let mut by_space: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
+    for (placed, doc) in order.into_iter().enumerate() {
         let len = lengths[doc];
-        let fit = by_space.range((len, 0)..).next().copied();
+        let fit = by_space.range((len, 0, 0)..).next().copied();
         let bin = match fit {
             Some(entry) => {
                 by_space.remove(&entry);
-                entry.1
+                entry.2
             }
             None => {
                 bins.push(Vec::new());
@@ -122,7 +126,7 @@ pub fn best_fit_decreasing(lengths: &[usize], capacity: usize) -> Result<Vec<Vec
         free[bin] -= len;
         // A full bin can take nothing more (documents are never empty).
         if free[bin] > 0 {
-            by_space.insert((free[bin], bin));
+            by_space.insert((free[bin], placed, bin));
         }
     }
     Ok(bins)

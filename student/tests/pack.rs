@@ -21,9 +21,13 @@ fn bins_are_best_fit_decreasing() {
     // Best fit, not first fit: 3 goes to the fuller bin (free 3), not the first one open.
     let bins = best_fit_decreasing(&[6, 7, 3], 10).unwrap();
     assert_eq!(bins, vec![vec![1, 2], vec![0]]);
-    // Equal free space: the older bin wins.
+    // Equal free space: the bin that has had it longest wins, here also the older bin.
     let bins = best_fit_decreasing(&[5, 5, 5, 5, 2], 7).unwrap();
     assert_eq!(bins, vec![vec![0, 4], vec![1], vec![2], vec![3]]);
+    // ... and here the newer one, as TRL's `bfd` packs: 6 → A (free 3); 4 → B (free 5); 4 → B
+    // (free 1); 2 → A (free 1, after B); 1 → B, free 1 first.
+    let bins = best_fit_decreasing(&[6, 4, 4, 2, 1], 9).unwrap();
+    assert_eq!(bins, vec![vec![0, 3], vec![1, 2, 4]]);
 }
 
 #[test]

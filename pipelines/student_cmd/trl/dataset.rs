@@ -8,14 +8,20 @@
 //! is kept here exactly when distill would train on it; its messages up to the trained (last)
 //! assistant turn are written to `train.parquet` or, when its problem is held out
 //! ([`data::is_eval`]) or it comes from the eval corpus, to `eval.parquet`.
+//!
+//! `data/export.json`, written last, records what the export was made from (the token cache's
+//! key: corpus files, tokenizer, template, filters) and what it holds; a later run of the same
+//! job (`--resume`, a dry run then the run) whose key is the same reuses the files instead of
+//! rendering the corpus again.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use distill_corpus::export::MessagesWriter;
 use distill_corpus::record::Message as RecordMessage;
+use distill_student::data::token_cache::{self, CacheKey};
 use distill_student::data::{self, DataConfig, DataReport, Renderer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 
@@ -23,9 +29,10 @@ pub const DATA_DIR: &str = "data";
 pub const TRAIN_FILE: &str = "train.parquet";
 pub const EVAL_FILE: &str = "eval.parquet";
 pub const LENGTHS_FILE: &str = "lengths.json";
+pub const EXPORT_FILE: &str = "export.json";
 
 /// Token lengths of the training documents (template, prompt, answer and end-of-turn token).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LengthStats {
     pub documents: usize,
     pub tokens: u64,
@@ -61,7 +68,7 @@ impl LengthStats {
 }
 
 /// What [`export`] wrote.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Exported {
     pub train: PathBuf,
     /// `None` when nothing is held out.
@@ -71,6 +78,35 @@ pub struct Exported {
     pub lengths: LengthStats,
     /// The same counts distill's trainer reports (`data_report.json`).
     pub report: DataReport,
+    /// The files were an earlier export's, made from the same inputs.
+    #[serde(skip)]
+    pub reused: bool,
+}
+
+/// `data/export.json`: the inputs' key and what the export holds.
+#[derive(Serialize, Deserialize)]
+struct ExportRecord {
+    key: CacheKey,
+    exported: Exported,
+}
+
+/// The earlier export in `dir` when it was made from `key` and its files are there.
+fn earlier_export(dir: &Path, key: &CacheKey) -> Option<Exported> {
+    let text = std::fs::read_to_string(dir.join(EXPORT_FILE)).ok()?;
+    let record: ExportRecord = serde_json::from_str(&text).ok()?;
+    if &record.key != key {
+        return None;
+    }
+    let mut exported = record.exported;
+    // The job folder may have moved since: the files are where they are now.
+    exported.train = dir.join(TRAIN_FILE);
+    exported.eval = exported.eval.map(|_| dir.join(EVAL_FILE));
+    let files = [Some(&exported.train), exported.eval.as_ref()];
+    if !files.into_iter().flatten().all(|f| f.is_file()) || !dir.join(LENGTHS_FILE).is_file() {
+        return None;
+    }
+    exported.reused = true;
+    Some(exported)
 }
 
 /// Writes `out/data/{train,eval}.parquet` and `out/data/lengths.json` from `corpus` (and a
@@ -92,6 +128,17 @@ pub fn export(
         corpus: &corpus_inputs,
         eval_corpus: eval_inputs.as_deref(),
     };
+    let key = token_cache::key(sources, renderer, config)
+        .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
+    if let Some(exported) = earlier_export(&dir, &key) {
+        return Ok(exported);
+    }
+    // Gone before the files change, so a half-written export is never taken for a whole one.
+    let record_path = dir.join(EXPORT_FILE);
+    if record_path.exists() {
+        std::fs::remove_file(&record_path)
+            .with_context(|| format!("cannot remove `{}`", record_path.display()))?;
+    }
     let bar = Progress::new(
         0,
         "{spinner} dataset [{bar:30}] {pos}/{len} rows  elapsed {elapsed}  ETA {eta}",
@@ -173,14 +220,19 @@ pub fn export(
         }))? + "\n",
     )
     .with_context(|| format!("cannot write `{}`", lengths_path.display()))?;
-    Ok(Exported {
+    let exported = Exported {
         train: train_path,
         eval: (eval_rows > 0).then_some(eval_path),
         train_rows,
         eval_rows,
         lengths,
         report,
-    })
+        reused: false,
+    };
+    let record = ExportRecord { key, exported };
+    std::fs::write(&record_path, serde_json::to_string_pretty(&record)? + "\n")
+        .with_context(|| format!("cannot write `{}`", record_path.display()))?;
+    Ok(record.exported)
 }
 
 /// The TRL export's side of [`data::walk`]: each kept conversation (up to its trained turn) into

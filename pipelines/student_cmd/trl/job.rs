@@ -31,6 +31,8 @@ pub const LAUNCH: &str = "launch.sh";
 pub const SLURM: &str = "slurm.sbatch";
 pub const ENTRY: &str = "distill_sft.py";
 pub const CHAT_TEMPLATE: &str = "chat_template.jinja";
+/// Tells distill_sft.py whether weight decay reaches the embedding table (launch.sh sets it).
+pub const DECAY_EMBEDDINGS_ENV: &str = "DISTILL_DECAY_EMBEDDINGS";
 
 /// The entry script TRL runs under (shipped in `engines/trl/`, copied beside the recipe).
 pub const ENTRY_SOURCE: &str = include_str!("../../../engines/trl/distill_sft.py");
@@ -272,6 +274,11 @@ impl Job<'_> {
             train.accumulation_steps,
             self.processes() * train.rows_per_step()
         ));
+        y.comment(
+            "the loss of a step is the mean over every label token of the step, across its\n\
+             micro-batches and processes, as distill's trainer takes it",
+        );
+        y.field("average_tokens_across_devices", true);
         y.field("optim", "adamw_torch");
         y.field("adam_beta1", train.optim.beta1);
         y.field("adam_beta2", train.optim.beta2);
@@ -345,10 +352,15 @@ impl Job<'_> {
         let distributed_type = match (trl.distributed, self.cpu(), self.processes()) {
             (Distributed::Zero3, _, _) => "DEEPSPEED",
             (Distributed::Fsdp2, _, _) => "FSDP",
-            (Distributed::None, true, n) if n > 1 => "MULTI_CPU",
-            (Distributed::None, false, n) if n > 1 => "MULTI_GPU",
+            // accelerate starts the processes of a `MULTI_CPU` job only through mpirun (without
+            // it, one process trains alone); `MULTI_GPU`'s launcher is torchrun, and with the
+            // recipe's `use_cpu` every process it starts joins a gloo group on the CPU.
+            (Distributed::None, _, n) if n > 1 => "MULTI_GPU",
             (Distributed::None, _, _) => "NO",
         };
+        if self.cpu() && distributed_type == "MULTI_GPU" {
+            y.comment("CPU processes started by torchrun (gloo; `use_cpu` in recipe.yaml)");
+        }
         y.field("distributed_type", distributed_type);
         match trl.distributed {
             Distributed::Zero3 => {
@@ -416,6 +428,9 @@ impl Job<'_> {
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="{python}"
+# distill's `train.optim.decay_embeddings`: transformers decays the embedding table (and a tied
+# head) under `weight_decay`; distill_sft.py leaves it out unless this is 1, as distill does.
+export {decay_env}={decay}
 args=(--config_file {accelerate})
 if [ -n "${{MAIN_PROCESS_PORT:-}}" ]; then
   args+=(--main_process_port "$MAIN_PROCESS_PORT")
@@ -427,6 +442,8 @@ exec "$PYTHON" -m accelerate.commands.launch "${{args[@]}}" {entry} --config {re
 "#,
             memory = self.memory_line(),
             python = self.python(),
+            decay_env = DECAY_EMBEDDINGS_ENV,
+            decay = u8::from(self.settings.train.optim.decay_embeddings),
             accelerate = ACCELERATE,
             entry = ENTRY,
             recipe = RECIPE,

@@ -101,7 +101,12 @@ pub fn run(
     )?;
     let r = &exported.report;
     eprintln!(
-        "Dataset: {} corpus rows → {} training conversations ({} tokens; longest {}, p99 {}), {} held out{}",
+        "Dataset{}: {} corpus rows → {} training conversations ({} tokens; longest {}, p99 {}), {} held out{}",
+        if exported.reused {
+            " (unchanged since the last export, reused)"
+        } else {
+            ""
+        },
         r.rows,
         exported.train_rows,
         exported.lengths.tokens,

@@ -576,7 +576,10 @@ impl Rows for CachedRows {
 }
 
 /// The key of `sources` tokenised by `renderer` under `config`.
-fn key(sources: Sources<'_>, renderer: &Renderer, config: &DataConfig) -> Result<CacheKey> {
+/// What documents rendered from `sources` by `renderer` under `config` depend on: the corpus
+/// files (path, size, modification time), the tokenizer, the template, the stop ids and the
+/// filtering settings. Also keys the TRL engine's exported dataset.
+pub fn key(sources: Sources<'_>, renderer: &Renderer, config: &DataConfig) -> Result<CacheKey> {
     let stamps = |inputs: &[PathBuf]| -> Result<Vec<FileStamp>> {
         distill_corpus::shards::ShardReader::open(inputs)?
             .files()

@@ -68,6 +68,10 @@ pub enum Error {
         attempts: u32,
         message: String,
     },
+    #[error(
+        "`{url}` returned no token ids with its log-probabilities ({detail}): `--logprobs` needs a server that honours `return_tokens_as_token_ids` (vLLM, SGLang, `distill serve`)"
+    )]
+    NoTokenLogprobs { url: String, detail: String },
     #[error("Invalid endpoint URL `{url}`: {message}")]
     BaseUrl { url: String, message: String },
     #[error("Cannot start the HTTP runtime")]

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 pub use crate::backend::ErrorCounts;
+use crate::backend::TokenLogprobs;
 use crate::backend::{Backend, Cancel, Event, FinishReason, GenOutput, GenRequest, GenStats};
 use crate::{Error, Result};
 use wire::{ChatRequest, ChatResponse, Content, Stop, StreamOptions, WireMessage};
@@ -430,7 +431,14 @@ async fn run_request(
         let streaming = shared.streaming.load(Ordering::Relaxed);
         let body = request_body(config, &request, streaming);
         let error = match attempt_once(shared, url, &body).await {
-            Ok(response) => return Ok(to_output(&request, config.prefill, response)),
+            Ok(response) => {
+                return to_output(&request, config.prefill, response).map_err(|detail| {
+                    Failure::Fatal(Error::NoTokenLogprobs {
+                        url: url.clone(),
+                        detail,
+                    })
+                })
+            }
             Err(error) => error,
         };
         if let AttemptError::Client { status, message } = &error {
@@ -571,6 +579,9 @@ fn request_body(config: &OpenAiConfig, request: &GenRequest, stream: bool) -> Ch
         }),
         continue_final_message: continue_final.then_some(true),
         add_generation_prompt: continue_final.then_some(false),
+        logprobs: (sampling.logprobs > 0).then_some(true),
+        top_logprobs: (sampling.logprobs > 0).then(|| sampling.logprobs as i64),
+        return_tokens_as_token_ids: (sampling.logprobs > 0).then_some(true),
     }
 }
 
@@ -657,8 +668,18 @@ fn parse_retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> O
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn to_output(request: &GenRequest, prefill: PrefillMode, response: ChatResponse) -> GenOutput {
+/// The sample of a response; `Err` when log-probabilities were asked for and the response's
+/// cannot be stored (missing, or tokens named by text rather than id).
+fn to_output(
+    request: &GenRequest,
+    prefill: PrefillMode,
+    response: ChatResponse,
+) -> std::result::Result<GenOutput, String> {
     let choice = response.choices.into_iter().next().unwrap_or_default();
+    let logprobs = match request.sampling.logprobs {
+        0 => None,
+        k => Some(token_logprobs(choice.logprobs.as_ref(), k)?),
+    };
     let content = choice.message.content.unwrap_or_default();
     let reasoning = choice
         .message
@@ -683,19 +704,86 @@ fn to_output(request: &GenRequest, prefill: PrefillMode, response: ChatResponse)
         None => content,
     };
     let usage = response.usage.unwrap_or_default();
-    GenOutput {
+    Ok(GenOutput {
         key: request.key.clone(),
         text,
         finish_reason,
         prompt_tokens: u32::try_from(usage.prompt_tokens).unwrap_or(u32::MAX),
         completion_tokens: u32::try_from(usage.completion_tokens).unwrap_or(u32::MAX),
-        logprobs: None,
+        logprobs,
+    })
+}
+
+/// A response's per-token log-probabilities with `k` alternatives each, tokens by id.
+fn token_logprobs(
+    logprobs: Option<&wire::ChoiceLogprobs>,
+    k: usize,
+) -> std::result::Result<TokenLogprobs, String> {
+    let tokens = logprobs
+        .and_then(|l| l.content.as_ref())
+        .ok_or("the response has no `logprobs.content`")?;
+    let id = |token: &str| {
+        wire::token_id(token).ok_or_else(|| format!("token `{token}` is not `token_id:N`"))
+    };
+    let mut out = TokenLogprobs::new(k);
+    for (i, t) in tokens.iter().enumerate() {
+        if t.top_logprobs.len() < k {
+            return Err(format!(
+                "token {i} has {} alternatives where {k} were asked",
+                t.top_logprobs.len()
+            ));
+        }
+        let top = t.top_logprobs[..k]
+            .iter()
+            .map(|a| Ok((id(&a.token)?, a.logprob as f32)))
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        out.push(id(&t.token)?, t.logprob as f32, &top)
+            .map_err(|e| e.to_string())?;
     }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log-probabilities are stored by token id: a response naming tokens by text, or none at
+    /// all, is refused with the reason; `token_id:N` names are read back.
+    #[test]
+    fn logprobs_need_token_ids() {
+        let token = |name: &str, top: Vec<wire::TopLogprob>| wire::TokenLogprob {
+            token: name.into(),
+            logprob: -0.25,
+            bytes: None,
+            top_logprobs: top,
+        };
+        let alt = |name: &str| wire::TopLogprob {
+            token: name.into(),
+            logprob: -0.25,
+            bytes: None,
+        };
+        let ids = wire::ChoiceLogprobs {
+            content: Some(vec![token(
+                "token_id:7",
+                vec![alt("token_id:7"), alt("token_id:3")],
+            )]),
+        };
+        let lp = token_logprobs(Some(&ids), 2).unwrap();
+        assert_eq!(lp.token_ids(), &[7]);
+        assert_eq!(lp.top(0).0, &[7, 3]);
+        let text = wire::ChoiceLogprobs {
+            content: Some(vec![token("Hi", vec![alt("Hi"), alt("Ho")])]),
+        };
+        assert!(token_logprobs(Some(&text), 2)
+            .unwrap_err()
+            .contains("`Hi` is not `token_id:N`"));
+        assert!(token_logprobs(None, 2)
+            .unwrap_err()
+            .contains("no `logprobs.content`"));
+        assert!(token_logprobs(Some(&ids), 3)
+            .unwrap_err()
+            .contains("3 were asked"));
+    }
 
     #[test]
     fn urls_with_and_without_v1() {

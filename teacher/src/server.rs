@@ -73,6 +73,8 @@ struct AppState {
     config: ServerConfig,
     engine: EngineThread,
     next_id: AtomicU64,
+    /// Names tokens in `logprobs` answers.
+    tokenizer: distill_models::tokenizer::TextTokenizer,
 }
 
 impl Server {
@@ -81,6 +83,7 @@ impl Server {
         if config.model_name.trim().is_empty() {
             return Err(Error::Config("the served model needs a name".into()));
         }
+        let tokenizer = engine.tokenizer().clone();
         let (engine, thread) =
             EngineThread::start(engine, config.max_queue).map_err(Error::Runtime)?;
         Ok(Self {
@@ -88,6 +91,7 @@ impl Server {
                 config,
                 engine: engine.clone(),
                 next_id: AtomicU64::new(0),
+                tokenizer,
             }),
             engine,
             thread: Some(thread),
@@ -302,6 +306,14 @@ struct Parsed {
     request: GenRequest,
     stream: bool,
     include_usage: bool,
+    logprobs: Option<LogprobsAsked>,
+}
+
+/// What a request's `logprobs`, `top_logprobs` and `return_tokens_as_token_ids` ask for.
+#[derive(Debug, Clone, Copy)]
+struct LogprobsAsked {
+    top: usize,
+    token_ids: bool,
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -361,11 +373,69 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
             None => return Err(internal(STOPPED.into())),
         }
     };
+    let logprobs = parsed
+        .logprobs
+        .zip(output.logprobs.as_ref())
+        .map(|(asked, lp)| choice_logprobs(&state.tokenizer, lp, asked));
     let reply = Reply::new(&state.config, &prefill, output);
-    Ok(Json(reply.into_response(id, &state.config.model_name)).into_response())
+    let mut response = reply.into_response(id, &state.config.model_name);
+    if let Some(choice) = response.choices.first_mut() {
+        choice.logprobs = logprobs;
+    }
+    Ok(Json(response).into_response())
 }
 
 const STOPPED: &str = "The engine stopped before finishing this request";
+
+/// A sample's log-probabilities as OpenAI's `choices[0].logprobs`: tokens named by their text
+/// (with its bytes), or `token_id:{id}` as vLLM does under `return_tokens_as_token_ids`.
+fn choice_logprobs(
+    tokenizer: &distill_models::tokenizer::TextTokenizer,
+    lp: &crate::backend::TokenLogprobs,
+    asked: LogprobsAsked,
+) -> wire::ChoiceLogprobs {
+    let name = |id: u32| -> (String, Option<Vec<u8>>) {
+        if asked.token_ids {
+            (format!("token_id:{id}"), None)
+        } else {
+            let text = tokenizer.decode(&[id], false).unwrap_or_default();
+            let bytes = text.as_bytes().to_vec();
+            (text, Some(bytes))
+        }
+    };
+    let content = lp
+        .token_ids()
+        .iter()
+        .zip(lp.token_logprobs())
+        .enumerate()
+        .map(|(i, (&id, logprob))| {
+            let (ids, lps) = lp.top(i);
+            let top_logprobs = ids
+                .iter()
+                .zip(lps)
+                .take(asked.top)
+                .map(|(&id, logprob)| {
+                    let (token, bytes) = name(id);
+                    wire::TopLogprob {
+                        token,
+                        logprob: f64::from(logprob),
+                        bytes,
+                    }
+                })
+                .collect();
+            let (token, bytes) = name(id);
+            wire::TokenLogprob {
+                token,
+                logprob: f64::from(logprob),
+                bytes,
+                top_logprobs,
+            }
+        })
+        .collect();
+    wire::ChoiceLogprobs {
+        content: Some(content),
+    }
+}
 
 fn bad(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
     ApiError::bad_request(message, param)
@@ -502,6 +572,37 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
     if stop.iter().any(String::is_empty) {
         return Err(bad("`stop` holds an empty string", Some("stop")));
     }
+    let stream = request.stream.unwrap_or(false);
+    let logprobs = match (request.logprobs, request.top_logprobs) {
+        (Some(true), top) => {
+            let top = top.unwrap_or(0);
+            if !(0..=20).contains(&top) {
+                return Err(bad(
+                    format!("`top_logprobs` is {top}; it must be within [0, 20]"),
+                    Some("top_logprobs"),
+                ));
+            }
+            if stream {
+                return Err(bad(
+                    "`logprobs` comes with whole answers only: drop `stream`",
+                    Some("logprobs"),
+                ));
+            }
+            // The engine records at least one alternative; the answer shows `top`.
+            sampling.logprobs = (top as usize).max(1);
+            Some(LogprobsAsked {
+                top: top as usize,
+                token_ids: request.return_tokens_as_token_ids.unwrap_or(false),
+            })
+        }
+        (_, Some(top)) if top > 0 => {
+            return Err(bad(
+                "`top_logprobs` needs `logprobs: true`",
+                Some("top_logprobs"),
+            ))
+        }
+        _ => None,
+    };
     Ok(Parsed {
         request: GenRequest {
             // The engine thread gives every request its own key.
@@ -512,8 +613,9 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
             seed,
             stop,
         },
-        stream: request.stream.unwrap_or(false),
+        stream,
         include_usage: false,
+        logprobs,
     })
 }
 
@@ -564,6 +666,7 @@ impl Reply {
                     reasoning: None,
                 },
                 finish_reason: Some(self.finish_reason.as_str().to_string()),
+                logprobs: None,
             }],
             usage: Some(self.usage),
         }

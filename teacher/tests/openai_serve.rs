@@ -132,3 +132,70 @@ fn openai_backend_against_serve_equals_local() {
     assert_eq!(stats.failed, 0);
     assert!(stats.peak_live <= 4, "{stats:?}");
 }
+
+/// `logprobs: K` through the `openai` backend against `distill serve`: the client asks for
+/// `logprobs`, `top_logprobs` and `return_tokens_as_token_ids`, the server answers with the
+/// engine's per-token log-probabilities named `token_id:N`, and the stored result equals the
+/// local backend's (float16 storage on both sides). Asked by hand without token ids, the server
+/// names tokens by text; an out-of-range `top_logprobs` is refused by name.
+#[test]
+fn logprobs_through_the_endpoint_equal_the_local_engines() {
+    let engine = engine();
+    let local = LocalBackend::new(Arc::clone(&engine), MODEL);
+    let server = Server::new(Arc::clone(&engine), ServerConfig::new(MODEL)).expect("server starts");
+    let running = RunningServer::start(server, "127.0.0.1:0").expect("server binds");
+    let asked = |n| {
+        let mut r = requests(n, "");
+        for q in &mut r {
+            q.sampling.logprobs = 5;
+        }
+        r
+    };
+    let expected = collect(&local, asked(6));
+    let got = collect(&client(&running, PrefillMode::None), asked(6));
+    for (key, want) in &expected {
+        let lp = want.logprobs.as_ref().expect("local log-probabilities");
+        assert_eq!(lp.len(), want.completion_tokens as usize);
+        assert_eq!(got.get(key), Some(want), "sample `{key}`");
+    }
+
+    // By hand, without `return_tokens_as_token_ids`: tokens by their text.
+    let url = format!("{}/v1/chat/completions", running.base_url());
+    let body = serde_json::json!({
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2,
+    });
+    let post = |body: serde_json::Value| -> serde_json::Value {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            response.json().await.unwrap()
+        })
+    };
+    let answer = post(body);
+    let content = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert!(!content.is_empty());
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert!(!content[0]["token"]
+        .as_str()
+        .unwrap()
+        .starts_with("token_id:"));
+    let refused = post(serde_json::json!({
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+        "logprobs": true, "top_logprobs": 21,
+    }));
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`top_logprobs` is 21"));
+}

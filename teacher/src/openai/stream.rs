@@ -87,6 +87,8 @@ pub fn collect(body: &str) -> Result<ChatResponse, StreamError> {
         index: 0,
         message,
         finish_reason,
+        // Streamed log-probabilities are not collected: `--logprobs` asks for whole answers.
+        logprobs: None,
     }];
     Ok(response)
 }

@@ -40,6 +40,15 @@ pub struct ChatRequest {
     pub continue_final_message: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_generation_prompt: Option<bool>,
+    /// Return the log-probability of each generated token (and `top_logprobs` alternatives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<i64>,
+    /// vLLM and SGLang: name tokens `token_id:{id}` instead of by their text, so a client can
+    /// store ids (a token's text does not always identify it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_tokens_as_token_ids: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +141,39 @@ pub struct Choice {
     pub message: ResponseMessage,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// A choice's `logprobs`: one entry per generated token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    #[serde(default)]
+    pub content: Option<Vec<TokenLogprob>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text, or `token_id:{id}` when the request asked for ids.
+    pub token: String,
+    pub logprob: f64,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f64,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// The id in a `token_id:{id}` token name (what `return_tokens_as_token_ids` gives).
+pub fn token_id(token: &str) -> Option<u32> {
+    token.strip_prefix("token_id:")?.parse().ok()
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -303,6 +303,19 @@ fn without_a_terminal_progress_is_printed_as_lines() {
     assert!(stderr.contains("step 3: held-out loss"), "{stderr}");
 }
 
+/// A teacher trained `teacher_steps` steps and a student start trained one, in `dir/teacher`
+/// and `dir/start`: the same corpus, seed and tokenizer settings give both the same tokenizer.
+fn teacher_and_student(dir: &Path, corpus: &Path, teacher_steps: &str) -> (PathBuf, PathBuf) {
+    let (teacher, start) = (dir.join("teacher"), dir.join("start"));
+    run_ok(&mut train_cmd_with(
+        corpus,
+        &teacher,
+        &[("--max-steps", teacher_steps), ("--lr", "0.01")],
+    ));
+    run_ok(&mut train_cmd_with(corpus, &start, &[("--max-steps", "1")]));
+    (teacher, start)
+}
+
 /// The `kd` values of `metrics.jsonl`, step by step.
 fn kd_per_step(out: &Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -322,19 +335,7 @@ fn kd_per_step(out: &Path) -> Vec<f64> {
 fn logit_distillation_from_a_teacher() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_corpus(dir.path(), 30);
-    // Same corpus, seed and tokenizer settings: the same tokenizer, different training.
-    let teacher = dir.path().join("teacher");
-    run_ok(&mut train_cmd_with(
-        &corpus,
-        &teacher,
-        &[("--max-steps", "40"), ("--lr", "0.01")],
-    ));
-    let start = dir.path().join("start");
-    run_ok(&mut train_cmd_with(
-        &corpus,
-        &start,
-        &[("--max-steps", "1")],
-    ));
+    let (teacher, start) = teacher_and_student(dir.path(), &corpus, "40");
     let distil = |out: &Path, base: &Path, steps: &str| {
         let mut cmd = bin();
         cmd.args(["--threads", "1", "train", "--quiet", "--max-steps", steps]);
@@ -414,18 +415,7 @@ fn logit_distillation_from_a_teacher() {
 fn a_corpus_with_logprobs_distils_without_the_teacher() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_corpus(dir.path(), 30);
-    let teacher = dir.path().join("teacher");
-    run_ok(&mut train_cmd_with(
-        &corpus,
-        &teacher,
-        &[("--max-steps", "60"), ("--lr", "0.01")],
-    ));
-    let start = dir.path().join("start");
-    run_ok(&mut train_cmd_with(
-        &corpus,
-        &start,
-        &[("--max-steps", "1")],
-    ));
+    let (teacher, start) = teacher_and_student(dir.path(), &corpus, "60");
     let problems = dir.path().join("problems.jsonl");
     let lines: Vec<String> = (0..12)
         .map(|i| {

@@ -580,7 +580,7 @@ fn request_body(config: &OpenAiConfig, request: &GenRequest, stream: bool) -> Ch
         continue_final_message: continue_final.then_some(true),
         add_generation_prompt: continue_final.then_some(false),
         logprobs: (sampling.logprobs > 0).then_some(true),
-        top_logprobs: (sampling.logprobs > 0).then(|| sampling.logprobs as i64),
+        top_logprobs: (sampling.logprobs > 0).then_some(sampling.logprobs as i64),
         return_tokens_as_token_ids: (sampling.logprobs > 0).then_some(true),
     }
 }

@@ -269,8 +269,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     Ok(())
 }
 
-/// The student to train and its tokenizer. From scratch, a fresh run trains the tokenizer on
-/// the corpus; a resumed run takes it from its checkpoint (training it again would give the
+/// The student to train and its tokenizer. From scratch, a fresh run takes the tokenizer of
+/// `settings.tokenizer` or trains one on the corpus; a resumed run takes it from its checkpoint (training it again would give the
 /// same one, but reading it is faster and cannot drift).
 fn starting_point(
     settings: &TrainSettings,
@@ -283,9 +283,17 @@ fn starting_point(
             .with_context(|| format!("cannot load the base model `{}`", base.display()))?;
         return Ok((student, tokenizer));
     }
-    let tokenizer = match latest {
-        Some(dir) => Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?.tokenizer()?,
-        None => {
+    let tokenizer = match (latest, &settings.tokenizer) {
+        (Some(dir), _) => Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?.tokenizer()?,
+        (None, Some(arg)) => {
+            let model = crate::model_arg::resolve(arg)?;
+            Checkpoint::open(&model.path)
+                .and_then(|c| c.tokenizer())
+                .with_context(|| {
+                    format!("cannot read the tokenizer of `{}`", model.path.display())
+                })?
+        }
+        (None, None) => {
             // Learning a vocabulary reads the whole corpus text: from-scratch students are
             // small (the demo's); students of real size start from a base and its tokenizer.
             let conversations = data::read_corpus(&[corpus.to_path_buf()])

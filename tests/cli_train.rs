@@ -397,6 +397,31 @@ fn logit_distillation_from_a_teacher() {
     );
     assert!(!dir.path().join("refused").join("token-cache").exists());
 
+    // A from-scratch student with the teacher's tokenizer distils from it too.
+    let scratch = dir.path().join("scratch");
+    let mut cmd = train_cmd_with(&corpus, &scratch, &[("--max-steps", "3")]);
+    cmd.arg("--tokenizer").arg(teacher.join("model"));
+    cmd.arg("--kd-teacher").arg(teacher.join("model"));
+    run_ok(&mut cmd);
+    assert_eq!(kd_per_step(&scratch).len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("model/tokenizer.json")).unwrap(),
+        std::fs::read_to_string(teacher.join("model/tokenizer.json")).unwrap()
+    );
+    let mut cmd = bin();
+    cmd.args([
+        "train",
+        "--base",
+        "b",
+        "--tokenizer",
+        "t",
+        "--corpus",
+        "c",
+        "--out",
+        "o",
+    ]);
+    assert!(run_err(&mut cmd).contains("drop `--tokenizer`"));
+
     let mut cmd = train_cmd_with(&corpus, &dir.path().join("x"), &[]);
     cmd.args(["--kd-beta", "0.5"]);
     assert!(run_err(&mut cmd).contains("need a teacher"));

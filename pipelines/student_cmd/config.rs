@@ -59,6 +59,9 @@ pub struct TrainSettings {
     pub base: Option<PathBuf>,
     /// Start from a fresh model (`[model]`) and a tokenizer trained on the corpus.
     pub from_scratch: bool,
+    /// From scratch: take this checkpoint's tokenizer (and chat template) instead of training
+    /// one, so the student shares its vocabulary (what logit distillation from it needs).
+    pub tokenizer: Option<PathBuf>,
     /// Output folder: `model/` (the final Hugging Face folder), `checkpoints/`,
     /// `metrics.jsonl`, `loss.png`, `train_config.toml`, `data_report.json`.
     pub out: Option<PathBuf>,
@@ -94,6 +97,10 @@ pub struct TrainArgs {
     /// Train a fresh model and a byte-level BPE tokenizer on the corpus.
     #[arg(long)]
     pub from_scratch: bool,
+    /// With `--from-scratch`: the tokenizer of this checkpoint (a folder, a GGUF file or
+    /// `owner/name`) instead of one trained on the corpus, e.g. the teacher's for `--kd-teacher`.
+    #[arg(long, value_name = "MODEL")]
+    pub tokenizer: Option<PathBuf>,
     /// Output folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -281,6 +288,9 @@ impl TrainArgs {
             s.from_scratch = true;
             s.base = None;
         }
+        if self.tokenizer.is_some() {
+            s.tokenizer.clone_from(&self.tokenizer);
+        }
         fn over<T: Clone>(slot: &mut T, v: &Option<T>) {
             if let Some(v) = v {
                 *slot = v.clone();
@@ -378,6 +388,9 @@ impl TrainSettings {
         }
         self.data.validate()?;
         self.train.validate()?;
+        if self.tokenizer.is_some() && !self.from_scratch {
+            bail!("`tokenizer` picks a from-scratch student's tokenizer: a base model brings its own (drop `--tokenizer` or use `--from-scratch`)");
+        }
         if self.from_scratch {
             self.model.validate()?;
         }

@@ -321,6 +321,17 @@ fn labels_name_models_and_their_cache_folders() {
         cached_records(&out.join("generations/big")).len(),
         PROBLEMS * SAMPLES
     );
+    // The R1 prefill by default; `--prefill ""` for models that do not reason in a think block.
+    assert_eq!(r["protocol"]["prefill"], "<think>\n");
+    let plain = tmp.path().join("plain");
+    compare(
+        &[&teacher],
+        &[],
+        &problems,
+        &plain,
+        &["--k", "1", "--prefill", ""],
+    );
+    assert_eq!(report(&plain)["protocol"]["prefill"], "");
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub mod defaults {
     pub fn max_new_tokens() -> usize {
         distill_teacher::SamplingParams::default().max_new_tokens
     }
+    pub fn prefill() -> String {
+        distill_teacher::generate::R1_PREFILL.to_string()
+    }
     pub fn temperature() -> f32 {
         distill_teacher::SamplingParams::default().temperature
     }
@@ -97,6 +100,12 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub seed: u64,
+    /// Text the assistant turn starts with (R1 protocol: `<think>\n`, so the answer is read
+    /// after `</think>`). `--prefill ""` for instruct models that do not reason in a think
+    /// block: prefilled, they answer inside it and nothing is read as their answer.
+    #[arg(long, default_value_t = defaults::prefill())]
+    #[serde(default = "defaults::prefill")]
+    pub prefill: String,
     /// Output folder: report, charts and the generation cache (`generations/<label>/`).
     #[arg(long, default_value = "compare")]
     #[serde(default = "defaults::out")]
@@ -173,7 +182,10 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
         samples: args.samples,
         k,
         sampling,
-        prompt: PromptConfig::default(),
+        prompt: PromptConfig {
+            prefill: args.prefill.clone(),
+            ..PromptConfig::default()
+        },
         seed: args.seed,
         engine: EngineOptions {
             step_tokens: engine.step_tokens.max(engine.batch),

@@ -132,23 +132,35 @@ struct DocEntry {
     boundary: u32,
 }
 
+/// The 16-byte little-endian record both tables (`documents.bin`, `teacher.bin`) are made of:
+/// a u64 then two u32s.
+fn entry_bytes(a: u64, b: u32, c: u32) -> [u8; DOCUMENT_BYTES] {
+    let mut out = [0u8; DOCUMENT_BYTES];
+    out[..8].copy_from_slice(&a.to_le_bytes());
+    out[8..12].copy_from_slice(&b.to_le_bytes());
+    out[12..].copy_from_slice(&c.to_le_bytes());
+    out
+}
+
+/// The fields of an [`entry_bytes`] record.
+fn entry_fields(b: &[u8]) -> (u64, u32, u32) {
+    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_le_bytes(a), u32_at(8), u32_at(12))
+}
+
 impl DocEntry {
     fn to_bytes(self) -> [u8; DOCUMENT_BYTES] {
-        let mut b = [0u8; DOCUMENT_BYTES];
-        b[..8].copy_from_slice(&self.offset.to_le_bytes());
-        b[8..12].copy_from_slice(&self.len.to_le_bytes());
-        b[12..].copy_from_slice(&self.boundary.to_le_bytes());
-        b
+        entry_bytes(self.offset, self.len, self.boundary)
     }
 
     fn from_bytes(b: &[u8]) -> Self {
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let mut offset = [0u8; 8];
-        offset.copy_from_slice(&b[..8]);
+        let (offset, len, boundary) = entry_fields(b);
         Self {
-            offset: u64::from_le_bytes(offset),
-            len: u32_at(8),
-            boundary: u32_at(12),
+            offset,
+            len,
+            boundary,
         }
     }
 }
@@ -165,19 +177,15 @@ struct TeacherEntry {
 
 impl TeacherEntry {
     fn to_bytes(self) -> [u8; DOCUMENT_BYTES] {
-        let mut b = [0u8; DOCUMENT_BYTES];
-        b[..8].copy_from_slice(&self.offset.to_le_bytes());
-        b[8..12].copy_from_slice(&self.first.to_le_bytes());
-        b[12..].copy_from_slice(&self.count.to_le_bytes());
-        b
+        entry_bytes(self.offset, self.first, self.count)
     }
 
     fn from_bytes(b: &[u8]) -> Self {
-        let d = DocEntry::from_bytes(b);
+        let (offset, first, count) = entry_fields(b);
         Self {
-            offset: d.offset,
-            first: d.len,
-            count: d.boundary,
+            offset,
+            first,
+            count,
         }
     }
 }
@@ -302,32 +310,9 @@ impl TokenCache {
         if &info.key != key {
             return Err(damaged("its key does not match its folder".into()));
         }
-        let docs_path = dir.join(DOCUMENTS_FILE);
-        let raw = std::fs::read(&docs_path).map_err(|e| Error::io(&docs_path, e))?;
         let count = (info.train_documents + info.eval_documents) as usize;
-        if raw.len() != count * DOCUMENT_BYTES {
-            return Err(damaged(format!(
-                "`{DOCUMENTS_FILE}` has {} bytes, expected {}",
-                raw.len(),
-                count * DOCUMENT_BYTES
-            )));
-        }
-        let documents: Vec<DocEntry> = raw
-            .chunks_exact(DOCUMENT_BYTES)
-            .map(DocEntry::from_bytes)
-            .collect();
-        let tokens_path = dir.join(TOKENS_FILE);
-        let file = File::open(&tokens_path).map_err(|e| Error::io(&tokens_path, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| Error::io(&tokens_path, e))?
-            .len();
-        if bytes != info.tokens * 4 {
-            return Err(damaged(format!(
-                "`{TOKENS_FILE}` has {bytes} bytes, expected {}",
-                info.tokens * 4
-            )));
-        }
+        let documents = read_table(dir, DOCUMENTS_FILE, count, &damaged, DocEntry::from_bytes)?;
+        let tokens = map_file(dir, TOKENS_FILE, info.tokens * 4, &damaged)?;
         if let Some(d) = documents
             .iter()
             .find(|d| d.len == 0 || d.offset + u64::from(d.len) > info.tokens)
@@ -337,13 +322,6 @@ impl TokenCache {
                 d.len, d.offset, info.tokens
             )));
         }
-        // SAFETY: the cache is written once under a temporary name and renamed into place;
-        // nothing writes to `tokens.u32` afterwards, so the mapped bytes do not change.
-        let map = if bytes == 0 {
-            None
-        } else {
-            Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tokens_path, e))?)
-        };
         let teacher = if key.teacher_logprobs {
             Some(open_teacher_table(dir, &info, documents.len(), &damaged)?)
         } else {
@@ -351,7 +329,7 @@ impl TokenCache {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
-            tokens: Arc::new(Mapped(map)),
+            tokens: Arc::new(tokens),
             documents,
             teacher,
             info,
@@ -616,8 +594,9 @@ struct CacheWriter<'a> {
     tokens: BufWriter<File>,
     tokens_path: &'a Path,
     offset: u64,
-    train: Vec<DocEntry>,
-    eval: Vec<DocEntry>,
+    /// The documents of each side with their teacher entries (default without a teacher).
+    train: Vec<(DocEntry, TeacherEntry)>,
+    eval: Vec<(DocEntry, TeacherEntry)>,
     teacher: Option<TeacherWriter>,
     on_progress: OnProgress<'a>,
 }
@@ -628,12 +607,11 @@ struct TeacherWriter {
     path: PathBuf,
     k: Option<usize>,
     offset: u64,
-    train: Vec<TeacherEntry>,
-    eval: Vec<TeacherEntry>,
 }
 
 impl TeacherWriter {
-    fn document(&mut self, targets: Option<&TeacherTargets>, held_out: bool) -> Result<()> {
+    /// Appends a document's targets to `teacher-topk.bin` and returns its index entry.
+    fn document(&mut self, targets: Option<&TeacherTargets>) -> Result<TeacherEntry> {
         let mut entry = TeacherEntry {
             offset: self.offset,
             ..TeacherEntry::default()
@@ -659,20 +637,16 @@ impl TeacherWriter {
             entry.count = t.len() as u32;
             self.offset += t.len() as u64;
         }
-        if held_out {
-            self.eval.push(entry);
-        } else {
-            self.train.push(entry);
-        }
-        Ok(())
+        Ok(entry)
     }
 }
 
 impl DocumentSink for CacheWriter<'_> {
     fn document(&mut self, _: &Conversation, doc: Prepared, held_out: bool) -> Result<()> {
-        if let Some(teacher) = &mut self.teacher {
-            teacher.document(doc.teacher.as_ref(), held_out)?;
-        }
+        let teacher = match &mut self.teacher {
+            Some(writer) => writer.document(doc.teacher.as_ref())?,
+            None => TeacherEntry::default(),
+        };
         for id in &doc.input_ids {
             self.tokens
                 .write_all(&id.to_le_bytes())
@@ -685,9 +659,9 @@ impl DocumentSink for CacheWriter<'_> {
         };
         self.offset += doc.input_ids.len() as u64;
         if held_out {
-            self.eval.push(entry);
+            self.eval.push((entry, teacher));
         } else {
-            self.train.push(entry);
+            self.train.push((entry, teacher));
         }
         Ok(())
     }
@@ -723,8 +697,6 @@ fn build(
                 path,
                 k: None,
                 offset: 0,
-                train: Vec::new(),
-                eval: Vec::new(),
             })
         } else {
             None
@@ -737,7 +709,7 @@ fn build(
         offset,
         mut train,
         mut eval,
-        mut teacher,
+        teacher,
         ..
     } = writer;
     if sources.eval_corpus.is_some() && eval.is_empty() {
@@ -749,41 +721,29 @@ fn build(
     if train.is_empty() && sources.eval_corpus.is_none() && !eval.is_empty() {
         // A tiny corpus whose every row hashed into the held-out set still trains.
         std::mem::swap(&mut train, &mut eval);
-        if let Some(t) = &mut teacher {
-            std::mem::swap(&mut t.train, &mut t.eval);
-        }
     }
     if train.is_empty() {
         return Err(Error::NoData(no_rows_reason(&walked.report, config)));
     }
     let (mut teacher_k, mut teacher_targets) = (0, 0);
     if let Some(t) = teacher {
-        t.topk
-            .into_inner()
-            .map_err(|e| Error::io(&t.path, e.into_error()))?
-            .sync_all()
-            .map_err(|e| Error::io(&t.path, e))?;
+        finish_file(t.topk, &t.path)?;
         let index_path = dir.join(TEACHER_INDEX_FILE);
-        let bytes: Vec<u8> = t
-            .train
+        let bytes: Vec<u8> = train
             .iter()
-            .chain(&t.eval)
-            .flat_map(|e| e.to_bytes())
+            .chain(&eval)
+            .flat_map(|(_, e)| e.to_bytes())
             .collect();
         std::fs::write(&index_path, bytes).map_err(|e| Error::io(&index_path, e))?;
         teacher_k = t.k.unwrap_or(0);
         teacher_targets = t.offset;
     }
-    tokens
-        .into_inner()
-        .map_err(|e| Error::io(&tokens_path, e.into_error()))?
-        .sync_all()
-        .map_err(|e| Error::io(&tokens_path, e))?;
+    finish_file(tokens, &tokens_path)?;
     let docs_path = dir.join(DOCUMENTS_FILE);
     let bytes: Vec<u8> = train
         .iter()
         .chain(&eval)
-        .flat_map(|d| d.to_bytes())
+        .flat_map(|(d, _)| d.to_bytes())
         .collect();
     std::fs::write(&docs_path, bytes).map_err(|e| Error::io(&docs_path, e))?;
     let info = CacheInfo {
@@ -808,19 +768,13 @@ fn open_teacher_table(
     documents: usize,
     damaged: &dyn Fn(String) -> Error,
 ) -> Result<TeacherTable> {
-    let index_path = dir.join(TEACHER_INDEX_FILE);
-    let raw = std::fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
-    if raw.len() != documents * DOCUMENT_BYTES {
-        return Err(damaged(format!(
-            "`{TEACHER_INDEX_FILE}` has {} bytes, expected {}",
-            raw.len(),
-            documents * DOCUMENT_BYTES
-        )));
-    }
-    let entries: Vec<TeacherEntry> = raw
-        .chunks_exact(DOCUMENT_BYTES)
-        .map(TeacherEntry::from_bytes)
-        .collect();
+    let entries = read_table(
+        dir,
+        TEACHER_INDEX_FILE,
+        documents,
+        damaged,
+        TeacherEntry::from_bytes,
+    )?;
     if let Some(e) = entries
         .iter()
         .find(|e| e.offset + u64::from(e.count) > info.teacher_targets)
@@ -830,26 +784,65 @@ fn open_teacher_table(
             e.count, e.offset, info.teacher_targets
         )));
     }
-    let path = dir.join(TEACHER_TOPK_FILE);
-    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
     let expected = info.teacher_targets * TeacherTable::target_bytes(info.teacher_k) as u64;
-    if bytes != expected {
-        return Err(damaged(format!(
-            "`{TEACHER_TOPK_FILE}` has {bytes} bytes, expected {expected}"
-        )));
-    }
-    // SAFETY: as for `tokens.u32`: written once, renamed into place, never changed.
-    let map = if bytes == 0 {
-        None
-    } else {
-        Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?)
-    };
     Ok(TeacherTable {
         k: info.teacher_k,
         entries,
-        topk: Arc::new(Mapped(map)),
+        topk: Arc::new(map_file(dir, TEACHER_TOPK_FILE, expected, damaged)?),
     })
+}
+
+/// The `count` 16-byte records of table `name` in `dir`, decoded.
+fn read_table<T>(
+    dir: &Path,
+    name: &str,
+    count: usize,
+    damaged: &dyn Fn(String) -> Error,
+    decode: fn(&[u8]) -> T,
+) -> Result<Vec<T>> {
+    let path = dir.join(name);
+    let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if raw.len() != count * DOCUMENT_BYTES {
+        return Err(damaged(format!(
+            "`{name}` has {} bytes, expected {}",
+            raw.len(),
+            count * DOCUMENT_BYTES
+        )));
+    }
+    Ok(raw.chunks_exact(DOCUMENT_BYTES).map(decode).collect())
+}
+
+/// File `name` of `dir`, checked to hold `expected` bytes and mapped.
+fn map_file(
+    dir: &Path,
+    name: &str,
+    expected: u64,
+    damaged: &dyn Fn(String) -> Error,
+) -> Result<Mapped> {
+    let path = dir.join(name);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    if bytes != expected {
+        return Err(damaged(format!(
+            "`{name}` has {bytes} bytes, expected {expected}"
+        )));
+    }
+    if bytes == 0 {
+        return Ok(Mapped(None));
+    }
+    // SAFETY: the cache is written once under a temporary name and renamed into place;
+    // nothing writes to its files afterwards, so the mapped bytes do not change.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+    Ok(Mapped(Some(map)))
+}
+
+/// Flushes and syncs a file the build wrote through `writer`.
+fn finish_file(writer: BufWriter<File>, path: &Path) -> Result<()> {
+    writer
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Removes partial builds of `folder` left by runs that no longer exist (killed mid-build).

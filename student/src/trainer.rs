@@ -709,24 +709,18 @@ fn micro_batch_loss(
         });
     };
     let step = if chunk == 0 { usize::MAX } else { chunk };
-    let mut divergence: Option<Tensor> = None;
-    let mut add = |sum: Tensor| -> Result<()> {
-        divergence = Some(match divergence.take() {
-            Some(total) => (total + sum)?,
-            None => sum,
-        });
-        Ok(())
-    };
+    // Summed divergences of runs of `step` positions.
+    let mut sums = Vec::new();
     match teacher {
         // Both whole distributions at each labelled position: the logits are made `chunk`
         // positions at a time from the hidden states.
         Some(teacher) => {
             let teacher_hidden = teacher.hidden_at(&ids, &pos, b, &positions)?;
-            for start in (0..positions.len()).step_by(step.min(positions.len().max(1))) {
+            for start in (0..positions.len()).step_by(step) {
                 let n = step.min(positions.len() - start);
                 let teacher_logits = teacher.logits(&teacher_hidden.narrow(0, start, n)?)?;
                 let student_logits = hidden.narrow(0, start, n)?.matmul(&head.t()?)?;
-                add(divergence_sum(config, &student_logits, &teacher_logits)?)?;
+                sums.push(divergence_sum(config, &student_logits, &teacher_logits)?);
             }
         }
         // The stored targets of each row, at their positions in the padded grid.
@@ -745,23 +739,24 @@ fn micro_batch_loss(
                 target_ids.extend_from_slice(&t.ids);
                 target_lps.extend_from_slice(&t.logprobs);
             }
-            for start in (0..at.len()).step_by(step.min(at.len().max(1))) {
+            for start in (0..at.len()).step_by(step) {
                 let n = step.min(at.len() - start);
                 let index = Tensor::new(&at[start..start + n], dev)?;
                 let student_logits = all_hidden.index_select(&index, 0)?.matmul(&head.t()?)?;
-                add(stored_divergence_sum(
+                sums.push(stored_divergence_sum(
                     config,
                     &student_logits,
                     k,
                     &target_ids[start * k..(start + n) * k],
                     &target_lps[start * k..(start + n) * k],
-                )?)?;
+                )?);
             }
         }
     }
-    let divergence = match divergence {
-        Some(d) => (d * scale)?,
-        None => loss.zeros_like()?,
+    let divergence = if sums.is_empty() {
+        loss.zeros_like()?
+    } else {
+        (Tensor::stack(&sums, 0)?.sum_all()? * scale)?
     };
     let divergence_value = divergence.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let objective = ((loss.to_dtype(DType::F32)? * (1.0 - config.weight))?

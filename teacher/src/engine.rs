@@ -309,8 +309,7 @@ impl Engine {
             detok: Detokenizer::default(),
             sent: 0,
             max_stop,
-            logprobs: (request.sampling.logprobs > 0)
-                .then(|| TokenLogprobs::new(request.sampling.logprobs)),
+            logprobs: logprobs_asked(&request.sampling),
             request,
         })
     }
@@ -349,8 +348,7 @@ impl Engine {
                                 finish_reason: FinishReason::Length,
                                 prompt_tokens: prompt_tokens as u32,
                                 completion_tokens: 0,
-                                logprobs: (request.sampling.logprobs > 0)
-                                    .then(|| TokenLogprobs::new(request.sampling.logprobs)),
+                                logprobs: logprobs_asked(&request.sampling),
                             }));
                             continue;
                         }
@@ -598,6 +596,11 @@ impl Engine {
     }
 }
 
+/// An empty record of a request's log-probabilities, when it asks for them.
+fn logprobs_asked(sampling: &crate::backend::SamplingParams) -> Option<TokenLogprobs> {
+    (sampling.logprobs > 0).then(|| TokenLogprobs::new(sampling.logprobs))
+}
+
 /// The model's log-probability of `token` and its `k` most likely tokens with theirs (most
 /// likely first, ties by id), from one row of raw logits: `log_softmax` at temperature 1,
 /// before any sampling filter, as vLLM's and OpenAI's `logprobs` report them.
@@ -605,19 +608,23 @@ pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
     let lse = max + sum.ln() as f32;
+    // One pass keeping the best `k` in order: most logits fail the first comparison, and
+    // ascending ids put ties after the earlier id.
     let k = k.min(logits.len());
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-    let order = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    if k < ids.len() && k > 0 {
-        ids.select_nth_unstable_by(k - 1, order);
+    let mut top: Vec<u32> = Vec::with_capacity(k + 1);
+    for (i, &x) in logits.iter().enumerate() {
+        if top.len() == k
+            && top
+                .last()
+                .is_none_or(|&w| x.total_cmp(&logits[w as usize]).is_le())
+        {
+            continue;
+        }
+        let at = top.partition_point(|&j| logits[j as usize].total_cmp(&x).is_ge());
+        top.insert(at, i as u32);
+        top.truncate(k);
     }
-    ids.truncate(k);
-    ids.sort_unstable_by(order);
-    let top = ids
+    let top = top
         .into_iter()
         .map(|i| (i, logits[i as usize] - lse))
         .collect();
@@ -640,3 +647,26 @@ fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
 }
 
 pub use crate::handle::EngineHandle;
+
+#[cfg(test)]
+mod tests {
+    use super::top_logprobs;
+
+    #[test]
+    fn top_logprobs_order_by_logit_then_id() {
+        let logits = [1.0, 3.0, 3.0, 2.0, 3.0, 0.5];
+        let lse = logits.iter().map(|&x: &f32| x.exp()).sum::<f32>().ln();
+        let (lp, top) = top_logprobs(&logits, 3, 4);
+        assert!((lp - (2.0 - lse)).abs() < 1e-6);
+        let ids: Vec<u32> = top.iter().map(|&(i, _)| i).collect();
+        assert_eq!(ids, vec![1, 2, 4, 3]);
+        assert!((top[0].1 - (3.0 - lse)).abs() < 1e-6);
+        assert!(top_logprobs(&logits, 0, 0).1.is_empty());
+        let all: Vec<u32> = top_logprobs(&logits, 0, 9)
+            .1
+            .iter()
+            .map(|&(i, _)| i)
+            .collect();
+        assert_eq!(all, vec![1, 2, 4, 3, 0, 5]);
+    }
+}

@@ -43,6 +43,18 @@ pub fn resolve(arg: &Path) -> anyhow::Result<ModelPath> {
     }
 }
 
+/// [`resolve`], failing in one line when a local path does not exist: "the `role` `PATH` does
+/// not exist" (`role`: "model", "base model", "teacher").
+pub fn resolve_existing(arg: &Path, role: &str) -> anyhow::Result<ModelPath> {
+    let model = resolve(arg)?;
+    anyhow::ensure!(
+        model.path.exists(),
+        "the {role} `{}` does not exist",
+        model.path.display()
+    );
+    Ok(model)
+}
+
 /// Fetches a hub model (what is missing from the cache) and says where it is.
 pub fn resolve_hub(model: &HubRef) -> anyhow::Result<ModelPath> {
     let settings = HubSettings::from_env()?;

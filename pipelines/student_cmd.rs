@@ -78,15 +78,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     };
     // A hub model is downloaded now, before the device, the corpus and the model load.
     let base = match &settings.base {
-        Some(arg) => {
-            let model = crate::model_arg::resolve(arg)?;
-            anyhow::ensure!(
-                model.path.exists(),
-                "the base model `{}` does not exist",
-                model.path.display()
-            );
-            Some(model.path)
-        }
+        Some(arg) => Some(crate::model_arg::resolve_existing(arg, "base model")?.path),
         None => None,
     };
     // The device before the corpus: no GPU, a CPU-only binary or a dtype the GPU lacks fail now.
@@ -334,12 +326,7 @@ fn check_alignment(report: &data::DataReport, corpus: &Path) -> anyhow::Result<(
 /// student's tokenizer: the divergence compares distributions id by id, so both must mean the
 /// same token by every id.
 fn open_teacher(name: &str, student: &TextTokenizer) -> anyhow::Result<Checkpoint> {
-    let model = crate::model_arg::resolve(Path::new(name))?;
-    anyhow::ensure!(
-        model.path.exists(),
-        "the teacher `{}` does not exist",
-        model.path.display()
-    );
+    let model = crate::model_arg::resolve_existing(Path::new(name), "teacher")?;
     let teacher = Checkpoint::open(&model.path)
         .with_context(|| format!("cannot open the teacher `{}`", model.path.display()))?;
     let tokenizer = teacher

@@ -253,12 +253,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
                 "`--backend local` needs `--model MODEL` (a checkpoint folder, a GGUF file or a \
                  hub model `owner/name`)",
             )?;
-            let model = crate::model_arg::resolve(arg)?;
-            anyhow::ensure!(
-                model.path.exists(),
-                "the model `{}` does not exist",
-                model.path.display()
-            );
+            let model = crate::model_arg::resolve_existing(arg, "model")?;
             (model.name, model.path)
         }
         BackendKind::Openai => {
@@ -371,12 +366,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "`--batch` must be at least 1");
     anyhow::ensure!(args.max_tokens > 0, "`--max-tokens` must be at least 1");
-    let model = crate::model_arg::resolve(&args.model)?;
-    anyhow::ensure!(
-        model.path.exists(),
-        "the model `{}` does not exist",
-        model.path.display()
-    );
+    let model = crate::model_arg::resolve_existing(&args.model, "model")?;
     let name = args
         .served_model_name
         .clone()

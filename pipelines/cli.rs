@@ -36,8 +36,9 @@ pub enum Command {
     Generate(teacher_cmd::GenerateArgs),
     /// Serve a local model behind an OpenAI-compatible `/v1/chat/completions`.
     Serve(teacher_cmd::ServeArgs),
-    /// Fine-tune a student on a corpus (supervised fine-tuning).
-    Train(student_cmd::TrainArgs),
+    /// Train a student: supervised fine-tuning on a corpus, logit distillation, or on-policy
+    /// distillation (`--method opd`). Boxed: the largest set of flags.
+    Train(Box<student_cmd::TrainArgs>),
     /// Evaluate a teacher and its students on held-out problems; writes a report with charts.
     Compare(compare::CompareArgs),
     /// Run a pipeline file: every stage in order, resuming where a previous run stopped.
@@ -64,7 +65,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Corpus(cmd) => corpus_cmd::run(cmd),
         Command::Generate(args) => teacher_cmd::generate(args),
         Command::Serve(args) => teacher_cmd::serve(args),
-        Command::Train(args) => student_cmd::train(args),
+        Command::Train(args) => student_cmd::train(*args),
         Command::Compare(args) => compare::compare(args),
         Command::Run(args) => crate::run::run(args),
         Command::CheckDevice(args) => crate::device_check::check_device(args),

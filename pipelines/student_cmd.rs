@@ -14,6 +14,7 @@
 mod chart;
 pub mod config;
 mod memory;
+mod on_policy;
 pub mod trl;
 
 use std::fs::OpenOptions;
@@ -56,6 +57,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 /// Runs a training job from resolved settings (also used by `distill run`).
 pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Result<()> {
     settings.validate()?;
+    if settings.train.opd.is_some() {
+        return on_policy::run(settings, resume, progress);
+    }
     // Distilling from the corpus: the token cache keeps the teacher's stored distributions.
     let mut settings = settings.clone();
     settings.data.teacher_logprobs = settings.train.kd.as_ref().is_some_and(|k| k.from_corpus);
@@ -207,6 +211,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
                     evals.push((*step, *loss));
                     json!({"step": step, "eval_loss": loss})
                 }
+                // Only on-policy runs evaluate by sampling.
+                Event::OnPolicyEval(_) => return Control::Continue,
                 Event::Checkpoint { step, path } => {
                     if let Err(e) = chart::loss_curve(&png, &curve, &evals) {
                         tracing::warn!("{e:#}");

@@ -237,6 +237,35 @@ pub struct TrainArgs {
     /// [default: 0].
     #[arg(long, value_name = "K", help_heading = "Logit distillation")]
     pub kd_top_k: Option<usize>,
+
+    /// `sft`: learn the corpus's samples; `opd`: on-policy distillation, the student samples
+    /// the corpus's prompts and learns the `--kd-teacher`'s distribution on its own samples
+    /// (`--kd-weight` and `--kd-beta` default to 1: the reverse KL alone) [default: the
+    /// config's, `opd` when it has `[train.opd]`].
+    #[arg(long, value_enum, help_heading = "On-policy distillation")]
+    pub method: Option<Method>,
+    /// Prompts sampled per optimizer step [default: 32].
+    #[arg(long, value_name = "N", help_heading = "On-policy distillation")]
+    pub opd_prompts_per_step: Option<usize>,
+    /// Longest sampled completion [default: 1024].
+    #[arg(long, value_name = "N", help_heading = "On-policy distillation")]
+    pub opd_max_new_tokens: Option<usize>,
+    /// Text the assistant turn starts with [default: "<think>\n", R1's protocol; "" for
+    /// instruct models].
+    #[arg(long, value_name = "TEXT", help_heading = "On-policy distillation")]
+    pub opd_prefill: Option<String>,
+    /// Held-out problems sampled at each evaluation for the pass rate [default: 64].
+    #[arg(long, value_name = "N", help_heading = "On-policy distillation")]
+    pub opd_eval_problems: Option<usize>,
+}
+
+/// What the student learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// Supervised fine-tuning on the corpus (with `[train.kd]`: plus logit distillation).
+    Sft,
+    /// On-policy distillation (`[train.opd]`).
+    Opd,
 }
 
 /// Parses a settings file; errors name the file, line and offending key.
@@ -336,6 +365,7 @@ impl TrainArgs {
         if self.load_in_4bit {
             s.trl.load_in_4bit = true;
         }
+        let kd_from_file = s.train.kd.is_some();
         if let Some(teacher) = &self.kd_teacher {
             let kd = s.train.kd.get_or_insert_with(Default::default);
             kd.teacher = teacher.clone();
@@ -350,6 +380,34 @@ impl TrainArgs {
             || self.kd_beta.is_some()
             || self.kd_temperature.is_some()
             || self.kd_top_k.is_some();
+        let opd_flags = self.opd_prompts_per_step.is_some()
+            || self.opd_max_new_tokens.is_some()
+            || self.opd_prefill.is_some()
+            || self.opd_eval_problems.is_some();
+        match self.method {
+            Some(Method::Opd) => {
+                s.train.opd.get_or_insert_with(Default::default);
+                // On-policy distillation learns the reverse KL alone unless told otherwise.
+                if let (Some(kd), false) = (&mut s.train.kd, kd_from_file) {
+                    kd.weight = 1.0;
+                    kd.beta = 1.0;
+                }
+            }
+            Some(Method::Sft) if opd_flags => {
+                bail!("the `--opd-…` flags set on-policy distillation: drop `--method sft`")
+            }
+            Some(Method::Sft) => s.train.opd = None,
+            None if opd_flags && s.train.opd.is_none() => {
+                bail!("the `--opd-…` flags need `--method opd`")
+            }
+            None => {}
+        }
+        if let Some(opd) = &mut s.train.opd {
+            over(&mut opd.prompts_per_step, &self.opd_prompts_per_step);
+            over(&mut opd.max_new_tokens, &self.opd_max_new_tokens);
+            over(&mut opd.prefill, &self.opd_prefill);
+            over(&mut opd.eval_problems, &self.opd_eval_problems);
+        }
         match &mut s.train.kd {
             Some(kd) => {
                 over(&mut kd.weight, &self.kd_weight);
@@ -394,13 +452,16 @@ impl TrainSettings {
         if self.from_scratch {
             self.model.validate()?;
         }
+        if self.train.opd.is_some() && self.base.is_none() {
+            bail!("on-policy distillation starts from a trained student: pass `--base MODEL` (for example the `model/` of an SFT run)");
+        }
         match self.engine {
             Engine::Trl => {
                 if self.from_scratch {
                     bail!("the TRL engine fine-tunes a base model: pass `--base MODEL` (from-scratch students train with `--engine distill`)");
                 }
-                if self.train.kd.is_some() {
-                    bail!("logit distillation (`[train.kd]`) runs in distill's own trainer: drop `--engine trl`");
+                if self.train.kd.is_some() || self.train.opd.is_some() {
+                    bail!("logit and on-policy distillation (`[train.kd]`, `[train.opd]`) run in distill's own trainer: drop `--engine trl`");
                 }
                 self.trl.validate()?;
             }

@@ -94,6 +94,8 @@ pub struct Conversation {
     pub messages: Vec<Message>,
     /// The teacher's `finish_reason`, when the corpus has that column.
     pub finish_reason: Option<String>,
+    /// The problem's reference answer, when the corpus has that column.
+    pub reference_answer: Option<String>,
     /// The teacher's stored log-probabilities (`generate --logprobs`), when they were asked
     /// for ([`DataConfig::teacher_logprobs`]) and the row has them.
     pub teacher_logprobs: Option<TokenLogprobs>,
@@ -146,6 +148,7 @@ pub fn stream_corpus_with(inputs: &[PathBuf], teacher_logprobs: bool) -> Result<
         col::ID,
         col::PROBLEM_ID,
         col::FINISH_REASON,
+        col::REFERENCE_ANSWER,
         col::PROMPT,
         col::REASONING,
         col::COMPLETION,
@@ -231,6 +234,7 @@ fn read_batch<'a>(
     let ids = optional_str(col::ID);
     let problem_ids = optional_str(col::PROBLEM_ID);
     let finish = optional_str(col::FINISH_REASON);
+    let reference = optional_str(col::REFERENCE_ANSWER);
     let (prompt, reasoning, completion) = (
         optional_str(col::PROMPT),
         optional_str(col::REASONING),
@@ -266,6 +270,7 @@ fn read_batch<'a>(
             problem_id: text(problem_ids).map(str::to_string),
             messages: chat_messages(&conversation),
             finish_reason: text(finish).map(str::to_string),
+            reference_answer: text(reference).map(str::to_string),
             teacher_logprobs: None,
         });
     }

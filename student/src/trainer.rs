@@ -13,6 +13,7 @@
 
 pub mod config;
 mod init;
+pub mod on_policy;
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -91,8 +92,16 @@ impl StudentInit {
 #[derive(Debug)]
 pub enum Event<'a> {
     Step(&'a StepMetrics),
-    Eval { step: u64, loss: f64 },
-    Checkpoint { step: u64, path: &'a Path },
+    Eval {
+        step: u64,
+        loss: f64,
+    },
+    /// An evaluation of on-policy distillation on held-out problems.
+    OnPolicyEval(&'a on_policy::OnPolicyEval),
+    Checkpoint {
+        step: u64,
+        path: &'a Path,
+    },
 }
 
 /// The callback's answer.
@@ -109,7 +118,8 @@ pub struct StepMetrics {
     /// Steps completed, this one included.
     pub step: u64,
     pub total_steps: u64,
-    /// Mean cross-entropy over the step's label tokens.
+    /// Mean cross-entropy over the step's label tokens; in on-policy distillation the mean
+    /// divergence (the objective there).
     pub loss: f64,
     /// Mean teacher-student divergence over the step's label tokens (logit distillation).
     pub kd: Option<f64>,
@@ -124,6 +134,8 @@ pub struct StepMetrics {
     pub elapsed: Duration,
     /// Where the step's time went.
     pub timings: StepTimings,
+    /// On-policy distillation: the samples the step trained on.
+    pub rollouts: Option<on_policy::RolloutStats>,
 }
 
 /// Wall time of a step's phases.
@@ -420,13 +432,20 @@ impl Trainer {
             tokens_per_sec: tokens as f64 / elapsed.as_secs_f64().max(1e-9),
             elapsed,
             timings,
+            rollouts: None,
         })
+    }
+
+    /// The current weights as a model without gradients, in the compute dtype (for evaluation
+    /// and sampling).
+    pub fn inference_model(&self) -> Result<Model> {
+        let vb = VarBuilder::from_tensors(self.weights(), self.precision.compute, &self.device);
+        Ok(Model::new(&self.spec, vb)?)
     }
 
     /// Mean cross-entropy over every label token of `rows`, without gradients.
     pub fn eval_loss(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {
-        let vb = VarBuilder::from_tensors(self.weights(), self.precision.compute, &self.device);
-        let model = Model::new(&self.spec, vb)?;
+        let model = self.inference_model()?;
         let (mut sum, mut count) = (0f64, 0usize);
         let batch = self.config.micro_batch_size.max(1);
         for start in (0..rows.count()).step_by(batch) {

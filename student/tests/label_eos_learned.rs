@@ -26,6 +26,7 @@ fn conversations() -> Vec<Conversation> {
                 Message::assistant(format!("<think>\n{a}+{b}={}\n</think>\n\n{}", a + b, a + b)),
             ],
             finish_reason: None,
+            reference_answer: None,
             teacher_logprobs: None,
         })
         .collect()

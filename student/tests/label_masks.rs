@@ -14,6 +14,7 @@ fn conv(id: &str, messages: Vec<Message>) -> Conversation {
         problem_id: None,
         messages,
         finish_reason: None,
+        reference_answer: None,
         teacher_logprobs: None,
     }
 }

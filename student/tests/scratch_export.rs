@@ -33,6 +33,7 @@ fn conversations() -> Vec<Conversation> {
                     )),
                 ],
                 finish_reason: None,
+                reference_answer: None,
                 teacher_logprobs: None,
             });
         }

@@ -204,7 +204,7 @@ fn smollm2_finetune_lowers_held_out_loss_and_reloads() {
                     losses.push(m.loss);
                 }
                 Event::Eval { step, loss } => eprintln!("eval at {step}: {loss:.6}"),
-                Event::Checkpoint { .. } => {}
+                Event::Checkpoint { .. } | Event::OnPolicyEval(_) => {}
             }
             Control::Continue
         })

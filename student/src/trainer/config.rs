@@ -45,6 +45,10 @@ pub struct TrainerConfig {
     /// cross-entropy alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kd: Option<crate::kd::KdConfig>,
+    /// On-policy distillation (`[train.opd]`, `distill train --method opd`): the student
+    /// samples, `kd`'s teacher scores; `None` trains on the corpus's own samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opd: Option<super::on_policy::OpdConfig>,
 }
 
 impl Default for TrainerConfig {
@@ -64,6 +68,7 @@ impl Default for TrainerConfig {
             checkpoint_every: 0,
             keep_last: 2,
             kd: None,
+            opd: None,
         }
     }
 }
@@ -129,6 +134,28 @@ impl TrainerConfig {
         }
         if let Some(kd) = &self.kd {
             kd.validate()?;
+        }
+        if let Some(opd) = &self.opd {
+            opd.validate()?;
+            match &self.kd {
+                Some(kd) if !kd.from_corpus && kd.weight == 1.0 => {}
+                Some(kd) if kd.from_corpus => {
+                    return Err(Error::Config(
+                        "on-policy distillation scores the student's own samples: it needs a live teacher (`kd.teacher`), not `kd.from_corpus`".into(),
+                    ))
+                }
+                Some(kd) => {
+                    return Err(Error::Config(format!(
+                        "on-policy distillation trains on the divergence alone: set `kd.weight = 1` (got `{}`)",
+                        kd.weight
+                    )))
+                }
+                None => {
+                    return Err(Error::Config(
+                        "on-policy distillation needs a teacher: set `kd.teacher` (`--kd-teacher MODEL`)".into(),
+                    ))
+                }
+            }
         }
         Ok(())
     }

@@ -1,0 +1,378 @@
+//! `distill train --method opd`: on-policy distillation of a trained student (see
+//! `distill_student::trainer::on_policy`). The student samples the corpus's prompts with the
+//! generation engine of `distill-teacher` from its current weights each step, the teacher of
+//! `[train.kd]` scores every sampled position, and the student learns the per-token divergence.
+//!
+//! Writes what an SFT run writes (`model/`, `checkpoints/`, `metrics.jsonl`, `loss.png`,
+//! `train_config.toml`) without a token cache: the samples are new every step. `metrics.jsonl`
+//! gains per step `sample_tokens` (mean completion length), `stopped` (share of samples that
+//! ended on the end-of-turn token) and `sample_seconds`, and per evaluation `eval_kd`,
+//! `pass_rate` and the same sample figures on the held-out problems.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use distill_models::chat::ChatTemplate;
+use distill_models::tokenizer::TextTokenizer;
+use distill_models::Model;
+use distill_student::checkpoint;
+use distill_student::data::{self, Renderer};
+use distill_student::trainer::on_policy::{
+    check_end_of_turn, prompts, OnPolicyData, Rollout, RolloutRequest, Sampler, Sampling,
+};
+use distill_student::{Control, Event, TrainTarget, Trainer};
+use distill_teacher::backend::{Cancel, FinishReason, GenRequest, SamplingParams};
+use distill_teacher::engine::{EngineOptions, IterSource};
+use distill_teacher::{Engine, Update};
+use serde_json::json;
+
+use super::{
+    chart, chat_template, earlier_run, open_teacher, progress_bar, starting_point, stop_on_ctrl_c,
+    truncate_metrics, write_file, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG,
+    METRICS_FILE, MODEL_DIR,
+};
+
+/// Most sequences the engine decodes at once while sampling.
+const MAX_SAMPLING_BATCH: usize = 256;
+
+/// The student's samples, drawn with `distill-teacher`'s continuous-batching engine: the
+/// student's tokenizer, chat template and stop ids, the token ids exactly as sampled.
+struct EngineSampler {
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    stop_ids: Vec<u32>,
+}
+
+impl Sampler for EngineSampler {
+    fn sample(
+        &mut self,
+        model: Model,
+        requests: &[RolloutRequest<'_>],
+        sampling: &Sampling,
+    ) -> distill_student::Result<Vec<Rollout>> {
+        let err = |e: distill_teacher::Error| {
+            distill_student::Error::Config(format!("sampling the student failed: {e}"))
+        };
+        let options = EngineOptions {
+            batch: requests.len().clamp(1, MAX_SAMPLING_BATCH),
+            ..EngineOptions::default()
+        };
+        let engine = Engine::new(
+            model,
+            self.tokenizer.clone(),
+            self.template.clone(),
+            self.stop_ids.clone(),
+            options,
+        )
+        .map_err(err)?;
+        let params = SamplingParams {
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: 0,
+            max_new_tokens: sampling.max_new_tokens,
+            // The sampled ids come back with their log-probabilities: exactly the tokens the
+            // student chose, never a re-tokenisation of the text.
+            logprobs: 1,
+        };
+        let gen: Vec<GenRequest> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| GenRequest {
+                key: i.to_string(),
+                messages: r.prompt.messages.clone(),
+                prefill: sampling.prefill.clone(),
+                sampling: params.clone(),
+                seed: r.seed,
+                stop: Vec::new(),
+            })
+            .collect();
+        let mut out: Vec<Option<Rollout>> = vec![None; requests.len()];
+        let mut failure = None;
+        engine
+            .run(
+                &mut IterSource(gen.into_iter()),
+                &Cancel::new(),
+                &mut |update| {
+                    match update {
+                        Update::Done(o) => {
+                            let i: usize = o.key.parse().unwrap_or(usize::MAX);
+                            let r = &requests[i.min(requests.len() - 1)];
+                            match engine.prompt_ids(&r.prompt.messages, &sampling.prefill) {
+                                Ok(prompt_ids) => {
+                                    out[i] = Some(Rollout {
+                                        prompt_ids,
+                                        completion_ids: o
+                                            .logprobs
+                                            .as_ref()
+                                            .map(|l| l.token_ids().to_vec())
+                                            .unwrap_or_default(),
+                                        text: o.text,
+                                        stopped: o.finish_reason == FinishReason::Stop,
+                                    })
+                                }
+                                Err(e) => failure = Some(e),
+                            }
+                        }
+                        Update::Failed { key, error } => {
+                            failure.get_or_insert(distill_teacher::Error::Config(format!(
+                                "sample {key}: {error}"
+                            )));
+                        }
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .map_err(err)?;
+        if let Some(e) = failure {
+            return Err(err(e));
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.ok_or_else(|| {
+                    distill_student::Error::Config(format!("sample {i} was never finished"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Runs an on-policy distillation job from resolved settings (`settings.train.opd` set).
+pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Result<()> {
+    let (Some(corpus), Some(out)) = (&settings.corpus, &settings.out) else {
+        bail!("the corpus and the output folder must be set");
+    };
+    let Some(opd) = &settings.train.opd else {
+        bail!("the settings have no `[train.opd]`");
+    };
+    let Some(base_arg) = &settings.base else {
+        bail!("on-policy distillation starts from a trained student: pass `--base MODEL` (the `model/` of an SFT run)");
+    };
+    let Some(kd) = settings.train.kd.as_ref().filter(|k| !k.from_corpus) else {
+        bail!("on-policy distillation needs a live teacher: pass `--kd-teacher MODEL`");
+    };
+    let final_dir = out.join(MODEL_DIR);
+    let ckpt_root = out.join(CHECKPOINTS_DIR);
+    if super::already_finished(&final_dir, resume)? {
+        return Ok(());
+    }
+    let latest = if resume {
+        checkpoint::latest(&ckpt_root)?
+    } else {
+        if checkpoint::latest(&ckpt_root)?.is_some() {
+            bail!("{}", earlier_run(&ckpt_root));
+        }
+        None
+    };
+    let base = crate::model_arg::resolve_existing(base_arg, "base model")?.path;
+    let placement = settings.device.resolve()?;
+    let precision = settings.dtype.training(&placement.device)?;
+    eprintln!(
+        "On-policy distillation on {}",
+        placement.explained(&format!("in {precision}"))
+    );
+    let target = TrainTarget {
+        device: placement.device.clone(),
+        precision,
+    };
+    let (mut student, tokenizer) =
+        starting_point(settings, Some(&base), latest.as_deref(), corpus)?;
+    let teacher = open_teacher(&kd.teacher, &tokenizer)?;
+    let template = chat_template(&settings.data.chat_template, &tokenizer)?;
+    let renderer = Renderer::new(
+        tokenizer.clone(),
+        template.clone(),
+        &student.config.eos_token_ids(),
+    )?;
+    distill_student::export::prepare(&mut student, &renderer);
+    let describe = |id: u32| match tokenizer.inner.id_to_token(id) {
+        Some(t) => format!("`{t}` (id {id})"),
+        None => format!("id {id}"),
+    };
+    check_end_of_turn(
+        renderer.end_of_turn_id(),
+        renderer.stop_ids(),
+        &teacher.eos_token_ids(),
+        &describe,
+    )
+    .with_context(|| format!("the teacher `{}`", kd.teacher))?;
+
+    // The prompts: the corpus's distinct problems, held out as the SFT trainer holds them out.
+    let conversations = data::read_corpus(&[corpus.to_path_buf()])
+        .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
+    let (train, mut held_out) = prompts(&conversations, settings.data.eval_fraction);
+    if let Some(eval) = &settings.eval_corpus {
+        let conversations = data::read_corpus(&[eval.to_path_buf()])
+            .with_context(|| format!("cannot read the eval corpus `{}`", eval.display()))?;
+        held_out = prompts(&conversations, 0.0).0;
+    }
+    if train.is_empty() {
+        bail!(
+            "the corpus `{}` has no prompts (no row with a user turn)",
+            corpus.display()
+        );
+    }
+    let with_reference = held_out.iter().filter(|p| p.reference.is_some()).count();
+    eprintln!(
+        "Prompts: {} problems to sample, {} held out ({} evaluated, {} with a reference answer); {} per step, up to {} new tokens",
+        train.len(),
+        held_out.len(),
+        held_out.len().min(opd.eval_problems),
+        with_reference.min(opd.eval_problems),
+        opd.prompts_per_step,
+        opd.max_new_tokens
+    );
+
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;
+    let mut trainer = match &latest {
+        Some(dir) => {
+            eprintln!("Resuming from `{}`", dir.display());
+            Trainer::resume(
+                dir,
+                settings.train.clone(),
+                Some(&student.config),
+                target.clone(),
+            )?
+        }
+        None => Trainer::new(student, settings.train.clone(), target.clone())?,
+    };
+    let model = teacher
+        .load_for_inference(&target.device, target.precision.compute)
+        .with_context(|| format!("cannot load the teacher `{}`", teacher.path().display()))?;
+    eprintln!("Distilling on-policy from `{}`", teacher.path().display());
+    trainer.set_teacher(distill_student::kd::Teacher::new(model))?;
+
+    let start_step = trainer.state().step;
+    let metrics_path = out.join(METRICS_FILE);
+    truncate_metrics(&metrics_path, start_step)?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open `{}`", metrics_path.display()))?;
+    let total = settings.train.max_steps.unwrap_or_else(|| {
+        ((settings.train.epochs * train.len() as f64) / opd.prompts_per_step as f64).ceil() as u64
+    });
+    let bar = progress_bar(total.max(1), start_step, progress);
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_ctrl_c(&stop);
+    let mut curve: Vec<(u64, f64)> = trainer
+        .state()
+        .history
+        .iter()
+        .map(|h| (h.step, h.loss))
+        .collect();
+    let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
+    let png = out.join(LOSS_PNG);
+    let mut failure: Option<anyhow::Error> = None;
+    let mut sampler = EngineSampler {
+        tokenizer: tokenizer.clone(),
+        template,
+        stop_ids: renderer.stop_ids().to_vec(),
+    };
+    let data = OnPolicyData {
+        train: &train,
+        held_out: &held_out,
+        max_seq_len: settings.data.max_seq_len,
+    };
+    let summary = trainer.fit_on_policy(&data, &mut sampler, Some(&ckpt_root), &mut |event| {
+        let line = match event {
+            Event::Step(m) => {
+                bar.set_position(m.step);
+                let r = m.rollouts;
+                bar.set_message(format!(
+                    "kd {:.4}  stop {:.0}%  len {:.0}  lr {:.2e}",
+                    m.loss,
+                    r.map_or(0.0, |r| r.stopped * 100.0),
+                    r.map_or(0.0, |r| r.mean_tokens),
+                    m.lr
+                ));
+                curve.push((m.step, m.loss));
+                let mut line = json!({
+                    "step": m.step, "loss": m.loss, "kd": m.loss, "lr": m.lr,
+                    "grad_norm": m.grad_norm, "tokens": m.tokens, "label_tokens": m.label_tokens,
+                    "tokens_per_sec": m.tokens_per_sec, "seconds": m.elapsed.as_secs_f64(),
+                });
+                if let Some(r) = r {
+                    line["sample_tokens"] = json!(r.mean_tokens);
+                    line["stopped"] = json!(r.stopped);
+                    line["sample_seconds"] = json!(r.sampling.as_secs_f64());
+                }
+                line
+            }
+            Event::OnPolicyEval(e) => {
+                bar.println(format!(
+                    "step {}: held-out kd {:.4}, pass rate {}, {:.0}% stopped, {:.0} tokens ({} problems)",
+                    e.step,
+                    e.kd,
+                    e.pass_rate.map_or("n/a".into(), |p| format!("{:.1}%", p * 100.0)),
+                    e.rollouts.stopped * 100.0,
+                    e.rollouts.mean_tokens,
+                    e.rollouts.samples
+                ));
+                evals.push((e.step, e.kd));
+                json!({
+                    "step": e.step, "eval_kd": e.kd, "pass_rate": e.pass_rate,
+                    "eval_stopped": e.rollouts.stopped, "eval_sample_tokens": e.rollouts.mean_tokens,
+                    "eval_problems": e.rollouts.samples,
+                })
+            }
+            Event::Eval { step, loss } => json!({"step": step, "eval_loss": loss}),
+            Event::Checkpoint { step, path } => {
+                if let Err(e) = chart::loss_curve(&png, &curve, &evals) {
+                    tracing::warn!("{e:#}");
+                }
+                json!({"step": step, "checkpoint": path})
+            }
+        };
+        if let Err(e) = writeln!(metrics, "{line}") {
+            failure.get_or_insert(
+                anyhow::anyhow!(e).context(format!("cannot write `{}`", metrics_path.display())),
+            );
+            return Control::Stop;
+        }
+        if stop.load(Ordering::SeqCst) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })?;
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    chart::loss_curve(&png, &curve, &evals)?;
+    if summary.stopped {
+        eprintln!(
+            "Stopped at step {}; checkpoint `{}` (continue with `--resume`)",
+            summary.steps,
+            summary
+                .checkpoint
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display()
+        );
+        return Ok(());
+    }
+    trainer.save_model(&final_dir)?;
+    distill_student::export::check_folder(&final_dir, renderer.end_of_turn_id())?;
+    eprintln!(
+        "Distilled {} steps on-policy: kd {}{}; model in `{}`",
+        summary.steps,
+        summary
+            .last_loss
+            .map_or("n/a".into(), |l| format!("{l:.4}")),
+        summary
+            .eval_loss
+            .map_or(String::new(), |l| format!(", held-out kd {l:.4}")),
+        final_dir.display()
+    );
+    Ok(())
+}

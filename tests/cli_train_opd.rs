@@ -1,0 +1,244 @@
+//! `distill train --method opd` end to end on a tiny task: a from-scratch teacher learns the
+//! synthetic word problems' worked solutions, a smaller student with the teacher's tokenizer
+//! gets a few SFT steps, and on-policy distillation then lowers the student-teacher reverse KL
+//! on held-out prompts while the student keeps ending its turns; a run resumed from its middle
+//! checkpoint samples and trains exactly as the uninterrupted one; wrong set-ups fail in one
+//! line before any work.
+
+mod common;
+use common::run_ok;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distill"));
+    cmd.args(["--threads", "1"]);
+    cmd
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A from-scratch model trained on `corpus`.
+fn scratch(corpus: &Path, out: &Path, size: [&str; 3], steps: &str, extra: &[&str]) {
+    let mut cmd = bin();
+    cmd.args(["train", "--quiet", "--from-scratch", "--max-seq-len", "256"]);
+    cmd.args([
+        "--hidden-size",
+        size[0],
+        "--layers",
+        size[1],
+        "--heads",
+        "4",
+    ]);
+    cmd.args(["--kv-heads", "2", "--intermediate-size", size[2]]);
+    cmd.args([
+        "--micro-batch-size",
+        "8",
+        "--lr",
+        "0.005",
+        "--warmup-steps",
+        "10",
+    ]);
+    cmd.args(["--max-steps", steps, "--eval-fraction", "0.1"]);
+    cmd.arg("--corpus")
+        .arg(corpus)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    run_ok(&mut cmd);
+}
+
+fn opd(corpus: &Path, base: &Path, teacher: &Path, out: &Path) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "train",
+        "--quiet",
+        "--method",
+        "opd",
+        "--max-seq-len",
+        "256",
+    ]);
+    cmd.args([
+        "--micro-batch-size",
+        "8",
+        "--lr",
+        "0.005",
+        "--warmup-steps",
+        "5",
+    ]);
+    cmd.args([
+        "--max-steps",
+        "60",
+        "--eval-every",
+        "30",
+        "--checkpoint-every",
+        "30",
+    ]);
+    cmd.args(["--eval-fraction", "0.1", "--opd-prompts-per-step", "16"]);
+    cmd.args(["--opd-max-new-tokens", "48", "--opd-prefill", ""]);
+    cmd.arg("--base").arg(base.join("model"));
+    cmd.arg("--kd-teacher").arg(teacher.join("model"));
+    cmd.arg("--corpus").arg(corpus).arg("--out").arg(out);
+    cmd
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus: PathBuf = d.join("solutions");
+    let mut cmd = bin();
+    cmd.args([
+        "problems",
+        "--count",
+        "600",
+        "--seed",
+        "3",
+        "--difficulty",
+        "0",
+    ]);
+    cmd.arg("--out").arg(d.join("problems.jsonl"));
+    cmd.arg("--solutions-corpus").arg(&corpus);
+    run_ok(&mut cmd);
+    let (teacher, sft) = (d.join("teacher"), d.join("sft"));
+    scratch(
+        &corpus,
+        &teacher,
+        ["64", "2", "192"],
+        "200",
+        &["--vocab-size", "256", "--merge-across-words"],
+    );
+    let tokenizer = teacher.join("model");
+    let tokenizer = ["--tokenizer", tokenizer.to_str().unwrap()];
+    scratch(&corpus, &sft, ["32", "1", "96"], "60", &tokenizer);
+
+    let out = d.join("opd");
+    let said = run_ok(&mut opd(&corpus, &sft, &teacher, &out));
+    let said = String::from_utf8_lossy(&said.stderr);
+    assert!(
+        said.contains("Distilling on-policy from") && said.contains("held out"),
+        "{said}"
+    );
+    let lines = metrics(&out);
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|v| v.get("loss").is_some()).collect();
+    assert_eq!(steps.len(), 60);
+    for s in &steps {
+        assert_eq!(s["loss"], s["kd"], "the objective is the divergence: {s}");
+        assert!(s["sample_tokens"].as_f64().unwrap() > 0.0, "{s}");
+        assert!((0.0..=1.0).contains(&s["stopped"].as_f64().unwrap()), "{s}");
+    }
+    let evals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v.get("eval_kd").is_some())
+        .collect();
+    let at: Vec<u64> = evals.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(
+        at,
+        [0, 30, 60],
+        "evaluated at the start, every 30 steps and at the end"
+    );
+    let (first, last) = (evals[0], evals[2]);
+    let kd = |v: &serde_json::Value| v["eval_kd"].as_f64().unwrap();
+    assert!(
+        kd(last) < 0.7 * kd(first),
+        "the held-out reverse KL falls: {} → {}",
+        kd(first),
+        kd(last)
+    );
+    // The known failure mode: a student that learns never to end its turn.
+    let stopped = |v: &serde_json::Value| v["eval_stopped"].as_f64().unwrap();
+    assert!(
+        stopped(last) >= 0.9 && stopped(last) >= stopped(first) - 0.05,
+        "the student still ends its turns: {} → {}",
+        stopped(first),
+        stopped(last)
+    );
+    assert!(first["pass_rate"].as_f64().is_some(), "{first}");
+    assert_eq!(first["eval_problems"], last["eval_problems"]);
+    let config = std::fs::read_to_string(out.join("train_config.toml")).unwrap();
+    assert!(
+        config.contains("[train.opd]")
+            && config.contains("weight = 1.0")
+            && config.contains("beta = 1.0"),
+        "{config}"
+    );
+    // The distilled student is a checkpoint the other stages load, with the SFT student's
+    // tokenizer.
+    let model = out.join("model");
+    assert_eq!(
+        std::fs::read_to_string(model.join("tokenizer.json")).unwrap(),
+        std::fs::read_to_string(sft.join("model/tokenizer.json")).unwrap()
+    );
+
+    // Resume from the middle: the same samples and updates, the same final weights.
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    std::fs::remove_dir_all(&model).unwrap();
+    let ckpts = out.join("checkpoints");
+    let mut names: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    std::fs::remove_dir_all(ckpts.join(&names[1])).unwrap();
+    let err = run_err(&mut opd(&corpus, &sft, &teacher, &out));
+    assert!(err.contains("--resume"), "{err}");
+    let resumed = run_ok(opd(&corpus, &sft, &teacher, &out).arg("--resume"));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("Resuming"));
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        weights,
+        "a resumed run ends with the uninterrupted run's weights"
+    );
+    let again = metrics(&out);
+    assert_eq!(again.iter().filter(|v| v.get("loss").is_some()).count(), 60);
+
+    // Wrong set-ups, each refused in one line before any work.
+    let refused = |cmd: &mut Command, needle: &str| {
+        let err = run_err(cmd);
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{err}"
+        );
+    };
+    let mut cmd = opd(&corpus, &sft, &teacher, &d.join("w1"));
+    refused(cmd.args(["--kd-weight", "0.5"]), "`kd.weight = 1`");
+    let mut cmd = bin();
+    cmd.args([
+        "train",
+        "--method",
+        "opd",
+        "--from-scratch",
+        "--corpus",
+        "c",
+        "--out",
+        "o",
+    ]);
+    cmd.args(["--kd-teacher", "t"]);
+    refused(&mut cmd, "starts from a trained student");
+    let mut cmd = bin();
+    cmd.args([
+        "train", "--method", "opd", "--base", "b", "--corpus", "c", "--out", "o",
+    ]);
+    refused(&mut cmd, "needs a teacher");
+    let mut cmd = bin();
+    cmd.args(["train", "--opd-prompts-per-step", "4", "--base", "b"]);
+    cmd.args(["--corpus", "c", "--out", "o", "--kd-teacher", "t"]);
+    refused(&mut cmd, "need `--method opd`");
+    assert!(!d.join("w1").exists(), "nothing written for a refused run");
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-const STAGES: [&str; 8] = [
+const STAGES: [&str; 9] = [
     "problems",
     "eval_problems",
     "teacher",
@@ -16,8 +16,32 @@ const STAGES: [&str; 8] = [
     "verify",
     "filter",
     "train",
+    "opd",
     "compare",
 ];
+
+/// The shrunken pipeline of the first test goes on to distil the student on-policy: the student
+/// takes the teacher's tokenizer, and `[opd]` samples its own prompts for a few steps.
+fn with_on_policy(text: &str, out: &Path) -> String {
+    let tokenizer = out.join("teacher/model");
+    text.replace(
+        "[train]\n",
+        &format!(
+            "[train]\ntokenizer = {:?}\neval_fraction = 0.3\n",
+            tokenizer.display().to_string()
+        ),
+    ) + r#"
+[opd]
+eval_fraction = 0.3
+max_steps = 4
+lr = 0.005
+warmup_steps = 1
+opd_prompts_per_step = 8
+opd_max_new_tokens = 48
+opd_prefill = ""
+quiet = true
+"#
+}
 
 /// A shrunken demo with the demo's wiring: the teacher memorises 16 easy problems and generates
 /// for them (so its samples are mostly correct: "above chance" there tests that training took
@@ -169,7 +193,11 @@ const STUDENT_STEPS: u32 = 30;
 fn shrunken_pipeline_runs_skips_and_reruns() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let file = write(dir.path(), "demo.toml", &pipeline(&out, STUDENT_STEPS));
+    let file = write(
+        dir.path(),
+        "demo.toml",
+        &with_on_policy(&pipeline(&out, STUDENT_STEPS), &out),
+    );
     let file = file.to_str().unwrap();
 
     let (ok, log) = distill(&["run", file]);
@@ -191,10 +219,23 @@ fn shrunken_pipeline_runs_skips_and_reruns() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report/report.json")).unwrap())
             .unwrap();
+    // Compared: the teacher, the SFT student and the student after on-policy distillation.
+    let labels: Vec<&str> = report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["teacher", "student", "student-opd"], "{report}");
+    let opd_config = std::fs::read_to_string(out.join("student-opd/train_config.toml")).unwrap();
+    for wired in ["student/model", "teacher/model", "corpus/filter"] {
+        assert!(opd_config.contains(wired), "{wired}: {opd_config}");
+    }
+    let opd_metrics = std::fs::read_to_string(out.join("student-opd/metrics.jsonl")).unwrap();
     assert_eq!(
-        report["models"].as_array().map(Vec::len),
-        Some(2),
-        "{report}"
+        opd_metrics.matches("\"eval_kd\"").count(),
+        2,
+        "{opd_metrics}"
     );
     // The teacher beats chance on the problems it generated for: its verified-correct share
     // against always giving the training set's most common answer.

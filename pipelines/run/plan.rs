@@ -24,6 +24,7 @@ const STAGES: &[(&str, &[&str])] = &[
     ("decontaminate", &["corpus", "decontaminate"]),
     ("split", &["corpus", "split"]),
     ("train", &["train"]),
+    ("opd", &["train"]),
     ("compare", &["compare"]),
     ("export", &["export"]),
 ];
@@ -170,7 +171,27 @@ impl Pipeline {
                         "student"
                     };
                     defaults.insert("out".into(), path(out.join(dir)));
-                    (inputs, outputs) = (&["corpus", "eval_corpus", "base"], &["out"]);
+                    (inputs, outputs) = (&["corpus", "eval_corpus", "base", "tokenizer"], &["out"]);
+                }
+                "opd" => {
+                    // On-policy distillation of the trained student, from the pipeline's
+                    // teacher, on the prompts of the corpus the student trained on.
+                    if let Some(c) = &w.corpus {
+                        defaults.insert("corpus".into(), path(c.clone()));
+                    }
+                    if let Some(e) = &w.eval_corpus {
+                        defaults.insert("eval_corpus".into(), path(e.clone()));
+                    }
+                    if let Some(s) = &w.student {
+                        defaults.insert("base".into(), path(s.clone()));
+                    }
+                    if let Some(t) = &w.teacher {
+                        defaults.insert("kd_teacher".into(), path(t.clone()));
+                    }
+                    defaults.insert("method".into(), "opd".into());
+                    defaults.insert("out".into(), path(out.join("student-opd")));
+                    (inputs, outputs) =
+                        (&["corpus", "eval_corpus", "base", "kd_teacher"], &["out"]);
                 }
                 "generate" => {
                     if let Some(p) = &w.train_problems {
@@ -184,19 +205,22 @@ impl Pipeline {
                     (inputs, outputs) = (&["problems", "model"], &["out"]);
                 }
                 "compare" => {
-                    let models: Vec<toml::Value> = [&w.teacher, &w.student]
+                    let models: Vec<toml::Value> = [&w.teacher, &w.student, &w.opd_student]
                         .into_iter()
                         .flatten()
                         .map(|m| path(m.clone()))
                         .collect();
-                    let labels: Vec<toml::Value> =
-                        [("teacher", &w.teacher), ("student", &w.student)]
-                            .into_iter()
-                            .filter_map(|(label, m)| {
-                                m.as_ref()
-                                    .map(|m| format!("{label}={}", m.display()).into())
-                            })
-                            .collect();
+                    let labels: Vec<toml::Value> = [
+                        ("teacher", &w.teacher),
+                        ("student", &w.student),
+                        ("student-opd", &w.opd_student),
+                    ]
+                    .into_iter()
+                    .filter_map(|(label, m)| {
+                        m.as_ref()
+                            .map(|m| format!("{label}={}", m.display()).into())
+                    })
+                    .collect();
                     defaults.insert("models".into(), toml::Value::Array(models));
                     defaults.insert("labels".into(), toml::Value::Array(labels));
                     if let Some(p) = w.eval_problems.clone().or(w.train_problems.clone()) {
@@ -206,7 +230,8 @@ impl Pipeline {
                     (inputs, outputs) = (&["models", "problems"], &["out"]);
                 }
                 "export" => {
-                    if let Some(m) = &w.student {
+                    // The last student: the distilled one when the pipeline distils on-policy.
+                    if let Some(m) = w.opd_student.as_ref().or(w.student.as_ref()) {
                         defaults.insert("model".into(), path(m.clone()));
                     }
                     let quant = table
@@ -230,7 +255,7 @@ impl Pipeline {
             }
             let local_generate = *name == "generate"
                 && table.get("backend").and_then(|b| b.as_str()) != Some("openai");
-            if matches!(*name, "teacher" | "train" | "compare") || local_generate {
+            if matches!(*name, "teacher" | "train" | "opd" | "compare") || local_generate {
                 defaults.extend(self.placement.clone());
             }
             let mut merged = defaults;
@@ -313,6 +338,8 @@ struct Wiring {
     corpus: Option<PathBuf>,
     eval_corpus: Option<PathBuf>,
     student: Option<PathBuf>,
+    /// The student after on-policy distillation.
+    opd_student: Option<PathBuf>,
 }
 
 impl Wiring {
@@ -330,6 +357,7 @@ impl Wiring {
                 self.teacher = self.teacher.take().or_else(|| get("model"));
             }
             "train" => self.student = get("out").map(|o| o.join("model")),
+            "opd" => self.opd_student = get("out").map(|o| o.join("model")),
             "split" => {
                 self.corpus = get("output").map(|o| o.join("train"));
                 self.eval_corpus = get("output").map(|o| o.join("eval"));
@@ -341,7 +369,7 @@ impl Wiring {
 }
 
 /// Keys whose values name models (local paths or hub models).
-const MODEL_KEYS: [&str; 3] = ["base", "model", "models"];
+const MODEL_KEYS: [&str; 4] = ["base", "model", "models", "kd_teacher"];
 
 /// Whether `path` is the value (or one of the values) of a model key of `t`.
 fn is_model_key(t: &toml::Table, path: &Path) -> bool {

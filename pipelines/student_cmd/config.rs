@@ -24,6 +24,11 @@
 //!                              #  (`distill generate --logprobs K`)
 //! weight = 0.5                 # loss = (1 − weight)·cross-entropy + weight·divergence
 //! beta = 0.0                   # 0 forward KL, 1 reverse KL, between: generalised JSD
+//! [train.opd]                  # on-policy distillation (`--method opd`; needs `base` and
+//!                              #  `kd.teacher`, `kd.weight = 1`): distill_student::trainer::
+//!                              #  on_policy::OpdConfig
+//! prompts_per_step = 32
+//! max_new_tokens = 1024
 //! ```
 //!
 //! `engine = "trl"` hands the same settings to TRL (see [`super::trl`]); its own table:

@@ -1,6 +1,7 @@
 //! Student stage: supervised fine-tuning of Qwen2/Llama students in candle — corpus rendering
 //! with label masks, packing, chunked cross-entropy, fused AdamW with schedules, gradient
-//! accumulation and clipping, exact checkpoint/resume, and Hugging Face export.
+//! accumulation and clipping, exact checkpoint/resume, and Hugging Face export — plus logit
+//! distillation (`kd`) and on-policy distillation (`trainer::on_policy`).
 
 pub mod batch;
 pub mod checkpoint;

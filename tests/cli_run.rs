@@ -438,6 +438,7 @@ fn every_preset_parses() {
     assert_eq!(
         names,
         [
+            "demo-opd.toml",
             "demo.toml",
             "gsm8k-smollm2.toml",
             "local-teacher.toml",
@@ -458,6 +459,15 @@ fn every_preset_parses() {
                 log.contains(&format!("{stage:>14}  distill ")),
                 "{}: no {stage}\n{log}",
                 preset.display()
+            );
+        }
+        // The demo with on-policy distillation distils the SFT student from the teacher.
+        if preset.ends_with("demo-opd.toml") {
+            assert!(
+                log.contains("           opd  distill train --base runs/demo-opd/student/model")
+                    && log.contains("--kd-teacher runs/demo-opd/teacher/model")
+                    && log.contains("--method opd"),
+                "{log}"
             );
         }
         // The SmolLM2 student is exported for llama.cpp: the stage takes the trained model.

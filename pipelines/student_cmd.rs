@@ -72,14 +72,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     if already_finished(&final_dir, resume)? {
         return Ok(());
     }
-    let latest = if resume {
-        checkpoint::latest(&ckpt_root)?
-    } else {
-        if checkpoint::latest(&ckpt_root)?.is_some() {
-            bail!("{}", earlier_run(&ckpt_root));
-        }
-        None
-    };
+    let latest = resume_point(&ckpt_root, resume)?;
     // A hub model is downloaded now, before the device, the corpus and the model load.
     let base = match &settings.base {
         Some(arg) => Some(crate::model_arg::resolve_existing(arg, "base model")?.path),
@@ -163,18 +156,10 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         trainer.set_teacher(distill_student::kd::Teacher::new(model))?;
     }
     let start_step = trainer.state().step;
-    let metrics_path = out.join(METRICS_FILE);
-    truncate_metrics(&metrics_path, start_step)?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open `{}`", metrics_path.display()))?;
+    let mut log = RunLog::open(out, start_step)?;
 
     let total = settings.train.total_steps(dataset.train.count());
     let bar = progress_bar(total, start_step, progress);
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_ctrl_c(&stop);
     let mut curve: Vec<(u64, f64)> = trainer
         .state()
         .history
@@ -183,7 +168,6 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         .collect();
     let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
     let png = out.join(LOSS_PNG);
-    let mut failure: Option<anyhow::Error> = None;
     let eval_rows: Option<&dyn Rows> = (dataset.eval.count() > 0).then_some(&dataset.eval);
     let summary = trainer
         .fit(&dataset.train, eval_rows, Some(&ckpt_root), &mut |event| {
@@ -220,35 +204,13 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
                     json!({"step": step, "checkpoint": path})
                 }
             };
-            if let Err(e) = writeln!(metrics, "{line}") {
-                failure.get_or_insert(
-                    anyhow::anyhow!(e)
-                        .context(format!("cannot write `{}`", metrics_path.display())),
-                );
-                return Control::Stop;
-            }
-            if stop.load(Ordering::SeqCst) {
-                Control::Stop
-            } else {
-                Control::Continue
-            }
+            log.record(&line)
         })
         .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
     bar.finish_and_clear();
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    log.finish()?;
     chart::loss_curve(&png, &curve, &evals)?;
-    if summary.stopped {
-        eprintln!(
-            "Stopped at step {}; checkpoint `{}` (continue with `--resume`)",
-            summary.steps,
-            summary
-                .checkpoint
-                .as_deref()
-                .unwrap_or(Path::new("?"))
-                .display()
-        );
+    if stopped_early(&summary) {
         return Ok(());
     }
     trainer.save_model(&final_dir)?;
@@ -447,6 +409,83 @@ fn tokenise(
         cache.info().tokens
     );
     Ok(cache)
+}
+
+/// The checkpoint a run continues from: the newest under `checkpoints` with `--resume`; without
+/// it, none, and earlier checkpoints there are refused rather than overwritten.
+pub(crate) fn resume_point(checkpoints: &Path, resume: bool) -> anyhow::Result<Option<PathBuf>> {
+    let latest = checkpoint::latest(checkpoints)?;
+    if !resume && latest.is_some() {
+        bail!("{}", earlier_run(checkpoints));
+    }
+    Ok(latest.filter(|_| resume))
+}
+
+/// A run's `metrics.jsonl` (kept to the steps a resumed run has) and its Ctrl-C flag: the
+/// progress callback writes each event's line here and learns whether to stop.
+pub(crate) struct RunLog {
+    file: std::fs::File,
+    path: PathBuf,
+    failure: Option<anyhow::Error>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RunLog {
+    /// Opens `OUT/metrics.jsonl` for a run starting at `start_step` and arms the first Ctrl-C
+    /// to stop after the current step.
+    pub(crate) fn open(out: &Path, start_step: u64) -> anyhow::Result<Self> {
+        let path = out.join(METRICS_FILE);
+        truncate_metrics(&path, start_step)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open `{}`", path.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        stop_on_ctrl_c(&stop);
+        Ok(Self {
+            file,
+            path,
+            failure: None,
+            stop,
+        })
+    }
+
+    /// Appends one line; stops the run when it cannot be written or Ctrl-C was pressed.
+    pub(crate) fn record(&mut self, line: &serde_json::Value) -> Control {
+        if let Err(e) = writeln!(self.file, "{line}") {
+            self.failure.get_or_insert(
+                anyhow::anyhow!(e).context(format!("cannot write `{}`", self.path.display())),
+            );
+            return Control::Stop;
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    /// The write error that stopped the run, if any.
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
+        self.failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Says where a run stopped by Ctrl-C left its checkpoint; whether it did stop early.
+pub(crate) fn stopped_early(summary: &distill_student::trainer::FitSummary) -> bool {
+    if summary.stopped {
+        eprintln!(
+            "Stopped at step {}; checkpoint `{}` (continue with `--resume`)",
+            summary.steps,
+            summary
+                .checkpoint
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display()
+        );
+    }
+    summary.stopped
 }
 
 /// Whether the run in `final_dir`'s folder already finished: then `--resume` is a no-op (said

@@ -9,32 +9,25 @@
 //! ended on the end-of-turn token) and `sample_seconds`, and per evaluation `eval_kd`,
 //! `pass_rate` and the same sample figures on the held-out problems.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use distill_models::chat::ChatTemplate;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::Model;
-use distill_student::checkpoint;
 use distill_student::data::{self, Renderer};
 use distill_student::trainer::on_policy::{
     check_end_of_turn, prompts, OnPolicyData, Rollout, RolloutRequest, Sampler, Sampling,
 };
-use distill_student::{Control, Event, TrainTarget, Trainer};
+use distill_student::{Event, TrainTarget, Trainer};
 use distill_teacher::backend::{Cancel, FinishReason, GenRequest, SamplingParams};
 use distill_teacher::engine::{EngineOptions, IterSource};
 use distill_teacher::{Engine, Update};
 use serde_json::json;
 
 use super::{
-    chart, chat_template, earlier_run, open_teacher, progress_bar, starting_point, stop_on_ctrl_c,
-    truncate_metrics, write_file, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG,
-    METRICS_FILE, MODEL_DIR,
+    chart, chat_template, open_teacher, progress_bar, resume_point, starting_point, stopped_early,
+    write_file, RunLog, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG, MODEL_DIR,
 };
 
 /// Most sequences the engine decodes at once while sampling.
@@ -162,14 +155,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     if super::already_finished(&final_dir, resume)? {
         return Ok(());
     }
-    let latest = if resume {
-        checkpoint::latest(&ckpt_root)?
-    } else {
-        if checkpoint::latest(&ckpt_root)?.is_some() {
-            bail!("{}", earlier_run(&ckpt_root));
-        }
-        None
-    };
+    let latest = resume_point(&ckpt_root, resume)?;
     let base = crate::model_arg::resolve_existing(base_arg, "base model")?.path;
     let placement = settings.device.resolve()?;
     let precision = settings.dtype.training(&placement.device)?;
@@ -250,19 +236,11 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     trainer.set_teacher(distill_student::kd::Teacher::new(model))?;
 
     let start_step = trainer.state().step;
-    let metrics_path = out.join(METRICS_FILE);
-    truncate_metrics(&metrics_path, start_step)?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open `{}`", metrics_path.display()))?;
+    let mut log = RunLog::open(out, start_step)?;
     let total = settings.train.max_steps.unwrap_or_else(|| {
         ((settings.train.epochs * train.len() as f64) / opd.prompts_per_step as f64).ceil() as u64
     });
     let bar = progress_bar(total.max(1), start_step, progress);
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_ctrl_c(&stop);
     let mut curve: Vec<(u64, f64)> = trainer
         .state()
         .history
@@ -271,7 +249,6 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         .collect();
     let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
     let png = out.join(LOSS_PNG);
-    let mut failure: Option<anyhow::Error> = None;
     let mut sampler = EngineSampler {
         tokenizer: tokenizer.clone(),
         template,
@@ -332,33 +309,12 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
                 json!({"step": step, "checkpoint": path})
             }
         };
-        if let Err(e) = writeln!(metrics, "{line}") {
-            failure.get_or_insert(
-                anyhow::anyhow!(e).context(format!("cannot write `{}`", metrics_path.display())),
-            );
-            return Control::Stop;
-        }
-        if stop.load(Ordering::SeqCst) {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
+        log.record(&line)
     })?;
     bar.finish_and_clear();
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    log.finish()?;
     chart::loss_curve(&png, &curve, &evals)?;
-    if summary.stopped {
-        eprintln!(
-            "Stopped at step {}; checkpoint `{}` (continue with `--resume`)",
-            summary.steps,
-            summary
-                .checkpoint
-                .as_deref()
-                .unwrap_or(Path::new("?"))
-                .display()
-        );
+    if stopped_early(&summary) {
         return Ok(());
     }
     trainer.save_model(&final_dir)?;

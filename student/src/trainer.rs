@@ -477,30 +477,13 @@ impl Trainer {
         on_event: &mut dyn FnMut(&Event) -> Control,
     ) -> Result<FitSummary> {
         train.check()?;
-        let fingerprint = train.fingerprint();
-        match self.state.dataset {
-            Some(saved) if saved != fingerprint && self.state.step > 0 => {
-                return Err(Error::ResumeMismatch {
-                    path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
-                    difference: format!(
-                        "the training data differs (checkpoint: `{}` rows, `{}` tokens; now: `{}` rows, `{}` tokens)",
-                        saved.rows, saved.tokens, fingerprint.rows, fingerprint.tokens
-                    ),
-                })
-            }
-            _ => self.state.dataset = Some(fingerprint),
-        }
         let total = self.config.total_steps(train.count());
-        if self.state.step > 0 && self.state.total_steps != total {
-            return Err(Error::ResumeMismatch {
-                path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
-                difference: format!(
-                    "the run was planned for `{}` steps, now `{total}`",
-                    self.state.total_steps
-                ),
-            });
-        }
-        self.state.total_steps = total;
+        self.plan(train.fingerprint(), total, checkpoint_dir, |saved, now| {
+            format!(
+                "the training data differs (checkpoint: `{}` rows, `{}` tokens; now: `{}` rows, `{}` tokens)",
+                saved.rows, saved.tokens, now.rows, now.tokens
+            )
+        })?;
         let mut summary = FitSummary {
             steps: self.state.step,
             last_loss: self.state.history.last().map(|r| r.loss),
@@ -543,7 +526,49 @@ impl Trainer {
         if let (Some(rows), false) = (eval, evaluated_at == Some(self.state.step)) {
             summary.eval_loss = Some(self.evaluate(rows, on_event)?);
         }
-        if let (Some(dir), false) = (checkpoint_dir, saved_at == Some(self.state.step)) {
+        if saved_at != Some(self.state.step) {
+            self.final_checkpoint(checkpoint_dir, &mut summary, on_event)?;
+        }
+        Ok(summary)
+    }
+
+    /// Records the run's data (`fingerprint`) and planned steps, refusing a resumed run whose
+    /// data or plan differ from the checkpoint's (`differs` words the data difference).
+    fn plan(
+        &mut self,
+        fingerprint: DatasetFingerprint,
+        total: u64,
+        checkpoint_dir: Option<&Path>,
+        differs: impl Fn(&DatasetFingerprint, &DatasetFingerprint) -> String,
+    ) -> Result<()> {
+        let mismatch = |difference| Error::ResumeMismatch {
+            path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
+            difference,
+        };
+        match self.state.dataset {
+            Some(saved) if saved != fingerprint && self.state.step > 0 => {
+                return Err(mismatch(differs(&saved, &fingerprint)))
+            }
+            _ => self.state.dataset = Some(fingerprint),
+        }
+        if self.state.step > 0 && self.state.total_steps != total {
+            return Err(mismatch(format!(
+                "the run was planned for `{}` steps, now `{total}`",
+                self.state.total_steps
+            )));
+        }
+        self.state.total_steps = total;
+        Ok(())
+    }
+
+    /// The checkpoint at the end of a run (when `checkpoint_dir` is given), reported.
+    fn final_checkpoint(
+        &self,
+        checkpoint_dir: Option<&Path>,
+        summary: &mut FitSummary,
+        on_event: &mut dyn FnMut(&Event) -> Control,
+    ) -> Result<()> {
+        if let Some(dir) = checkpoint_dir {
             let path = self.save_checkpoint(dir)?;
             on_event(&Event::Checkpoint {
                 step: self.state.step,
@@ -551,7 +576,7 @@ impl Trainer {
             });
             summary.checkpoint = Some(path);
         }
-        Ok(summary)
+        Ok(())
     }
 
     fn evaluate(

@@ -336,19 +336,6 @@ impl Trainer {
         if data.train.is_empty() {
             return Err(Error::NoData("the corpus has no prompts to sample".into()));
         }
-        let fingerprint = fingerprint(data.train);
-        match self.state.dataset {
-            Some(saved) if saved != fingerprint && self.state.step > 0 => {
-                return Err(Error::ResumeMismatch {
-                    path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
-                    difference: format!(
-                        "the prompts differ (checkpoint: `{}` problems, now `{}`)",
-                        saved.rows, fingerprint.rows
-                    ),
-                })
-            }
-            _ => self.state.dataset = Some(fingerprint),
-        }
         let per_step = opd.prompts_per_step as u64;
         let total = match self.config.max_steps {
             Some(n) => n,
@@ -356,16 +343,17 @@ impl Trainer {
                 .ceil()
                 .max(1.0) as u64,
         };
-        if self.state.step > 0 && self.state.total_steps != total {
-            return Err(Error::ResumeMismatch {
-                path: checkpoint_dir.map(Path::to_path_buf).unwrap_or_default(),
-                difference: format!(
-                    "the run was planned for `{}` steps, now `{total}`",
-                    self.state.total_steps
-                ),
-            });
-        }
-        self.state.total_steps = total;
+        self.plan(
+            fingerprint(data.train),
+            total,
+            checkpoint_dir,
+            |saved, now| {
+                format!(
+                    "the prompts differ (checkpoint: `{}` problems, now `{}`)",
+                    saved.rows, now.rows
+                )
+            },
+        )?;
         let held_out = &data.held_out[..data.held_out.len().min(opd.eval_problems)];
         let train_sampling = Sampling {
             temperature: opd.temperature,
@@ -462,13 +450,8 @@ impl Trainer {
         if evaluated_at != Some(self.state.step) {
             summary.eval_loss = evaluate(self, sampler, on_event)?.or(summary.eval_loss);
         }
-        if let (Some(dir), false) = (checkpoint_dir, saved_at == Some(self.state.step)) {
-            let path = self.save_checkpoint(dir)?;
-            on_event(&Event::Checkpoint {
-                step: self.state.step,
-                path: &path,
-            });
-            summary.checkpoint = Some(path);
+        if saved_at != Some(self.state.step) {
+            self.final_checkpoint(checkpoint_dir, &mut summary, on_event)?;
         }
         Ok(summary)
     }

@@ -79,16 +79,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         None => None,
     };
     // The device before the corpus: no GPU, a CPU-only binary or a dtype the GPU lacks fail now.
-    let placement = settings.device.resolve()?;
-    let precision = settings.dtype.training(&placement.device)?;
-    eprintln!(
-        "Training on {}",
-        placement.explained(&format!("in {precision}"))
-    );
-    let target = TrainTarget {
-        device: placement.device.clone(),
-        precision,
-    };
+    let target = training_target(settings, "Training")?;
 
     // The tokenizer and the student's starting point.
     let (mut student, tokenizer) =
@@ -409,6 +400,20 @@ fn tokenise(
         cache.info().tokens
     );
     Ok(cache)
+}
+
+/// Where and in which precision a run trains, said to the user (`what` on …).
+pub(crate) fn training_target(settings: &TrainSettings, what: &str) -> anyhow::Result<TrainTarget> {
+    let placement = settings.device.resolve()?;
+    let precision = settings.dtype.training(&placement.device)?;
+    eprintln!(
+        "{what} on {}",
+        placement.explained(&format!("in {precision}"))
+    );
+    Ok(TrainTarget {
+        device: placement.device,
+        precision,
+    })
 }
 
 /// The checkpoint a run continues from: the newest under `checkpoints` with `--resume`; without

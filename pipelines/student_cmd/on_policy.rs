@@ -19,7 +19,7 @@ use distill_student::data::{self, Renderer};
 use distill_student::trainer::on_policy::{
     check_end_of_turn, prompts, OnPolicyData, Rollout, RolloutRequest, Sampler, Sampling,
 };
-use distill_student::{Event, TrainTarget, Trainer};
+use distill_student::{Event, Trainer};
 use distill_teacher::backend::{Cancel, FinishReason, GenRequest, SamplingParams};
 use distill_teacher::engine::{EngineOptions, IterSource};
 use distill_teacher::{Engine, Update};
@@ -27,7 +27,8 @@ use serde_json::json;
 
 use super::{
     chart, chat_template, open_teacher, progress_bar, resume_point, starting_point, stopped_early,
-    write_file, RunLog, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG, MODEL_DIR,
+    training_target, write_file, RunLog, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG,
+    MODEL_DIR,
 };
 
 /// Most sequences the engine decodes at once while sampling.
@@ -157,16 +158,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     }
     let latest = resume_point(&ckpt_root, resume)?;
     let base = crate::model_arg::resolve_existing(base_arg, "base model")?.path;
-    let placement = settings.device.resolve()?;
-    let precision = settings.dtype.training(&placement.device)?;
-    eprintln!(
-        "On-policy distillation on {}",
-        placement.explained(&format!("in {precision}"))
-    );
-    let target = TrainTarget {
-        device: placement.device.clone(),
-        precision,
-    };
+    let target = training_target(settings, "On-policy distillation")?;
     let (mut student, tokenizer) =
         starting_point(settings, Some(&base), latest.as_deref(), corpus)?;
     let teacher = open_teacher(&kd.teacher, &tokenizer)?;

@@ -241,4 +241,39 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
     cmd.args(["--corpus", "c", "--out", "o", "--kd-teacher", "t"]);
     refused(&mut cmd, "need `--method opd`");
     assert!(!d.join("w1").exists(), "nothing written for a refused run");
+
+    // The known failure, refused: a teacher whose turns end on `<|endoftext|>` (its template
+    // and EOS) would teach the student, whose turns end on `<|im_end|>`, never to stop.
+    let other = d.join("teacher-eot");
+    std::fs::create_dir_all(other.join("model")).unwrap();
+    for entry in std::fs::read_dir(teacher.join("model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, other.join("model").join(path.file_name().unwrap())).unwrap();
+    }
+    let edit = |file: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let path = other.join("model").join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        change(&mut v);
+        std::fs::write(&path, v.to_string()).unwrap();
+    };
+    edit("tokenizer_config.json", &|v| {
+        let template = v["chat_template"]
+            .as_str()
+            .unwrap()
+            .replace("<|im_end|>", "<|endoftext|>");
+        v["chat_template"] = template.into();
+        v["eos_token"] = "<|endoftext|>".into();
+    });
+    for file in ["generation_config.json", "config.json"] {
+        edit(file, &|v| v["eos_token_id"] = 0.into());
+    }
+    let mut cmd = opd(&corpus, &sft, &other, &d.join("w2"));
+    refused(&mut cmd, "never to stop");
+    let err = run_err(&mut opd(&corpus, &sft, &other, &d.join("w2")));
+    assert!(
+        err.contains("`<|im_end|>` (id 2)") && err.contains("`<|endoftext|>` (id 0)"),
+        "{err}"
+    );
+    assert!(!d.join("w2").exists(), "refused before anything is written");
 }

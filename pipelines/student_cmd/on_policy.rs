@@ -173,10 +173,22 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         Some(t) => format!("`{t}` (id {id})"),
         None => format!("id {id}"),
     };
+    // The teacher stops on its EOS ids and on the token that closes turns in its own template
+    // (an instruct model whose generation config names only `<|endoftext|>` still closes chat
+    // turns with `<|im_end|>`).
+    let teacher_tokenizer = teacher.tokenizer()?;
+    let teacher_template = chat_template("auto", &teacher_tokenizer)?;
+    let teacher_stops = Renderer::new(
+        teacher_tokenizer,
+        teacher_template,
+        &teacher.eos_token_ids(),
+    )
+    .map(|r| r.stop_ids().to_vec())
+    .unwrap_or_else(|_| teacher.eos_token_ids());
     check_end_of_turn(
         renderer.end_of_turn_id(),
         renderer.stop_ids(),
-        &teacher.eos_token_ids(),
+        &teacher_stops,
         &describe,
     )
     .with_context(|| format!("the teacher `{}`", kd.teacher))?;

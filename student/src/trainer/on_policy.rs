@@ -28,7 +28,8 @@ use distill_models::chat::Message;
 use distill_models::Model;
 use serde::{Deserialize, Serialize};
 
-use super::{kd_term, micro_batch_loss, Control, Event, FitSummary, StepMetrics, Trainer};
+use super::objective::{kd_term, micro_batch_loss};
+use super::{Control, Event, FitSummary, StepMetrics, Trainer};
 use crate::batch::PackedRow;
 use crate::checkpoint::DatasetFingerprint;
 use crate::data::{is_eval, Conversation};

@@ -1,0 +1,159 @@
+//! The objective of one micro-batch: the chunked cross-entropy of its labelled positions and,
+//! when distilling, the teacher's divergence at the same positions (from a live teacher's
+//! logits or the corpus's stored top-k), mixed by `kd.weight`. The SFT and on-policy loops both
+//! differentiate what this returns.
+
+use candle_core::{DType, Tensor};
+use distill_models::Model;
+
+use crate::batch::{PackedRow, IGNORE};
+use crate::kd::{divergence_sum, stored_divergence_sum, KdConfig, Teacher};
+use crate::loss::{chunked_cross_entropy, cross_entropy_reference, label_targets};
+use crate::{Error, Result};
+
+/// The divergence term of a step: the config and its teacher, or an error when the config asks
+/// for distillation and no teacher was given.
+pub(super) fn kd_term<'a>(
+    kd: &'a Option<KdConfig>,
+    teacher: &'a Option<Teacher>,
+) -> Result<Option<(&'a KdConfig, Option<&'a Teacher>)>> {
+    match (kd, teacher) {
+        (None, _) => Ok(None),
+        (Some(kd), _) if kd.from_corpus => Ok(Some((kd, None))),
+        (Some(kd), Some(t)) => Ok(Some((kd, Some(t)))),
+        (Some(kd), None) => Err(Error::Config(format!(
+            "the training config distils from `{}` but no teacher was loaded",
+            kd.teacher
+        ))),
+    }
+}
+
+/// What one micro-batch contributes to a step.
+pub(super) struct MicroBatchLoss {
+    /// The scaled loss to differentiate: `scale` × Σ token losses, the cross-entropy and
+    /// divergence mixed by `kd.weight` when distilling.
+    pub(super) objective: Tensor,
+    /// `scale` × Σ token cross-entropies.
+    pub(super) cross_entropy: f64,
+    /// `scale` × Σ token divergences, when distilling.
+    pub(super) divergence: Option<f64>,
+    /// Real (unpadded) tokens.
+    pub(super) tokens: usize,
+}
+
+/// The loss of one micro-batch, with a teacher's divergence term when `kd` is given.
+pub(super) fn micro_batch_loss(
+    model: &Model,
+    rows: &[&PackedRow],
+    scale: f64,
+    chunk: usize,
+    kd: Option<(&KdConfig, Option<&Teacher>)>,
+) -> Result<MicroBatchLoss> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if width == 0 {
+        return Err(Error::Batch("a micro-batch has no tokens".into()));
+    }
+    let (mut ids, mut pos, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tokens = 0;
+    for r in rows {
+        tokens += r.len();
+        ids.extend_from_slice(&r.input_ids);
+        pos.extend_from_slice(&r.position_ids);
+        labels.extend_from_slice(&r.labels);
+        let last = r.position_ids.last().copied().unwrap_or(0);
+        for k in 1..=(width - r.len()) as u32 {
+            ids.push(0);
+            pos.push(last + k);
+            labels.push(IGNORE);
+        }
+    }
+    let dev = model.device();
+    let b = rows.len();
+    let spec = model.spec();
+    let (positions, targets) = label_targets(&labels, spec.vocab_size)?;
+    // Ids and positions go up from the host once; nothing in the forward reads back.
+    let all_hidden = model
+        .forward_hidden_host(&ids, &pos, b)?
+        .reshape((b * width, spec.hidden_size))?;
+    let hidden = if positions.len() == b * width {
+        all_hidden.clone()
+    } else {
+        all_hidden.index_select(&Tensor::new(positions.as_slice(), dev)?, 0)?
+    };
+    let head = model.lm_head().weight().ok_or_else(|| {
+        Error::Config("the model's head is quantized; training needs float weights".into())
+    })?;
+    let loss = if chunk == 0 {
+        cross_entropy_reference(&hidden.matmul(&head.t()?)?, &targets, scale)?
+    } else {
+        chunked_cross_entropy(&hidden, head, &targets, scale, chunk)?
+    };
+    let cross_entropy = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let Some((config, teacher)) = kd else {
+        return Ok(MicroBatchLoss {
+            objective: loss,
+            cross_entropy,
+            divergence: None,
+            tokens,
+        });
+    };
+    let step = if chunk == 0 { usize::MAX } else { chunk };
+    // Summed divergences of runs of `step` positions.
+    let mut sums = Vec::new();
+    match teacher {
+        // Both whole distributions at each labelled position: the logits are made `chunk`
+        // positions at a time from the hidden states.
+        Some(teacher) => {
+            let teacher_hidden = teacher.hidden_at(&ids, &pos, b, &positions)?;
+            for start in (0..positions.len()).step_by(step) {
+                let n = step.min(positions.len() - start);
+                let teacher_logits = teacher.logits(&teacher_hidden.narrow(0, start, n)?)?;
+                let student_logits = hidden.narrow(0, start, n)?.matmul(&head.t()?)?;
+                sums.push(divergence_sum(config, &student_logits, &teacher_logits)?);
+            }
+        }
+        // The stored targets of each row, at their positions in the padded grid.
+        None => {
+            let (mut at, mut k, mut target_ids, mut target_lps) = (vec![], 0, vec![], vec![]);
+            for (r, row) in rows.iter().enumerate() {
+                let Some(t) = &row.teacher else { continue };
+                if k != 0 && t.k != k {
+                    return Err(Error::Batch(format!(
+                        "rows store {k} and {} teacher alternatives per token",
+                        t.k
+                    )));
+                }
+                k = t.k;
+                at.extend(t.positions.iter().map(|&p| (r * width) as u32 + p));
+                target_ids.extend_from_slice(&t.ids);
+                target_lps.extend_from_slice(&t.logprobs);
+            }
+            for start in (0..at.len()).step_by(step) {
+                let n = step.min(at.len() - start);
+                let index = Tensor::new(&at[start..start + n], dev)?;
+                let student_logits = all_hidden.index_select(&index, 0)?.matmul(&head.t()?)?;
+                sums.push(stored_divergence_sum(
+                    config,
+                    &student_logits,
+                    k,
+                    &target_ids[start * k..(start + n) * k],
+                    &target_lps[start * k..(start + n) * k],
+                )?);
+            }
+        }
+    }
+    let divergence = if sums.is_empty() {
+        loss.zeros_like()?
+    } else {
+        (Tensor::stack(&sums, 0)?.sum_all()? * scale)?
+    };
+    let divergence_value = divergence.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let objective = ((loss.to_dtype(DType::F32)? * (1.0 - config.weight))?
+        + (divergence.to_dtype(DType::F32)? * config.weight)?)?;
+    Ok(MicroBatchLoss {
+        objective,
+        cross_entropy,
+        divergence: Some(divergence_value),
+        tokens,
+    })
+}

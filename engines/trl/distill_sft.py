@@ -123,6 +123,10 @@ def main():
         trainer.accelerator.print(f"Resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
     if stop_file.stopped:
+        # No process leaves while another is still inside the checkpoint's collectives: a
+        # process that exits first breaks its peers' connections (seen once as an exit status 1
+        # from torchrun after a Ctrl-C on 2 CPU processes).
+        trainer.accelerator.wait_for_everyone()
         trainer.accelerator.print(STOPPED_LINE, flush=True)
         return 0
 

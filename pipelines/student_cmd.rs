@@ -204,17 +204,30 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     if stopped_early(&summary) {
         return Ok(());
     }
-    trainer.save_model(&final_dir)?;
-    export::check_folder(&final_dir, renderer.end_of_turn_id())?;
+    save_final(&trainer, &final_dir, &renderer, &summary, "Trained", "loss")
+}
+
+/// Writes the finished run's model into `final_dir`, checks it loads as a student should (stop
+/// ids, end-of-turn token) and says so: "`done` N steps: `metric` …, held-out `metric` …".
+pub(crate) fn save_final(
+    trainer: &Trainer,
+    final_dir: &Path,
+    renderer: &Renderer,
+    summary: &distill_student::trainer::FitSummary,
+    done: &str,
+    metric: &str,
+) -> anyhow::Result<()> {
+    trainer.save_model(final_dir)?;
+    export::check_folder(final_dir, renderer.end_of_turn_id())?;
     eprintln!(
-        "Trained {} steps: loss {}{}; model in `{}`",
+        "{done} {} steps: {metric} {}{}; model in `{}`",
         summary.steps,
         summary
             .last_loss
             .map_or("n/a".into(), |l| format!("{l:.4}")),
         summary
             .eval_loss
-            .map_or(String::new(), |l| format!(", held-out loss {l:.4}")),
+            .map_or(String::new(), |l| format!(", held-out {metric} {l:.4}")),
         final_dir.display()
     );
     Ok(())

@@ -26,9 +26,9 @@ use distill_teacher::{Engine, Update};
 use serde_json::json;
 
 use super::{
-    chart, chat_template, open_teacher, progress_bar, resume_point, starting_point, stopped_early,
-    training_target, write_file, RunLog, TrainSettings, CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG,
-    MODEL_DIR,
+    chart, chat_template, open_teacher, progress_bar, resume_point, save_final, starting_point,
+    stopped_early, training_target, write_file, RunLog, TrainSettings, CHECKPOINTS_DIR,
+    CONFIG_FILE, LOSS_PNG, MODEL_DIR,
 };
 
 /// Most sequences the engine decodes at once while sampling.
@@ -321,18 +321,12 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     if stopped_early(&summary) {
         return Ok(());
     }
-    trainer.save_model(&final_dir)?;
-    distill_student::export::check_folder(&final_dir, renderer.end_of_turn_id())?;
-    eprintln!(
-        "Distilled {} steps on-policy: kd {}{}; model in `{}`",
-        summary.steps,
-        summary
-            .last_loss
-            .map_or("n/a".into(), |l| format!("{l:.4}")),
-        summary
-            .eval_loss
-            .map_or(String::new(), |l| format!(", held-out kd {l:.4}")),
-        final_dir.display()
-    );
-    Ok(())
+    save_final(
+        &trainer,
+        &final_dir,
+        &renderer,
+        &summary,
+        "Distilled on-policy for",
+        "kd",
+    )
 }

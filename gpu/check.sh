@@ -2,7 +2,8 @@
 # The GPU check, run on a GPU machine (python3 with torch + transformers, no Rust, no network)
 # from the repository root, with gpu/dist/distill.xz built by gpu/build.sh. Prints one JSON
 # line per figure: distill's (`distill check-device`) and PyTorch's on the same work, side by
-# side. Budget: under 8 minutes on one H100/H200.
+# side, then on-policy distillation on the GPU (gpu/opd_smoke.sh). Budget: under 9 minutes on one
+# H100/H200 (the timeouts sum to 510 s).
 #
 #   bash gpu/check.sh                 # OUT=/tmp/gpu-check by default
 set -uo pipefail
@@ -21,8 +22,10 @@ GGUF=(models/tests/fixtures/tiny-llama.gguf)
 [ -f ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf ] && GGUF+=(../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf)
 [ -f shared/models/SmolLM2-135M-Instruct.Q4_1.gguf ] && GGUF+=(shared/models/SmolLM2-135M-Instruct.Q4_1.gguf)
 SFT=(--sft-config gpu/qwen2.5-1.5b.json --sft-batch "${SFT_BATCH:-2}" --sft-seq 2048 --sft-steps 20)
-timeout 330 "$BIN" check-device --device cuda --out "$OUT" "${SFT[@]}" --gguf "${GGUF[@]}"
+timeout 300 "$BIN" check-device --device cuda --out "$OUT" "${SFT[@]}" --gguf "${GGUF[@]}"
 echo "{\"check\": \"distill_exit\", \"rc\": $?}"
 timeout 150 python3 gpu/check.py --config gpu/qwen2.5-1.5b.json --batch "${SFT_BATCH:-2}" --seq 2048 \
   --steps 20 --reload "$OUT"
 echo "{\"check\": \"python_exit\", \"rc\": $?}"
+timeout 60 bash gpu/opd_smoke.sh "$BIN" "$OUT/opd" cuda
+echo "{\"check\": \"opd_exit\", \"rc\": $?}"

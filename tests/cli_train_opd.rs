@@ -54,6 +54,17 @@ fn scratch(corpus: &Path, out: &Path, size: [&str; 3], steps: &str, extra: &[&st
 }
 
 fn opd(corpus: &Path, base: &Path, teacher: &Path, out: &Path) -> Command {
+    opd_with(corpus, base, teacher, out, ["0.005", "60"])
+}
+
+/// [`opd`] at another learning rate (`lr_steps[0]`) and number of steps (`lr_steps[1]`).
+fn opd_with(
+    corpus: &Path,
+    base: &Path,
+    teacher: &Path,
+    out: &Path,
+    lr_steps: [&str; 2],
+) -> Command {
     let mut cmd = bin();
     cmd.args([
         "train",
@@ -63,22 +74,9 @@ fn opd(corpus: &Path, base: &Path, teacher: &Path, out: &Path) -> Command {
         "--max-seq-len",
         "256",
     ]);
-    cmd.args([
-        "--micro-batch-size",
-        "8",
-        "--lr",
-        "0.005",
-        "--warmup-steps",
-        "5",
-    ]);
-    cmd.args([
-        "--max-steps",
-        "60",
-        "--eval-every",
-        "30",
-        "--checkpoint-every",
-        "30",
-    ]);
+    cmd.args(["--micro-batch-size", "8", "--warmup-steps", "5"]);
+    cmd.args(["--lr", lr_steps[0], "--max-steps", lr_steps[1]]);
+    cmd.args(["--eval-every", "30", "--checkpoint-every", "30"]);
     cmd.args(["--eval-fraction", "0.1", "--opd-prompts-per-step", "16"]);
     cmd.args(["--opd-max-new-tokens", "48", "--opd-prefill", ""]);
     cmd.arg("--base").arg(base.join("model"));
@@ -241,6 +239,17 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
     cmd.args(["--corpus", "c", "--out", "o", "--kd-teacher", "t"]);
     refused(&mut cmd, "need `--method opd`");
     assert!(!d.join("w1").exists(), "nothing written for a refused run");
+
+    // A learning rate far too high makes this student unlearn stopping: the run says so.
+    let hot = run_ok(&mut opd_with(
+        &corpus,
+        &sft,
+        &teacher,
+        &d.join("hot"),
+        ["0.05", "12"],
+    ));
+    let said = String::from_utf8_lossy(&hot.stderr);
+    assert!(said.contains("it is learning not to stop"), "{said}");
 
     // The known failure, refused: a teacher whose turns end on `<|endoftext|>` (its template
     // and EOS) would teach the student, whose turns end on `<|im_end|>`, never to stop.

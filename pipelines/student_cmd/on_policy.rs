@@ -252,6 +252,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         .map(|h| (h.step, h.loss))
         .collect();
     let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
+    // The stop share of this run's first evaluation, to notice a student unlearning to stop.
+    let mut first_stopped: Option<(u64, f64)> = None;
     let png = out.join(LOSS_PNG);
     let mut sampler = EngineSampler {
         tokenizer: tokenizer.clone(),
@@ -299,6 +301,19 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
                     e.rollouts.samples
                 ));
                 evals.push((e.step, e.kd));
+                let (since, before) = *first_stopped.get_or_insert((e.step, e.rollouts.stopped));
+                if e.rollouts.stopped < 0.5 * before {
+                    // Said even under `--quiet`: this is the run going wrong.
+                    let say = |line: String| match progress {
+                        true => bar.println(line),
+                        false => eprintln!("{line}"),
+                    };
+                    say(format!(
+                        "warning: the student now ends {:.0}% of its samples on its own ({:.0}% at step {since}): it is learning not to stop; lower the learning rate, or start from a student whose samples look like the teacher's",
+                        e.rollouts.stopped * 100.0,
+                        before * 100.0
+                    ));
+                }
                 json!({
                     "step": e.step, "eval_kd": e.kd, "pass_rate": e.pass_rate,
                     "eval_stopped": e.rollouts.stopped, "eval_sample_tokens": e.rollouts.mean_tokens,

@@ -241,10 +241,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
 
     let start_step = trainer.state().step;
     let mut log = RunLog::open(out, start_step)?;
-    let total = settings.train.max_steps.unwrap_or_else(|| {
-        ((settings.train.epochs * train.len() as f64) / opd.prompts_per_step as f64).ceil() as u64
-    });
-    let bar = progress_bar(total.max(1), start_step, progress);
+    let total = settings.train.on_policy_steps(train.len());
+    let bar = progress_bar(total, start_step, progress);
     let mut curve: Vec<(u64, f64)> = trainer
         .state()
         .history

@@ -485,13 +485,7 @@ impl Trainer {
                 saved.rows, saved.tokens, now.rows, now.tokens
             )
         })?;
-        let mut summary = FitSummary {
-            steps: self.state.step,
-            last_loss: self.state.history.last().map(|r| r.loss),
-            eval_loss: None,
-            stopped: false,
-            checkpoint: None,
-        };
+        let mut summary = self.summary_so_far();
         let (mut evaluated_at, mut saved_at) = (None, None);
         while self.state.step < total {
             let rows = self.next_rows(train, self.config.rows_per_step());
@@ -510,13 +504,8 @@ impl Trainer {
                 summary.eval_loss = Some(self.evaluate(rows, on_event)?);
                 evaluated_at = Some(step);
             }
-            if let (Some(dir), true) = (checkpoint_dir, every(self.config.checkpoint_every) || stop)
-            {
-                summary.checkpoint = Some(self.save_checkpoint(dir)?);
-                on_event(&Event::Checkpoint {
-                    step,
-                    path: summary.checkpoint.as_deref().unwrap_or(dir),
-                });
+            if every(self.config.checkpoint_every) || stop {
+                self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
                 saved_at = Some(step);
             }
             if stop {
@@ -528,9 +517,20 @@ impl Trainer {
             summary.eval_loss = Some(self.evaluate(rows, on_event)?);
         }
         if saved_at != Some(self.state.step) {
-            self.final_checkpoint(checkpoint_dir, &mut summary, on_event)?;
+            self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
         }
         Ok(summary)
+    }
+
+    /// What a run (fresh or resumed) has done before its first step here.
+    fn summary_so_far(&self) -> FitSummary {
+        FitSummary {
+            steps: self.state.step,
+            last_loss: self.state.history.last().map(|r| r.loss),
+            eval_loss: None,
+            stopped: false,
+            checkpoint: None,
+        }
     }
 
     /// Records the run's data (`fingerprint`) and planned steps, refusing a resumed run whose
@@ -562,8 +562,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// The checkpoint at the end of a run (when `checkpoint_dir` is given), reported.
-    fn final_checkpoint(
+    /// A checkpoint of the current step (when `checkpoint_dir` is given), reported and kept in
+    /// `summary`.
+    fn checkpoint_now(
         &self,
         checkpoint_dir: Option<&Path>,
         summary: &mut FitSummary,
@@ -636,15 +637,19 @@ impl Trainer {
     /// The next `n` rows of the epoch-by-epoch shuffled stream, advancing nothing (the caller
     /// moves the cursor once the step succeeded).
     fn next_rows(&mut self, rows: &(impl Rows + ?Sized), n: usize) -> Vec<PackedRow> {
-        let len = rows.count() as u64;
         (0..n as u64)
             .map(|i| {
-                let g = self.state.rows_consumed + i;
-                let epoch = g / len;
-                let index = self.epoch_order(epoch, rows.count())[(g % len) as usize];
+                let index = self.stream_index(self.state.rows_consumed + i, rows.count());
                 rows.row(index)
             })
             .collect()
+    }
+
+    /// The item at place `g` of the epoch-by-epoch shuffled stream over `len` items (rows, or
+    /// an on-policy run's prompts).
+    fn stream_index(&mut self, g: u64, len: usize) -> usize {
+        let n = len as u64;
+        self.epoch_order(g / n, len)[(g % n) as usize]
     }
 
     fn epoch_order(&mut self, epoch: u64, len: usize) -> &[usize] {

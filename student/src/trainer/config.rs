@@ -167,9 +167,20 @@ impl TrainerConfig {
 
     /// Optimizer steps for a dataset of `rows` rows.
     pub fn total_steps(&self, rows: usize) -> u64 {
+        self.steps_over(rows, self.rows_per_step())
+    }
+
+    /// On-policy distillation's planned steps over `prompts`, `opd.prompts_per_step` a step.
+    pub fn on_policy_steps(&self, prompts: usize) -> u64 {
+        let per_step = self.opd.as_ref().map_or(1, |o| o.prompts_per_step);
+        self.steps_over(prompts, per_step)
+    }
+
+    /// `max_steps`, else `epochs` passes over `items` at `per_step` a step (at least one).
+    fn steps_over(&self, items: usize, per_step: usize) -> u64 {
         match self.max_steps {
             Some(n) => n,
-            None => ((self.epochs * rows as f64) / self.rows_per_step() as f64)
+            None => ((self.epochs * items as f64) / per_step as f64)
                 .ceil()
                 .max(1.0) as u64,
         }

@@ -29,7 +29,7 @@ use distill_models::Model;
 use serde::{Deserialize, Serialize};
 
 use super::objective::{kd_term, micro_batch_loss};
-use super::{Control, Event, FitSummary, StepMetrics, Trainer};
+use super::{Control, Event, FitSummary, Trainer};
 use crate::batch::PackedRow;
 use crate::checkpoint::DatasetFingerprint;
 use crate::data::{is_eval, Conversation};
@@ -338,12 +338,7 @@ impl Trainer {
             return Err(Error::NoData("the corpus has no prompts to sample".into()));
         }
         let per_step = opd.prompts_per_step as u64;
-        let total = match self.config.max_steps {
-            Some(n) => n,
-            None => ((self.config.epochs * data.train.len() as f64) / per_step as f64)
-                .ceil()
-                .max(1.0) as u64,
-        };
+        let total = self.config.on_policy_steps(data.train.len());
         self.plan(
             fingerprint(data.train),
             total,
@@ -362,13 +357,7 @@ impl Trainer {
             max_new_tokens: opd.max_new_tokens,
             prefill: opd.prefill.clone(),
         };
-        let mut summary = FitSummary {
-            steps: self.state.step,
-            last_loss: self.state.history.last().map(|r| r.loss),
-            eval_loss: None,
-            stopped: false,
-            checkpoint: None,
-        };
+        let mut summary = self.summary_so_far();
         let evaluate = |trainer: &mut Self,
                         sampler: &mut dyn Sampler,
                         on_event: &mut dyn FnMut(&Event) -> Control|
@@ -387,11 +376,10 @@ impl Trainer {
         let (mut evaluated_at, mut saved_at) = (Some(0), None);
         while self.state.step < total {
             let start = Instant::now();
-            let len = data.train.len() as u64;
             let requests: Vec<RolloutRequest> = (0..per_step)
                 .map(|i| {
                     let g = self.state.rows_consumed + i;
-                    let index = self.epoch_order(g / len, data.train.len())[(g % len) as usize];
+                    let index = self.stream_index(g, data.train.len());
                     RolloutRequest {
                         prompt: &data.train[index],
                         seed: sample_seed(self.config.seed, TRAIN_SALT, g),
@@ -428,7 +416,6 @@ impl Trainer {
             self.state.rows_consumed += per_step;
             summary.steps = metrics.step;
             summary.last_loss = Some(metrics.loss);
-            let metrics: StepMetrics = metrics;
             let stop = on_event(&Event::Step(&metrics)) == Control::Stop;
             let step = self.state.step;
             let every = |n: u64| n > 0 && step.is_multiple_of(n);
@@ -436,11 +423,8 @@ impl Trainer {
                 summary.eval_loss = evaluate(self, sampler, on_event)?.or(summary.eval_loss);
                 evaluated_at = Some(step);
             }
-            if let (Some(dir), true) = (checkpoint_dir, every(self.config.checkpoint_every) || stop)
-            {
-                let path = self.save_checkpoint(dir)?;
-                on_event(&Event::Checkpoint { step, path: &path });
-                summary.checkpoint = Some(path);
+            if every(self.config.checkpoint_every) || stop {
+                self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
                 saved_at = Some(step);
             }
             if stop {
@@ -452,7 +436,7 @@ impl Trainer {
             summary.eval_loss = evaluate(self, sampler, on_event)?.or(summary.eval_loss);
         }
         if saved_at != Some(self.state.step) {
-            self.final_checkpoint(checkpoint_dir, &mut summary, on_event)?;
+            self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
         }
         Ok(summary)
     }

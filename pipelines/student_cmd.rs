@@ -86,7 +86,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         starting_point(settings, base.as_deref(), latest.as_deref(), corpus)?;
     // The teacher's tokenizer before the corpus is read: a pair that cannot distil fails now.
     let teacher = match &settings.train.kd {
-        Some(kd) if !kd.from_corpus => Some(open_teacher(&kd.teacher, &tokenizer)?),
+        Some(kd) if !kd.from_corpus => Some(open_teacher(&kd.teacher, &tokenizer)?.0),
         _ => None,
     };
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
@@ -125,19 +125,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
 
     memory::preflight(settings, &student, &target, &dataset)?;
     let spec = student.config.spec()?;
-    let mut trainer = match &latest {
-        Some(dir) => {
-            eprintln!("Resuming from `{}`", dir.display());
-            Trainer::resume(
-                dir,
-                settings.train.clone(),
-                Some(&student.config),
-                target.clone(),
-            )
-        }
-        None => Trainer::new(student, settings.train.clone(), target.clone()),
-    }
-    .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
+    let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)
+        .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
     if let Some(teacher) = teacher {
         let dtype = target.precision.compute;
         let model = teacher
@@ -296,8 +285,11 @@ fn check_alignment(report: &data::DataReport, corpus: &Path) -> anyhow::Result<(
 
 /// The teacher of a logit-distillation run, opened (not loaded) and checked against the
 /// student's tokenizer: the divergence compares distributions id by id, so both must mean the
-/// same token by every id.
-fn open_teacher(name: &str, student: &TextTokenizer) -> anyhow::Result<Checkpoint> {
+/// same token by every id. Returns the teacher's tokenizer too.
+fn open_teacher(
+    name: &str,
+    student: &TextTokenizer,
+) -> anyhow::Result<(Checkpoint, TextTokenizer)> {
     let model = crate::model_arg::resolve_existing(Path::new(name), "teacher")?;
     let teacher = Checkpoint::open(&model.path)
         .with_context(|| format!("cannot open the teacher `{}`", model.path.display()))?;
@@ -312,7 +304,7 @@ fn open_teacher(name: &str, student: &TextTokenizer) -> anyhow::Result<Checkpoin
             show(s)
         );
     }
-    Ok(teacher)
+    Ok((teacher, tokenizer))
 }
 
 /// `auto` (the tokenizer's own template, else ChatML), a built-in name, or a Jinja file.
@@ -427,6 +419,28 @@ pub(crate) fn training_target(settings: &TrainSettings, what: &str) -> anyhow::R
         device: placement.device,
         precision,
     })
+}
+
+/// The trainer of a run: resumed from the checkpoint `latest` (saying so), else new from
+/// `student`.
+pub(crate) fn open_trainer(
+    latest: Option<&Path>,
+    student: StudentInit,
+    settings: &TrainSettings,
+    target: &TrainTarget,
+) -> distill_student::Result<Trainer> {
+    match latest {
+        Some(dir) => {
+            eprintln!("Resuming from `{}`", dir.display());
+            Trainer::resume(
+                dir,
+                settings.train.clone(),
+                Some(&student.config),
+                target.clone(),
+            )
+        }
+        None => Trainer::new(student, settings.train.clone(), target.clone()),
+    }
 }
 
 /// The checkpoint a run continues from: the newest under `checkpoints` with `--resume`; without

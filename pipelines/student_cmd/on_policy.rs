@@ -19,16 +19,16 @@ use distill_student::data::{self, Renderer};
 use distill_student::trainer::on_policy::{
     check_end_of_turn, prompts, OnPolicyData, Rollout, RolloutRequest, Sampler, Sampling,
 };
-use distill_student::{Event, Trainer};
-use distill_teacher::backend::{Cancel, FinishReason, GenRequest, SamplingParams};
+use distill_student::Event;
+use distill_teacher::backend::{Cancel, FinishReason, GenOutput, GenRequest, SamplingParams};
 use distill_teacher::engine::{EngineOptions, IterSource};
 use distill_teacher::{Engine, Update};
 use serde_json::json;
 
 use super::{
-    chart, chat_template, open_teacher, progress_bar, resume_point, save_final, starting_point,
-    stopped_early, training_target, write_file, RunLog, TrainSettings, CHECKPOINTS_DIR,
-    CONFIG_FILE, LOSS_PNG, MODEL_DIR,
+    chart, chat_template, open_teacher, open_trainer, progress_bar, resume_point, save_final,
+    starting_point, stopped_early, training_target, write_file, RunLog, TrainSettings,
+    CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG, MODEL_DIR,
 };
 
 /// Most sequences the engine decodes at once while sampling.
@@ -85,7 +85,13 @@ impl Sampler for EngineSampler {
                 stop: Vec::new(),
             })
             .collect();
-        let mut out: Vec<Option<Rollout>> = vec![None; requests.len()];
+        // The prompt exactly as the engine renders and tokenises it.
+        let prompt_ids = requests
+            .iter()
+            .map(|r| engine.prompt_ids(&r.prompt.messages, &sampling.prefill))
+            .collect::<distill_teacher::Result<Vec<_>>>()
+            .map_err(err)?;
+        let mut done: Vec<Option<GenOutput>> = vec![None; requests.len()];
         let mut failure = None;
         engine
             .run(
@@ -94,22 +100,11 @@ impl Sampler for EngineSampler {
                 &mut |update| {
                     match update {
                         Update::Done(o) => {
-                            let i: usize = o.key.parse().unwrap_or(usize::MAX);
-                            let r = &requests[i.min(requests.len() - 1)];
-                            match engine.prompt_ids(&r.prompt.messages, &sampling.prefill) {
-                                Ok(prompt_ids) => {
-                                    out[i] = Some(Rollout {
-                                        prompt_ids,
-                                        completion_ids: o
-                                            .logprobs
-                                            .as_ref()
-                                            .map(|l| l.token_ids().to_vec())
-                                            .unwrap_or_default(),
-                                        text: o.text,
-                                        stopped: o.finish_reason == FinishReason::Stop,
-                                    })
-                                }
-                                Err(e) => failure = Some(e),
+                            // Keys are the requests' indices, given above.
+                            if let Some(slot) =
+                                o.key.parse::<usize>().ok().and_then(|i| done.get_mut(i))
+                            {
+                                *slot = Some(o);
                             }
                         }
                         Update::Failed { key, error } => {
@@ -126,11 +121,22 @@ impl Sampler for EngineSampler {
         if let Some(e) = failure {
             return Err(err(e));
         }
-        out.into_iter()
+        done.into_iter()
+            .zip(prompt_ids)
             .enumerate()
-            .map(|(i, r)| {
-                r.ok_or_else(|| {
+            .map(|(i, (o, prompt_ids))| {
+                let o = o.ok_or_else(|| {
                     distill_student::Error::Config(format!("sample {i} was never finished"))
+                })?;
+                Ok(Rollout {
+                    prompt_ids,
+                    completion_ids: o
+                        .logprobs
+                        .as_ref()
+                        .map(|l| l.token_ids().to_vec())
+                        .unwrap_or_default(),
+                    text: o.text,
+                    stopped: o.finish_reason == FinishReason::Stop,
                 })
             })
             .collect()
@@ -161,7 +167,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let target = training_target(settings, "On-policy distillation")?;
     let (mut student, tokenizer) =
         starting_point(settings, Some(&base), latest.as_deref(), corpus)?;
-    let teacher = open_teacher(&kd.teacher, &tokenizer)?;
+    let (teacher, teacher_tokenizer) = open_teacher(&kd.teacher, &tokenizer)?;
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
     let renderer = Renderer::new(
         tokenizer.clone(),
@@ -176,7 +182,6 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     // The teacher stops on its EOS ids and on the token that closes turns in its own template
     // (an instruct model whose generation config names only `<|endoftext|>` still closes chat
     // turns with `<|im_end|>`).
-    let teacher_tokenizer = teacher.tokenizer()?;
     let teacher_template = chat_template("auto", &teacher_tokenizer)?;
     let teacher_stops = Renderer::new(
         teacher_tokenizer,
@@ -221,18 +226,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
     write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;
-    let mut trainer = match &latest {
-        Some(dir) => {
-            eprintln!("Resuming from `{}`", dir.display());
-            Trainer::resume(
-                dir,
-                settings.train.clone(),
-                Some(&student.config),
-                target.clone(),
-            )?
-        }
-        None => Trainer::new(student, settings.train.clone(), target.clone())?,
-    };
+    let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)?;
     let model = teacher
         .load_for_inference(&target.device, target.precision.compute)
         .with_context(|| format!("cannot load the teacher `{}`", teacher.path().display()))?;

@@ -140,13 +140,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
 
     let total = settings.train.total_steps(dataset.train.count());
     let bar = progress_bar(total, start_step, progress);
-    let mut curve: Vec<(u64, f64)> = trainer
-        .state()
-        .history
-        .iter()
-        .map(|h| (h.step, h.loss))
-        .collect();
-    let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
+    let (mut curve, mut evals) = curves(trainer.state());
     let png = out.join(LOSS_PNG);
     let eval_rows: Option<&dyn Rows> = (dataset.eval.count() > 0).then_some(&dataset.eval);
     let summary = trainer
@@ -419,6 +413,16 @@ pub(crate) fn training_target(settings: &TrainSettings, what: &str) -> anyhow::R
         device: placement.device,
         precision,
     })
+}
+
+/// `(step, value)` points of a curve in `loss.png`.
+pub(crate) type Curve = Vec<(u64, f64)>;
+
+/// The loss curve and the held-out curve a run has so far (a resumed run's from its
+/// checkpoint), as `loss.png` draws them.
+pub(crate) fn curves(state: &checkpoint::TrainerState) -> (Curve, Curve) {
+    let curve = state.history.iter().map(|h| (h.step, h.loss)).collect();
+    (curve, state.evals.clone())
 }
 
 /// The trainer of a run: resumed from the checkpoint `latest` (saying so), else new from

@@ -157,14 +157,7 @@ fn from_scratch_run_writes_a_folder_inspect_reads() {
     // step 3, and end with the same weights.
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();
     std::fs::remove_dir_all(&model).unwrap();
-    let ckpts = out.join("checkpoints");
-    let mut names: Vec<String> = std::fs::read_dir(&ckpts)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 2, "{names:?}");
-    std::fs::remove_dir_all(ckpts.join(&names[1])).unwrap();
+    common::drop_newest_checkpoint(&out.join("checkpoints"));
     let err = run_err(&mut train_cmd(&corpus, &out));
     assert!(err.contains("--resume"), "{err}");
     let resumed = run_ok(train_cmd(&corpus, &out).arg("--resume"));

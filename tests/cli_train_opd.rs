@@ -184,14 +184,7 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
     // Resume from the middle: the same samples and updates, the same final weights.
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();
     std::fs::remove_dir_all(&model).unwrap();
-    let ckpts = out.join("checkpoints");
-    let mut names: Vec<String> = std::fs::read_dir(&ckpts)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 2, "{names:?}");
-    std::fs::remove_dir_all(ckpts.join(&names[1])).unwrap();
+    common::drop_newest_checkpoint(&out.join("checkpoints"));
     let err = run_err(&mut opd(&corpus, &sft, &teacher, &out));
     assert!(err.contains("--resume"), "{err}");
     let resumed = run_ok(opd(&corpus, &sft, &teacher, &out).arg("--resume"));

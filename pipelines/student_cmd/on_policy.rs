@@ -26,8 +26,8 @@ use distill_teacher::{Engine, Update};
 use serde_json::json;
 
 use super::{
-    chart, chat_template, open_teacher, open_trainer, progress_bar, resume_point, save_final,
-    starting_point, stopped_early, training_target, write_file, RunLog, TrainSettings,
+    chart, chat_template, curves, open_teacher, open_trainer, progress_bar, resume_point,
+    save_final, starting_point, stopped_early, training_target, write_file, RunLog, TrainSettings,
     CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG, MODEL_DIR,
 };
 
@@ -237,13 +237,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let mut log = RunLog::open(out, start_step)?;
     let total = settings.train.on_policy_steps(train.len());
     let bar = progress_bar(total, start_step, progress);
-    let mut curve: Vec<(u64, f64)> = trainer
-        .state()
-        .history
-        .iter()
-        .map(|h| (h.step, h.loss))
-        .collect();
-    let mut evals: Vec<(u64, f64)> = trainer.state().evals.clone();
+    let (mut curve, mut evals) = curves(trainer.state());
     // The stop share of this run's first evaluation, to notice a student unlearning to stop.
     let mut first_stopped: Option<(u64, f64)> = None;
     let png = out.join(LOSS_PNG);

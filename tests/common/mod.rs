@@ -42,3 +42,15 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// Removes the newest of the two checkpoints under `checkpoints` (a run then resumes from the
+/// older one, in its middle).
+pub fn drop_newest_checkpoint(checkpoints: &std::path::Path) {
+    let mut names: Vec<String> = std::fs::read_dir(checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    std::fs::remove_dir_all(checkpoints.join(&names[1])).unwrap();
+}

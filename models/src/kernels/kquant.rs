@@ -1,15 +1,20 @@
 //! The K-quants Q4_K, Q5_K and Q6_K (256-value super-blocks) times Q8_K activations.
 //!
-//! One tile record is 16 columns × 256 inputs. The quants of each 32-input sub-block `s` take
-//! 256 bytes at `256 s`, nibble-packed as the 32-value types' (`legacy`): byte `64 h + 4 c + j`
-//! holds input `32 s + 4 h + j` of column `c` low and input `32 s + 16 + 4 h + j` high. Then:
-//! - Q5_K: the 5th bits, per sub-block eight 64-bit masks (mask `g`, bit `4 c + j`: input
-//!   `32 s + 4 g + j`);
+//! One tile record is 16 columns × 256 inputs. Each 32-input sub-block `s` takes `STRIDE` bytes
+//! at `STRIDE · s`: first its quants' 4 low bits, nibble-packed as the 32-value types'
+//! (`legacy`): byte `64 h + 4 c + j` holds input `32 s + 4 h + j` of column `c` low and input
+//! `32 s + 16 + 4 h + j` high; then, at 256 within the sub-block, its high bits:
+//! - Q5_K: the 5th bits as eight 64-bit masks (mask `g`, bit `4 c + j`: input `32 s + 4 g + j`);
+//! - Q6_K: the 2 high bits as two 64-byte vectors (half `e` of the sub-block, bits
+//!   `2 h..2 h + 2` of byte `4 c + j`: input `32 s + 16 e + 4 h + j`).
+//!
+//! Keeping a sub-block's bits together makes a record one forward stream (plus the scales):
+//! with the high bits in a region of their own, Q6_K decoding at batch 1 streamed its weights at
+//! a third of Q4_K's rate, the hardware prefetcher losing the interleaved streams. After the
+//! sub-blocks:
 //! - Q4_K/Q5_K: the 6-bit sub-scales as bytes `[s][c]`, the 6-bit mins as bytes
 //!   `[s / 2][c][s % 2]` (pairs, for one `madd` with two activation sums), f16 `d`, f16 `dmin`;
-//! - Q6_K: the 2 high bits, per sub-block two 64-byte vectors (half `e` of the sub-block, bits
-//!   `2 h..2 h + 2` of byte `4 c + j`: input `32 s + 16 e + 4 h + j`); the signed 8-bit scales of
-//!   the 16-input groups as bytes `[s][c][e]`; f16 `d`.
+//! - Q6_K: the signed 8-bit scales of the 16-input groups as bytes `[s][c][e]`; f16 `d`.
 //!
 //! Sizes: 148, 180 and 210 bytes per 256 inputs of a column against the file's 144, 176, 210
 //! (the 12 packed scale bytes of Q4_K/Q5_K become 16).
@@ -41,35 +46,37 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Writes 4-bit values `nib[v]` (`v < 256`) of column `c` into the nibble layout.
-fn pack_nibbles(nib: impl Fn(usize) -> u8, c: usize, rec: &mut [u8]) {
+fn pack_nibbles(nib: impl Fn(usize) -> u8, stride: usize, c: usize, rec: &mut [u8]) {
     for v in 0..256 {
         let (s, w) = (v / 32, v % 32);
         let (h, j) = ((w % 16) / 4, w % 4);
-        let byte = &mut rec[256 * s + 64 * h + 4 * c + j];
+        let byte = &mut rec[stride * s + 64 * h + 4 * c + j];
         *byte |= if w < 16 { nib(v) } else { nib(v) << 4 };
     }
 }
 
 /// The 4-bit value of input `v` of column `c` from the nibble layout.
-fn nibble(rec: &[u8], c: usize, v: usize) -> i32 {
+fn nibble(rec: &[u8], stride: usize, c: usize, v: usize) -> i32 {
     let (s, w) = (v / 32, v % 32);
     let (h, j) = ((w % 16) / 4, w % 4);
-    let byte = rec[256 * s + 64 * h + 4 * c + j];
+    let byte = rec[stride * s + 64 * h + 4 * c + j];
     (if w < 16 { byte & 0x0f } else { byte >> 4 }) as i32
 }
 
 impl<const BITS: u32> KQuant<BITS> {
-    const QH: usize = 2048;
-    const SC: usize = 2048 + if BITS == 5 { 512 } else { 0 };
+    /// Bytes of one sub-block: the quants, then (Q5_K) the 5th-bit masks at `QH`.
+    const STRIDE: usize = 256 + if BITS == 5 { 64 } else { 0 };
+    const QH: usize = 256;
+    const SC: usize = 8 * Self::STRIDE;
     const MN: usize = Self::SC + 128;
     const D: usize = Self::MN + 128;
     const DMIN: usize = Self::D + 32;
 
     fn quant(rec: &[u8], c: usize, v: usize) -> i32 {
-        let mut q = nibble(rec, c, v);
+        let mut q = nibble(rec, Self::STRIDE, c, v);
         if BITS == 5 {
             let (s, g, j) = (v / 32, (v % 32) / 4, v % 4);
-            let at = Self::QH + 64 * s + 8 * g;
+            let at = Self::STRIDE * s + Self::QH + 8 * g;
             let mask = u64::from_le_bytes(rec[at..at + 8].try_into().unwrap());
             q |= (((mask >> (4 * c + j)) & 1) as i32) << 4;
         }
@@ -116,6 +123,7 @@ impl<const BITS: u32> Format for KQuant<BITS> {
                     byte >> 4
                 }
             },
+            Self::STRIDE,
             c,
             rec,
         );
@@ -125,7 +133,7 @@ impl<const BITS: u32> Format for KQuant<BITS> {
                 let (s, l) = (v / 32, v % 32);
                 if (qh[l] >> s) & 1 == 1 {
                     let (g, j) = (l / 4, l % 4);
-                    let at = Self::QH + 64 * s + 8 * g + (4 * c + j) / 8;
+                    let at = Self::STRIDE * s + Self::QH + 8 * g + (4 * c + j) / 8;
                     rec[at] |= 1 << ((4 * c + j) % 8);
                 }
             }
@@ -174,15 +182,17 @@ impl<const BITS: u32> Format for KQuant<BITS> {
 }
 
 impl Q6K {
-    const QH: usize = 2048;
+    /// Bytes of one sub-block: the low 4 bits, then the high 2 bits at `QH`.
+    const STRIDE: usize = 384;
+    const QH: usize = 256;
     const SC: usize = 3072;
     const D: usize = 3328;
 
     fn quant(rec: &[u8], c: usize, v: usize) -> i32 {
         let (s, w) = (v / 32, v % 32);
         let (e, h, j) = (w / 16, (w % 16) / 4, w % 4);
-        let high = (rec[Self::QH + 128 * s + 64 * e + 4 * c + j] >> (2 * h)) & 3;
-        nibble(rec, c, v) | (high as i32) << 4
+        let high = (rec[Self::STRIDE * s + Self::QH + 64 * e + 4 * c + j] >> (2 * h)) & 3;
+        nibble(rec, Self::STRIDE, c, v) | (high as i32) << 4
     }
 
     fn scale(rec: &[u8], c: usize, t: usize) -> i32 {
@@ -219,6 +229,7 @@ impl Format for Q6K {
                     byte >> 4
                 }
             },
+            Self::STRIDE,
             c,
             rec,
         );
@@ -227,7 +238,7 @@ impl Format for Q6K {
             let high = (qh[32 * n + l] >> (2 * k)) & 3;
             let (s, w) = (v / 32, v % 32);
             let (e, h, j) = (w / 16, (w % 16) / 4, w % 4);
-            rec[Self::QH + 128 * s + 64 * e + 4 * c + j] |= high << (2 * h);
+            rec[Self::STRIDE * s + Self::QH + 64 * e + 4 * c + j] |= high << (2 * h);
         }
         for (t, &sc) in scales.iter().enumerate() {
             rec[Self::SC + 32 * (t / 2) + 2 * c + t % 2] = sc;
@@ -277,16 +288,10 @@ impl Format for Q6K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::bits_to_bit4;
-    use super::super::{quad, Format, ROWS, TILE_N};
+    use super::super::simd::{bit_bytes, prefetch_record};
+    use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{KQuant, Q8KBlock, Q6K};
     use std::arch::x86_64::*;
-
-    /// Two adjacent `i16` sums as one `i32` (a `madd` operand).
-    #[inline(always)]
-    fn pair(sums: &[i16], i: usize) -> i32 {
-        (sums[i] as u16 as u32 | (sums[i + 1] as u16 as u32) << 16) as i32
-    }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn kquant_avx512<const BITS: u32, const R: usize>(
@@ -294,22 +299,23 @@ mod x86 {
         acts: &[&[Q8KBlock]; ROWS],
         out: &mut [[f32; TILE_N]; ROWS],
     ) {
-        let tb = KQuant::<BITS>::TILE_BYTES;
+        let (tb, stride) = (KQuant::<BITS>::TILE_BYTES, KQuant::<BITS>::STRIDE);
         let nib = _mm512_set1_epi8(0x0f);
         let bit4 = _mm512_set1_epi8(0x10);
         let mut accf = [_mm512_setzero_ps(); R];
         for b in 0..tiles.len() / tb {
             let p = tiles.as_ptr().add(b * tb);
+            prefetch_record(p, tb);
             let mut s1 = [_mm512_setzero_si512(); R];
             let mut s2 = [_mm512_setzero_si512(); R];
             for s in 0..8 {
                 let mut acc = [_mm512_setzero_si512(); R];
                 for h in 0..4 {
-                    let v = _mm512_loadu_si512(p.add(256 * s + 64 * h) as *const _);
+                    let v = _mm512_loadu_si512(p.add(stride * s + 64 * h) as *const _);
                     let mut lo = _mm512_and_si512(v, nib);
                     let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
                     if BITS == 5 {
-                        let qh = p.add(KQuant::<BITS>::QH + 64 * s) as *const u64;
+                        let qh = p.add(stride * s + KQuant::<BITS>::QH) as *const u64;
                         lo = _mm512_mask_add_epi8(lo, qh.add(h).read_unaligned(), lo, bit4);
                         hi = _mm512_mask_add_epi8(hi, qh.add(h + 4).read_unaligned(), hi, bit4);
                     }
@@ -357,12 +363,13 @@ mod x86 {
         acts: &[&[Q8KBlock]; ROWS],
         out: &mut [[f32; TILE_N]; ROWS],
     ) {
-        let tb = KQuant::<BITS>::TILE_BYTES;
+        let (tb, stride) = (KQuant::<BITS>::TILE_BYTES, KQuant::<BITS>::STRIDE);
         let nib = _mm256_set1_epi8(0x0f);
         for half in 0..2 {
             let mut accf = [_mm256_setzero_ps(); R];
             for b in 0..tiles.len() / tb {
                 let p = tiles.as_ptr().add(b * tb);
+                prefetch_record(p, tb);
                 let mut s1 = [_mm256_setzero_si256(); R];
                 let mut s2 = [_mm256_setzero_si256(); R];
                 for s in 0..8 {
@@ -370,15 +377,16 @@ mod x86 {
                     let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(sc));
                     let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
                     for h in 0..4 {
-                        let v = _mm256_loadu_si256(p.add(256 * s + 64 * h + 32 * half) as *const _);
+                        let v =
+                            _mm256_loadu_si256(p.add(stride * s + 64 * h + 32 * half) as *const _);
                         let mut lo = _mm256_and_si256(v, nib);
                         let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                         if BITS == 5 {
-                            let qh = p.add(KQuant::<BITS>::QH + 64 * s) as *const u64;
+                            let qh = p.add(stride * s + KQuant::<BITS>::QH) as *const u64;
                             let bits =
                                 |g: usize| (qh.add(g).read_unaligned() >> (32 * half)) as u32;
-                            lo = _mm256_or_si256(lo, bits_to_bit4(bits(h)));
-                            hi = _mm256_or_si256(hi, bits_to_bit4(bits(h + 4)));
+                            lo = _mm256_or_si256(lo, bit_bytes(bits(h), 0x10));
+                            hi = _mm256_or_si256(hi, bit_bytes(bits(h + 4), 0x10));
                         }
                         for r in 0..R {
                             let qs = &acts[r][b].qs;
@@ -441,16 +449,17 @@ mod x86 {
         let mut accf = [_mm512_setzero_ps(); R];
         for b in 0..tiles.len() / tb {
             let p = tiles.as_ptr().add(b * tb);
+            prefetch_record(p, tb);
             let mut sum = [_mm512_setzero_si512(); R];
             for s in 0..8 {
-                let ql: [__m512i; 4] =
-                    std::array::from_fn(
-                        |h| _mm512_loadu_si512(p.add(256 * s + 64 * h) as *const _),
-                    );
+                let ql: [__m512i; 4] = std::array::from_fn(|h| {
+                    _mm512_loadu_si512(p.add(Q6K::STRIDE * s + 64 * h) as *const _)
+                });
                 let sc = _mm256_loadu_si256(p.add(Q6K::SC + 32 * s) as *const _);
                 let sc = _mm512_cvtepi8_epi16(sc);
                 for e in 0..2 {
-                    let qh = _mm512_loadu_si512(p.add(Q6K::QH + 128 * s + 64 * e) as *const _);
+                    let qh = p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e);
+                    let qh = _mm512_loadu_si512(qh as *const _);
                     let t = 2 * s + e;
                     let mut acc: [__m512i; R] = std::array::from_fn(|r| {
                         _mm512_set1_epi32(-32 * acts[r][b].bsums[t] as i32)
@@ -508,11 +517,12 @@ mod x86 {
             let mut accf = [_mm256_setzero_ps(); R];
             for b in 0..tiles.len() / tb {
                 let p = tiles.as_ptr().add(b * tb);
+                prefetch_record(p, tb);
                 let mut sum = [_mm256_setzero_si256(); R];
                 let mut offset = [_mm256_setzero_si256(); R];
                 for s in 0..8 {
                     let ql: [__m256i; 4] = std::array::from_fn(|h| {
-                        _mm256_loadu_si256(p.add(256 * s + 64 * h + 32 * half) as *const _)
+                        _mm256_loadu_si256(p.add(Q6K::STRIDE * s + 64 * h + 32 * half) as *const _)
                     });
                     let sc = p.add(Q6K::SC + 32 * s + 16 * half) as *const __m128i;
                     let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc));
@@ -521,7 +531,7 @@ mod x86 {
                         offset[r] = _mm256_add_epi32(offset[r], _mm256_madd_epi16(sc, sums));
                     }
                     for e in 0..2 {
-                        let qh = p.add(Q6K::QH + 128 * s + 64 * e + 32 * half);
+                        let qh = p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e + 32 * half);
                         let qh = _mm256_loadu_si256(qh as *const _);
                         let t = 2 * s + e;
                         // Group t's scale in both 16-bit halves of each column's lane.

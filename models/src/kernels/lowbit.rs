@@ -1,0 +1,500 @@
+//! The 2- and 3-bit K-quants Q2_K and Q3_K (256-value super-blocks, 16-value scale groups)
+//! times Q8_K activations: what the Q2_K and Q3_K_M/Q3_K_S files that people download for a
+//! teacher that does not fit in memory otherwise are mostly made of.
+//!
+//! One tile record is 16 columns × 256 inputs:
+//! - the low 2 bits of the quants of each 16-input group `t` as one 64-byte vector at `64 t`:
+//!   bits `2 h..2 h + 2` of byte `4 c + j` hold input `16 t + 4 h + j` of column `c`, so one
+//!   shift and one AND give a `vpdpbusd` operand for 4 inputs of every column;
+//! - Q3_K: the 3rd bits, per group four 64-bit masks (mask `h`, bit `4 c + j`: input
+//!   `16 t + 4 h + j`), added as 4 with a masked byte add (AVX-512) or a byte spread (AVX2);
+//! - the scales of each pair of groups as bytes `[t / 2][c][t % 2]` (one 16-bit lane pair per
+//!   column, for a `madd` with two activation sums): Q2_K keeps the file's bytes (4-bit scale low,
+//!   4-bit min high), Q3_K stores its 6-bit scales minus 32 as signed bytes;
+//! - f16 `d` (and Q2_K's f16 `dmin`) of the 16 columns.
+//!
+//! Sizes: 84 and 114 bytes per 256 inputs of a column against the file's 84 and 110 (Q3_K's 12
+//! packed scale bytes become 16).
+//!
+//! Per block, in integers: Q2_K `S1 = Σ_t sc_t · Σ q·a`, `S2 = Σ_t m_t · Σ a`, then
+//! `acc = fma(S1, d·d_a, acc)`, `acc = fma(−S2, dmin·d_a, acc)`; Q3_K (quants stored unsigned,
+//! 0..7, offset 4) `S = Σ_t sc_t · (Σ q·a − 4 · Σ a)`, then `acc = fma(S, d·d_a, acc)`: ggml's
+//! integer structure for both.
+
+use super::act::Q8KBlock;
+use super::{f16_at, Format, ROWS, TILE_N};
+use candle_core::quantized::GgmlDType;
+
+pub(crate) struct Q2K;
+pub(crate) struct Q3K;
+
+/// The 2-bit value of input `v` (< 256) of a file block's `qs` (64 bytes): ggml stores input
+/// `128 n + 32 k + l` at bits `2 k..2 k + 2` of byte `32 n + l`.
+fn file_crumb(qs: &[u8], v: usize) -> u8 {
+    (qs[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3
+}
+
+/// Where input `v` of column `c` sits in a record: (byte, shift) of its 2 bits, (byte, bit) of
+/// its 3rd-bit mask entry relative to the masks' start.
+fn crumb_at(c: usize, v: usize) -> (usize, u32, usize, u32) {
+    let (t, h, j) = (v / 16, (v % 16) / 4, v % 4);
+    let bit = 4 * c + j;
+    (
+        64 * t + 4 * c + j,
+        2 * h as u32,
+        32 * t + 8 * h + bit / 8,
+        (bit % 8) as u32,
+    )
+}
+
+fn crumb(rec: &[u8], c: usize, v: usize) -> i32 {
+    let (at, shift, _, _) = crumb_at(c, v);
+    ((rec[at] >> shift) & 3) as i32
+}
+
+/// Byte of the scale of group `t` of column `c`, relative to the scales' start.
+fn scale_at(c: usize, t: usize) -> usize {
+    32 * (t / 2) + 2 * c + t % 2
+}
+
+/// ggml's unpacking of Q3_K's 12 scale bytes into 16 6-bit scales (0..63, stored +32).
+fn q3k_scales(packed: &[u8]) -> [u8; 16] {
+    let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().unwrap());
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let (low, high) = (0x0f0f_0f0fu32, 0x0303_0303u32);
+    let words = [
+        (a0 & low) | ((tmp & high) << 4),
+        (a1 & low) | (((tmp >> 2) & high) << 4),
+        ((a0 >> 4) & low) | (((tmp >> 4) & high) << 4),
+        ((a1 >> 4) & low) | (((tmp >> 6) & high) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+impl Q2K {
+    const SC: usize = 1024;
+    const D: usize = Self::SC + 256;
+    const DMIN: usize = Self::D + 32;
+}
+
+impl Format for Q2K {
+    type Act = Q8KBlock;
+    const DTYPE: GgmlDType = GgmlDType::Q2K;
+    const QK: usize = 256;
+    const FILE_BYTES: usize = 84;
+    const TILE_BYTES: usize = Self::DMIN + 32;
+    const ZERO: Q8KBlock = Q8KBlock::ZERO;
+
+    fn quantize(xs: &[f32]) -> Q8KBlock {
+        Q8KBlock::quantize(xs)
+    }
+
+    fn pack(block: &[u8], c: usize, rec: &mut [u8]) {
+        // File: 16 scale bytes (scale low nibble, min high), qs (64), d, dmin (f16).
+        let (scales, qs) = (&block[..16], &block[16..80]);
+        rec[Self::D + 2 * c..][..2].copy_from_slice(&block[80..82]);
+        rec[Self::DMIN + 2 * c..][..2].copy_from_slice(&block[82..84]);
+        for v in 0..256 {
+            let (at, shift, _, _) = crumb_at(c, v);
+            rec[at] |= file_crumb(qs, v) << shift;
+        }
+        for (t, &sc) in scales.iter().enumerate() {
+            rec[Self::SC + scale_at(c, t)] = sc;
+        }
+    }
+
+    fn reference(tiles: &[u8], acts: &[Q8KBlock], c: usize) -> f32 {
+        let mut acc = 0f32;
+        for (rec, a) in tiles.chunks_exact(Self::TILE_BYTES).zip(acts) {
+            let (mut s1, mut s2) = (0i32, 0i32);
+            for t in 0..16 {
+                let mut isum = 0i32;
+                for v in 16 * t..16 * t + 16 {
+                    isum += crumb(rec, c, v) * a.qs[v] as i32;
+                }
+                let byte = rec[Self::SC + scale_at(c, t)];
+                s1 += (byte & 0x0f) as i32 * isum;
+                s2 += (byte >> 4) as i32 * a.bsums[t] as i32;
+            }
+            acc = (s1 as f32).mul_add(f16_at(rec, Self::D + 2 * c) * a.d, acc);
+            acc = (-(s2 as f32)).mul_add(f16_at(rec, Self::DMIN + 2 * c) * a.d, acc);
+        }
+        acc
+    }
+
+    unsafe fn avx512<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        x86::q2k_avx512::<R>(tiles, acts, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("{tiles:p} {acts:p} {out:p}");
+    }
+
+    unsafe fn avx2<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        x86::q2k_avx2::<R>(tiles, acts, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("{tiles:p} {acts:p} {out:p}");
+    }
+}
+
+impl Q3K {
+    const QH: usize = 1024;
+    const SC: usize = Self::QH + 512;
+    const D: usize = Self::SC + 256;
+
+    /// The unsigned quant (0..7; the value is this minus 4) of input `v` of column `c`.
+    fn quant(rec: &[u8], c: usize, v: usize) -> i32 {
+        let (_, _, at, bit) = crumb_at(c, v);
+        crumb(rec, c, v) | (((rec[Self::QH + at] >> bit) & 1) as i32) << 2
+    }
+}
+
+impl Format for Q3K {
+    type Act = Q8KBlock;
+    const DTYPE: GgmlDType = GgmlDType::Q3K;
+    const QK: usize = 256;
+    const FILE_BYTES: usize = 110;
+    const TILE_BYTES: usize = Self::D + 32;
+    const ZERO: Q8KBlock = Q8KBlock::ZERO;
+
+    fn quantize(xs: &[f32]) -> Q8KBlock {
+        Q8KBlock::quantize(xs)
+    }
+
+    fn pack(block: &[u8], c: usize, rec: &mut [u8]) {
+        // File: hmask (32: input v's 3rd bit is bit v / 32 of byte v % 32; the value is the 2
+        // low bits minus 4 where it is clear), qs (64), 12 packed scale bytes, d (f16).
+        let (hmask, qs, scales) = (&block[..32], &block[32..96], &block[96..108]);
+        rec[Self::D + 2 * c..][..2].copy_from_slice(&block[108..110]);
+        for v in 0..256 {
+            let (at, shift, mask_at, bit) = crumb_at(c, v);
+            rec[at] |= file_crumb(qs, v) << shift;
+            if (hmask[v % 32] >> (v / 32)) & 1 == 1 {
+                rec[Self::QH + mask_at] |= 1 << bit;
+            }
+        }
+        for (t, &sc) in q3k_scales(scales).iter().enumerate() {
+            rec[Self::SC + scale_at(c, t)] = (sc as i8 - 32) as u8;
+        }
+    }
+
+    fn reference(tiles: &[u8], acts: &[Q8KBlock], c: usize) -> f32 {
+        let mut acc = 0f32;
+        for (rec, a) in tiles.chunks_exact(Self::TILE_BYTES).zip(acts) {
+            let mut sum = 0i32;
+            for t in 0..16 {
+                let mut isum = -4 * a.bsums[t] as i32;
+                for v in 16 * t..16 * t + 16 {
+                    isum += Self::quant(rec, c, v) * a.qs[v] as i32;
+                }
+                sum += rec[Self::SC + scale_at(c, t)] as i8 as i32 * isum;
+            }
+            acc = (sum as f32).mul_add(f16_at(rec, Self::D + 2 * c) * a.d, acc);
+        }
+        acc
+    }
+
+    unsafe fn avx512<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        x86::q3k_avx512::<R>(tiles, acts, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("{tiles:p} {acts:p} {out:p}");
+    }
+
+    unsafe fn avx2<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        x86::q3k_avx2::<R>(tiles, acts, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("{tiles:p} {acts:p} {out:p}");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// Blocks and rows index several arrays at once (tiles, activations, accumulators).
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    use super::super::simd::{bit_bytes, prefetch_record};
+    use super::super::{pair, quad, Format, ROWS, TILE_N};
+    use super::{Q8KBlock, Q2K, Q3K};
+    use std::arch::x86_64::*;
+
+    /// The 2-bit quants of group `h` (0..4) of a crumb vector, as bytes 0..3.
+    macro_rules! crumbs {
+        ($and:ident, $srl:ident, $v:expr, $h:expr, $three:expr) => {
+            match $h {
+                0 => $and($v, $three),
+                1 => $and($srl($v, 2), $three),
+                2 => $and($srl($v, 4), $three),
+                _ => $and($srl($v, 6), $three),
+            }
+        };
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q2k_avx512<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        let tb = Q2K::TILE_BYTES;
+        let three = _mm512_set1_epi8(3);
+        let low4 = _mm512_set1_epi32(0x0f);
+        let nib16 = _mm512_set1_epi16(0x0f);
+        let mut accf = [_mm512_setzero_ps(); R];
+        for b in 0..tiles.len() / tb {
+            let p = tiles.as_ptr().add(b * tb);
+            prefetch_record(p, tb);
+            let mut s1 = [_mm512_setzero_si512(); R];
+            let mut s2 = [_mm512_setzero_si512(); R];
+            for q in 0..8 {
+                // Lane c: the scale bytes of groups 2q (low 16 bits) and 2q + 1 (high).
+                let sc = _mm256_loadu_si256(p.add(Q2K::SC + 32 * q) as *const _);
+                let sc = _mm512_cvtepu8_epi16(sc);
+                let mins = _mm512_and_si512(_mm512_srli_epi16(sc, 4), nib16);
+                for r in 0..R {
+                    let sums = _mm512_set1_epi32(pair(&acts[r][b].bsums, 2 * q));
+                    s2[r] = _mm512_add_epi32(s2[r], _mm512_madd_epi16(mins, sums));
+                }
+                for e in 0..2 {
+                    let t = 2 * q + e;
+                    let v = _mm512_loadu_si512(p.add(64 * t) as *const _);
+                    let mut acc = [_mm512_setzero_si512(); R];
+                    for h in 0..4 {
+                        let w = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
+                        for r in 0..R {
+                            let a = _mm512_set1_epi32(quad(&acts[r][b].qs, 16 * t + 4 * h));
+                            acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
+                        }
+                    }
+                    let scale = if e == 0 {
+                        _mm512_and_si512(sc, low4)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi32(sc, 16), low4)
+                    };
+                    for r in 0..R {
+                        s1[r] = _mm512_add_epi32(s1[r], _mm512_mullo_epi32(acc[r], scale));
+                    }
+                }
+            }
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(Q2K::D) as *const _));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(Q2K::DMIN) as *const _));
+            for r in 0..R {
+                let da = _mm512_set1_ps(acts[r][b].d);
+                accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[r]), _mm512_mul_ps(d, da), accf[r]);
+                let mins = _mm512_cvtepi32_ps(s2[r]);
+                accf[r] = _mm512_fnmadd_ps(mins, _mm512_mul_ps(dmin, da), accf[r]);
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(out[r].as_mut_ptr(), accf[r]);
+        }
+    }
+
+    /// Group `e` (0 or 1) of a pair's 16-bit scales in both 16-bit halves of each column's lane
+    /// (a `madd` operand).
+    #[inline(always)]
+    unsafe fn both_halves(sc: __m256i, e: usize) -> __m256i {
+        if e == 0 {
+            _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xaa)
+        } else {
+            _mm256_blend_epi16(_mm256_srli_epi32(sc, 16), sc, 0xaa)
+        }
+    }
+
+    /// Σ over the 4 quads of group `t` of `w[h] · a`, then times the group's scale: `maddubs`
+    /// pairs (≤ 2 · 7 · 127) summed in 16 bits, `madd` with the scale.
+    #[inline(always)]
+    unsafe fn group_avx2(w: &[__m256i; 4], qs: &[i8], t: usize, scale: __m256i) -> __m256i {
+        let a = |h: usize| _mm256_set1_epi32(quad(qs, 16 * t + 4 * h));
+        let t01 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w[0], a(0)),
+            _mm256_maddubs_epi16(w[1], a(1)),
+        );
+        let t23 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w[2], a(2)),
+            _mm256_maddubs_epi16(w[3], a(3)),
+        );
+        _mm256_add_epi32(_mm256_madd_epi16(t01, scale), _mm256_madd_epi16(t23, scale))
+    }
+
+    /// 8 columns per half.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q2k_avx2<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        let tb = Q2K::TILE_BYTES;
+        let three = _mm256_set1_epi8(3);
+        let nib16 = _mm256_set1_epi16(0x0f);
+        for half in 0..2 {
+            let mut accf = [_mm256_setzero_ps(); R];
+            for b in 0..tiles.len() / tb {
+                let p = tiles.as_ptr().add(b * tb);
+                prefetch_record(p, tb);
+                let mut s1 = [_mm256_setzero_si256(); R];
+                let mut s2 = [_mm256_setzero_si256(); R];
+                for q in 0..8 {
+                    let sc = p.add(Q2K::SC + 32 * q + 16 * half) as *const __m128i;
+                    let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sc));
+                    let mins = _mm256_and_si256(_mm256_srli_epi16(sc, 4), nib16);
+                    let scales = _mm256_and_si256(sc, nib16);
+                    for r in 0..R {
+                        let sums = _mm256_set1_epi32(pair(&acts[r][b].bsums, 2 * q));
+                        s2[r] = _mm256_add_epi32(s2[r], _mm256_madd_epi16(mins, sums));
+                    }
+                    for e in 0..2 {
+                        let t = 2 * q + e;
+                        let v = _mm256_loadu_si256(p.add(64 * t + 32 * half) as *const _);
+                        let w: [__m256i; 4] = std::array::from_fn(|h| {
+                            crumbs!(_mm256_and_si256, _mm256_srli_epi16, v, h, three)
+                        });
+                        let scale = both_halves(scales, e);
+                        for r in 0..R {
+                            let g = group_avx2(&w, &acts[r][b].qs, t, scale);
+                            s1[r] = _mm256_add_epi32(s1[r], g);
+                        }
+                    }
+                }
+                let at = |off: usize| p.add(off + 16 * half) as *const __m128i;
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(at(Q2K::D)));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(at(Q2K::DMIN)));
+                for r in 0..R {
+                    let da = _mm256_set1_ps(acts[r][b].d);
+                    let total = _mm256_cvtepi32_ps(s1[r]);
+                    accf[r] = _mm256_fmadd_ps(total, _mm256_mul_ps(d, da), accf[r]);
+                    let mins = _mm256_cvtepi32_ps(s2[r]);
+                    accf[r] = _mm256_fnmadd_ps(mins, _mm256_mul_ps(dmin, da), accf[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * half), accf[r]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q3k_avx512<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        let tb = Q3K::TILE_BYTES;
+        let three = _mm512_set1_epi8(3);
+        let four = _mm512_set1_epi8(4);
+        let mut accf = [_mm512_setzero_ps(); R];
+        for b in 0..tiles.len() / tb {
+            let p = tiles.as_ptr().add(b * tb);
+            prefetch_record(p, tb);
+            let mut sum = [_mm512_setzero_si512(); R];
+            for q in 0..8 {
+                let sc = _mm256_loadu_si256(p.add(Q3K::SC + 32 * q) as *const _);
+                let sc = _mm512_cvtepi8_epi16(sc);
+                for e in 0..2 {
+                    let t = 2 * q + e;
+                    let v = _mm512_loadu_si512(p.add(64 * t) as *const _);
+                    let qh = p.add(Q3K::QH + 32 * t) as *const u64;
+                    let mut acc: [__m512i; R] =
+                        std::array::from_fn(|r| _mm512_set1_epi32(-4 * acts[r][b].bsums[t] as i32));
+                    for h in 0..4 {
+                        let w = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
+                        let w = _mm512_mask_add_epi8(w, qh.add(h).read_unaligned(), w, four);
+                        for r in 0..R {
+                            let a = _mm512_set1_epi32(quad(&acts[r][b].qs, 16 * t + 4 * h));
+                            acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
+                        }
+                    }
+                    // The signed scale of group t from the low (e = 0) or high 16 bits.
+                    let scale = if e == 0 {
+                        _mm512_srai_epi32(_mm512_slli_epi32(sc, 16), 16)
+                    } else {
+                        _mm512_srai_epi32(sc, 16)
+                    };
+                    for r in 0..R {
+                        sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(acc[r], scale));
+                    }
+                }
+            }
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(Q3K::D) as *const _));
+            for r in 0..R {
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(acts[r][b].d));
+                accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r]), scale, accf[r]);
+            }
+        }
+        for r in 0..R {
+            _mm512_storeu_ps(out[r].as_mut_ptr(), accf[r]);
+        }
+    }
+
+    /// 8 columns per half; the −4 offsets as `madd`s of scale pairs and sum pairs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q3k_avx2<const R: usize>(
+        tiles: &[u8],
+        acts: &[&[Q8KBlock]; ROWS],
+        out: &mut [[f32; TILE_N]; ROWS],
+    ) {
+        let tb = Q3K::TILE_BYTES;
+        let three = _mm256_set1_epi8(3);
+        for half in 0..2 {
+            let mut accf = [_mm256_setzero_ps(); R];
+            for b in 0..tiles.len() / tb {
+                let p = tiles.as_ptr().add(b * tb);
+                prefetch_record(p, tb);
+                let mut sum = [_mm256_setzero_si256(); R];
+                let mut offset = [_mm256_setzero_si256(); R];
+                for q in 0..8 {
+                    let sc = p.add(Q3K::SC + 32 * q + 16 * half) as *const __m128i;
+                    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc));
+                    for r in 0..R {
+                        let sums = _mm256_set1_epi32(pair(&acts[r][b].bsums, 2 * q));
+                        offset[r] = _mm256_add_epi32(offset[r], _mm256_madd_epi16(sc, sums));
+                    }
+                    for e in 0..2 {
+                        let t = 2 * q + e;
+                        let v = _mm256_loadu_si256(p.add(64 * t + 32 * half) as *const _);
+                        let qh = p.add(Q3K::QH + 32 * t) as *const u64;
+                        let w: [__m256i; 4] = std::array::from_fn(|h| {
+                            let low = crumbs!(_mm256_and_si256, _mm256_srli_epi16, v, h, three);
+                            let bits = (qh.add(h).read_unaligned() >> (32 * half)) as u32;
+                            _mm256_or_si256(low, bit_bytes(bits, 4))
+                        });
+                        let scale = both_halves(sc, e);
+                        for r in 0..R {
+                            let g = group_avx2(&w, &acts[r][b].qs, t, scale);
+                            sum[r] = _mm256_add_epi32(sum[r], g);
+                        }
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(Q3K::D + 16 * half) as *const _));
+                for r in 0..R {
+                    let total = _mm256_sub_epi32(sum[r], _mm256_slli_epi32(offset[r], 2));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[r][b].d));
+                    accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, accf[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * half), accf[r]);
+            }
+        }
+    }
+}

@@ -2,13 +2,15 @@
 //! times Q8_K activations: what the Q2_K and Q3_K_M/Q3_K_S files that people download for a
 //! teacher that does not fit in memory otherwise are mostly made of.
 //!
-//! One tile record is 16 columns × 256 inputs:
-//! - the low 2 bits of the quants of each 16-input group `t` as one 64-byte vector at `64 t`:
-//!   bits `2 h..2 h + 2` of byte `4 c + j` hold input `16 t + 4 h + j` of column `c`, so one
-//!   shift and one AND give a `vpdpbusd` operand for 4 inputs of every column;
-//! - Q3_K: the 3rd bits, per group four 64-bit masks (mask `h`, bit `4 c + j`: input
-//!   `16 t + 4 h + j`), added as 4 with a masked byte add (AVX-512) or a byte spread (AVX2);
-//! - the scales of each pair of groups as bytes `[t / 2][c][t % 2]` (one 16-bit lane pair per
+//! One tile record is 16 columns × 256 inputs, in 8 pairs of 16-input groups (`t = 2 q + e`),
+//! each pair's bits together (one forward stream):
+//! - the low 2 bits of the quants of group `t` as one 64-byte vector: bits `2 h..2 h + 2` of
+//!   byte `4 c + j` hold input `16 t + 4 h + j` of column `c`, so one shift and one AND give a
+//!   `vpdpbusd` operand for 4 inputs of every column;
+//! - Q3_K: after the pair's two vectors, their 3rd bits as one more: bit `4 e + h` of byte
+//!   `4 c + j` for input `16 t + 4 h + j` (one shift and one AND make it the byte's 4; a 64-bit
+//!   mask per 4 inputs, as Q5_K has, cost AVX2 six instructions to spread into bytes);
+//! - then the scales of each pair of groups as bytes `[q][c][e]` (one 16-bit lane pair per
 //!   column, for a `madd` with two activation sums): Q2_K keeps the file's bytes (4-bit scale low,
 //!   4-bit min high), Q3_K stores its 6-bit scales minus 32 as signed bytes;
 //! - f16 `d` (and Q2_K's f16 `dmin`) of the 16 columns.
@@ -34,21 +36,22 @@ fn file_crumb(qs: &[u8], v: usize) -> u8 {
     (qs[32 * (v / 128) + v % 32] >> (2 * ((v % 128) / 32))) & 3
 }
 
-/// Where input `v` of column `c` sits in a record: (byte, shift) of its 2 bits, (byte, bit) of
-/// its 3rd-bit mask entry relative to the masks' start.
-fn crumb_at(c: usize, v: usize) -> (usize, u32, usize, u32) {
+/// Where input `v` of column `c` sits in a record whose group pairs take `pair_bytes` each:
+/// (byte, shift) of its 2 low bits, and (byte, bit) of its 3rd bit (Q3_K).
+fn crumb_at(pair_bytes: usize, c: usize, v: usize) -> (usize, u32, usize, u32) {
     let (t, h, j) = (v / 16, (v % 16) / 4, v % 4);
-    let bit = 4 * c + j;
+    let (q, e) = (t / 2, t % 2);
+    let low = pair_bytes * q + 64 * e + 4 * c + j;
     (
-        64 * t + 4 * c + j,
+        low,
         2 * h as u32,
-        32 * t + 8 * h + bit / 8,
-        (bit % 8) as u32,
+        pair_bytes * q + 128 + 4 * c + j,
+        (4 * e + h) as u32,
     )
 }
 
-fn crumb(rec: &[u8], c: usize, v: usize) -> i32 {
-    let (at, shift, _, _) = crumb_at(c, v);
+fn crumb(rec: &[u8], pair_bytes: usize, c: usize, v: usize) -> i32 {
+    let (at, shift, _, _) = crumb_at(pair_bytes, c, v);
     ((rec[at] >> shift) & 3) as i32
 }
 
@@ -76,7 +79,8 @@ fn q3k_scales(packed: &[u8]) -> [u8; 16] {
 }
 
 impl Q2K {
-    const SC: usize = 1024;
+    const PAIR: usize = 128;
+    const SC: usize = 8 * Self::PAIR;
     const D: usize = Self::SC + 256;
     const DMIN: usize = Self::D + 32;
 }
@@ -99,7 +103,7 @@ impl Format for Q2K {
         rec[Self::D + 2 * c..][..2].copy_from_slice(&block[80..82]);
         rec[Self::DMIN + 2 * c..][..2].copy_from_slice(&block[82..84]);
         for v in 0..256 {
-            let (at, shift, _, _) = crumb_at(c, v);
+            let (at, shift, _, _) = crumb_at(Self::PAIR, c, v);
             rec[at] |= file_crumb(qs, v) << shift;
         }
         for (t, &sc) in scales.iter().enumerate() {
@@ -114,7 +118,7 @@ impl Format for Q2K {
             for t in 0..16 {
                 let mut isum = 0i32;
                 for v in 16 * t..16 * t + 16 {
-                    isum += crumb(rec, c, v) * a.qs[v] as i32;
+                    isum += crumb(rec, Self::PAIR, c, v) * a.qs[v] as i32;
                 }
                 let byte = rec[Self::SC + scale_at(c, t)];
                 s1 += (byte & 0x0f) as i32 * isum;
@@ -150,14 +154,15 @@ impl Format for Q2K {
 }
 
 impl Q3K {
-    const QH: usize = 1024;
-    const SC: usize = Self::QH + 512;
+    /// A pair of groups: two vectors of low bits, one of 3rd bits.
+    const PAIR: usize = 192;
+    const SC: usize = 8 * Self::PAIR;
     const D: usize = Self::SC + 256;
 
     /// The unsigned quant (0..7; the value is this minus 4) of input `v` of column `c`.
     fn quant(rec: &[u8], c: usize, v: usize) -> i32 {
-        let (_, _, at, bit) = crumb_at(c, v);
-        crumb(rec, c, v) | (((rec[Self::QH + at] >> bit) & 1) as i32) << 2
+        let (_, _, at, bit) = crumb_at(Self::PAIR, c, v);
+        crumb(rec, Self::PAIR, c, v) | (((rec[at] >> bit) & 1) as i32) << 2
     }
 }
 
@@ -179,11 +184,9 @@ impl Format for Q3K {
         let (hmask, qs, scales) = (&block[..32], &block[32..96], &block[96..108]);
         rec[Self::D + 2 * c..][..2].copy_from_slice(&block[108..110]);
         for v in 0..256 {
-            let (at, shift, mask_at, bit) = crumb_at(c, v);
+            let (at, shift, high_at, bit) = crumb_at(Self::PAIR, c, v);
             rec[at] |= file_crumb(qs, v) << shift;
-            if (hmask[v % 32] >> (v / 32)) & 1 == 1 {
-                rec[Self::QH + mask_at] |= 1 << bit;
-            }
+            rec[high_at] |= ((hmask[v % 32] >> (v / 32)) & 1) << bit;
         }
         for (t, &sc) in q3k_scales(scales).iter().enumerate() {
             rec[Self::SC + scale_at(c, t)] = (sc as i8 - 32) as u8;
@@ -233,7 +236,7 @@ impl Format for Q3K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::{bit_bytes, prefetch_record};
+    use super::super::simd::prefetch_record;
     use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{Q8KBlock, Q2K, Q3K};
     use std::arch::x86_64::*;
@@ -246,6 +249,22 @@ mod x86 {
                 1 => $and($srl($v, 2), $three),
                 2 => $and($srl($v, 4), $three),
                 _ => $and($srl($v, 6), $three),
+            }
+        };
+    }
+
+    /// Bit `b` (0..8) of each byte of a Q3_K 3rd-bit vector, as the byte's 4.
+    macro_rules! bit_as_four {
+        ($and:ident, $sll:ident, $srl:ident, $x:expr, $b:expr, $four:expr) => {
+            match $b {
+                0 => $and($sll($x, 2), $four),
+                1 => $and($sll($x, 1), $four),
+                2 => $and($x, $four),
+                3 => $and($srl($x, 1), $four),
+                4 => $and($srl($x, 2), $four),
+                5 => $and($srl($x, 3), $four),
+                6 => $and($srl($x, 4), $four),
+                _ => $and($srl($x, 5), $four),
             }
         };
     }
@@ -410,15 +429,24 @@ mod x86 {
             for q in 0..8 {
                 let sc = _mm256_loadu_si256(p.add(Q3K::SC + 32 * q) as *const _);
                 let sc = _mm512_cvtepi8_epi16(sc);
+                let pair = p.add(Q3K::PAIR * q);
+                let high = _mm512_loadu_si512(pair.add(128) as *const _);
                 for e in 0..2 {
                     let t = 2 * q + e;
-                    let v = _mm512_loadu_si512(p.add(64 * t) as *const _);
-                    let qh = p.add(Q3K::QH + 32 * t) as *const u64;
+                    let v = _mm512_loadu_si512(pair.add(64 * e) as *const _);
                     let mut acc: [__m512i; R] =
                         std::array::from_fn(|r| _mm512_set1_epi32(-4 * acts[r][b].bsums[t] as i32));
                     for h in 0..4 {
-                        let w = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
-                        let w = _mm512_mask_add_epi8(w, qh.add(h).read_unaligned(), w, four);
+                        let low = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
+                        let bit = bit_as_four!(
+                            _mm512_and_si512,
+                            _mm512_slli_epi16,
+                            _mm512_srli_epi16,
+                            high,
+                            4 * e + h,
+                            four
+                        );
+                        let w = _mm512_or_si512(low, bit);
                         for r in 0..R {
                             let a = _mm512_set1_epi32(quad(&acts[r][b].qs, 16 * t + 4 * h));
                             acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
@@ -455,6 +483,7 @@ mod x86 {
     ) {
         let tb = Q3K::TILE_BYTES;
         let three = _mm256_set1_epi8(3);
+        let four = _mm256_set1_epi8(4);
         for half in 0..2 {
             let mut accf = [_mm256_setzero_ps(); R];
             for b in 0..tiles.len() / tb {
@@ -469,14 +498,22 @@ mod x86 {
                         let sums = _mm256_set1_epi32(pair(&acts[r][b].bsums, 2 * q));
                         offset[r] = _mm256_add_epi32(offset[r], _mm256_madd_epi16(sc, sums));
                     }
+                    let pair = p.add(Q3K::PAIR * q + 32 * half);
+                    let high = _mm256_loadu_si256(pair.add(128) as *const _);
                     for e in 0..2 {
                         let t = 2 * q + e;
-                        let v = _mm256_loadu_si256(p.add(64 * t + 32 * half) as *const _);
-                        let qh = p.add(Q3K::QH + 32 * t) as *const u64;
+                        let v = _mm256_loadu_si256(pair.add(64 * e) as *const _);
                         let w: [__m256i; 4] = std::array::from_fn(|h| {
                             let low = crumbs!(_mm256_and_si256, _mm256_srli_epi16, v, h, three);
-                            let bits = (qh.add(h).read_unaligned() >> (32 * half)) as u32;
-                            _mm256_or_si256(low, bit_bytes(bits, 4))
+                            let bit = bit_as_four!(
+                                _mm256_and_si256,
+                                _mm256_slli_epi16,
+                                _mm256_srli_epi16,
+                                high,
+                                4 * e + h,
+                                four
+                            );
+                            _mm256_or_si256(low, bit)
                         });
                         let scale = both_halves(sc, e);
                         for r in 0..R {

@@ -438,15 +438,10 @@ mod x86 {
                         std::array::from_fn(|r| _mm512_set1_epi32(-4 * acts[r][b].bsums[t] as i32));
                     for h in 0..4 {
                         let low = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
-                        let bit = bit_as_four!(
-                            _mm512_and_si512,
-                            _mm512_slli_epi16,
-                            _mm512_srli_epi16,
-                            high,
-                            4 * e + h,
-                            four
-                        );
-                        let w = _mm512_or_si512(low, bit);
+                        // Bit 4 e + h of each byte as a mask: one test and one masked add.
+                        let bit = _mm512_set1_epi8(1 << (4 * e + h));
+                        let w =
+                            _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(high, bit), low, four);
                         for r in 0..R {
                             let a = _mm512_set1_epi32(quad(&acts[r][b].qs, 16 * t + 4 * h));
                             acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);

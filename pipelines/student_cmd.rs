@@ -123,10 +123,17 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         &(serde_json::to_string_pretty(&dataset.report)? + "\n"),
     )?;
 
-    memory::preflight(settings, &student, &target, &dataset)?;
+    let beside = memory::Beside {
+        teacher: match &teacher {
+            Some(t) => memory::Beside::teacher_weights(t, &target)?,
+            None => 0.0,
+        },
+        samples: 0.0,
+    };
+    memory::preflight(settings, &student, &target, dataset.train.max_len(), beside)?;
     let spec = student.config.spec()?;
     let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)
-        .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
+        .map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
     if let Some(teacher) = teacher {
         let dtype = target.precision.compute;
         let model = teacher
@@ -180,7 +187,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
             };
             log.record(&line)
         })
-        .map_err(|e| memory::explain(e.into(), settings, &target, &spec))?;
+        .map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
     bar.finish_and_clear();
     log.finish()?;
     chart::loss_curve(&png, &curve, &evals)?;

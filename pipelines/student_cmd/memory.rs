@@ -1,15 +1,14 @@
 //! GPU memory for `distill train`: an estimate checked against the device's free memory before
 //! the first step, and out-of-memory errors turned into one line naming the stage, the batch and
-//! the estimated need (instead of a CUDA error from deep inside a kernel launch).
+//! the estimated need (instead of a CUDA error from deep inside a kernel launch). A live
+//! teacher's weights and an on-policy run's sample caches count too ([`Beside`]).
 //!
 //! [`sharded`] estimates the same parts for one process of a PyTorch job (the TRL engine), where
 //! ZeRO-3 or FSDP2 divide weights, gradients and optimizer states over the processes.
 
 use candle_core::DType;
 use distill_models::device::{gib, is_out_of_memory, memory_info};
-use distill_models::Spec;
-use distill_student::batch::Rows;
-use distill_student::data::token_cache::CachedDataset;
+use distill_models::{Checkpoint, Spec};
 use distill_student::{StudentInit, TrainTarget};
 
 use super::TrainSettings;
@@ -178,22 +177,57 @@ pub fn sharded(spec: &Spec, job: &Sharding) -> Estimate {
     }
 }
 
-/// Fails before the first step when the estimate exceeds the GPU's free memory (no check on
-/// the CPU, where the operating system has the last word).
+/// What a run keeps on the device beside the student's own training state, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Beside {
+    /// A live teacher's weights.
+    pub teacher: f64,
+    /// The KV caches of an on-policy step's samples.
+    pub samples: f64,
+}
+
+impl Beside {
+    /// A live teacher's weights as they will sit on `target`: a GGUF file's bytes (its
+    /// matrices stay quantized), else its parameters in the compute dtype.
+    pub fn teacher_weights(teacher: &Checkpoint, target: &TrainTarget) -> anyhow::Result<f64> {
+        if teacher.is_gguf() {
+            return Ok(teacher.size_on_disk()? as f64);
+        }
+        let n = teacher.config().spec()?.num_parameters() as f64;
+        Ok(n * target.precision.compute.size_in_bytes() as f64)
+    }
+
+    /// The KV caches of `sequences` samples of up to `seq_len` tokens of `spec`, in `dtype`.
+    pub fn sample_caches(spec: &Spec, sequences: usize, seq_len: usize, dtype: DType) -> f64 {
+        let per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim;
+        (sequences * seq_len * per_token * dtype.size_in_bytes()) as f64
+    }
+
+    fn total(&self) -> f64 {
+        self.teacher + self.samples
+    }
+}
+
+/// Fails before the first step when the estimate for `width`-token rows, with what the run
+/// keeps `beside` them, exceeds the GPU's free memory (no check on the CPU, where the operating
+/// system has the last word).
 pub fn preflight(
     settings: &TrainSettings,
     student: &StudentInit,
     target: &TrainTarget,
-    dataset: &CachedDataset,
+    width: usize,
+    beside: Beside,
 ) -> anyhow::Result<()> {
     let Some((free, _)) = memory_info(&target.device) else {
         return Ok(());
     };
     let spec = student.config.spec()?;
-    let width = dataset.train.max_len();
     let need = estimate(&spec, target, settings.train.micro_batch_size, width);
-    if need.total() > free as f64 {
-        anyhow::bail!("{}", advice(settings, target, width, &need, Some(free)));
+    if need.total() + beside.total() > free as f64 {
+        anyhow::bail!(
+            "{}",
+            advice(settings, target, width, &need, beside, Some(free))
+        );
     }
     Ok(())
 }
@@ -205,6 +239,7 @@ pub fn explain(
     settings: &TrainSettings,
     target: &TrainTarget,
     spec: &Spec,
+    beside: Beside,
 ) -> anyhow::Error {
     let oom = e.chain().any(|c| {
         c.downcast_ref::<candle_core::Error>()
@@ -217,7 +252,7 @@ pub fn explain(
     let width = settings.data.max_seq_len;
     let free = memory_info(&target.device).map(|(f, _)| f);
     let need = estimate(spec, target, settings.train.micro_batch_size, width);
-    anyhow::anyhow!("{}", advice(settings, target, width, &need, free))
+    anyhow::anyhow!("{}", advice(settings, target, width, &need, beside, free))
 }
 
 fn advice(
@@ -225,16 +260,27 @@ fn advice(
     target: &TrainTarget,
     width: usize,
     need: &Estimate,
+    beside: Beside,
     free: Option<usize>,
 ) -> String {
+    let mut parts = format!(
+        "weights, gradients and AdamW moments {}, activations {}",
+        gib(need.state()),
+        gib(need.activations)
+    );
+    if beside.teacher > 0.0 {
+        parts += &format!(", the teacher {}", gib(beside.teacher));
+    }
+    if beside.samples > 0.0 {
+        parts += &format!(", the samples' KV caches {}", gib(beside.samples));
+    }
     format!(
-        "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} (weights, gradients and AdamW moments {}, activations {}){}; lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}",
+        "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} ({parts}){}; lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}{}",
         settings.train.micro_batch_size,
         target.precision,
-        gib(need.total()),
-        gib(need.state()),
-        gib(need.activations),
+        gib(need.total() + beside.total()),
         free.map_or(String::new(), |f| format!(", {} has {} free", distill_models::device::describe(&target.device), gib(f as f64))),
+        if beside.samples > 0.0 { ", or `prompts_per_step`" } else { "" },
         if target.precision.params == DType::F32 { ", or use `--dtype bf16-pure`" } else { "" },
     )
 }
@@ -285,6 +331,39 @@ mod tests {
         // Activations grow with the batch and quadratically (attention) with the length.
         let short = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 1024);
         assert!(short.activations < pure.activations / 2.0);
+    }
+
+    /// One on-policy step of 32 samples of 4096 tokens keeps 32 · 4096 · (2 · 28 layers · 2 KV
+    /// heads · 128) bf16 values: 3.76 GB beside the training state, and the advice names it.
+    #[test]
+    fn on_policy_samples_and_teacher_count() {
+        let caches = Beside::sample_caches(&spec(), 32, 4096, DType::BF16);
+        assert_eq!(caches, 32.0 * 4096.0 * (2 * 28 * 2 * 128 * 2) as f64);
+        let target = TrainTarget {
+            device: candle_core::Device::Cpu,
+            precision: TrainPrecision {
+                params: DType::F32,
+                compute: DType::BF16,
+            },
+        };
+        let need = estimate(&spec(), &target, 8, 4096);
+        let beside = Beside {
+            teacher: 15.2e9,
+            samples: caches,
+        };
+        let line = advice(
+            &TrainSettings::default(),
+            &target,
+            4096,
+            &need,
+            beside,
+            None,
+        );
+        assert!(line.contains("the teacher 14.2 GiB"), "{line}");
+        assert!(line.contains("the samples' KV caches 3.5 GiB"), "{line}");
+        assert!(line.contains("or `prompts_per_step`"), "{line}");
+        let total = gib(need.total() + beside.total());
+        assert!(line.contains(&format!("needs about {total}")), "{line}");
     }
 
     fn job(processes: usize) -> Sharding {
@@ -418,13 +497,21 @@ mod tests {
         let settings = TrainSettings::default();
         let target = TrainTarget::from(&candle_core::Device::Cpu);
         let spec = spec();
-        let other = explain(anyhow::anyhow!("disk full"), &settings, &target, &spec);
+        let beside = Beside::default();
+        let other = explain(
+            anyhow::anyhow!("disk full"),
+            &settings,
+            &target,
+            &spec,
+            beside,
+        );
         assert_eq!(other.to_string(), "disk full");
         let oom = explain(
             anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
             &settings,
             &target,
             &spec,
+            beside,
         )
         .to_string();
         assert!(oom.starts_with("train: out of GPU memory"), "{oom}");

@@ -26,7 +26,7 @@ use distill_teacher::{Engine, Update};
 use serde_json::json;
 
 use super::{
-    chart, chat_template, curves, open_teacher, open_trainer, progress_bar, resume_point,
+    chart, chat_template, curves, memory, open_teacher, open_trainer, progress_bar, resume_point,
     save_final, starting_point, stopped_early, training_target, write_file, RunLog, TrainSettings,
     CHECKPOINTS_DIR, CONFIG_FILE, LOSS_PNG, MODEL_DIR,
 };
@@ -224,9 +224,26 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         opd.max_new_tokens
     );
 
+    // On a GPU: the student's training state for rows of `max_seq_len`, the teacher, and one
+    // step's samples cached at full length, checked before anything is loaded.
+    let spec = student.config.spec()?;
+    let width = settings.data.max_seq_len;
+    let beside = memory::Beside {
+        teacher: memory::Beside::teacher_weights(&teacher, &target)?,
+        samples: memory::Beside::sample_caches(
+            &spec,
+            opd.prompts_per_step
+                .max(opd.eval_problems.min(held_out.len())),
+            width,
+            target.precision.compute,
+        ),
+    };
+    memory::preflight(settings, &student, &target, width, beside)?;
+
     std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
     write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;
-    let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)?;
+    let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)
+        .map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
     let model = teacher
         .load_for_inference(&target.device, target.precision.compute)
         .with_context(|| format!("cannot load the teacher `{}`", teacher.path().display()))?;
@@ -251,7 +268,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         held_out: &held_out,
         max_seq_len: settings.data.max_seq_len,
     };
-    let summary = trainer.fit_on_policy(&data, &mut sampler, Some(&ckpt_root), &mut |event| {
+    let fitted = trainer.fit_on_policy(&data, &mut sampler, Some(&ckpt_root), &mut |event| {
         let line = match event {
             Event::Step(m) => {
                 bar.set_position(m.step);
@@ -315,7 +332,9 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
             }
         };
         log.record(&line)
-    })?;
+    });
+    let summary =
+        fitted.map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
     bar.finish_and_clear();
     log.finish()?;
     chart::loss_curve(&png, &curve, &evals)?;

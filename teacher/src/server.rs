@@ -9,15 +9,16 @@
 //! streamed text is all `content` (the reasoning split applies to whole replies only).
 
 pub mod intake;
+mod sse;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,12 +28,12 @@ use tokio::sync::oneshot;
 use crate::backend::{FinishReason, GenOutput, GenRequest, SamplingParams};
 use crate::engine::{Engine, Update};
 use crate::openai::wire::{
-    self, ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ErrorBody, ErrorDetail,
-    ResponseMessage, Usage,
+    self, ChatRequest, ChatResponse, Choice, ErrorBody, ErrorDetail, ResponseMessage, Usage,
 };
 use crate::{Error, Result};
 pub use intake::{EngineThread, ServeStats};
 use intake::{Job, SubmitError};
+use sse::SseStream;
 
 /// Settings of the server (the model and its engine are passed separately).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -385,7 +386,7 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
     Ok(Json(response).into_response())
 }
 
-const STOPPED: &str = "The engine stopped before finishing this request";
+pub(crate) const STOPPED: &str = "The engine stopped before finishing this request";
 
 /// A sample's log-probabilities as OpenAI's `choices[0].logprobs`: tokens named by their text
 /// (with its bytes), or `token_id:{id}` as vLLM does under `return_tokens_as_token_ids`.
@@ -673,122 +674,7 @@ impl Reply {
     }
 }
 
-/// A streamed reply: chunks as the engine's updates arrive, then `[DONE]`.
-struct SseStream {
-    updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
-    started: bool,
-    ended: bool,
-}
-
-impl SseStream {
-    fn chunk(&self, delta: Delta, finish_reason: Option<String>, usage: Option<Usage>) -> String {
-        let choices = if usage.is_some() {
-            // OpenAI's final usage chunk carries no choice.
-            Vec::new()
-        } else {
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-            }]
-        };
-        let chunk = ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        };
-        // Serialising plain structs of strings and numbers cannot fail.
-        let json = serde_json::to_string(&chunk).unwrap_or_default();
-        format!("data: {json}\n\n")
-    }
-
-    /// The next piece of the body; `None` once `[DONE]` (or an error) has been sent.
-    async fn next_piece(&mut self) -> Option<String> {
-        if self.ended {
-            return None;
-        }
-        if !self.started {
-            self.started = true;
-            let role = Delta {
-                role: Some("assistant"),
-                content: Some(String::new()),
-                reasoning_content: None,
-            };
-            return Some(self.chunk(role, None, None));
-        }
-        loop {
-            let update = self.updates.recv().await;
-            match update {
-                Some(Update::Delta { text, .. }) => {
-                    let delta = Delta {
-                        content: Some(text),
-                        ..Delta::default()
-                    };
-                    return Some(self.chunk(delta, None, None));
-                }
-                Some(Update::Done(output)) => {
-                    self.ended = true;
-                    let reason = output.finish_reason.as_str().to_string();
-                    let mut piece = self.chunk(Delta::default(), Some(reason), None);
-                    if self.include_usage {
-                        let usage = usage_of(&output);
-                        piece.push_str(&self.chunk(Delta::default(), None, Some(usage)));
-                    }
-                    piece.push_str("data: [DONE]\n\n");
-                    return Some(piece);
-                }
-                Some(Update::Failed { error, .. }) => {
-                    self.ended = true;
-                    return Some(error_event(&error.to_string()));
-                }
-                Some(Update::Progress { .. }) => continue,
-                None => {
-                    self.ended = true;
-                    return Some(error_event(STOPPED));
-                }
-            }
-        }
-    }
-
-    fn into_response(self) -> Response {
-        let stream = futures_util::stream::unfold(self, |mut s| async move {
-            s.next_piece()
-                .await
-                .map(|piece| (Ok::<_, std::convert::Infallible>(Bytes::from(piece)), s))
-        });
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .header(header::CACHE_CONTROL, "no-cache")
-            .body(Body::from_stream(stream))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-    }
-}
-
-/// An error in the middle of a stream, in OpenAI's error shape.
-fn error_event(message: &str) -> String {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            message: message.to_string(),
-            kind: "server_error".into(),
-            param: None,
-            code: None,
-        },
-    };
-    format!(
-        "data: {}\n\n",
-        serde_json::to_string(&body).unwrap_or_default()
-    )
-}
-
-fn usage_of(output: &GenOutput) -> Usage {
+pub(crate) fn usage_of(output: &GenOutput) -> Usage {
     let prompt = u64::from(output.prompt_tokens);
     let completion = u64::from(output.completion_tokens);
     Usage {

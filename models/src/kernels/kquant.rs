@@ -288,7 +288,7 @@ impl Format for Q6K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::{bit_bytes, prefetch_record};
+    use super::super::simd::{bits_to_bit4, prefetch_record};
     use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{KQuant, Q8KBlock, Q6K};
     use std::arch::x86_64::*;
@@ -385,8 +385,8 @@ mod x86 {
                             let qh = p.add(stride * s + KQuant::<BITS>::QH) as *const u64;
                             let bits =
                                 |g: usize| (qh.add(g).read_unaligned() >> (32 * half)) as u32;
-                            lo = _mm256_or_si256(lo, bit_bytes(bits(h), 0x10));
-                            hi = _mm256_or_si256(hi, bit_bytes(bits(h + 4), 0x10));
+                            lo = _mm256_or_si256(lo, bits_to_bit4(bits(h)));
+                            hi = _mm256_or_si256(hi, bits_to_bit4(bits(h + 4)));
                         }
                         for r in 0..R {
                             let qs = &acts[r][b].qs;

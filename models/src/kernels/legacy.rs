@@ -162,7 +162,7 @@ impl<const BITS: u32, const MIN: bool> Format for Legacy<BITS, MIN> {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::bit_bytes;
+    use super::super::simd::bits_to_bit4;
     use super::super::{quad, Format, ROWS, TILE_N};
     use super::{Legacy, Q8Block};
     use std::arch::x86_64::*;
@@ -273,8 +273,8 @@ mod x86 {
                             let qh = p.add(L::<BITS, MIN>::QH) as *const u64;
                             let bits =
                                 |g: usize| (qh.add(g).read_unaligned() >> (32 * half)) as u32;
-                            lo = _mm256_or_si256(lo, bit_bytes(bits(h), 0x10));
-                            hi = _mm256_or_si256(hi, bit_bytes(bits(h + 4), 0x10));
+                            lo = _mm256_or_si256(lo, bits_to_bit4(bits(h)));
+                            hi = _mm256_or_si256(hi, bits_to_bit4(bits(h + 4)));
                         }
                         for r in 0..R {
                             let qs = &acts[r][b].qs;

@@ -453,9 +453,9 @@ mod simd {
         }
     }
 
-    /// Spreads 32 bits into 32 bytes: byte `i` is `set` where bit `i` is set (a 5th bit: 0x10).
+    /// Spreads 32 bits into 32 bytes: byte `i` is `0x10` where bit `i` is set (a 5th bit).
     #[inline(always)]
-    pub(super) unsafe fn bit_bytes(bits: u32, set: i8) -> __m256i {
+    pub(super) unsafe fn bits_to_bit4(bits: u32) -> __m256i {
         let x = _mm256_set1_epi32(bits as i32);
         let shuf = _mm256_setr_epi8(
             0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
@@ -463,7 +463,7 @@ mod simd {
         );
         let sel = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let y = _mm256_and_si256(_mm256_shuffle_epi8(x, shuf), sel);
-        _mm256_and_si256(_mm256_cmpeq_epi8(y, sel), _mm256_set1_epi8(set))
+        _mm256_and_si256(_mm256_cmpeq_epi8(y, sel), _mm256_set1_epi8(0x10))
     }
 }
 

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use candle_core::quantized::GgmlDType;
-use distill_models::kernels::{Isa, QMatrix};
+use distill_models::kernels::{Isa, QMatrix, TYPES};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,18 +26,6 @@ fn main() {
         Isa::detect(),
         rayon::current_num_threads()
     );
-    let types = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q2K,
-        GgmlDType::Q3K,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
     // A deterministic byte pattern, with every f16 scale set to 2^-8 (random bytes there would
     // give infinities and subnormals, which time differently).
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -47,7 +35,7 @@ fn main() {
         state ^= state << 17;
         state as u8
     };
-    for dtype in types {
+    for dtype in TYPES {
         let (qk, size) = (dtype.block_size(), dtype.type_size());
         if !k.is_multiple_of(qk) || only.is_some_and(|t| *t != format!("{dtype:?}")) {
             continue;

@@ -414,22 +414,10 @@ fn every_quant_type_dequantizes_within_tolerance() {
 /// kernel is off by the logits' own size.
 #[test]
 fn every_kernel_type_runs_a_model_as_its_dequantized_weights() {
-    let types = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q2K,
-        GgmlDType::Q3K,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
     let weights = hf_weights();
     let dir = tempfile::tempdir().unwrap();
     let tokens: Vec<u32> = (0..12).map(|i| (i * 5 + 3) % VOCAB as u32).collect();
-    for dtype in types {
+    for dtype in distill_models::kernels::TYPES {
         let name = distill_models::gguf::dtype_name(dtype);
         let path = dir.path().join(format!("{name}.gguf"));
         write_llama_gguf(&path, &llama_metadata("llama", FFN), &weights, dtype);

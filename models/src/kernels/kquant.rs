@@ -288,7 +288,7 @@ impl Format for Q6K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::{bits_to_bit4, prefetch_record};
+    use super::super::simd::{bits_to_bit4, both_halves_avx2, prefetch_record, signed_half_avx512};
     use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{KQuant, Q8KBlock, Q6K};
     use std::arch::x86_64::*;
@@ -480,12 +480,7 @@ mod x86 {
                             acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
                         }
                     }
-                    // The scale of group t sits in the low (e = 0) or high 16 bits of each lane.
-                    let scale = if e == 0 {
-                        _mm512_srai_epi32(_mm512_slli_epi32(sc, 16), 16)
-                    } else {
-                        _mm512_srai_epi32(sc, 16)
-                    };
+                    let scale = signed_half_avx512(sc, e);
                     for r in 0..R {
                         sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(acc[r], scale));
                     }
@@ -534,12 +529,7 @@ mod x86 {
                         let qh = p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e + 32 * half);
                         let qh = _mm256_loadu_si256(qh as *const _);
                         let t = 2 * s + e;
-                        // Group t's scale in both 16-bit halves of each column's lane.
-                        let scale = if e == 0 {
-                            _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xaa)
-                        } else {
-                            _mm256_blend_epi16(_mm256_srli_epi32(sc, 16), sc, 0xaa)
-                        };
+                        let scale = both_halves_avx2(sc, e);
                         let w: [__m256i; 4] = std::array::from_fn(|h| {
                             let low = if e == 0 {
                                 ql[h]

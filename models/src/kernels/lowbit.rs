@@ -236,7 +236,7 @@ impl Format for Q3K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::prefetch_record;
+    use super::super::simd::{both_halves_avx2, prefetch_record, signed_half_avx512};
     use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{Q8KBlock, Q2K, Q3K};
     use std::arch::x86_64::*;
@@ -329,17 +329,6 @@ mod x86 {
         }
     }
 
-    /// Group `e` (0 or 1) of a pair's 16-bit scales in both 16-bit halves of each column's lane
-    /// (a `madd` operand).
-    #[inline(always)]
-    unsafe fn both_halves(sc: __m256i, e: usize) -> __m256i {
-        if e == 0 {
-            _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xaa)
-        } else {
-            _mm256_blend_epi16(_mm256_srli_epi32(sc, 16), sc, 0xaa)
-        }
-    }
-
     /// Σ over the 4 quads of group `t` of `w[h] · a`, then times the group's scale: `maddubs`
     /// pairs (≤ 2 · 7 · 127) summed in 16 bits, `madd` with the scale.
     #[inline(always)]
@@ -388,7 +377,7 @@ mod x86 {
                         let w: [__m256i; 4] = std::array::from_fn(|h| {
                             crumbs!(_mm256_and_si256, _mm256_srli_epi16, v, h, three)
                         });
-                        let scale = both_halves(scales, e);
+                        let scale = both_halves_avx2(scales, e);
                         for r in 0..R {
                             let g = group_avx2(&w, &acts[r][b].qs, t, scale);
                             s1[r] = _mm256_add_epi32(s1[r], g);
@@ -447,12 +436,7 @@ mod x86 {
                             acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
                         }
                     }
-                    // The signed scale of group t from the low (e = 0) or high 16 bits.
-                    let scale = if e == 0 {
-                        _mm512_srai_epi32(_mm512_slli_epi32(sc, 16), 16)
-                    } else {
-                        _mm512_srai_epi32(sc, 16)
-                    };
+                    let scale = signed_half_avx512(sc, e);
                     for r in 0..R {
                         sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(acc[r], scale));
                     }
@@ -510,7 +494,7 @@ mod x86 {
                             );
                             _mm256_or_si256(low, bit)
                         });
-                        let scale = both_halves(sc, e);
+                        let scale = both_halves_avx2(sc, e);
                         for r in 0..R {
                             let g = group_avx2(&w, &acts[r][b].qs, t, scale);
                             sum[r] = _mm256_add_epi32(sum[r], g);

@@ -29,6 +29,20 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
+/// The GGUF types these kernels run (every other type keeps candle's kernels).
+pub const TYPES: [GgmlDType; 10] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
 /// Output columns per tile (one 512-bit vector of `i32`/`f32` lanes).
 const TILE_N: usize = 16;
 /// Most activation rows that share each weight load (AVX-512 has the registers for 8
@@ -450,6 +464,28 @@ mod simd {
         let next = p.wrapping_add(PREFETCH_RECORDS * bytes);
         for line in (0..bytes).step_by(64) {
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line) as *const i8);
+        }
+    }
+
+    /// Group `e` (0 or 1) of a pair of signed 16-bit scales per 32-bit lane (group 0 low, 1
+    /// high), sign-extended to the whole lane (a `mullo` operand).
+    #[inline(always)]
+    pub(super) unsafe fn signed_half_avx512(pairs: __m512i, e: usize) -> __m512i {
+        if e == 0 {
+            _mm512_srai_epi32(_mm512_slli_epi32(pairs, 16), 16)
+        } else {
+            _mm512_srai_epi32(pairs, 16)
+        }
+    }
+
+    /// Group `e` (0 or 1) of a pair of 16-bit scales per 32-bit lane, copied into both 16-bit
+    /// halves (a `madd` operand).
+    #[inline(always)]
+    pub(super) unsafe fn both_halves_avx2(pairs: __m256i, e: usize) -> __m256i {
+        if e == 0 {
+            _mm256_blend_epi16(pairs, _mm256_slli_epi32(pairs, 16), 0xaa)
+        } else {
+            _mm256_blend_epi16(_mm256_srli_epi32(pairs, 16), pairs, 0xaa)
         }
     }
 

@@ -11,19 +11,6 @@ use rand::{Rng, SeedableRng};
 use super::act::{Q8Block, Q8KBlock};
 use super::*;
 
-const TYPES: [GgmlDType; 10] = [
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-];
-
 /// Where a type's f16 fields sit in its file block (scales that must stay finite and small).
 fn f16_fields(dtype: GgmlDType) -> &'static [usize] {
     match dtype {

@@ -267,7 +267,7 @@ impl Format for Q6K {
         out: &mut [[f32; TILE_N]; ROWS],
     ) {
         #[cfg(target_arch = "x86_64")]
-        x86::q6k_avx512::<R>(tiles, acts, out);
+        super::signed::avx512::<Self, R>(tiles, acts, out);
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("{tiles:p} {acts:p} {out:p}");
     }
@@ -278,7 +278,7 @@ impl Format for Q6K {
         out: &mut [[f32; TILE_N]; ROWS],
     ) {
         #[cfg(target_arch = "x86_64")]
-        x86::q6k_avx2::<R>(tiles, acts, out);
+        super::signed::avx2::<Self, R>(tiles, acts, out);
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("{tiles:p} {acts:p} {out:p}");
     }
@@ -288,7 +288,8 @@ impl Format for Q6K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::{bits_to_bit4, both_halves_avx2, prefetch_record, signed_half_avx512};
+    use super::super::signed::SignedGroups;
+    use super::super::simd::{bits_to_bit4, prefetch_record};
     use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{KQuant, Q8KBlock, Q6K};
     use std::arch::x86_64::*;
@@ -437,144 +438,51 @@ mod x86 {
         };
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn q6k_avx512<const R: usize>(
-        tiles: &[u8],
-        acts: &[&[Q8KBlock]; ROWS],
-        out: &mut [[f32; TILE_N]; ROWS],
-    ) {
-        let tb = Q6K::TILE_BYTES;
-        let nib = _mm512_set1_epi8(0x0f);
-        let top = _mm512_set1_epi8(0x30);
-        let mut accf = [_mm512_setzero_ps(); R];
-        for b in 0..tiles.len() / tb {
-            let p = tiles.as_ptr().add(b * tb);
-            prefetch_record(p, tb);
-            let mut sum = [_mm512_setzero_si512(); R];
-            for s in 0..8 {
-                let ql: [__m512i; 4] = std::array::from_fn(|h| {
-                    _mm512_loadu_si512(p.add(Q6K::STRIDE * s + 64 * h) as *const _)
-                });
-                let sc = _mm256_loadu_si256(p.add(Q6K::SC + 32 * s) as *const _);
-                let sc = _mm512_cvtepi8_epi16(sc);
-                for e in 0..2 {
-                    let qh = p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e);
-                    let qh = _mm512_loadu_si512(qh as *const _);
-                    let t = 2 * s + e;
-                    let mut acc: [__m512i; R] = std::array::from_fn(|r| {
-                        _mm512_set1_epi32(-32 * acts[r][b].bsums[t] as i32)
-                    });
-                    for (h, &v) in ql.iter().enumerate() {
-                        let low = if e == 0 { v } else { _mm512_srli_epi16(v, 4) };
-                        let high = high2!(
-                            _mm512_and_si512,
-                            _mm512_slli_epi16,
-                            _mm512_srli_epi16,
-                            qh,
-                            h,
-                            top
-                        );
-                        let w = _mm512_or_si512(_mm512_and_si512(low, nib), high);
-                        for r in 0..R {
-                            let a = _mm512_set1_epi32(quad(&acts[r][b].qs, 16 * t + 4 * h));
-                            acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
-                        }
-                    }
-                    let scale = signed_half_avx512(sc, e);
-                    for r in 0..R {
-                        sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(acc[r], scale));
-                    }
-                }
-            }
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(Q6K::D) as *const _));
-            for r in 0..R {
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(acts[r][b].d));
-                accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r]), scale, accf[r]);
-            }
-        }
-        for r in 0..R {
-            _mm512_storeu_ps(out[r].as_mut_ptr(), accf[r]);
-        }
-    }
+    impl SignedGroups for Q6K {
+        const SC: usize = Q6K::SC;
+        const D: usize = Q6K::D;
+        const OFFSET_SHIFT: u32 = 5;
 
-    /// 8 columns per half; `maddubs` pairs (≤ 2 · 63 · 127) summed in 16 bits two at a time,
-    /// `madd` with the group scale; the −32 offsets as `madd`s of scale pairs and sum pairs.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q6k_avx2<const R: usize>(
-        tiles: &[u8],
-        acts: &[&[Q8KBlock]; ROWS],
-        out: &mut [[f32; TILE_N]; ROWS],
-    ) {
-        let tb = Q6K::TILE_BYTES;
-        let nib = _mm256_set1_epi8(0x0f);
-        let top = _mm256_set1_epi8(0x30);
-        for half in 0..2 {
-            let mut accf = [_mm256_setzero_ps(); R];
-            for b in 0..tiles.len() / tb {
-                let p = tiles.as_ptr().add(b * tb);
-                prefetch_record(p, tb);
-                let mut sum = [_mm256_setzero_si256(); R];
-                let mut offset = [_mm256_setzero_si256(); R];
-                for s in 0..8 {
-                    let ql: [__m256i; 4] = std::array::from_fn(|h| {
-                        _mm256_loadu_si256(p.add(Q6K::STRIDE * s + 64 * h + 32 * half) as *const _)
-                    });
-                    let sc = p.add(Q6K::SC + 32 * s + 16 * half) as *const __m128i;
-                    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc));
-                    for r in 0..R {
-                        let sums = _mm256_set1_epi32(pair(&acts[r][b].bsums, 2 * s));
-                        offset[r] = _mm256_add_epi32(offset[r], _mm256_madd_epi16(sc, sums));
-                    }
-                    for e in 0..2 {
-                        let qh = p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e + 32 * half);
-                        let qh = _mm256_loadu_si256(qh as *const _);
-                        let t = 2 * s + e;
-                        let scale = both_halves_avx2(sc, e);
-                        let w: [__m256i; 4] = std::array::from_fn(|h| {
-                            let low = if e == 0 {
-                                ql[h]
-                            } else {
-                                _mm256_srli_epi16(ql[h], 4)
-                            };
-                            let high = high2!(
-                                _mm256_and_si256,
-                                _mm256_slli_epi16,
-                                _mm256_srli_epi16,
-                                qh,
-                                h,
-                                top
-                            );
-                            _mm256_or_si256(_mm256_and_si256(low, nib), high)
-                        });
-                        for r in 0..R {
-                            let qs = &acts[r][b].qs;
-                            let a = |h: usize| _mm256_set1_epi32(quad(qs, 16 * t + 4 * h));
-                            let t01 = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(w[0], a(0)),
-                                _mm256_maddubs_epi16(w[1], a(1)),
-                            );
-                            let t23 = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(w[2], a(2)),
-                                _mm256_maddubs_epi16(w[3], a(3)),
-                            );
-                            let t = _mm256_add_epi32(
-                                _mm256_madd_epi16(t01, scale),
-                                _mm256_madd_epi16(t23, scale),
-                            );
-                            sum[r] = _mm256_add_epi32(sum[r], t);
-                        }
-                    }
-                }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(Q6K::D + 16 * half) as *const _));
-                for r in 0..R {
-                    let total = _mm256_sub_epi32(sum[r], _mm256_slli_epi32(offset[r], 5));
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[r][b].d));
-                    accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, accf[r]);
-                }
-            }
-            for r in 0..R {
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * half), accf[r]);
-            }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+        unsafe fn weights_avx512(p: *const u8, s: usize, e: usize) -> [__m512i; 4] {
+            let (nib, top) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+            let qh = _mm512_loadu_si512(p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e) as *const _);
+            std::array::from_fn(|h| {
+                let v = _mm512_loadu_si512(p.add(Q6K::STRIDE * s + 64 * h) as *const _);
+                let low = if e == 0 { v } else { _mm512_srli_epi16(v, 4) };
+                let high = high2!(
+                    _mm512_and_si512,
+                    _mm512_slli_epi16,
+                    _mm512_srli_epi16,
+                    qh,
+                    h,
+                    top
+                );
+                _mm512_or_si512(_mm512_and_si512(low, nib), high)
+            })
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn weights_avx2(p: *const u8, s: usize, e: usize, half: usize) -> [__m256i; 4] {
+            let (nib, top) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+            let qh = p.add(Q6K::STRIDE * s + Q6K::QH + 64 * e + 32 * half);
+            let qh = _mm256_loadu_si256(qh as *const _);
+            std::array::from_fn(|h| {
+                let v = p.add(Q6K::STRIDE * s + 64 * h + 32 * half);
+                let v = _mm256_loadu_si256(v as *const _);
+                let low = if e == 0 { v } else { _mm256_srli_epi16(v, 4) };
+                let high = high2!(
+                    _mm256_and_si256,
+                    _mm256_slli_epi16,
+                    _mm256_srli_epi16,
+                    qh,
+                    h,
+                    top
+                );
+                _mm256_or_si256(_mm256_and_si256(low, nib), high)
+            })
         }
     }
 }

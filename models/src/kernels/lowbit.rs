@@ -215,7 +215,7 @@ impl Format for Q3K {
         out: &mut [[f32; TILE_N]; ROWS],
     ) {
         #[cfg(target_arch = "x86_64")]
-        x86::q3k_avx512::<R>(tiles, acts, out);
+        super::signed::avx512::<Self, R>(tiles, acts, out);
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("{tiles:p} {acts:p} {out:p}");
     }
@@ -226,7 +226,7 @@ impl Format for Q3K {
         out: &mut [[f32; TILE_N]; ROWS],
     ) {
         #[cfg(target_arch = "x86_64")]
-        x86::q3k_avx2::<R>(tiles, acts, out);
+        super::signed::avx2::<Self, R>(tiles, acts, out);
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("{tiles:p} {acts:p} {out:p}");
     }
@@ -236,7 +236,8 @@ impl Format for Q3K {
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::simd::{both_halves_avx2, prefetch_record, signed_half_avx512};
+    use super::super::signed::SignedGroups;
+    use super::super::simd::{both_halves_avx2, group_avx2, prefetch_record};
     use super::super::{pair, quad, Format, ROWS, TILE_N};
     use super::{Q8KBlock, Q2K, Q3K};
     use std::arch::x86_64::*;
@@ -329,22 +330,6 @@ mod x86 {
         }
     }
 
-    /// Σ over the 4 quads of group `t` of `w[h] · a`, then times the group's scale: `maddubs`
-    /// pairs (≤ 2 · 7 · 127) summed in 16 bits, `madd` with the scale.
-    #[inline(always)]
-    unsafe fn group_avx2(w: &[__m256i; 4], qs: &[i8], t: usize, scale: __m256i) -> __m256i {
-        let a = |h: usize| _mm256_set1_epi32(quad(qs, 16 * t + 4 * h));
-        let t01 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(w[0], a(0)),
-            _mm256_maddubs_epi16(w[1], a(1)),
-        );
-        let t23 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(w[2], a(2)),
-            _mm256_maddubs_epi16(w[3], a(3)),
-        );
-        _mm256_add_epi32(_mm256_madd_epi16(t01, scale), _mm256_madd_epi16(t23, scale))
-    }
-
     /// 8 columns per half.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q2k_avx2<const R: usize>(
@@ -401,116 +386,46 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn q3k_avx512<const R: usize>(
-        tiles: &[u8],
-        acts: &[&[Q8KBlock]; ROWS],
-        out: &mut [[f32; TILE_N]; ROWS],
-    ) {
-        let tb = Q3K::TILE_BYTES;
-        let three = _mm512_set1_epi8(3);
-        let four = _mm512_set1_epi8(4);
-        let mut accf = [_mm512_setzero_ps(); R];
-        for b in 0..tiles.len() / tb {
-            let p = tiles.as_ptr().add(b * tb);
-            prefetch_record(p, tb);
-            let mut sum = [_mm512_setzero_si512(); R];
-            for q in 0..8 {
-                let sc = _mm256_loadu_si256(p.add(Q3K::SC + 32 * q) as *const _);
-                let sc = _mm512_cvtepi8_epi16(sc);
-                let pair = p.add(Q3K::PAIR * q);
-                let high = _mm512_loadu_si512(pair.add(128) as *const _);
-                for e in 0..2 {
-                    let t = 2 * q + e;
-                    let v = _mm512_loadu_si512(pair.add(64 * e) as *const _);
-                    let mut acc: [__m512i; R] =
-                        std::array::from_fn(|r| _mm512_set1_epi32(-4 * acts[r][b].bsums[t] as i32));
-                    for h in 0..4 {
-                        let low = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
-                        // Bit 4 e + h of each byte as a mask: one test and one masked add.
-                        let bit = _mm512_set1_epi8(1 << (4 * e + h));
-                        let w =
-                            _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(high, bit), low, four);
-                        for r in 0..R {
-                            let a = _mm512_set1_epi32(quad(&acts[r][b].qs, 16 * t + 4 * h));
-                            acc[r] = _mm512_dpbusd_epi32(acc[r], w, a);
-                        }
-                    }
-                    let scale = signed_half_avx512(sc, e);
-                    for r in 0..R {
-                        sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(acc[r], scale));
-                    }
-                }
-            }
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(Q3K::D) as *const _));
-            for r in 0..R {
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(acts[r][b].d));
-                accf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r]), scale, accf[r]);
-            }
-        }
-        for r in 0..R {
-            _mm512_storeu_ps(out[r].as_mut_ptr(), accf[r]);
-        }
-    }
+    impl SignedGroups for Q3K {
+        const SC: usize = Q3K::SC;
+        const D: usize = Q3K::D;
+        const OFFSET_SHIFT: u32 = 2;
 
-    /// 8 columns per half; the −4 offsets as `madd`s of scale pairs and sum pairs.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q3k_avx2<const R: usize>(
-        tiles: &[u8],
-        acts: &[&[Q8KBlock]; ROWS],
-        out: &mut [[f32; TILE_N]; ROWS],
-    ) {
-        let tb = Q3K::TILE_BYTES;
-        let three = _mm256_set1_epi8(3);
-        let four = _mm256_set1_epi8(4);
-        for half in 0..2 {
-            let mut accf = [_mm256_setzero_ps(); R];
-            for b in 0..tiles.len() / tb {
-                let p = tiles.as_ptr().add(b * tb);
-                prefetch_record(p, tb);
-                let mut sum = [_mm256_setzero_si256(); R];
-                let mut offset = [_mm256_setzero_si256(); R];
-                for q in 0..8 {
-                    let sc = p.add(Q3K::SC + 32 * q + 16 * half) as *const __m128i;
-                    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc));
-                    for r in 0..R {
-                        let sums = _mm256_set1_epi32(pair(&acts[r][b].bsums, 2 * q));
-                        offset[r] = _mm256_add_epi32(offset[r], _mm256_madd_epi16(sc, sums));
-                    }
-                    let pair = p.add(Q3K::PAIR * q + 32 * half);
-                    let high = _mm256_loadu_si256(pair.add(128) as *const _);
-                    for e in 0..2 {
-                        let t = 2 * q + e;
-                        let v = _mm256_loadu_si256(pair.add(64 * e) as *const _);
-                        let w: [__m256i; 4] = std::array::from_fn(|h| {
-                            let low = crumbs!(_mm256_and_si256, _mm256_srli_epi16, v, h, three);
-                            let bit = bit_as_four!(
-                                _mm256_and_si256,
-                                _mm256_slli_epi16,
-                                _mm256_srli_epi16,
-                                high,
-                                4 * e + h,
-                                four
-                            );
-                            _mm256_or_si256(low, bit)
-                        });
-                        let scale = both_halves_avx2(sc, e);
-                        for r in 0..R {
-                            let g = group_avx2(&w, &acts[r][b].qs, t, scale);
-                            sum[r] = _mm256_add_epi32(sum[r], g);
-                        }
-                    }
-                }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(Q3K::D + 16 * half) as *const _));
-                for r in 0..R {
-                    let total = _mm256_sub_epi32(sum[r], _mm256_slli_epi32(offset[r], 2));
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[r][b].d));
-                    accf[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scale, accf[r]);
-                }
-            }
-            for r in 0..R {
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * half), accf[r]);
-            }
+        /// Bit `4 e + h` of each byte of the pair's 3rd-bit vector as a mask: one test and one
+        /// masked add of 4.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+        unsafe fn weights_avx512(p: *const u8, q: usize, e: usize) -> [__m512i; 4] {
+            let (three, four) = (_mm512_set1_epi8(3), _mm512_set1_epi8(4));
+            let pair = p.add(Q3K::PAIR * q);
+            let high = _mm512_loadu_si512(pair.add(128) as *const _);
+            let v = _mm512_loadu_si512(pair.add(64 * e) as *const _);
+            std::array::from_fn(|h| {
+                let low = crumbs!(_mm512_and_si512, _mm512_srli_epi16, v, h, three);
+                let bit = _mm512_set1_epi8(1 << (4 * e + h));
+                _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(high, bit), low, four)
+            })
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn weights_avx2(p: *const u8, q: usize, e: usize, half: usize) -> [__m256i; 4] {
+            let (three, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+            let pair = p.add(Q3K::PAIR * q + 32 * half);
+            let high = _mm256_loadu_si256(pair.add(128) as *const _);
+            let v = _mm256_loadu_si256(pair.add(64 * e) as *const _);
+            std::array::from_fn(|h| {
+                let low = crumbs!(_mm256_and_si256, _mm256_srli_epi16, v, h, three);
+                let bit = bit_as_four!(
+                    _mm256_and_si256,
+                    _mm256_slli_epi16,
+                    _mm256_srli_epi16,
+                    high,
+                    4 * e + h,
+                    four
+                );
+                _mm256_or_si256(low, bit)
+            })
         }
     }
 }

@@ -24,6 +24,8 @@ mod act;
 mod kquant;
 mod legacy;
 mod lowbit;
+#[cfg(target_arch = "x86_64")]
+mod signed;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
@@ -487,6 +489,28 @@ mod simd {
         } else {
             _mm256_blend_epi16(_mm256_srli_epi32(pairs, 16), pairs, 0xaa)
         }
+    }
+
+    /// Σ over the 4 quads of group `t` of `w[h] · a`, times the group's scale (`scale` in both
+    /// 16-bit halves of each lane): `maddubs` pairs (≤ 2 · 63 · 127 for 6-bit quants) summed two
+    /// at a time in 16 bits, then `madd` with the scale.
+    #[inline(always)]
+    pub(super) unsafe fn group_avx2(
+        w: &[__m256i; 4],
+        qs: &[i8],
+        t: usize,
+        scale: __m256i,
+    ) -> __m256i {
+        let a = |h: usize| _mm256_set1_epi32(super::quad(qs, 16 * t + 4 * h));
+        let t01 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w[0], a(0)),
+            _mm256_maddubs_epi16(w[1], a(1)),
+        );
+        let t23 = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w[2], a(2)),
+            _mm256_maddubs_epi16(w[3], a(3)),
+        );
+        _mm256_add_epi32(_mm256_madd_epi16(t01, scale), _mm256_madd_epi16(t23, scale))
     }
 
     /// Spreads 32 bits into 32 bytes: byte `i` is `0x10` where bit `i` is set (a 5th bit).

@@ -1,7 +1,7 @@
 //! Times distill's batched GGUF matrix products per weight type (`models/src/kernels/`): a
 //! `[n, k]` matrix of random blocks times `m` activation rows, for m = 1, 8 and 32, and prints
 //! the weight bytes streamed per second (what bounds decoding at batch 1) and the multiply-adds
-//! per second (what bounds it at batch 32). A quick way to see which type is the slow one in a
+//! per second (what bounds it at batch 32), and how fast the load-time re-tiling goes. A quick way to see which type is the slow one in a
 //! GGUF file's mix; `teacher/bench/run.sh` is the end-to-end comparison with llama.cpp.
 //!
 //!     cargo run --release -p distill-models --example qmatmul -- [N] [K] [TYPE]
@@ -54,8 +54,14 @@ fn main() {
                 block[at..at + 2].copy_from_slice(&scale);
             }
         }
+        let start = Instant::now();
         let matrix = QMatrix::from_blocks(dtype, &data, n, k, Isa::detect()).unwrap();
-        let mut line = format!("{:>5}", format!("{dtype:?}"));
+        let pack = start.elapsed().as_secs_f64();
+        let mut line = format!(
+            "{:>5}  re-tiling {:>5.2} GB/s",
+            format!("{dtype:?}"),
+            data.len() as f64 / pack / 1e9
+        );
         for m in [1, 8, 32] {
             let lhs: Vec<f32> = (0..m * k)
                 .map(|i| ((i % 97) as f32 - 48.0) / 48.0)

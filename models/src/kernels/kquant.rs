@@ -45,13 +45,15 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Writes 4-bit values `nib[v]` (`v < 256`) of column `c` into the nibble layout.
-fn pack_nibbles(nib: impl Fn(usize) -> u8, stride: usize, c: usize, rec: &mut [u8]) {
-    for v in 0..256 {
-        let (s, w) = (v / 32, v % 32);
-        let (h, j) = ((w % 16) / 4, w % 4);
-        let byte = &mut rec[stride * s + 64 * h + 4 * c + j];
-        *byte |= if w < 16 { nib(v) } else { nib(v) << 4 };
+/// Writes one 32-input sub-block of column `c` into the nibble layout at `base`: `sub(l)` is
+/// the 4-bit value of input `l` of the sub-block. Byte by byte (each byte is one column's),
+/// which re-tiles a file several times faster than placing value by value.
+fn pack_nibbles(sub: impl Fn(usize) -> u8, base: usize, c: usize, rec: &mut [u8]) {
+    for h in 0..4 {
+        for j in 0..4 {
+            let l = 4 * h + j;
+            rec[base + 64 * h + 4 * c + j] = sub(l) | sub(16 + l) << 4;
+        }
     }
 }
 
@@ -113,28 +115,15 @@ impl<const BITS: u32> Format for KQuant<BITS> {
             rec[Self::SC + 16 * s + c] = sc;
             rec[Self::MN + 32 * (s / 2) + 2 * c + s % 2] = m;
         }
-        pack_nibbles(
-            |v| {
-                let (s, l) = (v / 32, v % 32);
-                let byte = qs[32 * (s / 2) + l];
-                if s % 2 == 0 {
-                    byte & 0x0f
-                } else {
-                    byte >> 4
-                }
-            },
-            Self::STRIDE,
-            c,
-            rec,
-        );
-        if BITS == 5 {
-            let qh = &block[16..48];
-            for v in 0..256 {
-                let (s, l) = (v / 32, v % 32);
-                if (qh[l] >> s) & 1 == 1 {
-                    let (g, j) = (l / 4, l % 4);
-                    let at = Self::STRIDE * s + Self::QH + 8 * g + (4 * c + j) / 8;
-                    rec[at] |= 1 << ((4 * c + j) % 8);
+        let qh = &block[16..48];
+        for s in 0..8 {
+            let (src, shift) = (&qs[32 * (s / 2)..][..32], 4 * (s % 2));
+            pack_nibbles(|l| (src[l] >> shift) & 0x0f, Self::STRIDE * s, c, rec);
+            if BITS == 5 {
+                // Mask g's bits 4 c..4 c + 4 (inputs 4 g..4 g + 4): half of byte c / 2.
+                for g in 0..8 {
+                    let bits = (0..4).fold(0u8, |m, j| m | ((qh[4 * g + j] >> s) & 1) << j);
+                    rec[Self::STRIDE * s + Self::QH + 8 * g + c / 2] |= bits << (4 * (c % 2));
                 }
             }
         }
@@ -218,27 +207,20 @@ impl Format for Q6K {
         // bit 2 k of qh[32 n + l]; scale v / 16.
         let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
         rec[Self::D + 2 * c..][..2].copy_from_slice(&block[208..210]);
-        let split = |v: usize| (v / 128, (v % 128) / 32, v % 32);
-        pack_nibbles(
-            |v| {
-                let (n, k, l) = split(v);
-                let byte = ql[64 * n + 32 * (k % 2) + l];
-                if k < 2 {
-                    byte & 0x0f
-                } else {
-                    byte >> 4
+        for s in 0..8 {
+            // Sub-block s holds inputs 128 n + 32 k + l.
+            let (n, k) = (s / 4, s % 4);
+            let (low, shift) = (&ql[64 * n + 32 * (k % 2)..][..32], 4 * (k / 2));
+            pack_nibbles(|l| (low[l] >> shift) & 0x0f, Self::STRIDE * s, c, rec);
+            let high = &qh[32 * n..][..32];
+            for e in 0..2 {
+                for j in 0..4 {
+                    let byte = (0..4).fold(0u8, |byte, h| {
+                        byte | ((high[16 * e + 4 * h + j] >> (2 * k)) & 3) << (2 * h)
+                    });
+                    rec[Self::STRIDE * s + Self::QH + 64 * e + 4 * c + j] = byte;
                 }
-            },
-            Self::STRIDE,
-            c,
-            rec,
-        );
-        for v in 0..256 {
-            let (n, k, l) = split(v);
-            let high = (qh[32 * n + l] >> (2 * k)) & 3;
-            let (s, w) = (v / 32, v % 32);
-            let (e, h, j) = (w / 16, (w % 16) / 4, w % 4);
-            rec[Self::STRIDE * s + Self::QH + 64 * e + 4 * c + j] |= high << (2 * h);
+            }
         }
         for (t, &sc) in scales.iter().enumerate() {
             rec[Self::SC + 32 * (t / 2) + 2 * c + t % 2] = sc;

@@ -50,6 +50,19 @@ fn crumb_at(pair_bytes: usize, c: usize, v: usize) -> (usize, u32, usize, u32) {
     )
 }
 
+/// Writes the 2 low bits of a file block's 256 quants (`qs`) for column `c`, byte by byte
+/// (each byte is one column's 4 inputs `16 t + 4 h + j`, `h = 0..4`).
+fn pack_crumbs(qs: &[u8], pair_bytes: usize, c: usize, rec: &mut [u8]) {
+    for t in 0..16 {
+        for j in 0..4 {
+            let byte = (0..4).fold(0u8, |byte, h| {
+                byte | file_crumb(qs, 16 * t + 4 * h + j) << (2 * h)
+            });
+            rec[pair_bytes * (t / 2) + 64 * (t % 2) + 4 * c + j] = byte;
+        }
+    }
+}
+
 fn crumb(rec: &[u8], pair_bytes: usize, c: usize, v: usize) -> i32 {
     let (at, shift, _, _) = crumb_at(pair_bytes, c, v);
     ((rec[at] >> shift) & 3) as i32
@@ -102,10 +115,7 @@ impl Format for Q2K {
         let (scales, qs) = (&block[..16], &block[16..80]);
         rec[Self::D + 2 * c..][..2].copy_from_slice(&block[80..82]);
         rec[Self::DMIN + 2 * c..][..2].copy_from_slice(&block[82..84]);
-        for v in 0..256 {
-            let (at, shift, _, _) = crumb_at(Self::PAIR, c, v);
-            rec[at] |= file_crumb(qs, v) << shift;
-        }
+        pack_crumbs(qs, Self::PAIR, c, rec);
         for (t, &sc) in scales.iter().enumerate() {
             rec[Self::SC + scale_at(c, t)] = sc;
         }
@@ -183,10 +193,16 @@ impl Format for Q3K {
         // low bits minus 4 where it is clear), qs (64), 12 packed scale bytes, d (f16).
         let (hmask, qs, scales) = (&block[..32], &block[32..96], &block[96..108]);
         rec[Self::D + 2 * c..][..2].copy_from_slice(&block[108..110]);
-        for v in 0..256 {
-            let (at, shift, high_at, bit) = crumb_at(Self::PAIR, c, v);
-            rec[at] |= file_crumb(qs, v) << shift;
-            rec[high_at] |= ((hmask[v % 32] >> (v / 32)) & 1) << bit;
+        pack_crumbs(qs, Self::PAIR, c, rec);
+        // Byte 4 c + j of pair q's 3rd-bit vector: bit 4 e + h for input 16 (2 q + e) + 4 h + j.
+        for q in 0..8 {
+            for j in 0..4 {
+                let byte = (0..8).fold(0u8, |byte, bit| {
+                    let v = 16 * (2 * q + bit / 4) + 4 * (bit % 4) + j;
+                    byte | ((hmask[v % 32] >> (v / 32)) & 1) << bit
+                });
+                rec[Self::PAIR * q + 128 + 4 * c + j] = byte;
+            }
         }
         for (t, &sc) in q3k_scales(scales).iter().enumerate() {
             rec[Self::SC + scale_at(c, t)] = (sc as i8 - 32) as u8;

@@ -24,7 +24,7 @@
 //! 32 · Σ a)` over 16-input groups `t`; then `acc = fma(S, d·d_a, acc)`.
 
 use super::act::Q8KBlock;
-use super::{f16_at, Format, ROWS, TILE_N};
+use super::{f16_at, pair_byte, Format, ROWS, TILE_N};
 use candle_core::quantized::GgmlDType;
 
 /// Q4_K (`BITS` 4) or Q5_K (`BITS` 5).
@@ -113,7 +113,7 @@ impl<const BITS: u32> Format for KQuant<BITS> {
         for s in 0..8 {
             let (sc, m) = scale_min(s, scales);
             rec[Self::SC + 16 * s + c] = sc;
-            rec[Self::MN + 32 * (s / 2) + 2 * c + s % 2] = m;
+            rec[Self::MN + pair_byte(c, s)] = m;
         }
         let qh = &block[16..48];
         for s in 0..8 {
@@ -139,7 +139,7 @@ impl<const BITS: u32> Format for KQuant<BITS> {
                     isum += Self::quant(rec, c, v) * a.qs[v] as i32;
                 }
                 s1 += rec[Self::SC + 16 * s + c] as i32 * isum;
-                s2 += rec[Self::MN + 32 * (s / 2) + 2 * c + s % 2] as i32 * a.bsum32[s] as i32;
+                s2 += rec[Self::MN + pair_byte(c, s)] as i32 * a.bsum32[s] as i32;
             }
             acc = (s1 as f32).mul_add(f16_at(rec, Self::D + 2 * c) * a.d, acc);
             acc = (-(s2 as f32)).mul_add(f16_at(rec, Self::DMIN + 2 * c) * a.d, acc);
@@ -185,7 +185,7 @@ impl Q6K {
     }
 
     fn scale(rec: &[u8], c: usize, t: usize) -> i32 {
-        rec[Self::SC + 32 * (t / 2) + 2 * c + t % 2] as i8 as i32
+        rec[Self::SC + pair_byte(c, t)] as i8 as i32
     }
 }
 
@@ -223,24 +223,20 @@ impl Format for Q6K {
             }
         }
         for (t, &sc) in scales.iter().enumerate() {
-            rec[Self::SC + 32 * (t / 2) + 2 * c + t % 2] = sc;
+            rec[Self::SC + pair_byte(c, t)] = sc;
         }
     }
 
     fn reference(tiles: &[u8], acts: &[Q8KBlock], c: usize) -> f32 {
-        let mut acc = 0f32;
-        for (rec, a) in tiles.chunks_exact(Self::TILE_BYTES).zip(acts) {
-            let mut sum = 0i32;
-            for t in 0..16 {
-                let mut isum = -32 * a.bsums[t] as i32;
-                for v in 16 * t..16 * t + 16 {
-                    isum += Self::quant(rec, c, v) * a.qs[v] as i32;
-                }
-                sum += Self::scale(rec, c, t) * isum;
-            }
-            acc = (sum as f32).mul_add(f16_at(rec, Self::D + 2 * c) * a.d, acc);
-        }
-        acc
+        super::signed::reference(
+            tiles,
+            Self::TILE_BYTES,
+            acts,
+            32,
+            Self::D + 2 * c,
+            |rec, v| Self::quant(rec, c, v),
+            |rec, t| Self::scale(rec, c, t),
+        )
     }
 
     unsafe fn avx512<const R: usize>(

@@ -24,7 +24,7 @@
 //! integer structure for both.
 
 use super::act::Q8KBlock;
-use super::{f16_at, Format, ROWS, TILE_N};
+use super::{f16_at, pair_byte, Format, ROWS, TILE_N};
 use candle_core::quantized::GgmlDType;
 
 pub(crate) struct Q2K;
@@ -66,11 +66,6 @@ fn pack_crumbs(qs: &[u8], pair_bytes: usize, c: usize, rec: &mut [u8]) {
 fn crumb(rec: &[u8], pair_bytes: usize, c: usize, v: usize) -> i32 {
     let (at, shift, _, _) = crumb_at(pair_bytes, c, v);
     ((rec[at] >> shift) & 3) as i32
-}
-
-/// Byte of the scale of group `t` of column `c`, relative to the scales' start.
-fn scale_at(c: usize, t: usize) -> usize {
-    32 * (t / 2) + 2 * c + t % 2
 }
 
 /// ggml's unpacking of Q3_K's 12 scale bytes into 16 6-bit scales (0..63, stored +32).
@@ -117,7 +112,7 @@ impl Format for Q2K {
         rec[Self::DMIN + 2 * c..][..2].copy_from_slice(&block[82..84]);
         pack_crumbs(qs, Self::PAIR, c, rec);
         for (t, &sc) in scales.iter().enumerate() {
-            rec[Self::SC + scale_at(c, t)] = sc;
+            rec[Self::SC + pair_byte(c, t)] = sc;
         }
     }
 
@@ -130,7 +125,7 @@ impl Format for Q2K {
                 for v in 16 * t..16 * t + 16 {
                     isum += crumb(rec, Self::PAIR, c, v) * a.qs[v] as i32;
                 }
-                let byte = rec[Self::SC + scale_at(c, t)];
+                let byte = rec[Self::SC + pair_byte(c, t)];
                 s1 += (byte & 0x0f) as i32 * isum;
                 s2 += (byte >> 4) as i32 * a.bsums[t] as i32;
             }
@@ -205,24 +200,20 @@ impl Format for Q3K {
             }
         }
         for (t, &sc) in q3k_scales(scales).iter().enumerate() {
-            rec[Self::SC + scale_at(c, t)] = (sc as i8 - 32) as u8;
+            rec[Self::SC + pair_byte(c, t)] = (sc as i8 - 32) as u8;
         }
     }
 
     fn reference(tiles: &[u8], acts: &[Q8KBlock], c: usize) -> f32 {
-        let mut acc = 0f32;
-        for (rec, a) in tiles.chunks_exact(Self::TILE_BYTES).zip(acts) {
-            let mut sum = 0i32;
-            for t in 0..16 {
-                let mut isum = -4 * a.bsums[t] as i32;
-                for v in 16 * t..16 * t + 16 {
-                    isum += Self::quant(rec, c, v) * a.qs[v] as i32;
-                }
-                sum += rec[Self::SC + scale_at(c, t)] as i8 as i32 * isum;
-            }
-            acc = (sum as f32).mul_add(f16_at(rec, Self::D + 2 * c) * a.d, acc);
-        }
-        acc
+        super::signed::reference(
+            tiles,
+            Self::TILE_BYTES,
+            acts,
+            4,
+            Self::D + 2 * c,
+            |rec, v| Self::quant(rec, c, v),
+            |rec, t| rec[Self::SC + pair_byte(c, t)] as i8 as i32,
+        )
     }
 
     unsafe fn avx512<const R: usize>(

@@ -24,7 +24,6 @@ mod act;
 mod kquant;
 mod legacy;
 mod lowbit;
-#[cfg(target_arch = "x86_64")]
 mod signed;
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -435,6 +434,13 @@ fn quad(qs: &[i8], i: usize) -> i32 {
     let q = &qs[i..i + 4];
     // SAFETY: `q` holds 4 bytes.
     i32::from_le(unsafe { q.as_ptr().cast::<i32>().read_unaligned() })
+}
+
+/// Byte of column `c`'s value for group `t` in a table of one byte per column and group kept
+/// in pairs, `[t / 2][c][t % 2]` (16 columns): one 16-bit lane pair per column, a `madd`
+/// operand with two adjacent activation sums.
+fn pair_byte(c: usize, t: usize) -> usize {
+    32 * (t / 2) + 2 * c + t % 2
 }
 
 /// Two adjacent `i16` sums as one `i32` (a `madd` operand).

@@ -2,18 +2,51 @@
 //! scales and whose quants are stored unsigned with a fixed offset: Q6_K (6 bits, offset 32)
 //! and Q3_K (3 bits, offset 4). Per block, in integers, `S = Σ_t sc_t · (Σ q·a − offset · Σ a)`,
 //! then `acc = fma(S, d·d_a, acc)`. Each type says only where its scales and `d` sit and how to
-//! decode the four weight vectors of a group ([`SignedGroups`]).
+//! decode the four weight vectors of a group ([`SignedGroups`]). The plain-Rust reference
+//! ([`reference`]) is shared too.
 
 // Blocks and rows index several arrays at once (tiles, activations, accumulators).
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::act::Q8KBlock;
+use super::f16_at;
+#[cfg(target_arch = "x86_64")]
 use super::simd::{both_halves_avx2, group_avx2, prefetch_record, signed_half_avx512};
+#[cfg(target_arch = "x86_64")]
 use super::{pair, quad, Format, ROWS, TILE_N};
 
+/// Column `c` of a run of tile records times one row of activation blocks, operation for
+/// operation as the kernels compute it: `quant(rec, v)` is input `v`'s unsigned quant,
+/// `scale(rec, t)` group `t`'s signed scale, `d_at` the byte of the column's f16 `d`.
+pub(super) fn reference(
+    tiles: &[u8],
+    tile_bytes: usize,
+    acts: &[Q8KBlock],
+    offset: i32,
+    d_at: usize,
+    quant: impl Fn(&[u8], usize) -> i32,
+    scale: impl Fn(&[u8], usize) -> i32,
+) -> f32 {
+    let mut acc = 0f32;
+    for (rec, a) in tiles.chunks_exact(tile_bytes).zip(acts) {
+        let mut sum = 0i32;
+        for t in 0..16 {
+            let mut isum = -offset * a.bsums[t] as i32;
+            for v in 16 * t..16 * t + 16 {
+                isum += quant(rec, v) * a.qs[v] as i32;
+            }
+            sum += scale(rec, t) * isum;
+        }
+        acc = (sum as f32).mul_add(f16_at(rec, d_at) * a.d, acc);
+    }
+    acc
+}
+
 /// A K-quant with signed group scales, as [`avx512`] and [`avx2`] read its tile records.
+#[cfg(target_arch = "x86_64")]
 pub(super) trait SignedGroups: Format<Act = Q8KBlock> {
     /// Byte offset of the scales, bytes `[q][c][e]` for group `t = 2 q + e` of column `c`.
     const SC: usize;
@@ -37,6 +70,7 @@ pub(super) trait SignedGroups: Format<Act = Q8KBlock> {
 }
 
 /// The offset enters each group's dot product as its starting value, `−offset · Σ a`.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn avx512<G: SignedGroups, const R: usize>(
     tiles: &[u8],
@@ -83,6 +117,7 @@ pub(super) unsafe fn avx512<G: SignedGroups, const R: usize>(
 
 /// 8 columns per half; `maddubs` pairs summed in 16 bits two at a time, `madd` with the group
 /// scale; the offsets as `madd`s of scale pairs and sum pairs, subtracted once per block.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn avx2<G: SignedGroups, const R: usize>(
     tiles: &[u8],

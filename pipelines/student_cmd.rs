@@ -130,8 +130,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         },
         samples: 0.0,
     };
-    memory::preflight(settings, &student, &target, dataset.train.max_len(), beside)?;
     let spec = student.config.spec()?;
+    memory::preflight(settings, &spec, &target, dataset.train.max_len(), beside)?;
     let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)
         .map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
     if let Some(teacher) = teacher {

@@ -9,7 +9,7 @@
 use candle_core::DType;
 use distill_models::device::{gib, is_out_of_memory, memory_info};
 use distill_models::{Checkpoint, Spec};
-use distill_student::{StudentInit, TrainTarget};
+use distill_student::TrainTarget;
 
 use super::TrainSettings;
 
@@ -213,7 +213,7 @@ impl Beside {
 /// system has the last word).
 pub fn preflight(
     settings: &TrainSettings,
-    student: &StudentInit,
+    spec: &Spec,
     target: &TrainTarget,
     width: usize,
     beside: Beside,
@@ -221,8 +221,7 @@ pub fn preflight(
     let Some((free, _)) = memory_info(&target.device) else {
         return Ok(());
     };
-    let spec = student.config.spec()?;
-    let need = estimate(&spec, target, settings.train.micro_batch_size, width);
+    let need = estimate(spec, target, settings.train.micro_batch_size, width);
     if need.total() + beside.total() > free as f64 {
         anyhow::bail!(
             "{}",

@@ -238,7 +238,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
             target.precision.compute,
         ),
     };
-    memory::preflight(settings, &student, &target, width, beside)?;
+    memory::preflight(settings, &spec, &target, width, beside)?;
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
     write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;

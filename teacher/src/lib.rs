@@ -10,6 +10,7 @@ mod handle;
 pub mod local;
 pub mod openai;
 pub mod sampling;
+pub mod score;
 pub mod server;
 
 pub use backend::{

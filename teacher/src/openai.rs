@@ -27,6 +27,7 @@
 //! `continue_final_message`, and prepended to the returned text as the local backend does.
 
 mod answer;
+pub mod prompt_logprobs;
 mod refusal;
 mod stream;
 pub mod wire;
@@ -142,9 +143,14 @@ struct Shared {
 
 /// `{base}/v1/chat/completions`, whether or not `base` already ends in `/v1`.
 pub fn chat_completions_url(base: &str) -> Result<String> {
+    endpoint_url(base, "chat/completions")
+}
+
+/// `{base}/v1/{path}`, whether or not `base` already ends in `/v1`.
+pub fn endpoint_url(base: &str, path: &str) -> Result<String> {
     let trimmed = base.trim().trim_end_matches('/');
     let root = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
-    let url = format!("{root}/v1/chat/completions");
+    let url = format!("{root}/v1/{path}");
     let parsed = reqwest::Url::parse(&url).map_err(|e| Error::BaseUrl {
         url: base.to_string(),
         message: e.to_string(),
@@ -168,14 +174,34 @@ fn is_loopback(url: &str) -> bool {
 impl OpenAiBackend {
     /// Checks the settings and reads the API key from its environment variable.
     pub fn new(config: OpenAiConfig) -> Result<Self> {
-        if config.base_urls.is_empty() {
-            return Err(Error::Config(
-                "the `openai` backend needs at least one base URL".into(),
-            ));
-        }
         if config.model.trim().is_empty() {
             return Err(Error::Config(
                 "the `openai` backend needs a model name".into(),
+            ));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared::new(config)?),
+            runtime: runtime()?,
+        })
+    }
+
+    /// Failed attempts so far, by kind.
+    pub fn error_counts(&self) -> ErrorCounts {
+        *lock(&self.shared.counts)
+    }
+
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.shared.config
+    }
+}
+
+impl Shared {
+    /// Checks the settings, reads the API key from its environment variable and builds the
+    /// HTTP client.
+    fn new(config: OpenAiConfig) -> Result<Self> {
+        if config.base_urls.is_empty() {
+            return Err(Error::Config(
+                "the `openai` backend needs at least one base URL".into(),
             ));
         }
         if config.concurrency == 0 {
@@ -207,34 +233,26 @@ impl OpenAiBackend {
         let client = builder
             .build()
             .map_err(|e| Error::Backend(format!("cannot build the HTTP client: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("distill-openai")
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                endpoints,
-                next_endpoint: AtomicUsize::new(0),
-                client,
-                api_key,
-                counts: Mutex::new(ErrorCounts::default()),
-                streaming: AtomicBool::new(config.stream),
-                config,
-            }),
-            runtime,
+            endpoints,
+            next_endpoint: AtomicUsize::new(0),
+            client,
+            api_key,
+            counts: Mutex::new(ErrorCounts::default()),
+            streaming: AtomicBool::new(config.stream),
+            config,
         })
     }
+}
 
-    /// Failed attempts so far, by kind.
-    pub fn error_counts(&self) -> ErrorCounts {
-        *lock(&self.shared.counts)
-    }
-
-    pub fn config(&self) -> &OpenAiConfig {
-        &self.shared.config
-    }
+/// The small runtime the synchronous callers run their requests on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("distill-openai")
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -420,25 +438,51 @@ async fn run_request(
     request: GenRequest,
 ) -> std::result::Result<GenOutput, Failure> {
     let config = &shared.config;
+    let (response, url) = with_retries(
+        shared,
+        &shared.endpoints,
+        request.sampling.max_new_tokens,
+        |url: String, streaming: bool| {
+            let body = request_body(config, &request, streaming);
+            async move {
+                let (text, event_stream) = send(shared, &url, &body).await?;
+                read_chat(&text, event_stream)
+            }
+        },
+    )
+    .await?;
+    answer::to_output(&request, config.prefill, response).map_err(|detail| {
+        Failure::Fatal(Error::NoTokenLogprobs {
+            url: url.clone(),
+            detail,
+        })
+    })
+}
+
+/// Runs `attempt` against `urls` (round-robin per attempt) until it succeeds, retrying what
+/// can be retried with backoff; returns its result and the URL that gave it. `max_tokens` names
+/// the request's budget in the refusal that it cannot fit the model's context.
+async fn with_retries<T, F>(
+    shared: &Shared,
+    urls: &[String],
+    max_tokens: usize,
+    attempt: impl Fn(String, bool) -> F,
+) -> std::result::Result<(T, String), Failure>
+where
+    F: std::future::Future<Output = std::result::Result<T, AttemptError>>,
+{
+    let config = &shared.config;
     let attempts = config.max_retries + 1;
     let mut connect_failures = 0;
     let mut last = String::new();
-    let mut attempt = 0;
-    while attempt < attempts {
+    let mut tried = 0;
+    while tried < attempts {
         // Round-robin per attempt, so a retry lands on another server when there are several.
-        let index = shared.next_endpoint.fetch_add(1, Ordering::Relaxed) % shared.endpoints.len();
-        let url = &shared.endpoints[index];
+        let index = shared.next_endpoint.fetch_add(1, Ordering::Relaxed) % urls.len();
+        let url = &urls[index];
         let streaming = shared.streaming.load(Ordering::Relaxed);
-        let body = request_body(config, &request, streaming);
-        let error = match attempt_once(shared, url, &body).await {
-            Ok(response) => {
-                return answer::to_output(&request, config.prefill, response).map_err(|detail| {
-                    Failure::Fatal(Error::NoTokenLogprobs {
-                        url: url.clone(),
-                        detail,
-                    })
-                })
-            }
+        let error = match attempt(url.clone(), streaming).await {
+            Ok(answer) => return Ok((answer, url.clone())),
             Err(error) => error,
         };
         if let AttemptError::Client { status, message } = &error {
@@ -481,10 +525,10 @@ async fn run_request(
             AttemptError::Client {
                 status: status @ (400 | 422),
                 ref message,
-            } if refusal::max_tokens_too_large(message, request.sampling.max_new_tokens) => {
+            } if refusal::max_tokens_too_large(message, max_tokens) => {
                 return Err(Failure::Fatal(Error::MaxTokensTooLarge {
                     url: url.clone(),
-                    max_tokens: request.sampling.max_new_tokens,
+                    max_tokens,
                     status,
                     message: message.clone(),
                 }))
@@ -502,22 +546,22 @@ async fn run_request(
             connect_failures += 1;
         }
         last = error.describe(config.timeout);
-        tracing::debug!(key = %request.key, attempt, url = %url, "request failed: {last}");
-        if attempt + 1 < attempts {
+        tracing::debug!(attempt = tried, url = %url, "request failed: {last}");
+        if tried + 1 < attempts {
             let delay = match error.retry_after() {
                 Some(wait) => wait.min(config.retry_after_max),
-                None => backoff(config, attempt),
+                None => backoff(config, tried),
             };
             tokio::time::sleep(delay).await;
         }
-        attempt += 1;
+        tried += 1;
     }
     if connect_failures == attempts {
         // Not one attempt reached a server: the endpoint is down, and so is the rest of the run.
-        let url = if shared.endpoints.len() == 1 {
-            shared.endpoints[0].clone()
+        let url = if urls.len() == 1 {
+            urls[0].clone()
         } else {
-            shared.endpoints.join("`, `")
+            urls.join("`, `")
         };
         return Err(Failure::Fatal(Error::Unreachable {
             url,
@@ -585,11 +629,13 @@ fn request_body(config: &OpenAiConfig, request: &GenRequest, stream: bool) -> Ch
     }
 }
 
-async fn attempt_once(
+/// Posts `body` to `url` once: the answer's text and whether it came as an event stream, or
+/// why the attempt failed (by status).
+async fn send(
     shared: &Shared,
     url: &str,
-    body: &ChatRequest,
-) -> std::result::Result<ChatResponse, AttemptError> {
+    body: &impl Serialize,
+) -> std::result::Result<(String, bool), AttemptError> {
     let mut builder = shared.client.post(url).json(body);
     if let Some(key) = &shared.api_key {
         // reqwest marks bearer headers sensitive, so they stay out of its own debug output.
@@ -625,10 +671,15 @@ async fn attempt_once(
             message: wire::error_message(&text),
         });
     }
+    Ok((text, event_stream))
+}
+
+/// A chat answer, whole or as an event stream.
+fn read_chat(text: &str, event_stream: bool) -> std::result::Result<ChatResponse, AttemptError> {
     let parsed: ChatResponse = if event_stream {
-        stream::collect(&text).map_err(|e| AttemptError::Malformed(e.to_string()))?
+        stream::collect(text).map_err(|e| AttemptError::Malformed(e.to_string()))?
     } else {
-        serde_json::from_str(&text).map_err(|e| AttemptError::Malformed(e.to_string()))?
+        serde_json::from_str(text).map_err(|e| AttemptError::Malformed(e.to_string()))?
     };
     if parsed.choices.is_empty() {
         return Err(AttemptError::Malformed("no `choices` in the answer".into()));

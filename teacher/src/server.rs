@@ -1,5 +1,6 @@
 //! `distill serve`: an OpenAI-compatible HTTP server (`POST /v1/chat/completions`,
-//! `GET /v1/models`) for a local model. Every request goes to one engine thread, so concurrent
+//! `GET /v1/models`, and `POST /v1/completions` for scoring prompts, see [`completions`]) for
+//! a local model. Every request goes to one engine thread, so concurrent
 //! requests decode in the same continuous batch.
 //!
 //! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
@@ -8,6 +9,7 @@
 //! SGLang's R1 parsers do. `stream: true` streams SSE chunks as the engine produces text; the
 //! streamed text is all `content` (the reasoning split applies to whole replies only).
 
+mod completions;
 pub mod intake;
 mod sse;
 
@@ -76,6 +78,8 @@ struct AppState {
     next_id: AtomicU64,
     /// Names tokens in `logprobs` answers.
     tokenizer: distill_models::tokenizer::TextTokenizer,
+    /// The engine's model, for scoring on `/v1/completions` beside the engine thread.
+    model: Arc<Engine>,
 }
 
 impl Server {
@@ -85,6 +89,7 @@ impl Server {
             return Err(Error::Config("the served model needs a name".into()));
         }
         let tokenizer = engine.tokenizer().clone();
+        let model = Arc::clone(&engine);
         let (engine, thread) =
             EngineThread::start(engine, config.max_queue).map_err(Error::Runtime)?;
         Ok(Self {
@@ -93,6 +98,7 @@ impl Server {
                 engine: engine.clone(),
                 next_id: AtomicU64::new(0),
                 tokenizer,
+                model,
             }),
             engine,
             thread: Some(thread),
@@ -102,6 +108,7 @@ impl Server {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions::completions))
             .route("/v1/models", get(models))
             .route("/health", get(|| async { StatusCode::OK }))
             .with_state(Arc::clone(&self.state))
@@ -438,6 +445,22 @@ fn choice_logprobs(
     }
 }
 
+/// A request naming another model than the served one is refused (404, as vLLM does).
+fn check_model(config: &ServerConfig, model: Option<&str>) -> std::result::Result<(), ApiError> {
+    match model {
+        Some(model) if model != config.model_name => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found_error",
+            message: format!(
+                "The model `{model}` does not exist; this server serves `{}`",
+                config.model_name
+            ),
+            param: Some("model"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn bad(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
     ApiError::bad_request(message, param)
 }
@@ -453,19 +476,7 @@ fn internal(message: String) -> ApiError {
 
 /// Checks a request and turns it into the engine's terms.
 fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<Parsed, ApiError> {
-    if let Some(model) = &request.model {
-        if model != &config.model_name {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                kind: "not_found_error",
-                message: format!(
-                    "The model `{model}` does not exist; this server serves `{}`",
-                    config.model_name
-                ),
-                param: Some("model"),
-            });
-        }
-    }
+    check_model(config, request.model.as_deref())?;
     let wire_messages = request
         .messages
         .ok_or_else(|| bad("`messages` is required", Some("messages")))?;

@@ -1,0 +1,177 @@
+//! `POST /v1/completions` in `distill serve`: scoring given prompts, as vLLM answers a request
+//! with `prompt_logprobs` — the served model's log-probability of every prompt token and its
+//! `k` most likely tokens at each position. This makes a served teacher usable for on-policy
+//! distillation from another machine (`distill train --method opd --kd-teacher http://…`).
+//!
+//! Only scoring: `max_tokens` is 0 or 1 (the one token is the most likely next one);
+//! generation goes through `/v1/chat/completions`. `echo`, `logprobs`, `stream` and `n` > 1
+//! are refused by name rather than ignored. A prompt is a text (tokenised with the model's
+//! special tokens, as vLLM does), token ids, or a batch of either.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{bad, check_model, internal, now, ApiError, AppState};
+use crate::openai::prompt_logprobs::{
+    CompletionChoice, CompletionRequest, CompletionResponse, PromptInput, PromptLogprob,
+};
+use crate::openai::wire::Usage;
+use crate::score::score_prompt;
+
+pub(super) async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match handle(&state, &body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A scoring request after validation.
+struct Asked {
+    prompts: Vec<Vec<u32>>,
+    /// Alternatives per position; `None`: no `prompt_logprobs` in the answer.
+    top: Option<usize>,
+    /// Whether the one next token is asked for (`max_tokens` 1).
+    next: bool,
+}
+
+async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
+    let request: CompletionRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("Invalid request: {e}"), None))?;
+    check_model(&state.config, request.model.as_deref())?;
+    let asked = validate(state, request)?;
+    let scoring = Arc::clone(state);
+    let k = asked.top.unwrap_or(0);
+    let (prompts, next) = (asked.prompts, asked.next);
+    // The forward runs beside the engine thread's batch, on the same weights.
+    let scored = tokio::task::spawn_blocking(move || {
+        prompts
+            .into_iter()
+            .map(|ids| {
+                let (scores, after) = score_prompt(scoring.model.model(), &ids, k, next)?;
+                Ok((ids, scores, after))
+            })
+            .collect::<crate::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| internal(format!("scoring stopped: {e}")))?
+    .map_err(|e| bad(format!("Cannot score the prompt: {e}"), Some("prompt")))?;
+    let name = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
+    let mut usage = Usage::default();
+    let choices = scored
+        .into_iter()
+        .enumerate()
+        .map(|(index, (ids, scores, after))| {
+            usage.prompt_tokens += ids.len() as u64;
+            usage.completion_tokens += u64::from(after.is_some());
+            let prompt_logprobs = asked.top.map(|_| {
+                let mut entries = vec![None];
+                entries.extend(scores.iter().zip(&ids[1..]).map(|(s, &token)| {
+                    let mut entry: HashMap<u32, PromptLogprob> = s
+                        .top
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &(id, logprob))| {
+                            let entry = PromptLogprob {
+                                logprob: f64::from(logprob),
+                                rank: Some(r as u32 + 1),
+                                decoded_token: Some(name(id)),
+                            };
+                            (id, entry)
+                        })
+                        .collect();
+                    entry.entry(token).or_insert_with(|| PromptLogprob {
+                        logprob: f64::from(s.logprob),
+                        rank: Some(s.rank),
+                        decoded_token: Some(name(token)),
+                    });
+                    Some(entry)
+                }));
+                entries
+            });
+            CompletionChoice {
+                index: index as u32,
+                text: after.map(name).unwrap_or_default(),
+                finish_reason: Some("length".into()),
+                prompt_logprobs,
+                prompt_token_ids: Some(ids),
+            }
+        })
+        .collect();
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    let response = CompletionResponse {
+        id: format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1),
+        object: "text_completion".into(),
+        created: now(),
+        model: state.config.model_name.clone(),
+        choices,
+        usage: Some(usage),
+    };
+    Ok(Json(response).into_response())
+}
+
+fn validate(state: &AppState, request: CompletionRequest) -> Result<Asked, ApiError> {
+    const SCORING_ONLY: &str = "`/v1/completions` of `distill serve` scores prompts (`max_tokens` 0 or 1, `prompt_logprobs`); generate with `/v1/chat/completions`";
+    if request.stream == Some(true) {
+        return Err(bad(
+            format!("`stream` is not supported: {SCORING_ONLY}"),
+            Some("stream"),
+        ));
+    }
+    if request.echo == Some(true) || request.logprobs.is_some() {
+        return Err(bad(
+            format!("`echo` and `logprobs` are not supported; ask for `prompt_logprobs`: {SCORING_ONLY}"),
+            Some("prompt_logprobs"),
+        ));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(bad(format!("`n` must be 1: {SCORING_ONLY}"), Some("n")));
+    }
+    // OpenAI's default is 16.
+    let max_tokens = request.max_tokens.unwrap_or(16);
+    if !(0..=1).contains(&max_tokens) {
+        return Err(bad(
+            format!("`max_tokens` is {max_tokens}: {SCORING_ONLY}"),
+            Some("max_tokens"),
+        ));
+    }
+    let top = match request.prompt_logprobs {
+        None => None,
+        Some(k) if k >= 0 => Some(k as usize),
+        Some(k) => {
+            return Err(bad(
+                format!("`prompt_logprobs` must be at least 0, got {k}"),
+                Some("prompt_logprobs"),
+            ))
+        }
+    };
+    let encode = |text: &str| {
+        state
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| bad(format!("Cannot tokenise the prompt: {e}"), Some("prompt")))
+    };
+    let prompts = match request.prompt {
+        None => return Err(bad("`prompt` is required", Some("prompt"))),
+        Some(PromptInput::Text(t)) => vec![encode(&t)?],
+        Some(PromptInput::Ids(ids)) => vec![ids],
+        Some(PromptInput::Texts(ts)) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        Some(PromptInput::IdLists(lists)) => lists,
+    };
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(bad(
+            "every prompt must hold at least one token",
+            Some("prompt"),
+        ));
+    }
+    Ok(Asked {
+        prompts,
+        top,
+        next: max_tokens == 1,
+    })
+}

@@ -1,0 +1,228 @@
+//! Scoring given token ids: `distill serve`'s `/v1/completions` with vLLM's `prompt_logprobs`,
+//! read back by the `PromptScorer` client, against the model's own full forward.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{Tensor, D};
+use distill_models::Checkpoint;
+use distill_teacher::openai::prompt_logprobs::PromptScorer;
+use distill_teacher::openai::OpenAiConfig;
+use distill_teacher::score::score_tokens;
+use distill_teacher::server::{RunningServer, Server, ServerConfig};
+use distill_teacher::{Engine, EngineOptions};
+use serde_json::{json, Value};
+
+const MODEL: &str = "tiny-llama";
+
+fn engine() -> Arc<Engine> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-llama.gguf");
+    let checkpoint = Checkpoint::open(&path).expect("fixture opens");
+    Arc::new(Engine::load(&checkpoint, EngineOptions::default()).expect("fixture loads"))
+}
+
+fn start(engine: Arc<Engine>) -> RunningServer {
+    let server = Server::new(engine, ServerConfig::new(MODEL)).expect("server starts");
+    RunningServer::start(server, "127.0.0.1:0").expect("server binds")
+}
+
+fn post(url: &str, body: Value) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("request reaches the server");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    })
+}
+
+/// Log-softmax rows of the model's training forward over `ids` (no cache).
+fn reference_logprobs(engine: &Engine, ids: &[u32]) -> Vec<Vec<f32>> {
+    let model = engine.model();
+    let input = Tensor::new(ids, model.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+    candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+const IDS: [u32; 9] = [1, 17, 42, 9, 100, 3, 77, 5, 64];
+
+#[test]
+fn served_prompt_logprobs_are_the_models() {
+    let engine = engine();
+    let reference = reference_logprobs(&engine, &IDS);
+    let server = start(Arc::clone(&engine));
+    let url = format!("{}/v1/completions", server.base_url());
+    let (status, answer) = post(
+        &url,
+        json!({"model": MODEL, "prompt": IDS, "max_tokens": 1, "prompt_logprobs": 3}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["prompt_token_ids"], json!(IDS));
+    let entries = choice["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(entries.len(), IDS.len());
+    assert!(entries[0].is_null());
+    for (i, entry) in entries.iter().enumerate().skip(1) {
+        let entry = entry.as_object().unwrap();
+        let row = &reference[i - 1];
+        // The prompt's own token is always there, with its rank.
+        let own = &entry[&IDS[i].to_string()];
+        let want = row[IDS[i] as usize];
+        assert!((own["logprob"].as_f64().unwrap() as f32 - want).abs() < 2e-3);
+        let rank = 1 + row.iter().filter(|&&x| x > want).count() as u64;
+        assert_eq!(own["rank"].as_u64().unwrap(), rank, "position {i}");
+        assert!(own["decoded_token"].is_string());
+        // The top 3 by rank are the reference's 3 largest.
+        let mut sorted: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (r, &(id, lp)) in sorted.iter().take(3).enumerate() {
+            let got = &entry[&id.to_string()];
+            assert_eq!(got["rank"].as_u64().unwrap(), r as u64 + 1, "position {i}");
+            assert!((got["logprob"].as_f64().unwrap() as f32 - lp).abs() < 2e-3);
+        }
+        assert_eq!(entry.len(), if rank <= 3 { 3 } else { 4 });
+    }
+    // The one generated token is the most likely after the prompt.
+    let last = reference_logprobs(&engine, &IDS[..]).pop().unwrap();
+    let best = (0..last.len())
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap() as u32;
+    let text = engine.tokenizer().decode(&[best], false).unwrap();
+    assert_eq!(choice["text"], json!(text));
+    assert_eq!(answer["usage"]["prompt_tokens"], json!(IDS.len()));
+
+    // The client reads the same numbers, for several sequences at once.
+    let scorer = PromptScorer::new(OpenAiConfig {
+        base_urls: vec![server.base_url()],
+        ..OpenAiConfig::default()
+    })
+    .expect("the scorer finds the served model");
+    assert_eq!(scorer.model(), MODEL);
+    let sequences = vec![IDS.to_vec(), IDS[2..7].to_vec()];
+    let scored = scorer.score(&sequences, 4).unwrap();
+    for (ids, scores) in sequences.iter().zip(&scored) {
+        let local = score_tokens(engine.model(), ids, 4).unwrap();
+        assert_eq!(scores.len(), ids.len() - 1);
+        for (s, l) in scores.iter().zip(&local) {
+            assert_eq!(s.rank, l.rank);
+            assert_eq!(
+                s.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+                l.top.iter().map(|t| t.0).collect::<Vec<_>>()
+            );
+            // f32 → JSON f64 → f32 is exact; the two runs may split the kernels' work
+            // differently (last-bit differences).
+            assert!(
+                (s.logprob - l.logprob).abs() < 1e-5,
+                "{} {}",
+                s.logprob,
+                l.logprob
+            );
+            assert!(s.text.is_some());
+        }
+    }
+}
+
+#[test]
+fn scoring_requests_are_checked() {
+    let server = start(engine());
+    let url = format!("{}/v1/completions", server.base_url());
+    for (body, param, says) in [
+        (
+            json!({"prompt": [1, 2]}),
+            "max_tokens",
+            "`max_tokens` is 16",
+        ),
+        (
+            json!({"prompt": [1, 2], "max_tokens": 5}),
+            "max_tokens",
+            "generate with `/v1/chat/completions`",
+        ),
+        (json!({"max_tokens": 1}), "prompt", "`prompt` is required"),
+        (
+            json!({"prompt": [], "max_tokens": 1}),
+            "prompt",
+            "at least one token",
+        ),
+        (
+            json!({"prompt": [1, 99999], "max_tokens": 1}),
+            "prompt",
+            "outside the model's vocabulary",
+        ),
+        (
+            json!({"prompt": [1], "max_tokens": 1, "echo": true}),
+            "prompt_logprobs",
+            "`echo`",
+        ),
+        (
+            json!({"prompt": [1], "max_tokens": 1, "stream": true}),
+            "stream",
+            "`stream`",
+        ),
+        (
+            json!({"prompt": [1], "max_tokens": 1, "prompt_logprobs": -1}),
+            "prompt_logprobs",
+            "at least 0",
+        ),
+    ] {
+        let (status, answer) = post(&url, body.clone());
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], json!(param), "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let (status, _) = post(
+        &url,
+        json!({"model": "other", "prompt": [1], "max_tokens": 1}),
+    );
+    assert_eq!(status, 404);
+    // A text prompt and a batch of texts: tokenised by the server.
+    let (status, answer) = post(&url, json!({"prompt": ["a b", "c"], "max_tokens": 0}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(answer["choices"][0]["text"], json!(""));
+    assert!(answer["choices"][0].get("prompt_logprobs").is_none());
+
+    // The client names the model it looked for, and a server nobody listens on, at once.
+    let e = PromptScorer::new(OpenAiConfig {
+        base_urls: vec![server.base_url()],
+        model: "other".into(),
+        ..OpenAiConfig::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("`other`") && e.contains(MODEL), "{e}");
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let started = Instant::now();
+    let e = PromptScorer::new(OpenAiConfig {
+        base_urls: vec![format!("http://{closed}")],
+        ..OpenAiConfig::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains(&format!("http://{closed}/v1/models")), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -8,8 +8,10 @@
 mod common;
 use common::run_ok;
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distill"));
@@ -54,14 +56,16 @@ fn scratch(corpus: &Path, out: &Path, size: [&str; 3], steps: &str, extra: &[&st
 }
 
 fn opd(corpus: &Path, base: &Path, teacher: &Path, out: &Path) -> Command {
-    opd_with(corpus, base, teacher, out, ["0.005", "60"])
+    let teacher = teacher.join("model");
+    opd_with(corpus, base, teacher.as_os_str(), out, ["0.005", "60"])
 }
 
-/// [`opd`] at another learning rate (`lr_steps[0]`) and number of steps (`lr_steps[1]`).
+/// [`opd`] from the teacher `--kd-teacher TEACHER` (a checkpoint or a URL), at another
+/// learning rate (`lr_steps[0]`) and number of steps (`lr_steps[1]`).
 fn opd_with(
     corpus: &Path,
     base: &Path,
-    teacher: &Path,
+    teacher: &OsStr,
     out: &Path,
     lr_steps: [&str; 2],
 ) -> Command {
@@ -80,7 +84,7 @@ fn opd_with(
     cmd.args(["--eval-fraction", "0.1", "--opd-prompts-per-step", "16"]);
     cmd.args(["--opd-max-new-tokens", "48", "--opd-prefill", ""]);
     cmd.arg("--base").arg(base.join("model"));
-    cmd.arg("--kd-teacher").arg(teacher.join("model"));
+    cmd.arg("--kd-teacher").arg(teacher);
     cmd.arg("--corpus").arg(corpus).arg("--out").arg(out);
     cmd
 }
@@ -93,10 +97,9 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// The synthetic task's corpus in `d`, a from-scratch teacher trained on it and a student
+/// with the teacher's tokenizer after a few SFT steps: `(corpus, teacher, sft)`.
+fn task(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let corpus: PathBuf = d.join("solutions");
     let mut cmd = bin();
     cmd.args([
@@ -122,6 +125,14 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
     let tokenizer = teacher.join("model");
     let tokenizer = ["--tokenizer", tokenizer.to_str().unwrap()];
     scratch(&corpus, &sft, ["32", "1", "96"], "60", &tokenizer);
+    (corpus, teacher, sft)
+}
+
+#[test]
+fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (corpus, teacher, sft) = task(d);
 
     let out = d.join("opd");
     let said = run_ok(&mut opd(&corpus, &sft, &teacher, &out));
@@ -237,7 +248,7 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
     let hot = run_ok(&mut opd_with(
         &corpus,
         &sft,
-        &teacher,
+        teacher.join("model").as_os_str(),
         &d.join("hot"),
         ["0.05", "12"],
     ));
@@ -278,4 +289,130 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
         "{err}"
     );
     assert!(!d.join("w2").exists(), "refused before anything is written");
+}
+
+/// `distill serve` on a free loopback port; killed on drop.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(model: &Path) -> Self {
+        let mut child = bin()
+            .arg("serve")
+            .arg(model)
+            .args(["--port", "0", "--served-model-name", "teacher"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("serve says where it listens").unwrap();
+            if let Some(rest) = line
+                .split(" at ")
+                .nth(1)
+                .filter(|_| line.starts_with("Serving"))
+            {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining its output so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A teacher served by `distill serve` scores the student's samples as the same teacher loaded
+/// beside the student does on its top k: the same divergence at the start and after the first
+/// update (same samples: the student's weights are the same until then), within the f16 the
+/// scores are kept in.
+#[test]
+fn an_endpoint_teacher_scores_as_the_loaded_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (corpus, teacher, sft) = task(d);
+    let served = Served::start(&teacher.join("model"));
+    let run = |out: &Path, teacher_arg: &str| {
+        let mut cmd = opd_with(&corpus, &sft, teacher_arg.as_ref(), out, ["0.005", "2"]);
+        cmd.args(["--kd-top-k", "8"]);
+        let said = run_ok(&mut cmd);
+        (
+            String::from_utf8_lossy(&said.stderr).into_owned(),
+            metrics(out),
+        )
+    };
+    let (said, endpoint) = run(&d.join("endpoint"), &served.url);
+    assert!(
+        said.contains("Teacher: `teacher` at") && said.contains("top 8 tokens"),
+        "{said}"
+    );
+    assert!(!said.contains("warning"), "{said}");
+    let local = teacher.join("model");
+    let (_, loaded) = run(&d.join("loaded"), local.to_str().unwrap());
+    let value = |lines: &[serde_json::Value], key: &str, step: u64| {
+        lines
+            .iter()
+            .find(|v| v["step"] == step && v.get(key).is_some())
+            .and_then(|v| v[key].as_f64())
+            .unwrap_or_else(|| panic!("no `{key}` at step {step}"))
+    };
+    for (key, step) in [("eval_kd", 0), ("kd", 1)] {
+        let (a, b) = (value(&endpoint, key, step), value(&loaded, key, step));
+        eprintln!("{key} at step {step}: endpoint {a}, loaded {b}");
+        assert!(
+            (a - b).abs() <= 5e-4 * b.abs(),
+            "{key} at step {step}: endpoint {a}, loaded {b}"
+        );
+    }
+    assert_eq!(
+        value(&endpoint, "sample_tokens", 1),
+        value(&loaded, "sample_tokens", 1)
+    );
+
+    // Wrong set-ups, each refused in one line before any work.
+    let refused = |cmd: &mut Command, needle: &str| {
+        let err = run_err(cmd);
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{err}"
+        );
+    };
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let w = d.join("w");
+    let at = |url: &str| opd_with(&corpus, &sft, url.as_ref(), &w, ["0.005", "2"]);
+    refused(
+        at(&closed).args(["--kd-top-k", "8"]),
+        &format!("cannot use the teacher endpoint `{closed}`"),
+    );
+    refused(
+        &mut at(&served.url),
+        "returns its top-k log-probabilities only",
+    );
+    refused(
+        at(&served.url).args(["--kd-top-k", "8", "--kd-teacher-model", "other"]),
+        "`other`",
+    );
+    let mut cmd = bin();
+    cmd.args(["train", "--base", "b", "--corpus", "c", "--out", "o"]);
+    cmd.args(["--kd-teacher", &served.url, "--kd-top-k", "8"]);
+    refused(&mut cmd, "scores on-policy samples only");
+    let mut cmd = opd(&corpus, &sft, &teacher, &w);
+    refused(
+        cmd.args(["--kd-teacher-model", "teacher"]),
+        "`--kd-teacher-model` names an endpoint's model",
+    );
+    assert!(!w.exists(), "nothing written for a refused run");
 }

@@ -219,8 +219,13 @@ pub struct TrainArgs {
     pub load_in_4bit: bool,
     /// Logit distillation: the frozen teacher whose next-token distributions the student also
     /// learns (a checkpoint folder, a GGUF file or `owner/name`; same tokenizer as the student).
-    #[arg(long, value_name = "MODEL", help_heading = "Logit distillation")]
+    /// With `--method opd` also the URL of an endpoint that scores token ids with vLLM's
+    /// `prompt_logprobs` (vLLM, `distill serve`; needs `--kd-top-k`).
+    #[arg(long, value_name = "MODEL|URL", help_heading = "Logit distillation")]
     pub kd_teacher: Option<String>,
+    /// The endpoint teacher's model name [default: the endpoint's only model].
+    #[arg(long, value_name = "NAME", help_heading = "Logit distillation")]
+    pub kd_teacher_model: Option<String>,
     /// Logit distillation from the teacher's top-K distributions stored in the corpus
     /// (`distill generate --logprobs K`), without running the teacher.
     #[arg(
@@ -375,6 +380,12 @@ impl TrainArgs {
             let kd = s.train.kd.get_or_insert_with(Default::default);
             kd.teacher = teacher.clone();
             kd.from_corpus = false;
+        }
+        if let Some(model) = &self.kd_teacher_model {
+            let Some(kd) = s.train.kd.as_mut().filter(|k| k.is_endpoint()) else {
+                bail!("`--kd-teacher-model` names an endpoint's model: pass `--kd-teacher URL`");
+            };
+            kd.teacher_model = model.clone();
         }
         if self.kd_from_corpus {
             let kd = s.train.kd.get_or_insert_with(Default::default);

@@ -3,6 +3,13 @@
 //! generation engine of `distill-teacher` from its current weights each step, the teacher of
 //! `[train.kd]` scores every sampled position, and the student learns the per-token divergence.
 //!
+//! The teacher is a checkpoint loaded beside the student, or the URL of an OpenAI-compatible
+//! endpoint that scores token ids with vLLM's `prompt_logprobs` (vLLM, `distill serve`): the
+//! samples go there as ids and its top `kd.top_k` tokens per position come back
+//! ([`EndpointScorer`]). An endpoint is asked for its models before anything loads, so a wrong
+//! URL or model name fails at once; its tokenizer is checked on the first samples by the text
+//! it gives each token; its end-of-turn token by scoring one rendered exchange.
+//!
 //! Writes what an SFT run writes (`model/`, `checkpoints/`, `metrics.jsonl`, `loss.png`,
 //! `train_config.toml`) without a token cache: the samples are new every step. `metrics.jsonl`
 //! gains per step `sample_tokens` (mean completion length), `stopped` (share of samples that
@@ -15,13 +22,17 @@ use anyhow::{bail, Context};
 use distill_models::chat::ChatTemplate;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::Model;
+use distill_student::batch::{TeacherTargets, IGNORE};
 use distill_student::data::{self, Renderer};
+use distill_student::pack::Document;
 use distill_student::trainer::on_policy::{
-    check_end_of_turn, prompts, OnPolicyData, Rollout, RolloutRequest, Sampler, Sampling,
+    check_end_of_turn, prompts, OnPolicyData, Rollout, RolloutRequest, Sampler, Sampling, Scorer,
 };
 use distill_student::Event;
 use distill_teacher::backend::{Cancel, FinishReason, GenOutput, GenRequest, SamplingParams};
 use distill_teacher::engine::{EngineOptions, IterSource};
+use distill_teacher::openai::prompt_logprobs::PromptScorer;
+use distill_teacher::openai::OpenAiConfig;
 use distill_teacher::{Engine, Update};
 use serde_json::json;
 
@@ -143,6 +154,137 @@ impl Sampler for EngineSampler {
     }
 }
 
+/// The teacher's scores from an endpoint (see the module header): its top-`k` tokens at each
+/// labelled position of each sample, as the trainer's stored targets.
+struct EndpointScorer {
+    scorer: PromptScorer,
+    url: String,
+    /// The student's, to compare with the text the endpoint gives each token.
+    tokenizer: TextTokenizer,
+    tokens_checked: bool,
+}
+
+impl EndpointScorer {
+    /// Refuses an endpoint whose tokenizer reads an id as another text than the student's
+    /// does. Tokens either side decodes to nothing (special tokens vLLM skips) or to part of
+    /// a character are not compared.
+    fn check_tokens(&self, ids: &[u32], texts: &[Option<String>]) -> anyhow::Result<()> {
+        for (&id, teacher) in ids.iter().zip(texts) {
+            let Some(teacher) = teacher.as_deref() else {
+                continue;
+            };
+            let student = self.tokenizer.decode(&[id], false)?;
+            let comparable = |t: &str| !t.is_empty() && !t.contains('\u{fffd}');
+            if comparable(teacher) && comparable(&student) && teacher != student {
+                bail!(
+                    "the teacher `{}` reads token id {id} as `{teacher}` where the student's tokenizer reads `{student}`: on-policy distillation compares them id by id, so serve a teacher with the student's tokenizer",
+                    self.url
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Scorer for EndpointScorer {
+    fn score(
+        &mut self,
+        documents: &[Document],
+        k: usize,
+    ) -> distill_student::Result<Vec<TeacherTargets>> {
+        let fail = |e: anyhow::Error| distill_student::Error::Config(format!("{e:#}"));
+        let sequences: Vec<Vec<u32>> = documents.iter().map(|d| d.input_ids.clone()).collect();
+        let scored = self
+            .scorer
+            .score(&sequences, k)
+            .with_context(|| format!("the teacher `{}` could not score the samples", self.url))
+            .map_err(fail)?;
+        if !self.tokens_checked {
+            for (ids, scores) in sequences.iter().zip(&scored) {
+                let texts: Vec<Option<String>> = scores.iter().map(|s| s.text.clone()).collect();
+                self.check_tokens(&ids[1..], &texts).map_err(fail)?;
+            }
+            self.tokens_checked = true;
+        }
+        Ok(documents
+            .iter()
+            .zip(&scored)
+            .map(|(doc, scores)| {
+                let mut targets = TeacherTargets::new(k);
+                for (p, _) in doc.labels.iter().enumerate().filter(|(_, &l)| l != IGNORE) {
+                    // `scores[p]` is the token after position `p`.
+                    targets.positions.push(p as u32);
+                    for &(id, logprob) in &scores[p].top {
+                        targets.ids.push(id);
+                        targets
+                            .logprobs
+                            .push(half::f16::from_f32(logprob).to_bits());
+                    }
+                }
+                targets
+            })
+            .collect())
+    }
+}
+
+/// Connects to an endpoint teacher (`kd.teacher` a URL): it must answer `/v1/models` and
+/// serve `kd.teacher_model` (or one model) now, before anything loads.
+fn connect(kd: &distill_student::kd::KdConfig) -> anyhow::Result<PromptScorer> {
+    let scorer = PromptScorer::new(OpenAiConfig {
+        base_urls: vec![kd.teacher.clone()],
+        model: kd.teacher_model.clone(),
+        // Scoring a sample is one forward; a slow endpoint still answers in minutes.
+        timeout: std::time::Duration::from_secs(600),
+        ..OpenAiConfig::default()
+    })
+    .with_context(|| format!("cannot use the teacher endpoint `{}`", kd.teacher))?;
+    eprintln!(
+        "Teacher: `{}` at `{}`, its top {} tokens per position",
+        scorer.model(),
+        kd.teacher,
+        kd.top_k
+    );
+    Ok(scorer)
+}
+
+/// Scores the corpus's first conversation, in the student's template, on the endpoint and
+/// warns when the teacher does not expect the student's end-of-turn token where the sample's
+/// turn ends (a teacher that ends turns otherwise teaches the student never to stop; a
+/// checkpoint teacher's stop ids are checked instead).
+fn check_endpoint_end_of_turn(
+    scorer: &PromptScorer,
+    renderer: &Renderer,
+    conversations: &[data::Conversation],
+    url: &str,
+    k: usize,
+    describe: &dyn Fn(u32) -> String,
+) -> anyhow::Result<()> {
+    let Some(end) = renderer.end_of_turn_id() else {
+        return Ok(());
+    };
+    let Some(rendered) = conversations
+        .iter()
+        .find_map(|c| renderer.render(&c.messages).ok())
+    else {
+        return Ok(());
+    };
+    let ids = rendered.input_ids;
+    let Some(at) = ids.iter().rposition(|&id| id == end).filter(|&p| p > 0) else {
+        return Ok(());
+    };
+    let scores = scorer
+        .score(std::slice::from_ref(&ids), k)
+        .with_context(|| format!("the teacher `{url}` could not score a probe exchange"))?;
+    let rank = scores[0][at - 1].rank;
+    if rank > k as u32 {
+        eprintln!(
+            "warning: the teacher `{url}` ranks the student's end-of-turn token {} only {rank}th where the student's turn ends: if it ends turns otherwise, the student learns never to stop (watch the `stopped` share)",
+            describe(end)
+        );
+    }
+    Ok(())
+}
+
 /// Runs an on-policy distillation job from resolved settings (`settings.train.opd` set).
 pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Result<()> {
     let (Some(corpus), Some(out)) = (&settings.corpus, &settings.out) else {
@@ -155,7 +297,7 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         bail!("on-policy distillation starts from a trained student: pass `--base MODEL` (the `model/` of an SFT run)");
     };
     let Some(kd) = settings.train.kd.as_ref().filter(|k| !k.from_corpus) else {
-        bail!("on-policy distillation needs a live teacher: pass `--kd-teacher MODEL`");
+        bail!("on-policy distillation needs a live teacher: pass `--kd-teacher MODEL` (a checkpoint, or the URL of an endpoint that scores prompts)");
     };
     let final_dir = out.join(MODEL_DIR);
     let ckpt_root = out.join(CHECKPOINTS_DIR);
@@ -165,9 +307,16 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let latest = resume_point(&ckpt_root, resume)?;
     let base = crate::model_arg::resolve_existing(base_arg, "base model")?.path;
     let target = training_target(settings, "On-policy distillation")?;
+    let endpoint = match kd.is_endpoint() {
+        true => Some(connect(kd)?),
+        false => None,
+    };
     let (mut student, tokenizer) =
         starting_point(settings, Some(&base), latest.as_deref(), corpus)?;
-    let (teacher, teacher_tokenizer) = open_teacher(&kd.teacher, &tokenizer)?;
+    let teacher = match endpoint {
+        None => Some(open_teacher(&kd.teacher, &tokenizer)?),
+        Some(_) => None,
+    };
     let template = chat_template(&settings.data.chat_template, &tokenizer)?;
     let renderer = Renderer::new(
         tokenizer.clone(),
@@ -179,28 +328,41 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         Some(t) => format!("`{t}` (id {id})"),
         None => format!("id {id}"),
     };
-    // The teacher stops on its EOS ids and on the token that closes turns in its own template
-    // (an instruct model whose generation config names only `<|endoftext|>` still closes chat
-    // turns with `<|im_end|>`).
-    let teacher_template = chat_template("auto", &teacher_tokenizer)?;
-    let teacher_stops = Renderer::new(
-        teacher_tokenizer,
-        teacher_template,
-        &teacher.eos_token_ids(),
-    )
-    .map(|r| r.stop_ids().to_vec())
-    .unwrap_or_else(|_| teacher.eos_token_ids());
-    check_end_of_turn(
-        renderer.end_of_turn_id(),
-        renderer.stop_ids(),
-        &teacher_stops,
-        &describe,
-    )
-    .with_context(|| format!("the teacher `{}`", kd.teacher))?;
+    // An endpoint teacher's end of turn is checked on the corpus's first sample below.
+    if let Some((teacher, teacher_tokenizer)) = &teacher {
+        // The teacher stops on its EOS ids and on the token that closes turns in its own
+        // template (an instruct model whose generation config names only `<|endoftext|>`
+        // still closes chat turns with `<|im_end|>`).
+        let teacher_template = chat_template("auto", teacher_tokenizer)?;
+        let teacher_stops = Renderer::new(
+            teacher_tokenizer.clone(),
+            teacher_template,
+            &teacher.eos_token_ids(),
+        )
+        .map(|r| r.stop_ids().to_vec())
+        .unwrap_or_else(|_| teacher.eos_token_ids());
+        check_end_of_turn(
+            renderer.end_of_turn_id(),
+            renderer.stop_ids(),
+            &teacher_stops,
+            &describe,
+        )
+        .with_context(|| format!("the teacher `{}`", kd.teacher))?;
+    }
 
     // The prompts: the corpus's distinct problems, held out as the SFT trainer holds them out.
     let conversations = data::read_corpus(&[corpus.to_path_buf()])
         .with_context(|| format!("cannot read the corpus `{}`", corpus.display()))?;
+    if let Some(scorer) = &endpoint {
+        check_endpoint_end_of_turn(
+            scorer,
+            &renderer,
+            &conversations,
+            &kd.teacher,
+            kd.top_k,
+            &describe,
+        )?;
+    }
     let (train, mut held_out) = prompts(&conversations, settings.data.eval_fraction);
     if let Some(eval) = &settings.eval_corpus {
         let conversations = data::read_corpus(&[eval.to_path_buf()])
@@ -229,7 +391,10 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     let spec = student.config.spec()?;
     let width = settings.data.max_seq_len;
     let beside = memory::Beside {
-        teacher: memory::Beside::teacher_weights(&teacher, &target)?,
+        teacher: match &teacher {
+            Some((teacher, _)) => memory::Beside::teacher_weights(teacher, &target)?,
+            None => 0.0,
+        },
         samples: memory::Beside::sample_caches(
             &spec,
             opd.prompts_per_step
@@ -244,11 +409,19 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     write_file(&out.join(CONFIG_FILE), &settings.to_toml()?)?;
     let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)
         .map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
-    let model = teacher
-        .load_for_inference(&target.device, target.precision.compute)
-        .with_context(|| format!("cannot load the teacher `{}`", teacher.path().display()))?;
-    eprintln!("Distilling on-policy from `{}`", teacher.path().display());
-    trainer.set_teacher(distill_student::kd::Teacher::new(model))?;
+    if let Some((teacher, _)) = &teacher {
+        let model = teacher
+            .load_for_inference(&target.device, target.precision.compute)
+            .with_context(|| format!("cannot load the teacher `{}`", teacher.path().display()))?;
+        eprintln!("Distilling on-policy from `{}`", teacher.path().display());
+        trainer.set_teacher(distill_student::kd::Teacher::new(model))?;
+    }
+    let mut scorer = endpoint.map(|scorer| EndpointScorer {
+        scorer,
+        url: kd.teacher.clone(),
+        tokenizer: tokenizer.clone(),
+        tokens_checked: false,
+    });
 
     let start_step = trainer.state().step;
     let mut log = RunLog::open(out, start_step)?;
@@ -268,7 +441,8 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         held_out: &held_out,
         max_seq_len: settings.data.max_seq_len,
     };
-    let fitted = trainer.fit_on_policy(&data, &mut sampler, Some(&ckpt_root), &mut |event| {
+    let scorer = scorer.as_mut().map(|s| s as &mut dyn Scorer);
+    let fitted = trainer.fit_on_policy(&data, &mut sampler, scorer, Some(&ckpt_root), &mut |event| {
         let line = match event {
             Event::Step(m) => {
                 bar.set_position(m.step);

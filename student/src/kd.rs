@@ -28,8 +28,14 @@ use crate::{Error, Result};
 #[serde(deny_unknown_fields, default)]
 pub struct KdConfig {
     /// The teacher: a checkpoint distill loads (a Hugging Face folder, a GGUF file, a hub name),
-    /// run alongside the student. Recorded so that a resume with another teacher is refused.
+    /// run alongside the student; or, for on-policy distillation, the base URL of an
+    /// OpenAI-compatible endpoint that scores given token ids with vLLM's `prompt_logprobs`
+    /// (vLLM, `distill serve`), which then returns its `top_k` tokens per position. Recorded so
+    /// that a resume with another teacher is refused.
     pub teacher: String,
+    /// The endpoint's model name (`teacher` a URL); empty: the endpoint's only model.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub teacher_model: String,
     /// Use the teacher's top-k distributions stored in the corpus (`generate --logprobs K`)
     /// instead of a live teacher: no teacher forward, no teacher memory; the divergence is
     /// computed on the stored `K` tokens at the positions of the teacher's own sample.
@@ -50,6 +56,7 @@ impl Default for KdConfig {
     fn default() -> Self {
         Self {
             teacher: String::new(),
+            teacher_model: String::new(),
             from_corpus: false,
             weight: 0.5,
             beta: 0.0,
@@ -60,6 +67,11 @@ impl Default for KdConfig {
 }
 
 impl KdConfig {
+    /// Whether the teacher is an endpoint (`http://…`, `https://…`) rather than a checkpoint.
+    pub fn is_endpoint(&self) -> bool {
+        is_endpoint(&self.teacher)
+    }
+
     pub fn divergence(&self) -> Divergence {
         Divergence {
             beta: self.beta,
@@ -82,6 +94,18 @@ impl KdConfig {
             }
             _ => {}
         }
+        if self.is_endpoint() && self.top_k == 0 {
+            return Err(Error::Config(format!(
+                "the endpoint teacher `{}` returns its top-k log-probabilities only: set `kd.top_k` (`--kd-top-k`; vLLM serves up to its `--max-logprobs`, 20 by default)",
+                self.teacher
+            )));
+        }
+        if !self.teacher_model.is_empty() && !self.is_endpoint() {
+            return Err(Error::Config(format!(
+                "`kd.teacher_model` names an endpoint's model, but the teacher `{}` is a checkpoint",
+                self.teacher
+            )));
+        }
         if self.from_corpus && self.top_k > 0 {
             return Err(Error::Config(
                 "`kd.top_k` picks a live teacher's tokens; with `kd.from_corpus` the corpus's stored `K` are used".into(),
@@ -95,6 +119,13 @@ impl KdConfig {
         }
         self.divergence().validate()
     }
+}
+
+/// Whether a teacher argument names an endpoint (`http://…`, `https://…`) rather than a
+/// checkpoint.
+pub fn is_endpoint(teacher: &str) -> bool {
+    let t = teacher.trim_start();
+    t.starts_with("http://") || t.starts_with("https://")
 }
 
 /// The frozen teacher of a logit-distillation run: any model distill runs (a GGUF teacher

@@ -135,6 +135,11 @@ impl TrainerConfig {
         if let Some(kd) = &self.kd {
             kd.validate()?;
         }
+        if self.opd.is_none() && self.kd.as_ref().is_some_and(|k| k.is_endpoint()) {
+            return Err(Error::Config(
+                "an endpoint teacher (`kd.teacher` is a URL) scores on-policy samples only: train with `--method opd`, or store its top-k in the corpus (`generate --logprobs K`) and use `kd.from_corpus`".into(),
+            ));
+        }
         if let Some(opd) = &self.opd {
             opd.validate()?;
             match &self.kd {

@@ -19,7 +19,8 @@ pub(super) fn kd_term<'a>(
 ) -> Result<Option<(&'a KdConfig, Option<&'a Teacher>)>> {
     match (kd, teacher) {
         (None, _) => Ok(None),
-        (Some(kd), _) if kd.from_corpus => Ok(Some((kd, None))),
+        // Stored distributions: the corpus's, or an endpoint's scores attached to each sample.
+        (Some(kd), _) if kd.from_corpus || kd.is_endpoint() => Ok(Some((kd, None))),
         (Some(kd), Some(t)) => Ok(Some((kd, Some(t)))),
         (Some(kd), None) => Err(Error::Config(format!(
             "the training config distils from `{}` but no teacher was loaded",

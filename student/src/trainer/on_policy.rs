@@ -7,7 +7,10 @@
 //! where the teacher went (which is all SFT and logit distillation on the teacher's samples see).
 //!
 //! The sampler is a trait ([`Sampler`]): this crate knows nothing of the generation engine; the
-//! command line gives it `distill-teacher`'s continuous-batching engine.
+//! command line gives it `distill-teacher`'s continuous-batching engine. The teacher is either
+//! loaded here ([`Trainer::set_teacher`]: whole distributions, or its `kd.top_k`) or scores the
+//! samples elsewhere ([`Scorer`]: an endpoint returning its top `kd.top_k` tokens per position,
+//! which enter the loss as the corpus's stored distributions do).
 //!
 //! The known failure: a teacher that ends turns with another token than the student gives the
 //! student's end-of-turn token almost no probability, so the reverse KL teaches the student never
@@ -30,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objective::{kd_term, micro_batch_loss};
 use super::{Control, Event, FitSummary, Trainer};
-use crate::batch::PackedRow;
+use crate::batch::{PackedRow, TeacherTargets, IGNORE};
 use crate::checkpoint::DatasetFingerprint;
 use crate::data::{is_eval, Conversation};
 use crate::pack::{pack, Document};
@@ -192,6 +195,55 @@ pub trait Sampler {
     ) -> Result<Vec<Rollout>>;
 }
 
+/// Scores samples with a teacher this process does not hold (an OpenAI-compatible endpoint
+/// with vLLM's `prompt_logprobs`).
+pub trait Scorer {
+    /// For each document, the teacher's top-`k` distribution at each position the document
+    /// labels (in order), in document order.
+    fn score(&mut self, documents: &[Document], k: usize) -> Result<Vec<TeacherTargets>>;
+}
+
+/// `scorer` again for one call (the object's lifetime shortened to the borrow's, which
+/// `Option::as_deref_mut` cannot do).
+fn reborrow<'a>(scorer: &'a mut Option<&mut dyn Scorer>) -> Option<&'a mut dyn Scorer> {
+    match scorer {
+        Some(s) => Some(&mut **s),
+        None => None,
+    }
+}
+
+/// The training documents of `rollouts` (see [`documents`]), each with the teacher's targets
+/// when a [`Scorer`] scores them.
+fn scored_documents(
+    rollouts: &[Rollout],
+    max_seq_len: usize,
+    scorer: Option<&mut dyn Scorer>,
+    k: usize,
+) -> Result<Vec<Document>> {
+    let mut docs = documents(rollouts, max_seq_len);
+    if let Some(scorer) = scorer {
+        let targets = scorer.score(&docs, k)?;
+        if targets.len() != docs.len() {
+            return Err(Error::Batch(format!(
+                "the teacher scored {} of {} samples",
+                targets.len(),
+                docs.len()
+            )));
+        }
+        for (doc, t) in docs.iter_mut().zip(targets) {
+            let labelled = doc.labels.iter().filter(|&&l| l != IGNORE).count();
+            if t.len() != labelled || t.k != k {
+                return Err(Error::Batch(format!(
+                    "the teacher scored {} positions of {k} where a sample labels {labelled}",
+                    t.len()
+                )));
+            }
+            doc.teacher = Some(t);
+        }
+    }
+    Ok(docs)
+}
+
 /// What a step's samples looked like.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RolloutStats {
@@ -321,6 +373,7 @@ impl Trainer {
         &mut self,
         data: &OnPolicyData<'_>,
         sampler: &mut dyn Sampler,
+        mut scorer: Option<&mut dyn Scorer>,
         checkpoint_dir: Option<&Path>,
         on_event: &mut dyn FnMut(&Event) -> Control,
     ) -> Result<FitSummary> {
@@ -329,11 +382,21 @@ impl Trainer {
             .opd
             .clone()
             .ok_or_else(|| Error::Config("the training config has no `opd` section".into()))?;
-        if !matches!(kd_term(&self.config.kd, &self.teacher)?, Some((_, Some(_)))) {
-            return Err(Error::Config(
-                "on-policy distillation needs a live teacher (`kd.teacher`)".into(),
-            ));
+        match (kd_term(&self.config.kd, &self.teacher)?, scorer.is_some()) {
+            (Some((kd, None)), true) if kd.is_endpoint() => {}
+            (Some((_, Some(_))), false) => {}
+            (_, true) => {
+                return Err(Error::Config(
+                    "a scorer stands for an endpoint teacher: `kd.teacher` must be its URL".into(),
+                ))
+            }
+            _ => {
+                return Err(Error::Config(
+                    "on-policy distillation needs a live teacher (`kd.teacher`)".into(),
+                ))
+            }
         }
+        let k = self.config.kd.as_ref().map_or(0, |kd| kd.top_k);
         if data.train.is_empty() {
             return Err(Error::NoData("the corpus has no prompts to sample".into()));
         }
@@ -360,18 +423,20 @@ impl Trainer {
         let mut summary = self.summary_so_far();
         let evaluate = |trainer: &mut Self,
                         sampler: &mut dyn Sampler,
+                        scorer: Option<&mut dyn Scorer>,
                         on_event: &mut dyn FnMut(&Event) -> Control|
          -> Result<Option<f64>> {
             if held_out.is_empty() {
                 return Ok(None);
             }
-            let eval = trainer.evaluate_on_policy(held_out, sampler, &opd, data.max_seq_len)?;
+            let eval =
+                trainer.evaluate_on_policy(held_out, sampler, scorer, &opd, data.max_seq_len)?;
             trainer.state.evals.push((eval.step, eval.kd));
             on_event(&Event::OnPolicyEval(&eval));
             Ok(Some(eval.kd))
         };
         if self.state.step == 0 {
-            summary.eval_loss = evaluate(self, sampler, on_event)?;
+            summary.eval_loss = evaluate(self, sampler, reborrow(&mut scorer), on_event)?;
         }
         let (mut evaluated_at, mut saved_at) = (Some(0), None);
         while self.state.step < total {
@@ -388,11 +453,8 @@ impl Trainer {
                 .collect();
             let rollouts = sampler.sample(self.inference_model()?, &requests, &train_sampling)?;
             let rollout_stats = stats(&rollouts, start.elapsed());
-            let rows = pack(
-                &documents(&rollouts, data.max_seq_len),
-                data.max_seq_len,
-                true,
-            )?;
+            let docs = scored_documents(&rollouts, data.max_seq_len, reborrow(&mut scorer), k)?;
+            let rows = pack(&docs, data.max_seq_len, true)?;
             if rows.is_empty() {
                 return Err(Error::NoData(format!(
                     "no sample of step {} has a token to train on (every prompt is at least `max_seq_len` `{}` tokens long)",
@@ -420,7 +482,8 @@ impl Trainer {
             let step = self.state.step;
             let every = |n: u64| n > 0 && step.is_multiple_of(n);
             if every(self.config.eval_every) {
-                summary.eval_loss = evaluate(self, sampler, on_event)?.or(summary.eval_loss);
+                summary.eval_loss =
+                    evaluate(self, sampler, reborrow(&mut scorer), on_event)?.or(summary.eval_loss);
                 evaluated_at = Some(step);
             }
             if every(self.config.checkpoint_every) || stop {
@@ -433,7 +496,8 @@ impl Trainer {
             }
         }
         if evaluated_at != Some(self.state.step) {
-            summary.eval_loss = evaluate(self, sampler, on_event)?.or(summary.eval_loss);
+            summary.eval_loss =
+                evaluate(self, sampler, reborrow(&mut scorer), on_event)?.or(summary.eval_loss);
         }
         if saved_at != Some(self.state.step) {
             self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
@@ -447,6 +511,7 @@ impl Trainer {
         &self,
         held_out: &[Prompt],
         sampler: &mut dyn Sampler,
+        scorer: Option<&mut dyn Scorer>,
         opd: &OpdConfig,
         max_seq_len: usize,
     ) -> Result<OnPolicyEval> {
@@ -477,7 +542,9 @@ impl Trainer {
             .collect();
         let pass_rate = (!judged.is_empty())
             .then(|| judged.iter().filter(|&&c| c).count() as f64 / judged.len() as f64);
-        let rows = pack(&documents(&rollouts, max_seq_len), max_seq_len, true)?;
+        let k = self.config.kd.as_ref().map_or(0, |kd| kd.top_k);
+        let docs = scored_documents(&rollouts, max_seq_len, scorer, k)?;
+        let rows = pack(&docs, max_seq_len, true)?;
         let kd = kd_term(&self.config.kd, &self.teacher)?;
         // The sampler took its model; this one shares the same weights.
         let model = self.inference_model()?;

@@ -218,3 +218,22 @@ fn a_dry_run_train_stage_feeds_no_later_stage() {
     let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
     assert!(ok, "{log}");
 }
+
+/// An `[opd]` stage whose teacher is an endpoint (`kd_teacher` a URL) passes the check: the
+/// URL is neither a model path to look up nor an input file of the stage.
+#[test]
+fn an_endpoint_teacher_is_not_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(preset("demo-opd.toml"))
+        .unwrap()
+        .replace(
+            "[opd]\n",
+            "[opd]\nkd_teacher = \"http://127.0.0.1:9/v1\"\nkd_top_k = 8\n",
+        );
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, text).unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("--kd-teacher http://127.0.0.1:9/v1"), "{log}");
+    assert!(!log.contains("needs `http://127.0.0.1:9/v1`"), "{log}");
+}

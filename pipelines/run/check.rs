@@ -57,7 +57,13 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
                 let settings = args.resolve()?;
                 let max_seq_len = settings.data.max_seq_len;
                 // A live teacher (logit or on-policy distillation) reads the student's rows.
-                if let Some(kd) = settings.train.kd.as_ref().filter(|k| !k.from_corpus) {
+                // (An endpoint teacher is asked when the stage starts.)
+                if let Some(kd) = settings
+                    .train
+                    .kd
+                    .as_ref()
+                    .filter(|k| !k.from_corpus && !k.is_endpoint())
+                {
                     model("kd_teacher", Path::new(&kd.teacher), &|ckpt| Fits {
                         key: "max_seq_len",
                         length: max_seq_len,

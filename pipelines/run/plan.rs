@@ -368,6 +368,12 @@ impl Wiring {
     }
 }
 
+/// Whether a model value is served elsewhere rather than a path: `compare`'s `openai:NAME@URL`
+/// models and an endpoint teacher's URL.
+fn is_remote(value: &str) -> bool {
+    value.starts_with("openai:") || distill_student::kd::is_endpoint(value)
+}
+
 /// Keys whose values name models (local paths or hub models).
 const MODEL_KEYS: [&str; 4] = ["base", "model", "models", "kd_teacher"];
 
@@ -386,12 +392,12 @@ fn paths(t: &toml::Table, keys: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for key in keys {
         match t.get(*key) {
-            Some(toml::Value::String(s)) if !s.starts_with("openai:") => out.push(PathBuf::from(s)),
+            Some(toml::Value::String(s)) if !is_remote(s) => out.push(PathBuf::from(s)),
             Some(toml::Value::Array(items)) => out.extend(
                 items
                     .iter()
                     .filter_map(|v| v.as_str())
-                    .filter(|s| !s.starts_with("openai:"))
+                    .filter(|s| !is_remote(s))
                     .map(PathBuf::from),
             ),
             _ => {}

@@ -12,7 +12,7 @@
 //! [model]                      # from-scratch architecture (distill_student::init::ScratchConfig)
 //! hidden_size = 64
 //! [model.tokenizer]            # from-scratch BPE (vocab_size, split_digits, min_frequency,
-//!                              #  merge_across_words)
+//!                              #  merge_across_words, pre_tokenizer)
 //! vocab_size = 80
 //! [train]                      # distill_student::TrainerConfig: batch, steps, cadence
 //! micro_batch_size = 32
@@ -172,6 +172,11 @@ pub struct TrainArgs {
     /// From scratch: let tokenizer merges span words (whole phrases become tokens).
     #[arg(long)]
     pub merge_across_words: bool,
+    /// From scratch: `compact` (a digit keeps its space; the shortest text) or `smollm`
+    /// (llama.cpp's pre-tokenizer of that name, so `distill export` can write a GGUF)
+    /// [default: compact].
+    #[arg(long, value_name = "NAME")]
+    pub pre_tokenizer: Option<distill_student::tokenizer_train::PreTokenizer>,
     /// From scratch: hidden size.
     #[arg(long)]
     pub hidden_size: Option<usize>,
@@ -358,6 +363,7 @@ impl TrainArgs {
         if self.merge_across_words {
             s.model.tokenizer.merge_across_words = true;
         }
+        over(&mut s.model.tokenizer.pre_tokenizer, &self.pre_tokenizer);
         over(&mut s.model.hidden_size, &self.hidden_size);
         over(&mut s.model.num_hidden_layers, &self.layers);
         over(&mut s.model.num_attention_heads, &self.heads);

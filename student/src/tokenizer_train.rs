@@ -12,6 +12,10 @@
 //! - `merge_across_words` drops the word splitting, so a merge may span words: the demo's
 //!   templated problems then cost about half as many positions per prompt (its tiny models
 //!   train and generate in proportion), while the digits stay one token each.
+//! - `pre_tokenizer = "smollm"` trades both for a pre-tokenizer llama.cpp implements (SmolLM's:
+//!   every digit alone, a space before a digit a token of its own, GPT-2 word splitting), so
+//!   `distill export` can write the student for llama.cpp, ollama and LM Studio (llama.cpp
+//!   tokenises with a fixed table of pre-tokenizers; the compact one is not among them).
 //! - `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` are special tokens (`<|im_end|>` is the EOS
 //!   and the chat template's end of turn; `<|endoftext|>` pads). `<think>` and `</think>` are
 //!   added tokens but *not* special: each is one id, yet decoding with
@@ -26,6 +30,7 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -61,6 +66,21 @@ pub struct TokenizerTrainConfig {
     /// whitespace splitting: a corpus of templated text then gets whole phrases as single
     /// tokens. Digits stay split when `split_digits` is set.
     pub merge_across_words: bool,
+    /// How text is cut before merges: `compact` (a digit keeps the space before it) or
+    /// `smollm` (llama.cpp's `smollm` pre-tokenizer, so exports to GGUF tokenise the same).
+    pub pre_tokenizer: PreTokenizer,
+}
+
+/// The pre-tokenization of a from-scratch tokenizer (see the module header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreTokenizer {
+    /// ` ?\p{N}` (with `split_digits`), then GPT-2's word splitting unless
+    /// `merge_across_words`: the shortest text, no llama.cpp equivalent.
+    #[default]
+    Compact,
+    /// Every digit alone, then GPT-2's word splitting: llama.cpp's `smollm`.
+    Smollm,
 }
 
 impl Default for TokenizerTrainConfig {
@@ -70,6 +90,7 @@ impl Default for TokenizerTrainConfig {
             split_digits: true,
             min_frequency: 2,
             merge_across_words: false,
+            pre_tokenizer: PreTokenizer::Compact,
         }
     }
 }
@@ -83,7 +104,33 @@ impl TokenizerTrainConfig {
                 self.vocab_size
             )));
         }
+        if self.pre_tokenizer == PreTokenizer::Smollm {
+            if self.merge_across_words {
+                return Err(Error::Config(
+                    "`tokenizer.merge_across_words` has no llama.cpp pre-tokenizer: it cannot be combined with `pre_tokenizer = \"smollm\"`".into(),
+                ));
+            }
+            if !self.split_digits {
+                return Err(Error::Config(
+                    "`pre_tokenizer = \"smollm\"` splits every digit: set `tokenizer.split_digits` (without it the compact pre-tokenizer is GPT-2's, which llama.cpp has too)".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+impl std::str::FromStr for PreTokenizer {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "compact" => Ok(Self::Compact),
+            "smollm" => Ok(Self::Smollm),
+            other => Err(format!(
+                "unknown pre-tokenizer `{other}`; expected `compact` or `smollm`"
+            )),
+        }
     }
 }
 
@@ -108,7 +155,10 @@ where
     }
     let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
     let byte_level = ByteLevel::new(false, true, !config.merge_across_words);
-    let pre: PreTokenizerWrapper = if config.split_digits {
+    let pre: PreTokenizerWrapper = if config.pre_tokenizer == PreTokenizer::Smollm {
+        // SmolLM's own `tokenizer.json`: `Digits(individual_digits)` then GPT-2's ByteLevel.
+        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+    } else if config.split_digits {
         let digits = Split::new(
             SplitPattern::Regex(r" ?\p{N}".into()),
             SplitDelimiterBehavior::Isolated,

@@ -9,10 +9,11 @@ use std::path::Path;
 
 use candle_core::{Device, IndexOp};
 use distill_models::chat::{ChatTemplate, Message};
+use distill_models::gguf::{export_gguf, ExportOptions, Quant};
 use distill_models::Checkpoint;
 use distill_student::data::{Conversation, Renderer};
 use distill_student::init::{self, ScratchConfig};
-use distill_student::tokenizer_train::{self, TokenizerTrainConfig};
+use distill_student::tokenizer_train::{self, PreTokenizer, TokenizerTrainConfig};
 use distill_student::{export, Trainer, TrainerConfig};
 
 /// Worked arithmetic in the demo's style, the tokenizer's training text.
@@ -41,26 +42,33 @@ fn conversations() -> Vec<Conversation> {
     out
 }
 
+/// The demo's tokenizer settings, above 256 + 5 tokens so every byte is encodable (the battery
+/// may hold unseen text).
+fn demo_tokenizer() -> TokenizerTrainConfig {
+    TokenizerTrainConfig {
+        vocab_size: 300,
+        split_digits: true,
+        min_frequency: 2,
+        merge_across_words: true,
+        ..TokenizerTrainConfig::default()
+    }
+}
+
 /// Exports an untrained from-scratch student the way `distill train --from-scratch` does
 /// (demo tokenizer settings, `export::prepare`, `Trainer::save_model`).
 fn export_scratch_student(dir: &Path) {
+    export_scratch_student_with(dir, &demo_tokenizer())
+}
+
+/// [`export_scratch_student`] with a tokenizer trained on `settings`.
+fn export_scratch_student_with(dir: &Path, settings: &TokenizerTrainConfig) {
     let convs = conversations();
     let chatml = ChatTemplate::chatml();
     let rendered: Vec<String> = convs
         .iter()
         .map(|c| chatml.render(&c.messages, false).unwrap())
         .collect();
-    let tokenizer = tokenizer_train::train(
-        &rendered,
-        &TokenizerTrainConfig {
-            // Above 256 + 5: every byte is encodable, so the battery may hold unseen text.
-            vocab_size: 300,
-            split_digits: true,
-            min_frequency: 2,
-            merge_across_words: true,
-        },
-    )
-    .unwrap();
+    let tokenizer = tokenizer_train::train(&rendered, settings).unwrap();
     let template = tokenizer.chat_template().unwrap().unwrap();
     let renderer = Renderer::new(tokenizer, template, &[]).unwrap();
     let scratch = ScratchConfig {
@@ -153,4 +161,83 @@ fn keep_with_logits(
     let last: Vec<f32> = logits.i(ids.len() - 1).unwrap().to_vec1().unwrap();
     let out = serde_json::json!({ "text": text, "ids": ids, "last_logits": last });
     std::fs::write(keep.join("distill-logits.json"), out.to_string()).unwrap();
+}
+
+/// With `pre_tokenizer = smollm` a from-scratch student exports to GGUF as llama.cpp's
+/// `smollm` pre-tokenizer, and the GGUF's tokenizer gives the folder's ids on the battery (no
+/// token holds two digits); the compact tokenizer is refused, naming its pre-tokenizer.
+#[test]
+fn smollm_pre_tokenizer_exports_to_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scratch-tokenizer-ids.json"),
+    );
+    let texts: Vec<&str> = fixture["tokenize"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let options = ExportOptions {
+        quant: Quant::F16,
+        name: None,
+    };
+
+    let smollm = TokenizerTrainConfig {
+        merge_across_words: false,
+        pre_tokenizer: PreTokenizer::Smollm,
+        ..demo_tokenizer()
+    };
+    let dir = tmp.path().join("smollm");
+    export_scratch_student_with(&dir, &smollm);
+    let gguf = tmp.path().join("smollm.gguf");
+    let summary = export_gguf(&Checkpoint::open(&dir).unwrap(), &gguf, &options).unwrap();
+    assert_eq!(summary.pre_tokenizer.as_deref(), Some("smollm"));
+    let folder = Checkpoint::open(&dir).unwrap().tokenizer().unwrap();
+    let exported = Checkpoint::open(&gguf).unwrap().tokenizer().unwrap();
+    for text in &texts {
+        let ids = folder.encode(text, false).unwrap();
+        assert_eq!(exported.encode(text, false).unwrap(), ids, "{text:?}");
+        for &id in &ids {
+            let token = folder.decode(&[id], false).unwrap();
+            assert!(
+                token.chars().filter(char::is_ascii_digit).count() <= 1
+                    && (token.len() == 1 || !token.starts_with(|c: char| c.is_ascii_digit())),
+                "{text:?}: token {token:?}"
+            );
+        }
+    }
+    // A space before a digit is a token of its own, as in llama.cpp's `smollm`.
+    let ids = folder.encode("is 42", false).unwrap();
+    let tokens: Vec<String> = ids
+        .iter()
+        .map(|&i| folder.decode(&[i], false).unwrap())
+        .collect();
+    assert_eq!(tokens[tokens.len() - 3..], [" ", "4", "2"], "{tokens:?}");
+
+    // The compact pre-tokenizer (the demo's) has no llama.cpp name.
+    let dir = tmp.path().join("compact");
+    export_scratch_student(&dir);
+    let err = export_gguf(
+        &Checkpoint::open(&dir).unwrap(),
+        &tmp.path().join("compact.gguf"),
+        &options,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("pre-tokenizer"), "{err}");
+
+    // What cannot be expressed is refused when the settings are checked.
+    for bad in [
+        TokenizerTrainConfig {
+            pre_tokenizer: PreTokenizer::Smollm,
+            ..demo_tokenizer()
+        },
+        TokenizerTrainConfig {
+            split_digits: false,
+            ..smollm.clone()
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
 }

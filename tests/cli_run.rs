@@ -438,6 +438,7 @@ fn every_preset_parses() {
     assert_eq!(
         names,
         [
+            "demo-laptop.toml",
             "demo-opd.toml",
             "demo.toml",
             "gsm8k-smollm2.toml",
@@ -467,6 +468,21 @@ fn every_preset_parses() {
                 log.contains("           opd  distill train --base runs/demo-opd/student/model")
                     && log.contains("--kd-teacher runs/demo-opd/teacher/model")
                     && log.contains("--method opd"),
+                "{log}"
+            );
+        }
+        // The laptop demo compares the exported student, so the export runs first.
+        if preset.ends_with("demo-laptop.toml") {
+            let export = log
+                .find("        export  distill export")
+                .expect("an export stage");
+            let compare = log.find("       compare  distill compare").unwrap();
+            assert!(
+                export < compare
+                    && log.contains(
+                        "--labels student.q8_0=runs/demo-laptop/export/student.q8_0.gguf"
+                    )
+                    && log.contains("--pre-tokenizer smollm"),
                 "{log}"
             );
         }
@@ -532,4 +548,38 @@ fn ctrl_c_stops_the_pipeline_and_the_stage_resumes() {
     assert!(ok, "{log}");
     assert!(log.contains("generate: resuming"), "{log}");
     assert!(log.contains("verify: 128 rows in"), "{log}");
+}
+
+/// An `[export]` stage runs before `compare`, and `compare` then scores the exported file beside
+/// the models it came from: the report gains its laptop table. The student's tokenizer uses
+/// llama.cpp's `smollm` pre-tokenizer, so the from-scratch student exports.
+#[test]
+fn the_exported_student_is_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let text = pipeline(&out, 4).replace("[train]\n", "[train]\npre_tokenizer = \"smollm\"\n")
+        + "\n[export]\nquant = \"q8_0\"\n";
+    let file = write(dir.path(), "laptop.toml", &text);
+    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let gguf = out.join("export/student.q8_0.gguf");
+    assert!(gguf.is_file(), "{log}");
+    let report = json_file(&out.join("report/report.json"));
+    let labels: Vec<&str> = report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["teacher", "student", "student.q8_0"], "{report}");
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains("On a laptop") && md.contains("Q8_0"), "{md}");
+    // The export ran first: its manifest is older than the report's.
+    let done = |stage: &str| {
+        std::fs::metadata(out.join("manifests").join(format!("{stage}.json")))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert!(done("export") <= done("compare"));
 }

@@ -25,8 +25,9 @@ const STAGES: &[(&str, &[&str])] = &[
     ("split", &["corpus", "split"]),
     ("train", &["train"]),
     ("opd", &["train"]),
-    ("compare", &["compare"]),
+    // Before `compare`, so the report's laptop table can hold the exported file.
     ("export", &["export"]),
+    ("compare", &["compare"]),
 ];
 
 /// Keys of the `[pipeline]` table.
@@ -205,22 +206,27 @@ impl Pipeline {
                     (inputs, outputs) = (&["problems", "model"], &["out"]);
                 }
                 "compare" => {
-                    let models: Vec<toml::Value> = [&w.teacher, &w.student, &w.opd_student]
-                        .into_iter()
-                        .flatten()
-                        .map(|m| path(m.clone()))
+                    // The exported file's label is its name (`student.q8_0`).
+                    let export_label = w
+                        .export
+                        .as_ref()
+                        .and_then(|g| g.file_stem().map(|s| s.to_string_lossy().into_owned()));
+                    let candidates = [
+                        (Some("teacher".to_string()), &w.teacher),
+                        (Some("student".to_string()), &w.student),
+                        (Some("student-opd".to_string()), &w.opd_student),
+                        (export_label, &w.export),
+                    ];
+                    let models: Vec<toml::Value> = candidates
+                        .iter()
+                        .filter_map(|(_, m)| m.as_ref().map(|m| path(m.clone())))
                         .collect();
-                    let labels: Vec<toml::Value> = [
-                        ("teacher", &w.teacher),
-                        ("student", &w.student),
-                        ("student-opd", &w.opd_student),
-                    ]
-                    .into_iter()
-                    .filter_map(|(label, m)| {
-                        m.as_ref()
-                            .map(|m| format!("{label}={}", m.display()).into())
-                    })
-                    .collect();
+                    let labels: Vec<toml::Value> = candidates
+                        .iter()
+                        .filter_map(|(label, m)| {
+                            Some(format!("{}={}", label.as_ref()?, m.as_ref()?.display()).into())
+                        })
+                        .collect();
                     defaults.insert("models".into(), toml::Value::Array(models));
                     defaults.insert("labels".into(), toml::Value::Array(labels));
                     if let Some(p) = w.eval_problems.clone().or(w.train_problems.clone()) {
@@ -340,6 +346,8 @@ struct Wiring {
     student: Option<PathBuf>,
     /// The student after on-policy distillation.
     opd_student: Option<PathBuf>,
+    /// The last student exported to GGUF.
+    export: Option<PathBuf>,
 }
 
 impl Wiring {
@@ -362,7 +370,8 @@ impl Wiring {
                 self.corpus = get("output").map(|o| o.join("train"));
                 self.eval_corpus = get("output").map(|o| o.join("eval"));
             }
-            "compare" | "export" => {}
+            "export" => self.export = get("gguf"),
+            "compare" => {}
             _ => self.corpus = get("output"),
         }
     }

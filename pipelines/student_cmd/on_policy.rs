@@ -8,7 +8,7 @@
 //! samples go there as ids and its top `kd.top_k` tokens per position come back
 //! ([`EndpointScorer`]). An endpoint is asked for its models before anything loads, so a wrong
 //! URL or model name fails at once; its tokenizer is checked on the first samples by the text
-//! it gives each token; its end-of-turn token by scoring one rendered exchange.
+//! it gives each token; its end of turn by scoring the corpus's first conversation.
 //!
 //! Writes what an SFT run writes (`model/`, `checkpoints/`, `metrics.jsonl`, `loss.png`,
 //! `train_config.toml`) without a token cache: the samples are new every step. `metrics.jsonl`
@@ -164,26 +164,28 @@ struct EndpointScorer {
     tokens_checked: bool,
 }
 
-impl EndpointScorer {
-    /// Refuses an endpoint whose tokenizer reads an id as another text than the student's
-    /// does. Tokens either side decodes to nothing (special tokens vLLM skips) or to part of
-    /// a character are not compared.
-    fn check_tokens(&self, ids: &[u32], texts: &[Option<String>]) -> anyhow::Result<()> {
-        for (&id, teacher) in ids.iter().zip(texts) {
-            let Some(teacher) = teacher.as_deref() else {
-                continue;
-            };
-            let student = self.tokenizer.decode(&[id], false)?;
-            let comparable = |t: &str| !t.is_empty() && !t.contains('\u{fffd}');
-            if comparable(teacher) && comparable(&student) && teacher != student {
-                bail!(
-                    "the teacher `{}` reads token id {id} as `{teacher}` where the student's tokenizer reads `{student}`: on-policy distillation compares them id by id, so serve a teacher with the student's tokenizer",
-                    self.url
-                );
-            }
+/// Refuses an endpoint whose tokenizer reads an id as another text than the student's does
+/// (`texts[i]` is the endpoint's text of `ids[i]`). Tokens either side decodes to nothing
+/// (special tokens vLLM skips) or to part of a character are not compared.
+fn check_token_texts(
+    tokenizer: &TextTokenizer,
+    url: &str,
+    ids: &[u32],
+    texts: &[Option<String>],
+) -> anyhow::Result<()> {
+    let comparable = |t: &str| !t.is_empty() && !t.contains('\u{fffd}');
+    for (&id, teacher) in ids.iter().zip(texts) {
+        let Some(teacher) = teacher.as_deref().filter(|t| comparable(t)) else {
+            continue;
+        };
+        let student = tokenizer.decode(&[id], false)?;
+        if comparable(&student) && teacher != student {
+            bail!(
+                "the teacher `{url}` reads token id {id} as `{teacher}` where the student's tokenizer reads `{student}`: on-policy distillation compares them id by id, so serve a teacher with the student's tokenizer"
+            );
         }
-        Ok(())
     }
+    Ok(())
 }
 
 impl Scorer for EndpointScorer {
@@ -202,7 +204,7 @@ impl Scorer for EndpointScorer {
         if !self.tokens_checked {
             for (ids, scores) in sequences.iter().zip(&scored) {
                 let texts: Vec<Option<String>> = scores.iter().map(|s| s.text.clone()).collect();
-                self.check_tokens(&ids[1..], &texts).map_err(fail)?;
+                check_token_texts(&self.tokenizer, &self.url, &ids[1..], &texts).map_err(fail)?;
             }
             self.tokens_checked = true;
         }
@@ -523,4 +525,43 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         "Distilled on-policy for",
         "kd",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_reading_ids_otherwise_is_refused() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/tests/fixtures/tiny-llama.gguf");
+        let tokenizer = distill_models::Checkpoint::open(&fixture)
+            .unwrap()
+            .tokenizer()
+            .unwrap();
+        let ids = tokenizer.encode("hello world", false).unwrap();
+        let texts: Vec<Option<String>> = ids
+            .iter()
+            .map(|&i| Some(tokenizer.decode(&[i], false).unwrap()))
+            .collect();
+        check_token_texts(&tokenizer, "http://t", &ids, &texts).unwrap();
+        // Nothing, an empty text or part of a character says nothing.
+        let mut unknown = texts.clone();
+        unknown[0] = None;
+        unknown[1] = Some(String::new());
+        check_token_texts(&tokenizer, "http://t", &ids, &unknown).unwrap();
+        unknown[1] = Some("\u{fffd}".into());
+        check_token_texts(&tokenizer, "http://t", &ids, &unknown).unwrap();
+        let mut other = texts;
+        other[1] = Some("elsewhere".into());
+        let e = check_token_texts(&tokenizer, "http://t", &ids, &other)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("token id {}", ids[1]))
+                && e.contains("`elsewhere`")
+                && e.contains("`http://t`"),
+            "{e}"
+        );
+    }
 }

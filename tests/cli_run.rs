@@ -177,6 +177,16 @@ fn json_file(path: &Path) -> serde_json::Value {
     .unwrap()
 }
 
+/// The labels of the models a `report.json` compares, in order.
+fn model_labels(report: &serde_json::Value) -> Vec<&str> {
+    report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["label"].as_str().unwrap())
+        .collect()
+}
+
 /// The training loss of every step in a `metrics.jsonl`.
 fn losses(metrics: &Path) -> Vec<f64> {
     std::fs::read_to_string(metrics)
@@ -220,12 +230,7 @@ fn shrunken_pipeline_runs_skips_and_reruns() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report/report.json")).unwrap())
             .unwrap();
     // Compared: the teacher, the SFT student and the student after on-policy distillation.
-    let labels: Vec<&str> = report["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["label"].as_str().unwrap())
-        .collect();
+    let labels = model_labels(&report);
     assert_eq!(labels, ["teacher", "student", "student-opd"], "{report}");
     let opd_config = std::fs::read_to_string(out.join("student-opd/train_config.toml")).unwrap();
     for wired in ["student/model", "teacher/model", "corpus/filter"] {
@@ -565,12 +570,7 @@ fn the_exported_student_is_compared() {
     let gguf = out.join("export/student.q8_0.gguf");
     assert!(gguf.is_file(), "{log}");
     let report = json_file(&out.join("report/report.json"));
-    let labels: Vec<&str> = report["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["label"].as_str().unwrap())
-        .collect();
+    let labels = model_labels(&report);
     assert_eq!(labels, ["teacher", "student", "student.q8_0"], "{report}");
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     assert!(md.contains("On a laptop") && md.contains("Q8_0"), "{md}");

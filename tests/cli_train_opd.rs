@@ -25,6 +25,17 @@ fn run_err(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `cmd` fails with one error line holding `needle`.
+fn refused(cmd: &mut Command, needle: &str) {
+    let err = run_err(cmd);
+    assert!(err.contains(needle), "{needle}: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+}
+
 /// A from-scratch model trained on `corpus`.
 fn scratch(corpus: &Path, out: &Path, size: [&str; 3], steps: &str, extra: &[&str]) {
     let mut cmd = bin();
@@ -209,15 +220,6 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
     assert_eq!(again.iter().filter(|v| v.get("loss").is_some()).count(), 60);
 
     // Wrong set-ups, each refused in one line before any work.
-    let refused = |cmd: &mut Command, needle: &str| {
-        let err = run_err(cmd);
-        assert!(err.contains(needle), "{needle}: {err}");
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("error")).count(),
-            1,
-            "{err}"
-        );
-    };
     let mut cmd = opd(&corpus, &sft, &teacher, &d.join("w1"));
     refused(cmd.args(["--kd-weight", "0.5"]), "`kd.weight = 1`");
     let mut cmd = bin();
@@ -378,15 +380,6 @@ fn an_endpoint_teacher_scores_as_the_loaded_teacher() {
     );
 
     // Wrong set-ups, each refused in one line before any work.
-    let refused = |cmd: &mut Command, needle: &str| {
-        let err = run_err(cmd);
-        assert!(err.contains(needle), "{needle}: {err}");
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("error")).count(),
-            1,
-            "{err}"
-        );
-    };
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())

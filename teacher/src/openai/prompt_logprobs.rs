@@ -57,21 +57,7 @@ pub enum PromptInput {
 }
 
 /// A `/v1/completions` answer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CompletionResponse {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default)]
-    pub object: String,
-    #[serde(default)]
-    pub created: u64,
-    #[serde(default)]
-    pub model: String,
-    #[serde(default)]
-    pub choices: Vec<CompletionChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<super::wire::Usage>,
-}
+pub type CompletionResponse = super::wire::Response<CompletionChoice>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CompletionChoice {

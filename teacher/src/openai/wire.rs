@@ -116,9 +116,13 @@ impl Content {
     }
 }
 
-/// A non-streaming response body.
+/// A non-streaming chat response body.
+pub type ChatResponse = Response<Choice>;
+
+/// A non-streaming response body, whose choices are a chat's ([`Choice`]) or a completion's
+/// (`prompt_logprobs::CompletionChoice`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ChatResponse {
+pub struct Response<C> {
     #[serde(default)]
     pub id: String,
     #[serde(default)]
@@ -127,8 +131,8 @@ pub struct ChatResponse {
     pub created: u64,
     #[serde(default)]
     pub model: String,
-    #[serde(default)]
-    pub choices: Vec<Choice>,
+    #[serde(default = "Vec::new")]
+    pub choices: Vec<C>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }

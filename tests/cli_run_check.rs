@@ -237,3 +237,22 @@ fn an_endpoint_teacher_is_not_a_path() {
     assert!(log.contains("--kd-teacher http://127.0.0.1:9/v1"), "{log}");
     assert!(!log.contains("needs `http://127.0.0.1:9/v1`"), "{log}");
 }
+
+/// With `generate` sampling an endpoint (`backend = "openai"`), an `[opd]` stage distils from
+/// that endpoint: its URL, model name and key variable become the stage's teacher.
+#[test]
+fn opd_takes_the_endpoint_generate_sampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(preset("r1-distill-qwen-1.5b.toml")).unwrap()
+        + "\n[opd]\nkd_top_k = 20\nmax_steps = 10\n";
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, text).unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("--kd-teacher http://127.0.0.1:8000/v1")
+            && log.contains("--kd-teacher-api-key-env DEEPSEEK_API_KEY")
+            && log.contains("--kd-teacher-model deepseek-reasoner"),
+        "{log}"
+    );
+}

@@ -405,7 +405,7 @@ fn an_endpoint_teacher_scores_as_the_loaded_teacher() {
     let mut cmd = opd(&corpus, &sft, &teacher, &w);
     refused(
         cmd.args(["--kd-teacher-model", "teacher"]),
-        "`--kd-teacher-model` names an endpoint's model",
+        "`--kd-teacher-model` is for an endpoint teacher",
     );
     assert!(!w.exists(), "nothing written for a refused run");
 }

@@ -188,6 +188,16 @@ impl Pipeline {
                     }
                     if let Some(t) = &w.teacher {
                         defaults.insert("kd_teacher".into(), path(t.clone()));
+                    } else if let Some(e) = &w.endpoint_teacher {
+                        // The endpoint `generate` sampled: it must also score prompts (vLLM,
+                        // `distill serve`), with `kd_top_k` set in the table.
+                        defaults.insert("kd_teacher".into(), e.url.clone().into());
+                        if let Some(m) = &e.model {
+                            defaults.insert("kd_teacher_model".into(), m.clone().into());
+                        }
+                        if let Some(k) = &e.api_key_env {
+                            defaults.insert("kd_teacher_api_key_env".into(), k.clone().into());
+                        }
                     }
                     defaults.insert("method".into(), "opd".into());
                     defaults.insert("out".into(), path(out.join("student-opd")));
@@ -348,6 +358,15 @@ struct Wiring {
     opd_student: Option<PathBuf>,
     /// The last student exported to GGUF.
     export: Option<PathBuf>,
+    /// The endpoint `generate` sampled from (`backend = "openai"`).
+    endpoint_teacher: Option<EndpointTeacher>,
+}
+
+/// A teacher behind an OpenAI-compatible endpoint: its first base URL, model and key variable.
+struct EndpointTeacher {
+    url: String,
+    model: Option<String>,
+    api_key_env: Option<String>,
 }
 
 impl Wiring {
@@ -363,6 +382,19 @@ impl Wiring {
             "generate" => {
                 self.corpus = get("out");
                 self.teacher = self.teacher.take().or_else(|| get("model"));
+                let text = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                let first_url = match t.get("base_urls").or_else(|| t.get("base_url")) {
+                    Some(toml::Value::Array(urls)) => urls.first().and_then(|u| u.as_str()),
+                    Some(url) => url.as_str(),
+                    None => None,
+                };
+                if text("backend").as_deref() == Some("openai") {
+                    self.endpoint_teacher = first_url.map(|url| EndpointTeacher {
+                        url: url.to_string(),
+                        model: text("model_name"),
+                        api_key_env: text("api_key_env"),
+                    });
+                }
             }
             "train" => self.student = get("out").map(|o| o.join("model")),
             "opd" => self.opd_student = get("out").map(|o| o.join("model")),

@@ -231,6 +231,9 @@ pub struct TrainArgs {
     /// The endpoint teacher's model name [default: the endpoint's only model].
     #[arg(long, value_name = "NAME", help_heading = "Logit distillation")]
     pub kd_teacher_model: Option<String>,
+    /// The environment variable holding the endpoint teacher's API key [default: no key].
+    #[arg(long, value_name = "VAR", help_heading = "Logit distillation")]
+    pub kd_teacher_api_key_env: Option<String>,
     /// Logit distillation from the teacher's top-K distributions stored in the corpus
     /// (`distill generate --logprobs K`), without running the teacher.
     #[arg(
@@ -387,11 +390,24 @@ impl TrainArgs {
             kd.teacher = teacher.clone();
             kd.from_corpus = false;
         }
-        if let Some(model) = &self.kd_teacher_model {
+        for (flag, value, slot) in [
+            (
+                "--kd-teacher-model",
+                &self.kd_teacher_model,
+                (|kd| &mut kd.teacher_model)
+                    as fn(&mut distill_student::kd::KdConfig) -> &mut String,
+            ),
+            (
+                "--kd-teacher-api-key-env",
+                &self.kd_teacher_api_key_env,
+                |kd| &mut kd.teacher_api_key_env,
+            ),
+        ] {
+            let Some(value) = value else { continue };
             let Some(kd) = s.train.kd.as_mut().filter(|k| k.is_endpoint()) else {
-                bail!("`--kd-teacher-model` names an endpoint's model: pass `--kd-teacher URL`");
+                bail!("`{flag}` is for an endpoint teacher: pass `--kd-teacher URL`");
             };
-            kd.teacher_model = model.clone();
+            *slot(kd) = value.clone();
         }
         if self.kd_from_corpus {
             let kd = s.train.kd.get_or_insert_with(Default::default);

@@ -235,6 +235,7 @@ fn connect(kd: &distill_student::kd::KdConfig) -> anyhow::Result<PromptScorer> {
     let scorer = PromptScorer::new(OpenAiConfig {
         base_urls: vec![kd.teacher.clone()],
         model: kd.teacher_model.clone(),
+        api_key_env: Some(kd.teacher_api_key_env.clone()).filter(|e| !e.is_empty()),
         // Scoring a sample is one forward; a slow endpoint still answers in minutes.
         timeout: std::time::Duration::from_secs(600),
         ..OpenAiConfig::default()

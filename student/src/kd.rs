@@ -36,6 +36,9 @@ pub struct KdConfig {
     /// The endpoint's model name (`teacher` a URL); empty: the endpoint's only model.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub teacher_model: String,
+    /// The environment variable holding the endpoint's API key (`teacher` a URL); empty: no key.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub teacher_api_key_env: String,
     /// Use the teacher's top-k distributions stored in the corpus (`generate --logprobs K`)
     /// instead of a live teacher: no teacher forward, no teacher memory; the divergence is
     /// computed on the stored `K` tokens at the positions of the teacher's own sample.
@@ -57,6 +60,7 @@ impl Default for KdConfig {
         Self {
             teacher: String::new(),
             teacher_model: String::new(),
+            teacher_api_key_env: String::new(),
             from_corpus: false,
             weight: 0.5,
             beta: 0.0,
@@ -100,9 +104,11 @@ impl KdConfig {
                 self.teacher
             )));
         }
-        if !self.teacher_model.is_empty() && !self.is_endpoint() {
+        if !(self.teacher_model.is_empty() && self.teacher_api_key_env.is_empty())
+            && !self.is_endpoint()
+        {
             return Err(Error::Config(format!(
-                "`kd.teacher_model` names an endpoint's model, but the teacher `{}` is a checkpoint",
+                "`kd.teacher_model` and `kd.teacher_api_key_env` are an endpoint's, but the teacher `{}` is a checkpoint",
                 self.teacher
             )));
         }

@@ -104,9 +104,9 @@ impl KdConfig {
                 self.teacher
             )));
         }
-        if !(self.teacher_model.is_empty() && self.teacher_api_key_env.is_empty())
-            && !self.is_endpoint()
-        {
+        let endpoint_fields =
+            !self.teacher_model.is_empty() || !self.teacher_api_key_env.is_empty();
+        if endpoint_fields && !self.is_endpoint() {
             return Err(Error::Config(format!(
                 "`kd.teacher_model` and `kd.teacher_api_key_env` are an endpoint's, but the teacher `{}` is a checkpoint",
                 self.teacher

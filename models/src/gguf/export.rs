@@ -199,10 +199,11 @@ pub fn export_gguf(
 /// `use_more_bits`; with 30 layers: 0-2, 5, 8, ..., 23, 26-29), Q4_K otherwise; every other
 /// matrix, the untied `token_embd.weight` included, is Q4_K.
 ///
-/// Rows must be whole blocks (256 values for k-quants, 32 for Q8_0). Otherwise the tensor falls
-/// back to Q8_0, then to F16 when rows are not a multiple of 32 either. llama.cpp falls back from
-/// Q6_K to Q8_0 too, but from Q4_K to Q5_0; Q8_0 is used here for both (a little larger, more
-/// accurate).
+/// Rows must be whole blocks (256 values for k-quants, 32 for the others). Otherwise the tensor
+/// falls back as llama.cpp's `llama-quant.cpp` does: Q4_K to Q5_0 (5.5 bits per weight, so a
+/// model whose widths are not multiples of 256, SmolLM2's 576 or Qwen2.5-0.5B's 896, still gets a
+/// Q4_K_M file of about llama.cpp's size), Q6_K to Q8_0; then to F16 when rows are not a multiple
+/// of 32 either.
 pub fn tensor_type(
     quant: Quant,
     name: &str,
@@ -241,8 +242,12 @@ pub fn tensor_type(
     if cols.is_multiple_of(wanted.block_size()) {
         return (wanted, None);
     }
-    let used = if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) && wanted != GgmlDType::Q8_0 {
-        GgmlDType::Q8_0
+    let smaller = match wanted {
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        _ => GgmlDType::Q8_0,
+    };
+    let used = if cols.is_multiple_of(smaller.block_size()) && wanted != smaller {
+        smaller
     } else {
         GgmlDType::F16
     };
@@ -685,11 +690,14 @@ mod tests {
     fn rows_that_are_not_whole_blocks_fall_back() {
         // SmolLM2's hidden size 576 is not a multiple of 256.
         let (dtype, note) = tensor_type(Quant::Q4KM, "blk.0.attn_q.weight", &[576, 576], 30, true);
-        assert_eq!(dtype, GgmlDType::Q8_0);
+        assert_eq!(dtype, GgmlDType::Q5_0);
         assert_eq!(
             note.as_deref(),
-            Some("blk.0.attn_q.weight: rows of 576 values are not whole q4_k blocks of 256, stored as q8_0")
+            Some("blk.0.attn_q.weight: rows of 576 values are not whole q4_k blocks of 256, stored as q5_0")
         );
+        // Q6_K's fallback is Q8_0, as in llama.cpp.
+        let (dtype, _) = tensor_type(Quant::Q4KM, "blk.0.attn_v.weight", &[576, 576], 30, true);
+        assert_eq!(dtype, GgmlDType::Q8_0);
         let (dtype, note) = tensor_type(Quant::Q6K, "output.weight", &[10, 48], 2, false);
         assert_eq!((dtype, note.is_some()), (GgmlDType::F16, true));
         let (dtype, _) = tensor_type(Quant::Q8_0, "output.weight", &[10, 48], 2, false);

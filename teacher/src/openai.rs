@@ -380,6 +380,9 @@ enum AttemptError {
         retry_after: Option<Duration>,
     },
     Malformed(String),
+    /// A well-formed answer without what was asked (an endpoint that does not score prompts):
+    /// every request would get the same, so the run ends.
+    Unsupported(String),
     Client {
         status: u16,
         message: String,
@@ -393,7 +396,7 @@ impl AttemptError {
     fn retryable(&self) -> bool {
         !matches!(
             self,
-            AttemptError::Client { .. } | AttemptError::Auth { .. }
+            AttemptError::Client { .. } | AttemptError::Auth { .. } | AttemptError::Unsupported(_)
         )
     }
 
@@ -411,7 +414,7 @@ impl AttemptError {
             AttemptError::Timeout => counts.timeout += 1,
             AttemptError::RateLimited { .. } => counts.rate_limited += 1,
             AttemptError::Server { .. } => counts.server += 1,
-            AttemptError::Malformed(_) => counts.malformed += 1,
+            AttemptError::Malformed(_) | AttemptError::Unsupported(_) => counts.malformed += 1,
             AttemptError::Client { .. } => counts.client += 1,
             AttemptError::Auth { .. } => counts.auth += 1,
         }
@@ -426,6 +429,7 @@ impl AttemptError {
                 status, message, ..
             } => format!("server error (HTTP {status}): {message}"),
             AttemptError::Malformed(m) => format!("malformed response: {m}"),
+            AttemptError::Unsupported(m) => m.clone(),
             AttemptError::Client { status, message } => format!("HTTP {status}: {message}"),
             AttemptError::Auth { status } => format!("HTTP {status}"),
         }
@@ -538,6 +542,11 @@ where
                     "`{url}` refused it: {}",
                     error.describe(config.timeout)
                 )))
+            }
+            AttemptError::Unsupported(message) => {
+                return Err(Failure::Fatal(Error::Backend(format!(
+                    "`{url}`: {message}"
+                ))))
             }
             _ => {}
         }

@@ -226,3 +226,58 @@ fn scoring_requests_are_checked() {
     assert!(e.contains(&format!("http://{closed}/v1/models")), "{e}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// An endpoint serving `answer` on `/v1/completions` (and one model, `m`, on `/v1/models`), on a
+/// runtime of its own that stops when the returned value is dropped.
+fn fake_endpoint(answer: Value) -> (String, tokio::runtime::Runtime) {
+    use axum::routing::{get, post};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({"data": [{"id": "m"}]})) }),
+        )
+        .route(
+            "/v1/completions",
+            post(move || {
+                let answer = answer.clone();
+                async move { axum::Json(answer) }
+            }),
+        );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    (url, runtime)
+}
+
+/// An endpoint that answers without `prompt_logprobs` (it does not score prompts), or with fewer
+/// alternatives than asked, ends the call at once with the reason, instead of being retried as
+/// a malformed answer.
+#[test]
+fn endpoints_that_do_not_score_fail_at_once() {
+    let no_scores = json!({"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]});
+    let short = json!({"choices": [{"index": 0, "text": "x", "prompt_logprobs": [
+        null, {"7": {"logprob": -0.5, "rank": 1}}
+    ]}]});
+    for (answer, says) in [
+        (no_scores, "does not score prompts"),
+        (short, "holds 1 tokens where 2 were asked"),
+    ] {
+        let (url, _runtime) = fake_endpoint(answer);
+        let scorer = PromptScorer::new(OpenAiConfig {
+            base_urls: vec![url.clone()],
+            ..OpenAiConfig::default()
+        })
+        .unwrap();
+        let started = Instant::now();
+        let e = scorer.score(&[vec![1, 7]], 2).unwrap_err().to_string();
+        assert!(e.contains(says) && e.contains(&url), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "retried: {e}");
+    }
+}

@@ -293,11 +293,12 @@ async fn score_one(
             .next()
             .and_then(|c| c.prompt_logprobs)
             .ok_or_else(|| {
-                AttemptError::Malformed(
-                    "no `choices[0].prompt_logprobs`: the endpoint does not score prompts (vLLM and `distill serve` do)".into(),
+                AttemptError::Unsupported(
+                    "its answer has no `choices[0].prompt_logprobs`: the endpoint does not score prompts (vLLM and `distill serve` do)".into(),
                 )
             })?;
-        read_prompt_logprobs(ids, &entries, k).map_err(AttemptError::Malformed)
+        // The same request would get the same short answer.
+        read_prompt_logprobs(ids, &entries, k).map_err(AttemptError::Unsupported)
     })
     .await?;
     Ok(scores)

@@ -241,6 +241,11 @@ fn connect(kd: &distill_student::kd::KdConfig) -> anyhow::Result<PromptScorer> {
         ..OpenAiConfig::default()
     })
     .with_context(|| format!("cannot use the teacher endpoint `{}`", kd.teacher))?;
+    // One tiny scoring request now, so an endpoint that does not score prompts, or caps the
+    // alternatives below `kd.top_k` (vLLM's `--max-logprobs`), fails before the student loads.
+    scorer
+        .score(&[vec![0, 1]], kd.top_k)
+        .with_context(|| format!("the teacher endpoint `{}` cannot score", kd.teacher))?;
     eprintln!(
         "Teacher: `{}` at `{}`, its top {} tokens per position",
         scorer.model(),

@@ -21,6 +21,7 @@ use crate::{llama, qwen2, qwen3, Config, Error, GenerationConfig, Result};
 
 mod diagnose;
 mod export;
+mod quant;
 pub mod modelfile;
 mod vocab;
 use diagnose::{diagnose_header, read_up_to};

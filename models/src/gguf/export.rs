@@ -164,7 +164,7 @@ pub fn export_gguf(
             spec.tie_word_embeddings,
         );
         fallbacks.extend(fallback);
-        written.push((name, QTensor::quantize(&tensor, dtype)?));
+        written.push((name, quantize(&tensor, dtype)?));
     }
     drop(tensors);
 
@@ -258,6 +258,25 @@ pub fn tensor_type(
         dtype_name(used)
     );
     (used, Some(note))
+}
+
+/// `tensor` in `dtype`: Q6_K by this crate's quantizer (ggml's current reference, byte for byte
+/// what llama.cpp writes), every other type by candle's.
+fn quantize(tensor: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    if dtype != GgmlDType::Q6K {
+        return Ok(QTensor::quantize(tensor, dtype)?);
+    }
+    let values: Vec<f32> = tensor
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let bytes = super::quant::quantize_q6_k(&values);
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        &bytes,
+        tensor.dims().to_vec(),
+        &Device::Cpu,
+    )?)
 }
 
 /// llama.cpp's choice of the layers whose `attn_v` / `ffn_down` get more bits in the `_M` mixes:

@@ -98,7 +98,7 @@ impl Q8KBlock {
 }
 
 /// Round half to even through the float mantissa, as ggml's `nearest_int` (|v| <= 2^22).
-fn nearest_int(v: f32) -> i32 {
+pub(crate) fn nearest_int(v: f32) -> i32 {
     let shifted = v + 12582912.0;
     (shifted.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }

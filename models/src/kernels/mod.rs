@@ -20,7 +20,7 @@
 //! reference. Every output element is computed by the same sequence of operations whatever the
 //! number of rows in the call, so a sequence's logits do not depend on its batch mates.
 
-mod act;
+pub(crate) mod act;
 mod kquant;
 mod legacy;
 mod lowbit;

@@ -21,11 +21,13 @@ use crate::{llama, qwen2, qwen3, Config, Error, GenerationConfig, Result};
 
 mod diagnose;
 mod export;
-mod quant;
 pub mod modelfile;
+mod quant;
 mod vocab;
 use diagnose::{diagnose_header, read_up_to};
-pub use export::{export_gguf, permute_rows, tensor_type, ExportOptions, ExportSummary, Quant};
+pub use export::{
+    export_gguf, permute_rows, quantize, tensor_type, ExportOptions, ExportSummary, Quant,
+};
 
 /// The tensor llama.cpp stores Llama-3 `rope_scaling` in (per-frequency divisors); not a weight.
 const ROPE_FREQS: &str = "rope_freqs.weight";

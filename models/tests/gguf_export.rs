@@ -293,7 +293,7 @@ fn k_quant_error_is_the_quantizer_only() {
         if let Some(h) = heads {
             t = distill_models::gguf::permute_rows(&t, h).unwrap();
         }
-        t = candle_core::quantized::QTensor::quantize(&t, dtype)
+        t = distill_models::gguf::quantize(&t, dtype)
             .unwrap()
             .dequantize(&Device::Cpu)
             .unwrap();
@@ -750,8 +750,10 @@ fn exports_match_what_the_gguf_python_package_read() {
         }
         // What the script checked with gguf-py's own quantizers against the f32 export: F16
         // and Q8_0 byte for byte; for the k-quants (gguf-py has no quantizer for them) the
-        // largest dequantization error relative to the tensor's largest value, measured at
-        // 0.030-0.099 for Q4_K and 0.027-0.037 for Q6_K (uniform random weights).
+        // largest dequantization error relative to the tensor's largest value, measured at up
+        // to 0.115 for Q4_K and 0.025 for Q6_K (uniform random weights; ggml's quantizers
+        // minimise a weighted squared error, not the largest one: candle's older Q4_K search
+        // had 0.099 at most, with the same squared error, and Q6_K 0.037).
         if let Some(requantized) = expected.get("gguf_py_requantized") {
             assert_eq!(requantized["identical"], requantized["tensors"], "{name}");
         }
@@ -764,8 +766,8 @@ fn exports_match_what_the_gguf_python_package_read() {
             let bound = match format!("{:?}", file.content().tensor_infos[tensor_name].ggml_dtype)
                 .as_str()
             {
-                "Q4K" => 0.11,
-                "Q6K" => 0.04,
+                "Q4K" => 0.125,
+                "Q6K" => 0.03,
                 other => panic!("{tensor_name}: unexpected {other}"),
             };
             assert!(
@@ -952,4 +954,63 @@ fn llama_cpp_inputs() {
         serde_json::to_string_pretty(&Value::Object(files)).unwrap(),
     )
     .unwrap();
+}
+
+/// Each tensor's stored type and the SHA-256 of its bytes, from a GGUF file.
+fn tensor_hashes(path: &Path) -> BTreeMap<String, (String, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let elems = info.shape.elem_count();
+            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let mut data = vec![0u8; bytes];
+            file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
+                .unwrap();
+            file.read_exact(&mut data).unwrap();
+            let hash: String = Sha256::digest(&data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let kind = distill_models::gguf::dtype_name(info.ggml_dtype).to_string();
+            (name.clone(), (kind, hash))
+        })
+        .collect()
+}
+
+/// The k-quants are ggml's current reference quantizers: Q4_K_M and Q6_K exports of a seeded
+/// F16 model hold, tensor for tensor, the bytes llama.cpp's own `llama-quantize` writes from the
+/// same file (`fixtures/gguf-export/llama_quantize.json`, made by `llama_quantize_hashes.py`
+/// from the F16 file this test keeps in `$DISTILL_GGUF_EXPORT_DIR/llama-quantize`).
+#[test]
+fn k_quants_are_llama_quantize_s_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = dir.path().join("k-model.f16.gguf");
+    export(&k_model(dir.path()), &f16, Quant::F16);
+    if let Some(keep) = std::env::var_os("DISTILL_GGUF_EXPORT_DIR").map(PathBuf::from) {
+        // A folder of its own: `dump_gguf.py` reads every file of the top one.
+        let keep = keep.join("llama-quantize");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&f16, keep.join("k-model.f16.gguf")).unwrap();
+    }
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("gguf-export/llama_quantize.json")).unwrap(),
+    )
+    .unwrap();
+    for (quant, name) in [(Quant::Q4KM, "q4_k_m"), (Quant::Q6K, "q6_k")] {
+        let out = dir.path().join(format!("k-model.{name}.gguf"));
+        export(&f16, &out, quant);
+        let ours = tensor_hashes(&out);
+        let theirs = fixture[name].as_object().unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{name}");
+        for (tensor, (kind, hash)) in &ours {
+            let want = &theirs[tensor];
+            assert_eq!(kind, want["type"].as_str().unwrap(), "{name}: {tensor}");
+            assert_eq!(hash, want["sha256"].as_str().unwrap(), "{name}: {tensor}");
+        }
+    }
 }

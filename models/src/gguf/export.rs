@@ -260,17 +260,19 @@ pub fn tensor_type(
     (used, Some(note))
 }
 
-/// `tensor` in `dtype`: Q6_K by this crate's quantizer (ggml's current reference, byte for byte
-/// what llama.cpp writes), every other type by candle's.
-fn quantize(tensor: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
-    if dtype != GgmlDType::Q6K {
-        return Ok(QTensor::quantize(tensor, dtype)?);
-    }
+/// `tensor` in `dtype`: Q4_K and Q6_K by this crate's quantizers (ggml's current reference,
+/// byte for byte what llama.cpp writes), every other type by candle's.
+pub fn quantize(tensor: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    let own: fn(&[f32]) -> Vec<u8> = match dtype {
+        GgmlDType::Q4K => super::quant::quantize_q4_k,
+        GgmlDType::Q6K => super::quant::quantize_q6_k,
+        _ => return Ok(QTensor::quantize(tensor, dtype)?),
+    };
     let values: Vec<f32> = tensor
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1()?;
-    let bytes = super::quant::quantize_q6_k(&values);
+    let bytes = own(&values);
     Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
         dtype,
         &bytes,

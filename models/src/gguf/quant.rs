@@ -27,15 +27,21 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Quantizes `values` (a whole number of 256-value blocks) to Q4_K blocks.
 pub(crate) fn quantize_q4_k(values: &[f32]) -> Vec<u8> {
+    blocks(values, q4_k_block)
+}
+
+/// Quantizes `values` (a whole number of 256-value blocks) to Q6_K blocks.
+pub(crate) fn quantize_q6_k(values: &[f32]) -> Vec<u8> {
+    blocks(values, q6_k_block)
+}
+
+/// `quantize_block` of each 256 values, concatenated.
+fn blocks<const N: usize>(values: &[f32], quantize_block: fn(&[f32]) -> [u8; N]) -> Vec<u8> {
     assert!(
         values.len().is_multiple_of(QK_K),
-        "Q4_K rows are whole blocks"
+        "k-quant rows are whole 256-value blocks"
     );
-    let mut out = Vec::with_capacity(values.len() / QK_K * Q4K_BLOCK_BYTES);
-    for x in values.chunks_exact(QK_K) {
-        out.extend_from_slice(&q4_k_block(x));
-    }
-    out
+    values.chunks_exact(QK_K).flat_map(quantize_block).collect()
 }
 
 fn q4_k_block(x: &[f32]) -> [u8; Q4K_BLOCK_BYTES] {
@@ -152,19 +158,6 @@ fn fit_scale_min(x: &[f32], weights: &[f32], nmax: i32) -> (f32, f32) {
         }
     }
     (scale, -min)
-}
-
-/// Quantizes `values` (a whole number of 256-value blocks) to Q6_K blocks.
-pub(crate) fn quantize_q6_k(values: &[f32]) -> Vec<u8> {
-    assert!(
-        values.len().is_multiple_of(QK_K),
-        "Q6_K rows are whole blocks"
-    );
-    let mut out = Vec::with_capacity(values.len() / QK_K * Q6K_BLOCK_BYTES);
-    for x in values.chunks_exact(QK_K) {
-        out.extend_from_slice(&q6_k_block(x));
-    }
-    out
 }
 
 fn q6_k_block(x: &[f32]) -> [u8; Q6K_BLOCK_BYTES] {

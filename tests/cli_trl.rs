@@ -337,7 +337,7 @@ fn bad_combinations_fail_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = write_corpus(dir.path(), 4, 1);
     let out = dir.path().join("o");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--base", "b", "--dry-run"],
             "`--dry-run` writes a TRL job",
@@ -357,6 +357,34 @@ fn bad_combinations_fail_in_one_line() {
         (
             &["--base", "m.gguf", "--engine", "trl", "--dry-run"],
             "does not exist",
+        ),
+        // accelerate would quietly run these as data parallel on CPU processes.
+        (
+            &[
+                "--base",
+                "b",
+                "--engine",
+                "trl",
+                "--device",
+                "cpu",
+                "--distributed",
+                "fsdp2",
+            ],
+            "`trl.distributed = \"fsdp2\"` needs GPUs",
+        ),
+        (
+            &[
+                "--base",
+                "b",
+                "--engine",
+                "trl",
+                "--device",
+                "cpu",
+                "--distributed",
+                "zero3",
+                "--dry-run",
+            ],
+            "`trl.distributed = \"zero3\"` needs GPUs",
         ),
     ];
     for (args, expected) in cases {

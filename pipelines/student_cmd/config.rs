@@ -502,6 +502,15 @@ impl TrainSettings {
                     bail!("logit and on-policy distillation (`[train.kd]`, `[train.opd]`) run in distill's own trainer: drop `--engine trl`");
                 }
                 self.trl.validate()?;
+                // accelerate shards (FSDP2, ZeRO-3) only on accelerators: on the CPU it starts
+                // the same processes as plain data parallel without a word (accelerate 1.16's
+                // `_prepare_backend`), so every process would hold the whole model.
+                if self.device == DeviceChoice::Cpu && self.trl.distributed != Distributed::None {
+                    bail!(
+                        "`trl.distributed = \"{}\"` needs GPUs: accelerate runs FSDP2 and ZeRO-3 only there and would train CPU processes as plain data parallel; drop `device = \"cpu\"` (or set `trl.distributed = \"none\"`)",
+                        self.trl.distributed.name()
+                    );
+                }
             }
             Engine::Distill => {
                 if !self.trl.is_default() {

@@ -173,18 +173,24 @@ impl Teacher {
     }
 }
 
-/// The summed divergence at stored targets: `student_logits` `[targets, vocab]` gathered at
-/// each target's `k` ids against the stored log-probabilities (float16 bits), both renormalised
-/// over those ids, which is what [`divergence_sum`] computes from a live teacher's logits with
-/// `top_k = k` (log-probabilities differ from logits by a per-position constant).
+/// The summed divergence at stored targets: the student's logits at each target's `k` stored
+/// ids against the stored log-probabilities (float16 bits), both renormalised over those ids,
+/// which is what [`divergence_sum`] computes from a live teacher's logits with `top_k = k`
+/// (log-probabilities differ from logits by a per-position constant). `hidden` `[targets,
+/// hidden]` are the student's final hidden states there and `head` `[vocab, hidden]` its output
+/// layer: only the `k` rows of the head each target names are multiplied, never the whole
+/// vocabulary (k·hidden instead of vocab·hidden per target, and no `[targets, vocab]` logits in
+/// memory: 1/7,500 of it for Qwen's 151,936-token vocabulary at k = 20).
 pub fn stored_divergence_sum(
     config: &KdConfig,
-    student_logits: &Tensor,
+    hidden: &Tensor,
+    head: &Tensor,
     k: usize,
     ids: &[u32],
     logprobs: &[u16],
 ) -> Result<Tensor> {
-    let (targets, vocab) = student_logits.dims2()?;
+    let targets = hidden.dim(0)?;
+    let vocab = head.dim(0)?;
     if ids.len() != targets * k || logprobs.len() != targets * k {
         return Err(Error::Batch(format!(
             "{} stored ids and {} log-probabilities for {targets} targets of {k}",
@@ -197,9 +203,13 @@ pub fn stored_divergence_sum(
             "the corpus's teacher token `{id}` is outside the student's vocabulary of {vocab}: was the corpus generated with another tokenizer?"
         )));
     }
-    let device = student_logits.device();
-    let index = Tensor::from_slice(ids, (targets, k), device)?;
-    let student = student_logits.to_dtype(DType::F32)?.gather(&index, 1)?;
+    let device = hidden.device();
+    let student = logits_at(
+        hidden,
+        head,
+        &Tensor::from_slice(ids, (targets, k), device)?,
+    )?
+    .to_dtype(DType::F32)?;
     let teacher: Vec<f32> = logprobs
         .iter()
         .map(|&b| half::f16::from_bits(b).to_f32())
@@ -208,6 +218,48 @@ pub fn stored_divergence_sum(
     Ok(config
         .divergence()
         .per_position(&student, &teacher)?
+        .sum_all()?)
+}
+
+/// The student's logits at `ids` `[positions, k]` only: row `p` of `hidden` `[positions,
+/// hidden]` times the `k` rows of `head` `[vocab, hidden]` that `ids[p]` names, `[positions,
+/// k]`. Differentiable in `hidden` and `head` (the gradient reaches those `k` rows alone).
+pub fn logits_at(hidden: &Tensor, head: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (positions, k) = ids.dims2()?;
+    let width = hidden.dim(1)?;
+    // [positions, k, hidden] × [positions, hidden, 1]: each position's logits at its own ids.
+    let rows = head
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((positions, k, width))?;
+    Ok(rows
+        .matmul(&hidden.unsqueeze(2)?.contiguous()?)?
+        .squeeze(2)?)
+}
+
+/// [`divergence_sum`] from the student's final hidden states `[positions, hidden]` and output
+/// layer `head` `[vocab, hidden]`: with `top_k` the student's logits are made at the teacher's
+/// `top_k` ids alone ([`logits_at`]), never over the whole vocabulary; without it, in full.
+pub fn live_divergence_sum(
+    config: &KdConfig,
+    hidden: &Tensor,
+    head: &Tensor,
+    teacher_logits: &Tensor,
+) -> Result<Tensor> {
+    let vocab = head.dim(0)?.min(teacher_logits.dim(1)?);
+    if config.top_k == 0 || config.top_k >= vocab {
+        return divergence_sum(config, &hidden.matmul(&head.t()?)?, teacher_logits);
+    }
+    // Contiguous: a teacher whose table is padded further (Qwen2.5-7B's 152,064 rows against
+    // 1.5B's 151,936) is a strided view here, which the sort refuses.
+    let teacher = teacher_logits.narrow(1, 0, vocab)?.contiguous()?;
+    let top = teacher
+        .arg_sort_last_dim(false)?
+        .narrow(1, 0, config.top_k)?
+        .contiguous()?;
+    let student = logits_at(hidden, head, &top)?.to_dtype(DType::F32)?;
+    Ok(config
+        .divergence()
+        .per_position(&student, &teacher.gather(&top, 1)?)?
         .sum_all()?)
 }
 
@@ -222,7 +274,7 @@ pub fn divergence_sum(
 ) -> Result<Tensor> {
     let vocab = student_logits.dim(1)?.min(teacher_logits.dim(1)?);
     let student = student_logits.narrow(1, 0, vocab)?.to_dtype(DType::F32)?;
-    let teacher = teacher_logits.narrow(1, 0, vocab)?;
+    let teacher = teacher_logits.narrow(1, 0, vocab)?.contiguous()?;
     let (student, teacher) = if config.top_k > 0 && config.top_k < vocab {
         let top = teacher
             .arg_sort_last_dim(false)?

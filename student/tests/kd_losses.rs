@@ -154,3 +154,77 @@ fn top_k_compares_the_teachers_most_likely_tokens() {
         );
     }
 }
+
+/// The student's logits made only where they are compared: from hidden states and the output
+/// layer, `live_divergence_sum` equals `divergence_sum` of the full logits `hidden · headᵀ`, in
+/// value and in the gradients of both, on the whole vocabulary and on the teacher's top k.
+#[test]
+fn logits_at_the_teachers_top_k_only_change_nothing() {
+    use distill_student::kd::{divergence_sum, live_divergence_sum, KdConfig};
+    let (n, width, vocab) = (5, 6, 11);
+    let mut state = 3u32;
+    let mut noise = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                ((state >> 8) % 2001) as f32 / 500.0 - 2.0
+            })
+            .collect()
+    };
+    let dev = &Device::Cpu;
+    let hidden = Tensor::from_vec(noise(n * width), (n, width), dev).unwrap();
+    let head = Tensor::from_vec(noise(vocab * width), (vocab, width), dev).unwrap();
+    // A teacher whose vocabulary is padded past the student's: the padding is never compared.
+    let teacher = Tensor::from_vec(noise(n * (vocab + 2)), (n, vocab + 2), dev).unwrap();
+    let scalar = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let max_diff =
+        |a: &Tensor, b: &Tensor| scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap());
+    for (beta, top_k) in [
+        (0.0, 0),
+        (0.0, 4),
+        (0.5, 4),
+        (1.0, 4),
+        (1.0, 2),
+        (0.0, vocab),
+    ] {
+        let config = KdConfig {
+            teacher: "t".into(),
+            beta,
+            temperature: 1.5,
+            top_k,
+            ..KdConfig::default()
+        };
+        let run = |live: bool| {
+            let (h, w) = (
+                Var::from_tensor(&hidden).unwrap(),
+                Var::from_tensor(&head).unwrap(),
+            );
+            let sum = if live {
+                live_divergence_sum(&config, h.as_tensor(), w.as_tensor(), &teacher).unwrap()
+            } else {
+                let logits = h.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+                divergence_sum(&config, &logits, &teacher).unwrap()
+            };
+            let grads = sum.backward().unwrap();
+            let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+            (scalar(&sum), g(&h), g(&w))
+        };
+        let ((a, ah, aw), (b, bh, bw)) = (run(true), run(false));
+        assert!(
+            a > 1e-3,
+            "beta {beta}, top {top_k}: a divergence to compare ({a})"
+        );
+        assert!(
+            (a - b).abs() < 1e-5 * b.abs().max(1.0),
+            "beta {beta}, top {top_k}: {a} vs {b}"
+        );
+        assert!(
+            max_diff(&ah, &bh) < 1e-5,
+            "beta {beta}, top {top_k}: hidden gradients"
+        );
+        assert!(
+            max_diff(&aw, &bw) < 1e-5,
+            "beta {beta}, top {top_k}: head gradients"
+        );
+    }
+}

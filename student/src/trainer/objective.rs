@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use distill_models::Model;
 
 use crate::batch::{PackedRow, IGNORE};
-use crate::kd::{divergence_sum, stored_divergence_sum, KdConfig, Teacher};
+use crate::kd::{live_divergence_sum, stored_divergence_sum, KdConfig, Teacher};
 use crate::loss::{chunked_cross_entropy, cross_entropy_reference, label_targets};
 use crate::{Error, Result};
 
@@ -102,15 +102,19 @@ pub(super) fn micro_batch_loss(
     // Summed divergences of runs of `step` positions.
     let mut sums = Vec::new();
     match teacher {
-        // Both whole distributions at each labelled position: the logits are made `chunk`
-        // positions at a time from the hidden states.
+        // The teacher's whole distribution at each labelled position, `chunk` positions at a
+        // time from the hidden states; the student's in full, or at the teacher's top k only.
         Some(teacher) => {
             let teacher_hidden = teacher.hidden_at(&ids, &pos, b, &positions)?;
             for start in (0..positions.len()).step_by(step) {
                 let n = step.min(positions.len() - start);
                 let teacher_logits = teacher.logits(&teacher_hidden.narrow(0, start, n)?)?;
-                let student_logits = hidden.narrow(0, start, n)?.matmul(&head.t()?)?;
-                sums.push(divergence_sum(config, &student_logits, &teacher_logits)?);
+                sums.push(live_divergence_sum(
+                    config,
+                    &hidden.narrow(0, start, n)?,
+                    head,
+                    &teacher_logits,
+                )?);
             }
         }
         // The stored targets of each row, at their positions in the padded grid.
@@ -132,10 +136,10 @@ pub(super) fn micro_batch_loss(
             for start in (0..at.len()).step_by(step) {
                 let n = step.min(at.len() - start);
                 let index = Tensor::new(&at[start..start + n], dev)?;
-                let student_logits = all_hidden.index_select(&index, 0)?.matmul(&head.t()?)?;
                 sums.push(stored_divergence_sum(
                     config,
-                    &student_logits,
+                    &all_hidden.index_select(&index, 0)?,
+                    head,
                     k,
                     &target_ids[start * k..(start + n) * k],
                     &target_lps[start * k..(start + n) * k],

@@ -7,6 +7,7 @@
 //!   dtype, with the tolerance each dtype is held to;
 //! - `finetune`: a short fine-tune of a tiny model on the device whose loss must fall; the model
 //!   is saved (with its logits on fixed ids) for `gpu/check.py` to reload in transformers;
+//! - `kd_top_k`: logit distillation's top-k ids of vocabulary-wide rows, device against CPU;
 //! - `sft`: tokens/s, MFU and peak memory of SFT steps on a random-init Qwen2.5 config;
 //! - `decode`: a GGUF decoded greedily on the device and on the CPU, tokens compared; and decode
 //!   tokens/s of a random-init model at batch 1 and 64.
@@ -87,6 +88,7 @@ pub fn check_device(args: CheckDeviceArgs) -> anyhow::Result<()> {
         }
     }
     failures += finetune(&dev, &args.out)? as usize;
+    failures += kd_top_k(&dev)? as usize;
     if let Some(config) = &args.sft_config {
         sft(config, &args, &dev)?;
         if !args.no_decode_speed {
@@ -224,6 +226,34 @@ fn parity(arch: &str, dtype: DType, dev: &Device) -> anyhow::Result<bool> {
         "check": "parity", "arch": arch, "dtype": dtype.as_str(), "device": describe(dev),
         "logits_max_rel_diff": logit_diff, "grad_rel_l2_diff": grad_diff, "worst_grad": worst,
         "tolerance_logits": tol, "tolerance_grads": grad_tol, "ok": ok,
+    }));
+    Ok(!ok)
+}
+
+/// Logit distillation's top-k selection on the device against the CPU's, on rows as wide as
+/// Qwen's vocabulary (candle's CUDA sort cannot take them; see `kd::top_k_ids`), with the
+/// time it takes. Returns whether it failed.
+fn kd_top_k(dev: &Device) -> anyhow::Result<bool> {
+    let (positions, vocab, k) = (256, 151_936, 20);
+    let mut state = 5u64;
+    let values: Vec<f32> = (0..positions * vocab)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    let cpu = Tensor::from_vec(values, (positions, vocab), &Device::Cpu)?;
+    let expected = distill_student::kd::top_k_ids(&cpu, k)?.to_vec2::<u32>()?;
+    let on_device = cpu.to_device(dev)?;
+    let start = Instant::now();
+    let ids = distill_student::kd::top_k_ids(&on_device, k)?.to_vec2::<u32>()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let ok = ids == expected;
+    emit(json!({
+        "check": "kd_top_k", "device": describe(dev), "positions": positions, "vocab": vocab,
+        "k": k, "seconds": seconds, "ok": ok,
     }));
     Ok(!ok)
 }

@@ -243,6 +243,8 @@ fn check_device_runs_on_the_cpu() {
     assert_eq!(of("parity").len(), 4);
     assert!(of("parity").iter().all(|l| l["ok"] == true), "{stdout}");
     assert_eq!(of("finetune")[0]["ok"], true, "{stdout}");
+    assert_eq!(of("kd_top_k")[0]["ok"], true, "{stdout}");
+    assert_eq!(of("kd_top_k")[0]["vocab"], 151_936, "{stdout}");
     assert!(of("sft")[0]["tok_s"].as_f64().unwrap() > 0.0, "{stdout}");
     assert_eq!(of("decode_speed").len(), 2);
     assert_eq!(of("decode_parity")[0]["matching_prefix"], 8);

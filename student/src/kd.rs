@@ -236,6 +236,61 @@ pub fn logits_at(hidden: &Tensor, head: &Tensor, ids: &Tensor) -> Result<Tensor>
         .squeeze(2)?)
 }
 
+/// The ids of each row's `k` largest logits, `[positions, vocab]` → `[positions, k]` (u32),
+/// largest first, ties to the lower id on the CPU (as the engine's stored top-k). Not a sort of the whole
+/// row: candle's CUDA `arg_sort` holds a row in one block's shared memory (4 bytes per column
+/// rounded up to a power of two: 1 MiB for 151,936 columns, over the 227 KiB a block may
+/// have), and sorting 151,936 values to keep 20 is wasted work anyway. On the CPU a partial
+/// selection per row on the host; elsewhere `k` rounds of arg-max and masking, on the device.
+pub fn top_k_ids(logits: &Tensor, k: usize) -> Result<Tensor> {
+    let k = k.min(logits.dim(1)?);
+    if logits.device().is_cpu() {
+        top_k_ids_host(logits, k)
+    } else {
+        top_k_ids_by_max(logits, k)
+    }
+}
+
+fn top_k_ids_host(logits: &Tensor, k: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (positions, vocab) = logits.dims2()?;
+    let values = logits
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut ids = vec![0u32; positions * k];
+    ids.par_chunks_mut(k.max(1))
+        .zip(values.par_chunks(vocab.max(1)))
+        .for_each(|(out, row)| {
+            let order =
+                |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+            let mut all: Vec<u32> = (0..vocab as u32).collect();
+            if k < vocab {
+                all.select_nth_unstable_by(k, order);
+            }
+            let top = &mut all[..k];
+            top.sort_unstable_by(order);
+            out.copy_from_slice(top);
+        });
+    Ok(Tensor::from_vec(ids, (positions, k), logits.device())?)
+}
+
+/// [`top_k_ids`] with device ops alone: `k` rounds of arg-max, each winner then masked to −∞.
+fn top_k_ids_by_max(logits: &Tensor, k: usize) -> Result<Tensor> {
+    let (positions, vocab) = logits.dims2()?;
+    let device = logits.device();
+    let mut rest = logits.to_dtype(DType::F32)?.contiguous()?;
+    let columns = Tensor::arange(0u32, vocab as u32, device)?.unsqueeze(0)?;
+    let masked = Tensor::full(f32::NEG_INFINITY, (positions, vocab), device)?;
+    let mut ids = Vec::with_capacity(k);
+    for _ in 0..k {
+        let id = rest.argmax_keepdim(D::Minus1)?;
+        rest = columns.broadcast_eq(&id)?.where_cond(&masked, &rest)?;
+        ids.push(id);
+    }
+    Ok(Tensor::cat(&ids, 1)?)
+}
+
 /// [`divergence_sum`] from the student's final hidden states `[positions, hidden]` and output
 /// layer `head` `[vocab, hidden]`: with `top_k` the student's logits are made at the teacher's
 /// `top_k` ids alone ([`logits_at`]), never over the whole vocabulary; without it, in full.
@@ -250,12 +305,9 @@ pub fn live_divergence_sum(
         return divergence_sum(config, &hidden.matmul(&head.t()?)?, teacher_logits);
     }
     // Contiguous: a teacher whose table is padded further (Qwen2.5-7B's 152,064 rows against
-    // 1.5B's 151,936) is a strided view here, which the sort refuses.
+    // 1.5B's 151,936) is a strided view here.
     let teacher = teacher_logits.narrow(1, 0, vocab)?.contiguous()?;
-    let top = teacher
-        .arg_sort_last_dim(false)?
-        .narrow(1, 0, config.top_k)?
-        .contiguous()?;
+    let top = top_k_ids(&teacher, config.top_k)?;
     let student = logits_at(hidden, head, &top)?.to_dtype(DType::F32)?;
     Ok(config
         .divergence()
@@ -276,10 +328,7 @@ pub fn divergence_sum(
     let student = student_logits.narrow(1, 0, vocab)?.to_dtype(DType::F32)?;
     let teacher = teacher_logits.narrow(1, 0, vocab)?.contiguous()?;
     let (student, teacher) = if config.top_k > 0 && config.top_k < vocab {
-        let top = teacher
-            .arg_sort_last_dim(false)?
-            .narrow(1, 0, config.top_k)?
-            .contiguous()?;
+        let top = top_k_ids(&teacher, config.top_k)?;
         (student.gather(&top, 1)?, teacher.gather(&top, 1)?)
     } else {
         (student, teacher)
@@ -360,4 +409,49 @@ impl Divergence {
 /// KL(p ‖ q) summed over every element, from log-probabilities.
 fn kl(log_p: &Tensor, log_q: &Tensor) -> Result<Tensor> {
     Ok((log_p.exp()? * (log_p - log_q)?)?.sum_keepdim(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Both ways of picking the top k agree with a full sort of each row, on rows wider than
+    /// candle's CUDA sort takes (70,000 columns) and with ties (which go to the lower id).
+    #[test]
+    fn top_k_ids_are_the_sorts_first_k() {
+        let (positions, vocab, k) = (6, 70_000, 20);
+        let mut state = 11u32;
+        let mut values: Vec<f32> = (0..positions * vocab)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                ((state >> 8) % 100_000) as f32 / 1000.0
+            })
+            .collect();
+        // Row 0: a tie at the top, and the largest value of all in its last column.
+        values[5] = 500.0;
+        values[9] = 500.0;
+        values[vocab - 1] = 600.0;
+        let logits = Tensor::from_vec(values.clone(), (positions, vocab), &Device::Cpu).unwrap();
+        let mut expected = Vec::new();
+        for row in values.chunks(vocab) {
+            let mut ids: Vec<u32> = (0..vocab as u32).collect();
+            ids.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            expected.push(ids[..k].to_vec());
+        }
+        assert_eq!(&expected[0][..3], &[vocab as u32 - 1, 5, 9]);
+        for ids in [
+            top_k_ids(&logits, k).unwrap(),
+            top_k_ids_by_max(&logits, k).unwrap(),
+        ] {
+            assert_eq!(ids.dims(), [positions, k]);
+            assert_eq!(ids.to_vec2::<u32>().unwrap(), expected);
+        }
+        // k past the vocabulary: every id, in order.
+        let small = Tensor::new(&[[1f32, 3.0, 2.0]], &Device::Cpu).unwrap();
+        assert_eq!(
+            top_k_ids(&small, 5).unwrap().to_vec2::<u32>().unwrap(),
+            [[1, 2, 0]]
+        );
+    }
 }

@@ -375,7 +375,17 @@ impl Divergence {
             / positions as f64)?)
     }
 
-    /// The divergence at each position, `[positions, 1]`.
+    /// The divergence at each position, `[positions, 1]`, differentiable in `student_logits`.
+    ///
+    /// The value and its gradient are computed apart, outside the autograd graph, and joined
+    /// as `value + ⟨z, g⟩ − stop(⟨z, g⟩)` (z the student's logits, g = ∂divergence/∂z): the same
+    /// number, the same gradient, but backward keeps two `[positions, vocab]` tensors per
+    /// call (z and g) instead of every intermediate of the log-softmaxes and the mixture (about
+    /// nine), which on a real vocabulary is most of a distillation step's memory. With
+    /// p = softmax(z/T), s = log p, t the teacher's log-probabilities at T:
+    /// - forward KL Σ pₜ(t − s): g = (p − pₜ)/T;
+    /// - reverse KL L = Σ p(s − t): g = p·((s − t) − L)/T;
+    /// - JSD with m = log((1 − β)p + βpₜ): ∂L/∂p = (1 − β)(s − m) =: h, g = p·(h − Σ p·h)/T.
     pub fn per_position(&self, student_logits: &Tensor, teacher_logits: &Tensor) -> Result<Tensor> {
         self.validate()?;
         let (positions, vocab) = student_logits.dims2()?;
@@ -387,22 +397,34 @@ impl Divergence {
             )));
         }
         let scale = 1.0 / self.temperature;
-        let s = log_softmax(&(student_logits * scale)?, D::Minus1)?;
+        let s = log_softmax(&(student_logits.detach() * scale)?, D::Minus1)?;
         let t = log_softmax(&(teacher_logits.detach() * scale)?, D::Minus1)?;
-        let per_token = if self.beta == 0.0 {
-            kl(&t, &s)?
+        let p = s.exp()?;
+        let (value, grad) = if self.beta == 0.0 {
+            let p_t = t.exp()?;
+            let value = (&p_t * (&t - &s)?)?.sum_keepdim(D::Minus1)?;
+            (value, ((&p - &p_t)? * scale)?)
         } else if self.beta == 1.0 {
-            kl(&s, &t)?
+            let gap = (&s - &t)?;
+            let value = (&p * &gap)?.sum_keepdim(D::Minus1)?;
+            let grad = ((&p * gap.broadcast_sub(&value)?)? * scale)?;
+            (value, grad)
         } else {
             // log M = logsumexp(log(1 − β) + s, log β + t), elementwise, with the max trick.
             let a = (&s + (1.0 - self.beta).ln())?;
             let b = (&t + self.beta.ln())?;
-            let top = a.maximum(&b)?.detach();
+            let top = a.maximum(&b)?;
             let m =
                 ((a.broadcast_sub(&top)?.exp()? + b.broadcast_sub(&top)?.exp()?)?.log()? + &top)?;
-            ((kl(&t, &m)? * self.beta)? + (kl(&s, &m)? * (1.0 - self.beta))?)?
+            let value = ((kl(&t, &m)? * self.beta)? + (kl(&s, &m)? * (1.0 - self.beta))?)?;
+            let h = ((&s - &m)? * (1.0 - self.beta))?;
+            let mean = (&p * &h)?.sum_keepdim(D::Minus1)?;
+            let grad = ((&p * h.broadcast_sub(&mean)?)? * scale)?;
+            (value, grad)
         };
-        Ok(per_token)
+        // value + (⟨z, g⟩ − stop(⟨z, g⟩)): exactly `value` forward, gradient g backward.
+        let inner = (student_logits * &grad)?.sum_keepdim(D::Minus1)?;
+        Ok((value + (&inner - inner.detach())?)?)
     }
 }
 

@@ -237,11 +237,12 @@ pub fn logits_at(hidden: &Tensor, head: &Tensor, ids: &Tensor) -> Result<Tensor>
 }
 
 /// The ids of each row's `k` largest logits, `[positions, vocab]` → `[positions, k]` (u32),
-/// largest first, ties to the lower id on the CPU (as the engine's stored top-k). Not a sort of the whole
-/// row: candle's CUDA `arg_sort` holds a row in one block's shared memory (4 bytes per column
-/// rounded up to a power of two: 1 MiB for 151,936 columns, over the 227 KiB a block may
-/// have), and sorting 151,936 values to keep 20 is wasted work anyway. On the CPU a partial
-/// selection per row on the host; elsewhere `k` rounds of arg-max and masking, on the device.
+/// largest first, ties to the lower id on the CPU (as the engine's stored top-k). Not a sort
+/// of the whole row: candle's CUDA `arg_sort` holds a row in one block's shared memory (4
+/// bytes per column rounded up to a power of two: 1 MiB for 151,936 columns, over the 227 KiB
+/// a block may have), and sorting 151,936 values to keep 20 is wasted work anyway. On the CPU
+/// a partial selection per row on the host; elsewhere `k` rounds of arg-max and masking, on
+/// the device.
 pub fn top_k_ids(logits: &Tensor, k: usize) -> Result<Tensor> {
     let k = k.min(logits.dim(1)?);
     if logits.device().is_cpu() {
@@ -439,7 +440,8 @@ mod tests {
     use candle_core::Device;
 
     /// Both ways of picking the top k agree with a full sort of each row, on rows wider than
-    /// candle's CUDA sort takes (70,000 columns) and with ties (which go to the lower id).
+    /// candle's CUDA sort takes (70,000 columns) and with a tie (which the CPU gives the lower
+    /// id).
     #[test]
     fn top_k_ids_are_the_sorts_first_k() {
         let (positions, vocab, k) = (6, 70_000, 20);

@@ -214,11 +214,11 @@ pub fn stored_divergence_sum(
         .iter()
         .map(|&b| half::f16::from_bits(b).to_f32())
         .collect();
-    let teacher = Tensor::from_vec(teacher, (targets, k), device)?;
-    Ok(config
-        .divergence()
-        .per_position(&student, &teacher)?
-        .sum_all()?)
+    summed(
+        config,
+        &student,
+        &Tensor::from_vec(teacher, (targets, k), device)?,
+    )
 }
 
 /// The student's logits at `ids` `[positions, k]` only: row `p` of `hidden` `[positions,
@@ -302,18 +302,14 @@ pub fn live_divergence_sum(
     teacher_logits: &Tensor,
 ) -> Result<Tensor> {
     let vocab = head.dim(0)?.min(teacher_logits.dim(1)?);
-    if config.top_k == 0 || config.top_k >= vocab {
-        return divergence_sum(config, &hidden.matmul(&head.t()?)?, teacher_logits);
+    match teacher_top_k(config, teacher_logits, vocab)? {
+        Some((top, teacher)) => summed(
+            config,
+            &logits_at(hidden, head, &top)?.to_dtype(DType::F32)?,
+            &teacher,
+        ),
+        None => divergence_sum(config, &hidden.matmul(&head.t()?)?, teacher_logits),
     }
-    // Contiguous: a teacher whose table is padded further (Qwen2.5-7B's 152,064 rows against
-    // 1.5B's 151,936) is a strided view here.
-    let teacher = teacher_logits.narrow(1, 0, vocab)?.contiguous()?;
-    let top = top_k_ids(&teacher, config.top_k)?;
-    let student = logits_at(hidden, head, &top)?.to_dtype(DType::F32)?;
-    Ok(config
-        .divergence()
-        .per_position(&student, &teacher.gather(&top, 1)?)?
-        .sum_all()?)
 }
 
 /// The summed per-position divergence of a micro-batch (not yet scaled): the student's logits
@@ -327,16 +323,35 @@ pub fn divergence_sum(
 ) -> Result<Tensor> {
     let vocab = student_logits.dim(1)?.min(teacher_logits.dim(1)?);
     let student = student_logits.narrow(1, 0, vocab)?.to_dtype(DType::F32)?;
+    match teacher_top_k(config, teacher_logits, vocab)? {
+        Some((top, teacher)) => summed(config, &student.gather(&top, 1)?, &teacher),
+        None => summed(config, &student, &teacher_logits.narrow(1, 0, vocab)?),
+    }
+}
+
+/// With `top_k` (below `vocab`): the ids of the teacher's `top_k` largest logits among its
+/// first `vocab` at each position, `[positions, top_k]`, and its logits there.
+fn teacher_top_k(
+    config: &KdConfig,
+    teacher_logits: &Tensor,
+    vocab: usize,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if config.top_k == 0 || config.top_k >= vocab {
+        return Ok(None);
+    }
+    // Contiguous: a teacher whose table is padded further (Qwen2.5-7B's 152,064 rows against
+    // 1.5B's 151,936) is a strided view here.
     let teacher = teacher_logits.narrow(1, 0, vocab)?.contiguous()?;
-    let (student, teacher) = if config.top_k > 0 && config.top_k < vocab {
-        let top = top_k_ids(&teacher, config.top_k)?;
-        (student.gather(&top, 1)?, teacher.gather(&top, 1)?)
-    } else {
-        (student, teacher)
-    };
+    let top = top_k_ids(&teacher, config.top_k)?;
+    let at_top = teacher.gather(&top, 1)?;
+    Ok(Some((top, at_top)))
+}
+
+/// The divergence of `config` summed over positions.
+fn summed(config: &KdConfig, student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     Ok(config
         .divergence()
-        .per_position(&student, &teacher)?
+        .per_position(student, teacher)?
         .sum_all()?)
 }
 

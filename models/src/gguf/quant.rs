@@ -16,12 +16,12 @@
 
 use crate::kernels::act::nearest_int;
 
-/// Values per Q6_K block.
+/// Values per K-quant block (Q4_K, Q6_K).
 const QK_K: usize = 256;
 /// Bytes per Q4_K block: `d`, `dmin` (f16), 12 bytes of 6-bit scales and mins, `qs` (128).
-pub(crate) const Q4K_BLOCK_BYTES: usize = 4 + 12 + QK_K / 2;
+const Q4K_BLOCK_BYTES: usize = 4 + 12 + QK_K / 2;
 /// Bytes per Q6_K block: `ql` (128), `qh` (64), `scales` (16 × i8), `d` (f16).
-pub(crate) const Q6K_BLOCK_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
+const Q6K_BLOCK_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 /// Below this a group or block is all zeros (ggml's `GROUP_MAX_EPS`).
 const GROUP_MAX_EPS: f32 = 1e-15;
 

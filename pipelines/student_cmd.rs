@@ -233,8 +233,32 @@ fn starting_point(
     corpus: &Path,
 ) -> anyhow::Result<(StudentInit, TextTokenizer)> {
     if let Some(base) = base {
-        let (student, tokenizer) = init::from_base(base)
+        // Before the weights load (a real base dequantizes for minutes): the layers exist.
+        if let Some(keep) = &settings.keep_layers {
+            let layers = Checkpoint::open(base)
+                .with_context(|| format!("cannot load the base model `{}`", base.display()))?
+                .config()
+                .common()
+                .num_hidden_layers;
+            if let Err(e) = keep.check_against(layers) {
+                bail!(
+                    "`keep_layers` {keep}: {e}: the base model `{}`",
+                    base.display()
+                );
+            }
+        }
+        let (mut student, tokenizer) = init::from_base(base)
             .with_context(|| format!("cannot load the base model `{}`", base.display()))?;
+        if let Some(keep) = &settings.keep_layers {
+            let layers = student.config.common().num_hidden_layers;
+            student
+                .keep_layers(keep)
+                .with_context(|| format!("`keep_layers` on the base model `{}`", base.display()))?;
+            eprintln!(
+                "Student: layers {keep} of the base's {layers} ({} kept)",
+                keep.indices().len()
+            );
+        }
         return Ok((student, tokenizer));
     }
     let tokenizer = match (latest, &settings.tokenizer) {

@@ -265,6 +265,66 @@ fn a_gguf_base_is_fine_tuned_and_exported() {
     assert!(r["tensor_types"]["f32"].as_u64().is_some());
 }
 
+/// `--keep-layers`: a student cut from a base's layers (the teacher's embeddings and some of its
+/// layers) trains and is written with that many layers; impossible selections fail in one line
+/// before any work. (The cut itself is checked against transformers in `models/tests/prune.rs`.)
+#[test]
+fn a_base_cut_to_some_of_its_layers_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 6);
+    let base =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/tiny-qwen2.gguf");
+    let train = |out: &Path, keep: &str, steps: &str| {
+        let mut cmd = bin();
+        cmd.args(["--threads", "1", "train", "--quiet", "--max-steps", steps]);
+        cmd.args(["--micro-batch-size", "2", "--max-seq-len", "128"]);
+        cmd.args(["--eval-fraction", "0", "--keep-layers", keep]);
+        cmd.arg("--base").arg(&base).arg("--corpus").arg(&corpus);
+        cmd.arg("--out").arg(out);
+        cmd
+    };
+    let out = dir.path().join("run");
+    let ok = run_ok(train(&out, "1", "3").args(["--checkpoint-every", "2"]));
+    let said = String::from_utf8_lossy(&ok.stderr);
+    assert!(said.contains("Student: layers 1 of the base's 2"), "{said}");
+    let settings = std::fs::read_to_string(out.join("train_config.toml")).unwrap();
+    assert!(settings.contains("keep_layers = [1]"), "{settings}");
+    // Resumed from its step-2 checkpoint (cut the same way before the checkpoint's weights load).
+    std::fs::remove_dir_all(out.join("model")).unwrap();
+    std::fs::remove_dir_all(out.join("checkpoints/step-00000003")).unwrap();
+    let ok = run_ok(train(&out, "1", "3").args(["--checkpoint-every", "2", "--resume"]));
+    let said = String::from_utf8_lossy(&ok.stderr);
+    assert!(said.contains("step-00000002"), "{said}");
+    let inspect = run_ok(bin().arg("inspect").arg(out.join("model")).arg("--json"));
+    let r: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(r["layers"], 1);
+
+    for (keep, says) in [
+        (
+            "0,2",
+            "`keep_layers` 0,2: cannot keep layer 2: the model has 2 layers (0-1)",
+        ),
+        ("1,0", "layers to keep must be increasing"),
+        ("0-x", "`x` is not a layer index"),
+    ] {
+        let err = run_err(&mut train(&dir.path().join("bad"), keep, "2"));
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert!(
+            errors.len() == 1 && errors[0].contains(says),
+            "{keep}: {err}"
+        );
+        assert!(!err.contains("caused by"), "{err}");
+    }
+    assert!(!dir.path().join("bad/model").exists());
+    let err = run_err(
+        train_cmd_with(&corpus, &dir.path().join("scratch"), &[]).args(["--keep-layers", "0"]),
+    );
+    assert!(
+        err.contains("`keep_layers` picks layers of a base model"),
+        "{err}"
+    );
+}
+
 /// Under nohup or a scheduler stderr is no terminal and a bar cannot draw: plain progress
 /// lines come at the interval instead (here 1 ms), with the count, rate, ETA and a last line,
 /// and the held-out losses printed above the bar are not lost.

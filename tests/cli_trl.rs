@@ -337,7 +337,7 @@ fn bad_combinations_fail_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = write_corpus(dir.path(), 4, 1);
     let out = dir.path().join("o");
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--base", "b", "--dry-run"],
             "`--dry-run` writes a TRL job",
@@ -382,6 +382,10 @@ fn bad_combinations_fail_in_one_line() {
                 "--dry-run",
             ],
             "`trl.distributed = \"zero3\"` needs GPUs",
+        ),
+        (
+            &["--base", "b", "--engine", "trl", "--keep-layers", "0-3"],
+            "`keep_layers` runs in distill's own trainer",
         ),
     ];
     for (args, expected) in cases {

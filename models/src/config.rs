@@ -307,6 +307,14 @@ impl Config {
         }
     }
 
+    pub fn extra_mut(&mut self) -> &mut serde_json::Map<String, serde_json::Value> {
+        match self {
+            Config::Qwen2(c) => &mut c.extra,
+            Config::Qwen3(c) => &mut c.extra,
+            Config::Llama(c) => &mut c.extra,
+        }
+    }
+
     /// `rope_theta` and `rope_scaling` as the decoder applies them, wherever the config keeps
     /// them (top level, or transformers 5's `rope_parameters`).
     pub fn rope_parameters(&self) -> (f64, Option<serde_json::Value>) {

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod kernels;
 pub mod llama;
 pub mod ops;
+pub mod prune;
 pub mod quantized;
 pub mod qwen2;
 pub mod qwen3;

@@ -44,6 +44,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use distill_models::prune::LayerList;
 use distill_models::{DeviceChoice, DtypeChoice};
 use distill_student::data::DataConfig;
 use distill_student::init::ScratchConfig;
@@ -62,6 +63,10 @@ pub struct TrainSettings {
     pub eval_corpus: Option<PathBuf>,
     /// Base checkpoint: a Hugging Face folder, a GGUF file, or a hub model (`owner/name`).
     pub base: Option<PathBuf>,
+    /// With `base`: keep only these decoder layers of it, renumbered in order (`"0-3,20-23"` or
+    /// a list); embeddings, final norm and output layer stay whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_layers: Option<LayerList>,
     /// Start from a fresh model (`[model]`) and a tokenizer trained on the corpus.
     pub from_scratch: bool,
     /// From scratch: take this checkpoint's tokenizer (and chat template) instead of training
@@ -99,6 +104,11 @@ pub struct TrainArgs {
     /// (`owner/name[@revision]`, downloaded into the Hugging Face cache).
     #[arg(long, conflicts_with = "from_scratch")]
     pub base: Option<PathBuf>,
+    /// With `--base`: keep only these decoder layers of it (`0-3,20-23`, `0,2,4`), renumbered
+    /// in order; embeddings, final norm and output layer stay whole. A student initialised from
+    /// a subset of the teacher's layers.
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    pub keep_layers: Vec<LayerList>,
     /// Train a fresh model and a byte-level BPE tokenizer on the corpus.
     #[arg(long)]
     pub from_scratch: bool,
@@ -335,6 +345,12 @@ impl TrainArgs {
             s.from_scratch = true;
             s.base = None;
         }
+        if !self.keep_layers.is_empty() {
+            let indices = self.keep_layers.iter().flat_map(|l| l.indices().to_vec());
+            let list = LayerList::new(indices.collect())
+                .map_err(|e| anyhow::anyhow!("`--keep-layers`: {e}"))?;
+            s.keep_layers = Some(list);
+        }
         if self.tokenizer.is_some() {
             s.tokenizer.clone_from(&self.tokenizer);
         }
@@ -484,6 +500,9 @@ impl TrainSettings {
         }
         self.data.validate()?;
         self.train.validate()?;
+        if self.keep_layers.is_some() && self.base.is_none() {
+            bail!("`keep_layers` picks layers of a base model: pass `--base MODEL` (a from-scratch student sets `layers`)");
+        }
         if self.tokenizer.is_some() && !self.from_scratch {
             bail!("`tokenizer` picks a from-scratch student's tokenizer: a base model brings its own (drop `--tokenizer` or use `--from-scratch`)");
         }
@@ -497,6 +516,9 @@ impl TrainSettings {
             Engine::Trl => {
                 if self.from_scratch {
                     bail!("the TRL engine fine-tunes a base model: pass `--base MODEL` (from-scratch students train with `--engine distill`)");
+                }
+                if self.keep_layers.is_some() {
+                    bail!("`keep_layers` runs in distill's own trainer: drop `--engine trl` (or train the cut model's `model/` folder with TRL)");
                 }
                 if self.train.kd.is_some() || self.train.opd.is_some() {
                     bail!("logit and on-policy distillation (`[train.kd]`, `[train.opd]`) run in distill's own trainer: drop `--engine trl`");

@@ -71,6 +71,13 @@ impl StudentInit {
         })
     }
 
+    /// Keeps only the decoder layers in `keep`, renumbered in order (a student initialised from
+    /// a subset of a teacher's layers; see [`distill_models::prune`]).
+    pub fn keep_layers(&mut self, keep: &distill_models::prune::LayerList) -> Result<()> {
+        distill_models::prune::keep_layers(&mut self.config, &mut self.weights, keep)?;
+        Ok(())
+    }
+
     /// A freshly initialised model (see [`init_weights`]).
     pub fn from_scratch(
         config: distill_models::Config,

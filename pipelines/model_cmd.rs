@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use distill_models::gguf::{export_gguf, modelfile, ExportOptions, Quant};
 use distill_models::hf::DEFAULT_MAX_SHARD_BYTES;
+use distill_models::prune::LayerList;
 use distill_models::Checkpoint;
 use serde::Serialize;
 
@@ -29,6 +30,10 @@ pub struct ConvertArgs {
     /// Largest safetensors shard, in bytes, before the weights are split into several files.
     #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
     pub max_shard_bytes: usize,
+    /// Keep only these decoder layers (`0-3,20-23`, `0,2,4`), renumbered in order: a student's
+    /// starting point cut from a teacher (what `train --keep-layers` does before training).
+    #[arg(long, value_name = "LAYERS")]
+    pub keep_layers: Option<LayerList>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,8 +215,17 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<()> {
     let model = crate::model_arg::resolve(&args.model)?;
     let ckpt = Checkpoint::open(&model.path)
         .with_context(|| format!("cannot open `{}`", args.model.display()))?;
-    ckpt.save_hf(&args.out_dir, args.max_shard_bytes)
-        .with_context(|| format!("cannot write `{}`", args.out_dir.display()))?;
+    if let Some(keep) = &args.keep_layers {
+        if let Err(e) = keep.check_against(ckpt.config().common().num_hidden_layers) {
+            anyhow::bail!("`--keep-layers` {keep}: {e}: `{}`", args.model.display());
+        }
+    }
+    ckpt.save_hf_keeping(
+        &args.out_dir,
+        args.max_shard_bytes,
+        args.keep_layers.as_ref(),
+    )
+    .with_context(|| format!("cannot write `{}`", args.out_dir.display()))?;
     let saved = Checkpoint::open(&args.out_dir)?;
     println!(
         "wrote {} ({}, {} parameters, {})",

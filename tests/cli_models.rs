@@ -141,6 +141,42 @@ fn convert_writes_a_folder_that_reads_back() {
     assert!(out.join("model.safetensors").is_file());
 }
 
+/// `convert --keep-layers`: a cut student's starting point as a folder (layers renumbered; the
+/// cut itself is checked against transformers in `models/tests/prune.rs`).
+#[test]
+fn convert_keeps_the_layers_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cut");
+    let out_s = out.display().to_string();
+    let gguf = fixture("tiny-qwen2.gguf");
+    let (ok, _, stderr) = distill(&["convert", &gguf, &out_s, "--keep-layers", "1"]);
+    assert!(ok, "{stderr}");
+    let (_, whole, _) = distill(&["inspect", &gguf, "--json"]);
+    let (_, cut, _) = distill(&["inspect", &out_s, "--json"]);
+    let (whole, cut) = (json(&whole), json(&cut));
+    assert_eq!(
+        (whole["layers"].clone(), cut["layers"].clone()),
+        (2.into(), 1.into())
+    );
+    assert_eq!(cut["vocab_size"], whole["vocab_size"]);
+    assert_eq!(cut["chat_template"], true);
+
+    let (ok, _, stderr) = distill(&[
+        "convert",
+        &gguf,
+        &format!("{out_s}2"),
+        "--keep-layers",
+        "0-2",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`--keep-layers` 0-2: cannot keep layer 2: the model has 2 layers (0-1)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("cut2").exists());
+}
+
 #[test]
 fn export_writes_a_gguf_and_a_modelfile() {
     let dir = tempfile::tempdir().unwrap();

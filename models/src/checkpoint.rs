@@ -198,7 +198,26 @@ impl Checkpoint {
     /// tokenizer exists, generation config). `out` must be absent or empty; the folder appears
     /// only once complete.
     pub fn save_hf(&self, out: &Path, max_shard_bytes: usize) -> Result<()> {
-        let tensors = self.tensors(&Device::Cpu)?;
+        self.save_hf_keeping(out, max_shard_bytes, None)
+    }
+
+    /// [`Self::save_hf`] with only the decoder layers in `keep` (see [`crate::prune`]).
+    pub fn save_hf_keeping(
+        &self,
+        out: &Path,
+        max_shard_bytes: usize,
+        keep: Option<&crate::prune::LayerList>,
+    ) -> Result<()> {
+        let mut config = self.config.clone();
+        if let Some(keep) = keep {
+            // Before the weights load: a layer the model lacks is named at once.
+            keep.check_against(config.common().num_hidden_layers)
+                .map_err(Error::Config)?;
+        }
+        let mut tensors = self.tensors(&Device::Cpu)?;
+        if let Some(keep) = keep {
+            crate::prune::keep_layers(&mut config, &mut tensors, keep)?;
+        }
         let tokenizer = match self.tokenizer() {
             Ok(t) => Some(t),
             Err(Error::MissingTokenizer(_)) => None,
@@ -206,7 +225,7 @@ impl Checkpoint {
         };
         save_hf_folder(
             out,
-            &self.config,
+            &config,
             &self.generation,
             tokenizer.as_ref(),
             tensors,

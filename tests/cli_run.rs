@@ -448,6 +448,7 @@ fn every_preset_parses() {
             "demo.toml",
             "gsm8k-smollm2.toml",
             "local-teacher.toml",
+            "qwen-gsm8k-opd.toml",
             "r1-distill-qwen-1.5b.toml"
         ]
     );
@@ -472,6 +473,17 @@ fn every_preset_parses() {
             assert!(
                 log.contains("           opd  distill train --base runs/demo-opd/student/model")
                     && log.contains("--kd-teacher runs/demo-opd/teacher/model")
+                    && log.contains("--method opd"),
+                "{log}"
+            );
+        }
+        // The real-teacher recipe: a student cut from the teacher, then distilled from it.
+        if preset.ends_with("qwen-gsm8k-opd.toml") {
+            assert!(
+                log.contains("--keep-layers 0-9,22-23")
+                    && log.contains(
+                        "--kd-teacher models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --kd-top-k 64"
+                    )
                     && log.contains("--method opd"),
                 "{log}"
             );

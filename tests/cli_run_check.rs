@@ -36,7 +36,7 @@ fn preset(name: &str) -> PathBuf {
 #[test]
 fn every_preset_dry_runs_without_its_models() {
     let empty = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         (
             "demo.toml",
             &["stage `generate`: `model` `runs/demo/teacher/model` not checked: stage `teacher` makes it"],
@@ -56,6 +56,13 @@ fn every_preset_dry_runs_without_its_models() {
                  it before the first stage)",
                 "stage `train`: `base` `Qwen/Qwen2.5-0.5B-Instruct` not checked: no such local \
                  path, and no hub model of that name in the Hugging Face cache yet",
+            ],
+        ),
+        (
+            "qwen-gsm8k-opd.toml",
+            &[
+                "stage `train` needs `models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`, which does not exist",
+                "stage `opd`: `base` `runs/qwen-gsm8k-opd/student/model` not checked: stage `train` makes it",
             ],
         ),
         (
@@ -186,6 +193,36 @@ fn lengths_a_model_cannot_hold_fail_before_any_stage() {
     .unwrap();
     let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
     assert!(ok, "{log}");
+}
+
+/// `keep_layers` naming a layer the base lacks fails before any stage runs (not at `train`,
+/// after the teacher's generation), naming the stage, the base and its layer count.
+#[test]
+fn layers_the_base_lacks_fail_before_any_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let tiny = root().join("models/tests/fixtures/tiny-qwen2.gguf");
+    let text = format!(
+        "[pipeline]\nout = {:?}\n\n[problems]\ncount = 4\nseed = 1\n\n[train]\nbase = {:?}\n\
+         corpus = {:?}\nkeep_layers = \"0-2\"\nmax_seq_len = 64\nmax_steps = 1\n",
+        out.display().to_string(),
+        tiny.display().to_string(),
+        out.join("problems/solutions").display().to_string()
+    );
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap()]);
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("stage `train`: `base`")
+            && log.contains("`keep_layers` 0-2: cannot keep layer 2: the model has 2 layers (0-1)"),
+        "{log}"
+    );
+    assert!(!out.exists(), "no stage may start: {log}");
+    // A list works as the text does, and layers the base has pass.
+    std::fs::write(&file, text.replace("\"0-2\"", "[0, 1]")).unwrap();
+    let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok && log.contains("--keep-layers 0 --keep-layers 1"), "{log}");
 }
 
 /// `dry_run = true` in `[train]` writes the TRL job and trains nothing: a later stage that

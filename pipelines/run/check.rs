@@ -38,17 +38,18 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
             }
             _ => hub::Files::All,
         };
-        let mut model = |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> Fits| {
-            check_model(
-                stage.name,
-                key,
-                path,
-                earlier,
-                Lookup { fetch, files },
-                fits,
-                &mut notes,
-            )
-        };
+        let mut model =
+            |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> anyhow::Result<Fits>| {
+                check_model(
+                    stage.name,
+                    key,
+                    path,
+                    earlier,
+                    Lookup { fetch, files },
+                    fits,
+                    &mut notes,
+                )
+            };
         match cli.command {
             Command::Train(args) => {
                 if args.dry_run {
@@ -64,19 +65,30 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
                     .as_ref()
                     .filter(|k| !k.from_corpus && !k.is_endpoint())
                 {
-                    model("kd_teacher", Path::new(&kd.teacher), &|ckpt| Fits {
-                        key: "max_seq_len",
-                        length: max_seq_len,
-                        positions: ckpt.config().max_position_embeddings(),
-                        needs_prompt_room: false,
+                    model("kd_teacher", Path::new(&kd.teacher), &|ckpt| {
+                        Ok(Fits {
+                            key: "max_seq_len",
+                            length: max_seq_len,
+                            positions: ckpt.config().max_position_embeddings(),
+                            needs_prompt_room: false,
+                        })
                     })?;
                 }
                 match &settings.base {
-                    Some(base) => model("base", base, &|ckpt| Fits {
-                        key: "max_seq_len",
-                        length: max_seq_len,
-                        positions: ckpt.config().max_position_embeddings(),
-                        needs_prompt_room: false,
+                    Some(base) => model("base", base, &|ckpt| {
+                        // A cut student's layers exist, before hours of generation.
+                        if let Some(keep) = &settings.keep_layers {
+                            let layers = ckpt.config().common().num_hidden_layers;
+                            if let Err(e) = keep.check_against(layers) {
+                                bail!("`keep_layers` {keep}: {e}");
+                            }
+                        }
+                        Ok(Fits {
+                            key: "max_seq_len",
+                            length: max_seq_len,
+                            positions: ckpt.config().max_position_embeddings(),
+                            needs_prompt_room: false,
+                        })
                     })?,
                     None => {
                         let positions = settings.model.max_position_embeddings;
@@ -92,22 +104,26 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
             Command::Generate(args) if args.backend == BackendKind::Local => {
                 if let Some(path) = &args.model {
                     let max_new_tokens = args.max_new_tokens;
-                    model("model", path, &|ckpt| Fits {
-                        key: "max_new_tokens",
-                        length: max_new_tokens,
-                        positions: ckpt.config().max_position_embeddings(),
-                        needs_prompt_room: true,
+                    model("model", path, &|ckpt| {
+                        Ok(Fits {
+                            key: "max_new_tokens",
+                            length: max_new_tokens,
+                            positions: ckpt.config().max_position_embeddings(),
+                            needs_prompt_room: true,
+                        })
                     })?;
                 }
             }
             Command::Compare(args) => {
                 let max_new_tokens = args.max_new_tokens;
                 for spec in args.models.iter().filter(|m| !m.starts_with("openai:")) {
-                    model("models", Path::new(spec), &|ckpt| Fits {
-                        key: "max_new_tokens",
-                        length: max_new_tokens,
-                        positions: ckpt.config().max_position_embeddings(),
-                        needs_prompt_room: true,
+                    model("models", Path::new(spec), &|ckpt| {
+                        Ok(Fits {
+                            key: "max_new_tokens",
+                            length: max_new_tokens,
+                            positions: ckpt.config().max_position_embeddings(),
+                            needs_prompt_room: true,
+                        })
                     })?;
                 }
             }
@@ -153,7 +169,7 @@ fn check_model(
     path: &Path,
     earlier: &[Stage],
     lookup: Lookup,
-    fits: &dyn Fn(&Checkpoint) -> Fits,
+    fits: &dyn Fn(&Checkpoint) -> anyhow::Result<Fits>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let shown = path.display();
@@ -192,7 +208,7 @@ fn check_model(
     };
     let ckpt = Checkpoint::open(path)
         .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}`: {e}"))?;
-    let f = fits(&ckpt);
+    let f = fits(&ckpt).map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}`: {e}"))?;
     let too_long = if f.needs_prompt_room {
         f.length >= f.positions
     } else {

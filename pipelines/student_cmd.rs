@@ -123,15 +123,29 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         &(serde_json::to_string_pretty(&dataset.report)? + "\n"),
     )?;
 
+    let spec = student.config.spec()?;
+    let width = dataset.train.max_len();
     let beside = memory::Beside {
         teacher: match &teacher {
             Some(t) => memory::Beside::teacher_weights(t, &target)?,
             None => 0.0,
         },
         samples: 0.0,
+        divergence: match &settings.train.kd {
+            Some(kd) => {
+                // Stored targets: the corpus's K (every row stores the same).
+                let k = match kd.from_corpus {
+                    true => (0..dataset.train.count())
+                        .find_map(|i| dataset.train.row(i).teacher.map(|t| t.k)),
+                    false => (kd.top_k > 0).then_some(kd.top_k),
+                };
+                let positions = settings.train.micro_batch_size * width;
+                memory::Beside::divergence(&spec, positions, k, target.precision.compute)
+            }
+            None => 0.0,
+        },
     };
-    let spec = student.config.spec()?;
-    memory::preflight(settings, &spec, &target, dataset.train.max_len(), beside)?;
+    memory::preflight(settings, &spec, &target, width, beside)?;
     let mut trainer = open_trainer(latest.as_deref(), student, settings, &target)
         .map_err(|e| memory::explain(e.into(), settings, &target, &spec, beside))?;
     if let Some(teacher) = teacher {

@@ -222,7 +222,10 @@ fn layers_the_base_lacks_fail_before_any_stage() {
     // A list works as the text does, and layers the base has pass.
     std::fs::write(&file, text.replace("\"0-2\"", "[0, 1]")).unwrap();
     let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap(), "--dry-run"]);
-    assert!(ok && log.contains("--keep-layers 0 --keep-layers 1"), "{log}");
+    assert!(
+        ok && log.contains("--keep-layers 0 --keep-layers 1"),
+        "{log}"
+    );
 }
 
 /// `dry_run = true` in `[train]` writes the TRL job and trains nothing: a later stage that

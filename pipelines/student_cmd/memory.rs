@@ -184,6 +184,9 @@ pub struct Beside {
     pub teacher: f64,
     /// The KV caches of an on-policy step's samples.
     pub samples: f64,
+    /// What the divergence of logit or on-policy distillation keeps for one micro-batch's
+    /// backward pass ([`Beside::divergence`]).
+    pub divergence: f64,
 }
 
 impl Beside {
@@ -203,8 +206,26 @@ impl Beside {
         (sequences * seq_len * per_token * dtype.size_in_bytes()) as f64
     }
 
+    /// What the divergence keeps until the backward pass for `positions` compared positions of
+    /// `spec`, comparing `top_k` tokens per position (`None`: the whole vocabulary). Over the
+    /// whole vocabulary: the student's logits and their gradient, `2 × positions × vocab` f32
+    /// (computed apart from the value, `kd::Divergence::per_position`): 10 GB for Qwen's
+    /// 151,936 tokens at 8,192 positions, where the cross-entropy, chunked, keeps none. At K
+    /// tokens (`kd::logits_at`): the K rows of the output layer each position gathers, in
+    /// `dtype`, and the logits and gradient there, `positions × K × (hidden · dtype + 8)`.
+    pub fn divergence(spec: &Spec, positions: usize, top_k: Option<usize>, dtype: DType) -> f64 {
+        let positions = positions as f64;
+        match top_k.filter(|&k| k < spec.vocab_size) {
+            None => 2.0 * positions * spec.vocab_size as f64 * 4.0,
+            Some(k) => {
+                let per_id = (spec.hidden_size * dtype.size_in_bytes()) as f64 + 8.0;
+                positions * k as f64 * per_id
+            }
+        }
+    }
+
     fn total(&self) -> f64 {
-        self.teacher + self.samples
+        self.teacher + self.samples + self.divergence
     }
 }
 
@@ -254,6 +275,16 @@ pub fn explain(
     anyhow::anyhow!("{}", advice(settings, target, width, &need, beside, free))
 }
 
+/// Whether the run's divergence compares whole vocabularies: a live teacher without `top_k`
+/// (stored and endpoint targets are always K tokens).
+pub fn whole_vocabulary(settings: &TrainSettings) -> bool {
+    settings
+        .train
+        .kd
+        .as_ref()
+        .is_some_and(|kd| !kd.from_corpus && !kd.is_endpoint() && kd.top_k == 0)
+}
+
 fn advice(
     settings: &TrainSettings,
     target: &TrainTarget,
@@ -273,13 +304,17 @@ fn advice(
     if beside.samples > 0.0 {
         parts += &format!(", the samples' KV caches {}", gib(beside.samples));
     }
+    if beside.divergence > 0.0 {
+        parts += &format!(", the divergence {}", gib(beside.divergence));
+    }
     format!(
-        "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} ({parts}){}; lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}{}",
+        "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} ({parts}){}; lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}{}{}",
         settings.train.micro_batch_size,
         target.precision,
         gib(need.total() + beside.total()),
         free.map_or(String::new(), |f| format!(", {} has {} free", distill_models::device::describe(&target.device), gib(f as f64))),
         if beside.samples > 0.0 { ", or `prompts_per_step`" } else { "" },
+        if whole_vocabulary(settings) { ", or compare the teacher's top tokens only (`kd_top_k`)" } else { "" },
         if target.precision.params == DType::F32 { ", or use `--dtype bf16-pure`" } else { "" },
     )
 }
@@ -349,6 +384,7 @@ mod tests {
         let beside = Beside {
             teacher: 15.2e9,
             samples: caches,
+            divergence: 0.0,
         };
         let line = advice(
             &TrainSettings::default(),
@@ -363,6 +399,55 @@ mod tests {
         assert!(line.contains("or `prompts_per_step`"), "{line}");
         let total = gib(need.total() + beside.total());
         assert!(line.contains(&format!("needs about {total}")), "{line}");
+    }
+
+    /// The divergence of a live teacher over Qwen's whole vocabulary keeps the student's logits
+    /// and their gradient, 2 × 8,192 positions × 151,936 × 4 bytes (9.3 GiB); at the teacher's
+    /// top 20 it keeps the 20 gathered output rows per position instead (0.47 GiB in bf16), and
+    /// the advice names `kd_top_k` only where it would help.
+    #[test]
+    fn the_divergence_counts_and_its_advice_names_top_k() {
+        let spec = spec();
+        let whole = Beside::divergence(&spec, 4 * 2048, None, DType::BF16);
+        assert_eq!(whole, 2.0 * 8192.0 * 151936.0 * 4.0);
+        let top = Beside::divergence(&spec, 4 * 2048, Some(20), DType::BF16);
+        assert_eq!(top, 8192.0 * 20.0 * (1536.0 * 2.0 + 8.0));
+        assert_eq!(
+            Beside::divergence(&spec, 10, Some(200_000), DType::F32),
+            Beside::divergence(&spec, 10, None, DType::F32)
+        );
+        let target = TrainTarget {
+            device: candle_core::Device::Cpu,
+            precision: TrainPrecision {
+                params: DType::F32,
+                compute: DType::BF16,
+            },
+        };
+        let need = estimate(&spec, &target, 4, 2048);
+        let mut settings = TrainSettings::default();
+        settings.train.kd = Some(distill_student::kd::KdConfig {
+            teacher: "teacher.gguf".into(),
+            ..Default::default()
+        });
+        let beside = Beside {
+            divergence: whole,
+            ..Default::default()
+        };
+        let line = advice(&settings, &target, 2048, &need, beside, None);
+        assert!(line.contains("the divergence 9.3 GiB"), "{line}");
+        assert!(line.contains("(`kd_top_k`)"), "{line}");
+        let total = gib(need.total() + whole);
+        assert!(line.contains(&format!("needs about {total}")), "{line}");
+        settings.train.kd.as_mut().unwrap().top_k = 20;
+        let beside = Beside {
+            divergence: top,
+            ..Default::default()
+        };
+        let line = advice(&settings, &target, 2048, &need, beside, None);
+        assert!(
+            line.contains("the divergence 0.5 GiB") && !line.contains("kd_top_k"),
+            "{line}"
+        );
     }
 
     fn job(processes: usize) -> Sharding {

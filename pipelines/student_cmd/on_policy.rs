@@ -410,6 +410,12 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
             width,
             target.precision.compute,
         ),
+        divergence: memory::Beside::divergence(
+            &spec,
+            settings.train.micro_batch_size * width,
+            (kd.top_k > 0).then_some(kd.top_k),
+            target.precision.compute,
+        ),
     };
     memory::preflight(settings, &spec, &target, width, beside)?;
 

@@ -482,7 +482,7 @@ fn every_preset_parses() {
             assert!(
                 log.contains("--keep-layers 0-9,22-23")
                     && log.contains(
-                        "--kd-teacher runs/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --kd-top-k 64"
+                        "--kd-teacher runs/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --kd-top-k 64"
                     )
                     && log.contains("--method opd"),
                 "{log}"

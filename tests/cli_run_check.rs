@@ -61,7 +61,7 @@ fn every_preset_dry_runs_without_its_models() {
         (
             "qwen-gsm8k-opd.toml",
             &[
-                "stage `train` needs `runs/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`, which does not exist",
+                "stage `train` needs `runs/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`, which does not exist",
                 "stage `opd`: `base` `runs/qwen-gsm8k-opd/student/model` not checked: stage `train` makes it",
             ],
         ),

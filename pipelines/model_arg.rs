@@ -59,7 +59,15 @@ pub fn resolve_existing(arg: &Path, role: &str) -> anyhow::Result<ModelPath> {
 pub fn resolve_hub(model: &HubRef) -> anyhow::Result<ModelPath> {
     let settings = HubSettings::from_env()?;
     let mut bars = Bars::new(&settings);
-    let found = hub::resolve(model, &settings, &mut bars)?;
+    let found = hub::resolve(model, &settings, &mut bars).map_err(|e| {
+        // `dir/sub/file.gguf` is also a local path: a typo or a file not fetched yet lands here.
+        match (&model.gguf, &model.revision) {
+            (Some(hub::GgufPick::File(_)), None) => {
+                anyhow::anyhow!("{e} (read as a hub file: no local file `{model}` exists either)")
+            }
+            _ => e.into(),
+        }
+    })?;
     if let Some(warning) = &found.warning {
         eprintln!("Warning: {warning}");
     }

@@ -540,6 +540,20 @@ fn a_folder_model_lands_in_the_hf_cache_and_works_offline() {
             server.endpoint
         )
     );
+    // A local file not there (a typo, or not fetched yet) shaped like a hub file says both.
+    let line = one_line_error(distill(
+        &home,
+        &server.endpoint,
+        &[],
+        &["inspect", "runs/models/teacher.gguf"],
+    ));
+    assert!(
+        line.starts_with("error: cannot reach")
+            && line.ends_with(
+                "(read as a hub file: no local file `runs/models/teacher.gguf` exists either)"
+            ),
+        "{line}"
+    );
 }
 
 #[test]

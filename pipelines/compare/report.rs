@@ -309,27 +309,27 @@ fn laptop_table(md: &mut String, report: &Report) {
         "| model | weights | bits/weight | file | peak memory | tokens/s | pass@1 | vs reference |"
     );
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
-    for m in &report.models {
+    let sizes: Vec<(Option<u64>, Option<f64>)> = report
+        .models
+        .iter()
+        .map(|m| (m.parameters, bits(m)))
+        .collect();
+    for (i, m) in report.models.iter().enumerate() {
         if m.parameters.is_none() {
             continue;
         }
-        // The reference: the same parameter count with the most bits per weight.
-        let reference = report
-            .models
-            .iter()
-            .filter(|r| r.parameters == m.parameters)
-            .max_by(|a, b| {
-                bits(a)
-                    .partial_cmp(&bits(b))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
-        let versus = match (reference, m.metrics.pass_at_1) {
-            (Some(r), _) if r.label == m.label => "reference".to_string(),
-            (Some(r), Some(v)) => match r.metrics.pass_at_1 {
-                Some(rv) => format!("{:+.1} points vs `{}`", 100.0 * (v - rv), r.label),
-                None => "n/a".into(),
-            },
-            _ => "n/a".into(),
+        let versus = match reference(&sizes, i) {
+            Reference::Itself => "reference".to_string(),
+            Reference::Row(j) => {
+                let r = &report.models[j];
+                match (m.metrics.pass_at_1, r.metrics.pass_at_1) {
+                    (Some(v), Some(rv)) => {
+                        format!("{:+.1} points vs `{}`", 100.0 * (v - rv), r.label)
+                    }
+                    _ => "n/a".into(),
+                }
+            }
+            Reference::Several(n) => format!("n/a ({n} models of this size with the most bits)"),
         };
         let _ = writeln!(
             md,
@@ -342,6 +342,40 @@ fn laptop_table(md: &mut String, report: &Report) {
             opt(m.tokens_per_second, |v| format!("{v:.1}")),
             pct(m.metrics.pass_at_1),
         );
+    }
+}
+
+/// What a laptop-table row is measured against.
+#[derive(Debug, PartialEq)]
+enum Reference {
+    /// The row is the reference of its size.
+    Itself,
+    /// The row at this index.
+    Row(usize),
+    /// This many models of the row's parameter count share the most bits per weight: distinct
+    /// models (an SFT and an on-policy student of one architecture), not quantizations of one
+    /// another, so none is the reference.
+    Several(usize),
+}
+
+/// The reference of row `i` among `(parameters, bits per weight)`: the one model of the same
+/// parameter count stored with the most bits.
+fn reference(sizes: &[(Option<u64>, Option<f64>)], i: usize) -> Reference {
+    let same: Vec<usize> = (0..sizes.len())
+        .filter(|&j| sizes[j].0 == sizes[i].0)
+        .collect();
+    let most = same
+        .iter()
+        .filter_map(|&j| sizes[j].1)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let top: Vec<usize> = same
+        .into_iter()
+        .filter(|&j| sizes[j].1.is_some_and(|b| (b - most).abs() < 0.05))
+        .collect();
+    match top.as_slice() {
+        [j] if *j == i => Reference::Itself,
+        [j] => Reference::Row(*j),
+        _ => Reference::Several(top.len()),
     }
 }
 
@@ -389,7 +423,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         md,
         "- {} problems from `{}`; {} samples per problem at temperature {}, top-p {}, at most {} \
-         new tokens, seed {}; the R1 prompt (`{}`, assistant turn prefilled with `{}`).",
+         new tokens, seed {}; the prompt `{}`, {}.",
         report.problems.count,
         report.problems.path.display(),
         p.samples,
@@ -398,7 +432,14 @@ pub fn markdown(report: &Report) -> String {
         p.max_new_tokens,
         p.seed,
         p.user_template.replace('\n', "\\n"),
-        p.prefill.replace('\n', "\\n"),
+        match p.prefill.as_str() {
+            // `--prefill ""`: an instruct model that does not reason in a think block.
+            "" => "the assistant turn not prefilled".to_string(),
+            prefill => format!(
+                "the assistant turn prefilled with `{}` (R1's protocol)",
+                prefill.replace('\n', "\\n")
+            ),
+        },
     );
     let _ = writeln!(
         md,
@@ -457,6 +498,28 @@ pub fn write(out: &Path, report: &Report) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An f32 student and its Q8_0 export: the export is measured against the student. Two
+    /// f32 students of one architecture (SFT and on-policy) are two models: an export beside
+    /// them has no single reference, and neither is the other's.
+    #[test]
+    fn the_laptop_reference_is_the_one_model_with_the_most_bits() {
+        let (f32, q8, teacher) = (Some(32.0), Some(8.5), Some(6.2));
+        let one = [(Some(10), f32), (Some(10), q8), (Some(20), teacher)];
+        assert_eq!(reference(&one, 0), Reference::Itself);
+        assert_eq!(reference(&one, 1), Reference::Row(0));
+        assert_eq!(reference(&one, 2), Reference::Itself);
+        let two = [
+            (Some(20), teacher),
+            (Some(10), f32),
+            (Some(10), f32),
+            (Some(10), q8),
+        ];
+        assert_eq!(reference(&two, 0), Reference::Itself);
+        assert_eq!(reference(&two, 1), Reference::Several(2));
+        assert_eq!(reference(&two, 2), Reference::Several(2));
+        assert_eq!(reference(&two, 3), Reference::Several(2));
+    }
 
     #[test]
     fn human_units() {

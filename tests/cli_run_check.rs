@@ -142,6 +142,15 @@ fn r1_preset_fits_the_positions_of_its_base() {
     assert_eq!(log.trim().lines().count(), 1, "{log}");
 }
 
+/// A pipeline into `out` whose first stage writes 4 synthetic problems (and their solutions
+/// corpus), for the stage tables a test appends.
+fn pipeline_head(out: &Path) -> String {
+    format!(
+        "[pipeline]\nout = {:?}\n\n[problems]\ncount = 4\nseed = 1\n\n",
+        out.display().to_string()
+    )
+}
+
 /// A tiny local model with 128 positions: a `max_seq_len` or `max_new_tokens` it cannot hold
 /// stops the pipeline before its first stage writes anything.
 #[test]
@@ -149,10 +158,7 @@ fn lengths_a_model_cannot_hold_fail_before_any_stage() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let tiny = root().join("models/tests/fixtures/tiny-qwen2.gguf");
-    let head = format!(
-        "[pipeline]\nout = {:?}\n\n[problems]\ncount = 4\nseed = 1\n\n",
-        out.display().to_string()
-    );
+    let head = pipeline_head(&out);
     let cases = [
         (
             format!(
@@ -203,9 +209,9 @@ fn layers_the_base_lacks_fail_before_any_stage() {
     let out = dir.path().join("run");
     let tiny = root().join("models/tests/fixtures/tiny-qwen2.gguf");
     let text = format!(
-        "[pipeline]\nout = {:?}\n\n[problems]\ncount = 4\nseed = 1\n\n[train]\nbase = {:?}\n\
-         corpus = {:?}\nkeep_layers = \"0-2\"\nmax_seq_len = 64\nmax_steps = 1\n",
-        out.display().to_string(),
+        "{}[train]\nbase = {:?}\ncorpus = {:?}\nkeep_layers = \"0-2\"\nmax_seq_len = 64\n\
+         max_steps = 1\n",
+        pipeline_head(&out),
         tiny.display().to_string(),
         out.join("problems/solutions").display().to_string()
     );

@@ -57,7 +57,14 @@ impl Linear {
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Dense(l) => l.forward(xs),
+            // Decoding a float checkpoint on the CPU: a few rows, each weight read once.
+            Linear::Dense(l) => match crate::kernels::float::forward(l.weight(), xs) {
+                Some(ys) => match l.bias() {
+                    Some(b) => ys?.broadcast_add(b),
+                    None => ys,
+                },
+                None => l.forward(xs),
+            },
             Linear::Quantized { weight, bias } => {
                 let ys = match weight {
                     // Tiled matrices exist only on the CPU; the kernel takes f32 rows.

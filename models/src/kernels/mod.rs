@@ -19,8 +19,11 @@
 //! VNNI, AVX2 (`maddubs`, 8 columns per vector; forced with `DISTILL_NO_VNNI=1`), and a scalar
 //! reference. Every output element is computed by the same sequence of operations whatever the
 //! number of rows in the call, so a sequence's logits do not depend on its batch mates.
+//!
+//! [`float`] does the same for f32 weights at a few rows (decoding a float checkpoint).
 
 pub(crate) mod act;
+pub mod float;
 mod kquant;
 mod legacy;
 mod lowbit;

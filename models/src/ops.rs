@@ -10,6 +10,9 @@
 //! [`crate::fused`] with an analytic backward, which keeps far fewer activations alive than the
 //! composition of primitives; the `*_composed` functions remain as the reference the fused ops
 //! are tested against and as the route on other devices and dtypes.
+//!
+//! Also [`top_k_ids`], the one ranking of a row of logits that the engine's stored
+//! log-probabilities and logit distillation's teacher targets share.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -99,6 +102,27 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return fused::swiglu(gate, up);
     }
     silu(gate)? * up
+}
+
+/// The ids of the `k` largest values of one row (all of them when `k` ≥ its length), largest
+/// first, ties to the lower id. One pass keeping the best `k` in order: most values fail the
+/// first comparison, and ascending ids put ties after the earlier id; no row-sized buffer.
+pub fn top_k_ids(values: &[f32], k: usize) -> Vec<u32> {
+    let k = k.min(values.len());
+    let mut top: Vec<u32> = Vec::with_capacity(k + 1);
+    for (i, &x) in values.iter().enumerate() {
+        if top.len() == k
+            && top
+                .last()
+                .is_none_or(|&w| x.total_cmp(&values[w as usize]).is_le())
+        {
+            continue;
+        }
+        let at = top.partition_point(|&j| values[j as usize].total_cmp(&x).is_ge());
+        top.insert(at, i as u32);
+        top.truncate(k);
+    }
+    top
 }
 
 #[cfg(test)]

@@ -237,7 +237,8 @@ pub fn logits_at(hidden: &Tensor, head: &Tensor, ids: &Tensor) -> Result<Tensor>
 }
 
 /// The ids of each row's `k` largest logits, `[positions, vocab]` → `[positions, k]` (u32),
-/// largest first, ties to the lower id on the CPU (as the engine's stored top-k). Not a sort
+/// largest first, ties to the lower id on the CPU (the engine's stored top-k's ranking,
+/// `distill_models::ops::top_k_ids`). Not a sort
 /// of the whole row: candle's CUDA `arg_sort` holds a row in one block's shared memory (4
 /// bytes per column rounded up to a power of two: 1 MiB for 151,936 columns, over the 227 KiB
 /// a block may have), and sorting 151,936 values to keep 20 is wasted work anyway. On the CPU
@@ -262,17 +263,7 @@ fn top_k_ids_host(logits: &Tensor, k: usize) -> Result<Tensor> {
     let mut ids = vec![0u32; positions * k];
     ids.par_chunks_mut(k.max(1))
         .zip(values.par_chunks(vocab.max(1)))
-        .for_each(|(out, row)| {
-            let order =
-                |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-            let mut all: Vec<u32> = (0..vocab as u32).collect();
-            if k < vocab {
-                all.select_nth_unstable_by(k, order);
-            }
-            let top = &mut all[..k];
-            top.sort_unstable_by(order);
-            out.copy_from_slice(top);
-        });
+        .for_each(|(out, row)| out.copy_from_slice(&distill_models::ops::top_k_ids(row, k)));
     Ok(Tensor::from_vec(ids, (positions, k), logits.device())?)
 }
 

@@ -608,23 +608,7 @@ pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
     let lse = max + sum.ln() as f32;
-    // One pass keeping the best `k` in order: most logits fail the first comparison, and
-    // ascending ids put ties after the earlier id.
-    let k = k.min(logits.len());
-    let mut top: Vec<u32> = Vec::with_capacity(k + 1);
-    for (i, &x) in logits.iter().enumerate() {
-        if top.len() == k
-            && top
-                .last()
-                .is_none_or(|&w| x.total_cmp(&logits[w as usize]).is_le())
-        {
-            continue;
-        }
-        let at = top.partition_point(|&j| logits[j as usize].total_cmp(&x).is_ge());
-        top.insert(at, i as u32);
-        top.truncate(k);
-    }
-    let top = top
+    let top = distill_models::ops::top_k_ids(logits, k)
         .into_iter()
         .map(|i| (i, logits[i as usize] - lse))
         .collect();

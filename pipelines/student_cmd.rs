@@ -247,13 +247,11 @@ fn starting_point(
     corpus: &Path,
 ) -> anyhow::Result<(StudentInit, TextTokenizer)> {
     if let Some(base) = base {
+        let cannot_load = || format!("cannot load the base model `{}`", base.display());
+        let ckpt = Checkpoint::open(base).with_context(cannot_load)?;
         // Before the weights load (a real base dequantizes for minutes): the layers exist.
         if let Some(keep) = &settings.keep_layers {
-            let layers = Checkpoint::open(base)
-                .with_context(|| format!("cannot load the base model `{}`", base.display()))?
-                .config()
-                .common()
-                .num_hidden_layers;
+            let layers = ckpt.config().common().num_hidden_layers;
             if let Err(e) = keep.check_against(layers) {
                 bail!(
                     "`keep_layers` {keep}: {e}: the base model `{}`",
@@ -261,8 +259,7 @@ fn starting_point(
                 );
             }
         }
-        let (mut student, tokenizer) = init::from_base(base)
-            .with_context(|| format!("cannot load the base model `{}`", base.display()))?;
+        let (mut student, tokenizer) = init::from_opened_base(&ckpt).with_context(cannot_load)?;
         if let Some(keep) = &settings.keep_layers {
             let layers = student.config.common().num_hidden_layers;
             student

@@ -135,6 +135,15 @@ pub fn keep_layers<T>(
 ) -> Result<()> {
     let layers = config.common().num_hidden_layers;
     keep.check_against(layers).map_err(Error::Config)?;
+    // Checked before anything changes: an error leaves the config and weights as they were.
+    if let Some(serde_json::Value::Array(types)) = config.extra().get("layer_types") {
+        if types.len() != layers {
+            return Err(Error::Config(format!(
+                "`layer_types` lists {} layers but `num_hidden_layers` is {layers}",
+                types.len()
+            )));
+        }
+    }
     let keep = keep.indices();
     let new_index: HashMap<usize, usize> = keep.iter().enumerate().map(|(j, &l)| (l, j)).collect();
     let old = std::mem::take(weights);
@@ -154,12 +163,6 @@ pub fn keep_layers<T>(
     config.common_mut().num_hidden_layers = keep.len();
     let extra = config.extra_mut();
     if let Some(serde_json::Value::Array(types)) = extra.get_mut("layer_types") {
-        if types.len() != layers {
-            return Err(Error::Config(format!(
-                "`layer_types` lists {} layers but `num_hidden_layers` is {layers}",
-                types.len()
-            )));
-        }
         *types = keep.iter().map(|&l| types[l].clone()).collect();
     }
     if let Some(window) = extra.get("max_window_layers").and_then(|v| v.as_u64()) {

@@ -277,7 +277,7 @@ pub fn explain(
 
 /// Whether the run's divergence compares whole vocabularies: a live teacher without `top_k`
 /// (stored and endpoint targets are always K tokens).
-pub fn whole_vocabulary(settings: &TrainSettings) -> bool {
+fn whole_vocabulary(settings: &TrainSettings) -> bool {
     settings
         .train
         .kd

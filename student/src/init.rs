@@ -155,12 +155,16 @@ impl ScratchConfig {
 
 /// Opens a base checkpoint; the student needs its tokenizer to read the corpus.
 pub fn from_base(path: &Path) -> Result<(StudentInit, TextTokenizer)> {
-    let ckpt = Checkpoint::open(path)?;
-    let init = StudentInit::from_checkpoint(&ckpt)?;
+    from_opened_base(&Checkpoint::open(path)?)
+}
+
+/// [`from_base`] for a checkpoint already opened (its config read, its weights not yet).
+pub fn from_opened_base(ckpt: &Checkpoint) -> Result<(StudentInit, TextTokenizer)> {
+    let init = StudentInit::from_checkpoint(ckpt)?;
     let tokenizer = init.tokenizer.clone().ok_or_else(|| {
         Error::Config(format!(
             "base checkpoint `{}` has no tokenizer (`tokenizer.json`); the corpus cannot be tokenized",
-            path.display()
+            ckpt.path().display()
         ))
     })?;
     Ok((init, tokenizer))

@@ -330,6 +330,7 @@ fn laptop_table(md: &mut String, report: &Report) {
                 }
             }
             Reference::Several(n) => format!("n/a ({n} models of this size with the most bits)"),
+            Reference::Unknown => "n/a".into(),
         };
         let _ = writeln!(
             md,
@@ -356,6 +357,8 @@ enum Reference {
     /// models (an SFT and an on-policy student of one architecture), not quantizations of one
     /// another, so none is the reference.
     Several(usize),
+    /// No model of the row's size has a known file size (no bits per weight to compare).
+    Unknown,
 }
 
 /// The reference of row `i` among `(parameters, bits per weight)`: the one model of the same
@@ -375,6 +378,7 @@ fn reference(sizes: &[(Option<u64>, Option<f64>)], i: usize) -> Reference {
     match top.as_slice() {
         [j] if *j == i => Reference::Itself,
         [j] => Reference::Row(*j),
+        [] => Reference::Unknown,
         _ => Reference::Several(top.len()),
     }
 }
@@ -519,6 +523,7 @@ mod tests {
         assert_eq!(reference(&two, 1), Reference::Several(2));
         assert_eq!(reference(&two, 2), Reference::Several(2));
         assert_eq!(reference(&two, 3), Reference::Several(2));
+        assert_eq!(reference(&[(Some(10), None)], 0), Reference::Unknown);
     }
 
     #[test]

@@ -518,7 +518,7 @@ impl TrainSettings {
                     bail!("the TRL engine fine-tunes a base model: pass `--base MODEL` (from-scratch students train with `--engine distill`)");
                 }
                 if self.keep_layers.is_some() {
-                    bail!("`keep_layers` runs in distill's own trainer: drop `--engine trl` (or train the cut model's `model/` folder with TRL)");
+                    bail!("`keep_layers` runs in distill's own trainer: drop `--engine trl` (or cut the base first with `distill convert --keep-layers` and give TRL that folder)");
                 }
                 if self.train.kd.is_some() || self.train.opd.is_some() {
                     bail!("logit and on-policy distillation (`[train.kd]`, `[train.opd]`) run in distill's own trainer: drop `--engine trl`");

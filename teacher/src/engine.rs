@@ -16,6 +16,7 @@
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Tensor, D};
+use rayon::prelude::*;
 use distill_models::chat::{ChatTemplate, Message};
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
@@ -481,13 +482,26 @@ impl Engine {
             return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
         }
         let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        picks
+        // Each row is sampled on its own thread: over a 150k-token vocabulary a row costs about
+        // a millisecond (the softmax normaliser, the nucleus, the log-probabilities), which at
+        // batch 32 would otherwise leave every core but one idle between model steps. Each
+        // sequence draws from its own generator, so the tokens do not depend on the threads.
+        let mut slots: Vec<Option<&mut Seq>> = live.iter_mut().map(Some).collect();
+        let work: Vec<(&mut Seq, Vec<f32>)> = picks
             .iter()
             .zip(host)
-            .map(|(&(i, _), row)| {
-                let seq = &mut live[i];
-                let token = sample(&row, &seq.request.sampling, &mut seq.rng);
-                if let Some(logprobs) = &mut seq.logprobs {
+            .map(|(&(i, _), row)| (slots[i].take().expect("a sequence is picked once"), row))
+            .collect();
+        work.into_par_iter()
+            .map(|(seq, row)| {
+                let Seq {
+                    request,
+                    rng,
+                    logprobs,
+                    ..
+                } = seq;
+                let token = sample(&row, &request.sampling, rng);
+                if let Some(logprobs) = logprobs {
                     let (lp, top) = top_logprobs(&row, token, logprobs.k());
                     logprobs.push(token, lp, &top)?;
                 }

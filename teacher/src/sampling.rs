@@ -107,9 +107,13 @@ pub fn candidates(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
         ids.truncate(params.top_k);
     }
     // The normaliser is summed in id order so it never depends on how candidates were found.
-    let mut sorted_ids = ids.clone();
-    sorted_ids.sort_unstable();
-    let total: f64 = sorted_ids.iter().map(|&id| weight(id)).sum();
+    let total: f64 = if ids.len() == logits.len() {
+        (0..logits.len() as u32).map(weight).sum()
+    } else {
+        let mut sorted_ids = ids.clone();
+        sorted_ids.sort_unstable();
+        sorted_ids.iter().map(|&id| weight(id)).sum()
+    };
     let top_p = f64::from(params.top_p);
     if top_p >= 1.0 {
         ids.sort_unstable_by(&order);
@@ -126,12 +130,11 @@ pub fn candidates(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
         None
     };
     // Probe the most likely few first; the nucleus found there equals the full sort's, because
-    // both are prefixes of the same total order with the same running sums.
+    // both are prefixes of the same total order with the same running sums. The probe is the
+    // vocabulary's best `NUCLEUS_PROBE` (`top_k_ids` ranks as `by_logit_desc` does), which are
+    // also the top-k subset's best when that subset is larger than the probe.
     if ids.len() > NUCLEUS_PROBE {
-        let mut probe = ids.clone();
-        probe.select_nth_unstable_by(NUCLEUS_PROBE - 1, &order);
-        probe.truncate(NUCLEUS_PROBE);
-        probe.sort_unstable_by(&order);
+        let mut probe = distill_models::ops::top_k_ids(&logits, NUCLEUS_PROBE);
         if let Some(n) = nucleus(&probe) {
             probe.truncate(n);
             return probe.into_iter().map(|id| (id, weight(id))).collect();

@@ -16,11 +16,11 @@
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Tensor, D};
-use rayon::prelude::*;
 use distill_models::chat::{ChatTemplate, Message};
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
 use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
+use rayon::prelude::*;
 
 use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats, TokenLogprobs};
 use crate::sampling::{sample, SampleRng};

@@ -255,6 +255,44 @@ mod tests {
         }
     }
 
+    /// Many equal logits (ties go to the lower id) and a top-k larger than the probe: the
+    /// probe's one-pass ranking must pick and order exactly the full sort's prefix.
+    #[test]
+    fn probe_with_ties_and_top_k_equals_full_sort() {
+        let mut rng = SampleRng::new(5);
+        let logits: Vec<f32> = (0..5000)
+            .map(|_| (rng.next_f64() * 16.0).round() as f32 * 0.5)
+            .collect();
+        for top_k in [0usize, 100, 5000] {
+            for top_p in [0.05f32, 0.5, 0.95] {
+                let fast = candidates(&logits, &params(0.6, top_p, top_k));
+                let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+                order.sort_by(by_logit_desc(&logits));
+                if top_k > 0 {
+                    order.truncate(top_k);
+                }
+                let max = f64::from(logits[order[0] as usize]);
+                let w = |i: u32| ((f64::from(logits[i as usize]) - max) / 0.6f64).exp();
+                let mut in_id_order = order.clone();
+                in_id_order.sort_unstable();
+                let total: f64 = in_id_order.iter().map(|&i| w(i)).sum();
+                let mut cum = 0.0;
+                let n = order
+                    .iter()
+                    .position(|&i| {
+                        cum += w(i) / total;
+                        cum >= f64::from(top_p)
+                    })
+                    .map_or(order.len(), |p| p + 1);
+                assert_eq!(
+                    ids(&fast),
+                    order[..n].to_vec(),
+                    "top_k {top_k} top_p {top_p}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn same_seed_same_tokens_different_seeds_differ() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();

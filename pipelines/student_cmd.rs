@@ -234,6 +234,13 @@ pub(crate) fn save_final(
             .map_or(String::new(), |l| format!(", held-out {metric} {l:.4}")),
         final_dir.display()
     );
+    if let Some(e) = &summary.final_checkpoint_error {
+        eprintln!(
+            "warning: the checkpoint of step {} was not written ({e}); the model above is \
+             complete, but training cannot resume from that step (earlier checkpoints are kept)",
+            summary.steps
+        );
+    }
     Ok(())
 }
 

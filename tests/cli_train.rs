@@ -174,6 +174,35 @@ fn from_scratch_run_writes_a_folder_inspect_reads() {
     assert_eq!(steps, 6, "{metrics}");
 }
 
+/// The checkpoint after the last step cannot be written (a full disk in real life; here a file
+/// where its folder is assembled): the run still writes its model, the same as an unhindered
+/// run's, says in one line that it cannot resume from that step, and keeps the earlier
+/// checkpoint.
+#[test]
+fn a_final_checkpoint_that_cannot_be_written_keeps_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), 30);
+    let clean = dir.path().join("clean");
+    run_ok(&mut train_cmd(&corpus, &clean));
+
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+    std::fs::write(out.join("checkpoints/.step-00000006.partial"), "in the way").unwrap();
+    let done = run_ok(&mut train_cmd(&corpus, &out));
+    let said = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        said.contains("warning: the checkpoint of step 6 was not written"),
+        "{said}"
+    );
+    assert!(said.contains(".step-00000006.partial"), "{said}");
+    assert_eq!(
+        std::fs::read(out.join("model/model.safetensors")).unwrap(),
+        std::fs::read(clean.join("model/model.safetensors")).unwrap()
+    );
+    assert!(out.join("checkpoints/step-00000003").is_dir());
+    assert!(!out.join("checkpoints/step-00000006").exists());
+}
+
 #[test]
 fn config_typos_and_bad_values_fail_in_one_line() {
     let dir = tempfile::tempdir().unwrap();

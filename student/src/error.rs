@@ -26,6 +26,8 @@ pub enum Error {
     },
     #[error("Checkpoint `{path}` is invalid: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    #[error("Cannot write `{path}`: {message}")]
+    Write { path: PathBuf, message: String },
     #[error("Cannot resume from `{path}`: {difference}")]
     ResumeMismatch { path: PathBuf, difference: String },
     #[error(transparent)]

@@ -259,8 +259,10 @@ impl AdamW {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.state_tensors()?, path)
-            .map_err(|e| Error::checkpoint(path, e))
+        candle_core::safetensors::save(&self.state_tensors()?, path).map_err(|e| Error::Write {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Restores moments and step saved by [`save`](Self::save); every parameter must be present

@@ -166,6 +166,10 @@ pub struct FitSummary {
     /// The callback asked to stop before the planned end.
     pub stopped: bool,
     pub checkpoint: Option<PathBuf>,
+    /// Why the checkpoint after the last step could not be written (a full disk, say). The run
+    /// still ends `Ok`: its weights are in memory and the caller writes the model, which a lost
+    /// resume point must not cost (see [`Trainer::final_checkpoint`]).
+    pub final_checkpoint_error: Option<String>,
 }
 
 /// Where a run trains: the device and the precision (parameter and compute dtypes).
@@ -493,7 +497,7 @@ impl Trainer {
             )
         })?;
         let mut summary = self.summary_so_far();
-        let (mut evaluated_at, mut saved_at) = (None, None);
+        let mut evaluated_at = None;
         while self.state.step < total {
             let rows = self.next_rows(train, self.config.rows_per_step());
             let micro: Vec<Vec<&PackedRow>> = rows
@@ -511,9 +515,9 @@ impl Trainer {
                 summary.eval_loss = Some(self.evaluate(rows, on_event)?);
                 evaluated_at = Some(step);
             }
-            if every(self.config.checkpoint_every) || stop {
+            // The last step's checkpoint is the final one, written after the loop.
+            if (every(self.config.checkpoint_every) && step < total) || stop {
                 self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
-                saved_at = Some(step);
             }
             if stop {
                 summary.stopped = true;
@@ -523,9 +527,7 @@ impl Trainer {
         if let (Some(rows), false) = (eval, evaluated_at == Some(self.state.step)) {
             summary.eval_loss = Some(self.evaluate(rows, on_event)?);
         }
-        if saved_at != Some(self.state.step) {
-            self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
-        }
+        self.final_checkpoint(checkpoint_dir, &mut summary, on_event);
         Ok(summary)
     }
 
@@ -537,6 +539,7 @@ impl Trainer {
             eval_loss: None,
             stopped: false,
             checkpoint: None,
+            final_checkpoint_error: None,
         }
     }
 
@@ -586,6 +589,22 @@ impl Trainer {
             summary.checkpoint = Some(path);
         }
         Ok(())
+    }
+
+    /// The checkpoint after a finished run's last step. A failure is kept in `summary` rather
+    /// than returned: after hours of training the weights are still in memory, and the model
+    /// folder (a third of a checkpoint's bytes: no optimizer moments) may still fit where the
+    /// checkpoint did not. Checkpoints during the run still fail the run, as a resume point
+    /// that cannot be written would leave later steps unrecoverable.
+    pub(crate) fn final_checkpoint(
+        &self,
+        checkpoint_dir: Option<&Path>,
+        summary: &mut FitSummary,
+        on_event: &mut dyn FnMut(&Event) -> Control,
+    ) {
+        if let Err(e) = self.checkpoint_now(checkpoint_dir, summary, on_event) {
+            summary.final_checkpoint_error = Some(e.to_string());
+        }
     }
 
     fn evaluate(

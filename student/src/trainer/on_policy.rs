@@ -438,7 +438,7 @@ impl Trainer {
         if self.state.step == 0 {
             summary.eval_loss = evaluate(self, sampler, reborrow(&mut scorer), on_event)?;
         }
-        let (mut evaluated_at, mut saved_at) = (Some(0), None);
+        let mut evaluated_at = Some(0);
         while self.state.step < total {
             let start = Instant::now();
             let requests: Vec<RolloutRequest> = (0..per_step)
@@ -486,9 +486,9 @@ impl Trainer {
                     evaluate(self, sampler, reborrow(&mut scorer), on_event)?.or(summary.eval_loss);
                 evaluated_at = Some(step);
             }
-            if every(self.config.checkpoint_every) || stop {
+            // The last step's checkpoint is the final one, written after the loop.
+            if (every(self.config.checkpoint_every) && step < total) || stop {
                 self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
-                saved_at = Some(step);
             }
             if stop {
                 summary.stopped = true;
@@ -499,9 +499,7 @@ impl Trainer {
             summary.eval_loss =
                 evaluate(self, sampler, reborrow(&mut scorer), on_event)?.or(summary.eval_loss);
         }
-        if saved_at != Some(self.state.step) {
-            self.checkpoint_now(checkpoint_dir, &mut summary, on_event)?;
-        }
+        self.final_checkpoint(checkpoint_dir, &mut summary, on_event);
         Ok(summary)
     }
 

@@ -152,6 +152,10 @@ fn on_policy_distillation_lowers_the_reverse_kl_and_still_stops() {
         said.contains("Distilling on-policy from") && said.contains("held out"),
         "{said}"
     );
+    assert!(
+        !said.contains("held-out pass rate covers"),
+        "60 held out: {said}"
+    );
     let lines = metrics(&out);
     let steps: Vec<&serde_json::Value> = lines.iter().filter(|v| v.get("loss").is_some()).collect();
     assert_eq!(steps.len(), 60);

@@ -393,6 +393,15 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
         opd.prompts_per_step,
         opd.max_new_tokens
     );
+    if settings.eval_corpus.is_none() {
+        if let Some(note) = few_held_out(
+            held_out.len(),
+            opd.eval_problems,
+            settings.data.eval_fraction,
+        ) {
+            eprintln!("{note}");
+        }
+    }
 
     // On a GPU: the student's training state for rows of `max_seq_len`, the teacher, and one
     // step's samples cached at full length, checked before anything is loaded.
@@ -539,9 +548,36 @@ pub fn run(settings: &TrainSettings, resume: bool, progress: bool) -> anyhow::Re
     )
 }
 
+/// A note when the held-out pass rate would cover fewer problems than asked and fewer than 16:
+/// over a handful it moves by tens of points from one sample to the next, so the run says how
+/// to get more before it starts rather than after.
+fn few_held_out(held_out: usize, asked: usize, eval_fraction: f64) -> Option<String> {
+    let evaluated = held_out.min(asked);
+    (evaluated < asked.min(16)).then(|| {
+        format!(
+            "note: the held-out pass rate covers {evaluated} problem(s) of the {asked} asked \
+             (`opd_eval_problems`): raise `eval_fraction` (now {eval_fraction}) or pass \
+             `--eval-corpus`"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_out_slice_of_a_few_problems_is_noted() {
+        let note = few_held_out(1, 8, 0.02).unwrap();
+        assert!(
+            note.contains("covers 1 problem(s) of the 8 asked"),
+            "{note}"
+        );
+        assert!(note.contains("`eval_fraction` (now 0.02)"), "{note}");
+        assert_eq!(few_held_out(60, 64, 0.1), None, "16 or more is enough");
+        assert_eq!(few_held_out(4, 4, 0.1), None, "all that was asked");
+        assert_eq!(few_held_out(0, 0, 0.0), None, "no evaluation asked");
+    }
 
     #[test]
     fn an_endpoint_reading_ids_otherwise_is_refused() {

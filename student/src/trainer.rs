@@ -593,7 +593,7 @@ impl Trainer {
 
     /// The checkpoint after a finished run's last step. A failure is kept in `summary` rather
     /// than returned: after hours of training the weights are still in memory, and the model
-    /// folder (a third of a checkpoint's bytes: no optimizer moments) may still fit where the
+    /// folder (no optimizer moments: a third of a checkpoint's bytes or less) may still fit where the
     /// checkpoint did not. Checkpoints during the run still fail the run, as a resume point
     /// that cannot be written would leave later steps unrecoverable.
     pub(crate) fn final_checkpoint(

@@ -227,31 +227,43 @@ mod tests {
         assert_eq!(ids(&candidates(&logits, &params(1.0, 0.7, 2))), vec![1, 3]);
     }
 
+    /// The nucleus by definition, at temperature 0.6: every id sorted by `by_logit_desc`, the
+    /// best `top_k` kept (0: all), the normaliser summed in id order, then the shortest prefix
+    /// whose share reaches `top_p`.
+    fn full_sort_nucleus(logits: &[f32], top_k: usize, top_p: f32) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(by_logit_desc(logits));
+        if top_k > 0 {
+            order.truncate(top_k);
+        }
+        let max = f64::from(logits[order[0] as usize]);
+        let w = |i: u32| ((f64::from(logits[i as usize]) - max) / 0.6f64).exp();
+        let mut in_id_order = order.clone();
+        in_id_order.sort_unstable();
+        let total: f64 = in_id_order.iter().map(|&i| w(i)).sum();
+        let mut cum = 0.0;
+        let n = order
+            .iter()
+            .position(|&i| {
+                cum += w(i) / total;
+                cum >= f64::from(top_p)
+            })
+            .map_or(order.len(), |p| p + 1);
+        order.truncate(n);
+        order
+    }
+
     #[test]
     fn large_vocab_probe_equals_full_sort() {
         let mut rng = SampleRng::new(3);
         let logits: Vec<f32> = (0..5000).map(|_| (rng.next_f64() * 8.0) as f32).collect();
         for top_p in [0.1f32, 0.5, 0.9, 0.95, 0.999] {
             let fast = candidates(&logits, &params(0.6, top_p, 0));
-            // Reference: sort everything and walk the prefix.
-            let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-            order.sort_by(by_logit_desc(&logits));
-            let max = f64::from(logits[order[0] as usize]);
-            let w: Vec<f64> = order
-                .iter()
-                .map(|&i| ((f64::from(logits[i as usize]) - max) / 0.6f64).exp())
-                .collect();
-            let total: f64 = w.iter().sum();
-            let mut cum = 0.0;
-            let mut n = 0;
-            while n < w.len() {
-                cum += w[n] / total;
-                n += 1;
-                if cum >= f64::from(top_p) {
-                    break;
-                }
-            }
-            assert_eq!(ids(&fast), order[..n].to_vec(), "top_p {top_p}");
+            assert_eq!(
+                ids(&fast),
+                full_sort_nucleus(&logits, 0, top_p),
+                "top_p {top_p}"
+            );
         }
     }
 
@@ -266,27 +278,9 @@ mod tests {
         for top_k in [0usize, 100, 5000] {
             for top_p in [0.05f32, 0.5, 0.95] {
                 let fast = candidates(&logits, &params(0.6, top_p, top_k));
-                let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-                order.sort_by(by_logit_desc(&logits));
-                if top_k > 0 {
-                    order.truncate(top_k);
-                }
-                let max = f64::from(logits[order[0] as usize]);
-                let w = |i: u32| ((f64::from(logits[i as usize]) - max) / 0.6f64).exp();
-                let mut in_id_order = order.clone();
-                in_id_order.sort_unstable();
-                let total: f64 = in_id_order.iter().map(|&i| w(i)).sum();
-                let mut cum = 0.0;
-                let n = order
-                    .iter()
-                    .position(|&i| {
-                        cum += w(i) / total;
-                        cum >= f64::from(top_p)
-                    })
-                    .map_or(order.len(), |p| p + 1);
                 assert_eq!(
                     ids(&fast),
-                    order[..n].to_vec(),
+                    full_sort_nucleus(&logits, top_k, top_p),
                     "top_k {top_k} top_p {top_p}"
                 );
             }

@@ -8,7 +8,8 @@
 //! - `finetune`: a short fine-tune of a tiny model on the device whose loss must fall; the model
 //!   is saved (with its logits on fixed ids) for `gpu/check.py` to reload in transformers;
 //! - `kd_top_k`: logit distillation's top-k ids of vocabulary-wide rows, device against CPU;
-//! - `sft`: tokens/s, MFU and peak memory of SFT steps on a random-init Qwen2.5 config;
+//! - `sft`: tokens/s, MFU and peak memory of SFT steps on a random-init Qwen2.5 config, then of
+//!   a few steps with activation checkpointing, whose losses must equal the first run's;
 //! - `decode`: a GGUF decoded greedily on the device and on the CPU, tokens compared; and decode
 //!   tokens/s of a random-init model at batch 1 and 64.
 
@@ -90,7 +91,7 @@ pub fn check_device(args: CheckDeviceArgs) -> anyhow::Result<()> {
     failures += finetune(&dev, &args.out)? as usize;
     failures += kd_top_k(&dev)? as usize;
     if let Some(config) = &args.sft_config {
-        sft(config, &args, &dev)?;
+        failures += sft(config, &args, &dev)? as usize;
         if !args.no_decode_speed {
             for batch in [1, 64] {
                 decode_speed(config, batch, &dev)?;
@@ -394,13 +395,49 @@ fn random_init_on(config: &Config, dev: &Device) -> anyhow::Result<HashMap<Strin
     Ok(out)
 }
 
-/// SFT throughput on a random-init model: `sft_batch` packed rows of `sft_seq` tokens per step.
-fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Result<()> {
+/// SFT throughput on a random-init model: `sft_batch` packed rows of `sft_seq` tokens per step;
+/// then the first steps again with activation checkpointing, which must give the same losses
+/// (the recomputation runs the same kernels). Returns whether that comparison failed.
+fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Result<bool> {
+    let plain = sft_run(config_path, args, dev, false, args.sft_steps);
+    let recomputed = sft_run(config_path, args, dev, true, args.sft_steps.min(6));
+    let mut failed = false;
+    for (run, checkpointing) in [(&plain, false), (&recomputed, true)] {
+        match run {
+            Ok((v, _)) => emit(v.clone()),
+            Err(e) => emit(json!({
+                "check": "sft", "activation_checkpointing": checkpointing, "error": format!("{e:#}"),
+            })),
+        }
+    }
+    if let (Ok((_, a)), Ok((_, b))) = (&plain, &recomputed) {
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / x.abs().max(1e-12))
+            .fold(0.0, f64::max);
+        failed = diff > 1e-3 || b.len() > a.len();
+        emit(json!({
+            "check": "activation_checkpointing_losses", "steps": b.len(),
+            "max_rel_diff": diff, "tolerance": 1e-3, "ok": !failed,
+        }));
+    }
+    Ok(failed)
+}
+
+/// One SFT run of `measured` steps after 2 warm-up steps: its JSON figure and its losses.
+fn sft_run(
+    config_path: &Path,
+    args: &CheckDeviceArgs,
+    dev: &Device,
+    activation_checkpointing: bool,
+    measured: usize,
+) -> anyhow::Result<(serde_json::Value, Vec<f64>)> {
     let config = Config::load(config_path)?;
     let spec = config.spec()?;
     let precision = args.sft_dtype.training(dev)?;
     let n = spec.num_parameters() as f64;
-    let result = (|| -> anyhow::Result<serde_json::Value> {
+    (|| -> anyhow::Result<(serde_json::Value, Vec<f64>)> {
         let init = StudentInit {
             weights: random_init_on(&config, dev)?,
             config: config.clone(),
@@ -408,13 +445,14 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
             tokenizer: None,
             dtype: DType::BF16,
         };
-        let steps = args.sft_steps + 2;
+        let steps = measured + 2;
         let train_config = TrainerConfig {
             max_steps: Some(steps as u64),
             micro_batch_size: args.sft_batch,
             checkpoint_every: 0,
             eval_every: 0,
             loss_chunk_size: 2048,
+            activation_checkpointing,
             ..Default::default()
         };
         let mut trainer = Trainer::new(
@@ -442,10 +480,11 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
             })
             .collect();
         let peak = PeakMemory::start(dev);
-        let mut times = Vec::new();
+        let (mut times, mut losses) = (Vec::new(), Vec::new());
         trainer.fit(&rows, None, None, &mut |e| {
             if let distill_student::Event::Step(m) = e {
                 times.push(m.elapsed.as_secs_f64());
+                losses.push(m.loss);
             }
             Control::Continue
         })?;
@@ -453,18 +492,15 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
         let measured = &times[2.min(times.len())..];
         let step_s = measured.iter().sum::<f64>() / measured.len().max(1) as f64;
         let tok_s = (args.sft_batch * args.sft_seq) as f64 / step_s;
-        Ok(json!({
+        let figure = json!({
             "check": "sft", "device": describe(dev), "params": n, "batch": args.sft_batch,
-            "seq": args.sft_seq, "precision": precision.to_string(), "steps": measured.len(),
+            "seq": args.sft_seq, "precision": precision.to_string(),
+            "activation_checkpointing": activation_checkpointing, "steps": measured.len(),
             "step_s": step_s, "tok_s": tok_s.round(), "mfu_6N": 6.0 * n * tok_s / PEAK_FLOPS,
             "peak_gib": peak.map(|p| p / (1u64 << 30) as f64),
-        }))
-    })();
-    match result {
-        Ok(v) => emit(v),
-        Err(e) => emit(json!({"check": "sft", "error": format!("{e:#}")})),
-    }
-    Ok(())
+        });
+        Ok((figure, losses))
+    })()
 }
 
 /// Greedy decode tokens/s of a random-init bf16 model: 64-token prompts, 64 new tokens each.

@@ -4,13 +4,18 @@
 //! stderr at a steady interval (every 30 s, or `DISTILL_PROGRESS_INTERVAL` seconds) with the
 //! count, the rate, the command's own message (tokens/s, loss) and the ETA, plus one line when
 //! the work ends.
+//!
+//! Rates and ETAs are the mean since the work started (or since [`Progress::reset_eta`]), not
+//! indicatif's estimator: that one decays towards zero between updates (a 15-second time
+//! constant), so work whose steps take a minute or more (a 0.5B student's training step on a
+//! CPU) showed "0.00 steps/s" and ETAs of hundreds of hours between steps.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// Seconds between plain progress lines when stderr is not a terminal.
 pub const INTERVAL_ENV: &str = "DISTILL_PROGRESS_INTERVAL";
@@ -20,6 +25,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Progress {
     bar: ProgressBar,
     unit: &'static str,
+    rate: MeanRate,
     /// Plain-line mode (stderr is not a terminal).
     ticker: Option<Ticker>,
 }
@@ -28,6 +34,42 @@ pub struct Progress {
 struct Ticker {
     stop: Arc<(Mutex<bool>, Condvar)>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// The mean rate since a starting point (time, position), shared by the bar's template keys and
+/// the plain lines.
+#[derive(Clone)]
+struct MeanRate(Arc<Mutex<(Instant, u64)>>);
+
+impl MeanRate {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new((Instant::now(), 0))))
+    }
+
+    fn restart(&self, position: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), position);
+    }
+
+    /// Positions per second since the start; 0 before the first one.
+    fn per_sec(&self, position: u64) -> f64 {
+        self.per_sec_at(position, Instant::now())
+    }
+
+    fn per_sec_at(&self, position: u64, now: Instant) -> f64 {
+        let (start, from) = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = now.saturating_duration_since(start).as_secs_f64();
+        if position <= from || secs <= 0.0 {
+            return 0.0;
+        }
+        (position - from) as f64 / secs
+    }
+
+    /// Time left at the mean rate; `None` before the first position or without a length.
+    fn eta(&self, position: u64, length: Option<u64>) -> Option<Duration> {
+        let rate = self.per_sec(position);
+        let left = length?.saturating_sub(position);
+        (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate))
+    }
 }
 
 impl Progress {
@@ -47,19 +89,39 @@ impl Progress {
         interval: Duration,
     ) -> Self {
         let bar = ProgressBar::new(total);
+        let rate = MeanRate::new();
+        let (for_eta, for_rate) = (rate.clone(), rate.clone());
         let style = ProgressStyle::with_template(template)
             .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "eta",
+                move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let eta = for_eta.eta(s.pos(), s.len());
+                    let _ = w.write_str(&eta.map_or("unknown".into(), clock));
+                },
+            )
+            .with_key(
+                "per_sec",
+                move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.2}/s", for_rate.per_sec(s.pos()));
+                },
+            );
         bar.set_style(style);
         let ticker = if !visible || !terminal {
             // Hidden, the bar still keeps the position, rate and ETA the plain lines read.
             bar.set_draw_target(ProgressDrawTarget::hidden());
-            visible.then(|| Ticker::start(bar.clone(), unit, interval))
+            visible.then(|| Ticker::start(bar.clone(), rate.clone(), unit, interval))
         } else {
             bar.enable_steady_tick(Duration::from_millis(250));
             None
         };
-        Self { bar, unit, ticker }
+        Self {
+            bar,
+            unit,
+            rate,
+            ticker,
+        }
     }
 
     pub fn set_position(&self, position: u64) {
@@ -81,7 +143,7 @@ impl Progress {
 
     /// Starts the ETA afresh (after positions that were done before this run).
     pub fn reset_eta(&self) {
-        self.bar.reset_eta();
+        self.rate.restart(self.bar.position());
     }
 
     /// A line above the bar; without a terminal, straight to stderr (indicatif drops the lines
@@ -97,7 +159,7 @@ impl Progress {
     /// Ends the display: the bar disappears, or a last plain line says where the work stopped.
     pub fn finish_and_clear(mut self) {
         if self.stop_ticker() {
-            eprintln!("{}", line(&self.bar, self.unit, true));
+            eprintln!("{}", line(&self.bar, &self.rate, self.unit, true));
         }
         self.bar.finish_and_clear();
     }
@@ -106,7 +168,7 @@ impl Progress {
     pub fn finish_with_message(mut self, message: impl Into<std::borrow::Cow<'static, str>>) {
         self.bar.set_message(message);
         if self.stop_ticker() {
-            eprintln!("{}", line(&self.bar, self.unit, true));
+            eprintln!("{}", line(&self.bar, &self.rate, self.unit, true));
         }
         self.bar.finish();
     }
@@ -130,7 +192,7 @@ impl Drop for Progress {
 }
 
 impl Ticker {
-    fn start(bar: ProgressBar, unit: &'static str, interval: Duration) -> Self {
+    fn start(bar: ProgressBar, rate: MeanRate, unit: &'static str, interval: Duration) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
@@ -146,7 +208,7 @@ impl Ticker {
                     if !timeout.timed_out() || *stopped {
                         return;
                     }
-                    eprintln!("{}", line(&bar, unit, false));
+                    eprintln!("{}", line(&bar, &rate, unit, false));
                 }
             })
             .ok();
@@ -180,16 +242,17 @@ fn interval() -> Duration {
 }
 
 /// One plain progress line from the bar's state.
-fn line(bar: &ProgressBar, unit: &str, last: bool) -> String {
+fn line(bar: &ProgressBar, rate: &MeanRate, unit: &str, last: bool) -> String {
+    let position = bar.position();
     plain_line(&PlainState {
         prefix: bar.prefix(),
-        position: bar.position(),
+        position,
         length: bar.length(),
         unit,
-        per_sec: bar.per_sec(),
+        per_sec: rate.per_sec(position),
         message: bar.message(),
         elapsed: bar.elapsed(),
-        eta: (!last).then(|| bar.eta()),
+        eta: (!last).then(|| rate.eta(position, bar.length()).unwrap_or_default()),
     })
 }
 
@@ -321,6 +384,22 @@ mod tests {
             "download: 3.0 MiB/12.0 MiB (25%) · 1.5 MiB/s · model.safetensors · elapsed 0:00:08 · \
              ETA 1:02:05"
         );
+    }
+
+    /// A step every 75 s: the rate stays the mean (indicatif's decays to zero between steps,
+    /// which printed ETAs of hundreds of hours), and positions before a resume do not count.
+    #[test]
+    fn slow_steps_keep_their_mean_rate() {
+        let rate = MeanRate::new();
+        let start = rate.0.lock().unwrap().0;
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(rate.per_sec_at(0, at(60)), 0.0);
+        assert_eq!(rate.per_sec_at(2, at(150)), 2.0 / 150.0);
+        assert_eq!(rate.per_sec_at(2, at(200)), 2.0 / 200.0);
+        assert_eq!(rate.eta(1, None), None);
+        rate.restart(40);
+        assert_eq!(rate.per_sec(40), 0.0);
+        assert_eq!(rate.eta(40, Some(100)), None);
     }
 
     #[test]

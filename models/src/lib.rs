@@ -20,6 +20,7 @@ pub mod prune;
 pub mod quantized;
 pub mod qwen2;
 pub mod qwen3;
+pub mod recompute;
 mod rope;
 pub mod tokenizer;
 pub mod transformer;

@@ -19,6 +19,7 @@ use candle_nn::{Embedding, Init, VarBuilder};
 
 pub use crate::decode::KvCache;
 use crate::decode::{self, RowRope};
+use crate::recompute::{self, RecomputeGrads};
 pub use crate::rope::RopeSpec;
 use crate::weights::Weights;
 pub use crate::weights::{Linear, QuantizedWeight};
@@ -131,6 +132,7 @@ impl Spec {
 }
 
 /// Cosine and sine tables for a `[batch, seq]` grid of positions: `[batch, seq, head_dim / 2]`.
+#[derive(Clone)]
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
@@ -148,6 +150,7 @@ fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, t, d))?)
 }
 
+#[derive(Clone)]
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
@@ -232,35 +235,29 @@ impl Attention {
     /// Full-sequence attention of `[batch, seq, hidden]`, output-projected. When a gradient
     /// must flow on the CPU in f32, one fused node (see [`crate::fused`]); otherwise rope,
     /// masked softmax attention and merge as separate ops, with the mask built on first use.
-    fn forward_full(
-        &self,
-        xs: &Tensor,
-        rotary: &Rotary,
-        ctx: &mut Option<fused::AttentionContext>,
-        mask: &mut Option<Tensor>,
-        rows: &[Vec<u32>],
-    ) -> Result<Tensor> {
+    fn forward_full(&self, xs: &Tensor, seq: &mut FullSequence) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (q, k, v) = self.project(xs)?;
         let tracked = q.track_op() || k.track_op() || v.track_op();
+        let rotary = &seq.rotary;
         if tracked && fused::supported(&q) && fused::supported(&rotary.cos) {
-            let ctx = match ctx {
+            let ctx = match &mut seq.ctx {
                 Some(c) => c,
-                None => ctx.insert(fused::AttentionContext::new(
+                None => seq.ctx.insert(fused::AttentionContext::new(
                     &rotary.cos,
                     &rotary.sin,
-                    rows,
+                    &seq.rows,
                 )?),
             };
             let out = fused::attention(&q, &k, &v, ctx, self.scale)?;
             let out = out.reshape((b, t, self.num_heads * self.head_dim))?;
             return Ok(self.o_proj.forward(&out)?);
         }
-        let mask = match mask {
+        let mask = match &mut seq.mask {
             Some(m) => m,
-            None => mask.insert(document_mask(rows, xs.device())?),
+            None => seq.mask.insert(document_mask(&seq.rows, xs.device())?),
         };
-        let (q, k, v) = self.rotate((q, k, v), rotary)?;
+        let (q, k, v) = self.rotate((q, k, v), &seq.rotary)?;
         let attn = self.attend(&q, k, v, Some(mask))?;
         self.merge(&attn)
     }
@@ -348,6 +345,7 @@ impl Attention {
     }
 }
 
+#[derive(Clone)]
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -370,6 +368,7 @@ impl Mlp {
     }
 }
 
+#[derive(Clone)]
 struct Block {
     self_attn: Attention,
     mlp: Mlp,
@@ -393,6 +392,26 @@ impl Block {
             post_attention_layernorm: norm("post_attention_layernorm")?,
         })
     }
+
+    /// The block over whole sequences (the training forward): pre-norm attention and MLP,
+    /// each added to the residual stream.
+    fn forward_full(&self, xs: &Tensor, seq: &mut FullSequence, eps: f64) -> Result<Tensor> {
+        let normed = ops::rms_norm(xs, &self.input_layernorm, eps)?;
+        let xs = (xs + self.self_attn.forward_full(&normed, seq)?)?;
+        let normed = ops::rms_norm(&xs, &self.post_attention_layernorm, eps)?;
+        Ok((&xs + self.mlp.forward(&normed)?)?)
+    }
+}
+
+/// What every layer of one full-sequence forward shares: the rotary tables, each row's
+/// position ids (documents start where a position does not follow its predecessor), and the
+/// attention layout built from them on first use (the fused op's context, or a mask).
+#[derive(Clone)]
+struct FullSequence {
+    rotary: Rotary,
+    rows: Arc<Vec<Vec<u32>>>,
+    ctx: Option<fused::AttentionContext>,
+    mask: Option<Tensor>,
 }
 
 /// Rotary tables of a generation step: host rows on the CPU, tensors elsewhere.
@@ -612,6 +631,19 @@ impl Model {
         positions: &[u32],
         batch: usize,
     ) -> Result<Tensor> {
+        self.forward_hidden_recomputing(ids, positions, batch, None)
+    }
+
+    /// [`Self::forward_hidden_host`] with activation checkpointing when `recompute` is given:
+    /// each decoder layer keeps only its input for the backward pass, which runs the layer
+    /// again (see [`crate::recompute`]) and puts its parameters' gradients in `recompute`.
+    pub fn forward_hidden_recomputing(
+        &self,
+        ids: &[u32],
+        positions: &[u32],
+        batch: usize,
+        recompute: Option<&Arc<RecomputeGrads>>,
+    ) -> Result<Tensor> {
         if batch == 0 || !ids.len().is_multiple_of(batch) || positions.len() != ids.len() {
             return Err(Error::Config(format!(
                 "{} ids and {} positions do not form {batch} equal rows",
@@ -624,20 +656,29 @@ impl Model {
         let rows: Vec<Vec<u32>> = positions.chunks(t).map(<[u32]>::to_vec).collect();
         let input_ids = Tensor::from_slice(ids, (batch, t), &self.device)?;
         let positions = Tensor::from_slice(positions, (batch, t), &self.device)?;
-        let rotary = self.rotary(&positions)?;
+        let mut seq = FullSequence {
+            rotary: self.rotary(&positions)?,
+            rows: Arc::new(rows),
+            ctx: None,
+            mask: None,
+        };
+        let eps = self.spec.rms_norm_eps;
         let mut xs = self.embed_tokens.forward(&input_ids)?;
-        let (mut ctx, mut mask) = (None, None);
         for layer in &self.layers {
-            let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
-            let attn_out = layer
-                .self_attn
-                .forward_full(&normed, &rotary, &mut ctx, &mut mask, &rows)?;
-            xs = (xs + attn_out)?;
-            let normed =
-                ops::rms_norm(&xs, &layer.post_attention_layernorm, self.spec.rms_norm_eps)?;
-            xs = (&xs + layer.mlp.forward(&normed)?)?;
+            let ys = layer.forward_full(&xs, &mut seq, eps)?;
+            xs = match recompute {
+                None => ys,
+                Some(grads) => {
+                    // The layer's graph goes; backward runs it again from `xs` (`seq` now
+                    // holds the attention layout, so the recomputation does not rebuild it).
+                    let (layer, seq) = (layer.clone(), seq.clone());
+                    recompute::recomputed(&xs, ys, grads, move |xs| {
+                        layer.forward_full(xs, &mut seq.clone(), eps)
+                    })?
+                }
+            };
         }
-        Ok(ops::rms_norm(&xs, &self.norm, self.spec.rms_norm_eps)?)
+        Ok(ops::rms_norm(&xs, &self.norm, eps)?)
     }
 
     /// Logits `[batch, seq, vocab]` for every position: the training forward.

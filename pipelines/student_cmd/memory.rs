@@ -40,8 +40,15 @@ impl Estimate {
 /// What a run of `spec` needs at `micro_batch` rows of `seq_len` tokens. Activations follow the
 /// composed ops a GPU runs today: per layer the block's inputs and projections
 /// (~16 × hidden + 6 × intermediate values per token) and the attention scores, probabilities
-/// and mask (`batch × heads × seq²`, f32).
-pub fn estimate(spec: &Spec, target: &TrainTarget, micro_batch: usize, seq_len: usize) -> Estimate {
+/// and mask (`batch × heads × seq²`, f32). With activation checkpointing (`recompute`) each
+/// layer keeps only its input, and one layer's activations exist at a time.
+pub fn estimate(
+    spec: &Spec,
+    target: &TrainTarget,
+    micro_batch: usize,
+    seq_len: usize,
+    recompute: bool,
+) -> Estimate {
     let n = spec.num_parameters() as f64;
     let bytes = |d: DType| d.size_in_bytes() as f64;
     let p = &target.precision;
@@ -50,11 +57,17 @@ pub fn estimate(spec: &Spec, target: &TrainTarget, micro_batch: usize, seq_len: 
     let tokens = (micro_batch * seq_len) as f64;
     let per_layer = layer_activations(spec, tokens, bytes(p.compute))
         + (micro_batch * spec.num_heads) as f64 * (seq_len as f64).powi(2) * 14.0;
+    let layers = spec.num_layers as f64;
+    let activations = if recompute {
+        (layers + 1.0) * tokens * spec.hidden_size as f64 * bytes(p.compute) + per_layer
+    } else {
+        layers * per_layer
+    };
     Estimate {
         weights: n * (bytes(p.params) + copy),
         gradients: n * bytes(p.params),
         optimizer: n * 2.0 * bytes(p.params),
-        activations: per_layer * spec.num_layers as f64,
+        activations,
     }
 }
 
@@ -242,7 +255,13 @@ pub fn preflight(
     let Some((free, _)) = memory_info(&target.device) else {
         return Ok(());
     };
-    let need = estimate(spec, target, settings.train.micro_batch_size, width);
+    let need = estimate(
+        spec,
+        target,
+        settings.train.micro_batch_size,
+        width,
+        settings.train.activation_checkpointing,
+    );
     if need.total() + beside.total() > free as f64 {
         anyhow::bail!(
             "{}",
@@ -271,7 +290,13 @@ pub fn explain(
     }
     let width = settings.data.max_seq_len;
     let free = memory_info(&target.device).map(|(f, _)| f);
-    let need = estimate(spec, target, settings.train.micro_batch_size, width);
+    let need = estimate(
+        spec,
+        target,
+        settings.train.micro_batch_size,
+        width,
+        settings.train.activation_checkpointing,
+    );
     anyhow::anyhow!("{}", advice(settings, target, width, &need, beside, free))
 }
 
@@ -308,11 +333,12 @@ fn advice(
         parts += &format!(", the divergence {}", gib(beside.divergence));
     }
     format!(
-        "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} ({parts}){}; lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}{}{}",
+        "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} ({parts}){}; {}lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}{}{}",
         settings.train.micro_batch_size,
         target.precision,
         gib(need.total() + beside.total()),
         free.map_or(String::new(), |f| format!(", {} has {} free", distill_models::device::describe(&target.device), gib(f as f64))),
+        if settings.train.activation_checkpointing { "" } else { "set `activation_checkpointing = true` (`--activation-checkpointing`: layers recomputed in backward), or " },
         if beside.samples > 0.0 { ", or `prompts_per_step`" } else { "" },
         if whole_vocabulary(settings) { ", or compare the teacher's top tokens only (`kd_top_k`)" } else { "" },
         if target.precision.params == DType::F32 { ", or use `--dtype bf16-pure`" } else { "" },
@@ -357,14 +383,45 @@ mod tests {
             device: candle_core::Device::Cpu,
             precision: TrainPrecision { params, compute },
         };
-        let mixed = estimate(&spec, &target(DType::F32, DType::BF16), 8, 2048);
+        let mixed = estimate(&spec, &target(DType::F32, DType::BF16), 8, 2048, false);
         assert_eq!(mixed.state(), n * 18.0);
-        let pure = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 2048);
+        let pure = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 2048, false);
         assert_eq!(pure.state(), n * 8.0);
         assert_eq!(mixed.activations, pure.activations);
         // Activations grow with the batch and quadratically (attention) with the length.
-        let short = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 1024);
+        let short = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 1024, false);
         assert!(short.activations < pure.activations / 2.0);
+        // Recomputed layers: 29 layer inputs of 8 × 2048 × 1536 bf16 values (1.36 GiB) and
+        // one layer's activations, where the full graph keeps all 28 layers'.
+        let recomputed = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 2048, true);
+        assert_eq!(recomputed.state(), pure.state());
+        let inputs = 29.0 * 8.0 * 2048.0 * 1536.0 * 2.0;
+        assert_eq!(recomputed.activations, inputs + pure.activations / 28.0);
+        assert!(recomputed.activations < pure.activations / 10.0);
+    }
+
+    /// The R1 preset's student (Qwen2.5-Math-1.5B, 1 × 4096 tokens, bf16 over f32 masters):
+    /// the full graph's activations (~90 GiB, mostly attention scores) do not fit an 80 GB GPU
+    /// beside the 26 GiB of state; with recomputed layers (~3.6 GiB) the run does, which is why
+    /// the preset sets `activation_checkpointing`.
+    #[test]
+    fn the_r1_preset_fits_an_80_gb_gpu_with_recomputed_layers() {
+        let mixed = TrainTarget {
+            device: candle_core::Device::Cpu,
+            precision: TrainPrecision {
+                params: DType::F32,
+                compute: DType::BF16,
+            },
+        };
+        let plain = estimate(&spec(), &mixed, 1, 4096, false);
+        let recomputed = estimate(&spec(), &mixed, 1, 4096, true);
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        assert!(gib(plain.activations) > 85.0, "{plain:?}");
+        assert!(gib(plain.total()) > 80e9 / (1u64 << 30) as f64, "{plain:?}");
+        assert!(gib(recomputed.activations) < 4.0, "{recomputed:?}");
+        assert!(gib(recomputed.total()) < 32.0, "{recomputed:?}");
+        let preset = include_str!("../r1-distill-qwen-1.5b.toml");
+        assert!(preset.contains("\nactivation_checkpointing = true\n"));
     }
 
     /// One on-policy step of 32 samples of 4096 tokens keeps 32 · 4096 · (2 · 28 layers · 2 KV
@@ -380,7 +437,7 @@ mod tests {
                 compute: DType::BF16,
             },
         };
-        let need = estimate(&spec(), &target, 8, 4096);
+        let need = estimate(&spec(), &target, 8, 4096, false);
         let beside = Beside {
             teacher: 15.2e9,
             samples: caches,
@@ -423,7 +480,7 @@ mod tests {
                 compute: DType::BF16,
             },
         };
-        let need = estimate(&spec, &target, 4, 2048);
+        let need = estimate(&spec, &target, 4, 2048, false);
         let mut settings = TrainSettings::default();
         settings.train.kd = Some(distill_student::kd::KdConfig {
             teacher: "teacher.gguf".into(),
@@ -600,6 +657,22 @@ mod tests {
         .to_string();
         assert!(oom.starts_with("train: out of GPU memory"), "{oom}");
         assert!(oom.contains("micro-batch"), "{oom}");
+        assert!(
+            oom.contains("set `activation_checkpointing = true`"),
+            "{oom}"
+        );
         assert!(!oom.contains('\n'));
+        // Once it is on, the advice no longer offers it.
+        let mut settings = settings;
+        settings.train.activation_checkpointing = true;
+        let oom = explain(
+            anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
+            &settings,
+            &target,
+            &spec,
+            beside,
+        )
+        .to_string();
+        assert!(!oom.contains("activation_checkpointing"), "{oom}");
     }
 }

@@ -2,10 +2,12 @@
 
     python torch_step.py --model HF_FOLDER | --tiny-config CONFIG_JSON
                          --threads N --batch 4 --seq 256 --steps 3 --warmup 1
+                         [--gradient-checkpointing]
 
 One training step = transformers forward with `labels` (its standard shifted cross-entropy over
 full logits) + backward + clip_grad_norm_(1.0) + torch.optim.AdamW step (weight decay 0.1 on
-matrices) + zero_grad, in float32 on the CPU with N threads. Prints one JSON line:
+matrices) + zero_grad, in float32 on the CPU with N threads; `--gradient-checkpointing` recomputes
+each decoder layer in backward (`model.gradient_checkpointing_enable()`, non-reentrant). Prints one JSON line:
 {"tokens_per_sec": …, "step_sec": …, "peak_rss_mb": …, "params": …}.
 """
 
@@ -27,6 +29,7 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -35,6 +38,8 @@ def main():
     else:
         config = AutoConfig.for_model(**json.load(open(args.tiny_config)))
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed_tokens" not in n)]

@@ -7,7 +7,9 @@
 //! - `tiny-32k`: a Llama-style model of ~11M parameters with a 32k vocabulary (tied head),
 //!   distill with the chunked loss and with full logits (`loss_chunk_size = 0`);
 //! - `smollm2-135m`: SmolLM2-135M-Instruct from `../shared/models/*.Q4_1.gguf`, dequantized to
-//!   f32 (converted once to a Hugging Face folder that both sides load).
+//!   f32 (converted once to a Hugging Face folder that both sides load); then both again with
+//!   activation checkpointing (distill's `activation_checkpointing`, transformers'
+//!   `gradient_checkpointing_enable()`).
 //!
 //! Every measurement runs in its own child process so peak RSS (`VmHWM`) is the workload's
 //! alone; PyTorch runs `student/bench/torch_step.py` with the venv's Python
@@ -91,6 +93,23 @@ fn main() -> BoxResult<()> {
     report("smollm2-135m torch", &s_torch);
     report("smollm2-135m distill", &Ok(s_distill.clone_measure()));
     ratios("smollm2-135m", &s_distill, &s_torch);
+    let r_torch = torch(
+        &["--model", path_str(&hf)?, "--gradient-checkpointing"],
+        threads,
+        &opt,
+    );
+    let r_distill = distill("smollm2-recompute", Some(&hf), threads, &opt)?;
+    report("smollm2-135m torch (ckpt)", &r_torch);
+    report(
+        "smollm2-135m distill (ckpt)",
+        &Ok(r_distill.clone_measure()),
+    );
+    ratios("smollm2-135m, checkpointed", &r_distill, &r_torch);
+    println!(
+        "smollm2-135m distill: checkpointed/full tokens/s {:.2}x, peak RSS {:.2}x",
+        r_distill.tokens_per_sec / s_distill.tokens_per_sec,
+        r_distill.peak_rss_mb / s_distill.peak_rss_mb
+    );
     Ok(())
 }
 
@@ -210,6 +229,7 @@ fn child(spec: &str, model: Option<String>, steps: usize) -> BoxResult<()> {
     let config = TrainerConfig {
         micro_batch_size: BATCH,
         loss_chunk_size: if spec == "tiny-full" { 0 } else { 1024 },
+        activation_checkpointing: spec.ends_with("-recompute"),
         optim: distill_student::optim::AdamWConfig {
             weight_decay: 0.1,
             ..Default::default()

@@ -21,7 +21,6 @@
 //! gradients in a separate pass.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
@@ -138,6 +137,48 @@ impl Moments {
     }
 }
 
+/// One tensor of the optimizer file (f32 moments with their shape, or the step).
+enum StateView<'a> {
+    /// Borrowed from the optimizer; converted to bytes when written.
+    Host(&'a [f32], Vec<usize>),
+    /// Read back from a device.
+    Copied(Vec<f32>, Vec<usize>),
+    Step(i64),
+}
+
+impl safetensors::View for StateView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self {
+            StateView::Step(_) => safetensors::Dtype::I64,
+            _ => safetensors::Dtype::F32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            StateView::Host(_, shape) | StateView::Copied(_, shape) => shape,
+            StateView::Step(_) => &[1],
+        }
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let le = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::borrow::Cow::Owned(match self {
+            StateView::Host(xs, _) => le(xs),
+            StateView::Copied(xs, _) => le(xs),
+            StateView::Step(step) => step.to_le_bytes().to_vec(),
+        })
+    }
+
+    fn data_len(&self) -> usize {
+        match self {
+            StateView::Host(xs, _) => 4 * xs.len(),
+            StateView::Copied(xs, _) => 4 * xs.len(),
+            StateView::Step(_) => 8,
+        }
+    }
+}
+
 /// Whether a parameter takes the host fast path (f32 on the CPU).
 fn on_host(var: &Var) -> bool {
     var.device().is_cpu() && var.dtype() == DType::F32
@@ -242,27 +283,42 @@ impl AdamW {
         }
     }
 
-    /// Moments and step as tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`, `step`), the layout
-    /// of the optimizer file in a checkpoint.
-    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
-        let mut out = HashMap::new();
-        for p in &self.params {
-            let (m, v) = p.moments.to_cpu(p.var.shape())?;
-            out.insert(format!("{}.exp_avg", p.name), m);
-            out.insert(format!("{}.exp_avg_sq", p.name), v);
-        }
-        out.insert(
-            "step".into(),
-            Tensor::new(&[self.step as i64], &Device::Cpu)?,
-        );
-        Ok(out)
-    }
-
+    /// Writes the moments and step (`{name}.exp_avg`, `{name}.exp_avg_sq` in f32, `step` as
+    /// i64), the optimizer file of a checkpoint. Host moments are converted when the writer
+    /// reaches them, so saving holds one tensor's bytes at a time: a copy of all the moments at
+    /// once (twice the parameters, in f32) was the peak memory of a whole CPU training run.
+    /// Device moments are read back to the host first (there a failure is an error, not a
+    /// short file).
     pub fn save(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.state_tensors()?, path).map_err(|e| Error::Write {
+        let write = |message: String| Error::Write {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let mut views = vec![("step".to_string(), StateView::Step(self.step as i64))];
+        for p in &self.params {
+            let shape = p.var.dims().to_vec();
+            let (m, v) = match &p.moments {
+                Moments::Host { m, v } => {
+                    (StateView::Host(m, shape.clone()), StateView::Host(v, shape))
+                }
+                Moments::Device { .. } => {
+                    let (m, v) = p
+                        .moments
+                        .to_cpu(p.var.shape())
+                        .map_err(|e| write(e.to_string()))?;
+                    let host = |t: Tensor| -> Result<StateView> {
+                        Ok(StateView::Copied(
+                            t.flatten_all()?.to_vec1::<f32>()?,
+                            shape.clone(),
+                        ))
+                    };
+                    (host(m)?, host(v)?)
+                }
+            };
+            views.push((format!("{}.exp_avg", p.name), m));
+            views.push((format!("{}.exp_avg_sq", p.name), v));
+        }
+        safetensors::serialize_to_file(views, None, path).map_err(|e| write(e.to_string()))
     }
 
     /// Restores moments and step saved by [`save`](Self::save); every parameter must be present

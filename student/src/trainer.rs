@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use distill_models::recompute::RecomputeGrads;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::{Checkpoint, GenerationConfig, Model, Spec, TrainPrecision};
 use rand::seq::SliceRandom;
@@ -401,17 +402,29 @@ impl Trainer {
         let cast = self.compute_model()?;
         let model = cast.as_ref().unwrap_or(&self.model);
         let kd_term = kd_term(&self.config.kd, &self.teacher)?;
+        let recompute = self.config.activation_checkpointing.then(|| {
+            RecomputeGrads::new(
+                self.optimizer
+                    .vars()
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect(),
+            )
+        });
         for rows in micro_batches {
             let t0 = Instant::now();
-            let parts = micro_batch_loss(model, rows, scale, self.config.loss_chunk_size, kd_term)?;
+            let chunk = self.config.loss_chunk_size;
+            let parts = micro_batch_loss(model, rows, scale, chunk, kd_term, recompute.as_ref())?;
             tokens += parts.tokens;
             loss += parts.cross_entropy;
             kd += parts.divergence.unwrap_or(0.0);
             let l = parts.objective;
             let t1 = Instant::now();
-            let grads = l.backward()?;
+            let mut grads = l.backward()?;
             // The graph (activations) goes with `l`; free it before the next micro-batch.
             drop(l);
+            if let Some(recompute) = &recompute {
+                recompute.add_to(&mut grads)?;
+            }
             self.grads.accumulate(grads, &self.optimizer)?;
             timings.forward += t1 - t0;
             timings.backward += t1.elapsed();
@@ -466,7 +479,8 @@ impl Trainer {
                 .collect();
             let refs: Vec<&PackedRow> = chunk.iter().collect();
             let labels: usize = chunk.iter().map(|r| r.label_count()).sum();
-            let parts = micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size, None)?;
+            let parts =
+                micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size, None, None)?;
             sum += parts.cross_entropy;
             count += labels;
         }

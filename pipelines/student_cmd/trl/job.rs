@@ -83,6 +83,12 @@ impl Job<'_> {
         self.bf16() && self.settings.dtype == DtypeChoice::Bf16Pure
     }
 
+    /// Activation checkpointing: `[trl]`'s (on by default, as TRL recipes run), or switched on
+    /// for either engine by `[train]`'s / `--activation-checkpointing`.
+    fn activation_checkpointing(&self) -> bool {
+        self.trl().activation_checkpointing || self.settings.train.activation_checkpointing
+    }
+
     /// The sequence length TRL packs to or truncates at. Packed, rows are `data.max_seq_len`
     /// wide as distill packs them. Unpacked, the longest training document rounded up to a
     /// multiple of 64 (capped by `data.max_seq_len`): no document is cut (distill has already
@@ -109,7 +115,7 @@ impl Job<'_> {
             offload_params: trl.offload == Offload::All,
             bf16: self.bf16(),
             pure_bf16: self.pure_bf16(),
-            activation_checkpointing: trl.activation_checkpointing,
+            activation_checkpointing: self.activation_checkpointing(),
             lora_r: trl.lora_r,
             load_in_4bit: trl.load_in_4bit,
             micro_batch: self.settings.train.micro_batch_size,
@@ -154,7 +160,7 @@ impl Job<'_> {
             gib(m.activations),
             self.settings.train.micro_batch_size,
             self.max_length(),
-            if trl.activation_checkpointing {
+            if self.activation_checkpointing() {
                 ", activation checkpointing"
             } else {
                 ""
@@ -295,7 +301,7 @@ impl Job<'_> {
         let fsdp = trl.distributed == Distributed::Fsdp2;
         y.field(
             "activation_checkpointing",
-            trl.activation_checkpointing && !fsdp,
+            self.activation_checkpointing() && !fsdp,
         );
         y.blank();
 
@@ -381,7 +387,7 @@ impl Job<'_> {
                 y.map("fsdp_config", |f| {
                     f.field(
                         "fsdp_activation_checkpointing",
-                        trl.activation_checkpointing,
+                        self.activation_checkpointing(),
                     );
                     f.field("fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP");
                     f.field("fsdp_cpu_ram_efficient_loading", true);

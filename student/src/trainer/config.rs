@@ -35,6 +35,10 @@ pub struct TrainerConfig {
     pub shuffle: bool,
     /// Positions per chunk of the cross-entropy; 0 computes full logits in one piece.
     pub loss_chunk_size: usize,
+    /// Keep only each decoder layer's input for the backward pass and run the layer again
+    /// there (activation checkpointing): activation memory of one layer instead of all of them,
+    /// for about a third more compute. The gradients are the same.
+    pub activation_checkpointing: bool,
     /// Evaluate the held-out loss every this many steps (0: only at the end).
     pub eval_every: u64,
     /// Write a checkpoint every this many steps (0: only at the end).
@@ -64,6 +68,7 @@ impl Default for TrainerConfig {
             seed: 0,
             shuffle: true,
             loss_chunk_size: 1024,
+            activation_checkpointing: false,
             eval_every: 0,
             checkpoint_every: 0,
             keep_last: 2,
@@ -75,7 +80,13 @@ impl Default for TrainerConfig {
 
 /// Keys that change only bookkeeping, not the trajectory of weights and losses: a resumed run
 /// may change them.
-pub(crate) const RESUMABLE_KEYS: &[&str] = &["eval_every", "checkpoint_every", "keep_last"];
+/// (Activation checkpointing recomputes the same numbers, so it is one of them.)
+pub(crate) const RESUMABLE_KEYS: &[&str] = &[
+    "eval_every",
+    "checkpoint_every",
+    "keep_last",
+    "activation_checkpointing",
+];
 
 impl TrainerConfig {
     /// Parses a JSON config (unknown keys rejected) and validates it.

@@ -3,7 +3,10 @@
 //! logits or the corpus's stored top-k), mixed by `kd.weight`. The SFT and on-policy loops both
 //! differentiate what this returns.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
+use distill_models::recompute::RecomputeGrads;
 use distill_models::Model;
 
 use crate::batch::{PackedRow, IGNORE};
@@ -42,13 +45,15 @@ pub(super) struct MicroBatchLoss {
     pub(super) tokens: usize,
 }
 
-/// The loss of one micro-batch, with a teacher's divergence term when `kd` is given.
+/// The loss of one micro-batch, with a teacher's divergence term when `kd` is given; with
+/// `recompute`, the student's layers are recomputed in backward (activation checkpointing).
 pub(super) fn micro_batch_loss(
     model: &Model,
     rows: &[&PackedRow],
     scale: f64,
     chunk: usize,
     kd: Option<(&KdConfig, Option<&Teacher>)>,
+    recompute: Option<&Arc<RecomputeGrads>>,
 ) -> Result<MicroBatchLoss> {
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if width == 0 {
@@ -74,7 +79,7 @@ pub(super) fn micro_batch_loss(
     let (positions, targets) = label_targets(&labels, spec.vocab_size)?;
     // Ids and positions go up from the host once; nothing in the forward reads back.
     let all_hidden = model
-        .forward_hidden_host(&ids, &pos, b)?
+        .forward_hidden_recomputing(&ids, &pos, b, recompute)?
         .reshape((b * width, spec.hidden_size))?;
     let hidden = if positions.len() == b * width {
         all_hidden.clone()

@@ -550,7 +550,8 @@ impl Trainer {
         for chunk in rows.chunks(self.config.micro_batch_size) {
             let refs: Vec<&PackedRow> = chunk.iter().collect();
             labels += chunk.iter().map(|r| r.label_count()).sum::<usize>();
-            let parts = micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size, kd)?;
+            let parts =
+                micro_batch_loss(&model, &refs, 1.0, self.config.loss_chunk_size, kd, None)?;
             sum += parts.divergence.unwrap_or(0.0);
         }
         Ok(OnPolicyEval {

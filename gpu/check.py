@@ -3,7 +3,9 @@ figure:
 
 - `torch_sft`: PyTorch eager (SDPA) SFT steps on the same random-init config, batch and length as
   distill's `sft` figure, f32 master weights + bf16 autocast and pure bf16, fused AdamW: tokens/s,
-  MFU (6·N·tokens/s ÷ 989 TFLOP/s) and peak memory;
+  MFU (6·N·tokens/s ÷ 989 TFLOP/s) and peak memory; then 6 steps of the first with gradient
+  checkpointing (`gradient_checkpointing_enable()`, non-reentrant), beside distill's
+  activation-checkpointing figure;
 - `reload`: the tiny model distill fine-tuned on the GPU, loaded with transformers'
   AutoModelForCausalLM, logits compared with distill's on the same ids.
 """
@@ -18,7 +20,7 @@ def emit(**kv):
     print(json.dumps(kv), flush=True)
 
 
-def torch_sft(config_path, batch, seq, steps, master_fp32, warm=2):
+def torch_sft(config_path, batch, seq, steps, master_fp32, checkpointing=False, warm=2):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.cuda.empty_cache()
@@ -28,6 +30,8 @@ def torch_sft(config_path, batch, seq, steps, master_fp32, warm=2):
     cfg._attn_implementation = "sdpa"
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg).to(torch.float32 if master_fp32 else torch.bfloat16)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     ids = torch.randint(0, cfg.vocab_size - 1, (batch, seq), device="cuda")
@@ -49,7 +53,8 @@ def torch_sft(config_path, batch, seq, steps, master_fp32, warm=2):
     dt = (time.perf_counter() - t) / steps
     n = sum(p.numel() for p in model.parameters())
     tok = batch * seq / dt
-    emit(check="torch_sft", params=n, batch=batch, seq=seq, fp32_master=master_fp32, steps=steps,
+    emit(check="torch_sft", params=n, batch=batch, seq=seq, fp32_master=master_fp32,
+         gradient_checkpointing=checkpointing, steps=steps,
          step_s=round(dt, 4), tok_s=round(tok), mfu_6N=round(6 * n * tok / 989e12, 4),
          peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), torch=torch.__version__)
     del model, opt
@@ -83,7 +88,8 @@ if __name__ == "__main__":
     a = p.parse_args()
     for fn, args in [(reload, (a.reload,)),
                      (torch_sft, (a.config, a.batch, a.seq, a.steps, True)),
-                     (torch_sft, (a.config, a.batch, a.seq, a.steps, False))]:
+                     (torch_sft, (a.config, a.batch, a.seq, a.steps, False)),
+                     (torch_sft, (a.config, a.batch, a.seq, min(a.steps, 6), True, True))]:
         try:
             fn(*args)
         except Exception as e:  # one failing figure must not hide the others

@@ -397,10 +397,20 @@ fn random_init_on(config: &Config, dev: &Device) -> anyhow::Result<HashMap<Strin
 
 /// SFT throughput on a random-init model: `sft_batch` packed rows of `sft_seq` tokens per step;
 /// then the first steps again with activation checkpointing, which must give the same losses
-/// (the recomputation runs the same kernels). Returns whether that comparison failed.
+/// (the recomputation runs the same kernels; both runs start from the same weights). Returns
+/// whether that comparison failed.
 fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Result<bool> {
-    let plain = sft_run(config_path, args, dev, false, args.sft_steps);
-    let recomputed = sft_run(config_path, args, dev, true, args.sft_steps.min(6));
+    let config = Config::load(config_path)?;
+    let weights = match random_init_on(&config, dev) {
+        Ok(w) => w,
+        Err(e) => {
+            emit(json!({"check": "sft", "error": format!("{e:#}")}));
+            return Ok(false);
+        }
+    };
+    let run = |checkpointing, steps| sft_run(&config, &weights, args, dev, checkpointing, steps);
+    let plain = run(false, args.sft_steps);
+    let recomputed = run(true, args.sft_steps.min(6));
     let mut failed = false;
     for (run, checkpointing) in [(&plain, false), (&recomputed, true)] {
         match run {
@@ -425,21 +435,22 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
     Ok(failed)
 }
 
-/// One SFT run of `measured` steps after 2 warm-up steps: its JSON figure and its losses.
+/// One SFT run from `weights` of `measured` steps after 2 warm-up steps: its JSON figure and
+/// its losses.
 fn sft_run(
-    config_path: &Path,
+    config: &Config,
+    weights: &HashMap<String, Tensor>,
     args: &CheckDeviceArgs,
     dev: &Device,
     activation_checkpointing: bool,
     measured: usize,
 ) -> anyhow::Result<(serde_json::Value, Vec<f64>)> {
-    let config = Config::load(config_path)?;
     let spec = config.spec()?;
     let precision = args.sft_dtype.training(dev)?;
     let n = spec.num_parameters() as f64;
     (|| -> anyhow::Result<(serde_json::Value, Vec<f64>)> {
         let init = StudentInit {
-            weights: random_init_on(&config, dev)?,
+            weights: weights.clone(),
             config: config.clone(),
             generation: Default::default(),
             tokenizer: None,

@@ -246,6 +246,11 @@ fn check_device_runs_on_the_cpu() {
     assert_eq!(of("kd_top_k")[0]["ok"], true, "{stdout}");
     assert_eq!(of("kd_top_k")[0]["vocab"], 151_936, "{stdout}");
     assert!(of("sft")[0]["tok_s"].as_f64().unwrap() > 0.0, "{stdout}");
+    // The second SFT run recomputes its layers: the same losses, to every bit on the CPU.
+    assert_eq!(of("sft")[1]["activation_checkpointing"], true, "{stdout}");
+    let same = of("activation_checkpointing_losses")[0];
+    assert_eq!(same["max_rel_diff"], 0.0, "{stdout}");
+    assert_eq!(same["steps"], 4, "{stdout}");
     assert_eq!(of("decode_speed").len(), 2);
     assert_eq!(of("decode_parity")[0]["matching_prefix"], 8);
     assert_eq!(of("summary")[0]["failures"], 0);

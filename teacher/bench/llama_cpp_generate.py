@@ -14,6 +14,7 @@ CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" (teacher/bench/README.md).
 
 import ctypes
 import json
+import os
 import sys
 import time
 
@@ -87,7 +88,9 @@ def main() -> None:
         raise SystemExit(f"llama.cpp could not load {model_path}")
     vocab_size = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
     print(f"model {model_path} · threads {threads} · llama-cpp-python {llama_cpp.__version__}")
-    for batch in (1, 8, 32):
+    # BENCH_BATCHES=1,8 runs a subset, as the Rust bench does.
+    batches = [int(b) for b in os.environ.get("BENCH_BATCHES", "1,8,32").split(",")]
+    for batch in batches:
         generated, secs, prefill = run(model, vocab_size, ids, batch, threads)
         print(f"llama.cpp batch {batch:>2}: {generated} tokens in {secs:.2f}s "
               f"= {generated / secs:.1f} tok/s (prefill {prefill:.0f} tok/s)", flush=True)

@@ -374,15 +374,19 @@ mod tests {
         }
     }
 
+    /// A target of `params` master weights computing in `compute` (the host stands in).
+    fn target(params: DType, compute: DType) -> TrainTarget {
+        TrainTarget {
+            device: candle_core::Device::Cpu,
+            precision: TrainPrecision { params, compute },
+        }
+    }
+
     #[test]
     fn qwen_1_5b_estimate() {
         let spec = spec();
         let n = spec.num_parameters() as f64;
         assert!((1.5e9..1.6e9).contains(&n), "{n}");
-        let target = |params, compute| TrainTarget {
-            device: candle_core::Device::Cpu,
-            precision: TrainPrecision { params, compute },
-        };
         let mixed = estimate(&spec, &target(DType::F32, DType::BF16), 8, 2048, false);
         assert_eq!(mixed.state(), n * 18.0);
         let pure = estimate(&spec, &target(DType::BF16, DType::BF16), 8, 2048, false);
@@ -406,13 +410,7 @@ mod tests {
     /// the preset sets `activation_checkpointing`.
     #[test]
     fn the_r1_preset_fits_an_80_gb_gpu_with_recomputed_layers() {
-        let mixed = TrainTarget {
-            device: candle_core::Device::Cpu,
-            precision: TrainPrecision {
-                params: DType::F32,
-                compute: DType::BF16,
-            },
-        };
+        let mixed = target(DType::F32, DType::BF16);
         let plain = estimate(&spec(), &mixed, 1, 4096, false);
         let recomputed = estimate(&spec(), &mixed, 1, 4096, true);
         let gib = |b: f64| b / (1u64 << 30) as f64;
@@ -430,13 +428,7 @@ mod tests {
     fn on_policy_samples_and_teacher_count() {
         let caches = Beside::sample_caches(&spec(), 32, 4096, DType::BF16);
         assert_eq!(caches, 32.0 * 4096.0 * (2 * 28 * 2 * 128 * 2) as f64);
-        let target = TrainTarget {
-            device: candle_core::Device::Cpu,
-            precision: TrainPrecision {
-                params: DType::F32,
-                compute: DType::BF16,
-            },
-        };
+        let target = target(DType::F32, DType::BF16);
         let need = estimate(&spec(), &target, 8, 4096, false);
         let beside = Beside {
             teacher: 15.2e9,
@@ -473,13 +465,7 @@ mod tests {
             Beside::divergence(&spec, 10, Some(200_000), DType::F32),
             Beside::divergence(&spec, 10, None, DType::F32)
         );
-        let target = TrainTarget {
-            device: candle_core::Device::Cpu,
-            precision: TrainPrecision {
-                params: DType::F32,
-                compute: DType::BF16,
-            },
-        };
+        let target = target(DType::F32, DType::BF16);
         let need = estimate(&spec, &target, 4, 2048, false);
         let mut settings = TrainSettings::default();
         settings.train.kd = Some(distill_student::kd::KdConfig {

@@ -137,12 +137,10 @@ impl Moments {
     }
 }
 
-/// One tensor of the optimizer file (f32 moments with their shape, or the step).
+/// One tensor of the optimizer file: a moment with its shape (borrowed from the optimizer on
+/// the host, converted to bytes when written; read back from a device), or the step.
 enum StateView<'a> {
-    /// Borrowed from the optimizer; converted to bytes when written.
-    Host(&'a [f32], Vec<usize>),
-    /// Read back from a device.
-    Copied(Vec<f32>, Vec<usize>),
+    Moment(std::borrow::Cow<'a, [f32]>, Vec<usize>),
     Step(i64),
 }
 
@@ -156,24 +154,21 @@ impl safetensors::View for StateView<'_> {
 
     fn shape(&self) -> &[usize] {
         match self {
-            StateView::Host(_, shape) | StateView::Copied(_, shape) => shape,
+            StateView::Moment(_, shape) => shape,
             StateView::Step(_) => &[1],
         }
     }
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        let le = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect();
         std::borrow::Cow::Owned(match self {
-            StateView::Host(xs, _) => le(xs),
-            StateView::Copied(xs, _) => le(xs),
+            StateView::Moment(xs, _) => xs.iter().flat_map(|x| x.to_le_bytes()).collect(),
             StateView::Step(step) => step.to_le_bytes().to_vec(),
         })
     }
 
     fn data_len(&self) -> usize {
         match self {
-            StateView::Host(xs, _) => 4 * xs.len(),
-            StateView::Copied(xs, _) => 4 * xs.len(),
+            StateView::Moment(xs, _) => 4 * xs.len(),
             StateView::Step(_) => 8,
         }
     }
@@ -298,19 +293,18 @@ impl AdamW {
         for p in &self.params {
             let shape = p.var.dims().to_vec();
             let (m, v) = match &p.moments {
-                Moments::Host { m, v } => {
-                    (StateView::Host(m, shape.clone()), StateView::Host(v, shape))
-                }
+                Moments::Host { m, v } => (
+                    StateView::Moment(m.into(), shape.clone()),
+                    StateView::Moment(v.into(), shape),
+                ),
                 Moments::Device { .. } => {
                     let (m, v) = p
                         .moments
                         .to_cpu(p.var.shape())
                         .map_err(|e| write(e.to_string()))?;
                     let host = |t: Tensor| -> Result<StateView> {
-                        Ok(StateView::Copied(
-                            t.flatten_all()?.to_vec1::<f32>()?,
-                            shape.clone(),
-                        ))
+                        let xs = t.flatten_all()?.to_vec1::<f32>()?;
+                        Ok(StateView::Moment(xs.into(), shape.clone()))
                     };
                     (host(m)?, host(v)?)
                 }

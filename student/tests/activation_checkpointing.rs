@@ -5,39 +5,15 @@
 //! takes. A run may switch it on when resumed. (What it saves is measured in `memory_peaks.rs`.)
 
 mod common;
-use common::init;
+use common::{init, packed_rows};
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use distill_models::DtypeChoice;
-use distill_student::batch::{PackedRow, IGNORE};
 use distill_student::checkpoint::{self, StepRecord};
 use distill_student::schedule::ScheduleConfig;
 use distill_student::{Control, Event, TrainTarget, Trainer, TrainerConfig};
-
-/// Rows of two packed documents each (positions restart mid-row), so the recomputed attention
-/// must keep the document boundaries.
-pub fn rows(n: usize, len: usize) -> Vec<PackedRow> {
-    (0..n)
-        .map(|r| {
-            let ids: Vec<u32> = (0..len)
-                .map(|i| ((r * 31 + i * 17) % 250 + 3) as u32)
-                .collect();
-            let split = len / 3 + r % 3;
-            let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).collect();
-            labels.push(IGNORE);
-            labels[0] = IGNORE;
-            labels[split - 1] = IGNORE;
-            PackedRow {
-                position_ids: (0..split as u32).chain(0..(len - split) as u32).collect(),
-                input_ids: ids,
-                labels,
-                teacher: None,
-            }
-        })
-        .collect()
-}
 
 fn config(checkpointing: bool) -> TrainerConfig {
     TrainerConfig {
@@ -76,7 +52,7 @@ fn bits(w: &HashMap<String, Tensor>) -> HashMap<String, Vec<u32>> {
 
 fn train(model: &str, dtype: DtypeChoice, checkpointing: bool) -> (Vec<StepRecord>, Trainer) {
     let mut t = Trainer::new(init(model), config(checkpointing), target(dtype)).unwrap();
-    t.fit(&rows(8, 24), None, None, &mut |_| Control::Continue)
+    t.fit(&packed_rows(8, 24), None, None, &mut |_| Control::Continue)
         .unwrap();
     (t.state().history.clone(), t)
 }
@@ -117,16 +93,21 @@ fn a_run_resumed_with_checkpointing_continues_exactly() {
     let (full, uninterrupted) = train("tiny-qwen2", DtypeChoice::F32, false);
     let mut first = Trainer::new(init("tiny-qwen2"), config(false), &Device::Cpu).unwrap();
     first
-        .fit(&rows(8, 24), None, Some(dir.path()), &mut |e| match e {
-            Event::Step(m) if m.step == 2 => Control::Stop,
-            _ => Control::Continue,
-        })
+        .fit(
+            &packed_rows(8, 24),
+            None,
+            Some(dir.path()),
+            &mut |e| match e {
+                Event::Step(m) if m.step == 2 => Control::Stop,
+                _ => Control::Continue,
+            },
+        )
         .unwrap();
     let latest = checkpoint::latest(dir.path()).unwrap().unwrap();
     // Out of memory at step 3, say: the same run goes on with the layers recomputed.
     let mut resumed = Trainer::resume(&latest, config(true), None, &Device::Cpu).unwrap();
     resumed
-        .fit(&rows(8, 24), None, None, &mut |_| Control::Continue)
+        .fit(&packed_rows(8, 24), None, None, &mut |_| Control::Continue)
         .unwrap();
     assert_eq!(resumed.state().history, full);
     assert!(bits(&resumed.weights()) == bits(&uninterrupted.weights()));

@@ -4,7 +4,7 @@
 //! moments all at once.
 
 mod common;
-use common::init;
+use common::{init, packed_rows};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use candle_core::Device;
 use distill_models::Config;
-use distill_student::batch::{PackedRow, IGNORE};
+use distill_student::batch::PackedRow;
 use distill_student::{StudentInit, Trainer, TrainerConfig};
 
 /// Counts the bytes the process holds, and the most it held since the last reset.
@@ -52,26 +52,6 @@ fn peak_of(f: impl FnOnce()) -> usize {
     PEAK.load(Ordering::Relaxed).saturating_sub(before)
 }
 
-/// `n` rows of `len` tokens, two packed documents each.
-fn rows(n: usize, len: usize) -> Vec<PackedRow> {
-    (0..n)
-        .map(|r| {
-            let ids: Vec<u32> = (0..len)
-                .map(|i| ((r * 31 + i * 17) % 250 + 3) as u32)
-                .collect();
-            let split = len / 3;
-            let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).collect();
-            labels.push(IGNORE);
-            PackedRow {
-                position_ids: (0..split as u32).chain(0..(len - split) as u32).collect(),
-                input_ids: ids,
-                labels,
-                teacher: None,
-            }
-        })
-        .collect()
-}
-
 fn config(checkpointing: bool) -> TrainerConfig {
     TrainerConfig {
         micro_batch_size: 8,
@@ -85,7 +65,7 @@ fn config(checkpointing: bool) -> TrainerConfig {
 fn checkpointing_keeps_a_fraction_of_the_activations() {
     let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
     // 4 layers, eight rows of 128 tokens: activations dominate what a step allocates.
-    let long = rows(8, 128);
+    let long = packed_rows(8, 128);
     let micro: Vec<Vec<&PackedRow>> = vec![long.iter().collect()];
     let mut peaks = Vec::new();
     for checkpointing in [false, true] {
@@ -127,7 +107,7 @@ fn wide_student() -> StudentInit {
 fn a_checkpoint_is_written_without_copying_the_moments() {
     let _one = ONE_TEST.lock().unwrap_or_else(|e| e.into_inner());
     let mut t = Trainer::new(wide_student(), config(false), &Device::Cpu).unwrap();
-    let short = rows(2, 16);
+    let short = packed_rows(2, 16);
     t.train_step(&[short.iter().collect()]).unwrap();
     let params: usize = t.weights().values().map(|w| w.elem_count()).sum();
     let moments = 2 * 4 * params;

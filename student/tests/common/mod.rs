@@ -43,3 +43,27 @@ pub fn rows(
         })
         .collect()
 }
+
+/// `n` rows of `len` tokens, each two packed documents (positions restart mid-row, at a split
+/// that moves with the row), labelled with the next token except across the split.
+pub fn packed_rows(n: usize, len: usize) -> Vec<distill_student::batch::PackedRow> {
+    use distill_student::batch::{PackedRow, IGNORE};
+    (0..n)
+        .map(|r| {
+            let ids: Vec<u32> = (0..len)
+                .map(|i| ((r * 31 + i * 17) % 250 + 3) as u32)
+                .collect();
+            let split = len / 3 + r % 3;
+            let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).collect();
+            labels.push(IGNORE);
+            labels[0] = IGNORE;
+            labels[split - 1] = IGNORE;
+            PackedRow {
+                position_ids: (0..split as u32).chain(0..(len - split) as u32).collect(),
+                input_ids: ids,
+                labels,
+                teacher: None,
+            }
+        })
+        .collect()
+}

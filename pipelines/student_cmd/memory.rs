@@ -263,13 +263,7 @@ pub fn preflight(
     let Some((free, _)) = memory_info(&target.device) else {
         return Ok(());
     };
-    let need = estimate(
-        spec,
-        target,
-        settings.train.micro_batch_size,
-        width,
-        settings.train.activation_checkpointing,
-    );
+    let need = run_estimate(settings, spec, target, width);
     if need.total() + beside.total() > free as f64 {
         anyhow::bail!(
             "{}",
@@ -277,6 +271,23 @@ pub fn preflight(
         );
     }
     Ok(())
+}
+
+/// [`estimate`] for the run `settings` describe, at `width`-token rows.
+fn run_estimate(
+    settings: &TrainSettings,
+    spec: &Spec,
+    target: &TrainTarget,
+    width: usize,
+) -> Estimate {
+    let train = &settings.train;
+    estimate(
+        spec,
+        target,
+        train.micro_batch_size,
+        width,
+        train.activation_checkpointing,
+    )
 }
 
 /// What an f32 run holds in host memory on the CPU: the state (16 bytes per parameter), each
@@ -380,13 +391,7 @@ pub fn explain(
     }
     let width = settings.data.max_seq_len;
     let free = memory_info(&target.device).map(|(f, _)| f);
-    let need = estimate(
-        spec,
-        target,
-        settings.train.micro_batch_size,
-        width,
-        settings.train.activation_checkpointing,
-    );
+    let need = run_estimate(settings, spec, target, width);
     anyhow::anyhow!("{}", advice(settings, target, width, &need, beside, free))
 }
 
@@ -765,14 +770,11 @@ mod tests {
             beside,
         );
         assert_eq!(other.to_string(), "disk full");
-        let oom = explain(
-            anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
-            &settings,
-            &target,
-            &spec,
-            beside,
-        )
-        .to_string();
+        let out_of_memory = |settings: &TrainSettings| {
+            let e = anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")");
+            explain(e, settings, &target, &spec, beside).to_string()
+        };
+        let oom = out_of_memory(&settings);
         assert!(oom.starts_with("train: out of GPU memory"), "{oom}");
         assert!(oom.contains("micro-batch"), "{oom}");
         assert!(
@@ -783,14 +785,7 @@ mod tests {
         // Once it is on, the advice no longer offers it.
         let mut settings = settings;
         settings.train.activation_checkpointing = true;
-        let oom = explain(
-            anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
-            &settings,
-            &target,
-            &spec,
-            beside,
-        )
-        .to_string();
+        let oom = out_of_memory(&settings);
         assert!(!oom.contains("activation_checkpointing"), "{oom}");
     }
 }

@@ -11,8 +11,8 @@
 //! [`RecomputeGrads`] given by the trainer, which adds them to the main backward's store.
 //!
 //! The recomputation runs the same code on the same inputs, so on a deterministic device the
-//! gradients equal those of the whole graph bit for bit (tested in `tests/recompute.rs`); the
-//! price is one more forward of every layer per step (about a third more compute).
+//! gradients equal those of the whole graph bit for bit (`student/tests/
+//! activation_checkpointing.rs`); the price is one more forward of every layer per step.
 
 use std::sync::{Arc, Mutex};
 

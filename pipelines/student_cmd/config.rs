@@ -176,7 +176,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
-    /// (activation checkpointing): far less memory for long rows, about a third more compute.
+    /// (activation checkpointing): far less memory for long rows, one more forward per step.
     #[arg(long)]
     pub activation_checkpointing: bool,
 

@@ -37,7 +37,7 @@ pub struct TrainerConfig {
     pub loss_chunk_size: usize,
     /// Keep only each decoder layer's input for the backward pass and run the layer again
     /// there (activation checkpointing): activation memory of one layer instead of all of them,
-    /// for about a third more compute. The gradients are the same.
+    /// for one more forward of each layer per step. The gradients are the same.
     pub activation_checkpointing: bool,
     /// Evaluate the held-out loss every this many steps (0: only at the end).
     pub eval_every: u64,

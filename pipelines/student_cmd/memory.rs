@@ -254,7 +254,7 @@ pub fn preflight(
 ) -> anyhow::Result<()> {
     if target.device.is_cpu() {
         if let Some(available) = available_host_memory() {
-            if let Some(line) = cpu_warning(settings, spec, width, beside, available) {
+            if let Some(line) = cpu_warning(settings, spec, target, width, beside, available) {
                 eprintln!("warning: {line}");
             }
         }
@@ -290,41 +290,40 @@ fn run_estimate(
     )
 }
 
-/// What an f32 run holds in host memory on the CPU: the state (16 bytes per parameter), each
-/// layer's kept values under the fused ops (the block's inputs, projections and MLP values:
-/// `8 × hidden + 2 × kv + 3 × intermediate` per token; no attention scores), or with
-/// recomputed layers their inputs and one layer twice (its values and their gradients), and one
-/// chunk of the loss's logits with their gradient. Measured on the 0.6B cut student of the
-/// README (4 × 768 tokens): 17.2 GB peak, 11.4 GB recomputed.
+/// What a run holds in host memory on the CPU: [`estimate`]'s state and, in f32, each layer's
+/// kept values under the fused ops instead of the composed ones (the block's inputs,
+/// projections and MLP values: `8 × hidden + 2 × kv + 3 × intermediate` per token; no attention
+/// scores), or with recomputed layers their inputs and one layer twice (its values and their
+/// gradients); plus one chunk of the loss's logits with their gradient (f32). Measured on the
+/// 0.6B cut student of the README (f32, 4 × 768 tokens): 17.2 GB peak, 11.4 GB recomputed.
 pub fn cpu_estimate(
     spec: &Spec,
+    target: &TrainTarget,
     micro_batch: usize,
     seq_len: usize,
     recompute: bool,
     loss_chunk: usize,
 ) -> Estimate {
-    let n = spec.num_parameters() as f64;
+    let mut need = estimate(spec, target, micro_batch, seq_len, recompute);
     let tokens = (micro_batch * seq_len) as f64;
-    let kv = spec.num_kv_heads * spec.head_dim;
-    let per_token = 8 * spec.hidden_size + 2 * kv + 3 * spec.intermediate_size;
-    let one_layer = tokens * per_token as f64 * 4.0;
-    let layers = spec.num_layers as f64;
-    let kept = if recompute {
-        (layers + 1.0) * tokens * spec.hidden_size as f64 * 4.0 + 2.0 * one_layer
-    } else {
-        layers * one_layer
-    };
+    if target.precision.compute == DType::F32 {
+        let kv = spec.num_kv_heads * spec.head_dim;
+        let per_token = 8 * spec.hidden_size + 2 * kv + 3 * spec.intermediate_size;
+        let one_layer = tokens * per_token as f64 * 4.0;
+        let layers = spec.num_layers as f64;
+        need.activations = if recompute {
+            (layers + 1.0) * tokens * spec.hidden_size as f64 * 4.0 + 2.0 * one_layer
+        } else {
+            layers * one_layer
+        };
+    }
     let chunk = if loss_chunk == 0 {
         tokens
     } else {
         (loss_chunk as f64).min(tokens)
     };
-    Estimate {
-        weights: n * 4.0,
-        gradients: n * 4.0,
-        optimizer: n * 8.0,
-        activations: kept + 2.0 * chunk * spec.vocab_size as f64 * 4.0,
-    }
+    need.activations += 2.0 * chunk * spec.vocab_size as f64 * 4.0;
+    need
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes (`None` elsewhere).
@@ -340,6 +339,7 @@ fn available_host_memory() -> Option<usize> {
 fn cpu_warning(
     settings: &TrainSettings,
     spec: &Spec,
+    target: &TrainTarget,
     width: usize,
     beside: Beside,
     available: usize,
@@ -348,6 +348,7 @@ fn cpu_warning(
     let estimate = |recompute| {
         cpu_estimate(
             spec,
+            target,
             train.micro_batch_size,
             width,
             recompute,
@@ -730,15 +731,28 @@ mod tests {
             ..spec()
         };
         let gb = |e: Estimate| e.total() / 1e9;
-        let plain = gb(cpu_estimate(&cut, 4, 768, false, 1024));
-        let recomputed = gb(cpu_estimate(&cut, 4, 768, true, 1024));
+        let f32 = target(DType::F32, DType::F32);
+        let plain = gb(cpu_estimate(&cut, &f32, 4, 768, false, 1024));
+        let recomputed = gb(cpu_estimate(&cut, &f32, 4, 768, true, 1024));
         assert!((plain / 17.2 - 1.0).abs() < 0.1, "{plain}");
         assert!((recomputed / 11.4 - 1.0).abs() < 0.1, "{recomputed}");
+        // Pure bf16 on the CPU: half the state, and the composed ops' activations.
+        let pure = target(DType::BF16, DType::BF16);
+        let bf16 = cpu_estimate(&cut, &pure, 4, 768, false, 1024);
+        let composed = estimate(&cut, &pure, 4, 768, false);
+        assert_eq!(
+            bf16.state(),
+            cpu_estimate(&cut, &f32, 4, 768, false, 1024).state() / 2.0
+        );
+        assert!(
+            bf16.activations > composed.activations,
+            "the loss chunk counts too"
+        );
 
         let mut settings = TrainSettings::default();
         settings.train.micro_batch_size = 4;
         let (beside, gib16) = (Beside::default(), 16 << 30);
-        let line = cpu_warning(&settings, &cut, 768, beside, gib16).unwrap();
+        let line = cpu_warning(&settings, &cut, &f32, 768, beside, gib16).unwrap();
         assert!(
             line.starts_with("train: micro-batch 4 × 768 tokens needs about 16."),
             "{line}"
@@ -749,10 +763,13 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
-        assert_eq!(cpu_warning(&settings, &cut, 768, beside, 20 << 30), None);
+        assert_eq!(
+            cpu_warning(&settings, &cut, &f32, 768, beside, 20 << 30),
+            None
+        );
         settings.train.activation_checkpointing = true;
-        assert_eq!(cpu_warning(&settings, &cut, 768, beside, gib16), None);
-        let line = cpu_warning(&settings, &cut, 768, beside, 8 << 30).unwrap();
+        assert_eq!(cpu_warning(&settings, &cut, &f32, 768, beside, gib16), None);
+        let line = cpu_warning(&settings, &cut, &f32, 768, beside, 8 << 30).unwrap();
         assert!(!line.contains("activation_checkpointing"), "{line}");
     }
 

@@ -5,37 +5,19 @@
 //! takes. A run may switch it on when resumed. (What it saves is measured in `memory_peaks.rs`.)
 
 mod common;
-use common::{init, packed_rows};
+use common::{cpu_target, init, packed_rows};
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use distill_models::DtypeChoice;
 use distill_student::checkpoint::{self, StepRecord};
-use distill_student::schedule::ScheduleConfig;
-use distill_student::{Control, Event, TrainTarget, Trainer, TrainerConfig};
+use distill_student::{Control, Event, Trainer, TrainerConfig};
 
 fn config(checkpointing: bool) -> TrainerConfig {
     TrainerConfig {
-        schedule: ScheduleConfig {
-            lr: 3e-3,
-            warmup_steps: 1,
-            min_lr_ratio: 0.1,
-        },
-        micro_batch_size: 2,
-        accumulation_steps: 2,
-        max_steps: Some(4),
-        loss_chunk_size: 5,
-        seed: 3,
         activation_checkpointing: checkpointing,
-        ..Default::default()
-    }
-}
-
-fn target(dtype: DtypeChoice) -> TrainTarget {
-    TrainTarget {
-        device: Device::Cpu,
-        precision: dtype.training(&Device::Cpu).unwrap(),
+        ..common::short_run(4)
     }
 }
 
@@ -51,7 +33,7 @@ fn bits(w: &HashMap<String, Tensor>) -> HashMap<String, Vec<u32>> {
 }
 
 fn train(model: &str, dtype: DtypeChoice, checkpointing: bool) -> (Vec<StepRecord>, Trainer) {
-    let mut t = Trainer::new(init(model), config(checkpointing), target(dtype)).unwrap();
+    let mut t = Trainer::new(init(model), config(checkpointing), cpu_target(dtype)).unwrap();
     t.fit(&packed_rows(8, 24), None, None, &mut |_| Control::Continue)
         .unwrap();
     (t.state().history.clone(), t)

@@ -3,7 +3,7 @@
 //! GPU takes; on the CPU they run through bf16 tensors, so CI proves them without a GPU.
 
 mod common;
-use common::init;
+use common::{cpu_target, init, short_run};
 
 use std::collections::HashMap;
 
@@ -12,36 +12,10 @@ use distill_models::{Checkpoint, DtypeChoice, TrainPrecision};
 use distill_student::batch::PackedRow;
 use distill_student::checkpoint;
 use distill_student::loss::{chunked_cross_entropy, chunked_cross_entropy_tensors};
-use distill_student::schedule::ScheduleConfig;
-use distill_student::{Control, Event, TrainTarget, Trainer, TrainerConfig};
+use distill_student::{Control, Event, Trainer};
 
 fn rows(n: usize) -> Vec<PackedRow> {
     common::rows(n, |r| 8 + r % 7, |r, i| ((r * 13 + i * 7) % 40 + 3) as u32)
-}
-
-fn config(steps: u64) -> TrainerConfig {
-    TrainerConfig {
-        schedule: ScheduleConfig {
-            lr: 3e-3,
-            warmup_steps: 1,
-            min_lr_ratio: 0.1,
-        },
-        micro_batch_size: 2,
-        accumulation_steps: 2,
-        max_steps: Some(steps),
-        loss_chunk_size: 5,
-        checkpoint_every: 0,
-        eval_every: 0,
-        seed: 3,
-        ..Default::default()
-    }
-}
-
-fn target(dtype: DtypeChoice) -> TrainTarget {
-    TrainTarget {
-        device: Device::Cpu,
-        precision: dtype.training(&Device::Cpu).unwrap(),
-    }
 }
 
 fn losses(t: &Trainer) -> Vec<f64> {
@@ -109,12 +83,16 @@ fn tensor_chunked_loss_equals_the_fused_one() {
 #[test]
 fn mixed_bf16_training_tracks_f32() {
     let train = rows(12);
-    let mut f32_run = Trainer::new(init("tiny-qwen2"), config(12), &Device::Cpu).unwrap();
+    let mut f32_run = Trainer::new(init("tiny-qwen2"), short_run(12), &Device::Cpu).unwrap();
     f32_run
         .fit(&train, None, None, &mut |_| Control::Continue)
         .unwrap();
-    let mut mixed =
-        Trainer::new(init("tiny-qwen2"), config(12), target(DtypeChoice::Bf16)).unwrap();
+    let mut mixed = Trainer::new(
+        init("tiny-qwen2"),
+        short_run(12),
+        cpu_target(DtypeChoice::Bf16),
+    )
+    .unwrap();
     assert!(mixed.precision().is_mixed());
     mixed
         .fit(&train, None, None, &mut |_| Control::Continue)
@@ -158,7 +136,7 @@ fn pure_bf16_learns_resumes_exactly_and_exports_the_base_dtype() {
     let base = "tiny-llama-bf16";
     assert_eq!(init(base).dtype, DType::BF16);
     let train = rows(10);
-    let pure = || target(DtypeChoice::Bf16Pure);
+    let pure = || cpu_target(DtypeChoice::Bf16Pure);
     assert_eq!(
         pure().precision,
         TrainPrecision {
@@ -166,14 +144,14 @@ fn pure_bf16_learns_resumes_exactly_and_exports_the_base_dtype() {
             compute: DType::BF16
         }
     );
-    let mut full = Trainer::new(init(base), config(8), pure()).unwrap();
+    let mut full = Trainer::new(init(base), short_run(8), pure()).unwrap();
     full.fit(&train, None, None, &mut |_| Control::Continue)
         .unwrap();
     let l = losses(&full);
     assert!(l[7] < l[0] * 0.8, "pure bf16 loss did not fall: {l:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    let mut first = Trainer::new(init(base), config(8), pure()).unwrap();
+    let mut first = Trainer::new(init(base), short_run(8), pure()).unwrap();
     first
         .fit(&train, None, Some(dir.path()), &mut |e| match e {
             Event::Step(m) if m.step == 3 => Control::Stop,
@@ -182,7 +160,7 @@ fn pure_bf16_learns_resumes_exactly_and_exports_the_base_dtype() {
         .unwrap();
     let latest = checkpoint::latest(dir.path()).unwrap().unwrap();
     drop(first);
-    let mut resumed = Trainer::resume(&latest, config(8), None, pure()).unwrap();
+    let mut resumed = Trainer::resume(&latest, short_run(8), None, pure()).unwrap();
     resumed
         .fit(&train, None, None, &mut |_| Control::Continue)
         .unwrap();
@@ -210,8 +188,8 @@ fn mixed_precision_checkpoints_master_weights_and_exports_bf16() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = Trainer::new(
         init("tiny-llama-bf16"),
-        config(2),
-        target(DtypeChoice::Bf16),
+        short_run(2),
+        cpu_target(DtypeChoice::Bf16),
     )
     .unwrap();
     let summary = t

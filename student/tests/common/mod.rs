@@ -67,3 +67,32 @@ pub fn packed_rows(n: usize, len: usize) -> Vec<distill_student::batch::PackedRo
         })
         .collect()
 }
+
+/// A short run of `steps` steps: 2 micro-batches of 2 rows a step, a warmed-up learning rate
+/// of 3e-3 decaying to a tenth, loss chunks of 5 positions (so the chunking is exercised).
+pub fn short_run(steps: u64) -> distill_student::TrainerConfig {
+    distill_student::TrainerConfig {
+        schedule: distill_student::schedule::ScheduleConfig {
+            lr: 3e-3,
+            warmup_steps: 1,
+            min_lr_ratio: 0.1,
+        },
+        micro_batch_size: 2,
+        accumulation_steps: 2,
+        max_steps: Some(steps),
+        loss_chunk_size: 5,
+        checkpoint_every: 0,
+        eval_every: 0,
+        seed: 3,
+        ..Default::default()
+    }
+}
+
+/// Training on the CPU in `dtype`'s precision.
+pub fn cpu_target(dtype: distill_models::DtypeChoice) -> distill_student::TrainTarget {
+    let cpu = candle_core::Device::Cpu;
+    distill_student::TrainTarget {
+        precision: dtype.training(&cpu).unwrap(),
+        device: cpu,
+    }
+}

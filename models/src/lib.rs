@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod chat;
 pub mod checkpoint;
+pub mod chunked_attention;
 pub mod config;
 mod decode;
 pub mod device;

@@ -86,7 +86,7 @@ where
         return Ok(ys);
     }
     let op = Recomputed {
-        output: Mutex::new(Some(ys.detach())),
+        output: ComputedOutput::new(ys),
         forward: Box::new(forward),
         grads: grads.clone(),
     };
@@ -96,22 +96,51 @@ where
 type Forward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
 struct Recomputed {
-    /// The segment's output, handed over once by the op's forward.
-    output: Mutex<Option<Tensor>>,
+    output: ComputedOutput,
     forward: Forward,
     grads: Arc<RecomputeGrads>,
 }
 
-impl Recomputed {
-    fn take_output(&self) -> candle_core::Result<Tensor> {
-        let taken = self.output.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let ys =
-            taken.ok_or_else(|| candle_core::Error::Msg("recomputed segment ran twice".into()))?;
+/// An output computed outside a custom op (with tensor ops, on any device) and handed to the
+/// op's forward, which must return it as storage: how a custom op gets a backward of its own
+/// over a forward made of ordinary ops. The output is taken once.
+pub(crate) struct ComputedOutput(Mutex<Option<Tensor>>);
+
+impl ComputedOutput {
+    pub(crate) fn new(output: Tensor) -> Self {
+        Self(Mutex::new(Some(output.detach())))
+    }
+
+    fn take(&self, op: &str) -> candle_core::Result<Tensor> {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let ys = taken.ok_or_else(|| candle_core::Error::Msg(format!("{op} ran twice")))?;
         // The op's result is the storage as it lies: contiguous from offset 0, or a copy.
         if ys.layout().is_contiguous() && ys.layout().start_offset() == 0 {
             Ok(ys)
         } else {
             ys.copy()
+        }
+    }
+
+    /// The output as CPU storage (the body of a custom op's `cpu_fwd`).
+    pub(crate) fn cpu(&self, op: &str) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ys = self.take(op)?;
+        let (storage, _) = ys.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.clone(), ys.shape().clone())),
+            _ => candle_core::bail!("{op}: the output is not on the CPU"),
+        }
+    }
+
+    /// The output as GPU storage (the body of a custom op's `cuda_fwd`).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda(&self, op: &str) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let ys = self.take(op)?;
+        let (storage, layout) = ys.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, ys.shape().clone())),
+            _ => candle_core::bail!("{op}: the output is not on the GPU"),
         }
     }
 }
@@ -122,12 +151,7 @@ impl CustomOp1 for Recomputed {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let ys = self.take_output()?;
-        let (storage, _) = ys.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.clone(), ys.shape().clone())),
-            _ => candle_core::bail!("recomputed segment: the output is not on the CPU"),
-        }
+        self.output.cpu(self.name())
     }
 
     #[cfg(feature = "cuda")]
@@ -136,13 +160,7 @@ impl CustomOp1 for Recomputed {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let ys = self.take_output()?;
-        let (storage, layout) = ys.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, ys.shape().clone())),
-            _ => candle_core::bail!("recomputed segment: the output is not on the GPU"),
-        }
+        self.output.cuda(self.name())
     }
 
     fn bwd(&self, arg: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {

@@ -2,12 +2,14 @@
 //! attention with rotary positions (and, for Qwen3, an RMSNorm over each q/k head) and a SwiGLU
 //! MLP, final norm and LM head. Weight names equal the Hugging Face keys.
 //!
-//! Two forwards share the layers:
-//! - [`Model::forward`]: the full-sequence training forward. Logits for every position, packed
-//!   documents via per-token position ids, differentiable end to end (see [`crate::ops`]).
-//! - [`Model::step`]: the generation forward over a ragged batch of sequences, each with its own
-//!   [`KvCache`]. Projections and MLPs run on all new tokens at once; attention runs per sequence,
-//!   so sequences of different lengths decode together (continuous batching).
+//! Two forwards share the layers built here:
+//! - [`Model::forward`] ([`full`]): the full-sequence training forward. Logits for every
+//!   position, packed documents via per-token position ids, differentiable end to end.
+//! - [`Model::step`] ([`step`]): the generation forward over a ragged batch of sequences, each
+//!   with its own [`KvCache`] (continuous batching).
+
+mod full;
+mod step;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,12 +20,11 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 pub use crate::decode::KvCache;
-use crate::decode::{self, RowRope};
-use crate::recompute::{self, RecomputeGrads};
 pub use crate::rope::RopeSpec;
 use crate::weights::Weights;
 pub use crate::weights::{Linear, QuantizedWeight};
-use crate::{fused, ops, Error, Result};
+use crate::{ops, Error, Result};
+pub use step::Logits;
 
 /// Architecture-neutral hyper-parameters, built from a `config.json` mirror.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,18 +139,6 @@ struct Rotary {
     sin: Tensor,
 }
 
-/// `[batch, kv_heads, seq, d]` → `[batch, kv_heads * n_rep, seq, d]` for grouped-query attention.
-fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(xs);
-    }
-    let (b, kv, t, d) = xs.dims4()?;
-    Ok(xs
-        .unsqueeze(2)?
-        .broadcast_as((b, kv, n_rep, t, d))?
-        .reshape((b, kv * n_rep, t, d))?)
-}
-
 #[derive(Clone)]
 struct Attention {
     q_proj: Linear,
@@ -232,109 +221,6 @@ impl Attention {
         Ok((q, k, heads_first(v)?))
     }
 
-    /// Full-sequence attention of `[batch, seq, hidden]`, output-projected. When a gradient
-    /// must flow on the CPU in f32, one fused node (see [`crate::fused`]); otherwise rope,
-    /// masked softmax attention and merge as separate ops, with the mask built on first use.
-    fn forward_full(&self, xs: &Tensor, seq: &mut FullSequence) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
-        let (q, k, v) = self.project(xs)?;
-        let tracked = q.track_op() || k.track_op() || v.track_op();
-        let rotary = &seq.rotary;
-        if tracked && fused::supported(&q) && fused::supported(&rotary.cos) {
-            let ctx = match &mut seq.ctx {
-                Some(c) => c,
-                None => seq.ctx.insert(fused::AttentionContext::new(
-                    &rotary.cos,
-                    &rotary.sin,
-                    &seq.rows,
-                )?),
-            };
-            let out = fused::attention(&q, &k, &v, ctx, self.scale)?;
-            let out = out.reshape((b, t, self.num_heads * self.head_dim))?;
-            return Ok(self.o_proj.forward(&out)?);
-        }
-        let mask = match &mut seq.mask {
-            Some(m) => m,
-            None => seq.mask.insert(document_mask(&seq.rows, xs.device())?),
-        };
-        let (q, k, v) = self.rotate((q, k, v), &seq.rotary)?;
-        let attn = self.attend(&q, k, v, Some(mask))?;
-        self.merge(&attn)
-    }
-
-    /// Scaled dot-product attention of `q` over `k`/`v` (kv heads not yet repeated), with an
-    /// optional additive mask broadcastable to `[b, heads, q_len, k_len]`. Returns
-    /// `[b, heads, q_len, d]`.
-    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(k, n_rep)?;
-        let v = repeat_kv(v, n_rep)?;
-        // Scores and softmax in f32 whatever the compute dtype, as transformers' eager attention
-        // does (`softmax(..., dtype=torch.float32)`); a no-op in f32.
-        let mut scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * self.scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        Ok(probs.matmul(&v)?)
-    }
-
-    /// A generation step on the CPU: `xs` `[1, rows, hidden]` holds the new rows of every
-    /// sequence in `batch` (in order); returns the output projection `[1, rows, hidden]`.
-    fn step_host(
-        &self,
-        xs: &Tensor,
-        layer: usize,
-        batch: &mut [(&[u32], &mut KvCache)],
-        rope: &RowRope,
-    ) -> Result<Tensor> {
-        let rows = xs.dim(1)?;
-        let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let (q, k, v) = self.project(xs)?;
-        let (mut q, mut k, v) = (host(q)?, host(k)?, host(v)?);
-        rope.apply(&mut q, self.num_heads, self.head_dim);
-        rope.apply(&mut k, self.num_kv_heads, self.head_dim);
-        let heads = decode::Heads {
-            heads: self.num_heads,
-            kv_heads: self.num_kv_heads,
-            dim: self.head_dim,
-            scale: self.scale as f32,
-        };
-        let out = decode::attend(&q, &k, &v, layer, batch, heads);
-        Ok(self
-            .o_proj
-            .forward(&decode::to_tensor(out, rows, xs.device())?)?)
-    }
-
-    /// A generation step on other devices, with tensor caches and one attention per sequence.
-    fn step_device(
-        &self,
-        xs: &Tensor,
-        layer: usize,
-        batch: &mut [(&[u32], &mut KvCache)],
-        rotary: &Rotary,
-    ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(xs, rotary)?;
-        let mut outs = Vec::with_capacity(batch.len());
-        let mut offset = 0;
-        for (tokens, cache) in batch.iter_mut() {
-            let len = tokens.len();
-            let past = cache.len();
-            let (k_all, v_all) = cache.append_device(
-                layer,
-                &k.narrow(2, offset, len)?.contiguous()?,
-                &v.narrow(2, offset, len)?.contiguous()?,
-            )?;
-            let mask = (len > 1)
-                .then(|| causal_mask(len, past, xs.device()))
-                .transpose()?;
-            let q_s = q.narrow(2, offset, len)?.contiguous()?;
-            outs.push(self.attend(&q_s, k_all, v_all, mask.as_ref())?);
-            offset += len;
-        }
-        self.merge(&Tensor::cat(&outs, 2)?)
-    }
-
     /// `[b, heads, seq, d]` → output projection of `[b, seq, heads * d]`.
     fn merge(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, _, t, _) = xs.dims4()?;
@@ -392,41 +278,6 @@ impl Block {
             post_attention_layernorm: norm("post_attention_layernorm")?,
         })
     }
-
-    /// The block over whole sequences (the training forward): pre-norm attention and MLP,
-    /// each added to the residual stream.
-    fn forward_full(&self, xs: &Tensor, seq: &mut FullSequence, eps: f64) -> Result<Tensor> {
-        let normed = ops::rms_norm(xs, &self.input_layernorm, eps)?;
-        let xs = (xs + self.self_attn.forward_full(&normed, seq)?)?;
-        let normed = ops::rms_norm(&xs, &self.post_attention_layernorm, eps)?;
-        Ok((&xs + self.mlp.forward(&normed)?)?)
-    }
-}
-
-/// What every layer of one full-sequence forward shares: the rotary tables, each row's
-/// position ids (documents start where a position does not follow its predecessor), and the
-/// attention layout built from them on first use (the fused op's context, or a mask).
-#[derive(Clone)]
-struct FullSequence {
-    rotary: Rotary,
-    rows: Arc<Vec<Vec<u32>>>,
-    ctx: Option<fused::AttentionContext>,
-    mask: Option<Tensor>,
-}
-
-/// Rotary tables of a generation step: host rows on the CPU, tensors elsewhere.
-enum StepRope {
-    Host(RowRope),
-    Device(Rotary),
-}
-
-/// Which logits [`Model::step`] returns for each sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last new position (generation).
-    Last,
-    /// Every new position (prefill scoring, parity tests).
-    All,
 }
 
 /// The token embedding table: floats, or (GGUF on the CPU) the stored quantized rows, of which a
@@ -592,212 +443,4 @@ impl Model {
             None => Ok(()),
         }
     }
-
-    /// Final hidden states `[batch, seq, hidden]` (after the last norm) for `input_ids`
-    /// `[batch, seq]`. With `position_ids` (`[batch, seq]`), a position that does not follow its
-    /// predecessor by one starts a new document: attention never crosses documents, so several
-    /// packed sequences in one row give exactly their unpacked results.
-    ///
-    /// This reads the ids (and positions) back to check them and build the attention layout;
-    /// callers that hold them on the host use [`Self::forward_hidden_host`] instead.
-    pub fn forward_hidden(
-        &self,
-        input_ids: &Tensor,
-        position_ids: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
-        let positions = match position_ids {
-            Some(p) => {
-                if p.dims() != [b, t] {
-                    return Err(Error::Config(format!(
-                        "`position_ids` shape {:?} differs from `input_ids` shape [{b}, {t}]",
-                        p.dims()
-                    )));
-                }
-                p.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?
-            }
-            None => (0..b).flat_map(|_| 0..t as u32).collect(),
-        };
-        self.forward_hidden_host(&ids, &positions, b)
-    }
-
-    /// [`Self::forward_hidden`] for a `[batch, ids.len() / batch]` grid of ids and positions
-    /// held on the host (row-major): they are checked there and uploaded once, so the forward
-    /// never waits for the device.
-    pub fn forward_hidden_host(
-        &self,
-        ids: &[u32],
-        positions: &[u32],
-        batch: usize,
-    ) -> Result<Tensor> {
-        self.forward_hidden_recomputing(ids, positions, batch, None)
-    }
-
-    /// [`Self::forward_hidden_host`] with activation checkpointing when `recompute` is given:
-    /// each decoder layer keeps only its input for the backward pass, which runs the layer
-    /// again (see [`crate::recompute`]) and puts its parameters' gradients in `recompute`.
-    pub fn forward_hidden_recomputing(
-        &self,
-        ids: &[u32],
-        positions: &[u32],
-        batch: usize,
-        recompute: Option<&Arc<RecomputeGrads>>,
-    ) -> Result<Tensor> {
-        if batch == 0 || !ids.len().is_multiple_of(batch) || positions.len() != ids.len() {
-            return Err(Error::Config(format!(
-                "{} ids and {} positions do not form {batch} equal rows",
-                ids.len(),
-                positions.len()
-            )));
-        }
-        self.check_ids(ids)?;
-        let t = ids.len() / batch;
-        let rows: Vec<Vec<u32>> = positions.chunks(t).map(<[u32]>::to_vec).collect();
-        let input_ids = Tensor::from_slice(ids, (batch, t), &self.device)?;
-        let positions = Tensor::from_slice(positions, (batch, t), &self.device)?;
-        let mut seq = FullSequence {
-            rotary: self.rotary(&positions)?,
-            rows: Arc::new(rows),
-            ctx: None,
-            mask: None,
-        };
-        let eps = self.spec.rms_norm_eps;
-        let mut xs = self.embed_tokens.forward(&input_ids)?;
-        for layer in &self.layers {
-            let ys = layer.forward_full(&xs, &mut seq, eps)?;
-            xs = match recompute {
-                None => ys,
-                Some(grads) => {
-                    // The layer's graph goes; backward runs it again from `xs` (`seq` now
-                    // holds the attention layout, so the recomputation does not rebuild it).
-                    let (layer, seq) = (layer.clone(), seq.clone());
-                    recompute::recomputed(&xs, ys, grads, move |xs| {
-                        layer.forward_full(xs, &mut seq.clone(), eps)
-                    })?
-                }
-            };
-        }
-        Ok(ops::rms_norm(&xs, &self.norm, eps)?)
-    }
-
-    /// Logits `[batch, seq, vocab]` for every position: the training forward.
-    pub fn forward(&self, input_ids: &Tensor, position_ids: Option<&Tensor>) -> Result<Tensor> {
-        let hidden = self.forward_hidden(input_ids, position_ids)?;
-        Ok(self.lm_head.forward(&hidden)?)
-    }
-
-    /// One generation step over a ragged batch: each entry's `tokens` (a whole prompt, or one
-    /// sampled token) are appended to its own cache. Returns each entry's logits, `[n, vocab]`
-    /// where `n` is 1 for [`Logits::Last`] or the number of new tokens for [`Logits::All`].
-    pub fn step(&self, batch: &mut [(&[u32], &mut KvCache)], which: Logits) -> Result<Vec<Tensor>> {
-        if batch.iter().any(|(tokens, _)| tokens.is_empty()) {
-            return Err(Error::Config(
-                "a sequence in the batch has no new tokens".into(),
-            ));
-        }
-        let ids: Vec<u32> = batch.iter().flat_map(|(t, _)| t.iter().copied()).collect();
-        self.check_ids(&ids)?;
-        let positions: Vec<u32> = batch
-            .iter()
-            .flat_map(|(t, c)| (c.len()..c.len() + t.len()).map(|p| p as u32))
-            .collect();
-        let n = ids.len();
-        // The host path (plain buffers, one ragged attention pass) is the CPU's f32 fast path;
-        // every other device and dtype takes the tensor path, which CPU bf16 tests exercise.
-        let rotary = if self.device.is_cpu() && self.dtype == DType::F32 {
-            StepRope::Host(RowRope::new(&positions, &self.spec.rope))
-        } else {
-            StepRope::Device(self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?)
-        };
-        let mut xs = self
-            .embed_tokens
-            .forward(&Tensor::from_vec(ids, (1, n), &self.device)?)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
-            let attn = match &rotary {
-                StepRope::Host(rope) => layer.self_attn.step_host(&normed, l, batch, rope)?,
-                StepRope::Device(rotary) => {
-                    layer.self_attn.step_device(&normed, l, batch, rotary)?
-                }
-            };
-            xs = (xs + attn)?;
-            let normed =
-                ops::rms_norm(&xs, &layer.post_attention_layernorm, self.spec.rms_norm_eps)?;
-            xs = (&xs + layer.mlp.forward(&normed)?)?;
-        }
-        for (tokens, cache) in batch.iter_mut() {
-            cache.len += tokens.len();
-        }
-        let hidden = ops::rms_norm(&xs.squeeze(0)?, &self.norm, self.spec.rms_norm_eps)?;
-        // Only the rows whose logits are wanted go through the (vocab-sized) head.
-        let mut rows = Vec::new();
-        let mut offset = 0u32;
-        for (tokens, _) in batch.iter() {
-            let len = tokens.len() as u32;
-            match which {
-                Logits::Last => rows.push(offset + len - 1),
-                Logits::All => rows.extend(offset..offset + len),
-            }
-            offset += len;
-        }
-        let picked = hidden.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?;
-        let logits = self.lm_head.forward(&picked)?;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut start = 0;
-        for (tokens, _) in batch.iter() {
-            let count = if which == Logits::Last {
-                1
-            } else {
-                tokens.len()
-            };
-            out.push(logits.narrow(0, start, count)?);
-            start += count;
-        }
-        Ok(out)
-    }
-
-    /// Runs `tokens` through one sequence's cache; logits `[tokens.len(), vocab]`.
-    pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let mut batch = [(tokens, cache)];
-        let mut out = self.step(&mut batch, Logits::All)?;
-        Ok(out.remove(0))
-    }
-}
-
-/// Additive mask `[batch, 1, seq, seq]`: 0 where a query may attend (same document, not in the
-/// future), `-inf` elsewhere. A document starts wherever a position does not continue its
-/// predecessor. With a single row, the mask is shared across the batch.
-fn document_mask(positions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
-    let t = positions.first().map_or(0, Vec::len);
-    let mut data = Vec::with_capacity(positions.len() * t * t);
-    for row in positions {
-        let doc = fused::document_starts(row);
-        for (i, &start) in doc.iter().enumerate() {
-            data.extend((0..t).map(|j| {
-                if j <= i && j >= start {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }));
-        }
-    }
-    Ok(Tensor::from_vec(data, (positions.len(), 1, t, t), device)?)
-}
-
-/// Causal mask `[len, past + len]` for `len` new queries after `past` cached positions.
-fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..len)
-        .flat_map(|i| {
-            (0..past + len).map(move |j| {
-                if j <= past + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (len, past + len), device)?)
 }

@@ -11,21 +11,28 @@ use crate::decode::{self, KvCache, RowRope};
 use crate::{ops, Error, Result};
 
 impl Attention {
-    /// Scaled dot-product attention of `q` over `k`/`v` (kv heads not yet repeated), with an
-    /// optional additive mask broadcastable to `[b, heads, q_len, k_len]`. Returns
-    /// `[b, heads, q_len, d]`.
-    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(k, n_rep)?;
-        let v = repeat_kv(v, n_rep)?;
+    /// Scaled dot-product attention of `q` `[b, heads, q_len, d]` over `k`/`v` `[b, kv_heads,
+    /// k_len, d]` (a cache slab's view), with an optional additive mask `[q_len, k_len]`.
+    /// Returns `[b, heads, q_len, d]`. The kv heads are not repeated: each multiplies its own
+    /// group of query heads, laid out as `[b, kv_heads, n_rep × q_len, d]`, so a step reads
+    /// the history as it lies in the cache instead of copying it `n_rep` times (6× for
+    /// Qwen2.5-1.5B) per layer.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, h, len, d) = q.dims4()?;
+        let (kv, k_len) = (self.num_kv_heads, k.dim(2)?);
+        let n_rep = h / kv;
+        let grouped = q.contiguous()?.reshape((b, kv, n_rep * len, d))?;
         // Scores and softmax in f32 whatever the compute dtype, as transformers' eager attention
         // does (`softmax(..., dtype=torch.float32)`); a no-op in f32.
-        let mut scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * self.scale)?;
+        let mut scores = (grouped.matmul(&k.t()?)?.to_dtype(DType::F32)? * self.scale)?;
         if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
+            scores = scores
+                .reshape((b, kv, n_rep, len, k_len))?
+                .broadcast_add(mask)?
+                .reshape((b, kv, n_rep * len, k_len))?;
         }
         let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        Ok(probs.matmul(&v)?)
+        Ok(probs.matmul(v)?.reshape((b, h, len, d))?)
     }
 
     /// A generation step on the CPU: `xs` `[1, rows, hidden]` holds the new rows of every
@@ -78,23 +85,11 @@ impl Attention {
                 .then(|| causal_mask(len, past, xs.device()))
                 .transpose()?;
             let q_s = q.narrow(2, offset, len)?.contiguous()?;
-            outs.push(self.attend(&q_s, k_all, v_all, mask.as_ref())?);
+            outs.push(self.attend(&q_s, &k_all, &v_all, mask.as_ref())?);
             offset += len;
         }
         self.merge(&Tensor::cat(&outs, 2)?)
     }
-}
-
-/// `[batch, kv_heads, seq, d]` → `[batch, kv_heads * n_rep, seq, d]` for grouped-query attention.
-fn repeat_kv(xs: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(xs);
-    }
-    let (b, kv, t, d) = xs.dims4()?;
-    Ok(xs
-        .unsqueeze(2)?
-        .broadcast_as((b, kv, n_rep, t, d))?
-        .reshape((b, kv * n_rep, t, d))?)
 }
 
 /// Rotary tables of a generation step: host rows on the CPU, tensors elsewhere.

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{Attention, Model, Rotary};
+use crate::chunked_attention::{self, QueryChunks};
 use crate::decode::{self, KvCache, RowRope};
 use crate::{ops, Error, Result};
 
@@ -62,7 +63,8 @@ impl Attention {
             .forward(&decode::to_tensor(out, rows, xs.device())?)?)
     }
 
-    /// A generation step on other devices, with tensor caches and one attention per sequence.
+    /// A generation step on other devices, with tensor caches and one attention per sequence
+    /// (a whole prompt's in chunks of queries, see [`crate::chunked_attention`]).
     fn step_device(
         &self,
         xs: &Tensor,
@@ -76,16 +78,23 @@ impl Attention {
         for (tokens, cache) in batch.iter_mut() {
             let len = tokens.len();
             let past = cache.len();
-            let (k_all, v_all) = cache.append_device(
-                layer,
-                &k.narrow(2, offset, len)?.contiguous()?,
-                &v.narrow(2, offset, len)?.contiguous()?,
-            )?;
-            let mask = (len > 1)
-                .then(|| causal_mask(len, past, xs.device()))
-                .transpose()?;
+            let k_new = k.narrow(2, offset, len)?.contiguous()?;
+            let v_new = v.narrow(2, offset, len)?.contiguous()?;
+            let (k_all, v_all) = cache.append_device(layer, &k_new, &v_new)?;
             let q_s = q.narrow(2, offset, len)?.contiguous()?;
-            outs.push(self.attend(&q_s, &k_all, &v_all, mask.as_ref())?);
+            let out = if len > 1 && past == 0 {
+                // A whole prompt (or a scored sequence): in chunks of queries, so a long one
+                // never holds its `heads × len²` scores at once.
+                let rows = [(0..len as u32).collect::<Vec<_>>()];
+                let chunks = QueryChunks::new(&rows, self.num_heads, xs.device())?;
+                chunked_attention::attention(&q_s, &k_new, &v_new, &chunks, self.scale)?
+            } else {
+                let mask = (len > 1)
+                    .then(|| causal_mask(len, past, xs.device()))
+                    .transpose()?;
+                self.attend(&q_s, &k_all, &v_all, mask.as_ref())?
+            };
+            outs.push(out);
             offset += len;
         }
         self.merge(&Tensor::cat(&outs, 2)?)

@@ -10,16 +10,18 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use crate::kv_pool::Slot;
 use crate::rope::RopeSpec;
 use crate::Result;
 
 /// Keys and values of one sequence for every layer. On the CPU they live in host buffers,
-/// position-major (`[len, kv_heads * head_dim]`); on other devices in tensors
-/// (`[1, kv_heads, len, head_dim]`). One cache per sequence: nothing is shared between calls.
-#[derive(Debug, Clone)]
+/// position-major (`[len, kv_heads * head_dim]`); on other devices in a slot of the model's
+/// pool ([`crate::kv_pool`]), taken at the sequence's first step and given back when the
+/// cache is dropped or cleared. One cache per sequence.
+#[derive(Debug)]
 pub struct KvCache {
     pub(crate) host: Vec<(Vec<f32>, Vec<f32>)>,
-    pub(crate) device: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) slot: Option<Slot>,
     pub(crate) len: usize,
 }
 
@@ -27,7 +29,7 @@ impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             host: vec![(Vec::new(), Vec::new()); num_layers],
-            device: vec![None; num_layers],
+            slot: None,
             len: 0,
         }
     }
@@ -41,58 +43,17 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forgets every position; the host buffers keep their capacity for the next sequence.
+    /// Forgets every position; the host buffers keep their capacity for the next sequence,
+    /// a device slot goes back to the pool.
     pub fn clear(&mut self) {
         self.host.iter_mut().for_each(|(k, v)| {
             k.clear();
             v.clear();
         });
-        self.device.iter_mut().for_each(|l| *l = None);
+        self.slot = None;
         self.len = 0;
     }
-
-    /// Appends `[1, kv_heads, len, d]` keys and values for `layer` to the device cache and
-    /// returns views of the whole history (non-CPU devices).
-    ///
-    /// The cache is a slab `[1, kv_heads, capacity, d]` written in place; capacity doubles when
-    /// full, so a sequence's history is copied O(log n) times instead of once per step.
-    pub(crate) fn append_device(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let past = self.len;
-        let need = past + k.dim(2)?;
-        let fits = matches!(&self.device[layer], Some((kb, _)) if kb.dim(2)? >= need);
-        if !fits {
-            let grow = |new: &Tensor, old: Option<&Tensor>| -> Result<Tensor> {
-                let (b, h, _, d) = new.dims4()?;
-                let capacity = need.next_power_of_two().max(MIN_DEVICE_CAPACITY);
-                let slab = Tensor::zeros((b, h, capacity, d), new.dtype(), new.device())?;
-                if let Some(old) = old.filter(|_| past > 0) {
-                    slab.slice_set(&old.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
-                }
-                Ok(slab)
-            };
-            let old = self.device[layer].take();
-            let slabs = (
-                grow(k, old.as_ref().map(|(k, _)| k))?,
-                grow(v, old.as_ref().map(|(_, v)| v))?,
-            );
-            self.device[layer] = Some(slabs);
-        }
-        let Some((kb, vb)) = &self.device[layer] else {
-            unreachable!("the slab was just allocated");
-        };
-        kb.slice_set(&k.contiguous()?, 2, past)?;
-        vb.slice_set(&v.contiguous()?, 2, past)?;
-        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
-    }
 }
-
-/// Positions a device cache slab holds at first (it doubles from there).
-const MIN_DEVICE_CAPACITY: usize = 256;
 
 /// Head layout of one attention layer.
 #[derive(Debug, Clone, Copy)]

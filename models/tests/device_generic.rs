@@ -1,5 +1,5 @@
-//! The decoder off the CPU f32 fast paths, run on the CPU in bf16: tensor KV caches (slabs that
-//! grow), masked attention with an f32 softmax, rotary tables in the compute dtype, composed
+//! The decoder off the CPU f32 fast paths, run on the CPU in bf16: the pooled KV caches (slots
+//! and capacity that grow, one batched attention per decode step), masked attention with an f32 softmax, rotary tables in the compute dtype, composed
 //! differentiable ops. These are the paths a GPU takes; bf16 on the CPU proves them in CI.
 
 use std::path::PathBuf;
@@ -74,8 +74,8 @@ fn stored_dtype_is_the_files_dtype() {
     assert_eq!(auto, DType::F32);
 }
 
-/// Cached decoding on the tensor path equals the full forward, past the first slab capacity
-/// (256 positions), so the slab's growth and copy are exercised.
+/// Cached decoding on the tensor path equals the full forward, past the pool's first capacity
+/// (256 positions), so its growth and copy are exercised.
 #[test]
 fn tensor_cache_decode_equals_full_forward_across_slab_growth() {
     let model = load("tiny-qwen2", DType::BF16);
@@ -154,6 +154,105 @@ fn tensor_path_ragged_batch_equals_sequences_alone() {
         let d = max_diff(a, b) / max_abs(a);
         assert!(d < 2e-2, "sequence {i}: batched logits differ by {d}");
     }
+}
+
+/// Continuous batching on the pooled caches: sequences join (prompts fed whole or in two
+/// chunks, so a feed continues a history), decode together (one batched attention), finish and
+/// give their slots to newcomers, while the pool doubles its slots (4 → 8) and its capacity
+/// (256 → 512); every step's logits equal each sequence run alone.
+#[test]
+fn pooled_continuous_batching_equals_sequences_alone() {
+    let model = load("tiny-qwen2", DType::BF16);
+    // Sequence s: a prompt of `prompt[s]` tokens, then `decode[s]` one-token steps; it joins
+    // at step `join[s]` and its prompt arrives in `chunks[s]` feeds.
+    let prompt = [5usize, 40, 2, 270, 9, 17, 3, 60, 11, 8];
+    let decode = [30usize, 12, 25, 8, 20, 6, 14, 9, 18, 4];
+    let join = [0usize, 0, 1, 2, 2, 3, 4, 5, 12, 20];
+    let chunks = [1usize, 2, 1, 2, 1, 1, 2, 1, 2, 1];
+    let stream = |s: usize| -> Vec<u32> {
+        (0..prompt[s] + decode[s])
+            .map(|i| ((s * 97 + i * 31 + 7) % 250 + 3) as u32)
+            .collect()
+    };
+    let alone: Vec<Tensor> = (0..prompt.len())
+        .map(|s| {
+            let mut c = model.new_cache();
+            model.forward_cached(&stream(s), &mut c).unwrap()
+        })
+        .collect();
+    let scale = alone.iter().map(max_abs).fold(0f32, f32::max);
+    // Per sequence: its cache (dropped when it finishes) and the next position to feed.
+    let mut caches: Vec<Option<distill_models::KvCache>> =
+        (0..prompt.len()).map(|_| None).collect();
+    let mut fed = vec![0usize; prompt.len()];
+    let mut most_live = 0;
+    for step in 0.. {
+        let mut feeds: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for s in 0..prompt.len() {
+            let total = prompt[s] + decode[s];
+            if step < join[s] || fed[s] == total {
+                continue;
+            }
+            let cache = caches[s].get_or_insert_with(|| model.new_cache());
+            assert_eq!(cache.len(), fed[s]);
+            let end = if fed[s] < prompt[s] {
+                let piece = prompt[s].div_ceil(chunks[s]);
+                (fed[s] + piece).min(prompt[s])
+            } else {
+                fed[s] + 1
+            };
+            feeds.push((s, fed[s]..end));
+        }
+        if feeds.is_empty() {
+            break;
+        }
+        most_live = most_live.max(feeds.len());
+        let streams: Vec<Vec<u32>> = feeds
+            .iter()
+            .map(|(s, r)| stream(*s)[r.clone()].to_vec())
+            .collect();
+        let mut taken: Vec<Option<distill_models::KvCache>> =
+            caches.iter_mut().map(Option::take).collect();
+        let mut entries: Vec<(usize, distill_models::KvCache)> = feeds
+            .iter()
+            .map(|(s, _)| (*s, taken[*s].take().unwrap()))
+            .collect();
+        let out = {
+            let mut batch: Vec<(&[u32], &mut distill_models::KvCache)> = streams
+                .iter()
+                .zip(entries.iter_mut())
+                .map(|(t, (_, c))| (t.as_slice(), c))
+                .collect();
+            model.step(&mut batch, Logits::All).unwrap()
+        };
+        for ((s, range), logits) in feeds.iter().zip(&out) {
+            let want = alone[*s].narrow(0, range.start, range.len()).unwrap();
+            let d = max_diff(logits, &want) / scale;
+            assert!(
+                d < 2e-2,
+                "step {step}, sequence {s}, positions {range:?}: off by {d}"
+            );
+            fed[*s] = range.end;
+        }
+        for (s, cache) in entries {
+            // A finished sequence's cache is dropped: its slot goes back to the pool.
+            if fed[s] < prompt[s] + decode[s] {
+                taken[s] = Some(cache);
+            }
+        }
+        for (slot, t) in caches.iter_mut().zip(taken) {
+            if t.is_some() {
+                *slot = t;
+            }
+        }
+    }
+    assert_eq!(
+        fed,
+        (0..prompt.len())
+            .map(|s| prompt[s] + decode[s])
+            .collect::<Vec<_>>()
+    );
+    assert!(most_live > 4, "the schedule must outgrow the first 4 slots");
 }
 
 /// The mixed-precision training forward: a bf16 cast of f32 variables, composed

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 pub use crate::decode::KvCache;
+use crate::kv_pool::KvPool;
 pub use crate::rope::RopeSpec;
 use crate::weights::Weights;
 pub use crate::weights::{Linear, QuantizedWeight};
@@ -322,6 +323,8 @@ pub struct Model {
     device: Device,
     /// The compute dtype: the embedding table's (activations, caches and logits follow it).
     dtype: DType,
+    /// The generation caches of the tensor path (empty until a step takes a slot).
+    kv_pool: Arc<KvPool>,
 }
 
 impl Model {
@@ -382,6 +385,13 @@ impl Model {
         let device = w.device().clone();
         let inv_freq = Tensor::new(spec.rope.inv_freq.as_slice(), &device)?;
         let dtype = embed.as_ref().map_or(DType::F32, Tensor::dtype);
+        let kv_pool = KvPool::new(
+            spec.num_layers,
+            spec.num_kv_heads,
+            spec.head_dim,
+            dtype,
+            &device,
+        );
         Ok(Self {
             spec: spec.clone(),
             embed_tokens,
@@ -391,6 +401,7 @@ impl Model {
             inv_freq,
             device,
             dtype,
+            kv_pool,
         })
     }
 

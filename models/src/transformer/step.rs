@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{Attention, Model, Rotary};
 use crate::chunked_attention::{self, QueryChunks};
 use crate::decode::{self, KvCache, RowRope};
+use crate::kv_pool::{PoolView, Slot};
 use crate::{ops, Error, Result};
 
 impl Attention {
@@ -63,48 +64,226 @@ impl Attention {
             .forward(&decode::to_tensor(out, rows, xs.device())?)?)
     }
 
-    /// A generation step on other devices, with tensor caches and one attention per sequence
-    /// (a whole prompt's in chunks of queries, see [`crate::chunked_attention`]).
+    /// A generation step on other devices: this step's keys and values go into the pool with
+    /// one scatter each; the sequences with one new token attend together (one batched
+    /// attention over every slot's history, masked by length), each longer feed (a prompt,
+    /// or a chunk of one) on its own (a whole prompt in chunks of queries, see
+    /// [`crate::chunked_attention`]). Returns the output projection `[1, rows, hidden]`.
     fn step_device(
         &self,
         xs: &Tensor,
         layer: usize,
-        batch: &mut [(&[u32], &mut KvCache)],
-        rotary: &Rotary,
+        batch: &[(&[u32], &mut KvCache)],
+        step: &DeviceStep,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(xs, rotary)?;
-        let mut outs = Vec::with_capacity(batch.len());
+        let (q, k, v) = self.qkv(xs, &step.rotary)?;
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let n = q.dim(2)?;
+        let (keys, values) = &step.pool.tensors[layer];
+        let flat = (step.pool.slots * kv * step.pool.capacity, d);
+        keys.reshape(flat)?.scatter_set(
+            &step.targets,
+            &k.contiguous()?.reshape((kv * n, d))?,
+            0,
+        )?;
+        values.reshape(flat)?.scatter_set(
+            &step.targets,
+            &v.contiguous()?.reshape((kv * n, d))?,
+            0,
+        )?;
+        // `[rows, heads × d]` in step order: q's rows, to pick from.
+        let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+        let mut pieces = Vec::new();
+        if let Some(dec) = &step.decode {
+            let picked = q_rows.index_select(&dec.rows, 0)?.reshape(((), h * d))?;
+            let grouped = Tensor::zeros((step.pool.slots, h * d), q.dtype(), q.device())?;
+            grouped.scatter_set(&dec.slot_targets, &picked, 0)?;
+            let grouped = grouped.reshape((step.pool.slots, kv, h / kv, d))?;
+            let scores = (grouped
+                .matmul(&keys.narrow(2, 0, dec.keys)?.t()?)?
+                .to_dtype(DType::F32)?
+                * self.scale)?
+                .broadcast_add(&dec.mask)?;
+            let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+            let out = probs.matmul(&values.narrow(2, 0, dec.keys)?)?;
+            pieces.push(
+                out.reshape((step.pool.slots, h * d))?
+                    .index_select(&dec.slots, 0)?,
+            );
+        }
         let mut offset = 0;
-        for (tokens, cache) in batch.iter_mut() {
+        for (tokens, cache) in batch {
             let len = tokens.len();
-            let past = cache.len();
-            let k_new = k.narrow(2, offset, len)?.contiguous()?;
-            let v_new = v.narrow(2, offset, len)?.contiguous()?;
-            let (k_all, v_all) = cache.append_device(layer, &k_new, &v_new)?;
-            let q_s = q.narrow(2, offset, len)?.contiguous()?;
-            let out = if len > 1 && past == 0 {
-                // A whole prompt (or a scored sequence): in chunks of queries, so a long one
-                // never holds its `heads × len²` scores at once.
-                let rows = [(0..len as u32).collect::<Vec<_>>()];
-                let chunks = QueryChunks::new(&rows, self.num_heads, xs.device())?;
-                chunked_attention::attention(&q_s, &k_new, &v_new, &chunks, self.scale)?
-            } else {
-                let mask = (len > 1)
-                    .then(|| causal_mask(len, past, xs.device()))
-                    .transpose()?;
-                self.attend(&q_s, &k_all, &v_all, mask.as_ref())?
-            };
-            outs.push(out);
+            if len > 1 {
+                let past = cache.len();
+                let q_s = q.narrow(2, offset, len)?.contiguous()?;
+                let out = if past == 0 {
+                    // A whole prompt (or a scored sequence): in chunks of queries, so a long
+                    // one never holds its `heads × len²` scores at once.
+                    let rows = [(0..len as u32).collect::<Vec<_>>()];
+                    let chunks = QueryChunks::new(&rows, h, xs.device())?;
+                    let k_new = k.narrow(2, offset, len)?.contiguous()?;
+                    let v_new = v.narrow(2, offset, len)?.contiguous()?;
+                    chunked_attention::attention(&q_s, &k_new, &v_new, &chunks, self.scale)?
+                } else {
+                    let slot = cache.slot.as_ref().map_or(0, Slot::index);
+                    let history = |t: &Tensor| t.narrow(0, slot, 1)?.narrow(2, 0, past + len);
+                    let mask = causal_mask(len, past, xs.device())?;
+                    self.attend(&q_s, &history(keys)?, &history(values)?, Some(&mask))?
+                };
+                pieces.push(out.squeeze(0)?.transpose(0, 1)?.reshape((len, h * d))?);
+            }
             offset += len;
         }
-        self.merge(&Tensor::cat(&outs, 2)?)
+        let rows = match &step.order {
+            None => pieces.pop().expect("a step has rows"),
+            Some(order) => Tensor::cat(&pieces, 0)?.index_select(order, 0)?,
+        };
+        Ok(self.o_proj.forward(&rows.unsqueeze(0)?)?)
     }
 }
 
-/// Rotary tables of a generation step: host rows on the CPU, tensors elsewhere.
-enum StepRope {
+/// What every layer of a step on the tensor path shares: the rotary tables, the pool's
+/// tensors and where this step's rows go in them.
+struct DeviceStep {
+    rotary: Rotary,
+    pool: PoolView,
+    /// The append's scatter index: for each new key/value row in `[kv_heads, rows]` order, its
+    /// row in the pool flattened to `[slots × kv_heads × capacity, head_dim]`, repeated over
+    /// `head_dim` (u32 `[kv_heads × rows, head_dim]`).
+    targets: Tensor,
+    /// The entries with one new token, attended together.
+    decode: Option<DecodeRows>,
+    /// When some entry feeds several tokens: the step row of each output row, as an index into
+    /// the decode rows followed by each longer feed's rows (u32 `[rows]`).
+    order: Option<Tensor>,
+}
+
+/// The one-token entries of a step.
+struct DecodeRows {
+    /// Their rows in the step (u32 `[n]`) and their slots (u32 `[n]`).
+    rows: Tensor,
+    slots: Tensor,
+    /// Each one's slot repeated over `heads × head_dim` (u32 `[n, heads × head_dim]`), the
+    /// scatter index that puts its query into the slots' query tensor.
+    slot_targets: Tensor,
+    /// Keys attended: the longest history among them.
+    keys: usize,
+    /// `[slots, 1, 1, keys]` f32: 0 where a slot's query sees a key, `-inf` elsewhere (slots
+    /// not decoding see position 0, so their softmax stays finite).
+    mask: Tensor,
+}
+
+impl DeviceStep {
+    /// Takes a slot for each entry that has none, makes room for the step's positions and
+    /// builds the step's indices and masks on the host (one upload each per step).
+    fn new(model: &Model, batch: &mut [(&[u32], &mut KvCache)], rotary: Rotary) -> Result<Self> {
+        let (h, kv, d) = (
+            model.spec.num_heads,
+            model.spec.num_kv_heads,
+            model.spec.head_dim,
+        );
+        let device = &model.device;
+        for (_, cache) in batch.iter_mut() {
+            if cache.slot.is_none() {
+                cache.slot = Some(model.kv_pool.acquire()?);
+            }
+        }
+        let longest = batch
+            .iter()
+            .map(|(t, c)| c.len() + t.len())
+            .max()
+            .unwrap_or(0);
+        model.kv_pool.reserve(longest)?;
+        let pool = model.kv_pool.view();
+        let slot = |c: &KvCache| c.slot.as_ref().map_or(0, Slot::index);
+        let mut targets = Vec::new();
+        for head in 0..kv {
+            for (tokens, cache) in batch.iter() {
+                let base = (slot(cache) * kv + head) * pool.capacity + cache.len();
+                for t in 0..tokens.len() {
+                    targets.extend(std::iter::repeat_n((base + t) as u32, d));
+                }
+            }
+        }
+        let n: usize = batch.iter().map(|(t, _)| t.len()).sum();
+        let targets = Tensor::from_vec(targets, (kv * n, d), device)?;
+        // Decode rows first, then each longer feed's rows, in step order.
+        let (mut rows, mut slots, mut order) = (Vec::new(), Vec::new(), vec![0u32; n]);
+        let mut offset = 0;
+        for (tokens, cache) in batch.iter() {
+            if tokens.len() == 1 {
+                order[offset] = rows.len() as u32;
+                rows.push(offset as u32);
+                slots.push(slot(cache) as u32);
+            }
+            offset += tokens.len();
+        }
+        let mut next = rows.len() as u32;
+        offset = 0;
+        for (tokens, _) in batch.iter() {
+            if tokens.len() > 1 {
+                for o in &mut order[offset..offset + tokens.len()] {
+                    *o = next;
+                    next += 1;
+                }
+            }
+            offset += tokens.len();
+        }
+        let decode = if rows.is_empty() {
+            None
+        } else {
+            let keys = batch
+                .iter()
+                .filter(|(t, _)| t.len() == 1)
+                .map(|(_, c)| c.len() + 1)
+                .max()
+                .unwrap_or(1);
+            let mut seen = vec![1usize; pool.slots];
+            for (tokens, cache) in batch.iter() {
+                if tokens.len() == 1 {
+                    seen[slot(cache)] = cache.len() + 1;
+                }
+            }
+            let mask: Vec<f32> = seen
+                .iter()
+                .flat_map(|&s| (0..keys).map(move |j| if j < s { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
+            let slot_targets: Vec<u32> = slots
+                .iter()
+                .flat_map(|&s| std::iter::repeat_n(s, h * d))
+                .collect();
+            let count = rows.len();
+            Some(DecodeRows {
+                rows: Tensor::from_vec(rows, count, device)?,
+                slots: Tensor::from_vec(slots, count, device)?,
+                slot_targets: Tensor::from_vec(slot_targets, (count, h * d), device)?,
+                keys,
+                mask: Tensor::from_vec(mask, (pool.slots, 1, 1, keys), device)?,
+            })
+        };
+        let every_row_decodes = batch.iter().all(|(t, _)| t.len() == 1);
+        let only_one_feed = decode.is_none() && batch.len() == 1;
+        let order = if every_row_decodes || only_one_feed {
+            None
+        } else {
+            Some(Tensor::from_vec(order, n, device)?)
+        };
+        Ok(Self {
+            rotary,
+            pool,
+            targets,
+            decode,
+            order,
+        })
+    }
+}
+
+/// What the layers of a generation step share: host rotary rows on the CPU's f32 path, the
+/// tensor path's tables and pool indices elsewhere.
+enum StepPlan {
     Host(RowRope),
-    Device(Rotary),
+    Device(DeviceStep),
 }
 
 /// Which logits [`Model::step`] returns for each sequence.
@@ -135,21 +314,20 @@ impl Model {
         let n = ids.len();
         // The host path (plain buffers, one ragged attention pass) is the CPU's f32 fast path;
         // every other device and dtype takes the tensor path, which CPU bf16 tests exercise.
-        let rotary = if self.device.is_cpu() && self.dtype == DType::F32 {
-            StepRope::Host(RowRope::new(&positions, &self.spec.rope))
+        let plan = if self.device.is_cpu() && self.dtype == DType::F32 {
+            StepPlan::Host(RowRope::new(&positions, &self.spec.rope))
         } else {
-            StepRope::Device(self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?)
+            let rotary = self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?;
+            StepPlan::Device(DeviceStep::new(self, batch, rotary)?)
         };
         let mut xs = self
             .embed_tokens
             .forward(&Tensor::from_vec(ids, (1, n), &self.device)?)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = ops::rms_norm(&xs, &layer.input_layernorm, self.spec.rms_norm_eps)?;
-            let attn = match &rotary {
-                StepRope::Host(rope) => layer.self_attn.step_host(&normed, l, batch, rope)?,
-                StepRope::Device(rotary) => {
-                    layer.self_attn.step_device(&normed, l, batch, rotary)?
-                }
+            let attn = match &plan {
+                StepPlan::Host(rope) => layer.self_attn.step_host(&normed, l, batch, rope)?,
+                StepPlan::Device(step) => layer.self_attn.step_device(&normed, l, batch, step)?,
             };
             xs = (xs + attn)?;
             let normed =

@@ -21,6 +21,16 @@ const MIN_CAPACITY: usize = 256;
 /// Slots at first (they double from there).
 const MIN_SLOTS: usize = 4;
 
+/// The slots and the capacity a pool grows to for `sequences` sequences at once of up to
+/// `positions` positions each: powers of two, at least [`MIN_SLOTS`] and [`MIN_CAPACITY`].
+/// Memory estimates count caches with this.
+pub fn extent(sequences: usize, positions: usize) -> (usize, usize) {
+    (
+        sequences.next_power_of_two().max(MIN_SLOTS),
+        positions.next_power_of_two().max(MIN_CAPACITY),
+    )
+}
+
 /// The shared cache tensors of one model.
 pub(crate) struct KvPool {
     layers: usize,
@@ -96,8 +106,7 @@ impl KvPool {
     pub(crate) fn acquire(self: &Arc<Self>) -> Result<Slot> {
         let mut state = self.lock();
         if state.free.is_empty() {
-            let slots = (state.slots * 2).max(MIN_SLOTS);
-            let capacity = state.capacity.max(MIN_CAPACITY);
+            let (slots, capacity) = extent(state.slots + 1, state.capacity);
             self.grow(&mut state, slots, capacity)?;
         }
         let index = state.free.pop().expect("the pool just grew");
@@ -111,7 +120,7 @@ impl KvPool {
     pub(crate) fn reserve(&self, len: usize) -> Result<()> {
         let mut state = self.lock();
         if len > state.capacity {
-            let capacity = len.next_power_of_two().max(MIN_CAPACITY);
+            let (_, capacity) = extent(1, len);
             let slots = state.slots;
             self.grow(&mut state, slots, capacity)?;
         }

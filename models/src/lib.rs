@@ -15,7 +15,7 @@ pub mod gguf;
 pub mod hf;
 pub mod hub;
 pub mod kernels;
-mod kv_pool;
+pub mod kv_pool;
 pub mod llama;
 pub mod ops;
 pub mod prune;

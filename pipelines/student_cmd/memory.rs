@@ -7,8 +7,8 @@
 //! ZeRO-3 or FSDP2 divide weights, gradients and optimizer states over the processes.
 
 use candle_core::DType;
-use distill_models::chunked_attention;
 use distill_models::device::{gib, is_out_of_memory, memory_info};
+use distill_models::{chunked_attention, kv_pool};
 use distill_models::{Checkpoint, Spec};
 use distill_student::TrainTarget;
 
@@ -218,10 +218,12 @@ impl Beside {
         Ok(n * target.precision.compute.size_in_bytes() as f64)
     }
 
-    /// The KV caches of `sequences` samples of up to `seq_len` tokens of `spec`, in `dtype`.
+    /// The KV caches of `sequences` samples of up to `seq_len` tokens of `spec`, in `dtype`:
+    /// the generation pool they grow to (slots and positions rounded up to powers of two).
     pub fn sample_caches(spec: &Spec, sequences: usize, seq_len: usize, dtype: DType) -> f64 {
         let per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim;
-        (sequences * seq_len * per_token * dtype.size_in_bytes()) as f64
+        let (slots, capacity) = kv_pool::extent(sequences, seq_len);
+        (slots * capacity * per_token * dtype.size_in_bytes()) as f64
     }
 
     /// What the divergence keeps until the backward pass for `positions` compared positions of
@@ -536,6 +538,9 @@ mod tests {
     fn on_policy_samples_and_teacher_count() {
         let caches = Beside::sample_caches(&spec(), 32, 4096, DType::BF16);
         assert_eq!(caches, 32.0 * 4096.0 * (2 * 28 * 2 * 128 * 2) as f64);
+        // The pool rounds slots and positions up to powers of two.
+        let rounded = Beside::sample_caches(&spec(), 33, 3000, DType::BF16);
+        assert_eq!(rounded, 64.0 * 4096.0 * (2 * 28 * 2 * 128 * 2) as f64);
         let target = target(DType::F32, DType::BF16);
         let need = estimate(&spec(), &target, 8, 4096, false);
         let beside = Beside {

@@ -91,10 +91,10 @@ impl Attention {
             &v.contiguous()?.reshape((kv * n, d))?,
             0,
         )?;
-        // `[rows, heads × d]` in step order: q's rows, to pick from.
-        let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
         let mut pieces = Vec::new();
         if let Some(dec) = &step.decode {
+            // q's rows in step order, `[rows, heads, d]`, to pick the decoding ones from.
+            let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
             let picked = q_rows.index_select(&dec.rows, 0)?.reshape(((), h * d))?;
             let grouped = Tensor::zeros((step.pool.slots, h * d), q.dtype(), q.device())?;
             grouped.scatter_set(&dec.slot_targets, &picked, 0)?;
@@ -112,19 +112,15 @@ impl Attention {
             );
         }
         let mut offset = 0;
-        for (tokens, cache) in batch {
+        for ((tokens, cache), prompt) in batch.iter().zip(&step.prompts) {
             let len = tokens.len();
             if len > 1 {
                 let past = cache.len();
                 let q_s = q.narrow(2, offset, len)?.contiguous()?;
-                let out = if past == 0 {
-                    // A whole prompt (or a scored sequence): in chunks of queries, so a long
-                    // one never holds its `heads × len²` scores at once.
-                    let rows = [(0..len as u32).collect::<Vec<_>>()];
-                    let chunks = QueryChunks::new(&rows, h, xs.device())?;
+                let out = if let Some(chunks) = prompt {
                     let k_new = k.narrow(2, offset, len)?.contiguous()?;
                     let v_new = v.narrow(2, offset, len)?.contiguous()?;
-                    chunked_attention::attention(&q_s, &k_new, &v_new, &chunks, self.scale)?
+                    chunked_attention::attention(&q_s, &k_new, &v_new, chunks, self.scale)?
                 } else {
                     let slot = cache.slot.as_ref().map_or(0, Slot::index);
                     let history = |t: &Tensor| t.narrow(0, slot, 1)?.narrow(2, 0, past + len);
@@ -154,6 +150,10 @@ struct DeviceStep {
     targets: Tensor,
     /// The entries with one new token, attended together.
     decode: Option<DecodeRows>,
+    /// For each entry that is a whole prompt (several tokens, nothing cached: also a scored
+    /// sequence), its query chunks: it attends in chunks of queries, so a long one never holds
+    /// its `heads × len²` scores at once.
+    prompts: Vec<Option<QueryChunks>>,
     /// When some entry feeds several tokens: the step row of each output row, as an index into
     /// the decode rows followed by each longer feed's rows (u32 `[rows]`).
     order: Option<Tensor>,
@@ -262,6 +262,16 @@ impl DeviceStep {
                 mask: Tensor::from_vec(mask, (pool.slots, 1, 1, keys), device)?,
             })
         };
+        let prompts = batch
+            .iter()
+            .map(|(tokens, cache)| {
+                let whole = tokens.len() > 1 && cache.is_empty();
+                let rows = [(0..tokens.len() as u32).collect::<Vec<_>>()];
+                whole
+                    .then(|| QueryChunks::new(&rows, h, device))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         let every_row_decodes = batch.iter().all(|(t, _)| t.len() == 1);
         let only_one_feed = decode.is_none() && batch.len() == 1;
         let order = if every_row_decodes || only_one_feed {
@@ -274,6 +284,7 @@ impl DeviceStep {
             pool,
             targets,
             decode,
+            prompts,
             order,
         })
     }

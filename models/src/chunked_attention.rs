@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
+type CandleResult<T> = candle_core::Result<T>;
+
 use crate::fused::document_starts;
 use crate::recompute::ComputedOutput;
 use crate::Result;
@@ -108,7 +110,7 @@ impl QueryChunks {
 
     /// The additive mask of `chunk`, `[batch, 1, 1, rows, keys]` f32: 0 where query `i` may
     /// see key `j` (`start(i) ≤ j ≤ i`), `-inf` elsewhere. Built on the device from the starts.
-    fn mask(&self, chunk: &Chunk) -> Result<Tensor> {
+    fn mask(&self, chunk: &Chunk) -> CandleResult<Tensor> {
         let (b, c, kl) = (self.batch, chunk.rows(), chunk.keys());
         let device = self.starts.device();
         let keys = Tensor::arange(chunk.k0 as u32, chunk.q1 as u32, device)?.reshape((1, 1, kl))?;
@@ -123,9 +125,9 @@ impl QueryChunks {
             .broadcast_mul(&keys.broadcast_le(&last)?)?;
         let zero = Tensor::zeros((), DType::F32, device)?.broadcast_as((b, c, kl))?;
         let hidden = Tensor::full(f32::NEG_INFINITY, (), device)?.broadcast_as((b, c, kl))?;
-        Ok(visible
+        visible
             .where_cond(&zero, &hidden)?
-            .reshape((b, 1, 1, c, kl))?)
+            .reshape((b, 1, 1, c, kl))
     }
 }
 
@@ -172,7 +174,7 @@ impl Dims {
         self.h / self.kv
     }
 
-    fn inputs(&self, q: &Tensor, k: &Tensor, v: &Tensor, c: &Chunk) -> Result<ChunkInputs> {
+    fn inputs(&self, q: &Tensor, k: &Tensor, v: &Tensor, c: &Chunk) -> CandleResult<ChunkInputs> {
         let q = q.narrow(2, c.q0, c.rows())?.contiguous()?.reshape((
             self.b,
             self.kv,
@@ -185,21 +187,27 @@ impl Dims {
     }
 
     /// Scaled, masked f32 scores of a chunk, `[b, kv, n_rep, rows, keys]`.
-    fn scores(&self, x: &ChunkInputs, mask: &Tensor, c: &Chunk, scale: f64) -> Result<Tensor> {
+    fn scores(
+        &self,
+        x: &ChunkInputs,
+        mask: &Tensor,
+        c: &Chunk,
+        scale: f64,
+    ) -> CandleResult<Tensor> {
         let scores = (x.q.matmul(&x.k.t()?)?.to_dtype(DType::F32)? * scale)?;
-        Ok(scores
+        scores
             .reshape((self.b, self.kv, self.n_rep(), c.rows(), c.keys()))?
-            .broadcast_add(mask)?)
+            .broadcast_add(mask)
     }
 
     /// `[b, kv, n_rep × rows, d]` → `[b, h, rows, d]`.
-    fn heads(&self, xs: Tensor, c: &Chunk) -> Result<Tensor> {
-        Ok(xs.reshape((self.b, self.h, c.rows(), self.d))?)
+    fn heads(&self, xs: Tensor, c: &Chunk) -> CandleResult<Tensor> {
+        xs.reshape((self.b, self.h, c.rows(), self.d))
     }
 
     /// `[b, kv, n_rep, rows, keys]` → `[b, kv, n_rep × rows, keys]`.
-    fn grouped(&self, xs: Tensor, c: &Chunk) -> Result<Tensor> {
-        Ok(xs.reshape((self.b, self.kv, self.n_rep() * c.rows(), c.keys()))?)
+    fn grouped(&self, xs: Tensor, c: &Chunk) -> CandleResult<Tensor> {
+        xs.reshape((self.b, self.kv, self.n_rep() * c.rows(), c.keys()))
     }
 }
 
@@ -279,65 +287,11 @@ struct ChunkedAttention {
     scale: f64,
 }
 
-impl ChunkedAttention {
-    /// Gradients of q, k and v given the output `out` and its gradient `grad`.
-    fn backward(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (dims, scale) = (self.dims, self.scale);
-        let (b, kv, t, d, n_rep) = (dims.b, dims.kv, dims.t, dims.d, dims.n_rep());
-        let grad = grad.to_dtype(q.dtype())?.contiguous()?;
-        // D_i = Σ_d dO_id · O_id: the softmax backward's row term, f32.
-        let row_dot =
-            (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
-        let dk = Tensor::zeros((b, kv, t, d), DType::F32, q.device())?;
-        let dv = Tensor::zeros((b, kv, t, d), DType::F32, q.device())?;
-        let mut dq = Vec::with_capacity(self.chunks.chunks.len());
-        for (c, lse) in self.chunks.chunks.iter().zip(&self.lse) {
-            let x = dims.inputs(q, k, v, c)?;
-            let grouped = |xs: &Tensor, last: usize| -> Result<Tensor> {
-                Ok(xs.narrow(2, c.q0, c.rows())?.contiguous()?.reshape((
-                    b,
-                    kv,
-                    n_rep * c.rows(),
-                    last,
-                ))?)
-            };
-            let d_out = grouped(&grad, d)?;
-            let row_dot = grouped(&row_dot, 1)?;
-            // The scores go out of scope here, before their gradients exist.
-            let probs = {
-                let scores = dims.scores(&x, &self.chunks.mask(c)?, c, scale)?;
-                dims.grouped(scores.broadcast_sub(lse)?.exp()?, c)?
-            };
-            // dV += Pᵀ · dO;  dP = dO · Vᵀ;  dS = P ∘ (dP − D) · scale.
-            let dv_part = probs.to_dtype(v.dtype())?.t()?.matmul(&d_out)?;
-            accumulate(&dv, &dv_part, c.k0)?;
-            let d_probs = d_out.matmul(&x.v.t()?)?.to_dtype(DType::F32)?;
-            let d_scores = ((probs * d_probs.broadcast_sub(&row_dot)?)? * scale)?;
-            let d_scores = d_scores.to_dtype(q.dtype())?;
-            // dQ = dS · K;  dK += dSᵀ · Q.
-            dq.push(dims.heads(d_scores.matmul(&x.k)?, c)?);
-            accumulate(&dk, &d_scores.t()?.matmul(&x.q)?, c.k0)?;
-        }
-        Ok((
-            Tensor::cat(&dq, 2)?,
-            dk.to_dtype(k.dtype())?,
-            dv.to_dtype(v.dtype())?,
-        ))
-    }
-}
-
 /// `acc[:, :, offset.., :] += part` in place (f32 accumulation of a chunk's key gradients).
-fn accumulate(acc: &Tensor, part: &Tensor, offset: usize) -> Result<()> {
+fn accumulate(acc: &Tensor, part: &Tensor, offset: usize) -> CandleResult<()> {
     let len = part.dim(2)?;
     let sum = (acc.narrow(2, offset, len)? + part.to_dtype(DType::F32)?)?;
-    Ok(acc.slice_set(&sum, 2, offset)?)
+    acc.slice_set(&sum, 2, offset)
 }
 
 impl CustomOp3 for ChunkedAttention {
@@ -370,6 +324,7 @@ impl CustomOp3 for ChunkedAttention {
         self.output.cuda(self.name())
     }
 
+    /// Gradients of q, k and v given the output `out` and its gradient `grad`.
     fn bwd(
         &self,
         q: &Tensor,
@@ -377,12 +332,46 @@ impl CustomOp3 for ChunkedAttention {
         v: &Tensor,
         out: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, out) = (q.detach(), k.detach(), v.detach(), out.detach());
-        let (dq, dk, dv) = self
-            .backward(&q, &k, &v, &out, &grad.detach())
-            .map_err(candle_core::Error::wrap)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+    ) -> CandleResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, out) = (&q.detach(), &k.detach(), &v.detach(), &out.detach());
+        let (dims, scale) = (self.dims, self.scale);
+        let (b, kv, t, d, n_rep) = (dims.b, dims.kv, dims.t, dims.d, dims.n_rep());
+        let grad = grad.to_dtype(q.dtype())?.contiguous()?;
+        // D_i = Σ_d dO_id · O_id: the softmax backward's row term, f32.
+        let row_dot =
+            (grad.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
+        let dk = Tensor::zeros((b, kv, t, d), DType::F32, q.device())?;
+        let dv = Tensor::zeros((b, kv, t, d), DType::F32, q.device())?;
+        let mut dq = Vec::with_capacity(self.chunks.chunks.len());
+        for (c, lse) in self.chunks.chunks.iter().zip(&self.lse) {
+            let x = dims.inputs(q, k, v, c)?;
+            let grouped = |xs: &Tensor, last: usize| -> CandleResult<Tensor> {
+                xs.narrow(2, c.q0, c.rows())?
+                    .contiguous()?
+                    .reshape((b, kv, n_rep * c.rows(), last))
+            };
+            let d_out = grouped(&grad, d)?;
+            let row_dot = grouped(&row_dot, 1)?;
+            // The scores go out of scope here, before their gradients exist.
+            let probs = {
+                let scores = dims.scores(&x, &self.chunks.mask(c)?, c, scale)?;
+                dims.grouped(scores.broadcast_sub(lse)?.exp()?, c)?
+            };
+            // dV += Pᵀ · dO;  dP = dO · Vᵀ;  dS = P ∘ (dP − D) · scale.
+            let dv_part = probs.to_dtype(v.dtype())?.t()?.matmul(&d_out)?;
+            accumulate(&dv, &dv_part, c.k0)?;
+            let d_probs = d_out.matmul(&x.v.t()?)?.to_dtype(DType::F32)?;
+            let d_scores = ((probs * d_probs.broadcast_sub(&row_dot)?)? * scale)?;
+            let d_scores = d_scores.to_dtype(q.dtype())?;
+            // dQ = dS · K;  dK += dSᵀ · Q.
+            dq.push(dims.heads(d_scores.matmul(&x.k)?, c)?);
+            accumulate(&dk, &d_scores.t()?.matmul(&x.q)?, c.k0)?;
+        }
+        Ok((
+            Some(Tensor::cat(&dq, 2)?),
+            Some(dk.to_dtype(k.dtype())?),
+            Some(dv.to_dtype(v.dtype())?),
+        ))
     }
 }
 

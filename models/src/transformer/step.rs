@@ -64,8 +64,9 @@ impl Attention {
             .forward(&decode::to_tensor(out, rows, xs.device())?)?)
     }
 
-    /// A generation step on other devices: this step's keys and values go into the pool with
-    /// one scatter each; the sequences with one new token attend together (one batched
+    /// A generation step on other devices: this step's keys and values go into the pool (the
+    /// decoding rows with one scatter, each longer feed as one block); the sequences with one
+    /// new token attend together (one batched
     /// attention over every slot's history, masked by length), each longer feed (a prompt,
     /// or a chunk of one) on its own (a whole prompt in chunks of queries, see
     /// [`crate::chunked_attention`]). Returns the output projection `[1, rows, hidden]`.
@@ -80,17 +81,34 @@ impl Attention {
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let n = q.dim(2)?;
         let (keys, values) = &step.pool.tensors[layer];
-        let flat = (step.pool.slots * kv * step.pool.capacity, d);
-        keys.reshape(flat)?.scatter_set(
-            &step.targets,
-            &k.contiguous()?.reshape((kv * n, d))?,
-            0,
-        )?;
-        values.reshape(flat)?.scatter_set(
-            &step.targets,
-            &v.contiguous()?.reshape((kv * n, d))?,
-            0,
-        )?;
+        let (slots, capacity) = (step.pool.slots, step.pool.capacity);
+        // Appends. A longer feed's rows are one block of its slot: a plain copy each.
+        let mut offset = 0;
+        for (tokens, cache) in batch {
+            let len = tokens.len();
+            if len > 1 {
+                let slot = cache.slot.as_ref().map_or(0, Slot::index);
+                for (pool, new) in [(keys, &k), (values, &v)] {
+                    let rows = new.narrow(2, offset, len)?.contiguous()?;
+                    pool.narrow(0, slot, 1)?.slice_set(&rows, 2, cache.len())?;
+                }
+            }
+            offset += len;
+        }
+        // The decoding rows: one scatter along the positions of every (slot, kv head), each
+        // writing one row (or none: the index past the end is skipped), so the scatter is
+        // parallel over slots × kv heads × d.
+        if let Some(dec) = &step.decode {
+            for (pool, new) in [(keys, &k), (values, &v)] {
+                let rows = new
+                    .contiguous()?
+                    .reshape((kv * n, d))?
+                    .index_select(&dec.sources, 0)?
+                    .reshape((slots * kv, 1, d))?;
+                pool.reshape((slots * kv, capacity, d))?
+                    .scatter_set(&dec.targets, &rows, 1)?;
+            }
+        }
         let mut pieces = Vec::new();
         if let Some(dec) = &step.decode {
             // q's rows in step order, `[rows, heads, d]`, to pick the decoding ones from.
@@ -144,10 +162,6 @@ impl Attention {
 struct DeviceStep {
     rotary: Rotary,
     pool: PoolView,
-    /// The append's scatter index: for each new key/value row in `[kv_heads, rows]` order, its
-    /// row in the pool flattened to `[slots × kv_heads × capacity, head_dim]`, repeated over
-    /// `head_dim` (u32 `[kv_heads × rows, head_dim]`).
-    targets: Tensor,
     /// The entries with one new token, attended together.
     decode: Option<DecodeRows>,
     /// For each entry that is a whole prompt (several tokens, nothing cached: also a scored
@@ -167,6 +181,12 @@ struct DecodeRows {
     /// Each one's slot repeated over `heads × head_dim` (u32 `[n, heads × head_dim]`), the
     /// scatter index that puts its query into the slots' query tensor.
     slot_targets: Tensor,
+    /// The append: for each (slot, kv head), the row of this step's keys/values (flattened to
+    /// `[kv_heads × rows, head_dim]`) it takes (u32 `[slots × kv_heads]`), and the position it
+    /// goes to, repeated over `head_dim` (u32 `[slots × kv_heads, 1, head_dim]`; `u32::MAX`,
+    /// which a scatter skips, for slots not decoding).
+    sources: Tensor,
+    targets: Tensor,
     /// Keys attended: the longest history among them.
     keys: usize,
     /// `[slots, 1, 1, keys]` f32: 0 where a slot's query sees a key, `-inf` elsewhere (slots
@@ -197,17 +217,7 @@ impl DeviceStep {
         model.kv_pool.reserve(longest)?;
         let pool = model.kv_pool.view();
         let slot = |c: &KvCache| c.slot.as_ref().map_or(0, Slot::index);
-        let mut targets = Vec::new();
-        for head in 0..kv {
-            for (tokens, cache) in batch.iter() {
-                let base = (slot(cache) * kv + head) * pool.capacity + cache.len();
-                for t in 0..tokens.len() {
-                    targets.extend(std::iter::repeat_n((base + t) as u32, d));
-                }
-            }
-        }
         let n: usize = batch.iter().map(|(t, _)| t.len()).sum();
-        let targets = Tensor::from_vec(targets, (kv * n, d), device)?;
         // Decode rows first, then each longer feed's rows, in step order.
         let (mut rows, mut slots, mut order) = (Vec::new(), Vec::new(), vec![0u32; n]);
         let mut offset = 0;
@@ -253,8 +263,22 @@ impl DeviceStep {
                 .iter()
                 .flat_map(|&s| std::iter::repeat_n(s, h * d))
                 .collect();
+            let (mut sources, mut targets) = (
+                vec![0u32; pool.slots * kv],
+                vec![u32::MAX; pool.slots * kv * d],
+            );
+            for (&row, &s) in rows.iter().zip(&slots) {
+                let position = seen[s as usize] as u32 - 1;
+                for head in 0..kv {
+                    let at = s as usize * kv + head;
+                    sources[at] = (head * n) as u32 + row;
+                    targets[at * d..(at + 1) * d].fill(position);
+                }
+            }
             let count = rows.len();
             Some(DecodeRows {
+                sources: Tensor::from_vec(sources, pool.slots * kv, device)?,
+                targets: Tensor::from_vec(targets, (pool.slots * kv, 1, d), device)?,
                 rows: Tensor::from_vec(rows, count, device)?,
                 slots: Tensor::from_vec(slots, count, device)?,
                 slot_targets: Tensor::from_vec(slot_targets, (count, h * d), device)?,
@@ -282,7 +306,6 @@ impl DeviceStep {
         Ok(Self {
             rotary,
             pool,
-            targets,
             decode,
             prompts,
             order,

@@ -61,6 +61,11 @@ impl Slot {
     pub(crate) fn index(&self) -> usize {
         self.index
     }
+
+    /// Whether this is a slot of `pool` (a cache stepped by another model is not).
+    pub(crate) fn is_in(&self, pool: &Arc<KvPool>) -> bool {
+        Arc::ptr_eq(&self.pool, pool)
+    }
 }
 
 impl fmt::Debug for Slot {

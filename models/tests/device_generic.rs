@@ -255,6 +255,24 @@ fn pooled_continuous_batching_equals_sequences_alone() {
     assert!(most_live > 4, "the schedule must outgrow the first 4 slots");
 }
 
+/// A cache holds a slot of its model's pool: another model refuses it in one line.
+#[test]
+fn a_cache_of_another_model_is_refused() {
+    let (a, b) = (
+        load("tiny-qwen2", DType::BF16),
+        load("tiny-qwen2", DType::BF16),
+    );
+    let mut cache = a.new_cache();
+    a.forward_cached(&[5, 6, 7], &mut cache).unwrap();
+    let err = b.forward_cached(&[8], &mut cache).unwrap_err().to_string();
+    assert!(err.contains("another model"), "{err}");
+    assert_eq!(cache.len(), 3);
+    cache.clear();
+    // A cleared cache gave its slot back and takes one of whichever model steps it next.
+    b.forward_cached(&[8], &mut cache).unwrap();
+    assert_eq!(cache.len(), 1);
+}
+
 /// The mixed-precision training forward: a bf16 cast of f32 variables, composed
 /// differentiable ops, gradients back in f32 within bf16 precision of the f32 fused path.
 #[test]

@@ -205,8 +205,14 @@ impl DeviceStep {
         );
         let device = &model.device;
         for (_, cache) in batch.iter_mut() {
-            if cache.slot.is_none() {
-                cache.slot = Some(model.kv_pool.acquire()?);
+            match &cache.slot {
+                None => cache.slot = Some(model.kv_pool.acquire()?),
+                Some(slot) if !slot.is_in(&model.kv_pool) => {
+                    return Err(Error::Config(
+                        "a KV cache made by another model's `new_cache` was given to `step`".into(),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         let longest = batch
@@ -290,9 +296,11 @@ impl DeviceStep {
             .iter()
             .map(|(tokens, cache)| {
                 let whole = tokens.len() > 1 && cache.is_empty();
-                let rows = [(0..tokens.len() as u32).collect::<Vec<_>>()];
                 whole
-                    .then(|| QueryChunks::new(&rows, h, device))
+                    .then(|| {
+                        let rows = [(0..tokens.len() as u32).collect::<Vec<_>>()];
+                        QueryChunks::new(&rows, h, device)
+                    })
                     .transpose()
             })
             .collect::<Result<_>>()?;

@@ -43,6 +43,11 @@ impl KvCache {
         self.len == 0
     }
 
+    /// The cache's slot in its model's pool (0 before its first step on the tensor path).
+    pub(crate) fn slot_index(&self) -> usize {
+        self.slot.as_ref().map_or(0, Slot::index)
+    }
+
     /// Forgets every position; the host buffers keep their capacity for the next sequence,
     /// a device slot goes back to the pool.
     pub fn clear(&mut self) {

@@ -1,15 +1,16 @@
 //! The generation forward: one step over a ragged batch of sequences, each with its own
-//! [`KvCache`]. Projections and MLPs run on all new tokens at once; attention runs per sequence
-//! (on the CPU in f32 one ragged pass over plain buffers, [`crate::decode`]; elsewhere one
-//! attention call per sequence over its cache slab), so sequences of different lengths decode
-//! together (continuous batching).
+//! [`KvCache`]. Projections and MLPs run on all new tokens at once; attention sees each
+//! sequence's own history (on the CPU in f32 one ragged pass over plain buffers,
+//! [`crate::decode`]; elsewhere the model's KV pool, [`crate::kv_pool`], with one batched
+//! attention for every sequence that decodes one token), so sequences of different lengths
+//! decode together (continuous batching).
 
 use candle_core::{DType, Device, Tensor};
 
 use super::{Attention, Model, Rotary};
 use crate::chunked_attention::{self, QueryChunks};
 use crate::decode::{self, KvCache, RowRope};
-use crate::kv_pool::{PoolView, Slot};
+use crate::kv_pool::PoolView;
 use crate::{ops, Error, Result};
 
 impl Attention {
@@ -64,11 +65,10 @@ impl Attention {
             .forward(&decode::to_tensor(out, rows, xs.device())?)?)
     }
 
-    /// A generation step on other devices: this step's keys and values go into the pool (the
-    /// decoding rows with one scatter, each longer feed as one block); the sequences with one
-    /// new token attend together (one batched
-    /// attention over every slot's history, masked by length), each longer feed (a prompt,
-    /// or a chunk of one) on its own (a whole prompt in chunks of queries, see
+    /// A generation step on other devices. The sequences with one new token go into the pool
+    /// with one scatter and attend together (one batched attention over every slot's history,
+    /// masked by length); each longer feed (a prompt, or a chunk of one) is copied into its
+    /// slot as one block and attends on its own (a whole prompt in chunks of queries, see
     /// [`crate::chunked_attention`]). Returns the output projection `[1, rows, hidden]`.
     fn step_device(
         &self,
@@ -82,23 +82,11 @@ impl Attention {
         let n = q.dim(2)?;
         let (keys, values) = &step.pool.tensors[layer];
         let (slots, capacity) = (step.pool.slots, step.pool.capacity);
-        // Appends. A longer feed's rows are one block of its slot: a plain copy each.
-        let mut offset = 0;
-        for (tokens, cache) in batch {
-            let len = tokens.len();
-            if len > 1 {
-                let slot = cache.slot.as_ref().map_or(0, Slot::index);
-                for (pool, new) in [(keys, &k), (values, &v)] {
-                    let rows = new.narrow(2, offset, len)?.contiguous()?;
-                    pool.narrow(0, slot, 1)?.slice_set(&rows, 2, cache.len())?;
-                }
-            }
-            offset += len;
-        }
-        // The decoding rows: one scatter along the positions of every (slot, kv head), each
-        // writing one row (or none: the index past the end is skipped), so the scatter is
-        // parallel over slots × kv heads × d.
+        let mut pieces = Vec::with_capacity(batch.len());
         if let Some(dec) = &step.decode {
+            // The append: one scatter along the positions of every (slot, kv head), each
+            // writing one row (or none: the index past the end is skipped), so the scatter is
+            // parallel over slots × kv heads × d.
             for (pool, new) in [(keys, &k), (values, &v)] {
                 let rows = new
                     .contiguous()?
@@ -108,15 +96,12 @@ impl Attention {
                 pool.reshape((slots * kv, capacity, d))?
                     .scatter_set(&dec.targets, &rows, 1)?;
             }
-        }
-        let mut pieces = Vec::new();
-        if let Some(dec) = &step.decode {
             // q's rows in step order, `[rows, heads, d]`, to pick the decoding ones from.
             let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
             let picked = q_rows.index_select(&dec.rows, 0)?.reshape(((), h * d))?;
-            let grouped = Tensor::zeros((step.pool.slots, h * d), q.dtype(), q.device())?;
+            let grouped = Tensor::zeros((slots, h * d), q.dtype(), q.device())?;
             grouped.scatter_set(&dec.slot_targets, &picked, 0)?;
-            let grouped = grouped.reshape((step.pool.slots, kv, h / kv, d))?;
+            let grouped = grouped.reshape((slots, kv, h / kv, d))?;
             let scores = (grouped
                 .matmul(&keys.narrow(2, 0, dec.keys)?.t()?)?
                 .to_dtype(DType::F32)?
@@ -124,23 +109,22 @@ impl Attention {
                 .broadcast_add(&dec.mask)?;
             let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
             let out = probs.matmul(&values.narrow(2, 0, dec.keys)?)?;
-            pieces.push(
-                out.reshape((step.pool.slots, h * d))?
-                    .index_select(&dec.slots, 0)?,
-            );
+            pieces.push(out.reshape((slots, h * d))?.index_select(&dec.slots, 0)?);
         }
         let mut offset = 0;
         for ((tokens, cache), prompt) in batch.iter().zip(&step.prompts) {
             let len = tokens.len();
             if len > 1 {
-                let past = cache.len();
+                let (past, slot) = (cache.len(), cache.slot_index());
                 let q_s = q.narrow(2, offset, len)?.contiguous()?;
+                let k_new = k.narrow(2, offset, len)?.contiguous()?;
+                let v_new = v.narrow(2, offset, len)?.contiguous()?;
+                // The feed's rows are one block of its slot: a plain copy each.
+                keys.narrow(0, slot, 1)?.slice_set(&k_new, 2, past)?;
+                values.narrow(0, slot, 1)?.slice_set(&v_new, 2, past)?;
                 let out = if let Some(chunks) = prompt {
-                    let k_new = k.narrow(2, offset, len)?.contiguous()?;
-                    let v_new = v.narrow(2, offset, len)?.contiguous()?;
                     chunked_attention::attention(&q_s, &k_new, &v_new, chunks, self.scale)?
                 } else {
-                    let slot = cache.slot.as_ref().map_or(0, Slot::index);
                     let history = |t: &Tensor| t.narrow(0, slot, 1)?.narrow(2, 0, past + len);
                     let mask = causal_mask(len, past, xs.device())?;
                     self.attend(&q_s, &history(keys)?, &history(values)?, Some(&mask))?
@@ -149,9 +133,10 @@ impl Attention {
             }
             offset += len;
         }
+        let rows = Tensor::cat(&pieces, 0)?;
         let rows = match &step.order {
-            None => pieces.pop().expect("a step has rows"),
-            Some(order) => Tensor::cat(&pieces, 0)?.index_select(order, 0)?,
+            None => rows,
+            Some(order) => rows.index_select(order, 0)?,
         };
         Ok(self.o_proj.forward(&rows.unsqueeze(0)?)?)
     }
@@ -168,8 +153,8 @@ struct DeviceStep {
     /// sequence), its query chunks: it attends in chunks of queries, so a long one never holds
     /// its `heads × len²` scores at once.
     prompts: Vec<Option<QueryChunks>>,
-    /// When some entry feeds several tokens: the step row of each output row, as an index into
-    /// the decode rows followed by each longer feed's rows (u32 `[rows]`).
+    /// For each step row, its index among the pieces (the decoding rows, then each longer
+    /// feed's rows), when that is not the identity (u32 `[rows]`).
     order: Option<Tensor>,
 }
 
@@ -222,66 +207,57 @@ impl DeviceStep {
             .unwrap_or(0);
         model.kv_pool.reserve(longest)?;
         let pool = model.kv_pool.view();
-        let slot = |c: &KvCache| c.slot.as_ref().map_or(0, Slot::index);
         let n: usize = batch.iter().map(|(t, _)| t.len()).sum();
-        // Decode rows first, then each longer feed's rows, in step order.
-        let (mut rows, mut slots, mut order) = (Vec::new(), Vec::new(), vec![0u32; n]);
+        // The one-token entries: (step row, slot, cached positions).
+        let mut decoding = Vec::new();
         let mut offset = 0;
         for (tokens, cache) in batch.iter() {
             if tokens.len() == 1 {
-                order[offset] = rows.len() as u32;
-                rows.push(offset as u32);
-                slots.push(slot(cache) as u32);
+                decoding.push((offset, cache.slot_index(), cache.len()));
             }
             offset += tokens.len();
         }
-        let mut next = rows.len() as u32;
-        offset = 0;
+        // Output rows: the decoding rows first, then each longer feed's rows, in step order.
+        let mut order = Vec::with_capacity(n);
+        let (mut decoded, mut fed) = (0u32, decoding.len() as u32);
         for (tokens, _) in batch.iter() {
-            if tokens.len() > 1 {
-                for o in &mut order[offset..offset + tokens.len()] {
-                    *o = next;
-                    next += 1;
-                }
-            }
-            offset += tokens.len();
+            let len = tokens.len() as u32;
+            let next = if len == 1 { &mut decoded } else { &mut fed };
+            order.extend(*next..*next + len);
+            *next += len;
         }
-        let decode = if rows.is_empty() {
+        let decode = if decoding.is_empty() {
             None
         } else {
-            let keys = batch
-                .iter()
-                .filter(|(t, _)| t.len() == 1)
-                .map(|(_, c)| c.len() + 1)
-                .max()
-                .unwrap_or(1);
+            // Each slot's visible keys: its history and the new one; slots not decoding see
+            // position 0, so their softmax stays finite.
             let mut seen = vec![1usize; pool.slots];
-            for (tokens, cache) in batch.iter() {
-                if tokens.len() == 1 {
-                    seen[slot(cache)] = cache.len() + 1;
-                }
+            for &(_, slot, past) in &decoding {
+                seen[slot] = past + 1;
             }
+            let keys = seen.iter().copied().max().unwrap_or(1);
             let mask: Vec<f32> = seen
                 .iter()
                 .flat_map(|&s| (0..keys).map(move |j| if j < s { 0.0 } else { f32::NEG_INFINITY }))
                 .collect();
+            let rows: Vec<u32> = decoding.iter().map(|&(row, ..)| row as u32).collect();
+            let slots: Vec<u32> = decoding.iter().map(|&(_, slot, _)| slot as u32).collect();
             let slot_targets: Vec<u32> = slots
                 .iter()
-                .flat_map(|&s| std::iter::repeat_n(s, h * d))
+                .flat_map(|&slot| std::iter::repeat_n(slot, h * d))
                 .collect();
             let (mut sources, mut targets) = (
                 vec![0u32; pool.slots * kv],
                 vec![u32::MAX; pool.slots * kv * d],
             );
-            for (&row, &s) in rows.iter().zip(&slots) {
-                let position = seen[s as usize] as u32 - 1;
+            for &(row, slot, past) in &decoding {
                 for head in 0..kv {
-                    let at = s as usize * kv + head;
-                    sources[at] = (head * n) as u32 + row;
-                    targets[at * d..(at + 1) * d].fill(position);
+                    let at = slot * kv + head;
+                    sources[at] = (head * n + row) as u32;
+                    targets[at * d..(at + 1) * d].fill(past as u32);
                 }
             }
-            let count = rows.len();
+            let count = decoding.len();
             Some(DecodeRows {
                 sources: Tensor::from_vec(sources, pool.slots * kv, device)?,
                 targets: Tensor::from_vec(targets, (pool.slots * kv, 1, d), device)?,
@@ -304,13 +280,11 @@ impl DeviceStep {
                     .transpose()
             })
             .collect::<Result<_>>()?;
-        let every_row_decodes = batch.iter().all(|(t, _)| t.len() == 1);
-        let only_one_feed = decode.is_none() && batch.len() == 1;
-        let order = if every_row_decodes || only_one_feed {
-            None
-        } else {
-            Some(Tensor::from_vec(order, n, device)?)
-        };
+        // Pieces already in step order (the decoding rows come first) need no reordering.
+        let in_order = order.iter().enumerate().all(|(i, &o)| o as usize == i);
+        let order = (!in_order)
+            .then(|| Tensor::from_vec(order, n, device))
+            .transpose()?;
         Ok(Self {
             rotary,
             pool,

@@ -1,0 +1,136 @@
+// Runs one kernel of models/src/cuda/train.cu on the CPU (through emulate.h) for
+// models/tests/cuda_kernels.rs:
+//
+//   harness KERNEL DTYPE GRID BLOCK [ints and floats the kernel takes] < inputs > outputs
+//
+// Inputs and outputs are raw little-endian f32 arrays, one after another in the order below;
+// with DTYPE bf16 the inputs are rounded to bf16 (as candle's `to_dtype` rounds) before the
+// kernel and its bf16 outputs widened back. Built by the test with
+// `c++ -std=c++20 -O2 -pthread -I models/src/cuda harness.cpp`.
+#include "emulate.h"
+#include "train.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+static std::vector<float> read_f32(size_t n) {
+  std::vector<float> v(n);
+  if (n && std::fread(v.data(), 4, n, stdin) != n) {
+    std::fprintf(stderr, "harness: short input (wanted %zu floats)\n", n);
+    std::exit(2);
+  }
+  return v;
+}
+
+static void write_f32(const std::vector<float>& v) { std::fwrite(v.data(), 4, v.size(), stdout); }
+
+template <typename T> T narrow(float x);
+template <> float narrow<float>(float x) { return x; }
+template <> __nv_bfloat16 narrow<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+static float widen(float x) { return x; }
+static float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> std::vector<T> input(size_t n) {
+  std::vector<float> f = read_f32(n);
+  std::vector<T> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = narrow<T>(f[i]);
+  return out;
+}
+
+template <typename T> void output(const std::vector<T>& v) {
+  std::vector<float> f(v.size());
+  for (size_t i = 0; i < v.size(); ++i) f[i] = widen(v[i]);
+  write_f32(f);
+}
+
+template <typename T>
+int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char** a) {
+  auto i = [&](int k) { return std::atoi(a[k]); };
+  auto f = [&](int k) { return (float)std::atof(a[k]); };
+#define PICK(name) (bf ? (void*)name##_bf16 : (void*)name##_f32)
+  if (kernel == "rms_norm_fwd") {  // rows dim eps: x, w -> y
+    int rows = i(0), dim = i(1);
+    float eps = f(2);
+    auto x = input<T>((size_t)rows * dim), w = input<T>(dim);
+    std::vector<T> y((size_t)rows * dim);
+    auto k = (void (*)(const T*, const T*, T*, int, int, float))PICK(rms_norm_fwd);
+    launch(grid, block, [&] { k(x.data(), w.data(), y.data(), rows, dim, eps); });
+    output(y);
+  } else if (kernel == "rms_norm_bwd") {  // rows dim eps: x, w, dy -> dx, dw
+    int rows = i(0), dim = i(1);
+    float eps = f(2);
+    auto x = input<T>((size_t)rows * dim), w = input<T>(dim), dy = input<T>((size_t)rows * dim);
+    std::vector<T> dx((size_t)rows * dim), dw(dim);
+    std::vector<float> partial((size_t)grid * dim, NAN);
+    auto k = (void (*)(const T*, const T*, const T*, T*, float*, int, int, float))PICK(rms_norm_bwd);
+    launch(grid, block, [&] { k(x.data(), w.data(), dy.data(), dx.data(), partial.data(), rows, dim, eps); });
+    auto sum = (void (*)(const float*, T*, int, int))PICK(sum_partials);
+    launch(2, 32, [&] { sum(partial.data(), dw.data(), (int)grid, dim); });
+    output(dx);
+    output(dw);
+  } else if (kernel == "swiglu_fwd") {  // n: gate, up -> y
+    size_t n = (size_t)i(0);
+    auto g = input<T>(n), u = input<T>(n);
+    std::vector<T> y(n);
+    auto k = (void (*)(const T*, const T*, T*, size_t))PICK(swiglu_fwd);
+    launch(grid, block, [&] { k(g.data(), u.data(), y.data(), n); });
+    output(y);
+  } else if (kernel == "swiglu_bwd") {  // n: gate, up, dy -> dgate, dup
+    size_t n = (size_t)i(0);
+    auto g = input<T>(n), u = input<T>(n), dy = input<T>(n);
+    std::vector<T> dg(n), du(n);
+    auto k = (void (*)(const T*, const T*, const T*, T*, T*, size_t))PICK(swiglu_bwd);
+    launch(grid, block, [&] { k(g.data(), u.data(), dy.data(), dg.data(), du.data(), n); });
+    output(dg);
+    output(du);
+  } else if (kernel == "rope") {  // batch heads seq dim sign: x, cos, sin -> y
+    int b = i(0), h = i(1), s = i(2), d = i(3);
+    float sign = f(4);
+    auto x = input<T>((size_t)b * h * s * d);
+    auto c = input<T>((size_t)b * s * (d / 2)), sn = input<T>((size_t)b * s * (d / 2));
+    std::vector<T> y(x.size());
+    auto k = (void (*)(const T*, const T*, const T*, T*, int, int, int, int, float))PICK(rope);
+    launch(grid, block, [&] { k(x.data(), c.data(), sn.data(), y.data(), b, h, s, d, sign); });
+    output(y);
+  } else if (kernel == "cross_entropy") {  // rows vocab scale want_grad: logits, targets -> loss, dlogits
+    int rows = i(0), vocab = i(1), want = i(3);
+    float scale = f(2);
+    auto logits = input<T>((size_t)rows * vocab);
+    std::vector<float> tf = read_f32(rows);
+    std::vector<uint32_t> targets(rows);
+    for (int r = 0; r < rows; ++r) targets[r] = (uint32_t)tf[r];
+    std::vector<float> loss(rows);
+    std::vector<T> d(want ? (size_t)rows * vocab : 0);
+    auto k = (void (*)(const T*, const uint32_t*, float*, T*, int, int, float, int))PICK(cross_entropy);
+    launch(grid, block, [&] { k(logits.data(), targets.data(), loss.data(), d.data(), rows, vocab, scale, want); });
+    write_f32(loss);
+    output(d);
+  } else if (kernel == "adamw") {  // n decay 1-β1 β2 1-β2 step bias2_sqrt eps grad_scale: p, m, v, g(f32) -> p, m, v
+    size_t n = (size_t)i(0);
+    auto p = input<T>(n), m = input<T>(n), v = input<T>(n);
+    std::vector<float> g = read_f32(n);
+    auto k = (void (*)(T*, T*, T*, const float*, size_t, float, float, float, float, float, float, float, float))PICK(adamw);
+    launch(grid, block, [&] {
+      k(p.data(), m.data(), v.data(), g.data(), n, f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8));
+    });
+    output(p);
+    output(m);
+    output(v);
+  } else {
+    std::fprintf(stderr, "harness: unknown kernel %s\n", kernel.c_str());
+    return 2;
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 5) {
+    std::fprintf(stderr, "usage: harness KERNEL f32|bf16 GRID BLOCK ARGS... < inputs > outputs\n");
+    return 2;
+  }
+  std::string kernel = argv[1], dtype = argv[2];
+  unsigned grid = (unsigned)std::atoi(argv[3]), block = (unsigned)std::atoi(argv[4]);
+  if (dtype == "bf16") return run<__nv_bfloat16>(kernel, true, grid, block, argv + 5);
+  return run<float>(kernel, false, grid, block, argv + 5);
+}

@@ -1,0 +1,321 @@
+//! The CUDA training kernels (`models/src/cuda/train.cu`) run on the CPU through a small
+//! emulation of CUDA's thread model (`tests/cuda_emulation/`), against candle's composed ops:
+//! forward values and every input gradient, in f32 and bf16. Grids and blocks here are small
+//! (2 warps, fewer blocks than rows) so the grid- and block-stride loops, the cross-warp
+//! reductions and the per-block weight-gradient partials are all exercised; the GPU check
+//! (`gpu/check.sh`, `check-device`) runs the same kernels on a GPU at their real launch shapes.
+//!
+//! Needs a C++20 compiler (`c++`, or `CXX`); without one the test fails and says so, since CI
+//! has one.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use distill_models::ops;
+
+/// The emulated kernels, built once per test run.
+fn harness() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda-kernel-harness");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let status = Command::new(&cxx)
+            .args(["-std=c++20", "-O2", "-pthread", "-I"])
+            .arg(root.join("src/cuda"))
+            .arg(root.join("tests/cuda_emulation/harness.cpp"))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("cuda kernel tests need a C++20 compiler ({cxx}): {e}"));
+        assert!(status.success(), "{cxx} could not build the kernel harness");
+        out
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Dt {
+    F32,
+    Bf16,
+}
+
+impl Dt {
+    fn name(self) -> &'static str {
+        match self {
+            Dt::F32 => "f32",
+            Dt::Bf16 => "bf16",
+        }
+    }
+    fn dtype(self) -> DType {
+        match self {
+            Dt::F32 => DType::F32,
+            Dt::Bf16 => DType::BF16,
+        }
+    }
+    /// Largest difference allowed, relative to the reference's largest magnitude.
+    fn tolerance(self) -> f32 {
+        match self {
+            Dt::F32 => 2e-6,
+            Dt::Bf16 => 1.6e-2,
+        }
+    }
+}
+
+/// Runs one kernel: `args` after the kernel, dtype, grid and block; inputs as f32 arrays; the
+/// outputs split at `sizes`.
+fn run(
+    kernel: &str,
+    dt: Dt,
+    (grid, block): (u32, u32),
+    args: &[String],
+    inputs: &[&Tensor],
+    sizes: &[usize],
+) -> Vec<Vec<f32>> {
+    let mut child = Command::new(harness())
+        .args([kernel, dt.name(), &grid.to_string(), &block.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bytes = Vec::new();
+    for t in inputs {
+        let values = t
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "harness {kernel} failed");
+    let floats: Vec<f32> = out
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats.len(), sizes.iter().sum::<usize>(), "{kernel} output size");
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&n| {
+            at += n;
+            floats[at - n..at].to_vec()
+        })
+        .collect()
+}
+
+/// Asserts `got` (from the kernel) matches `reference` within the dtype's tolerance.
+fn assert_close(what: &str, dt: Dt, got: &[f32], reference: &Tensor) {
+    let want = reference
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= dt.tolerance() * scale,
+        "{what} ({}): off by {worst} of {scale}",
+        dt.name()
+    );
+}
+
+fn randn(shape: &[usize], seed: u64, dt: Dt) -> Tensor {
+    // A fixed, seed-driven pattern (candle's CPU randn is not seeded per call).
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5));
+            let u = ((x >> 40) as f32) / (1u64 << 24) as f32; // [0, 1)
+            (u - 0.5) * 3.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dt.dtype())
+        .unwrap()
+}
+
+fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+const SHAPE: (u32, u32) = (3, 64);
+
+#[test]
+fn rms_norm_matches_composed() {
+    for dt in [Dt::F32, Dt::Bf16] {
+        let (rows, dim, eps) = (7, 100, 1e-6);
+        let x = Var::from_tensor(&randn(&[rows, dim], 1, dt)).unwrap();
+        let w = Var::from_tensor(&(randn(&[dim], 2, dt) + 1.0).unwrap()).unwrap();
+        let dy = randn(&[rows, dim], 3, dt);
+        let y = ops::rms_norm_composed(&x, &w, eps).unwrap();
+        let grads = (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let args = [s(rows), s(dim), s(eps)];
+        let out = run("rms_norm_fwd", dt, SHAPE, &args, &[&x, &w], &[rows * dim]);
+        assert_close("rms_norm forward", dt, &out[0], &y);
+        let out = run(
+            "rms_norm_bwd",
+            dt,
+            SHAPE,
+            &args,
+            &[&x, &w, &dy],
+            &[rows * dim, dim],
+        );
+        assert_close("rms_norm dx", dt, &out[0], grads.get(&x).unwrap());
+        assert_close("rms_norm dw", dt, &out[1], grads.get(&w).unwrap());
+    }
+}
+
+#[test]
+fn swiglu_matches_composed() {
+    for dt in [Dt::F32, Dt::Bf16] {
+        let n = 1000;
+        let g = Var::from_tensor(&randn(&[n], 4, dt)).unwrap();
+        let u = Var::from_tensor(&randn(&[n], 5, dt)).unwrap();
+        let dy = randn(&[n], 6, dt);
+        let y = (g.silu().unwrap() * u.as_tensor()).unwrap();
+        let grads = (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let out = run("swiglu_fwd", dt, SHAPE, &[s(n)], &[&g, &u], &[n]);
+        assert_close("swiglu forward", dt, &out[0], &y);
+        let out = run("swiglu_bwd", dt, SHAPE, &[s(n)], &[&g, &u, &dy], &[n, n]);
+        assert_close("swiglu dgate", dt, &out[0], grads.get(&g).unwrap());
+        assert_close("swiglu dup", dt, &out[1], grads.get(&u).unwrap());
+    }
+}
+
+#[test]
+fn rope_matches_composed() {
+    for dt in [Dt::F32, Dt::Bf16] {
+        let (b, h, t, d) = (2, 3, 5, 8);
+        let x = Var::from_tensor(&randn(&[b, h, t, d], 7, dt)).unwrap();
+        let angles = randn(&[b, t, d / 2], 8, Dt::F32);
+        let (cos, sin) = (
+            angles.cos().unwrap().to_dtype(dt.dtype()).unwrap(),
+            angles.sin().unwrap().to_dtype(dt.dtype()).unwrap(),
+        );
+        let dy = randn(&[b, h, t, d], 9, dt);
+        let y = ops::rope_composed(&x, &cos, &sin).unwrap();
+        let grads = (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let args = |sign: f32| [s(b), s(h), s(t), s(d), s(sign)];
+        let n = b * h * t * d;
+        let out = run("rope", dt, SHAPE, &args(1.0), &[&x, &cos, &sin], &[n]);
+        assert_close("rope forward", dt, &out[0], &y);
+        let out = run("rope", dt, SHAPE, &args(-1.0), &[&dy, &cos, &sin], &[n]);
+        assert_close("rope backward", dt, &out[0], grads.get(&x).unwrap());
+    }
+}
+
+#[test]
+fn cross_entropy_matches_composed() {
+    for dt in [Dt::F32, Dt::Bf16] {
+        let (rows, vocab, scale) = (5, 300, 0.25f32);
+        let logits = Var::from_tensor(&(randn(&[rows, vocab], 10, dt) * 4.0).unwrap()).unwrap();
+        let targets: Vec<u32> = vec![0, 299, 17, 150, 17];
+        let target_t = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+        let log_probs =
+            candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).unwrap(), D::Minus1).unwrap();
+        let loss = log_probs
+            .gather(&target_t.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .neg()
+            .unwrap();
+        let grads = (loss.sum_all().unwrap() * scale as f64)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let target_f = target_t.to_dtype(DType::F32).unwrap();
+        for want_grad in [1, 0] {
+            let args = [s(rows), s(vocab), s(scale), s(want_grad)];
+            let sizes = [rows, want_grad * rows * vocab];
+            let out = run(
+                "cross_entropy",
+                dt,
+                SHAPE,
+                &args,
+                &[&logits, &target_f],
+                &sizes,
+            );
+            // The loss stays f32 whatever the logits' dtype.
+            let tolerance = if want_grad == 1 { dt } else { Dt::F32 };
+            assert_close("cross-entropy loss", tolerance, &out[0], &loss);
+            if want_grad == 1 {
+                assert_close("cross-entropy dlogits", dt, &out[1], grads.get(&logits).unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_matches_reference() {
+    for dt in [Dt::F32, Dt::Bf16] {
+        let n = 777;
+        let (p, m) = (randn(&[n], 11, dt), (randn(&[n], 12, dt) * 0.1).unwrap());
+        let v = (randn(&[n], 13, dt).sqr().unwrap() * 0.01).unwrap();
+        let g = randn(&[n], 14, Dt::F32);
+        // Step 3 at lr 1e-3, weight decay 0.1, β (0.9, 0.999), eps 1e-8, clipped by 0.5.
+        let (lr, wd, b1, b2, eps, clip) = (1e-3f64, 0.1f64, 0.9f64, 0.999f64, 1e-8f64, 0.5f64);
+        let step_size = lr / (1.0 - b1.powi(3));
+        let bias2_sqrt = (1.0 - b2.powi(3)).sqrt();
+        let decay = 1.0 - lr * wd;
+        let args: Vec<String> = [
+            decay,
+            1.0 - b1,
+            b2,
+            1.0 - b2,
+            step_size,
+            bias2_sqrt,
+            eps,
+            clip,
+        ]
+        .iter()
+        .map(|&x| s(x as f32))
+        .collect();
+        let args = [vec![s(n)], args].concat();
+        let out = run("adamw", dt, SHAPE, &args, &[&p, &m, &v, &g], &[n, n, n]);
+        // The step as tensor ops in f32 (the trainer's reference for devices without kernels).
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let g = (g * clip).unwrap();
+        let mi = (f32(&m) + ((&g - f32(&m)).unwrap() * (1.0 - b1)).unwrap()).unwrap();
+        let vi = ((f32(&v) * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+        let denom = vi.sqrt().unwrap().affine(1.0 / bias2_sqrt, eps).unwrap();
+        let pi = ((f32(&p) * decay).unwrap()
+            - (mi.div(&denom).unwrap() * step_size).unwrap())
+        .unwrap();
+        let round = |t: Tensor| t.to_dtype(dt.dtype()).unwrap();
+        assert_close("adamw parameter", dt, &out[0], &round(pi));
+        assert_close("adamw first moment", dt, &out[1], &round(mi));
+        assert_close("adamw second moment", dt, &out[2], &round(vi));
+    }
+}

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod chunked_attention;
 pub mod config;
+pub mod cuda;
 mod decode;
 pub mod device;
 mod error;

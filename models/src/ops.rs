@@ -16,7 +16,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::fused;
+use crate::{cuda, fused};
 
 /// Root-mean-square layer norm over the last dimension, as `LlamaRMSNorm`/`Qwen2RMSNorm`:
 /// `weight * x / sqrt(mean(x²) + eps)`, computed in f32.
@@ -24,6 +24,9 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if xs.track_op() || weight.track_op() {
         if fused::supported(xs) && fused::supported(weight) {
             return fused::rms_norm(xs, weight, eps);
+        }
+        if cuda::supported_all(&[xs, weight]) {
+            return cuda::rms_norm(xs, weight, eps);
         }
         rms_norm_composed(xs, weight, eps)
     } else {
@@ -58,6 +61,13 @@ pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if xs.track_op() {
         if fused::supported(xs) {
             return fused::rope(xs, cos, sin);
+        }
+        let per_row_tables = match xs.dims() {
+            &[b, _, t, d] => cos.dims() == [b, t, d / 2] && sin.dims() == cos.dims(),
+            _ => false,
+        };
+        if per_row_tables && cuda::supported_all(&[xs, cos, sin]) {
+            return cuda::rope(xs, cos, sin);
         }
         rope_composed(xs, cos, sin)
     } else {
@@ -96,10 +106,15 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
     xs.silu()
 }
 
-/// The SwiGLU gate `silu(gate) * up`; one fused node when differentiated on the CPU in f32.
+/// The SwiGLU gate `silu(gate) * up`; one fused node when differentiated on the CPU in f32,
+/// one CUDA kernel on a GPU (differentiated or not: it also saves decoding a launch and a
+/// temporary).
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if (gate.track_op() || up.track_op()) && fused::supported(gate) && fused::supported(up) {
         return fused::swiglu(gate, up);
+    }
+    if cuda::supported_all(&[gate, up]) && gate.dims() == up.dims() {
+        return cuda::swiglu(gate, up);
     }
     silu(gate)? * up
 }

@@ -100,7 +100,11 @@ fn run(
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    assert_eq!(floats.len(), sizes.iter().sum::<usize>(), "{kernel} output size");
+    assert_eq!(
+        floats.len(),
+        sizes.iter().sum::<usize>(),
+        "{kernel} output size"
+    );
     let mut at = 0;
     sizes
         .iter()
@@ -271,7 +275,12 @@ fn cross_entropy_matches_composed() {
             let tolerance = if want_grad == 1 { dt } else { Dt::F32 };
             assert_close("cross-entropy loss", tolerance, &out[0], &loss);
             if want_grad == 1 {
-                assert_close("cross-entropy dlogits", dt, &out[1], grads.get(&logits).unwrap());
+                assert_close(
+                    "cross-entropy dlogits",
+                    dt,
+                    &out[1],
+                    grads.get(&logits).unwrap(),
+                );
             }
         }
     }
@@ -310,9 +319,8 @@ fn adamw_matches_reference() {
         let mi = (f32(&m) + ((&g - f32(&m)).unwrap() * (1.0 - b1)).unwrap()).unwrap();
         let vi = ((f32(&v) * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
         let denom = vi.sqrt().unwrap().affine(1.0 / bias2_sqrt, eps).unwrap();
-        let pi = ((f32(&p) * decay).unwrap()
-            - (mi.div(&denom).unwrap() * step_size).unwrap())
-        .unwrap();
+        let pi =
+            ((f32(&p) * decay).unwrap() - (mi.div(&denom).unwrap() * step_size).unwrap()).unwrap();
         let round = |t: Tensor| t.to_dtype(dt.dtype()).unwrap();
         assert_close("adamw parameter", dt, &out[0], &round(pi));
         assert_close("adamw first moment", dt, &out[1], &round(mi));

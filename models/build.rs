@@ -1,0 +1,36 @@
+//! With the `cuda` feature, compiles the training kernels (`src/cuda/train.cu`) to PTX with nvcc
+//! (the pinned CUDA 13.0 one from `gpu/setup.sh`, or any on PATH / under CUDA_HOME), for the
+//! compute capability in `CUDA_COMPUTE_CAP` (80 when unset: PTX the driver JIT-compiles for
+//! A100, H100 and H200). Without the feature it does nothing, so CPU builds need no CUDA.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo::rerun-if-changed=src/cuda/train.cu");
+    println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo::rerun-if-env-changed=CUDA_HOME");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let nvcc = std::env::var_os("CUDA_HOME")
+        .map(|home| PathBuf::from(home).join("bin/nvcc"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("nvcc"));
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
+    let cap = cap.trim_start_matches("sm_").trim_end_matches('a');
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("train.ptx");
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=compute_{cap}")])
+        .arg("src/cuda/train.cu")
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the cuda feature needs nvcc ({}): {e}; `CU=$(bash gpu/setup.sh); source gpu/env.sh \"$CU\"` installs one",
+                nvcc.display()
+            )
+        });
+    assert!(status.success(), "nvcc could not compile src/cuda/train.cu");
+}

@@ -1,0 +1,427 @@
+//! Launches of `train.cu`'s kernels on candle's CUDA device: buffers in and out, launch shapes,
+//! the f32/bf16 entry point of each kernel. The kernels are correct for any shape (see the
+//! header of `train.cu`); the shapes here are for speed.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{kernel_name, CudaDType, WrapErr};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+use half::bf16;
+
+use super::AdamWStep;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
+/// The name candle's device caches the loaded module under.
+const MODULE: &str = "distill-train";
+/// Threads per block of the elementwise kernels and of row kernels over wide rows.
+const THREADS: u32 = 256;
+/// More blocks than this walk their rows or elements in strides.
+const MAX_BLOCKS: usize = 65_535;
+/// Blocks of the RMSNorm backward: each sums the weight gradient of its rows, then one pass
+/// adds the blocks' sums (`[blocks, dim]` f32 in between).
+const NORM_GRAD_BLOCKS: usize = 1024;
+
+/// A storage and its layout, as a custom op receives them.
+type In<'a> = (&'a CudaStorage, &'a Layout);
+
+/// Calls `$f::<T>(args)` with T the Rust type of `$dtype`.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+            other => candle_core::bail!("the CUDA kernels take f32 or bf16, not {other:?}"),
+        }
+    };
+}
+
+trait Element: CudaDType + DeviceRepr + WithDType {}
+impl<T: CudaDType + DeviceRepr + WithDType> Element for T {}
+
+fn shape(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn elementwise(n: usize) -> LaunchConfig {
+    shape(n.div_ceil(THREADS as usize), THREADS)
+}
+
+/// Threads for a block per row of `dim`: about four elements a thread, 32 to 256.
+fn row_threads(dim: usize) -> u32 {
+    dim.div_ceil(4)
+        .next_power_of_two()
+        .clamp(32, THREADS as usize) as u32
+}
+
+/// The contiguous elements of a storage as the kernel's typed buffer.
+fn view<'a, T: Element>((storage, layout): In<'a>) -> Result<CudaView<'a, T>> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("the CUDA kernels take contiguous tensors");
+    };
+    Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// Runs `f` on a CUDA tensor's storage and layout.
+fn with_storage<R>(t: &Tensor, f: impl FnOnce(In) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) => f((s, layout)),
+        _ => candle_core::bail!("the CUDA kernels take tensors on a CUDA device"),
+    }
+}
+
+fn tensor(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false)
+}
+
+/// Rows and row length of a layout (the last dimension is the row).
+fn rows_dim(layout: &Layout) -> Result<(usize, usize)> {
+    let dim = layout.dims().last().copied().unwrap_or(0);
+    let n = layout.shape().elem_count();
+    if dim == 0 {
+        candle_core::bail!("the CUDA kernels take rows of at least one element");
+    }
+    Ok((n / dim, dim))
+}
+
+fn i32_of(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} {n} is over i32")))
+}
+
+pub(super) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
+    fn go<T: Element>(x: In, w: In, eps: f32) -> Result<CudaStorage> {
+        let dev = x.0.device();
+        let (rows, dim) = rows_dim(x.1)?;
+        if w.1.shape().elem_count() != dim {
+            candle_core::bail!(
+                "rms_norm: weight of {} for rows of {dim}",
+                w.1.shape().elem_count()
+            );
+        }
+        let (xv, wv) = (view::<T>(x)?, view::<T>(w)?);
+        // SAFETY: every element is written by the kernel.
+        let y = unsafe { dev.alloc::<T>(rows * dim)? };
+        let (rows_i, dim_i) = (i32_of(rows, "rows")?, i32_of(dim, "row length")?);
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("rms_norm_fwd"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&xv)
+            .arg(&wv)
+            .arg(&y)
+            .arg(&rows_i)
+            .arg(&dim_i)
+            .arg(&eps);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(shape(rows, row_threads(dim))) }.w()?;
+        Ok(T::wrap_cuda_slice(y, dev.clone()))
+    }
+    by_dtype!(x.0.dtype(), go(x, w, eps))
+}
+
+pub(super) fn rms_norm_bwd(
+    xs: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    fn go<T: Element>(x: In, w: In, g: In, eps: f32) -> Result<(CudaStorage, CudaStorage)> {
+        let dev = x.0.device();
+        let (rows, dim) = rows_dim(x.1)?;
+        let (xv, wv, gv) = (view::<T>(x)?, view::<T>(w)?, view::<T>(g)?);
+        let blocks = rows.clamp(1, NORM_GRAD_BLOCKS);
+        // SAFETY: the kernels write every element of both (each block zeroes its partial row).
+        let (dx, partial, dw) = unsafe {
+            (
+                dev.alloc::<T>(rows * dim)?,
+                dev.alloc::<f32>(blocks * dim)?,
+                dev.alloc::<T>(dim)?,
+            )
+        };
+        let (rows_i, dim_i, blocks_i) = (
+            i32_of(rows, "rows")?,
+            i32_of(dim, "row length")?,
+            blocks as i32,
+        );
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("rms_norm_bwd"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&xv).arg(&wv).arg(&gv).arg(&dx).arg(&partial);
+        b.arg(&rows_i).arg(&dim_i).arg(&eps);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(shape(blocks, row_threads(dim))) }.w()?;
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("sum_partials"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&partial).arg(&dw).arg(&blocks_i).arg(&dim_i);
+        // SAFETY: as above.
+        unsafe { b.launch(elementwise(dim)) }.w()?;
+        Ok((
+            T::wrap_cuda_slice(dx, dev.clone()),
+            T::wrap_cuda_slice(dw, dev.clone()),
+        ))
+    }
+    let (dx, dw) = with_storage(xs, |x| {
+        with_storage(weight, |w| {
+            with_storage(grad, |g| by_dtype!(x.0.dtype(), go(x, w, g, eps)))
+        })
+    })?;
+    Ok((tensor(dx, xs.shape()), tensor(dw, weight.shape())))
+}
+
+pub(super) fn swiglu_fwd(g: In, u: In) -> Result<CudaStorage> {
+    fn go<T: Element>(g: In, u: In) -> Result<CudaStorage> {
+        let dev = g.0.device();
+        let n = g.1.shape().elem_count();
+        let (gv, uv) = (view::<T>(g)?, view::<T>(u)?);
+        // SAFETY: every element is written by the kernel.
+        let y = unsafe { dev.alloc::<T>(n)? };
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("swiglu_fwd"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&gv).arg(&uv).arg(&y).arg(&n);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(elementwise(n)) }.w()?;
+        Ok(T::wrap_cuda_slice(y, dev.clone()))
+    }
+    by_dtype!(g.0.dtype(), go(g, u))
+}
+
+pub(super) fn swiglu_bwd(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn go<T: Element>(g: In, u: In, d: In) -> Result<(CudaStorage, CudaStorage)> {
+        let dev = g.0.device();
+        let n = g.1.shape().elem_count();
+        let (gv, uv, dv) = (view::<T>(g)?, view::<T>(u)?, view::<T>(d)?);
+        // SAFETY: every element of both is written by the kernel.
+        let (dg, du) = unsafe { (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?) };
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("swiglu_bwd"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&gv).arg(&uv).arg(&dv).arg(&dg).arg(&du).arg(&n);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(elementwise(n)) }.w()?;
+        Ok((
+            T::wrap_cuda_slice(dg, dev.clone()),
+            T::wrap_cuda_slice(du, dev.clone()),
+        ))
+    }
+    let (dg, du) = with_storage(gate, |g| {
+        with_storage(up, |u| {
+            with_storage(grad, |d| by_dtype!(g.0.dtype(), go(g, u, d)))
+        })
+    })?;
+    Ok((tensor(dg, gate.shape()), tensor(du, up.shape())))
+}
+
+pub(super) fn rope(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
+    fn go<T: Element>(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
+        let dev = x.0.device();
+        let &[b, h, s, d] = x.1.dims() else {
+            candle_core::bail!(
+                "rope: q/k of shape {:?}, not [batch, heads, seq, dim]",
+                x.1.dims()
+            );
+        };
+        for table in [cos.1, sin.1] {
+            if table.dims() != [b, s, d / 2] || d % 2 != 0 {
+                candle_core::bail!(
+                    "rope: tables of shape {:?} for q/k of shape {:?}",
+                    table.dims(),
+                    x.1.dims()
+                );
+            }
+        }
+        let (xv, cv, sv) = (view::<T>(x)?, view::<T>(cos)?, view::<T>(sin)?);
+        let n = b * h * s * d;
+        // SAFETY: every element is written by the kernel (a thread per rotated pair).
+        let y = unsafe { dev.alloc::<T>(n)? };
+        let dims = [
+            i32_of(b, "batch")?,
+            i32_of(h, "heads")?,
+            i32_of(s, "sequence")?,
+            i32_of(d, "head dim")?,
+        ];
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("rope"), MODULE, PTX)?;
+        let mut launch = func.builder();
+        launch.arg(&xv).arg(&cv).arg(&sv).arg(&y);
+        launch
+            .arg(&dims[0])
+            .arg(&dims[1])
+            .arg(&dims[2])
+            .arg(&dims[3])
+            .arg(&sign);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { launch.launch(elementwise(n / 2)) }.w()?;
+        Ok(T::wrap_cuda_slice(y, dev.clone()))
+    }
+    by_dtype!(x.0.dtype(), go(x, cos, sin, sign))
+}
+
+/// [`rope`] on tensors (the backward's rotation of the incoming gradient).
+pub(super) fn rope_tensor(xs: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor> {
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    let y = with_storage(xs, |x| {
+        with_storage(&cos, |c| with_storage(&sin, |s| rope(x, c, s, sign)))
+    })?;
+    Ok(tensor(y, xs.shape()))
+}
+
+pub(super) fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    scale: f32,
+    want_grad: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    fn go<T: Element>(
+        l: In,
+        t: In,
+        scale: f32,
+        want_grad: bool,
+    ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+        let dev = l.0.device();
+        let (rows, vocab) = rows_dim(l.1)?;
+        if t.1.shape().elem_count() != rows {
+            candle_core::bail!(
+                "cross_entropy: {} targets for {rows} rows",
+                t.1.shape().elem_count()
+            );
+        }
+        let lv = view::<T>(l)?;
+        let tv = view::<u32>(t)?;
+        // SAFETY: the kernel writes every loss, and every gradient element when asked.
+        let loss = unsafe { dev.alloc::<f32>(rows)? };
+        let grad = if want_grad {
+            Some(unsafe { dev.alloc::<T>(rows * vocab)? })
+        } else {
+            None
+        };
+        let (rows_i, vocab_i, want) = (
+            i32_of(rows, "rows")?,
+            i32_of(vocab, "vocabulary")?,
+            want_grad as i32,
+        );
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("cross_entropy"), MODULE, PTX)?;
+        {
+            let mut b = func.builder();
+            b.arg(&lv).arg(&tv).arg(&loss);
+            // Without a gradient the kernel never touches its gradient buffer; the logits
+            // stand in for it.
+            match &grad {
+                Some(g) => b.arg(g),
+                None => b.arg(&lv),
+            };
+            b.arg(&rows_i).arg(&vocab_i).arg(&scale).arg(&want);
+            // SAFETY: the arguments match the kernel's signature in train.cu.
+            unsafe { b.launch(shape(rows, THREADS)) }.w()?;
+        }
+        Ok((
+            f32::wrap_cuda_slice(loss, dev.clone()),
+            grad.map(|g| T::wrap_cuda_slice(g, dev.clone())),
+        ))
+    }
+    if targets.dtype() != DType::U32 {
+        candle_core::bail!(
+            "cross_entropy: targets must be u32, not {:?}",
+            targets.dtype()
+        );
+    }
+    let (loss, grad) = with_storage(logits, |l| {
+        with_storage(targets, |t| {
+            by_dtype!(l.0.dtype(), go(l, t, scale, want_grad))
+        })
+    })?;
+    let rows = targets.elem_count();
+    Ok((tensor(loss, rows), grad.map(|g| tensor(g, logits.shape()))))
+}
+
+pub(super) fn adamw_step(
+    param: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    grad: &Tensor,
+    step: &AdamWStep,
+    decay: bool,
+) -> Result<()> {
+    let n = param.elem_count();
+    for (what, t) in [
+        ("first moment", m),
+        ("second moment", v),
+        ("gradient", grad),
+    ] {
+        if t.elem_count() != n || !t.is_contiguous() {
+            candle_core::bail!("adamw: the {what} is not a contiguous tensor of {n} elements");
+        }
+    }
+    if grad.dtype() != DType::F32 || m.dtype() != param.dtype() || v.dtype() != param.dtype() {
+        candle_core::bail!("adamw: moments in the parameter's dtype and an f32 gradient expected");
+    }
+    param.inplace_op1(&AdamW {
+        m,
+        v,
+        grad,
+        step: *step,
+        decay,
+    })
+}
+
+/// The step as an in-place op on the parameter; the moments are written through their own
+/// (unshared) buffers in the same launch.
+struct AdamW<'a> {
+    m: &'a Tensor,
+    v: &'a Tensor,
+    grad: &'a Tensor,
+    step: AdamWStep,
+    decay: bool,
+}
+
+impl candle_core::InplaceOp1 for AdamW<'_> {
+    fn name(&self) -> &'static str {
+        "cuda-adamw"
+    }
+
+    fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("cuda-adamw runs on CUDA parameters only")
+    }
+
+    fn cuda_fwd(&self, param: &mut CudaStorage, layout: &Layout) -> Result<()> {
+        fn go<T: Element>(op: &AdamW, param: &mut CudaStorage, layout: &Layout) -> Result<()> {
+            let dev = param.device().clone();
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("adamw: the parameter is not contiguous");
+            };
+            let n = end - start;
+            let k = &op.step;
+            let decay = if op.decay { k.decay_factor } else { 1.0 };
+            with_storage(op.m, |m| {
+                with_storage(op.v, |v| {
+                    with_storage(op.grad, |g| {
+                        let (mv, vv, gv) = (view::<T>(m)?, view::<T>(v)?, view::<f32>(g)?);
+                        let mut pv = param.as_cuda_slice_mut::<T>()?.slice_mut(start..end);
+                        let func =
+                            dev.get_or_load_custom_func(&kernel_name::<T>("adamw"), MODULE, PTX)?;
+                        let mut b = func.builder();
+                        b.arg(&mut pv)
+                            .arg(&mv)
+                            .arg(&vv)
+                            .arg(&gv)
+                            .arg(&n)
+                            .arg(&decay);
+                        b.arg(&k.one_minus_beta1)
+                            .arg(&k.beta2)
+                            .arg(&k.one_minus_beta2)
+                            .arg(&k.step_size)
+                            .arg(&k.bias2_sqrt)
+                            .arg(&k.eps)
+                            .arg(&k.grad_scale);
+                        // SAFETY: the arguments match the kernel's signature in train.cu; the
+                        // moments belong to this parameter alone, so writing them is safe.
+                        unsafe { b.launch(elementwise(n)) }.w()?;
+                        Ok(())
+                    })
+                })
+            })
+        }
+        by_dtype!(param.dtype(), go(self, param, layout))
+    }
+}

@@ -1,0 +1,301 @@
+//! Training kernels for NVIDIA GPUs, each one graph node with an analytic backward: RMSNorm,
+//! RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and two used outside the graph, the
+//! cross-entropy of a chunk of logit rows with its gradient ([`cross_entropy`], for the
+//! student's chunked loss) and the AdamW step in place ([`adamw_step`]).
+//!
+//! Why: on a GPU the composed forms of these ops are several launches each, every one reading
+//! and writing a full activation-sized tensor and keeping its temporaries alive until backward
+//! (a bf16 RMSNorm is an f32 copy, a square, a mean, a division, a cast and a product); AdamW
+//! as tensor ops is about ten launches and temporaries per parameter, and the loss's
+//! `chunk × vocab` softmax passes over a 151k vocabulary are nine.
+//!
+//! The CUDA C is `train.cu`, compiled to PTX at build time (`models/build.rs`) and loaded into
+//! candle's device on first use. [`crate::ops`] and the student's loss and optimizer choose these
+//! kernels where [`supported`] says so, before candle's composed ops; `DISTILL_CUDA_KERNELS=0`
+//! (or [`set_enabled`]) turns them off, which leaves the composed ops as the reference they are
+//! checked against on a GPU (`distill check-device`). On the CPU, `tests/cuda_kernels.rs` runs
+//! `train.cu` itself through an emulation of CUDA's threads against the composed ops.
+
+// Without the `cuda` feature the ops' arguments and fields only reach `on_gpu!`'s error.
+#![cfg_attr(not(feature = "cuda"), allow(unused_variables, dead_code))]
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+#[cfg(feature = "cuda")]
+mod launch;
+
+/// The scalars of one AdamW step, in f32 as PyTorch's kernels use them (`torch.optim.AdamW`,
+/// single-tensor path): `p *= decay_factor` (for parameters that decay), `m += (g − m)(1 − β1)`,
+/// `v = β2·v + (1 − β2)·g²`, `p −= step_size · m / (√v / bias2_sqrt + eps)`, with the gradient
+/// read as `g · grad_scale` (the clipping factor).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub decay_factor: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub step_size: f32,
+    pub bias2_sqrt: f32,
+    pub eps: f32,
+    pub grad_scale: f32,
+}
+
+/// 0: not read yet; 1: on; 2: off.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the kernels are on: `DISTILL_CUDA_KERNELS=0` turns them off, unless
+/// [`set_enabled`] said otherwise.
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("DISTILL_CUDA_KERNELS").map_or(true, |v| v != "0");
+            ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+        state => state == 1,
+    }
+}
+
+/// Turns the kernels on or off for the rest of the process (the GPU check compares both).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the kernels can run on `t`: a CUDA tensor of f32 or bf16 in a binary built with the
+/// `cuda` feature, the kernels [`enabled`].
+pub fn supported(t: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), DType::F32 | DType::BF16)
+        && enabled()
+}
+
+/// Whether the kernels can run on all of `ts` together: [`supported`], one dtype, one device.
+pub fn supported_all(ts: &[&Tensor]) -> bool {
+    let Some(first) = ts.first() else {
+        return false;
+    };
+    supported(first)
+        && ts
+            .iter()
+            .all(|t| t.dtype() == first.dtype() && t.device().same_device(first.device()))
+}
+
+/// Runs `$e` (built from [`launch`]) in a CUDA build; without one no op here can have been
+/// chosen, since [`supported`] is false.
+macro_rules! on_gpu {
+    ($e:expr) => {{
+        #[cfg(feature = "cuda")]
+        {
+            $e
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(candle_core::Error::Msg(
+                "distill was built without the cuda feature".into(),
+            ))
+        }
+    }};
+}
+
+/// RMSNorm over the last dimension, `weight · x / sqrt(mean(x²) + eps)` as transformers
+/// computes it (the normalised value rounded to the storage type before the weight multiplies
+/// it); differentiable in both inputs. CUDA tensors of one dtype.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+/// RoPE in transformers' `rotate_half` layout: `xs` `[batch, heads, seq, head_dim]`, `cos` and
+/// `sin` `[batch, seq, head_dim / 2]` (constants: no gradient flows to them).
+pub fn rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope)
+}
+
+/// `silu(gate) · up`; differentiable in both inputs.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!(
+            "swiglu: gate {:?} and up {:?} differ",
+            gate.dims(),
+            up.dims()
+        );
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// For each row of `logits` (`[rows, vocab]`) and its target: the loss
+/// `logsumexp(row) − row[target]` (f32, `[rows]`), and with `want_grad` the gradient
+/// `scale · (softmax(row) − one_hot(target))` in the logits' dtype. Not part of any graph.
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    scale: f32,
+    want_grad: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    on_gpu!(launch::cross_entropy(
+        &logits.contiguous()?,
+        &targets.contiguous()?,
+        scale,
+        want_grad
+    ))
+}
+
+/// One AdamW step in place: `param` and its moments `m`, `v` (one dtype, contiguous, not shared
+/// with other tensors) from the f32 gradient `grad`; `decay` says whether the parameter decays.
+pub fn adamw_step(
+    param: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    grad: &Tensor,
+    step: &AdamWStep,
+    decay: bool,
+) -> Result<()> {
+    on_gpu!(launch::adamw_step(param, m, v, grad, step, decay))
+}
+
+fn not_on_cpu(op: &str) -> Result<(CpuStorage, Shape)> {
+    candle_core::bail!("{op} is a CUDA kernel; the CPU takes crate::fused or the composed ops")
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "cuda-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        w: &candle_core::CudaStorage,
+        lw: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((
+            launch::rms_norm_fwd((x, lx), (w, lw), self.eps)?,
+            lx.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = on_gpu!(launch::rms_norm_bwd(
+            xs,
+            weight,
+            &grad.contiguous()?,
+            self.eps
+        ))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "cuda-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+        u: &candle_core::CudaStorage,
+        lu: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((launch::swiglu_fwd((g, lg), (u, lu))?, lg.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = on_gpu!(launch::swiglu_bwd(gate, up, &grad.contiguous()?))?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+struct Rope;
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "cuda-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        cos: &candle_core::CudaStorage,
+        lc: &Layout,
+        sin: &candle_core::CudaStorage,
+        ls: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((
+            launch::rope((x, lx), (cos, lc), (sin, ls), 1.0)?,
+            lx.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The rotation's transpose is the rotation by the negated angle.
+        let dx = on_gpu!(launch::rope_tensor(&grad.contiguous()?, cos, sin, -1.0))?;
+        Ok((Some(dx), None, None))
+    }
+}

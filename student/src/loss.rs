@@ -15,6 +15,7 @@
 //! gradient of the mean over the accumulated batch.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+use distill_models::cuda;
 use rayon::prelude::*;
 
 use crate::batch::IGNORE;
@@ -105,7 +106,9 @@ pub fn chunked_cross_entropy(
 /// [`chunked_cross_entropy`] with candle tensor ops, for any device and dtype: per chunk, logits
 /// in the compute dtype, softmax and loss in f32, and `softmax − one-hot` multiplied back into
 /// the gradients of the hidden states and of the head (accumulated in f32). Only one
-/// `chunk × vocab` block exists at a time, and nothing is read back to the host.
+/// `chunk × vocab` block exists at a time, and nothing is read back to the host. On a CUDA
+/// device the softmax, loss and `softmax − one-hot` of a chunk are one kernel
+/// ([`cuda::cross_entropy`]) reading the logits in their dtype.
 ///
 /// The gradients enter the graph through a surrogate `Σ hidden·dh + Σ weight·dw`, whose value
 /// is subtracted again (`s − detach(s)` is exactly zero) and whose gradients are exactly `dh`
@@ -129,19 +132,31 @@ pub fn chunked_cross_entropy_tensors(
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
         let hc = h.narrow(0, start, len)?;
-        let target = all_targets.narrow(0, start, len)?.unsqueeze(1)?;
-        let logits = hc.matmul(&w.t()?)?.to_dtype(DType::F32)?;
-        let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
-        let exp = shifted.exp()?;
-        let sum = exp.sum_keepdim(D::Minus1)?;
-        losses.push((sum.log()? - shifted.gather(&target, 1)?)?.sum_all()?);
-        if want_grads {
-            let minus_one = Tensor::full(-1f32, (len, 1), dev)?;
-            let d_logits = (exp
-                .broadcast_div(&sum)?
-                .scatter_add(&target, &minus_one, 1)?
-                * scale)?
-                .to_dtype(w.dtype())?;
+        let target = all_targets.narrow(0, start, len)?;
+        let logits = hc.matmul(&w.t()?)?;
+        let d_logits = if cuda::supported(&logits) {
+            // One kernel: the softmax passes and the gradient, straight from the logits.
+            let (loss, d_logits) = cuda::cross_entropy(&logits, &target, scale as f32, want_grads)?;
+            losses.push(loss.sum_all()?);
+            d_logits
+        } else {
+            let logits = logits.to_dtype(DType::F32)?;
+            let target = target.unsqueeze(1)?;
+            let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+            let exp = shifted.exp()?;
+            let sum = exp.sum_keepdim(D::Minus1)?;
+            losses.push((sum.log()? - shifted.gather(&target, 1)?)?.sum_all()?);
+            if want_grads {
+                let minus_one = Tensor::full(-1f32, (len, 1), dev)?;
+                let d_logits = exp
+                    .broadcast_div(&sum)?
+                    .scatter_add(&target, &minus_one, 1)?;
+                Some((d_logits * scale)?.to_dtype(w.dtype())?)
+            } else {
+                None
+            }
+        };
+        if let Some(d_logits) = d_logits {
             d_hidden.push(d_logits.matmul(&w)?);
             let dw = d_logits.t()?.matmul(&hc)?.to_dtype(DType::F32)?;
             d_weight = Some(match d_weight {

@@ -10,10 +10,10 @@
 //! `p *= 1 − lr·wd`, `m += (g − m)(1 − β1)`, `v = β2·v + (1 − β2)·g·g`,
 //! `p −= lr / (1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)`; bias corrections in f64 as Python does.
 //!
-//! That fast path is for f32 parameters on the CPU. Elsewhere (a GPU, bf16 parameters) the same
-//! arithmetic runs as candle tensor ops on the parameter's device, in f32, with the moments kept
-//! there in the parameter's dtype (as `torch.optim.AdamW` keeps them); fused device kernels are
-//! the GPU's speed path to come.
+//! That fast path is for f32 parameters on the CPU. On a CUDA device the same arithmetic is one
+//! kernel launch per parameter ([`distill_models::cuda::adamw_step`]), with the moments kept
+//! there in the parameter's dtype (as `torch.optim.AdamW` keeps them); elsewhere (bf16 on the
+//! CPU, kernels turned off) it runs as candle tensor ops on the parameter's device, in f32.
 //!
 //! Gradient clipping and accumulation live beside it: [`GradBuffers`] sums micro-batch gradients
 //! into one f32 tensor per parameter (the `.grad` of PyTorch), [`GradBuffers::global_norm`] gives
@@ -27,6 +27,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use distill_models::cuda::{self, AdamWStep};
 
 use crate::loss::f32_slice;
 use crate::{Error, Result};
@@ -234,7 +236,7 @@ impl AdamW {
         let c = &self.config;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let consts = StepConsts {
+        let consts = AdamWStep {
             decay_factor: (1.0 - lr * c.weight_decay) as f32,
             one_minus_beta1: (1.0 - c.beta1) as f32,
             beta2: c.beta2 as f32,
@@ -260,7 +262,15 @@ impl AdamW {
                     };
                     Ok(p.var.as_tensor().inplace_op1(&op)?)
                 }
-                Moments::Device { m, v } => adamw_tensors(&consts, p.decay, &p.var, m, v, g),
+                Moments::Device { m, v } => {
+                    let var = p.var.as_tensor();
+                    let contiguous = [var, &*m, &*v, g].iter().all(|t| t.is_contiguous());
+                    if contiguous && cuda::supported_all(&[var, m, v]) && cuda::supported(g) {
+                        Ok(cuda::adamw_step(var, m, v, g, &consts, p.decay)?)
+                    } else {
+                        adamw_tensors(&consts, p.decay, &p.var, m, v, g)
+                    }
+                }
             }
         };
         let all_host = self
@@ -367,7 +377,7 @@ impl AdamW {
 /// The AdamW step of [`adamw_kernel`] as tensor ops on the parameter's device, in f32; the
 /// parameter and moments are written back in their own dtype.
 fn adamw_tensors(
-    k: &StepConsts,
+    k: &AdamWStep,
     decay: bool,
     var: &Var,
     m: &mut Tensor,
@@ -391,20 +401,8 @@ fn adamw_tensors(
     Ok(())
 }
 
-/// Per-step scalars, in f32 as PyTorch's kernels use them.
-struct StepConsts {
-    decay_factor: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    step_size: f32,
-    bias2_sqrt: f32,
-    eps: f32,
-    grad_scale: f32,
-}
-
 struct FusedAdamW<'a> {
-    consts: &'a StepConsts,
+    consts: &'a AdamWStep,
     decay: bool,
     grad: &'a [f32],
     moments: RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
@@ -441,7 +439,7 @@ impl InplaceOp1 for FusedAdamW<'_> {
 
 #[inline]
 fn adamw_kernel(
-    k: &StepConsts,
+    k: &AdamWStep,
     decay: bool,
     p: &mut [f32],
     m: &mut [f32],

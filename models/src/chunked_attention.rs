@@ -16,6 +16,10 @@
 //! `[batch, kv_heads, n_rep × rows, d]`, so each key/value head multiplies its own group.
 //! Scores, softmax and the gradient of the softmax are f32 whatever the compute dtype, as
 //! transformers' eager attention does. Tests compare values and gradients with the composed form.
+//!
+//! On a CUDA device the scale, mask and softmax of a chunk (and in backward the probabilities
+//! and the scores' gradient) are one kernel each ([`crate::cuda::attention_softmax`]), reading
+//! the raw scores in the compute dtype; the matmuls stay cuBLAS's.
 
 use std::sync::Arc;
 
@@ -23,6 +27,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D
 
 type CandleResult<T> = candle_core::Result<T>;
 
+use crate::cuda;
 use crate::fused::document_starts;
 use crate::recompute::ComputedOutput;
 use crate::Result;
@@ -174,6 +179,16 @@ impl Dims {
         self.h / self.kv
     }
 
+    /// Where chunk `c`'s grouped scores lie, for the CUDA softmax kernels.
+    fn chunk(&self, c: &Chunk) -> cuda::ScoreChunk {
+        cuda::ScoreChunk {
+            groups: self.h,
+            rows: c.rows(),
+            q0: c.q0,
+            k0: c.k0,
+        }
+    }
+
     fn inputs(&self, q: &Tensor, k: &Tensor, v: &Tensor, c: &Chunk) -> CandleResult<ChunkInputs> {
         let q = q.narrow(2, c.q0, c.rows())?.contiguous()?.reshape((
             self.b,
@@ -260,6 +275,17 @@ fn forward(
     let mut lses = Vec::with_capacity(if keep_lse { chunks.chunks.len() } else { 0 });
     for c in chunks.chunks.iter() {
         let x = dims.inputs(q, k, v, c)?;
+        if cuda::supported_all(&[&x.q, &x.k, &x.v]) {
+            // One kernel for the scale, the mask and the softmax, from the raw scores.
+            let raw = x.q.matmul(&x.k.t()?)?;
+            let (probs, lse) =
+                cuda::attention_softmax(&raw, &chunks.starts, dims.chunk(c), scale as f32)?;
+            if keep_lse {
+                lses.push(lse.reshape((dims.b, dims.kv, dims.n_rep(), c.rows(), 1))?);
+            }
+            outs.push(dims.heads(probs.matmul(&x.v)?, c)?);
+            continue;
+        }
         let scores = dims.scores(&x, &chunks.mask(c)?, c, scale)?;
         let probs = if keep_lse {
             let max = scores.max_keepdim(D::Minus1)?;
@@ -352,6 +378,25 @@ impl CustomOp3 for ChunkedAttention {
             };
             let d_out = grouped(&grad, d)?;
             let row_dot = grouped(&row_dot, 1)?;
+            if cuda::supported_all(&[&x.q, &x.k, &x.v]) {
+                // The probabilities and the scores' gradient in one kernel from the recomputed
+                // raw scores and dP = dO · Vᵀ.
+                let raw = x.q.matmul(&x.k.t()?)?;
+                let d_probs = d_out.matmul(&x.v.t()?)?;
+                let (probs, d_scores) = cuda::attention_softmax_bwd(
+                    &raw,
+                    &d_probs,
+                    lse,
+                    &row_dot,
+                    &self.chunks.starts,
+                    dims.chunk(c),
+                    scale as f32,
+                )?;
+                accumulate(&dv, &probs.t()?.matmul(&d_out)?, c.k0)?;
+                dq.push(dims.heads(d_scores.matmul(&x.k)?, c)?);
+                accumulate(&dk, &d_scores.t()?.matmul(&x.q)?, c.k0)?;
+                continue;
+            }
             // The scores go out of scope here, before their gradients exist.
             let probs = {
                 let scores = dims.scores(&x, &self.chunks.mask(c)?, c, scale)?;

@@ -327,3 +327,171 @@ fn adamw_matches_reference() {
         assert_close("adamw second moment", dt, &out[2], &round(vi));
     }
 }
+
+/// One chunk of packed attention: 2 rows of 12 positions (documents `[0, 3)`, `[3, 12)` and
+/// `[0, 5)`, `[5, 12)`), 2 kv heads × 2 query heads each, queries 6..10 over keys 3..10 (the
+/// earliest document start of the chunk's first query), as `chunked_attention` cuts them.
+struct ScoreChunk {
+    b: usize,
+    groups: usize,
+    rows: usize,
+    keys: usize,
+    seq: usize,
+    q0: usize,
+    k0: usize,
+    starts: Vec<u32>,
+}
+
+impl ScoreChunk {
+    fn new() -> Self {
+        let starts: Vec<u32> = [
+            [0, 0, 0, 3, 3, 3, 3, 3, 3, 3, 3, 3],
+            [0, 0, 0, 0, 0, 5, 5, 5, 5, 5, 5, 5],
+        ]
+        .concat();
+        Self {
+            b: 2,
+            groups: 4,
+            rows: 4,
+            keys: 7,
+            seq: 12,
+            q0: 6,
+            k0: 3,
+            starts,
+        }
+    }
+    fn total(&self) -> usize {
+        self.b * self.groups * self.rows
+    }
+    fn args(&self, scale: f32) -> Vec<String> {
+        [
+            self.b,
+            self.groups,
+            self.rows,
+            self.keys,
+            self.seq,
+            self.q0,
+            self.k0,
+        ]
+        .iter()
+        .map(s)
+        .chain([s(scale)])
+        .collect()
+    }
+    fn visible(&self, row: usize, j: usize) -> bool {
+        let query = self.q0 + row % self.rows;
+        let b = row / (self.groups * self.rows);
+        let key = self.k0 + j;
+        key >= self.starts[b * self.seq + query] as usize && key <= query
+    }
+    fn starts(&self) -> Tensor {
+        let f: Vec<f32> = self.starts.iter().map(|&x| x as f32).collect();
+        Tensor::new(f.as_slice(), &Device::Cpu).unwrap()
+    }
+    /// The masked softmax of `scale · scores` per row and its log-sum-exp, in f64.
+    fn softmax(&self, scores: &[f32], scale: f32) -> (Vec<f64>, Vec<f64>) {
+        let (mut probs, mut lse) = (vec![0f64; scores.len()], Vec::new());
+        for row in 0..self.total() {
+            let s = &scores[row * self.keys..(row + 1) * self.keys];
+            let seen: Vec<usize> = (0..self.keys).filter(|&j| self.visible(row, j)).collect();
+            let m = seen
+                .iter()
+                .map(|&j| (s[j] * scale) as f64)
+                .fold(f64::MIN, f64::max);
+            let sum: f64 = seen
+                .iter()
+                .map(|&j| ((s[j] * scale) as f64 - m).exp())
+                .sum();
+            for &j in &seen {
+                probs[row * self.keys + j] = ((s[j] * scale) as f64 - m).exp() / sum;
+            }
+            lse.push(m + sum.ln());
+        }
+        (probs, lse)
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn tensor_of(v: Vec<f64>) -> Tensor {
+    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+    Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn attention_softmax_matches_masked_softmax() {
+    let c = ScoreChunk::new();
+    for dt in [Dt::F32, Dt::Bf16] {
+        let scale = 0.35f32;
+        let n = c.total() * c.keys;
+        let scores = (randn(&[n], 15, dt) * 3.0)
+            .unwrap()
+            .to_dtype(dt.dtype())
+            .unwrap();
+        let (probs, lse) = c.softmax(&values(&scores), scale);
+        let out = run(
+            "attention_softmax",
+            dt,
+            SHAPE,
+            &c.args(scale),
+            &[&scores, &c.starts()],
+            &[n, c.total()],
+        );
+        assert_close(
+            "attention probabilities",
+            dt,
+            &out[0],
+            &tensor_of(probs.clone()),
+        );
+        assert_close(
+            "attention log-sum-exp",
+            Dt::F32,
+            &out[1],
+            &tensor_of(lse.clone()),
+        );
+        // Hidden keys are exactly zero, visible ones not.
+        for (at, &p) in out[0].iter().enumerate() {
+            assert_eq!(
+                p == 0.0,
+                !c.visible(at / c.keys, at % c.keys),
+                "probability {at}"
+            );
+        }
+
+        // Backward: P from the log-sum-exps, dS = scale · P ∘ (dP − row_dot).
+        let dprobs = randn(&[n], 16, dt);
+        let row_dot = randn(&[c.total()], 17, Dt::F32);
+        let (dp, dot) = (values(&dprobs), values(&row_dot));
+        let dscores: Vec<f64> = (0..n)
+            .map(|at| scale as f64 * probs[at] * (dp[at] as f64 - dot[at / c.keys] as f64))
+            .collect();
+        let lse_t = tensor_of(lse);
+        let out = run(
+            "attention_softmax_bwd",
+            dt,
+            SHAPE,
+            &c.args(scale),
+            &[&scores, &c.starts(), &dprobs, &lse_t, &row_dot],
+            &[n, n],
+        );
+        assert_close(
+            "attention backward probabilities",
+            dt,
+            &out[0],
+            &tensor_of(probs),
+        );
+        assert_close(
+            "attention score gradients",
+            dt,
+            &out[1],
+            &tensor_of(dscores),
+        );
+    }
+}

@@ -11,7 +11,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use half::bf16;
 
-use super::AdamWStep;
+use super::{AdamWStep, ScoreChunk};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
 /// The name candle's device caches the loaded module under.
@@ -265,6 +265,153 @@ pub(super) fn rope_tensor(xs: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) ->
         with_storage(&cos, |c| with_storage(&sin, |s| rope(x, c, s, sign)))
     })?;
     Ok(tensor(y, xs.shape()))
+}
+
+/// The geometry of a chunk of scores as the kernels take it: rows in all, keys, batch, seq.
+fn score_geometry(scores: &Tensor, starts: &Tensor, chunk: ScoreChunk) -> Result<[usize; 4]> {
+    let dims = scores.dims();
+    let (&keys, &batch) = (dims.last().unwrap_or(&0), dims.first().unwrap_or(&0));
+    let (sb, seq) = starts.dims2()?;
+    let total = scores.elem_count() / keys.max(1);
+    if keys == 0
+        || sb != batch
+        || total != batch * chunk.groups * chunk.rows
+        || chunk.q0 + chunk.rows > seq
+        || chunk.k0 + keys != chunk.q0 + chunk.rows
+        || starts.dtype() != DType::U32
+    {
+        candle_core::bail!(
+            "attention softmax: scores {dims:?}, starts {:?} and chunk {chunk:?} do not match",
+            starts.dims()
+        );
+    }
+    Ok([total, keys, batch, seq])
+}
+
+/// The kernels' int arguments after the buffers: groups, rows, keys, seq, q0, k0.
+fn chunk_ints(c: &ScoreChunk, keys: usize, seq: usize) -> Result<[i32; 6]> {
+    let mut ints = [0i32; 6];
+    for (slot, x) in ints
+        .iter_mut()
+        .zip([c.groups, c.rows, keys, seq, c.q0, c.k0])
+    {
+        *slot = i32_of(x, "attention dimension")?;
+    }
+    Ok(ints)
+}
+
+pub(super) fn attention_softmax(
+    scores: &Tensor,
+    starts: &Tensor,
+    chunk: ScoreChunk,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    fn go<T: Element>(
+        s: In,
+        st: In,
+        [total, keys, _, seq]: [usize; 4],
+        c: ScoreChunk,
+        scale: f32,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        let dev = s.0.device();
+        let (sv, stv) = (view::<T>(s)?, view::<u32>(st)?);
+        // SAFETY: the kernel writes every probability and every row's log-sum-exp.
+        let (probs, lse) = unsafe { (dev.alloc::<T>(total * keys)?, dev.alloc::<f32>(total)?) };
+        let ints = chunk_ints(&c, keys, seq)?;
+        let func =
+            dev.get_or_load_custom_func(&kernel_name::<T>("attention_softmax"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&sv).arg(&stv).arg(&probs).arg(&lse).arg(&total);
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&scale);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(shape(total, row_threads(keys))) }.w()?;
+        Ok((
+            T::wrap_cuda_slice(probs, dev.clone()),
+            f32::wrap_cuda_slice(lse, dev.clone()),
+        ))
+    }
+    let geometry = score_geometry(scores, starts, chunk)?;
+    let (probs, lse) = with_storage(scores, |s| {
+        with_storage(starts, |st| {
+            by_dtype!(s.0.dtype(), go(s, st, geometry, chunk, scale))
+        })
+    })?;
+    let mut lse_shape = scores.dims().to_vec();
+    *lse_shape.last_mut().expect("scores have dimensions") = 1;
+    Ok((tensor(probs, scores.shape()), tensor(lse, lse_shape)))
+}
+
+pub(super) fn attention_softmax_bwd(
+    scores: &Tensor,
+    dprobs: &Tensor,
+    lse: &Tensor,
+    row_dot: &Tensor,
+    starts: &Tensor,
+    chunk: ScoreChunk,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    #[allow(clippy::too_many_arguments)]
+    fn go<T: Element>(
+        s: In,
+        dp: In,
+        lse: In,
+        dot: In,
+        st: In,
+        [total, keys, _, seq]: [usize; 4],
+        c: ScoreChunk,
+        scale: f32,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        let dev = s.0.device();
+        let (sv, dpv) = (view::<T>(s)?, view::<T>(dp)?);
+        let (lv, dv, stv) = (view::<f32>(lse)?, view::<f32>(dot)?, view::<u32>(st)?);
+        // SAFETY: the kernel writes every element of both.
+        let (probs, dscores) =
+            unsafe { (dev.alloc::<T>(total * keys)?, dev.alloc::<T>(total * keys)?) };
+        let ints = chunk_ints(&c, keys, seq)?;
+        let func =
+            dev.get_or_load_custom_func(&kernel_name::<T>("attention_softmax_bwd"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&sv).arg(&dpv).arg(&lv).arg(&dv).arg(&stv);
+        b.arg(&probs).arg(&dscores).arg(&total);
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&scale);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(shape(total, row_threads(keys))) }.w()?;
+        Ok((
+            T::wrap_cuda_slice(probs, dev.clone()),
+            T::wrap_cuda_slice(dscores, dev.clone()),
+        ))
+    }
+    let geometry = score_geometry(scores, starts, chunk)?;
+    let rows = geometry[0];
+    for (what, t) in [("log-sum-exps", lse), ("row dots", row_dot)] {
+        if t.elem_count() != rows || t.dtype() != DType::F32 {
+            candle_core::bail!("attention softmax backward: {what} are not {rows} f32 values");
+        }
+    }
+    if dprobs.dims() != scores.dims() || dprobs.dtype() != scores.dtype() {
+        candle_core::bail!("attention softmax backward: dP does not match the scores");
+    }
+    let (probs, dscores) = with_storage(scores, |s| {
+        with_storage(dprobs, |dp| {
+            with_storage(lse, |l| {
+                with_storage(row_dot, |d| {
+                    with_storage(starts, |st| {
+                        by_dtype!(s.0.dtype(), go(s, dp, l, d, st, geometry, chunk, scale))
+                    })
+                })
+            })
+        })
+    })?;
+    Ok((
+        tensor(probs, scores.shape()),
+        tensor(dscores, scores.shape()),
+    ))
 }
 
 pub(super) fn cross_entropy(

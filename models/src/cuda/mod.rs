@@ -1,13 +1,17 @@
 //! Training kernels for NVIDIA GPUs, each one graph node with an analytic backward: RMSNorm,
-//! RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and two used outside the graph, the
-//! cross-entropy of a chunk of logit rows with its gradient ([`cross_entropy`], for the
-//! student's chunked loss) and the AdamW step in place ([`adamw_step`]).
+//! RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and some used outside the graph: the
+//! masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
+//! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk
+//! of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the
+//! AdamW step in place ([`adamw_step`]).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
 //! (a bf16 RMSNorm is an f32 copy, a square, a mean, a division, a cast and a product); AdamW
 //! as tensor ops is about ten launches and temporaries per parameter, and the loss's
-//! `chunk × vocab` softmax passes over a 151k vocabulary are nine.
+//! `chunk × vocab` softmax passes over a 151k vocabulary are nine; a chunk of attention's
+//! scaled, masked softmax is about fifteen launches over f32 copies of the scores, its backward
+//! ten more.
 //!
 //! The CUDA C is `train.cu`, compiled to PTX at build time (`models/build.rs`) and loaded into
 //! candle's device on first use. [`crate::ops`] and the student's loss and optimizer choose these
@@ -125,6 +129,59 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         );
     }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// Where one chunk of attention scores lies (see `crate::chunked_attention`): the scores are
+/// `[batch, groups, rows, keys]` (groups: kv heads × query heads per kv head), row `r` of a
+/// group is query position `q0 + r`, key `j` is position `k0 + j`.
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreChunk {
+    pub groups: usize,
+    pub rows: usize,
+    pub q0: usize,
+    pub k0: usize,
+}
+
+/// The causal, document-masked softmax of `scale · scores` for one chunk of raw scores (q·kᵀ in
+/// the compute dtype; `starts` `[batch, seq]` u32 holds each position's document start): the
+/// probabilities in the scores' dtype (hidden keys exactly 0) and each row's log-sum-exp (f32,
+/// the scores' shape with one key). Not part of any graph.
+pub fn attention_softmax(
+    scores: &Tensor,
+    starts: &Tensor,
+    chunk: ScoreChunk,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    on_gpu!(launch::attention_softmax(
+        &scores.contiguous()?,
+        &starts.contiguous()?,
+        chunk,
+        scale
+    ))
+}
+
+/// The backward of [`attention_softmax`] for one chunk: from the recomputed raw scores, the
+/// probabilities' gradient `dprobs` (dO·Vᵀ), the forward's log-sum-exps and each row's
+/// `Σ dO ∘ O` (f32), the probabilities again and the raw scores' gradient
+/// `scale · P ∘ (dP − row_dot)`, both in the scores' dtype.
+pub fn attention_softmax_bwd(
+    scores: &Tensor,
+    dprobs: &Tensor,
+    lse: &Tensor,
+    row_dot: &Tensor,
+    starts: &Tensor,
+    chunk: ScoreChunk,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    on_gpu!(launch::attention_softmax_bwd(
+        &scores.contiguous()?,
+        &dprobs.contiguous()?,
+        &lse.contiguous()?,
+        &row_dot.contiguous()?,
+        &starts.contiguous()?,
+        chunk,
+        scale
+    ))
 }
 
 /// For each row of `logits` (`[rows, vocab]`) and its target: the loss

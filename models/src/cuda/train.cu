@@ -1,5 +1,6 @@
 // Training kernels for NVIDIA GPUs: RMSNorm, RoPE and SwiGLU with their backward passes, the
-// cross-entropy of a chunk of logit rows, and the AdamW step. Compiled to PTX by models/build.rs
+// masked softmax of a chunk of attention scores and its backward, the cross-entropy of a chunk
+// of logit rows, and the AdamW step. Compiled to PTX by models/build.rs
 // with the pinned nvcc (only with the `cuda` feature) and loaded by models/src/cuda/mod.rs.
 //
 // Every kernel is written to be correct for any grid and any block of 32..1024 threads (a
@@ -191,6 +192,81 @@ __device__ void cross_entropy(const T* logits, const uint32_t* targets, float* l
   }
 }
 
+// ---- Softmax of a chunk of attention scores (models/src/chunked_attention.rs) ----
+// `scores` are one chunk's raw q·kᵀ, [batch, groups, rows, keys] (groups = kv heads × query
+// heads per kv head): row r is query position q0 + r % rows of batch r / (groups · rows), its
+// key jj is position k0 + jj. A key is visible where start(query) ≤ key ≤ query (`starts`,
+// [batch, seq]: each position's document start); the softmax of `scale · score` over the
+// visible keys, hidden keys exactly 0. A block per row.
+
+// Where a score row lies, its query position and its document's start.
+struct ScoreRow {
+  size_t offset;  // of the row's first key
+  int query, start;
+};
+
+__device__ __forceinline__ ScoreRow score_row(size_t row, const uint32_t* starts, int groups,
+                                              int rows, int keys, int seq, int q0) {
+  ScoreRow r;
+  r.offset = row * keys;
+  r.query = q0 + (int)(row % rows);
+  int b = (int)(row / ((size_t)groups * rows));
+  r.start = (int)starts[(size_t)b * seq + r.query];
+  return r;
+}
+
+// probs = softmax, lse[row] = log Σ exp(scale · score) over the visible keys (f32).
+template <typename T>
+__device__ void attention_softmax(const T* scores, const uint32_t* starts, T* probs, float* lse,
+                                  size_t total_rows, int groups, int rows, int keys, int seq,
+                                  int q0, int k0, float scale) {
+  for (size_t row = blockIdx.x; row < total_rows; row += gridDim.x) {
+    ScoreRow r = score_row(row, starts, groups, rows, keys, seq, q0);
+    const T* s = scores + r.offset;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+      int key = k0 + j;
+      if (key >= r.start && key <= r.query) m = fmaxf(m, to_float(s[j]) * scale);
+    }
+    m = block_max(m);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+      int key = k0 + j;
+      if (key >= r.start && key <= r.query) sum += expf(to_float(s[j]) * scale - m);
+    }
+    sum = block_sum(sum);
+    float log_sum = m + logf(sum);
+    if (threadIdx.x == 0) lse[row] = log_sum;
+    T* p = probs + r.offset;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+      int key = k0 + j;
+      bool visible = key >= r.start && key <= r.query;
+      p[j] = from_float<T>(visible ? expf(to_float(s[j]) * scale - log_sum) : 0.f);
+    }
+  }
+}
+
+// The backward of a chunk: P = exp(scale · score − lse) (hidden keys 0) to `probs`, and
+// dS = scale · P ∘ (dP − row_dot) to `dscores`, from the recomputed raw scores, the gradient of
+// the probabilities dP = dO · Vᵀ and each row's Σ dO ∘ O (`row_dot`, f32).
+template <typename T>
+__device__ void attention_softmax_bwd(const T* scores, const T* dprobs, const float* lse,
+                                      const float* row_dot, const uint32_t* starts, T* probs,
+                                      T* dscores, size_t total_rows, int groups, int rows,
+                                      int keys, int seq, int q0, int k0, float scale) {
+  for (size_t row = blockIdx.x; row < total_rows; row += gridDim.x) {
+    ScoreRow r = score_row(row, starts, groups, rows, keys, seq, q0);
+    float l = lse[row], dot = row_dot[row];
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+      int key = k0 + j;
+      size_t at = r.offset + j;
+      float p = key >= r.start && key <= r.query ? expf(to_float(scores[at]) * scale - l) : 0.f;
+      probs[at] = from_float<T>(p);
+      dscores[at] = from_float<T>(scale * p * (to_float(dprobs[at]) - dot));
+    }
+  }
+}
+
 // ---- AdamW, torch.optim.AdamW's single-tensor arithmetic ----
 // p *= decay (1 − lr·wd, or 1 where the parameter does not decay); m += (g − m)(1 − β1);
 // v = β2·v + (1 − β2)·g²; p −= step_size · m / (√v / bias2_sqrt + eps); g read as g · grad_scale
@@ -244,6 +320,19 @@ __device__ void adamw(T* p, T* m, T* v, const float* grad, size_t n, float decay
                                                float* loss, T* dlogits, int rows, int vocab,     \
                                                float scale, int want_grad) {                     \
     cross_entropy<T>(logits, targets, loss, dlogits, rows, vocab, scale, want_grad);             \
+  }                                                                                              \
+  extern "C" __global__ void attention_softmax_##S(                                              \
+      const T* scores, const uint32_t* starts, T* probs, float* lse, size_t total_rows,          \
+      int groups, int rows, int keys, int seq, int q0, int k0, float scale) {                    \
+    attention_softmax<T>(scores, starts, probs, lse, total_rows, groups, rows, keys, seq, q0, k0, \
+                         scale);                                                                 \
+  }                                                                                              \
+  extern "C" __global__ void attention_softmax_bwd_##S(                                          \
+      const T* scores, const T* dprobs, const float* lse, const float* row_dot,                  \
+      const uint32_t* starts, T* probs, T* dscores, size_t total_rows, int groups, int rows,     \
+      int keys, int seq, int q0, int k0, float scale) {                                          \
+    attention_softmax_bwd<T>(scores, dprobs, lse, row_dot, starts, probs, dscores, total_rows,   \
+                             groups, rows, keys, seq, q0, k0, scale);                            \
   }                                                                                              \
   extern "C" __global__ void adamw_##S(T* p, T* m, T* v, const float* grad, size_t n,            \
                                        float decay, float one_minus_beta1, float beta2,          \

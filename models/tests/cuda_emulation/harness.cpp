@@ -106,6 +106,35 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     launch(grid, block, [&] { k(logits.data(), targets.data(), loss.data(), d.data(), rows, vocab, scale, want); });
     write_f32(loss);
     output(d);
+  } else if (kernel == "attention_softmax" || kernel == "attention_softmax_bwd") {
+    // batch groups rows keys seq q0 k0 scale: scores, starts (as floats)[, dprobs, lse,
+    // row_dot] -> probs, lse | probs, dscores
+    int b = i(0), groups = i(1), rows = i(2), keys = i(3), seq = i(4), q0 = i(5), k0 = i(6);
+    float scale = f(7);
+    size_t total = (size_t)b * groups * rows;
+    auto scores = input<T>(total * keys);
+    std::vector<float> sf = read_f32((size_t)b * seq);
+    std::vector<uint32_t> starts(sf.begin(), sf.end());
+    std::vector<T> probs(total * keys);
+    if (kernel == "attention_softmax") {
+      std::vector<float> lse(total);
+      auto k = (void (*)(const T*, const uint32_t*, T*, float*, size_t, int, int, int, int, int, int, float))PICK(attention_softmax);
+      launch(grid, block, [&] {
+        k(scores.data(), starts.data(), probs.data(), lse.data(), total, groups, rows, keys, seq, q0, k0, scale);
+      });
+      output(probs);
+      write_f32(lse);
+    } else {
+      auto dprobs = input<T>(total * keys);
+      std::vector<float> lse = read_f32(total), dot = read_f32(total);
+      std::vector<T> dscores(total * keys);
+      auto k = (void (*)(const T*, const T*, const float*, const float*, const uint32_t*, T*, T*, size_t, int, int, int, int, int, int, float))PICK(attention_softmax_bwd);
+      launch(grid, block, [&] {
+        k(scores.data(), dprobs.data(), lse.data(), dot.data(), starts.data(), probs.data(), dscores.data(), total, groups, rows, keys, seq, q0, k0, scale);
+      });
+      output(probs);
+      output(dscores);
+    }
   } else if (kernel == "adamw") {  // n decay 1-β1 β2 1-β2 step bias2_sqrt eps grad_scale: p, m, v, g(f32) -> p, m, v
     size_t n = (size_t)i(0);
     auto p = input<T>(n), m = input<T>(n), v = input<T>(n);

@@ -495,3 +495,65 @@ fn attention_softmax_matches_masked_softmax() {
         );
     }
 }
+
+#[test]
+fn decode_attention_matches_softmax_over_each_history() {
+    // 3 decoding rows over a pool of 4 slots (capacity 9), 2 kv heads × 3 query heads, head
+    // dim 64 (two dims a lane); histories of 1, 5 and 9 keys (fewer keys than warps, more).
+    let (m, kv, n_rep, cap, dim, pool_slots) = (3, 2, 3, 9, 64, 4);
+    let (slots, lengths) = ([2usize, 0, 3], [1usize, 5, 9]);
+    let scale = 0.125f32;
+    for dt in [Dt::F32, Dt::Bf16] {
+        let h = kv * n_rep;
+        let q = randn(&[m, h, dim], 18, dt);
+        let keys = randn(&[pool_slots, kv, cap, dim], 19, dt);
+        let vals = randn(&[pool_slots, kv, cap, dim], 20, dt);
+        let (qv, kvals, vvals) = (values(&q), values(&keys), values(&vals));
+        let mut want = vec![0f64; m * h * dim];
+        for row in 0..m {
+            for head in 0..h {
+                let g = head / n_rep;
+                let base = (slots[row] * kv + g) * cap * dim;
+                let qr = &qv[(row * h + head) * dim..][..dim];
+                let scores: Vec<f64> = (0..lengths[row])
+                    .map(|j| {
+                        let kr = &kvals[base + j * dim..][..dim];
+                        qr.iter()
+                            .zip(kr)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let top = scores.iter().copied().fold(f64::MIN, f64::max);
+                let total: f64 = scores.iter().map(|s| (s - top).exp()).sum();
+                for (j, s) in scores.iter().enumerate() {
+                    let p = (s - top).exp() / total;
+                    for d in 0..dim {
+                        want[(row * h + head) * dim + d] += p * vvals[base + j * dim + d] as f64;
+                    }
+                }
+            }
+        }
+        let as_f32 = |v: &[usize]| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+        };
+        let args: Vec<String> = [m, kv, n_rep, cap, dim, pool_slots]
+            .iter()
+            .map(s)
+            .chain([s(scale)])
+            .collect();
+        for shape in [(2, 64), (5, 128)] {
+            let out = run(
+                "decode_attention",
+                dt,
+                shape,
+                &args,
+                &[&q, &keys, &vals, &as_f32(&slots), &as_f32(&lengths)],
+                &[m * h * dim],
+            );
+            assert_close("decode attention", dt, &out[0], &tensor_of(want.clone()));
+        }
+    }
+}

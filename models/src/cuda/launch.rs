@@ -414,6 +414,82 @@ pub(super) fn attention_softmax_bwd(
     ))
 }
 
+pub(super) fn decode_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    slots: &Tensor,
+    lengths: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    /// Threads a block: four warps share a (row, kv head)'s keys (train.cu's maximum).
+    const DECODE_THREADS: u32 = 128;
+    #[allow(clippy::too_many_arguments)]
+    fn go<T: Element>(
+        q: In,
+        k: In,
+        v: In,
+        slots: In,
+        lengths: In,
+        [m, kv, n_rep, capacity, dim]: [usize; 5],
+        scale: f32,
+    ) -> Result<CudaStorage> {
+        let dev = q.0.device();
+        let (qv, kv_, vv) = (view::<T>(q)?, view::<T>(k)?, view::<T>(v)?);
+        let (sv, lv) = (view::<u32>(slots)?, view::<u32>(lengths)?);
+        // SAFETY: the kernel writes every output element.
+        let out = unsafe { dev.alloc::<T>(m * kv * n_rep * dim)? };
+        let mut ints = [0i32; 5];
+        for (slot, x) in ints.iter_mut().zip([m, kv, n_rep, capacity, dim]) {
+            *slot = i32_of(x, "decode attention dimension")?;
+        }
+        let func =
+            dev.get_or_load_custom_func(&kernel_name::<T>("decode_attention"), MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&qv).arg(&kv_).arg(&vv).arg(&sv).arg(&lv).arg(&out);
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&scale);
+        // SAFETY: the arguments match the kernel's signature in train.cu.
+        unsafe { b.launch(shape(m * kv, DECODE_THREADS)) }.w()?;
+        Ok(T::wrap_cuda_slice(out, dev.clone()))
+    }
+    let (m, heads, dim) = q.dims3()?;
+    let (_, kv, capacity, pool_dim) = keys.dims4()?;
+    let fits = super::decode_attention_fits(heads, kv, dim);
+    if !fits
+        || pool_dim != dim
+        || values.dims() != keys.dims()
+        || !keys.is_contiguous()
+        || !values.is_contiguous()
+        || [slots, lengths]
+            .iter()
+            .any(|t| t.dtype() != DType::U32 || t.elem_count() != m)
+        || keys.dtype() != q.dtype()
+        || values.dtype() != q.dtype()
+    {
+        candle_core::bail!(
+            "decode attention: q {:?} and a pool of {:?} do not fit the kernel",
+            q.dims(),
+            keys.dims()
+        );
+    }
+    let geometry = [m, kv, heads / kv, capacity, dim];
+    let out = with_storage(q, |qs| {
+        with_storage(keys, |k| {
+            with_storage(values, |v| {
+                with_storage(slots, |s| {
+                    with_storage(lengths, |l| {
+                        by_dtype!(qs.0.dtype(), go(qs, k, v, s, l, geometry, scale))
+                    })
+                })
+            })
+        })
+    })?;
+    Ok(tensor(out, (m, heads * dim)))
+}
+
 pub(super) fn cross_entropy(
     logits: &Tensor,
     targets: &Tensor,

@@ -3,7 +3,8 @@
 //! masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
 //! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk
 //! of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the
-//! AdamW step in place ([`adamw_step`]).
+//! AdamW step in place ([`adamw_step`]). For generation, [`decode_attention`]: every sequence
+//! that decodes one token attends its history in the KV pool in one launch per layer.
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
@@ -180,6 +181,38 @@ pub fn attention_softmax_bwd(
         &row_dot.contiguous()?,
         &starts.contiguous()?,
         chunk,
+        scale
+    ))
+}
+
+/// Whether [`decode_attention`] takes a model's heads: head dim a multiple of 32 up to 256 and at
+/// most 8 query heads per kv head (every Qwen2.5, Qwen3 and Llama 3.x configuration).
+pub fn decode_attention_fits(heads: usize, kv_heads: usize, head_dim: usize) -> bool {
+    kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && heads / kv_heads <= 8
+        && head_dim.is_multiple_of(32)
+        && (32..=256).contains(&head_dim)
+}
+
+/// Attention of the sequences that decode one token over their own histories in the KV pool,
+/// one launch per layer: `q` `[m, heads, head_dim]`, the pool's `keys`/`values` `[slots,
+/// kv_heads, capacity, head_dim]` (contiguous), each row's slot and visible keys (u32 `[m]`:
+/// its history and the new key). Returns `[m, heads × head_dim]`. Not part of any graph.
+pub fn decode_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    slots: &Tensor,
+    lengths: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    on_gpu!(launch::decode_attention(
+        &q.contiguous()?,
+        keys,
+        values,
+        &slots.contiguous()?,
+        &lengths.contiguous()?,
         scale
     ))
 }

@@ -1,10 +1,10 @@
 // Training kernels for NVIDIA GPUs: RMSNorm, RoPE and SwiGLU with their backward passes, the
 // masked softmax of a chunk of attention scores and its backward, the cross-entropy of a chunk
-// of logit rows, and the AdamW step. Compiled to PTX by models/build.rs
+// of logit rows, the AdamW step; and for generation, decode attention over the KV pool. Compiled to PTX by models/build.rs
 // with the pinned nvcc (only with the `cuda` feature) and loaded by models/src/cuda/mod.rs.
 //
 // Every kernel is written to be correct for any grid and any block of 32..1024 threads (a
-// multiple of 32): rows and elements are walked with grid- and block-stride loops, so the
+// multiple of 32; decode attention: up to 128): rows and elements are walked with grid- and block-stride loops, so the
 // launch shape is a matter of speed only. That is what lets models/tests/cuda_kernels.rs run
 // this very file on the CPU (models/tests/cuda_emulation/) with small blocks and grids and
 // compare it with candle's composed ops.
@@ -35,12 +35,18 @@ template <typename T> __device__ __forceinline__ float stored(float x) {
   return to_float(from_float<T>(x));
 }
 
+// The sum of `v` over the warp, returned to every lane.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // The sum of `v` over the block, returned to every thread. Warps reduce with shuffles, then
 // every thread adds the warps' sums in warp order (at most 32), so the result is the same on
 // every thread and on every run.
 __device__ float block_sum(float v) {
   __shared__ float warp_sums[32];
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  v = warp_sum(v);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
   __syncthreads();
   float total = 0.f;
@@ -267,6 +273,91 @@ __device__ void attention_softmax_bwd(const T* scores, const T* dprobs, const fl
   }
 }
 
+// ---- Decode attention over the KV pool (models/src/transformer/step.rs) ----
+// Every sequence that decodes one token attends its own history in one launch: `q` [m, heads,
+// dim] (heads = kv · n_rep, HF's grouping: kv head g serves query heads g·n_rep ..), the pool
+// `keys`/`values` [slots, kv, capacity, dim], row i's slot `slots[i]` and its visible keys
+// `lengths[i]` (history and the new one). out [m, heads, dim] = softmax(scale · q·kᵀ) · v.
+// A block per (row, kv head) reads that slot's keys and values once for its n_rep query heads;
+// each warp walks every warps-th key with an online softmax (a lane holds dims lane, lane + 32,
+// ...), then the warps' partial results combine in warp order. Needs dim a multiple of 32 up
+// to 256, n_rep ≤ 8 and 32..128 threads a block (launch.rs checks; other shapes take the
+// composed ops).
+
+#define DECODE_MAX_REP 8
+#define DECODE_MAX_LANE_DIMS 8
+#define DECODE_MAX_WARPS 4
+
+template <typename T>
+__device__ void decode_attention(const T* q, const T* keys, const T* values, const uint32_t* slots,
+                                 const uint32_t* lengths, T* out, int m, int kv, int n_rep,
+                                 int capacity, int dim, float scale) {
+  __shared__ float part_max[DECODE_MAX_WARPS][DECODE_MAX_REP];
+  __shared__ float part_sum[DECODE_MAX_WARPS][DECODE_MAX_REP];
+  __shared__ float part_out[DECODE_MAX_WARPS][DECODE_MAX_REP][DECODE_MAX_LANE_DIMS * 32];
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int lane_dims = dim / 32;
+  for (size_t pair = blockIdx.x; pair < (size_t)m * kv; pair += gridDim.x) {
+    int row = (int)(pair / kv), g = (int)(pair % kv);
+    const T* qr = q + ((size_t)row * kv + g) * n_rep * dim;
+    size_t base = ((size_t)slots[row] * kv + g) * capacity * dim;
+    int len = (int)lengths[row];
+    float qv[DECODE_MAX_REP][DECODE_MAX_LANE_DIMS], acc[DECODE_MAX_REP][DECODE_MAX_LANE_DIMS];
+    float mx[DECODE_MAX_REP], sum[DECODE_MAX_REP];
+    for (int r = 0; r < DECODE_MAX_REP; ++r) {
+      mx[r] = -INFINITY;
+      sum[r] = 0.f;
+      for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) {
+        acc[r][e] = 0.f;
+        qv[r][e] = r < n_rep && e < lane_dims ? to_float(qr[r * dim + e * 32 + lane]) : 0.f;
+      }
+    }
+    for (int j = warp; j < len; j += warps) {
+      float kj[DECODE_MAX_LANE_DIMS], vj[DECODE_MAX_LANE_DIMS];
+      for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) {
+        size_t at = base + (size_t)j * dim + e * 32 + lane;
+        kj[e] = e < lane_dims ? to_float(keys[at]) : 0.f;
+        vj[e] = e < lane_dims ? to_float(values[at]) : 0.f;
+      }
+      for (int r = 0; r < DECODE_MAX_REP; ++r) {
+        if (r >= n_rep) break;
+        float dot = 0.f;
+        for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) dot += qv[r][e] * kj[e];
+        float score = warp_sum(dot) * scale;
+        float next = fmaxf(mx[r], score);
+        float shrink = expf(mx[r] - next), p = expf(score - next);
+        sum[r] = sum[r] * shrink + p;
+        for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) acc[r][e] = acc[r][e] * shrink + p * vj[e];
+        mx[r] = next;
+      }
+    }
+    // Constant loop bounds keep the arrays in registers.
+    for (int r = 0; r < DECODE_MAX_REP; ++r) {
+      if (r >= n_rep) break;
+      if (lane == 0) {
+        part_max[warp][r] = mx[r];
+        part_sum[warp][r] = sum[r];
+      }
+      for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e)
+        if (e < lane_dims) part_out[warp][r][e * 32 + lane] = acc[r][e];
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < n_rep * dim; t += blockDim.x) {
+      int r = t / dim, d = t % dim;
+      float best = -INFINITY;
+      for (int w = 0; w < warps; ++w) best = fmaxf(best, part_max[w][r]);
+      float total = 0.f, o = 0.f;
+      for (int w = 0; w < warps; ++w) {
+        float f = expf(part_max[w][r] - best);  // 0 for a warp that saw no key
+        total += part_sum[w][r] * f;
+        o += part_out[w][r][d] * f;
+      }
+      out[((size_t)row * kv + g) * n_rep * dim + t] = from_float<T>(o / total);
+    }
+    __syncthreads();  // the partials are free for the next pair only when all are read
+  }
+}
+
 // ---- AdamW, torch.optim.AdamW's single-tensor arithmetic ----
 // p *= decay (1 − lr·wd, or 1 where the parameter does not decay); m += (g − m)(1 − β1);
 // v = β2·v + (1 − β2)·g²; p −= step_size · m / (√v / bias2_sqrt + eps); g read as g · grad_scale
@@ -333,6 +424,11 @@ __device__ void adamw(T* p, T* m, T* v, const float* grad, size_t n, float decay
       int keys, int seq, int q0, int k0, float scale) {                                          \
     attention_softmax_bwd<T>(scores, dprobs, lse, row_dot, starts, probs, dscores, total_rows,   \
                              groups, rows, keys, seq, q0, k0, scale);                            \
+  }                                                                                              \
+  extern "C" __global__ void decode_attention_##S(                                               \
+      const T* q, const T* keys, const T* values, const uint32_t* slots, const uint32_t* lengths, \
+      T* out, int m, int kv, int n_rep, int capacity, int dim, float scale) {                    \
+    decode_attention<T>(q, keys, values, slots, lengths, out, m, kv, n_rep, capacity, dim, scale); \
   }                                                                                              \
   extern "C" __global__ void adamw_##S(T* p, T* m, T* v, const float* grad, size_t n,            \
                                        float decay, float one_minus_beta1, float beta2,          \

@@ -11,7 +11,7 @@ use super::{Attention, Model, Rotary};
 use crate::chunked_attention::{self, QueryChunks};
 use crate::decode::{self, KvCache, RowRope};
 use crate::kv_pool::PoolView;
-use crate::{ops, Error, Result};
+use crate::{cuda, ops, Error, Result};
 
 impl Attention {
     /// Scaled dot-product attention of `q` `[b, heads, q_len, d]` over `k`/`v` `[b, kv_heads,
@@ -98,18 +98,31 @@ impl Attention {
             }
             // q's rows in step order, `[rows, heads, d]`, to pick the decoding ones from.
             let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-            let picked = q_rows.index_select(&dec.rows, 0)?.reshape(((), h * d))?;
-            let grouped = Tensor::zeros((slots, h * d), q.dtype(), q.device())?;
-            grouped.scatter_set(&dec.slot_targets, &picked, 0)?;
-            let grouped = grouped.reshape((slots, kv, h / kv, d))?;
-            let scores = (grouped
-                .matmul(&keys.narrow(2, 0, dec.keys)?.t()?)?
-                .to_dtype(DType::F32)?
-                * self.scale)?
-                .broadcast_add(&dec.mask)?;
-            let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-            let out = probs.matmul(&values.narrow(2, 0, dec.keys)?)?;
-            pieces.push(out.reshape((slots, h * d))?.index_select(&dec.slots, 0)?);
+            let picked = q_rows.index_select(&dec.rows, 0)?;
+            if step.decode_kernel {
+                // One launch: each row attends its own history (no padding to the longest).
+                pieces.push(cuda::decode_attention(
+                    &picked,
+                    keys,
+                    values,
+                    &dec.slots,
+                    &dec.lengths,
+                    self.scale as f32,
+                )?);
+            } else {
+                let picked = picked.reshape(((), h * d))?;
+                let grouped = Tensor::zeros((slots, h * d), q.dtype(), q.device())?;
+                grouped.scatter_set(&dec.slot_targets, &picked, 0)?;
+                let grouped = grouped.reshape((slots, kv, h / kv, d))?;
+                let scores = (grouped
+                    .matmul(&keys.narrow(2, 0, dec.keys)?.t()?)?
+                    .to_dtype(DType::F32)?
+                    * self.scale)?
+                    .broadcast_add(&dec.mask)?;
+                let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+                let out = probs.matmul(&values.narrow(2, 0, dec.keys)?)?;
+                pieces.push(out.reshape((slots, h * d))?.index_select(&dec.slots, 0)?);
+            }
         }
         let mut offset = 0;
         for ((tokens, cache), prompt) in batch.iter().zip(&step.prompts) {
@@ -153,6 +166,8 @@ struct DeviceStep {
     /// sequence), its query chunks: it attends in chunks of queries, so a long one never holds
     /// its `heads × len²` scores at once.
     prompts: Vec<Option<QueryChunks>>,
+    /// Whether the decoding rows attend through the CUDA kernel ([`cuda::decode_attention`]).
+    decode_kernel: bool,
     /// For each step row, its index among the pieces (the decoding rows, then each longer
     /// feed's rows), when that is not the identity (u32 `[rows]`).
     order: Option<Tensor>,
@@ -160,9 +175,11 @@ struct DeviceStep {
 
 /// The one-token entries of a step.
 struct DecodeRows {
-    /// Their rows in the step (u32 `[n]`) and their slots (u32 `[n]`).
+    /// Their rows in the step (u32 `[n]`), their slots (u32 `[n]`) and the keys each one sees,
+    /// its history and the new one (u32 `[n]`).
     rows: Tensor,
     slots: Tensor,
+    lengths: Tensor,
     /// Each one's slot repeated over `heads × head_dim` (u32 `[n, heads × head_dim]`), the
     /// scatter index that puts its query into the slots' query tensor.
     slot_targets: Tensor,
@@ -242,6 +259,7 @@ impl DeviceStep {
                 .collect();
             let rows: Vec<u32> = decoding.iter().map(|&(row, ..)| row as u32).collect();
             let slots: Vec<u32> = decoding.iter().map(|&(_, slot, _)| slot as u32).collect();
+            let lengths: Vec<u32> = decoding.iter().map(|&(.., past)| past as u32 + 1).collect();
             let slot_targets: Vec<u32> = slots
                 .iter()
                 .flat_map(|&slot| std::iter::repeat_n(slot, h * d))
@@ -263,6 +281,7 @@ impl DeviceStep {
                 targets: Tensor::from_vec(targets, (pool.slots * kv, 1, d), device)?,
                 rows: Tensor::from_vec(rows, count, device)?,
                 slots: Tensor::from_vec(slots, count, device)?,
+                lengths: Tensor::from_vec(lengths, count, device)?,
                 slot_targets: Tensor::from_vec(slot_targets, (count, h * d), device)?,
                 keys,
                 mask: Tensor::from_vec(mask, (pool.slots, 1, 1, keys), device)?,
@@ -285,10 +304,16 @@ impl DeviceStep {
         let order = (!in_order)
             .then(|| Tensor::from_vec(order, n, device))
             .transpose()?;
+        let decode_kernel = cuda::decode_attention_fits(h, kv, d)
+            && pool
+                .tensors
+                .first()
+                .is_some_and(|(k, v)| cuda::supported_all(&[k, v]));
         Ok(Self {
             rotary,
             pool,
             decode,
+            decode_kernel,
             prompts,
             order,
         })

@@ -135,6 +135,21 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
       output(probs);
       output(dscores);
     }
+  } else if (kernel == "decode_attention") {
+    // m kv n_rep capacity dim slots scale: q, keys, values, row slots, lengths (as floats) -> out
+    int m = i(0), kv = i(1), n_rep = i(2), cap = i(3), dim = i(4), pool_slots = i(5);
+    float scale = f(6);
+    auto q = input<T>((size_t)m * kv * n_rep * dim);
+    size_t pool = (size_t)pool_slots * kv * cap * dim;
+    auto keys = input<T>(pool), values = input<T>(pool);
+    std::vector<float> sf = read_f32(m), lf = read_f32(m);
+    std::vector<uint32_t> slots(sf.begin(), sf.end()), lengths(lf.begin(), lf.end());
+    std::vector<T> out(q.size());
+    auto k = (void (*)(const T*, const T*, const T*, const uint32_t*, const uint32_t*, T*, int, int, int, int, int, float))PICK(decode_attention);
+    launch(grid, block, [&] {
+      k(q.data(), keys.data(), values.data(), slots.data(), lengths.data(), out.data(), m, kv, n_rep, cap, dim, scale);
+    });
+    output(out);
   } else if (kernel == "adamw") {  // n decay 1-β1 β2 1-β2 step bias2_sqrt eps grad_scale: p, m, v, g(f32) -> p, m, v
     size_t n = (size_t)i(0);
     auto p = input<T>(n), m = input<T>(n), v = input<T>(n);

@@ -9,7 +9,8 @@
 //!   is saved (with its logits on fixed ids) for `gpu/check.py` to reload in transformers;
 //! - `cuda_kernels`: the training kernels (`distill_models::cuda`) against candle's composed ops
 //!   on the same device: the parity models' logits and gradients with the kernels on and off,
-//!   and the chunked loss's cross-entropy and the AdamW step on their own;
+//!   a ragged batch decoded both ways (decode attention), and the chunked loss's
+//!   cross-entropy and the AdamW step on their own;
 //! - `kd_top_k`: logit distillation's top-k ids of vocabulary-wide rows, device against CPU;
 //! - `sft`: tokens/s, MFU and peak memory of SFT steps on a random-init Qwen2.5 config, then of
 //!   a few steps with activation checkpointing, whose losses must equal the first run's, and a
@@ -275,6 +276,7 @@ fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
             }));
         }
     }
+    failed |= decode_kernel(dev)?;
     // The loss's cross-entropy on Qwen-wide rows, against the composed softmax.
     let (rows, vocab, scale) = (64, 151_936, 0.01f32);
     let logits = (Tensor::randn(0f32, 3f32, (rows, vocab), dev)?).to_dtype(DType::BF16)?;
@@ -340,6 +342,68 @@ fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
         "param_moments_max_rel_diff": diffs, "tolerance": 1e-6, "ok": ok,
     }));
     Ok(failed)
+}
+
+/// Decode attention's kernel against the composed attention on the same device: a small bf16
+/// model (head dim 32, the kernel's smallest) steps a ragged batch (prompts of 3, 17 and 40 tokens, then 12 tokens each, fed the
+/// same ids both ways) with the kernels on and off; every step's logits must agree. Returns
+/// whether it failed.
+fn decode_kernel(dev: &Device) -> anyhow::Result<bool> {
+    use distill_models::cuda;
+    // Heads of 32 (the kernel's smallest), 3 query heads per kv head.
+    let config = Config::from_json_str(
+        &json!({
+            "model_type": "qwen2", "vocab_size": 96, "hidden_size": 192, "intermediate_size": 256,
+            "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+            "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+        })
+        .to_string(),
+        Path::new("tiny-decode"),
+    )?;
+    let weights = random_weights(&config, 13)?;
+    let spec = config.spec()?;
+    let model = Model::new(&spec, VarBuilder::from_tensors(weights, DType::BF16, dev))?;
+    let run = |kernels: bool| -> anyhow::Result<Vec<Tensor>> {
+        cuda::set_enabled(kernels);
+        let mut caches: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+        let prompts: Vec<Vec<u32>> = [3u32, 17, 40]
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 31 + n) % 96).collect())
+            .collect();
+        let mut logits = Vec::new();
+        for step in 0..13u32 {
+            let feeds: Vec<Vec<u32>> = (0..3u32)
+                .map(|s| match step {
+                    0 => prompts[s as usize].clone(),
+                    _ => vec![(step * 7 + s * 11) % 96],
+                })
+                .collect();
+            let mut batch: Vec<(&[u32], &mut distill_models::KvCache)> = feeds
+                .iter()
+                .map(|f| f.as_slice())
+                .zip(caches.iter_mut())
+                .collect();
+            for l in model.step(&mut batch, Logits::Last)? {
+                logits.push(l.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+            }
+        }
+        Ok(logits)
+    };
+    let composed = run(false);
+    let kernel = run(true);
+    cuda::set_enabled(true);
+    let (composed, kernel) = (composed?, kernel?);
+    let mut worst = 0f32;
+    for (a, b) in composed.iter().zip(&kernel) {
+        worst = worst.max(rel_diff(a, b)?);
+    }
+    let ok = worst <= 2e-2 && composed.len() == kernel.len();
+    emit(json!({
+        "check": "cuda_kernels", "what": "decode_attention", "steps": 13, "sequences": 3,
+        "logits_max_rel_diff": worst, "tolerance": 2e-2, "ok": ok,
+    }));
+    Ok(!ok)
 }
 
 /// Logit distillation's top-k selection on the device against the CPU's, on rows as wide as

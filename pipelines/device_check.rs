@@ -811,3 +811,15 @@ fn decode_parity(path: &Path, n: usize, dev: &Device) -> anyhow::Result<bool> {
     // CUDA kernels: report, but fail only when fewer than half the tokens agree.
     Ok(same < n / 2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the CPU both runs take the composed attention, so this proves the check itself runs
+    /// (ragged batch, prompts then single tokens) and compares what it should.
+    #[test]
+    fn the_decode_kernel_check_runs() {
+        assert!(!decode_kernel(&Device::Cpu).unwrap());
+    }
+}

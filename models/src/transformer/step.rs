@@ -99,29 +99,29 @@ impl Attention {
             // q's rows in step order, `[rows, heads, d]`, to pick the decoding ones from.
             let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
             let picked = q_rows.index_select(&dec.rows, 0)?;
-            if step.decode_kernel {
+            match &dec.padded {
                 // One launch: each row attends its own history (no padding to the longest).
-                pieces.push(cuda::decode_attention(
+                None => pieces.push(cuda::decode_attention(
                     &picked,
                     keys,
                     values,
                     &dec.slots,
                     &dec.lengths,
                     self.scale as f32,
-                )?);
-            } else {
-                let picked = picked.reshape(((), h * d))?;
-                let grouped = Tensor::zeros((slots, h * d), q.dtype(), q.device())?;
-                grouped.scatter_set(&dec.slot_targets, &picked, 0)?;
-                let grouped = grouped.reshape((slots, kv, h / kv, d))?;
-                let scores = (grouped
-                    .matmul(&keys.narrow(2, 0, dec.keys)?.t()?)?
-                    .to_dtype(DType::F32)?
-                    * self.scale)?
-                    .broadcast_add(&dec.mask)?;
-                let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-                let out = probs.matmul(&values.narrow(2, 0, dec.keys)?)?;
-                pieces.push(out.reshape((slots, h * d))?.index_select(&dec.slots, 0)?);
+                )?),
+                Some(padded) => {
+                    let picked = picked.reshape(((), h * d))?;
+                    let grouped = Tensor::zeros((slots, h * d), q.dtype(), q.device())?;
+                    grouped.scatter_set(&padded.slot_targets, &picked, 0)?;
+                    let grouped = grouped.reshape((slots, kv, h / kv, d))?;
+                    let history = |t: &Tensor| t.narrow(2, 0, padded.keys);
+                    let scores = (grouped.matmul(&history(keys)?.t()?)?.to_dtype(DType::F32)?
+                        * self.scale)?
+                        .broadcast_add(&padded.mask)?;
+                    let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+                    let out = probs.matmul(&history(values)?)?;
+                    pieces.push(out.reshape((slots, h * d))?.index_select(&dec.slots, 0)?);
+                }
             }
         }
         let mut offset = 0;
@@ -166,8 +166,6 @@ struct DeviceStep {
     /// sequence), its query chunks: it attends in chunks of queries, so a long one never holds
     /// its `heads × len²` scores at once.
     prompts: Vec<Option<QueryChunks>>,
-    /// Whether the decoding rows attend through the CUDA kernel ([`cuda::decode_attention`]).
-    decode_kernel: bool,
     /// For each step row, its index among the pieces (the decoding rows, then each longer
     /// feed's rows), when that is not the identity (u32 `[rows]`).
     order: Option<Tensor>,
@@ -180,20 +178,61 @@ struct DecodeRows {
     rows: Tensor,
     slots: Tensor,
     lengths: Tensor,
-    /// Each one's slot repeated over `heads × head_dim` (u32 `[n, heads × head_dim]`), the
-    /// scatter index that puts its query into the slots' query tensor.
-    slot_targets: Tensor,
     /// The append: for each (slot, kv head), the row of this step's keys/values (flattened to
     /// `[kv_heads × rows, head_dim]`) it takes (u32 `[slots × kv_heads]`), and the position it
     /// goes to, repeated over `head_dim` (u32 `[slots × kv_heads, 1, head_dim]`; `u32::MAX`,
     /// which a scatter skips, for slots not decoding).
     sources: Tensor,
     targets: Tensor,
+    /// What the batched attention over every slot needs; none where the CUDA decode kernel
+    /// attends each row to its own length.
+    padded: Option<PaddedDecode>,
+}
+
+/// The batched attention's view of the one-token entries: every slot padded to the longest
+/// history.
+struct PaddedDecode {
+    /// Each entry's slot repeated over `heads × head_dim` (u32 `[n, heads × head_dim]`), the
+    /// scatter index that puts its query into the slots' query tensor.
+    slot_targets: Tensor,
     /// Keys attended: the longest history among them.
     keys: usize,
     /// `[slots, 1, 1, keys]` f32: 0 where a slot's query sees a key, `-inf` elsewhere (slots
     /// not decoding see position 0, so their softmax stays finite).
     mask: Tensor,
+}
+
+impl PaddedDecode {
+    /// For the one-token entries `(step row, slot, cached positions)` and their `slots`, in a
+    /// pool of `pool_slots` slots, queries of `width` (heads × head_dim) values.
+    fn new(
+        decoding: &[(usize, usize, usize)],
+        slots: &[u32],
+        pool_slots: usize,
+        width: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        // Each slot's visible keys: its history and the new one; slots not decoding see
+        // position 0, so their softmax stays finite.
+        let mut seen = vec![1usize; pool_slots];
+        for &(_, slot, past) in decoding {
+            seen[slot] = past + 1;
+        }
+        let keys = seen.iter().copied().max().unwrap_or(1);
+        let mask: Vec<f32> = seen
+            .iter()
+            .flat_map(|&s| (0..keys).map(move |j| if j < s { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let slot_targets: Vec<u32> = slots
+            .iter()
+            .flat_map(|&slot| std::iter::repeat_n(slot, width))
+            .collect();
+        Ok(Self {
+            slot_targets: Tensor::from_vec(slot_targets, (slots.len(), width), device)?,
+            keys,
+            mask: Tensor::from_vec(mask, (pool_slots, 1, 1, keys), device)?,
+        })
+    }
 }
 
 impl DeviceStep {
@@ -243,27 +282,22 @@ impl DeviceStep {
             order.extend(*next..*next + len);
             *next += len;
         }
+        // The CUDA decode kernel attends each row to its own length; elsewhere one batched
+        // attention pads every slot to the longest history.
+        let decode_kernel = cuda::decode_attention_fits(h, kv, d)
+            && pool
+                .tensors
+                .first()
+                .is_some_and(|(k, v)| cuda::supported_all(&[k, v]));
         let decode = if decoding.is_empty() {
             None
         } else {
-            // Each slot's visible keys: its history and the new one; slots not decoding see
-            // position 0, so their softmax stays finite.
-            let mut seen = vec![1usize; pool.slots];
-            for &(_, slot, past) in &decoding {
-                seen[slot] = past + 1;
-            }
-            let keys = seen.iter().copied().max().unwrap_or(1);
-            let mask: Vec<f32> = seen
-                .iter()
-                .flat_map(|&s| (0..keys).map(move |j| if j < s { 0.0 } else { f32::NEG_INFINITY }))
-                .collect();
             let rows: Vec<u32> = decoding.iter().map(|&(row, ..)| row as u32).collect();
             let slots: Vec<u32> = decoding.iter().map(|&(_, slot, _)| slot as u32).collect();
             let lengths: Vec<u32> = decoding.iter().map(|&(.., past)| past as u32 + 1).collect();
-            let slot_targets: Vec<u32> = slots
-                .iter()
-                .flat_map(|&slot| std::iter::repeat_n(slot, h * d))
-                .collect();
+            let padded = (!decode_kernel)
+                .then(|| PaddedDecode::new(&decoding, &slots, pool.slots, h * d, device))
+                .transpose()?;
             let (mut sources, mut targets) = (
                 vec![0u32; pool.slots * kv],
                 vec![u32::MAX; pool.slots * kv * d],
@@ -282,9 +316,7 @@ impl DeviceStep {
                 rows: Tensor::from_vec(rows, count, device)?,
                 slots: Tensor::from_vec(slots, count, device)?,
                 lengths: Tensor::from_vec(lengths, count, device)?,
-                slot_targets: Tensor::from_vec(slot_targets, (count, h * d), device)?,
-                keys,
-                mask: Tensor::from_vec(mask, (pool.slots, 1, 1, keys), device)?,
+                padded,
             })
         };
         let prompts = batch
@@ -304,16 +336,10 @@ impl DeviceStep {
         let order = (!in_order)
             .then(|| Tensor::from_vec(order, n, device))
             .transpose()?;
-        let decode_kernel = cuda::decode_attention_fits(h, kv, d)
-            && pool
-                .tensors
-                .first()
-                .is_some_and(|(k, v)| cuda::supported_all(&[k, v]));
         Ok(Self {
             rotary,
             pool,
             decode,
-            decode_kernel,
             prompts,
             order,
         })

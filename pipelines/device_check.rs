@@ -9,8 +9,8 @@
 //!   is saved (with its logits on fixed ids) for `gpu/check.py` to reload in transformers;
 //! - `cuda_kernels`: the training kernels (`distill_models::cuda`) against candle's composed ops
 //!   on the same device: the parity models' logits and gradients with the kernels on and off,
-//!   a ragged batch decoded both ways (decode attention), and the chunked loss's
-//!   cross-entropy and the AdamW step on their own;
+//!   a ragged batch decoded both ways (decode attention), sampling against the host
+//!   sampler's nucleus, and the chunked loss's cross-entropy and the AdamW step on their own;
 //! - `kd_top_k`: logit distillation's top-k ids of vocabulary-wide rows, device against CPU;
 //! - `sft`: tokens/s, MFU and peak memory of SFT steps on a random-init Qwen2.5 config, then of
 //!   a few steps with activation checkpointing, whose losses must equal the first run's, and a
@@ -279,6 +279,7 @@ fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
         }
     }
     failed |= decode_kernel(dev)?;
+    failed |= device_sampling(dev)?;
     // The loss's cross-entropy on Qwen-wide rows, against the composed softmax.
     let (rows, vocab, scale) = (64, 151_936, 0.01f32);
     let logits = (Tensor::randn(0f32, 3f32, (rows, vocab), dev)?).to_dtype(DType::BF16)?;
@@ -404,6 +405,60 @@ fn decode_kernel(dev: &Device) -> anyhow::Result<bool> {
     emit(json!({
         "check": "cuda_kernels", "what": "decode_attention", "steps": 13, "sequences": 3,
         "logits_max_rel_diff": worst, "tolerance": 2e-2, "ok": ok,
+    }));
+    Ok(!ok)
+}
+
+/// Temperature/top-p sampling on the device against the host sampler's nucleus (the teacher's
+/// `candidates`) walked in id order, on Qwen-vocabulary-wide rows at the R1 protocol's T 0.6 and
+/// top-p 0.95, and the time of both (the host's includes reading the logits back). Returns
+/// whether it failed.
+fn device_sampling(dev: &Device) -> anyhow::Result<bool> {
+    use distill_teacher::sampling::candidates;
+    use distill_teacher::SamplingParams;
+    let (rows, vocab) = (64, 151_936);
+    let logits = (Tensor::randn(0f32, 1f32, (rows, vocab), dev)? * 4.0)?;
+    let params = SamplingParams {
+        temperature: 0.6,
+        top_p: 0.95,
+        top_k: 0,
+        max_new_tokens: 1,
+        logprobs: 0,
+    };
+    let uniform: Vec<f32> = (0..rows).map(|r| (r as f32 + 0.5) / rows as f32).collect();
+    let (temperature, top_p) = (vec![0.6f32; rows], vec![0.95f32; rows]);
+    distill_models::cuda::sample(&logits, &temperature, &top_p, &uniform)?; // load the module
+    let started = Instant::now();
+    let ids = distill_models::cuda::sample(&logits, &temperature, &top_p, &uniform)?;
+    let device_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let host: Vec<Vec<f32>> = logits.to_vec2()?;
+    let want: Vec<u32> = host
+        .iter()
+        .zip(&uniform)
+        .map(|(row, &u)| {
+            let mut nucleus = candidates(row, &params);
+            nucleus.sort_unstable_by_key(|&(id, _)| id);
+            let target = u as f64 * nucleus.iter().map(|&(_, w)| w).sum::<f64>();
+            let mut cum = 0.0;
+            for &(id, w) in &nucleus {
+                cum += w;
+                if target < cum {
+                    return id;
+                }
+            }
+            nucleus.last().map_or(0, |&(id, _)| id)
+        })
+        .collect();
+    let host_s = started.elapsed().as_secs_f64();
+    let equal = ids.iter().zip(&want).filter(|(a, b)| a == b).count();
+    // A draw or a nucleus edge within rounding of a boundary may go either way (f32 sums on the
+    // device, f64 on the host).
+    let ok = equal + 1 >= rows;
+    emit(json!({
+        "check": "cuda_kernels", "what": "sampling", "rows": rows, "vocab": vocab,
+        "equal_to_host_nucleus": equal, "device_s": device_s,
+        "host_with_readback_s": host_s, "ok": ok,
     }));
     Ok(!ok)
 }

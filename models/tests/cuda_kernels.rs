@@ -557,3 +557,93 @@ fn decode_attention_matches_softmax_over_each_history() {
         }
     }
 }
+
+/// The host sampler's nucleus (teacher/src/sampling.rs: most likely first, ties to the lower
+/// id, the shortest prefix whose weight reaches `top_p` of the total), then the device's draw:
+/// the nucleus walked in id order up to `u` of its weight.
+fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let w = |i: usize| (((logits[i] - m) / temperature) as f64).exp();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let total: f64 = (0..logits.len()).map(w).sum();
+    let mut nucleus = Vec::new();
+    let mut cum = 0.0;
+    for &i in &order {
+        nucleus.push(i);
+        cum += w(i);
+        if top_p < 1.0 && cum >= top_p as f64 * total {
+            break;
+        }
+    }
+    nucleus.sort_unstable();
+    let mass: f64 = nucleus.iter().map(|&i| w(i)).sum();
+    let target = u as f64 * mass;
+    let mut run = 0.0;
+    for &i in &nucleus {
+        run += w(i);
+        if target < run {
+            return i as u32;
+        }
+    }
+    *nucleus.last().unwrap() as u32
+}
+
+#[test]
+fn sampling_draws_from_the_host_samplers_nucleus() {
+    // Four rows of logits, each under one (temperature, top-p), drawn at 24 points of [0, 1):
+    // every token of a small nucleus, its first and last included, shows up among the draws.
+    let (base_rows, draws, vocab) = (4, 24, 1000);
+    let settings = [(0.6f32, 0.95f32), (1.0, 1.0), (0.6, 0.5), (2.0, 0.9)];
+    let rows = base_rows * draws;
+    let per_row = |f: &dyn Fn(usize, usize) -> f32| -> Vec<f32> {
+        (0..rows).map(|r| f(r / draws, r % draws)).collect()
+    };
+    let temperature = per_row(&|b, _| settings[b].0);
+    let top_p = per_row(&|b, _| settings[b].1);
+    let uniform = per_row(&|_, d| (d as f32 + 0.5) / draws as f32);
+    let as_tensor = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+    // bf16 logits tie often (8 bits of mantissa): the ties at the nucleus's edge go in by id.
+    for dt in [Dt::F32, Dt::Bf16] {
+        let base = (randn(&[base_rows, vocab], 21, dt) * 3.0)
+            .unwrap()
+            .to_dtype(dt.dtype())
+            .unwrap();
+        let logits = base
+            .unsqueeze(1)
+            .unwrap()
+            .repeat((1, draws, 1))
+            .unwrap()
+            .reshape((rows, vocab))
+            .unwrap();
+        let host = values(&logits);
+        let want: Vec<f32> = (0..rows)
+            .map(|r| {
+                let row = &host[r * vocab..(r + 1) * vocab];
+                nucleus_draw(row, temperature[r], top_p[r], uniform[r]) as f32
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<u32> = want.iter().map(|&x| x as u32).collect();
+        assert!(
+            distinct.len() > 40,
+            "the draws cover the nuclei ({})",
+            distinct.len()
+        );
+        for shape in [(3, 64), (8, 256)] {
+            let out = run(
+                "sample_rows",
+                dt,
+                shape,
+                &[s(rows), s(vocab)],
+                &[
+                    &logits,
+                    &as_tensor(&temperature),
+                    &as_tensor(&top_p),
+                    &as_tensor(&uniform),
+                ],
+                &[rows],
+            );
+            assert_eq!(out[0], want, "sampled ids ({})", dt.name());
+        }
+    }
+}

@@ -17,6 +17,7 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, Tensor, D};
 use distill_models::chat::{ChatTemplate, Message};
+use distill_models::cuda;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
 use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
@@ -467,7 +468,9 @@ impl Engine {
 
     /// One token for each `(live index, logits [1, vocab])`. The logits of the step are read
     /// back in one transfer (never one per sequence); when every sequence is greedy and the
-    /// model is off the CPU, the argmax runs on the device and only the ids cross.
+    /// model is off the CPU, the argmax runs on the device and only the ids cross, and so does
+    /// temperature/top-p sampling on a CUDA device ([`cuda::sample`]: the host sampler's
+    /// nucleus, walked in id order, so a seed gives other tokens there than on the CPU).
     fn sample_step(&self, picks: &[(usize, Tensor)], live: &mut [Seq]) -> Result<Vec<u32>> {
         if picks.is_empty() {
             return Ok(Vec::new());
@@ -480,6 +483,23 @@ impl Engine {
         });
         if greedy && !logits.device().is_cpu() {
             return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        }
+        // Sampling on a CUDA device: one uniform draw per sequence from its own generator (as
+        // the host sampler draws), the nucleus and the draw on the device, only the ids back.
+        let on_device = cuda::supported(&logits)
+            && picks.iter().all(|&(i, _)| {
+                let s = &live[i].request.sampling;
+                s.temperature > 0.0 && s.top_k == 0 && s.logprobs == 0
+            });
+        if on_device {
+            let (mut temperature, mut top_p, mut uniform) = (vec![], vec![], vec![]);
+            for &(i, _) in picks {
+                let seq = &mut live[i];
+                temperature.push(seq.request.sampling.temperature);
+                top_p.push(seq.request.sampling.top_p);
+                uniform.push(seq.rng.next_f64() as f32);
+            }
+            return Ok(cuda::sample(&logits, &temperature, &top_p, &uniform)?);
         }
         let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         // Each row is sampled on its own thread: over a 150k-token vocabulary a row costs about

@@ -490,6 +490,57 @@ pub(super) fn decode_attention(
     Ok(tensor(out, (m, heads * dim)))
 }
 
+pub(super) fn sample(
+    logits: &Tensor,
+    temperature: &[f32],
+    top_p: &[f32],
+    uniform: &[f32],
+) -> Result<Vec<u32>> {
+    fn go<T: Element>(
+        l: In,
+        (rows, vocab): (usize, usize),
+        params: [&[f32]; 3],
+    ) -> Result<Vec<u32>> {
+        let dev = l.0.device();
+        let lv = view::<T>(l)?;
+        let [t, p, u] = params.map(|v| dev.clone_htod(v));
+        let (t, p, u) = (t?, p?, u?);
+        // SAFETY: the kernel writes every row's id.
+        let ids = unsafe { dev.alloc::<u32>(rows)? };
+        let (rows_i, vocab_i) = (i32_of(rows, "rows")?, i32_of(vocab, "vocabulary")?);
+        let func = dev.get_or_load_custom_func(&kernel_name::<T>("sample_rows"), MODULE, PTX)?;
+        {
+            let mut b = func.builder();
+            b.arg(&lv)
+                .arg(&t)
+                .arg(&p)
+                .arg(&u)
+                .arg(&ids)
+                .arg(&rows_i)
+                .arg(&vocab_i);
+            // SAFETY: the arguments match the kernel's signature in train.cu.
+            unsafe { b.launch(shape(rows, THREADS)) }.w()?;
+        }
+        dev.clone_dtoh(&ids)
+    }
+    let (rows, vocab) = logits.dims2()?;
+    if [temperature, top_p, uniform]
+        .iter()
+        .any(|v| v.len() != rows)
+    {
+        candle_core::bail!("sample: one temperature, top-p and draw per row of {rows} expected");
+    }
+    if !temperature.iter().all(|&t| t > 0.0) {
+        candle_core::bail!("sample: temperatures must be positive (greedy rows take the argmax)");
+    }
+    with_storage(logits, |l| {
+        by_dtype!(
+            l.0.dtype(),
+            go(l, (rows, vocab), [temperature, top_p, uniform])
+        )
+    })
+}
+
 pub(super) fn cross_entropy(
     logits: &Tensor,
     targets: &Tensor,

@@ -3,8 +3,9 @@
 //! masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
 //! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk
 //! of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the
-//! AdamW step in place ([`adamw_step`]). For generation, [`decode_attention`]: every sequence
-//! that decodes one token attends its history in the KV pool in one launch per layer.
+//! AdamW step in place ([`adamw_step`]). For generation, [`decode_attention`] (every sequence
+//! that decodes one token attends its history in the KV pool in one launch per layer) and
+//! [`sample`] (temperature and top-p sampling on the device, only the ids read back).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
@@ -214,6 +215,23 @@ pub fn decode_attention(
         &slots.contiguous()?,
         &lengths.contiguous()?,
         scale
+    ))
+}
+
+/// One token for each row of `logits` (`[rows, vocab]`) at its temperature (> 0) and top-p,
+/// from its uniform draw in `[0, 1)`: the host sampler's nucleus (most likely first, ties to
+/// the lower id) walked in id order, so only the ids cross to the host. Not part of any graph.
+pub fn sample(
+    logits: &Tensor,
+    temperature: &[f32],
+    top_p: &[f32],
+    uniform: &[f32],
+) -> Result<Vec<u32>> {
+    on_gpu!(launch::sample(
+        &logits.contiguous()?,
+        temperature,
+        top_p,
+        uniform
     ))
 }
 

@@ -358,6 +358,129 @@ __device__ void decode_attention(const T* q, const T* keys, const T* values, con
   }
 }
 
+// ---- Sampling on the device (teacher/src/engine.rs) ----
+// One token per row of `logits` [rows, vocab] at temperature T, top-p `top_p` (1: off), from the
+// row's uniform draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator,
+// one per token as the host sampler draws): only the ids cross to the host. The nucleus is the
+// host's (teacher/src/sampling.rs): the most likely tokens, ties to the lower id, whose weights
+// exp((l − max) / T) first reach top_p of the total; it is found as a threshold logit by
+// bisection over the logits' order (32 passes over the row) instead of a sort. The draw walks
+// the nucleus in id order (the host walks it most likely first: the same distribution, another
+// token for the same draw). NaN logits count as −inf. A block per row.
+
+// A float's rank in the total order of floats, as an unsigned int (larger float, larger key).
+__device__ __forceinline__ uint32_t order_key(float x) {
+  uint32_t bits = __float_as_uint(x);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+__device__ __forceinline__ float clean_logit(float x) { return x != x ? -INFINITY : x; }
+
+template <typename T>
+__device__ void sample_rows(const T* logits, const float* temperature, const float* top_p,
+                            const float* uniform, uint32_t* out, int rows, int vocab) {
+  __shared__ float seg_mass[1024];
+  __shared__ int seg_ties[1024];
+  __shared__ int chosen;
+  // A thread's contiguous stretch of ids, so prefix sums over threads follow id order.
+  int per = (vocab + blockDim.x - 1) / blockDim.x;
+  int lo_id = min(vocab, (int)threadIdx.x * per), hi_id = min(vocab, lo_id + per);
+  for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* l = logits + (size_t)row * vocab;
+    float inv_t = 1.f / temperature[row], p = top_p[row];
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, clean_logit(to_float(l[i])));
+    m = block_max(m);
+    float total = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+      total += expf((clean_logit(to_float(l[i])) - m) * inv_t);
+    total = block_sum(total);
+    // The threshold: the largest key whose tokens' mass still reaches p · total.
+    float target_mass = p * total;
+    uint32_t lo = 0u, hi = order_key(m) + 1u;  // mass(≥ lo) ≥ target, mass(≥ hi) < target
+    if (p >= 1.f) hi = 1u;                     // everything: the bisection is skipped
+    while (hi - lo > 1u) {
+      uint32_t mid = lo + (hi - lo) / 2u;
+      float mass = 0.f;
+      for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float x = clean_logit(to_float(l[i]));
+        if (order_key(x) >= mid) mass += expf((x - m) * inv_t);
+      }
+      if (block_sum(mass) >= target_mass) lo = mid; else hi = mid;
+    }
+    // The boundary logit x* (the smallest at or above the threshold), the mass strictly above
+    // it, its ties and how many of them (lowest ids first) complete the nucleus.
+    float boundary = INFINITY, above = 0.f;
+    int ties = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      float x = clean_logit(to_float(l[i]));
+      if (order_key(x) >= lo) boundary = fminf(boundary, x);
+    }
+    boundary = -block_max(-boundary);
+    uint32_t boundary_key = order_key(boundary);
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      float x = clean_logit(to_float(l[i]));
+      uint32_t k = order_key(x);
+      if (k > boundary_key) above += expf((x - m) * inv_t);
+      ties += k == boundary_key;
+    }
+    above = block_sum(above);
+    ties = (int)block_sum((float)ties);
+    float w_tie = expf((boundary - m) * inv_t);
+    // (Weights that underflowed to 0 cannot complete a nucleus: then all ties are in.)
+    int take = ties;
+    if (p < 1.f && w_tie > 0.f) take = (int)fminf((float)ties, ceilf((target_mass - above) / w_tie));
+    take = max(1, min(ties, take));
+    // Per-thread stretches: ties first (which of them are in), then the nucleus mass.
+    int my_ties = 0;
+    for (int i = lo_id; i < hi_id; ++i) my_ties += order_key(clean_logit(to_float(l[i]))) == boundary_key;
+    seg_ties[threadIdx.x] = my_ties;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int run = 0;
+      for (int t = 0; t < (int)blockDim.x; ++t) { int c = seg_ties[t]; seg_ties[t] = run; run += c; }
+    }
+    __syncthreads();
+    int tie_rank = seg_ties[threadIdx.x];
+    float mine = 0.f;
+    int last_in = -1;
+    for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
+      float x = clean_logit(to_float(l[i]));
+      uint32_t k = order_key(x);
+      bool in = k > boundary_key || (k == boundary_key && r++ < take);
+      if (in) { mine += expf((x - m) * inv_t); last_in = i; }
+    }
+    seg_mass[threadIdx.x] = mine;
+    if (threadIdx.x == 0) chosen = -1;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float run = 0.f;
+      for (int t = 0; t < (int)blockDim.x; ++t) { float c = seg_mass[t]; seg_mass[t] = run; run += c; }
+    }
+    __syncthreads();
+    float nucleus = above + take * w_tie;
+    float draw = uniform[row] * nucleus, start = seg_mass[threadIdx.x];
+    if (mine > 0.f && draw >= start && (draw < start + mine || threadIdx.x == blockDim.x - 1)) {
+      float cum = start;
+      int pick = last_in;  // rounding at the stretch's end
+      for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
+        float x = clean_logit(to_float(l[i]));
+        uint32_t k = order_key(x);
+        bool in = k > boundary_key || (k == boundary_key && r++ < take);
+        if (!in) continue;
+        cum += expf((x - m) * inv_t);
+        if (draw < cum) { pick = i; break; }
+      }
+      chosen = pick;
+    }
+    __syncthreads();
+    // Rounding past the last stretch with tokens: the last token of the nucleus.
+    int fallback = (int)block_max((float)last_in);
+    if (threadIdx.x == 0) out[row] = (uint32_t)(chosen >= 0 ? chosen : fallback);
+    __syncthreads();  // `chosen` and the stretches are free for the next row
+  }
+}
+
 // ---- AdamW, torch.optim.AdamW's single-tensor arithmetic ----
 // p *= decay (1 − lr·wd, or 1 where the parameter does not decay); m += (g − m)(1 − β1);
 // v = β2·v + (1 − β2)·g²; p −= step_size · m / (√v / bias2_sqrt + eps); g read as g · grad_scale
@@ -429,6 +552,11 @@ __device__ void adamw(T* p, T* m, T* v, const float* grad, size_t n, float decay
       const T* q, const T* keys, const T* values, const uint32_t* slots, const uint32_t* lengths, \
       T* out, int m, int kv, int n_rep, int capacity, int dim, float scale) {                    \
     decode_attention<T>(q, keys, values, slots, lengths, out, m, kv, n_rep, capacity, dim, scale); \
+  }                                                                                              \
+  extern "C" __global__ void sample_rows_##S(const T* logits, const float* temperature,         \
+                                             const float* top_p, const float* uniform,          \
+                                             uint32_t* out, int rows, int vocab) {              \
+    sample_rows<T>(logits, temperature, top_p, uniform, out, rows, vocab);                       \
   }                                                                                              \
   extern "C" __global__ void adamw_##S(T* p, T* m, T* v, const float* grad, size_t n,            \
                                        float decay, float one_minus_beta1, float beta2,          \

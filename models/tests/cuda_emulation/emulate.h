@@ -8,6 +8,7 @@
 // small blocks and grids, which the kernels are written to allow.
 #pragma once
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -55,6 +56,15 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
 }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+inline uint32_t __float_as_uint(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+
+using std::max;
+using std::min;
 
 struct __nv_bfloat16 {
   uint16_t bits;

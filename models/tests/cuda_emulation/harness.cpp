@@ -150,6 +150,15 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
       k(q.data(), keys.data(), values.data(), slots.data(), lengths.data(), out.data(), m, kv, n_rep, cap, dim, scale);
     });
     output(out);
+  } else if (kernel == "sample_rows") {  // rows vocab: logits, temperature, top_p, uniform -> ids
+    int rows = i(0), vocab = i(1);
+    auto logits = input<T>((size_t)rows * vocab);
+    std::vector<float> temp = read_f32(rows), top_p = read_f32(rows), u = read_f32(rows);
+    std::vector<uint32_t> ids(rows);
+    auto k = (void (*)(const T*, const float*, const float*, const float*, uint32_t*, int, int))PICK(sample_rows);
+    launch(grid, block, [&] { k(logits.data(), temp.data(), top_p.data(), u.data(), ids.data(), rows, vocab); });
+    std::vector<float> f(ids.begin(), ids.end());
+    write_f32(f);
   } else if (kernel == "adamw") {  // n decay 1-β1 β2 1-β2 step bias2_sqrt eps grad_scale: p, m, v, g(f32) -> p, m, v
     size_t n = (size_t)i(0);
     auto p = input<T>(n), m = input<T>(n), v = input<T>(n);

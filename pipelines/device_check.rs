@@ -160,7 +160,7 @@ fn logits_and_grads(
     weights: &HashMap<String, Tensor>,
     dtype: DType,
     dev: &Device,
-) -> anyhow::Result<(Tensor, HashMap<String, Tensor>)> {
+) -> anyhow::Result<LogitsAndGrads> {
     let spec = config.spec()?;
     let vars: HashMap<String, Var> = weights
         .iter()
@@ -209,18 +209,38 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
 fn parity(arch: &str, dtype: DType, dev: &Device) -> anyhow::Result<bool> {
     let config = tiny_config(arch)?;
     let weights = random_weights(&config, 7)?;
-    let (ref_logits, ref_grads) = logits_and_grads(&config, &weights, DType::F32, &Device::Cpu)?;
-    let (logits, grads) = logits_and_grads(&config, &weights, dtype, dev)?;
-    // f32 on a GPU: cuBLAS FP32 (no TF32); bf16: 8 bits of mantissa through two layers.
+    let reference = logits_and_grads(&config, &weights, DType::F32, &Device::Cpu)?;
+    let got = logits_and_grads(&config, &weights, dtype, dev)?;
+    let (fields, ok) = agreement(&reference, &got, dtype)?;
+    emit(with_fields(
+        json!({"check": "parity", "arch": arch, "dtype": dtype.as_str(), "device": describe(dev)}),
+        fields,
+    ));
+    Ok(!ok)
+}
+
+/// A model's logits and its parameters' gradients by name (from [`logits_and_grads`]).
+type LogitsAndGrads = (Tensor, HashMap<String, Tensor>);
+
+/// How far `got`'s logits (max relative difference) and gradients (worst relative L2
+/// difference) are from `reference`'s, as JSON fields, and whether within the tolerance of
+/// `dtype` on a GPU: f32 is cuBLAS FP32 (no TF32); bf16 has 8 bits of mantissa through two
+/// layers (the kernels compute in f32 where the composed ops round each intermediate to bf16,
+/// which the same bound covers).
+fn agreement(
+    (ref_logits, ref_grads): &LogitsAndGrads,
+    (logits, grads): &LogitsAndGrads,
+    dtype: DType,
+) -> anyhow::Result<(serde_json::Value, bool)> {
     let (tol, grad_tol) = if dtype == DType::F32 {
         (1e-4, 1e-4)
     } else {
         (4e-2, 1e-1)
     };
-    let logit_diff = rel_diff(&ref_logits, &logits)?;
+    let logit_diff = rel_diff(ref_logits, logits)?;
     let mut grad_diff = 0f32;
     let mut worst = String::new();
-    for (name, g) in &ref_grads {
+    for (name, g) in ref_grads {
         let d = match grads.get(name) {
             Some(x) => rel_l2(g, x)?,
             None => f32::INFINITY,
@@ -231,12 +251,21 @@ fn parity(arch: &str, dtype: DType, dev: &Device) -> anyhow::Result<bool> {
         }
     }
     let ok = logit_diff <= tol && grad_diff <= grad_tol;
-    emit(json!({
-        "check": "parity", "arch": arch, "dtype": dtype.as_str(), "device": describe(dev),
-        "logits_max_rel_diff": logit_diff, "grad_rel_l2_diff": grad_diff, "worst_grad": worst,
-        "tolerance_logits": tol, "tolerance_grads": grad_tol, "ok": ok,
-    }));
-    Ok(!ok)
+    Ok((
+        json!({
+            "logits_max_rel_diff": logit_diff, "grad_rel_l2_diff": grad_diff, "worst_grad": worst,
+            "tolerance_logits": tol, "tolerance_grads": grad_tol, "ok": ok,
+        }),
+        ok,
+    ))
+}
+
+/// `head` with the fields of `more` added (both JSON objects).
+fn with_fields(mut head: serde_json::Value, more: serde_json::Value) -> serde_json::Value {
+    if let (Some(h), serde_json::Value::Object(m)) = (head.as_object_mut(), more) {
+        h.extend(m);
+    }
+    head
 }
 
 /// The CUDA training kernels against candle's composed ops on the same device: the parity
@@ -252,30 +281,13 @@ fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
             cuda::set_enabled(false);
             let composed = logits_and_grads(&config, &weights, dtype, dev);
             cuda::set_enabled(true);
-            let (ref_logits, ref_grads) = composed?;
-            let (logits, grads) = logits_and_grads(&config, &weights, dtype, dev)?;
-            // The parity check's tolerances: the kernels compute in f32 where the composed
-            // ops round each intermediate to bf16, so bf16 runs differ by that rounding.
-            let (tol, grad_tol) = if dtype == DType::F32 {
-                (1e-4, 1e-4)
-            } else {
-                (4e-2, 1e-1)
-            };
-            let logit_diff = rel_diff(&ref_logits, &logits)?;
-            let mut grad_diff = 0f32;
-            for (name, g) in &ref_grads {
-                let d = grads
-                    .get(name)
-                    .map_or(Ok(f32::INFINITY), |x| rel_l2(g, x))?;
-                grad_diff = grad_diff.max(d);
-            }
-            let ok = logit_diff <= tol && grad_diff <= grad_tol;
+            let got = logits_and_grads(&config, &weights, dtype, dev)?;
+            let (fields, ok) = agreement(&composed?, &got, dtype)?;
             failed |= !ok;
-            emit(json!({
-                "check": "cuda_kernels", "what": "model", "arch": arch, "dtype": dtype.as_str(),
-                "logits_max_rel_diff": logit_diff, "grad_rel_l2_diff": grad_diff,
-                "tolerance_logits": tol, "tolerance_grads": grad_tol, "ok": ok,
-            }));
+            emit(with_fields(
+                json!({"check": "cuda_kernels", "what": "model", "arch": arch, "dtype": dtype.as_str()}),
+                fields,
+            ));
         }
     }
     failed |= decode_kernel(dev)?;
@@ -414,7 +426,7 @@ fn decode_kernel(dev: &Device) -> anyhow::Result<bool> {
 /// top-p 0.95, and the time of both (the host's includes reading the logits back). Returns
 /// whether it failed.
 fn device_sampling(dev: &Device) -> anyhow::Result<bool> {
-    use distill_teacher::sampling::candidates;
+    use distill_teacher::sampling::{candidates, draw};
     use distill_teacher::SamplingParams;
     let (rows, vocab) = (64, 151_936);
     let logits = (Tensor::randn(0f32, 1f32, (rows, vocab), dev)? * 4.0)?;
@@ -437,17 +449,10 @@ fn device_sampling(dev: &Device) -> anyhow::Result<bool> {
         .iter()
         .zip(&uniform)
         .map(|(row, &u)| {
+            // The device walks the nucleus in id order.
             let mut nucleus = candidates(row, &params);
             nucleus.sort_unstable_by_key(|&(id, _)| id);
-            let target = u as f64 * nucleus.iter().map(|&(_, w)| w).sum::<f64>();
-            let mut cum = 0.0;
-            for &(id, w) in &nucleus {
-                cum += w;
-                if target < cum {
-                    return id;
-                }
-            }
-            nucleus.last().map_or(0, |&(id, _)| id)
+            draw(&nucleus, u as f64)
         })
         .collect();
     let host_s = started.elapsed().as_secs_f64();

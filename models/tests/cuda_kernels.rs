@@ -154,6 +154,16 @@ fn randn(shape: &[usize], seed: u64, dt: Dt) -> Tensor {
         .unwrap()
 }
 
+/// The gradients of `Σ y · dy` (f32): `dy` pulled back through `y`'s graph.
+fn backward(y: &Tensor, dy: &Tensor) -> candle_core::backprop::GradStore {
+    (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
 fn s(v: impl ToString) -> String {
     v.to_string()
 }
@@ -168,12 +178,7 @@ fn rms_norm_matches_composed() {
         let w = Var::from_tensor(&(randn(&[dim], 2, dt) + 1.0).unwrap()).unwrap();
         let dy = randn(&[rows, dim], 3, dt);
         let y = ops::rms_norm_composed(&x, &w, eps).unwrap();
-        let grads = (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = backward(&y, &dy);
         let args = [s(rows), s(dim), s(eps)];
         let out = run("rms_norm_fwd", dt, SHAPE, &args, &[&x, &w], &[rows * dim]);
         assert_close("rms_norm forward", dt, &out[0], &y);
@@ -198,12 +203,7 @@ fn swiglu_matches_composed() {
         let u = Var::from_tensor(&randn(&[n], 5, dt)).unwrap();
         let dy = randn(&[n], 6, dt);
         let y = (g.silu().unwrap() * u.as_tensor()).unwrap();
-        let grads = (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = backward(&y, &dy);
         let out = run("swiglu_fwd", dt, SHAPE, &[s(n)], &[&g, &u], &[n]);
         assert_close("swiglu forward", dt, &out[0], &y);
         let out = run("swiglu_bwd", dt, SHAPE, &[s(n)], &[&g, &u, &dy], &[n, n]);
@@ -224,12 +224,7 @@ fn rope_matches_composed() {
         );
         let dy = randn(&[b, h, t, d], 9, dt);
         let y = ops::rope_composed(&x, &cos, &sin).unwrap();
-        let grads = (y.to_dtype(DType::F32).unwrap() * dy.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = backward(&y, &dy);
         let args = |sign: f32| [s(b), s(h), s(t), s(d), s(sign)];
         let n = b * h * t * d;
         let out = run("rope", dt, SHAPE, &args(1.0), &[&x, &cos, &sin], &[n]);

@@ -153,11 +153,16 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SampleRng) -> u
     if params.temperature <= 0.0 {
         return argmax(logits);
     }
-    let cands = candidates(logits, params);
+    draw(&candidates(logits, params), rng.next_f64())
+}
+
+/// The candidate at `u` ∈ [0, 1) of the candidates' total weight, walking them in their order
+/// (the host sampler's: most likely first).
+pub fn draw(cands: &[(u32, f64)], u: f64) -> u32 {
     let total: f64 = cands.iter().map(|&(_, w)| w).sum();
-    let target = rng.next_f64() * total;
+    let target = u * total;
     let mut cum = 0.0;
-    for &(id, w) in &cands {
+    for &(id, w) in cands {
         cum += w;
         if target < cum {
             return id;

@@ -1,4 +1,5 @@
-//! With the `cuda` feature, compiles the training kernels (`src/cuda/train.cu`) to PTX with nvcc
+//! With the `cuda` feature, compiles the CUDA kernels (`src/cuda/train.cu`, `src/cuda/generate.cu`,
+//! both including `src/cuda/common.cuh`) to PTX with nvcc
 //! (the pinned CUDA 13.0 one from `gpu/setup.sh`, or any on PATH / under CUDA_HOME), for the
 //! compute capability in `CUDA_COMPUTE_CAP` (80 when unset: PTX the driver JIT-compiles for
 //! A100, H100 and H200). Without the feature it does nothing, so CPU builds need no CUDA.
@@ -6,8 +7,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The kernel sources, each its own PTX module.
+const SOURCES: [&str; 2] = ["train.cu", "generate.cu"];
+
 fn main() {
-    println!("cargo::rerun-if-changed=src/cuda/train.cu");
+    for file in SOURCES.iter().chain(&["common.cuh"]) {
+        println!("cargo::rerun-if-changed=src/cuda/{file}");
+    }
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo::rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -19,18 +25,22 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let cap = cap.trim_start_matches("sm_").trim_end_matches('a');
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("train.ptx");
-    let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17", &format!("-arch=compute_{cap}")])
-        .arg("src/cuda/train.cu")
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the cuda feature needs nvcc ({}): {e}; `CU=$(bash gpu/setup.sh); source gpu/env.sh \"$CU\"` installs one",
-                nvcc.display()
-            )
-        });
-    assert!(status.success(), "nvcc could not compile src/cuda/train.cu");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    for file in SOURCES {
+        let out = out_dir.join(file.replace(".cu", ".ptx"));
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17", "-I", "src/cuda"])
+            .arg(format!("-arch=compute_{cap}"))
+            .arg(format!("src/cuda/{file}"))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the cuda feature needs nvcc ({}): {e}; `CU=$(bash gpu/setup.sh); source gpu/env.sh \"$CU\"` installs one",
+                    nvcc.display()
+                )
+            });
+        assert!(status.success(), "nvcc could not compile src/cuda/{file}");
+    }
 }

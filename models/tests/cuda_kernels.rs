@@ -1,4 +1,4 @@
-//! The CUDA training kernels (`models/src/cuda/train.cu`) run on the CPU through a small
+//! The CUDA kernels (`models/src/cuda/train.cu`, `generate.cu`) run on the CPU through a small
 //! emulation of CUDA's thread model (`tests/cuda_emulation/`), against candle's composed ops:
 //! forward values and every input gradient, in f32 and bf16. Grids and blocks here are small
 //! (2 warps, fewer blocks than rows) so the grid- and block-stride loops, the cross-warp

@@ -1,4 +1,4 @@
-//! Launches of `train.cu`'s kernels on candle's CUDA device: buffers in and out, launch shapes,
+//! Launches of the kernels of `train.cu` and `generate.cu` on candle's CUDA device: buffers in and out, launch shapes,
 //! the f32/bf16 entry point of each kernel. The kernels are correct for any shape (see the
 //! header of `train.cu`); the shapes here are for speed.
 
@@ -13,9 +13,15 @@ use half::bf16;
 
 use super::{AdamWStep, ScoreChunk};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
-/// The name candle's device caches the loaded module under.
-const MODULE: &str = "distill-train";
+/// The PTX modules (built by models/build.rs) and the names candle's device caches them under.
+const TRAIN: (&str, &str) = (
+    "distill-train",
+    include_str!(concat!(env!("OUT_DIR"), "/train.ptx")),
+);
+const GENERATE: (&str, &str) = (
+    "distill-generate",
+    include_str!(concat!(env!("OUT_DIR"), "/generate.ptx")),
+);
 /// Threads per block of the elementwise kernels and of row kernels over wide rows.
 const THREADS: u32 = 256;
 /// More blocks than this walk their rows or elements in strides.
@@ -81,6 +87,14 @@ fn tensor(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
     Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false)
 }
 
+/// Kernel `$name` of `$module` (`TRAIN`, `GENERATE`) for element type `$t` (its `_f32` or
+/// `_bf16` entry point), loaded into `$dev` on first use.
+macro_rules! kernel {
+    ($dev:expr, $module:expr, $t:ty, $name:literal) => {
+        $dev.get_or_load_custom_func(&kernel_name::<$t>($name), $module.0, $module.1)
+    };
+}
+
 /// Rows and row length of a layout (the last dimension is the row).
 fn rows_dim(layout: &Layout) -> Result<(usize, usize)> {
     let dim = layout.dims().last().copied().unwrap_or(0);
@@ -109,7 +123,7 @@ pub(super) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
         // SAFETY: every element is written by the kernel.
         let y = unsafe { dev.alloc::<T>(rows * dim)? };
         let (rows_i, dim_i) = (i32_of(rows, "rows")?, i32_of(dim, "row length")?);
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("rms_norm_fwd"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "rms_norm_fwd")?;
         let mut b = func.builder();
         b.arg(&xv)
             .arg(&wv)
@@ -148,13 +162,13 @@ pub(super) fn rms_norm_bwd(
             i32_of(dim, "row length")?,
             blocks as i32,
         );
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("rms_norm_bwd"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "rms_norm_bwd")?;
         let mut b = func.builder();
         b.arg(&xv).arg(&wv).arg(&gv).arg(&dx).arg(&partial);
         b.arg(&rows_i).arg(&dim_i).arg(&eps);
         // SAFETY: the arguments match the kernel's signature in train.cu.
         unsafe { b.launch(shape(blocks, row_threads(dim))) }.w()?;
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("sum_partials"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "sum_partials")?;
         let mut b = func.builder();
         b.arg(&partial).arg(&dw).arg(&blocks_i).arg(&dim_i);
         // SAFETY: as above.
@@ -179,7 +193,7 @@ pub(super) fn swiglu_fwd(g: In, u: In) -> Result<CudaStorage> {
         let (gv, uv) = (view::<T>(g)?, view::<T>(u)?);
         // SAFETY: every element is written by the kernel.
         let y = unsafe { dev.alloc::<T>(n)? };
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("swiglu_fwd"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "swiglu_fwd")?;
         let mut b = func.builder();
         b.arg(&gv).arg(&uv).arg(&y).arg(&n);
         // SAFETY: the arguments match the kernel's signature in train.cu.
@@ -196,7 +210,7 @@ pub(super) fn swiglu_bwd(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(T
         let (gv, uv, dv) = (view::<T>(g)?, view::<T>(u)?, view::<T>(d)?);
         // SAFETY: every element of both is written by the kernel.
         let (dg, du) = unsafe { (dev.alloc::<T>(n)?, dev.alloc::<T>(n)?) };
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("swiglu_bwd"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "swiglu_bwd")?;
         let mut b = func.builder();
         b.arg(&gv).arg(&uv).arg(&dv).arg(&dg).arg(&du).arg(&n);
         // SAFETY: the arguments match the kernel's signature in train.cu.
@@ -242,7 +256,7 @@ pub(super) fn rope(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
             i32_of(s, "sequence")?,
             i32_of(d, "head dim")?,
         ];
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("rope"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "rope")?;
         let mut launch = func.builder();
         launch.arg(&xv).arg(&cv).arg(&sv).arg(&y);
         launch
@@ -318,8 +332,7 @@ pub(super) fn attention_softmax(
         // SAFETY: the kernel writes every probability and every row's log-sum-exp.
         let (probs, lse) = unsafe { (dev.alloc::<T>(total * keys)?, dev.alloc::<f32>(total)?) };
         let ints = chunk_ints(&c, keys, seq)?;
-        let func =
-            dev.get_or_load_custom_func(&kernel_name::<T>("attention_softmax"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "attention_softmax")?;
         let mut b = func.builder();
         b.arg(&sv).arg(&stv).arg(&probs).arg(&lse).arg(&total);
         for x in &ints {
@@ -371,8 +384,7 @@ pub(super) fn attention_softmax_bwd(
         let (probs, dscores) =
             unsafe { (dev.alloc::<T>(total * keys)?, dev.alloc::<T>(total * keys)?) };
         let ints = chunk_ints(&c, keys, seq)?;
-        let func =
-            dev.get_or_load_custom_func(&kernel_name::<T>("attention_softmax_bwd"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "attention_softmax_bwd")?;
         let mut b = func.builder();
         b.arg(&sv).arg(&dpv).arg(&lv).arg(&dv).arg(&stv);
         b.arg(&probs).arg(&dscores).arg(&total);
@@ -443,8 +455,7 @@ pub(super) fn decode_attention(
         for (slot, x) in ints.iter_mut().zip([m, kv, n_rep, capacity, dim]) {
             *slot = i32_of(x, "decode attention dimension")?;
         }
-        let func =
-            dev.get_or_load_custom_func(&kernel_name::<T>("decode_attention"), MODULE, PTX)?;
+        let func = kernel!(dev, GENERATE, T, "decode_attention")?;
         let mut b = func.builder();
         b.arg(&qv).arg(&kv_).arg(&vv).arg(&sv).arg(&lv).arg(&out);
         for x in &ints {
@@ -508,7 +519,7 @@ pub(super) fn sample(
         // SAFETY: the kernel writes every row's id.
         let ids = unsafe { dev.alloc::<u32>(rows)? };
         let (rows_i, vocab_i) = (i32_of(rows, "rows")?, i32_of(vocab, "vocabulary")?);
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("sample_rows"), MODULE, PTX)?;
+        let func = kernel!(dev, GENERATE, T, "sample_rows")?;
         {
             let mut b = func.builder();
             b.arg(&lv)
@@ -575,7 +586,7 @@ pub(super) fn cross_entropy(
             i32_of(vocab, "vocabulary")?,
             want_grad as i32,
         );
-        let func = dev.get_or_load_custom_func(&kernel_name::<T>("cross_entropy"), MODULE, PTX)?;
+        let func = kernel!(dev, TRAIN, T, "cross_entropy")?;
         {
             let mut b = func.builder();
             b.arg(&lv).arg(&tv).arg(&loss);
@@ -672,8 +683,7 @@ impl candle_core::InplaceOp1 for AdamW<'_> {
                     with_storage(op.grad, |g| {
                         let (mv, vv, gv) = (view::<T>(m)?, view::<T>(v)?, view::<f32>(g)?);
                         let mut pv = param.as_cuda_slice_mut::<T>()?.slice_mut(start..end);
-                        let func =
-                            dev.get_or_load_custom_func(&kernel_name::<T>("adamw"), MODULE, PTX)?;
+                        let func = kernel!(dev, TRAIN, T, "adamw")?;
                         let mut b = func.builder();
                         b.arg(&mut pv)
                             .arg(&mv)

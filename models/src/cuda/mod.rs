@@ -1,5 +1,5 @@
-//! Training kernels for NVIDIA GPUs, each one graph node with an analytic backward: RMSNorm,
-//! RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and some used outside the graph: the
+//! CUDA kernels for NVIDIA GPUs. For training, each one graph node with an analytic backward:
+//! RMSNorm, RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and some used outside the graph: the
 //! masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
 //! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk
 //! of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the
@@ -15,12 +15,13 @@
 //! scaled, masked softmax is about fifteen launches over f32 copies of the scores, its backward
 //! ten more.
 //!
-//! The CUDA C is `train.cu`, compiled to PTX at build time (`models/build.rs`) and loaded into
-//! candle's device on first use. [`crate::ops`] and the student's loss and optimizer choose these
+//! The CUDA C is `train.cu` and `generate.cu` (sharing `common.cuh`), compiled to PTX at build
+//! time (`models/build.rs`) and loaded into candle's device on first use. [`crate::ops`] and the student's loss and optimizer choose these
 //! kernels where [`supported`] says so, before candle's composed ops; `DISTILL_CUDA_KERNELS=0`
 //! (or [`set_enabled`]) turns them off, which leaves the composed ops as the reference they are
 //! checked against on a GPU (`distill check-device`). On the CPU, `tests/cuda_kernels.rs` runs
-//! `train.cu` itself through an emulation of CUDA's threads against the composed ops.
+//! the `.cu` files themselves through an emulation of CUDA's threads against the composed ops
+//! (and, for decode attention and sampling, against plain definitions).
 
 // Without the `cuda` feature the ops' arguments and fields only reach `on_gpu!`'s error.
 #![cfg_attr(not(feature = "cuda"), allow(unused_variables, dead_code))]

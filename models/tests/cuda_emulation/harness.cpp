@@ -1,4 +1,4 @@
-// Runs one kernel of models/src/cuda/train.cu on the CPU (through emulate.h) for
+// Runs one kernel of models/src/cuda/train.cu or generate.cu on the CPU (through emulate.h) for
 // models/tests/cuda_kernels.rs:
 //
 //   harness KERNEL DTYPE GRID BLOCK [ints and floats the kernel takes] < inputs > outputs
@@ -9,6 +9,7 @@
 // `c++ -std=c++20 -O2 -pthread -I models/src/cuda harness.cpp`.
 #include "emulate.h"
 #include "train.cu"
+#include "generate.cu"
 
 #include <cstdio>
 #include <cstdlib>

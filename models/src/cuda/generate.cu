@@ -1,0 +1,230 @@
+// Generation kernels for NVIDIA GPUs: decode attention over the KV pool and sampling, so a
+// decode step needs one attention launch per layer and reads back only the sampled ids.
+// Compiled and tested as train.cu is (see its header).
+
+#include "common.cuh"
+
+// ---- Decode attention over the KV pool (models/src/transformer/step.rs) ----
+// Every sequence that decodes one token attends its own history in one launch: `q` [m, heads,
+// dim] (heads = kv · n_rep, HF's grouping: kv head g serves query heads g·n_rep ..), the pool
+// `keys`/`values` [slots, kv, capacity, dim], row i's slot `slots[i]` and its visible keys
+// `lengths[i]` (history and the new one). out [m, heads, dim] = softmax(scale · q·kᵀ) · v.
+// A block per (row, kv head) reads that slot's keys and values once for its n_rep query heads;
+// each warp walks every warps-th key with an online softmax (a lane holds dims lane, lane + 32,
+// ...), then the warps' partial results combine in warp order. Needs dim a multiple of 32 up
+// to 256, n_rep ≤ 8 and 32..128 threads a block (launch.rs checks; other shapes take the
+// composed ops).
+
+#define DECODE_MAX_REP 8
+#define DECODE_MAX_LANE_DIMS 8
+#define DECODE_MAX_WARPS 4
+
+template <typename T>
+__device__ void decode_attention(const T* q, const T* keys, const T* values, const uint32_t* slots,
+                                 const uint32_t* lengths, T* out, int m, int kv, int n_rep,
+                                 int capacity, int dim, float scale) {
+  __shared__ float part_max[DECODE_MAX_WARPS][DECODE_MAX_REP];
+  __shared__ float part_sum[DECODE_MAX_WARPS][DECODE_MAX_REP];
+  __shared__ float part_out[DECODE_MAX_WARPS][DECODE_MAX_REP][DECODE_MAX_LANE_DIMS * 32];
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int lane_dims = dim / 32;
+  for (size_t pair = blockIdx.x; pair < (size_t)m * kv; pair += gridDim.x) {
+    int row = (int)(pair / kv), g = (int)(pair % kv);
+    const T* qr = q + ((size_t)row * kv + g) * n_rep * dim;
+    size_t base = ((size_t)slots[row] * kv + g) * capacity * dim;
+    int len = (int)lengths[row];
+    float qv[DECODE_MAX_REP][DECODE_MAX_LANE_DIMS], acc[DECODE_MAX_REP][DECODE_MAX_LANE_DIMS];
+    float mx[DECODE_MAX_REP], sum[DECODE_MAX_REP];
+    for (int r = 0; r < DECODE_MAX_REP; ++r) {
+      mx[r] = -INFINITY;
+      sum[r] = 0.f;
+      for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) {
+        acc[r][e] = 0.f;
+        qv[r][e] = r < n_rep && e < lane_dims ? to_float(qr[r * dim + e * 32 + lane]) : 0.f;
+      }
+    }
+    for (int j = warp; j < len; j += warps) {
+      float kj[DECODE_MAX_LANE_DIMS], vj[DECODE_MAX_LANE_DIMS];
+      for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) {
+        size_t at = base + (size_t)j * dim + e * 32 + lane;
+        kj[e] = e < lane_dims ? to_float(keys[at]) : 0.f;
+        vj[e] = e < lane_dims ? to_float(values[at]) : 0.f;
+      }
+      for (int r = 0; r < DECODE_MAX_REP; ++r) {
+        if (r >= n_rep) break;
+        float dot = 0.f;
+        for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) dot += qv[r][e] * kj[e];
+        float score = warp_sum(dot) * scale;
+        float next = fmaxf(mx[r], score);
+        float shrink = expf(mx[r] - next), p = expf(score - next);
+        sum[r] = sum[r] * shrink + p;
+        for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) acc[r][e] = acc[r][e] * shrink + p * vj[e];
+        mx[r] = next;
+      }
+    }
+    // Constant loop bounds keep the arrays in registers.
+    for (int r = 0; r < DECODE_MAX_REP; ++r) {
+      if (r >= n_rep) break;
+      if (lane == 0) {
+        part_max[warp][r] = mx[r];
+        part_sum[warp][r] = sum[r];
+      }
+      for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e)
+        if (e < lane_dims) part_out[warp][r][e * 32 + lane] = acc[r][e];
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < n_rep * dim; t += blockDim.x) {
+      int r = t / dim, d = t % dim;
+      float best = -INFINITY;
+      for (int w = 0; w < warps; ++w) best = fmaxf(best, part_max[w][r]);
+      float total = 0.f, o = 0.f;
+      for (int w = 0; w < warps; ++w) {
+        float f = expf(part_max[w][r] - best);  // 0 for a warp that saw no key
+        total += part_sum[w][r] * f;
+        o += part_out[w][r][d] * f;
+      }
+      out[((size_t)row * kv + g) * n_rep * dim + t] = from_float<T>(o / total);
+    }
+    __syncthreads();  // the partials are free for the next pair only when all are read
+  }
+}
+
+// ---- Sampling on the device (teacher/src/engine.rs) ----
+// One token per row of `logits` [rows, vocab] at temperature T, top-p `top_p` (1: off), from the
+// row's uniform draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator,
+// one per token as the host sampler draws): only the ids cross to the host. The nucleus is the
+// host's (teacher/src/sampling.rs): the most likely tokens, ties to the lower id, whose weights
+// exp((l − max) / T) first reach top_p of the total; it is found as a threshold logit by
+// bisection over the logits' order (32 passes over the row) instead of a sort. The draw walks
+// the nucleus in id order (the host walks it most likely first: the same distribution, another
+// token for the same draw). NaN logits count as −inf. A block per row.
+
+// A float's rank in the total order of floats, as an unsigned int (larger float, larger key).
+__device__ __forceinline__ uint32_t order_key(float x) {
+  uint32_t bits = __float_as_uint(x);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+__device__ __forceinline__ float clean_logit(float x) { return x != x ? -INFINITY : x; }
+
+template <typename T>
+__device__ void sample_rows(const T* logits, const float* temperature, const float* top_p,
+                            const float* uniform, uint32_t* out, int rows, int vocab) {
+  __shared__ float seg_mass[1024];
+  __shared__ int seg_ties[1024];
+  __shared__ int chosen;
+  // A thread's contiguous stretch of ids, so prefix sums over threads follow id order.
+  int per = (vocab + blockDim.x - 1) / blockDim.x;
+  int lo_id = min(vocab, (int)threadIdx.x * per), hi_id = min(vocab, lo_id + per);
+  for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* l = logits + (size_t)row * vocab;
+    float inv_t = 1.f / temperature[row], p = top_p[row];
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, clean_logit(to_float(l[i])));
+    m = block_max(m);
+    float total = 0.f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+      total += expf((clean_logit(to_float(l[i])) - m) * inv_t);
+    total = block_sum(total);
+    // The threshold: the largest key whose tokens' mass still reaches p · total.
+    float target_mass = p * total;
+    uint32_t lo = 0u, hi = order_key(m) + 1u;  // mass(≥ lo) ≥ target, mass(≥ hi) < target
+    if (p >= 1.f) hi = 1u;                     // everything: the bisection is skipped
+    while (hi - lo > 1u) {
+      uint32_t mid = lo + (hi - lo) / 2u;
+      float mass = 0.f;
+      for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float x = clean_logit(to_float(l[i]));
+        if (order_key(x) >= mid) mass += expf((x - m) * inv_t);
+      }
+      if (block_sum(mass) >= target_mass) lo = mid; else hi = mid;
+    }
+    // The boundary logit x* (the smallest at or above the threshold), the mass strictly above
+    // it, its ties and how many of them (lowest ids first) complete the nucleus.
+    float boundary = INFINITY, above = 0.f;
+    int ties = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      float x = clean_logit(to_float(l[i]));
+      if (order_key(x) >= lo) boundary = fminf(boundary, x);
+    }
+    boundary = -block_max(-boundary);
+    uint32_t boundary_key = order_key(boundary);
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      float x = clean_logit(to_float(l[i]));
+      uint32_t k = order_key(x);
+      if (k > boundary_key) above += expf((x - m) * inv_t);
+      ties += k == boundary_key;
+    }
+    above = block_sum(above);
+    ties = (int)block_sum((float)ties);
+    float w_tie = expf((boundary - m) * inv_t);
+    // (Weights that underflowed to 0 cannot complete a nucleus: then all ties are in.)
+    int take = ties;
+    if (p < 1.f && w_tie > 0.f) take = (int)fminf((float)ties, ceilf((target_mass - above) / w_tie));
+    take = max(1, min(ties, take));
+    // Per-thread stretches: ties first (which of them are in), then the nucleus mass.
+    int my_ties = 0;
+    for (int i = lo_id; i < hi_id; ++i) my_ties += order_key(clean_logit(to_float(l[i]))) == boundary_key;
+    seg_ties[threadIdx.x] = my_ties;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int run = 0;
+      for (int t = 0; t < (int)blockDim.x; ++t) { int c = seg_ties[t]; seg_ties[t] = run; run += c; }
+    }
+    __syncthreads();
+    int tie_rank = seg_ties[threadIdx.x];
+    float mine = 0.f;
+    int last_in = -1;
+    for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
+      float x = clean_logit(to_float(l[i]));
+      uint32_t k = order_key(x);
+      bool in = k > boundary_key || (k == boundary_key && r++ < take);
+      if (in) { mine += expf((x - m) * inv_t); last_in = i; }
+    }
+    seg_mass[threadIdx.x] = mine;
+    if (threadIdx.x == 0) chosen = -1;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float run = 0.f;
+      for (int t = 0; t < (int)blockDim.x; ++t) { float c = seg_mass[t]; seg_mass[t] = run; run += c; }
+    }
+    __syncthreads();
+    float nucleus = above + take * w_tie;
+    float draw = uniform[row] * nucleus, start = seg_mass[threadIdx.x];
+    if (mine > 0.f && draw >= start && (draw < start + mine || threadIdx.x == blockDim.x - 1)) {
+      float cum = start;
+      int pick = last_in;  // rounding at the stretch's end
+      for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
+        float x = clean_logit(to_float(l[i]));
+        uint32_t k = order_key(x);
+        bool in = k > boundary_key || (k == boundary_key && r++ < take);
+        if (!in) continue;
+        cum += expf((x - m) * inv_t);
+        if (draw < cum) { pick = i; break; }
+      }
+      chosen = pick;
+    }
+    __syncthreads();
+    // Rounding past the last stretch with tokens: the last token of the nucleus.
+    int fallback = (int)block_max((float)last_in);
+    if (threadIdx.x == 0) out[row] = (uint32_t)(chosen >= 0 ? chosen : fallback);
+    __syncthreads();  // `chosen` and the stretches are free for the next row
+  }
+}
+
+// ---- Entry points: one per kernel and storage type (`_f32`, `_bf16`) ----
+
+#define GENERATE_KERNELS(T, S)                                                                    \
+  extern "C" __global__ void decode_attention_##S(                                               \
+      const T* q, const T* keys, const T* values, const uint32_t* slots, const uint32_t* lengths, \
+      T* out, int m, int kv, int n_rep, int capacity, int dim, float scale) {                    \
+    decode_attention<T>(q, keys, values, slots, lengths, out, m, kv, n_rep, capacity, dim, scale); \
+  }                                                                                              \
+  extern "C" __global__ void sample_rows_##S(const T* logits, const float* temperature,         \
+                                             const float* top_p, const float* uniform,          \
+                                             uint32_t* out, int rows, int vocab) {              \
+    sample_rows<T>(logits, temperature, top_p, uniform, out, rows, vocab);                       \
+  }
+
+GENERATE_KERNELS(float, f32)
+GENERATE_KERNELS(bf16, bf16)

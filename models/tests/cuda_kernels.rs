@@ -83,14 +83,7 @@ fn run(
         .unwrap();
     let mut bytes = Vec::new();
     for t in inputs {
-        let values = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        bytes.extend(values(t).iter().flat_map(|v| v.to_le_bytes()));
     }
     child.stdin.take().unwrap().write_all(&bytes).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -115,15 +108,19 @@ fn run(
         .collect()
 }
 
-/// Asserts `got` (from the kernel) matches `reference` within the dtype's tolerance.
-fn assert_close(what: &str, dt: Dt, got: &[f32], reference: &Tensor) {
-    let want = reference
-        .to_dtype(DType::F32)
+/// A tensor's elements as f32, in order.
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
         .unwrap()
         .flatten_all()
         .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+        .to_vec1()
+        .unwrap()
+}
+
+/// Asserts `got` (from the kernel) matches `reference` within the dtype's tolerance.
+fn assert_close(what: &str, dt: Dt, got: &[f32], reference: &Tensor) {
+    let want = values(reference);
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     let worst = got
@@ -404,15 +401,6 @@ impl ScoreChunk {
         }
         (probs, lse)
     }
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn tensor_of(v: Vec<f64>) -> Tensor {

@@ -630,3 +630,42 @@ fn sampling_draws_from_the_host_samplers_nucleus() {
         }
     }
 }
+
+#[test]
+fn top_k_matches_the_host_ranking() {
+    // bf16 rows tie often; rows of fewer elements per thread than k, and a NaN.
+    let (rows, vocab) = (5, 700);
+    for dt in [Dt::F32, Dt::Bf16] {
+        let logits = (randn(&[rows, vocab], 22, dt) * 3.0).unwrap();
+        let mut host = values(&logits);
+        host[3] = f32::NAN;
+        let logits = Tensor::from_vec(host.clone(), (rows, vocab), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dt.dtype())
+            .unwrap();
+        for k in [1, 20, 32] {
+            let want: Vec<f32> = host
+                .chunks(vocab)
+                .flat_map(|row| {
+                    let row: Vec<f32> = row
+                        .iter()
+                        .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+                        .collect();
+                    ops::top_k_ids(&row, k)
+                })
+                .map(|id| id as f32)
+                .collect();
+            for shape in [(2, 32), (5, 128)] {
+                let out = run(
+                    "top_k_rows",
+                    dt,
+                    shape,
+                    &[s(rows), s(vocab), s(k)],
+                    &[&logits],
+                    &[rows * k],
+                );
+                assert_eq!(out[0], want, "top {k} ({})", dt.name());
+            }
+        }
+    }
+}

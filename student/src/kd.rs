@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Tensor, D};
 use candle_nn::ops::log_softmax;
-use distill_models::Model;
+use distill_models::{cuda, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -242,12 +242,14 @@ pub fn logits_at(hidden: &Tensor, head: &Tensor, ids: &Tensor) -> Result<Tensor>
 /// of the whole row: candle's CUDA `arg_sort` holds a row in one block's shared memory (4
 /// bytes per column rounded up to a power of two: 1 MiB for 151,936 columns, over the 227 KiB
 /// a block may have), and sorting 151,936 values to keep 20 is wasted work anyway. On the CPU
-/// a partial selection per row on the host; elsewhere `k` rounds of arg-max and masking, on
-/// the device.
+/// a partial selection per row on the host; on a CUDA device one pass of a kernel
+/// ([`cuda::top_k`], k ≤ 32); elsewhere `k` rounds of arg-max and masking, on the device.
 pub fn top_k_ids(logits: &Tensor, k: usize) -> Result<Tensor> {
     let k = k.min(logits.dim(1)?);
     if logits.device().is_cpu() {
         top_k_ids_host(logits, k)
+    } else if k > 0 && k <= cuda::TOP_K_MAX && cuda::supported(logits) {
+        Ok(cuda::top_k(logits, k)?)
     } else {
         top_k_ids_by_max(logits, k)
     }

@@ -1,5 +1,6 @@
 // Generation kernels for NVIDIA GPUs: decode attention over the KV pool and sampling, so a
-// decode step needs one attention launch per layer and reads back only the sampled ids.
+// decode step needs one attention launch per layer and reads back only the sampled ids; and
+// each row's top k (logit distillation's teacher targets).
 // Compiled and tested as train.cu is (see its header).
 
 #include "common.cuh"
@@ -212,6 +213,69 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
   }
 }
 
+// ---- Top k of each row (student/src/kd.rs: logit distillation's teacher targets) ----
+// ids [rows, k] = each row's k largest logits, largest first, ties to the lower id (the
+// ranking of distill_models::ops::top_k_ids, which the corpus's stored top-k uses), NaN as
+// −inf. One pass over the row: each thread keeps its own best k in order (a later equal value
+// never displaces an earlier, lower id), then thread 0 merges the threads' lists. k ≤ 32 and
+// 32..128 threads a block (launch.rs checks).
+
+#define TOP_K_MAX 32
+#define TOP_K_MAX_THREADS 128
+
+// Whether (value a, id ia) ranks before (b, ib).
+__device__ __forceinline__ bool ranks_before(float a, uint32_t ia, float b, uint32_t ib) {
+  return a > b || (a == b && ia < ib);
+}
+
+template <typename T>
+__device__ void top_k_rows(const T* logits, uint32_t* ids, int rows, int vocab, int k) {
+  // One list per thread; rows of TOP_K_MAX + 1 so a warp's threads reading place j of their
+  // lists hit 32 different banks.
+  __shared__ float cand_value[TOP_K_MAX_THREADS][TOP_K_MAX + 1];
+  __shared__ uint32_t cand_id[TOP_K_MAX_THREADS][TOP_K_MAX + 1];
+  for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* l = logits + (size_t)row * vocab;
+    float* value = cand_value[threadIdx.x];
+    uint32_t* id = cand_id[threadIdx.x];
+    int n = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      float x = to_float(l[i]);
+      if (x != x) x = -INFINITY;
+      if (n == k && !ranks_before(x, (uint32_t)i, value[k - 1], id[k - 1])) continue;
+      int at = n < k ? n++ : k - 1;  // the last place, then moved up to its rank
+      while (at > 0 && ranks_before(x, (uint32_t)i, value[at - 1], id[at - 1])) {
+        value[at] = value[at - 1];
+        id[at] = id[at - 1];
+        --at;
+      }
+      value[at] = x;
+      id[at] = (uint32_t)i;
+    }
+    for (int j = n; j < k; ++j) {  // fewer elements than k: never chosen over a real one
+      value[j] = -INFINITY;
+      id[j] = 0xffffffffu;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int heads[TOP_K_MAX_THREADS];
+      for (int t = 0; t < (int)blockDim.x; ++t) heads[t] = 0;
+      for (int r = 0; r < k; ++r) {
+        int best = -1;
+        for (int t = 0; t < (int)blockDim.x; ++t) {
+          if (heads[t] >= k) continue;
+          if (best < 0 || ranks_before(cand_value[t][heads[t]], cand_id[t][heads[t]],
+                                       cand_value[best][heads[best]], cand_id[best][heads[best]]))
+            best = t;
+        }
+        ids[(size_t)row * k + r] = cand_id[best][heads[best]];
+        ++heads[best];
+      }
+    }
+    __syncthreads();  // the lists are free for the next row
+  }
+}
+
 // ---- Entry points: one per kernel and storage type (`_f32`, `_bf16`) ----
 
 #define GENERATE_KERNELS(T, S)                                                                    \
@@ -224,6 +288,10 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
                                              const float* top_p, const float* uniform,          \
                                              uint32_t* out, int rows, int vocab) {              \
     sample_rows<T>(logits, temperature, top_p, uniform, out, rows, vocab);                       \
+  }                                                                                              \
+  extern "C" __global__ void top_k_rows_##S(const T* logits, uint32_t* ids, int rows, int vocab, \
+                                            int k) {                                             \
+    top_k_rows<T>(logits, ids, rows, vocab, k);                                                  \
   }
 
 GENERATE_KERNELS(float, f32)

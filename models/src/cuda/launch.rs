@@ -552,6 +552,41 @@ pub(super) fn sample(
     })
 }
 
+pub(super) fn top_k(logits: &Tensor, k: usize) -> Result<Tensor> {
+    /// Threads a block: generate.cu's per-thread lists fill 34 KB of shared memory at 128.
+    const TOP_K_THREADS: u32 = 128;
+    fn go<T: Element>(l: In, (rows, vocab): (usize, usize), k: usize) -> Result<CudaStorage> {
+        let dev = l.0.device();
+        let lv = view::<T>(l)?;
+        // SAFETY: the kernel writes k ids for every row.
+        let ids = unsafe { dev.alloc::<u32>(rows * k)? };
+        let ints = [
+            i32_of(rows, "rows")?,
+            i32_of(vocab, "vocabulary")?,
+            i32_of(k, "k")?,
+        ];
+        let func = kernel!(dev, GENERATE, T, "top_k_rows")?;
+        let mut b = func.builder();
+        b.arg(&lv)
+            .arg(&ids)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&ints[2]);
+        // SAFETY: the arguments match the kernel's signature in generate.cu.
+        unsafe { b.launch(shape(rows, TOP_K_THREADS)) }.w()?;
+        Ok(u32::wrap_cuda_slice(ids, dev.clone()))
+    }
+    let (rows, vocab) = logits.dims2()?;
+    if k == 0 || k > super::TOP_K_MAX || k > vocab {
+        candle_core::bail!(
+            "top_k: k {k} outside 1..={} for rows of {vocab}",
+            super::TOP_K_MAX
+        );
+    }
+    let ids = with_storage(logits, |l| by_dtype!(l.0.dtype(), go(l, (rows, vocab), k)))?;
+    Ok(tensor(ids, (rows, k)))
+}
+
 pub(super) fn cross_entropy(
     logits: &Tensor,
     targets: &Tensor,

@@ -5,7 +5,8 @@
 //! of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the
 //! AdamW step in place ([`adamw_step`]). For generation, [`decode_attention`] (every sequence
 //! that decodes one token attends its history in the KV pool in one launch per layer) and
-//! [`sample`] (temperature and top-p sampling on the device, only the ids read back).
+//! [`sample`] (temperature and top-p sampling on the device, only the ids read back); and
+//! [`top_k`], each row's largest logits (logit distillation's teacher targets).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
@@ -234,6 +235,17 @@ pub fn sample(
         top_p,
         uniform
     ))
+}
+
+/// The most ids [`top_k`] returns per row.
+pub const TOP_K_MAX: usize = 32;
+
+/// The ids of each row's `k` (1..=[`TOP_K_MAX`], at most the row's length) largest logits,
+/// `[rows, vocab]` → `[rows, k]` u32, largest first, ties to the lower id (the ranking of
+/// [`crate::ops::top_k_ids`]), NaN ranking as −∞. One pass over each row. Not part of any
+/// graph.
+pub fn top_k(logits: &Tensor, k: usize) -> Result<Tensor> {
+    on_gpu!(launch::top_k(&logits.contiguous()?, k))
 }
 
 /// For each row of `logits` (`[rows, vocab]`) and its target: the loss

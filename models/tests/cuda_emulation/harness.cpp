@@ -160,6 +160,14 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     launch(grid, block, [&] { k(logits.data(), temp.data(), top_p.data(), u.data(), ids.data(), rows, vocab); });
     std::vector<float> f(ids.begin(), ids.end());
     write_f32(f);
+  } else if (kernel == "top_k_rows") {  // rows vocab k: logits -> ids [rows, k]
+    int rows = i(0), vocab = i(1), k = i(2);
+    auto logits = input<T>((size_t)rows * vocab);
+    std::vector<uint32_t> ids((size_t)rows * k);
+    auto kern = (void (*)(const T*, uint32_t*, int, int, int))PICK(top_k_rows);
+    launch(grid, block, [&] { kern(logits.data(), ids.data(), rows, vocab, k); });
+    std::vector<float> f(ids.begin(), ids.end());
+    write_f32(f);
   } else if (kernel == "adamw") {  // n decay 1-β1 β2 1-β2 step bias2_sqrt eps grad_scale: p, m, v, g(f32) -> p, m, v
     size_t n = (size_t)i(0);
     auto p = input<T>(n), m = input<T>(n), v = input<T>(n);

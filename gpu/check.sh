@@ -3,7 +3,7 @@
 # from the repository root, with gpu/dist/distill.xz built by gpu/build.sh. Prints one JSON
 # line per figure: distill's (`distill check-device`) and PyTorch's on the same work, side by
 # side, then on-policy distillation on the GPU (gpu/opd_smoke.sh). Budget: under 9 minutes on one
-# H100/H200 (the timeouts sum to 510 s; 570 s when the CUDA kernels fail and the checks rerun
+# H100/H200 (the timeouts sum to 540 s; 590 s when the CUDA kernels fail and the checks rerun
 # without them).
 #
 #   bash gpu/check.sh                 # OUT=/tmp/gpu-check by default
@@ -23,7 +23,7 @@ GGUF=(models/tests/fixtures/tiny-llama.gguf)
 [ -f ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf ] && GGUF+=(../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf)
 [ -f shared/models/SmolLM2-135M-Instruct.Q4_1.gguf ] && GGUF+=(shared/models/SmolLM2-135M-Instruct.Q4_1.gguf)
 SFT=(--sft-config gpu/qwen2.5-1.5b.json --sft-batch "${SFT_BATCH:-2}" --sft-seq 2048 --sft-steps 20)
-timeout 300 "$BIN" check-device --device cuda --out "$OUT" "${SFT[@]}" --gguf "${GGUF[@]}" | tee "$OUT/check.jsonl"
+timeout 290 "$BIN" check-device --device cuda --out "$OUT" "${SFT[@]}" --gguf "${GGUF[@]}" | tee "$OUT/check.jsonl"
 RC=${PIPESTATUS[0]}
 echo "{\"check\": \"distill_exit\", \"rc\": $RC}"
 # A kernel that failed its check (or faulted and took the process with it): the same checks
@@ -33,7 +33,7 @@ KERNELS_OK=$(grep -c '"check":"cuda_kernels".*"ok":true' "$OUT/check.jsonl")
 KERNELS_BAD=$(grep -c '"check":"cuda_kernels".*"ok":false' "$OUT/check.jsonl")
 if [ "$KERNELS_BAD" -gt 0 ] || { [ "$RC" -ne 0 ] && [ "$KERNELS_OK" -eq 0 ]; }; then
   export DISTILL_CUDA_KERNELS=0
-  timeout 60 "$BIN" check-device --device cuda --out "$OUT/composed" --gguf "${GGUF[@]}"
+  timeout 50 "$BIN" check-device --device cuda --out "$OUT/composed" --gguf "${GGUF[@]}"
   echo "{\"check\": \"distill_exit_without_kernels\", \"rc\": $?}"
   RELOAD=$OUT/composed
 fi
@@ -42,3 +42,25 @@ timeout 150 python3 gpu/check.py --config gpu/qwen2.5-1.5b.json --batch "${SFT_B
 echo "{\"check\": \"python_exit\", \"rc\": $?}"
 timeout 60 bash gpu/opd_smoke.sh "$BIN" "$OUT/opd" cuda
 echo "{\"check\": \"opd_exit\", \"rc\": $?}"
+# The engine on the GPU with log-probabilities, from the smoke's tiny teacher: sampled (device
+# sampling, top-k and log-sum-exp; every token must carry its log-probabilities) and greedy on
+# the GPU and the CPU (the same token counts).
+GEN=(generate --model "$OUT/opd/teacher/model" --problems "$OUT/opd/problems.jsonl" --limit 32
+  --logprobs 5 --max-new-tokens 48 --prefill "")
+timeout 40 bash -c '"$@" --device cuda --samples 2 --out "$0/gen-sampled" &&
+  "$@" --device cuda --temperature 0 --out "$0/gen-greedy-cuda" &&
+  "$@" --device cpu --temperature 0 --out "$0/gen-greedy-cpu"' "$OUT" "$BIN" "${GEN[@]}" > /dev/null 2>&1
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+def run(name):
+    try:
+        return json.load(open(f"{out}/{name}/generation.json"))["last_run"]
+    except Exception as e:
+        return {"error": str(e)}
+s, g, c = run("gen-sampled"), run("gen-greedy-cuda"), run("gen-greedy-cpu")
+ok = (s.get("written") == s.get("total") == 64 and s.get("logprob_tokens") == s.get("completion_tokens")
+      and g.get("completion_tokens") == c.get("completion_tokens") and g.get("logprob_tokens") == g.get("completion_tokens"))
+print(json.dumps({"check": "engine_logprobs", "sampled": s, "greedy_cuda_tokens": g.get("completion_tokens"),
+                  "greedy_cpu_tokens": c.get("completion_tokens"), "ok": ok}))
+PY

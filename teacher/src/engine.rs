@@ -23,7 +23,9 @@ use distill_models::transformer::Logits;
 use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
 use rayon::prelude::*;
 
-use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats, TokenLogprobs};
+use crate::backend::{
+    Cancel, FinishReason, GenOutput, GenRequest, GenStats, SamplingParams, TokenLogprobs,
+};
 use crate::sampling::{sample, SampleRng};
 use crate::{Error, Result};
 
@@ -468,9 +470,9 @@ impl Engine {
 
     /// One token for each `(live index, logits [1, vocab])`. The logits of the step are read
     /// back in one transfer (never one per sequence); when every sequence is greedy and the
-    /// model is off the CPU, the argmax runs on the device and only the ids cross, and so does
-    /// temperature/top-p sampling on a CUDA device ([`cuda::sample`]: the host sampler's
-    /// nucleus, walked in id order, so a seed gives other tokens there than on the CPU).
+    /// model is off the CPU, the argmax runs on the device and only the ids cross; on a CUDA
+    /// device sampling and log-probabilities too ([`sample_on_device`]; its sampler walks the
+    /// host sampler's nucleus in id order, so a seed gives other tokens there than on the CPU).
     fn sample_step(&self, picks: &[(usize, Tensor)], live: &mut [Seq]) -> Result<Vec<u32>> {
         if picks.is_empty() {
             return Ok(Vec::new());
@@ -484,22 +486,10 @@ impl Engine {
         if greedy && !logits.device().is_cpu() {
             return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
         }
-        // Sampling on a CUDA device: one uniform draw per sequence from its own generator (as
-        // the host sampler draws), the nucleus and the draw on the device, only the ids back.
-        let on_device = cuda::supported(&logits)
-            && picks.iter().all(|&(i, _)| {
-                let s = &live[i].request.sampling;
-                s.temperature > 0.0 && s.top_k == 0 && s.logprobs == 0
-            });
-        if on_device {
-            let (mut temperature, mut top_p, mut uniform) = (vec![], vec![], vec![]);
-            for &(i, _) in picks {
-                let seq = &mut live[i];
-                temperature.push(seq.request.sampling.temperature);
-                top_p.push(seq.request.sampling.top_p);
-                uniform.push(seq.rng.next_f64() as f32);
+        if cuda::supported(&logits) {
+            if let Some(tokens) = sample_on_device(&logits, picks, live)? {
+                return Ok(tokens);
             }
-            return Ok(cuda::sample(&logits, &temperature, &top_p, &uniform)?);
         }
         let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         // Each row is sampled on its own thread: over a 150k-token vocabulary a row costs about
@@ -647,6 +637,63 @@ pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32
         .map(|i| (i, logits[i as usize] - lse))
         .collect();
     (logits[token as usize] - lse, top)
+}
+
+/// [`Engine::sample_step`] on a CUDA device, where the step's sequences all decode greedily or
+/// all sample without top-k, and ask for at most [`cuda::TOP_K_MAX`] log-probabilities: the
+/// tokens (the arg-max, or [`cuda::sample`] from one uniform draw per sequence taken from its
+/// own generator, as the host sampler draws), and the log-probabilities of the chosen token and
+/// of each row's top K ([`cuda::top_k`], the host's ranking), are computed there; only ids and
+/// `K + 2` values a row are read back instead of `rows × vocabulary` logits. None where the
+/// step asks for more (the caller samples on the host).
+fn sample_on_device(
+    logits: &Tensor,
+    picks: &[(usize, Tensor)],
+    live: &mut [Seq],
+) -> Result<Option<Vec<u32>>> {
+    let params: Vec<&SamplingParams> = picks
+        .iter()
+        .map(|&(i, _)| &live[i].request.sampling)
+        .collect();
+    let greedy = params.iter().all(|s| s.temperature <= 0.0);
+    let sampled = params.iter().all(|s| s.temperature > 0.0 && s.top_k == 0);
+    let k = params.iter().map(|s| s.logprobs).max().unwrap_or(0);
+    let vocab = logits.dim(1)?;
+    if !(greedy || sampled) || k > cuda::TOP_K_MAX.min(vocab) {
+        return Ok(None);
+    }
+    let tokens = if greedy {
+        logits.argmax(D::Minus1)?.to_vec1::<u32>()?
+    } else {
+        let temperature: Vec<f32> = params.iter().map(|s| s.temperature).collect();
+        let top_p: Vec<f32> = params.iter().map(|s| s.top_p).collect();
+        let uniform: Vec<f32> = picks
+            .iter()
+            .map(|&(i, _)| live[i].rng.next_f64() as f32)
+            .collect();
+        cuda::sample(logits, &temperature, &top_p, &uniform)?
+    };
+    if k > 0 {
+        let values = logits.to_dtype(DType::F32)?;
+        let lse = values.log_sum_exp(D::Minus1)?.to_vec1::<f32>()?;
+        let top = cuda::top_k(logits, k)?;
+        let top_values = values.gather(&top, 1)?.to_vec2::<f32>()?;
+        let top = top.to_vec2::<u32>()?;
+        let chosen = Tensor::new(tokens.as_slice(), logits.device())?.unsqueeze(1)?;
+        let chosen = values.gather(&chosen, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        for (row, &(i, _)) in picks.iter().enumerate() {
+            if let Some(logprobs) = &mut live[i].logprobs {
+                let list: Vec<(u32, f32)> = top[row]
+                    .iter()
+                    .zip(&top_values[row])
+                    .take(logprobs.k())
+                    .map(|(&id, &v)| (id, v - lse[row]))
+                    .collect();
+                logprobs.push(tokens[row], chosen[row] - lse[row], &list)?;
+            }
+        }
+    }
+    Ok(Some(tokens))
 }
 
 /// Whether every matrix of a GGUF checkpoint is stored quantized (norms and other vectors may

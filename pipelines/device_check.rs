@@ -16,7 +16,7 @@
 //!   a few steps with activation checkpointing, whose losses must equal the first run's, and a
 //!   few with the CUDA kernels off (candle's composed ops: the kernels' speed-up);
 //! - `decode`: a GGUF decoded greedily on the device and on the CPU, tokens compared; and decode
-//!   tokens/s of a random-init model at batch 1 and 64.
+//!   tokens/s of a random-init model at batch 1 and 64 (and 64 again with the CUDA kernels off).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,13 @@ pub fn check_device(args: CheckDeviceArgs) -> anyhow::Result<()> {
         if !args.no_decode_speed {
             for batch in [1, 64] {
                 decode_speed(config, batch, &dev)?;
+            }
+            // Batch 64 again on candle's composed ops: the decode and sampling kernels' share.
+            if dev.is_cuda() && distill_models::cuda::enabled() {
+                distill_models::cuda::set_enabled(false);
+                let composed = decode_speed(config, 64, &dev);
+                distill_models::cuda::set_enabled(true);
+                composed?;
             }
         }
     }
@@ -812,6 +819,7 @@ fn decode_speed(config_path: &Path, batch: usize, dev: &Device) -> anyhow::Resul
             "dtype": dtype.as_str(), "prompt": 64, "new": new_tokens,
             "prefill_s": first.map(|d| d.as_secs_f64()),
             "tok_s": (batch * new_tokens) as f64 / decode,
+            "cuda_kernels": dev.is_cuda() && distill_models::cuda::enabled(),
         }))
     })();
     match result {

@@ -543,9 +543,12 @@ fn decode_attention_matches_softmax_over_each_history() {
 
 /// The host sampler's nucleus (teacher/src/sampling.rs: most likely first, ties to the lower
 /// id, the shortest prefix whose weight reaches `top_p` of the total), then the device's draw:
-/// the nucleus walked in id order up to `u` of its weight.
+/// the nucleus walked in id order up to `u` of its weight. At temperature ≤ 0, the arg-max.
 fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if temperature <= 0.0 {
+        return logits.iter().position(|&x| x == m).unwrap() as u32;
+    }
     let w = |i: usize| (((logits[i] - m) / temperature) as f64).exp();
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
@@ -574,10 +577,17 @@ fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
 
 #[test]
 fn sampling_draws_from_the_host_samplers_nucleus() {
-    // Four rows of logits, each under one (temperature, top-p), drawn at 24 points of [0, 1):
-    // every token of a small nucleus, its first and last included, shows up among the draws.
-    let (base_rows, draws, vocab) = (4, 24, 1000);
-    let settings = [(0.6f32, 0.95f32), (1.0, 1.0), (0.6, 0.5), (2.0, 0.9)];
+    // Five rows of logits, each under one (temperature, top-p), drawn at 24 points of [0, 1):
+    // every token of a small nucleus, its first and last included, shows up among the draws;
+    // temperature 0 is the arg-max whatever the draw.
+    let (base_rows, draws, vocab) = (5, 24, 1000);
+    let settings = [
+        (0.6f32, 0.95f32),
+        (1.0, 1.0),
+        (0.6, 0.5),
+        (2.0, 0.9),
+        (0.0, 0.95),
+    ];
     let rows = base_rows * draws;
     let per_row = |f: &dyn Fn(usize, usize) -> f32| -> Vec<f32> {
         (0..rows).map(|r| f(r / draws, r % draws)).collect()

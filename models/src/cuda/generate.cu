@@ -91,8 +91,8 @@ __device__ void decode_attention(const T* q, const T* keys, const T* values, con
 }
 
 // ---- Sampling on the device (teacher/src/engine.rs) ----
-// One token per row of `logits` [rows, vocab] at temperature T, top-p `top_p` (1: off), from the
-// row's uniform draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator,
+// One token per row of `logits` [rows, vocab] at temperature T (≤ 0: the arg-max, lowest id
+// first), top-p `top_p` (1: off), from the row's uniform draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator,
 // one per token as the host sampler draws): only the ids cross to the host. The nucleus is the
 // host's (teacher/src/sampling.rs): the most likely tokens, ties to the lower id, whose weights
 // exp((l − max) / T) first reach top_p of the total; it is found as a threshold logit by
@@ -123,6 +123,15 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
     float m = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, clean_logit(to_float(l[i])));
     m = block_max(m);
+    if (!(temperature[row] > 0.f)) {
+      // Greedy: the lowest id holding the maximum (the host's arg-max; no draw).
+      float lowest = -INFINITY;
+      for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        if (clean_logit(to_float(l[i])) == m) lowest = fmaxf(lowest, -(float)i);
+      lowest = block_max(lowest);
+      if (threadIdx.x == 0) out[row] = (uint32_t)(-lowest);
+      continue;  // the same for every thread of the block
+    }
     float total = 0.f;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x)
       total += expf((clean_logit(to_float(l[i])) - m) * inv_t);

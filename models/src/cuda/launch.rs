@@ -541,9 +541,6 @@ pub(super) fn sample(
     {
         candle_core::bail!("sample: one temperature, top-p and draw per row of {rows} expected");
     }
-    if !temperature.iter().all(|&t| t > 0.0) {
-        candle_core::bail!("sample: temperatures must be positive (greedy rows take the argmax)");
-    }
     with_storage(logits, |l| {
         by_dtype!(
             l.0.dtype(),

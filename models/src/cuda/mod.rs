@@ -220,9 +220,10 @@ pub fn decode_attention(
     ))
 }
 
-/// One token for each row of `logits` (`[rows, vocab]`) at its temperature (> 0) and top-p,
-/// from its uniform draw in `[0, 1)`: the host sampler's nucleus (most likely first, ties to
-/// the lower id) walked in id order, so only the ids cross to the host. Not part of any graph.
+/// One token for each row of `logits` (`[rows, vocab]`) at its temperature and top-p, from its
+/// uniform draw in `[0, 1)`: the host sampler's nucleus (most likely first, ties to the lower
+/// id) walked in id order; at temperature ≤ 0 the arg-max (lowest id first; its draw unused).
+/// Only the ids cross to the host. Not part of any graph.
 pub fn sample(
     logits: &Tensor,
     temperature: &[f32],

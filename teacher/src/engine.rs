@@ -639,12 +639,12 @@ pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32
     (logits[token as usize] - lse, top)
 }
 
-/// [`Engine::sample_step`] on a CUDA device, where the step's sequences decode greedily or
-/// sample without top-k, and ask for at most [`cuda::TOP_K_MAX`] log-probabilities: the tokens
+/// [`Engine::sample_step`] on a CUDA device, where the step's sequences decode greedily or sample
+/// without top-k, and ask for at most [`cuda::TOP_K_MAX`] log-probabilities: the tokens
 /// ([`cuda::sample`]: the arg-max, or a draw from one uniform number per sampled sequence taken
-/// from its own generator, as the host sampler draws), and the log-probabilities of the chosen token and
-/// of each row's top K ([`cuda::top_k`], the host's ranking), are computed there; only ids and
-/// `K + 2` values a row are read back instead of `rows × vocabulary` logits. None where the
+/// from its own generator, as the host sampler draws), and the log-probabilities of the chosen
+/// token and of each row's top K ([`cuda::top_k`], the host's ranking), are computed there; only
+/// ids and `K + 2` values a row are read back instead of `rows × vocabulary` logits. None where the
 /// step asks for more (the caller samples on the host).
 fn sample_on_device(
     logits: &Tensor,

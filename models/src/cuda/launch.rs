@@ -1,6 +1,6 @@
-//! Launches of the kernels of `train.cu` and `generate.cu` on candle's CUDA device: buffers in and out, launch shapes,
-//! the f32/bf16 entry point of each kernel. The kernels are correct for any shape (see the
-//! header of `train.cu`); the shapes here are for speed.
+//! Launches of the kernels of `train.cu` and `generate.cu` on candle's CUDA device: buffers in and
+//! out, launch shapes, the f32/bf16 entry point of each kernel. The kernels are correct for any
+//! shape (see the header of `train.cu`); the shapes here are for speed.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{

@@ -1,12 +1,12 @@
 //! CUDA kernels for NVIDIA GPUs. For training, each one graph node with an analytic backward:
-//! RMSNorm, RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and some used outside the graph: the
-//! masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
-//! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk
-//! of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the
-//! AdamW step in place ([`adamw_step`]). For generation, [`decode_attention`] (every sequence
-//! that decodes one token attends its history in the KV pool in one launch per layer) and
-//! [`sample`] (temperature and top-p sampling on the device, only the ids read back); and
-//! [`top_k`], each row's largest logits (logit distillation's teacher targets).
+//! RMSNorm, RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and some used outside the graph:
+//! the masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
+//! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk of
+//! logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the AdamW
+//! step in place ([`adamw_step`]). For generation, [`decode_attention`] (every sequence that
+//! decodes one token attends its history in the KV pool in one launch per layer) and [`sample`]
+//! (greedy, temperature and top-p sampling on the device, only the ids read back); and [`top_k`], each
+//! row's largest logits (logit distillation's teacher targets).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
@@ -16,13 +16,14 @@
 //! scaled, masked softmax is about fifteen launches over f32 copies of the scores, its backward
 //! ten more.
 //!
-//! The CUDA C is `train.cu` and `generate.cu` (sharing `common.cuh`), compiled to PTX at build
-//! time (`models/build.rs`) and loaded into candle's device on first use. [`crate::ops`] and the student's loss and optimizer choose these
-//! kernels where [`supported`] says so, before candle's composed ops; `DISTILL_CUDA_KERNELS=0`
-//! (or [`set_enabled`]) turns them off, which leaves the composed ops as the reference they are
-//! checked against on a GPU (`distill check-device`). On the CPU, `tests/cuda_kernels.rs` runs
-//! the `.cu` files themselves through an emulation of CUDA's threads against the composed ops
-//! (and, for decode attention and sampling, against plain definitions).
+//! The CUDA C is `train.cu` and `generate.cu` (sharing `common.cuh`), compiled to PTX at build time
+//! (`models/build.rs`) and loaded into candle's device on first use. [`crate::ops`] and the
+//! student's loss and optimizer choose these kernels where [`supported`] says so, before candle's
+//! composed ops; `DISTILL_CUDA_KERNELS=0` (or [`set_enabled`]) turns them off, which leaves the
+//! composed ops as the reference they are checked against on a GPU (`distill check-device`). On the
+//! CPU, `tests/cuda_kernels.rs` runs the `.cu` files themselves through an emulation of CUDA's
+//! threads against the composed ops (and, for decode attention, sampling and top-k, against plain
+//! definitions).
 
 // Without the `cuda` feature the ops' arguments and fields only reach `on_gpu!`'s error.
 #![cfg_attr(not(feature = "cuda"), allow(unused_variables, dead_code))]

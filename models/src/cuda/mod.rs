@@ -5,8 +5,8 @@
 //! logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the AdamW
 //! step in place ([`adamw_step`]). For generation, [`decode_attention`] (every sequence that
 //! decodes one token attends its history in the KV pool in one launch per layer) and [`sample`]
-//! (greedy, temperature and top-p sampling on the device, only the ids read back); and [`top_k`], each
-//! row's largest logits (logit distillation's teacher targets).
+//! (greedy, temperature and top-p sampling on the device, only the ids read back); and
+//! [`top_k`], each row's largest logits (logit distillation's teacher targets).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward

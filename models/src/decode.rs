@@ -10,18 +10,18 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::kv_pool::Slot;
+use crate::kv_pool::Blocks;
 use crate::rope::RopeSpec;
 use crate::Result;
 
 /// Keys and values of one sequence for every layer. On the CPU they live in host buffers,
-/// position-major (`[len, kv_heads * head_dim]`); on other devices in a slot of the model's
-/// pool ([`crate::kv_pool`]), taken at the sequence's first step and given back when the
-/// cache is dropped or cleared. One cache per sequence.
+/// position-major (`[len, kv_heads * head_dim]`); on other devices in blocks of the model's
+/// pool ([`crate::kv_pool`]), taken as the sequence grows and given back when the cache is
+/// dropped or cleared. One cache per sequence.
 #[derive(Debug)]
 pub struct KvCache {
     pub(crate) host: Vec<(Vec<f32>, Vec<f32>)>,
-    pub(crate) slot: Option<Slot>,
+    pub(crate) blocks: Option<Blocks>,
     pub(crate) len: usize,
 }
 
@@ -29,7 +29,7 @@ impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             host: vec![(Vec::new(), Vec::new()); num_layers],
-            slot: None,
+            blocks: None,
             len: 0,
         }
     }
@@ -43,19 +43,14 @@ impl KvCache {
         self.len == 0
     }
 
-    /// The cache's slot in its model's pool (0 before its first step on the tensor path).
-    pub(crate) fn slot_index(&self) -> usize {
-        self.slot.as_ref().map_or(0, Slot::index)
-    }
-
     /// Forgets every position; the host buffers keep their capacity for the next sequence,
-    /// a device slot goes back to the pool.
+    /// device blocks go back to the pool.
     pub fn clear(&mut self) {
         self.host.iter_mut().for_each(|(k, v)| {
             k.clear();
             v.clear();
         });
-        self.slot = None;
+        self.blocks = None;
         self.len = 0;
     }
 }

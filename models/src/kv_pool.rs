@@ -1,13 +1,21 @@
-//! Key/value caches for generation off the CPU's f32 path (GPUs, bf16): one pool per model,
-//! `[slots, kv_heads, capacity, head_dim]` per layer for keys and for values, and a slot per
-//! sequence ([`Slot`], held by its [`crate::KvCache`] and given back when dropped).
+//! Key/value caches for generation off the CPU's f32 path (GPUs, bf16), in pages: one pool per
+//! model, `[blocks, kv_heads, BLOCK, head_dim]` per layer for keys and for values, and for each
+//! sequence the list of its blocks in position order ([`Blocks`], held by its
+//! [`crate::KvCache`] and given back when dropped). A sequence takes a block each time it
+//! crosses a multiple of [`BLOCK`] positions.
 //!
-//! Why one pool instead of a tensor per sequence: a decode step then appends every sequence's
-//! new keys with one scatter per layer and attends for every decoding sequence at once (one
-//! batched matmul over the slots' histories, masked by each slot's length), where per-sequence
-//! tensors cost a dozen kernel launches per sequence and layer — at batch 64 on a GPU, the
-//! launches, not the arithmetic, set the pace. Capacity doubles when a sequence outgrows it and
-//! slots double when every one is taken, so a run copies the pool O(log n) times.
+//! Why pages: a pool of equal slots (a slab) must make every slot as long as the longest
+//! sequence, so at batch 64 one 16k-token chain of thought among short answers holds 64 × 16k
+//! positions; pages hold what the sequences hold, plus less than a block each. Why one pool
+//! instead of a tensor per sequence: a step then writes every sequence's new keys with one
+//! launch per layer and attends for every decoding sequence at once (the CUDA decode kernel
+//! reads each sequence's blocks through its block table), where per-sequence tensors cost a
+//! dozen kernel launches per sequence and layer — at batch 64 on a GPU, the launches, not the
+//! arithmetic, set the pace.
+//!
+//! The pool doubles when a sequence needs more blocks than are free (O(log n) copies in a run)
+//! and lets go of its tensors when no sequence holds a block, so a server between requests
+//! keeps no cache memory.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,19 +24,17 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::Result;
 
-/// Positions a slot holds at first (it doubles from there).
-const MIN_CAPACITY: usize = 256;
-/// Slots at first (they double from there).
-const MIN_SLOTS: usize = 4;
+/// Positions a block holds.
+pub const BLOCK: usize = 32;
+/// Blocks a pool holds at first (it doubles from there).
+pub const MIN_BLOCKS: usize = 16;
 
-/// The slots and the capacity a pool grows to for `sequences` sequences at once of up to
-/// `positions` positions each: powers of two, at least [`MIN_SLOTS`] and [`MIN_CAPACITY`].
-/// Memory estimates count caches with this.
-pub fn extent(sequences: usize, positions: usize) -> (usize, usize) {
-    (
-        sequences.next_power_of_two().max(MIN_SLOTS),
-        positions.next_power_of_two().max(MIN_CAPACITY),
-    )
+/// The blocks a pool grows to for `sequences` sequences at once of up to `positions` positions
+/// each: a power of two, at least [`MIN_BLOCKS`]. Memory estimates count caches with this.
+pub fn extent(sequences: usize, positions: usize) -> usize {
+    (sequences * positions.div_ceil(BLOCK))
+        .next_power_of_two()
+        .max(MIN_BLOCKS)
 }
 
 /// The shared cache tensors of one model.
@@ -42,41 +48,56 @@ pub(crate) struct KvPool {
 }
 
 struct State {
-    /// Per layer `(keys, values)`, each `[slots, kv_heads, capacity, head_dim]`; empty until the
-    /// first slot is taken.
+    /// Per layer `(keys, values)`, each `[blocks, kv_heads, BLOCK, head_dim]`; empty while no
+    /// sequence holds a block.
     tensors: Vec<(Tensor, Tensor)>,
-    slots: usize,
-    capacity: usize,
-    /// Slots no sequence holds.
-    free: Vec<usize>,
+    blocks: usize,
+    /// Blocks no sequence holds (taken from the end: the lowest ids first).
+    free: Vec<u32>,
 }
 
-/// A sequence's place in the pool; the slot goes back to the pool when this is dropped.
-pub struct Slot {
+/// A sequence's blocks in its model's pool, in position order: block `i` holds positions
+/// `i · BLOCK ..`. They go back to the pool when this is dropped.
+pub struct Blocks {
     pool: Arc<KvPool>,
-    index: usize,
+    ids: Vec<u32>,
 }
 
-impl Slot {
-    pub(crate) fn index(&self) -> usize {
-        self.index
+impl Blocks {
+    pub(crate) fn ids(&self) -> &[u32] {
+        &self.ids
     }
 
-    /// Whether this is a slot of `pool` (a cache stepped by another model is not).
+    /// Whether these are blocks of `pool` (a cache stepped by another model's are not).
     pub(crate) fn is_in(&self, pool: &Arc<KvPool>) -> bool {
         Arc::ptr_eq(&self.pool, pool)
     }
 }
 
-impl fmt::Debug for Slot {
+impl fmt::Debug for Blocks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Slot({})", self.index)
+        write!(f, "Blocks({:?})", self.ids)
     }
 }
 
-impl Drop for Slot {
+impl Drop for Blocks {
     fn drop(&mut self) {
-        self.pool.lock().free.push(self.index);
+        let mut state = self.pool.lock();
+        state.free.extend(self.ids.drain(..).rev());
+        if state.free.len() == state.blocks {
+            // Nobody holds a block: the memory goes back until the next sequence.
+            *state = State::empty();
+        }
+    }
+}
+
+impl State {
+    fn empty() -> Self {
+        Self {
+            tensors: Vec::new(),
+            blocks: 0,
+            free: Vec::new(),
+        }
     }
 }
 
@@ -94,12 +115,7 @@ impl KvPool {
             head_dim,
             dtype,
             device: device.clone(),
-            state: Mutex::new(State {
-                tensors: Vec::new(),
-                slots: 0,
-                capacity: 0,
-                free: Vec::new(),
-            }),
+            state: Mutex::new(State::empty()),
         })
     }
 
@@ -107,91 +123,128 @@ impl KvPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A free slot, doubling the slots when none is left.
-    pub(crate) fn acquire(self: &Arc<Self>) -> Result<Slot> {
-        let mut state = self.lock();
-        if state.free.is_empty() {
-            let (slots, capacity) = extent(state.slots + 1, state.capacity);
-            self.grow(&mut state, slots, capacity)?;
-        }
-        let index = state.free.pop().expect("the pool just grew");
-        Ok(Slot {
+    /// A new sequence's (empty) list of blocks.
+    pub(crate) fn blocks(self: &Arc<Self>) -> Blocks {
+        Blocks {
             pool: self.clone(),
-            index,
-        })
+            ids: Vec::new(),
+        }
     }
 
-    /// Makes every slot hold at least `len` positions (doubling the capacity).
-    pub(crate) fn reserve(&self, len: usize) -> Result<()> {
-        let mut state = self.lock();
-        if len > state.capacity {
-            let (_, capacity) = extent(1, len);
-            let slots = state.slots;
-            self.grow(&mut state, slots, capacity)?;
+    /// Gives `blocks` room for `len` positions, taking free blocks and doubling the pool when
+    /// too few are free.
+    pub(crate) fn reserve(&self, blocks: &mut Blocks, len: usize) -> Result<()> {
+        let need = len.div_ceil(BLOCK).saturating_sub(blocks.ids.len());
+        if need == 0 {
+            return Ok(());
         }
+        let mut state = self.lock();
+        if state.free.len() < need {
+            let held = state.blocks - state.free.len();
+            let total = (held + need).next_power_of_two().max(MIN_BLOCKS);
+            self.grow(&mut state, total)?;
+        }
+        let at = state.free.len() - need;
+        blocks.ids.extend(state.free.drain(at..).rev());
         Ok(())
     }
 
-    /// Replaces the tensors by `[slots, kv, capacity, d]` ones holding the old contents.
-    fn grow(&self, state: &mut State, slots: usize, capacity: usize) -> Result<()> {
-        let shape = (slots, self.kv_heads, capacity, self.head_dim);
-        let grow = |old: &Tensor| -> Result<Tensor> {
-            // Two moves, one dimension each (`slice_set` offsets a single dimension): the old
-            // slots into a tensor of the new capacity, then that into the new slots.
-            let wide = if capacity > state.capacity {
-                let wide = Tensor::zeros(
-                    (state.slots, self.kv_heads, capacity, self.head_dim),
-                    self.dtype,
-                    &self.device,
-                )?;
-                wide.slice_set(old, 2, 0)?;
-                wide
-            } else {
-                old.clone()
-            };
-            if slots == state.slots {
-                return Ok(wide);
-            }
+    /// Replaces the tensors by `[blocks, kv, BLOCK, d]` ones holding the old contents.
+    fn grow(&self, state: &mut State, blocks: usize) -> Result<()> {
+        let shape = (blocks, self.kv_heads, BLOCK, self.head_dim);
+        let grow = |old: Option<&Tensor>| -> Result<Tensor> {
             let new = Tensor::zeros(shape, self.dtype, &self.device)?;
-            new.slice_set(&wide, 0, 0)?;
+            if let Some(old) = old {
+                new.slice_set(old, 0, 0)?;
+            }
             Ok(new)
         };
-        state.tensors = if state.tensors.is_empty() {
-            (0..self.layers)
-                .map(|_| {
-                    Ok((
-                        Tensor::zeros(shape, self.dtype, &self.device)?,
-                        Tensor::zeros(shape, self.dtype, &self.device)?,
-                    ))
-                })
-                .collect::<Result<_>>()?
-        } else {
-            state
-                .tensors
-                .iter()
-                .map(|(k, v)| Ok((grow(k)?, grow(v)?)))
-                .collect::<Result<_>>()?
-        };
-        state.free.extend((state.slots..slots).rev());
-        state.slots = slots;
-        state.capacity = capacity;
+        state.tensors = (0..self.layers)
+            .map(|l| {
+                let old = state.tensors.get(l);
+                Ok((grow(old.map(|t| &t.0))?, grow(old.map(|t| &t.1))?))
+            })
+            .collect::<Result<_>>()?;
+        state
+            .free
+            .extend((state.blocks as u32..blocks as u32).rev());
+        state.blocks = blocks;
         Ok(())
     }
 
-    /// The pool as a step sees it: every layer's tensors, the slots and the capacity.
+    /// The pool as a step sees it: every layer's tensors.
     pub(crate) fn view(&self) -> PoolView {
-        let state = self.lock();
         PoolView {
-            tensors: state.tensors.clone(),
-            slots: state.slots,
-            capacity: state.capacity,
+            tensors: self.lock().tensors.clone(),
         }
+    }
+
+    /// Blocks the pool holds now, and how many of them are free.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.blocks, state.free.len())
     }
 }
 
-/// The pool's tensors for one step (taken after the step's slots and capacity are reserved).
+/// The pool's tensors for one step (taken after the step's blocks are reserved).
 pub(crate) struct PoolView {
     pub tensors: Vec<(Tensor, Tensor)>,
-    pub slots: usize,
-    pub capacity: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Arc<KvPool> {
+        KvPool::new(2, 1, 2, DType::F32, &Device::Cpu)
+    }
+
+    /// Blocks are taken as positions cross multiples of [`BLOCK`], the lowest free ids first;
+    /// the pool doubles only when too few are free, keeps what it held, and empties when the
+    /// last holder lets go.
+    #[test]
+    fn blocks_come_and_go() {
+        let pool = pool();
+        let mut a = pool.blocks();
+        pool.reserve(&mut a, 1).unwrap();
+        assert_eq!(a.ids(), [0]);
+        assert_eq!(pool.size(), (MIN_BLOCKS, MIN_BLOCKS - 1));
+        pool.reserve(&mut a, BLOCK).unwrap();
+        assert_eq!(a.ids(), [0], "still one block");
+        pool.reserve(&mut a, BLOCK + 1).unwrap();
+        assert_eq!(a.ids(), [0, 1]);
+        // Mark a block's contents, then outgrow the pool: the contents move with it.
+        let keys = &pool.view().tensors[1].0;
+        let mark = Tensor::ones((1, 1, BLOCK, 2), DType::F32, &Device::Cpu).unwrap();
+        keys.slice_set(&mark, 0, 1).unwrap();
+        let mut b = pool.blocks();
+        pool.reserve(&mut b, (MIN_BLOCKS - 2) * BLOCK).unwrap();
+        assert_eq!(pool.size(), (MIN_BLOCKS, 0));
+        pool.reserve(&mut b, (MIN_BLOCKS - 1) * BLOCK).unwrap();
+        assert_eq!(pool.size(), (2 * MIN_BLOCKS, MIN_BLOCKS - 1));
+        assert_eq!(b.ids().len(), MIN_BLOCKS - 1);
+        assert_eq!(b.ids()[MIN_BLOCKS - 2], MIN_BLOCKS as u32);
+        let view = pool.view();
+        assert_eq!(view.tensors[1].0.dims(), [2 * MIN_BLOCKS, 1, BLOCK, 2]);
+        let moved = view.tensors[1].0.narrow(0, 1, 1).unwrap();
+        assert_eq!(moved.sum_all().unwrap().to_scalar::<f32>().unwrap(), 64.0);
+        // Given back, then taken again lowest first.
+        drop(a);
+        assert_eq!(pool.size(), (2 * MIN_BLOCKS, MIN_BLOCKS + 1));
+        let mut c = pool.blocks();
+        pool.reserve(&mut c, 2 * BLOCK).unwrap();
+        assert_eq!(c.ids(), [0, 1]);
+        drop((b, c));
+        assert_eq!(pool.size(), (0, 0));
+        assert!(pool.view().tensors.is_empty());
+    }
+
+    /// The extent memory estimates use: the blocks of every sequence at full length, rounded
+    /// up to a power of two.
+    #[test]
+    fn extent_counts_blocks() {
+        assert_eq!(extent(1, 1), MIN_BLOCKS);
+        assert_eq!(extent(32, 4096), 32 * 4096 / BLOCK);
+        assert_eq!(extent(33, 3000), 4096);
+    }
 }

@@ -481,26 +481,32 @@ fn attention_softmax_matches_masked_softmax() {
 
 #[test]
 fn decode_attention_matches_softmax_over_each_history() {
-    // 3 decoding rows over a pool of 4 slots (capacity 9), 2 kv heads × 3 query heads, head
-    // dim 64 (two dims a lane); histories of 1, 5 and 9 keys (fewer keys than warps, more).
-    let (m, kv, n_rep, cap, dim, pool_slots) = (3, 2, 3, 9, 64, 4);
-    let (slots, lengths) = ([2usize, 0, 3], [1usize, 5, 9]);
+    // 3 decoding rows over a paged pool of 7 blocks of 4 positions, 2 kv heads × 3 query
+    // heads, head dim 64 (two dims a lane); histories of 1, 5 and 9 keys (fewer keys than
+    // warps, more) in blocks out of order, tables padded to 3 blocks.
+    let (m, kv, n_rep, block, dim, pool_blocks) = (3, 2, 3, 4, 64, 7);
+    let tables = [[5usize, 0, 0], [0, 3, 0], [6, 2, 1]];
+    let lengths = [1usize, 5, 9];
+    let width = tables[0].len();
     let scale = 0.125f32;
+    // Where key j of a row's kv head g lies in the pool.
+    let at = |row: usize, g: usize, j: usize| {
+        ((tables[row][j / block] * kv + g) * block + j % block) * dim
+    };
     for dt in [Dt::F32, Dt::Bf16] {
         let h = kv * n_rep;
         let q = randn(&[m, h, dim], 18, dt);
-        let keys = randn(&[pool_slots, kv, cap, dim], 19, dt);
-        let vals = randn(&[pool_slots, kv, cap, dim], 20, dt);
+        let keys = randn(&[pool_blocks, kv, block, dim], 19, dt);
+        let vals = randn(&[pool_blocks, kv, block, dim], 20, dt);
         let (qv, kvals, vvals) = (values(&q), values(&keys), values(&vals));
         let mut want = vec![0f64; m * h * dim];
         for row in 0..m {
             for head in 0..h {
                 let g = head / n_rep;
-                let base = (slots[row] * kv + g) * cap * dim;
                 let qr = &qv[(row * h + head) * dim..][..dim];
                 let scores: Vec<f64> = (0..lengths[row])
                     .map(|j| {
-                        let kr = &kvals[base + j * dim..][..dim];
+                        let kr = &kvals[at(row, g, j)..][..dim];
                         qr.iter()
                             .zip(kr)
                             .map(|(a, b)| *a as f64 * *b as f64)
@@ -513,16 +519,12 @@ fn decode_attention_matches_softmax_over_each_history() {
                 for (j, s) in scores.iter().enumerate() {
                     let p = (s - top).exp() / total;
                     for d in 0..dim {
-                        want[(row * h + head) * dim + d] += p * vvals[base + j * dim + d] as f64;
+                        want[(row * h + head) * dim + d] += p * vvals[at(row, g, j) + d] as f64;
                     }
                 }
             }
         }
-        let as_f32 = |v: &[usize]| {
-            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
-        };
-        let args: Vec<String> = [m, kv, n_rep, cap, dim, pool_slots]
+        let args: Vec<String> = [m, kv, n_rep, width, block, dim, pool_blocks]
             .iter()
             .map(s)
             .chain([s(scale)])
@@ -533,7 +535,13 @@ fn decode_attention_matches_softmax_over_each_history() {
                 dt,
                 shape,
                 &args,
-                &[&q, &keys, &vals, &as_f32(&slots), &as_f32(&lengths)],
+                &[
+                    &q,
+                    &keys,
+                    &vals,
+                    &as_f32(tables.concat()),
+                    &as_f32(lengths.to_vec()),
+                ],
                 &[m * h * dim],
             );
             assert_close("decode attention", dt, &out[0], &tensor_of(want.clone()));
@@ -541,10 +549,52 @@ fn decode_attention_matches_softmax_over_each_history() {
     }
 }
 
-/// The host sampler's nucleus (teacher/src/sampling.rs: most likely first, ties to the lower
-/// id, the shortest prefix whose weight reaches `top_p` of the total), then the device's draw:
-/// the nucleus walked in id order up to `u` of its weight. At temperature ≤ 0, the arg-max.
-fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
+/// The pool write puts each source row at its target row and leaves every other row as it was.
+#[test]
+fn set_rows_writes_only_the_targets() {
+    let (rows, dim, dst_rows) = (5, 48, 23);
+    let targets = [7usize, 0, 22, 3, 8];
+    for dt in [Dt::F32, Dt::Bf16] {
+        let src = randn(&[rows, dim], 21, dt);
+        let dst = randn(&[dst_rows, dim], 22, dt);
+        let mut want: Vec<f64> = values(&dst).iter().map(|&x| x as f64).collect();
+        let sv = values(&src);
+        for (r, &t) in targets.iter().enumerate() {
+            for d in 0..dim {
+                want[t * dim + d] = sv[r * dim + d] as f64;
+            }
+        }
+        let args: Vec<String> = [rows, dim, dst_rows].iter().map(s).collect();
+        for shape in [(1, 64), (3, 32)] {
+            let out = run(
+                "set_rows",
+                dt,
+                shape,
+                &args,
+                &[&src, &as_f32(targets.to_vec()), &dst],
+                &[dst_rows * dim],
+            );
+            let got = &out[0];
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(*g as f64, *w, "{}: element {i}", dt.name());
+            }
+        }
+    }
+}
+
+/// Whole numbers (ids, positions, lengths) as the f32 values the harness reads.
+fn as_f32(v: Vec<usize>) -> Tensor {
+    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+}
+
+/// The host sampler's candidates (teacher/src/sampling.rs: the `top_k` most likely, ties to the
+/// lower id; 0 for all) and nucleus among them (most likely first, ties to the lower id, the
+/// shortest prefix whose weight reaches `top_p` of the candidates' total), then the device's
+/// draw: the nucleus walked in id order up to `u` of its weight. At temperature ≤ 0, the
+/// arg-max.
+fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, top_k: usize, u: f32) -> u32 {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if temperature <= 0.0 {
         return logits.iter().position(|&x| x == m).unwrap() as u32;
@@ -552,7 +602,10 @@ fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
     let w = |i: usize| (((logits[i] - m) / temperature) as f64).exp();
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    let total: f64 = (0..logits.len()).map(w).sum();
+    if top_k > 0 {
+        order.truncate(top_k);
+    }
+    let total: f64 = order.iter().map(|&i| w(i)).sum();
     let mut nucleus = Vec::new();
     let mut cum = 0.0;
     for &i in &order {
@@ -577,16 +630,22 @@ fn nucleus_draw(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
 
 #[test]
 fn sampling_draws_from_the_host_samplers_nucleus() {
-    // Five rows of logits, each under one (temperature, top-p), drawn at 24 points of [0, 1):
+    // Rows of logits, each under one (temperature, top-p, top-k), drawn at 24 points of [0, 1):
     // every token of a small nucleus, its first and last included, shows up among the draws;
-    // temperature 0 is the arg-max whatever the draw.
-    let (base_rows, draws, vocab) = (5, 24, 1000);
+    // temperature 0 is the arg-max whatever the draw. Top-k alone, cutting a wide nucleus
+    // (T 2), and inside a narrow one (top-p 0.5); the last row's logits are whole numbers, so
+    // the k-th candidate falls among ties that go in by id.
+    let (base_rows, draws, vocab) = (9, 12, 1000);
     let settings = [
-        (0.6f32, 0.95f32),
-        (1.0, 1.0),
-        (0.6, 0.5),
-        (2.0, 0.9),
-        (0.0, 0.95),
+        (0.6f32, 0.95f32, 0u32),
+        (1.0, 1.0, 0),
+        (0.6, 0.5, 0),
+        (2.0, 0.9, 0),
+        (0.0, 0.95, 0),
+        (1.0, 1.0, 20),
+        (2.0, 0.9, 7),
+        (0.6, 0.5, 50),
+        (1.0, 0.95, 30),
     ];
     let rows = base_rows * draws;
     let per_row = |f: &dyn Fn(usize, usize) -> f32| -> Vec<f32> {
@@ -594,11 +653,16 @@ fn sampling_draws_from_the_host_samplers_nucleus() {
     };
     let temperature = per_row(&|b, _| settings[b].0);
     let top_p = per_row(&|b, _| settings[b].1);
+    let top_k = per_row(&|b, _| settings[b].2 as f32);
     let uniform = per_row(&|_, d| (d as f32 + 0.5) / draws as f32);
     let as_tensor = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
     // bf16 logits tie often (8 bits of mantissa): the ties at the nucleus's edge go in by id.
     for dt in [Dt::F32, Dt::Bf16] {
-        let base = (randn(&[base_rows, vocab], 21, dt) * 3.0)
+        let mut base = values(&(randn(&[base_rows, vocab], 21, dt) * 3.0).unwrap());
+        for x in &mut base[(base_rows - 1) * vocab..] {
+            *x = x.round();
+        }
+        let base = Tensor::from_vec(base, (base_rows, vocab), &Device::Cpu)
             .unwrap()
             .to_dtype(dt.dtype())
             .unwrap();
@@ -613,7 +677,8 @@ fn sampling_draws_from_the_host_samplers_nucleus() {
         let want: Vec<f32> = (0..rows)
             .map(|r| {
                 let row = &host[r * vocab..(r + 1) * vocab];
-                nucleus_draw(row, temperature[r], top_p[r], uniform[r]) as f32
+                let k = top_k[r] as usize;
+                nucleus_draw(row, temperature[r], top_p[r], k, uniform[r]) as f32
             })
             .collect();
         let distinct: std::collections::BTreeSet<u32> = want.iter().map(|&x| x as u32).collect();
@@ -632,6 +697,7 @@ fn sampling_draws_from_the_host_samplers_nucleus() {
                     &logits,
                     &as_tensor(&temperature),
                     &as_tensor(&top_p),
+                    &as_tensor(&top_k),
                     &as_tensor(&uniform),
                 ],
                 &[rows],

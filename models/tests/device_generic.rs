@@ -1,6 +1,8 @@
-//! The decoder off the CPU f32 fast paths, run on the CPU in bf16: the pooled KV caches (slots
-//! and capacity that grow, one batched attention per decode step), masked attention with an f32 softmax, rotary tables in the compute dtype, composed
-//! differentiable ops. These are the paths a GPU takes; bf16 on the CPU proves them in CI.
+//! The decoder off the CPU f32 fast paths, run on the CPU in bf16: the paged KV pool (blocks
+//! taken as sequences grow and given back, a pool that doubles, one batched attention per
+//! decode step over gathered blocks), masked attention with an f32 softmax, rotary tables in
+//! the compute dtype, composed differentiable ops. These are the paths a GPU takes (but for
+//! its kernels); bf16 on the CPU proves them in CI.
 
 use std::path::PathBuf;
 
@@ -74,12 +76,16 @@ fn stored_dtype_is_the_files_dtype() {
     assert_eq!(auto, DType::F32);
 }
 
-/// Cached decoding on the tensor path equals the full forward, past the pool's first capacity
-/// (256 positions), so its growth and copy are exercised.
+/// Cached decoding on the tensor path equals the full forward, past the pool's first blocks
+/// (16 of 32 positions), so its growth and copy are exercised; the blocks go back when the
+/// cache is dropped.
 #[test]
-fn tensor_cache_decode_equals_full_forward_across_slab_growth() {
+fn tensor_cache_decode_equals_full_forward_across_pool_growth() {
+    use distill_models::kv_pool::{BLOCK, MIN_BLOCKS};
     let model = load("tiny-qwen2", DType::BF16);
-    let tokens: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 256).collect();
+    let first = MIN_BLOCKS * BLOCK;
+    let total = first + 40;
+    let tokens: Vec<u32> = (0..total as u32).map(|i| (i * 37 + 11) % 256).collect();
     let full = model
         .forward(
             &Tensor::new(tokens.as_slice(), &Device::Cpu)
@@ -92,17 +98,31 @@ fn tensor_cache_decode_equals_full_forward_across_slab_growth() {
         .squeeze(0)
         .unwrap();
     let mut cache = model.new_cache();
-    // A prompt of 250, then one token at a time across the 256 boundary.
-    let prefill = model.forward_cached(&tokens[..250], &mut cache).unwrap();
+    // A prompt that fills all but 10 positions of the first blocks, then one token at a time
+    // across their end.
+    let prompt = first - 10;
+    let prefill = model.forward_cached(&tokens[..prompt], &mut cache).unwrap();
+    assert_eq!(model.kv_pool_blocks(), (MIN_BLOCKS, 0));
     let scale = max_abs(&full);
-    let d = max_diff(&prefill, &full.narrow(0, 0, 250).unwrap()) / scale;
+    let d = max_diff(&prefill, &full.narrow(0, 0, prompt).unwrap()) / scale;
     assert!(d < 2e-2, "prefill differs by {d}");
-    for (i, &t) in tokens.iter().enumerate().skip(250) {
+    for (i, &t) in tokens.iter().enumerate().skip(prompt) {
         let step = model.forward_cached(&[t], &mut cache).unwrap();
         let d = max_diff(&step, &full.narrow(0, i, 1).unwrap()) / scale;
         assert!(d < 2e-2, "position {i}: cached logits differ by {d}");
     }
-    assert_eq!(cache.len(), 300);
+    assert_eq!(cache.len(), total);
+    let held = total.div_ceil(BLOCK);
+    assert_eq!(
+        model.kv_pool_blocks(),
+        (2 * MIN_BLOCKS, 2 * MIN_BLOCKS - held)
+    );
+    drop(cache);
+    assert_eq!(
+        model.kv_pool_blocks(),
+        (0, 0),
+        "the pool let go of its memory"
+    );
 }
 
 /// Qwen3 on the tensor path (q/k norm and yarn-scaled tables in bf16, tensor caches) decodes
@@ -156,10 +176,10 @@ fn tensor_path_ragged_batch_equals_sequences_alone() {
     }
 }
 
-/// Continuous batching on the pooled caches: sequences join (prompts fed whole or in two
-/// chunks, so a feed continues a history), decode together (one batched attention), finish and
-/// give their slots to newcomers, while the pool doubles its slots (4 → 8) and its capacity
-/// (256 → 512); every step's logits equal each sequence run alone.
+/// Continuous batching on the paged pool: sequences join (prompts fed whole or in two chunks,
+/// so a feed continues a history over its blocks), decode together (one batched attention),
+/// finish and give their blocks to newcomers, while the pool doubles (16 → 32 blocks); every
+/// step's logits equal each sequence run alone.
 #[test]
 fn pooled_continuous_batching_equals_sequences_alone() {
     let model = load("tiny-qwen2", DType::BF16);
@@ -185,7 +205,7 @@ fn pooled_continuous_batching_equals_sequences_alone() {
     let mut caches: Vec<Option<distill_models::KvCache>> =
         (0..prompt.len()).map(|_| None).collect();
     let mut fed = vec![0usize; prompt.len()];
-    let mut most_live = 0;
+    let (mut most_live, mut most_blocks) = (0, 0);
     for step in 0.. {
         let mut feeds: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
         for s in 0..prompt.len() {
@@ -207,6 +227,7 @@ fn pooled_continuous_batching_equals_sequences_alone() {
             break;
         }
         most_live = most_live.max(feeds.len());
+        most_blocks = most_blocks.max(model.kv_pool_blocks().0);
         let streams: Vec<Vec<u32>> = feeds
             .iter()
             .map(|(s, r)| stream(*s)[r.clone()].to_vec())
@@ -252,10 +273,15 @@ fn pooled_continuous_batching_equals_sequences_alone() {
             .map(|s| prompt[s] + decode[s])
             .collect::<Vec<_>>()
     );
-    assert!(most_live > 4, "the schedule must outgrow the first 4 slots");
+    assert!(most_live > 4, "the schedule runs several sequences at once");
+    assert_eq!(
+        most_blocks, 32,
+        "the schedule must outgrow the first 16 blocks"
+    );
+    assert_eq!(model.kv_pool_blocks(), (0, 0), "every block given back");
 }
 
-/// A cache holds a slot of its model's pool: another model refuses it in one line.
+/// A cache holds blocks of its model's pool: another model refuses it in one line.
 #[test]
 fn a_cache_of_another_model_is_refused() {
     let (a, b) = (
@@ -268,7 +294,7 @@ fn a_cache_of_another_model_is_refused() {
     assert!(err.contains("another model"), "{err}");
     assert_eq!(cache.len(), 3);
     cache.clear();
-    // A cleared cache gave its slot back and takes one of whichever model steps it next.
+    // A cleared cache gave its blocks back and takes some of whichever model steps it next.
     b.forward_cached(&[8], &mut cache).unwrap();
     assert_eq!(cache.len(), 1);
 }

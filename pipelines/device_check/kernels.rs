@@ -163,51 +163,57 @@ fn decode_kernel(dev: &Device) -> anyhow::Result<bool> {
     Ok(!ok)
 }
 
-/// Temperature/top-p sampling on the device against the host sampler's nucleus (the teacher's
-/// `candidates`) walked in id order, on Qwen-vocabulary-wide rows at the R1 protocol's T 0.6 and
-/// top-p 0.95, and the time of both (the host's includes reading the logits back). Returns
-/// whether it failed.
+/// Temperature/top-p sampling on the device against the host sampler's candidates (the
+/// teacher's `candidates`) walked in id order, on Qwen-vocabulary-wide rows at the R1
+/// protocol's T 0.6 and top-p 0.95, without top-k and at Qwen3's top-k 20, and the time of
+/// both (the host's includes reading the logits back). Returns whether it failed.
 fn device_sampling(dev: &Device) -> anyhow::Result<bool> {
     use distill_teacher::sampling::{candidates, draw};
     use distill_teacher::SamplingParams;
     let (rows, vocab) = (64, 151_936);
     let logits = (Tensor::randn(0f32, 1f32, (rows, vocab), dev)? * 4.0)?;
-    let params = SamplingParams {
-        temperature: 0.6,
-        top_p: 0.95,
-        top_k: 0,
-        max_new_tokens: 1,
-        logprobs: 0,
-    };
     let uniform: Vec<f32> = (0..rows).map(|r| (r as f32 + 0.5) / rows as f32).collect();
     let (temperature, top_p) = (vec![0.6f32; rows], vec![0.95f32; rows]);
-    distill_models::cuda::sample(&logits, &temperature, &top_p, &uniform)?; // load the module
-    let started = Instant::now();
-    let ids = distill_models::cuda::sample(&logits, &temperature, &top_p, &uniform)?;
-    let device_s = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let host: Vec<Vec<f32>> = logits.to_vec2()?;
-    let want: Vec<u32> = host
-        .iter()
-        .zip(&uniform)
-        .map(|(row, &u)| {
-            // The device walks the nucleus in id order.
-            let mut nucleus = candidates(row, &params);
-            nucleus.sort_unstable_by_key(|&(id, _)| id);
-            draw(&nucleus, u as f64)
-        })
-        .collect();
-    let host_s = started.elapsed().as_secs_f64();
-    let equal = ids.iter().zip(&want).filter(|(a, b)| a == b).count();
-    // A draw or a nucleus edge within rounding of a boundary may go either way (f32 sums on the
-    // device, f64 on the host).
-    let ok = equal + 1 >= rows;
-    emit(json!({
-        "check": "cuda_kernels", "what": "sampling", "rows": rows, "vocab": vocab,
-        "equal_to_host_nucleus": equal, "device_s": device_s,
-        "host_with_readback_s": host_s, "ok": ok,
-    }));
-    Ok(!ok)
+    let mut failed = false;
+    for top_k in [0usize, 20] {
+        let params = SamplingParams {
+            temperature: 0.6,
+            top_p: 0.95,
+            top_k,
+            max_new_tokens: 1,
+            logprobs: 0,
+        };
+        let ks = vec![top_k as u32; rows];
+        let sample = || distill_models::cuda::sample(&logits, &temperature, &top_p, &ks, &uniform);
+        sample()?; // load the module
+        let started = Instant::now();
+        let ids = sample()?;
+        let device_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let host: Vec<Vec<f32>> = logits.to_vec2()?;
+        let want: Vec<u32> = host
+            .iter()
+            .zip(&uniform)
+            .map(|(row, &u)| {
+                // The device walks the nucleus in id order.
+                let mut nucleus = candidates(row, &params);
+                nucleus.sort_unstable_by_key(|&(id, _)| id);
+                draw(&nucleus, u as f64)
+            })
+            .collect();
+        let host_s = started.elapsed().as_secs_f64();
+        let equal = ids.iter().zip(&want).filter(|(a, b)| a == b).count();
+        // A draw or a nucleus edge within rounding of a boundary may go either way (f32 sums
+        // on the device, f64 on the host).
+        let ok = equal + 1 >= rows;
+        emit(json!({
+            "check": "cuda_kernels", "what": "sampling", "rows": rows, "vocab": vocab,
+            "top_k": top_k, "equal_to_host_nucleus": equal, "device_s": device_s,
+            "host_with_readback_s": host_s, "ok": ok,
+        }));
+        failed |= !ok;
+    }
+    Ok(failed)
 }
 
 #[cfg(test)]

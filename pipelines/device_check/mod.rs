@@ -622,11 +622,21 @@ fn decode_speed(config_path: &Path, batch: usize, dev: &Device) -> anyhow::Resul
         }
         let total = start.elapsed();
         let decode = (total - first.unwrap_or_default()).as_secs_f64();
+        // The paged KV pool at the end: the blocks it grew to, in GiB.
+        let (blocks, _) = model.kv_pool_blocks();
+        let per_block = 2
+            * spec.num_layers
+            * spec.num_kv_heads
+            * spec.head_dim
+            * distill_models::kv_pool::BLOCK
+            * dtype.size_in_bytes();
         Ok(json!({
             "check": "decode_speed", "device": describe(dev), "batch": batch,
             "dtype": dtype.as_str(), "prompt": 64, "new": new_tokens,
             "prefill_s": first.map(|d| d.as_secs_f64()),
             "tok_s": (batch * new_tokens) as f64 / decode,
+            "kv_pool_blocks": blocks,
+            "kv_pool_gib": (blocks * per_block) as f64 / (1u64 << 30) as f64,
             "cuda_kernels": dev.is_cuda() && distill_models::cuda::enabled(),
         }))
     })();

@@ -639,10 +639,10 @@ pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32
     (logits[token as usize] - lse, top)
 }
 
-/// [`Engine::sample_step`] on a CUDA device, where the step's sequences decode greedily or sample
-/// without top-k, and ask for at most [`cuda::TOP_K_MAX`] log-probabilities: the tokens
-/// ([`cuda::sample`]: the arg-max, or a draw from one uniform number per sampled sequence taken
-/// from its own generator, as the host sampler draws), and the log-probabilities of the chosen
+/// [`Engine::sample_step`] on a CUDA device, where the step's sequences ask for at most
+/// [`cuda::TOP_K_MAX`] log-probabilities: the tokens ([`cuda::sample`]: the arg-max, or a draw
+/// under temperature, top-k and top-p from one uniform number per sampled sequence taken from
+/// its own generator, as the host sampler draws), and the log-probabilities of the chosen
 /// token and of each row's top K ([`cuda::top_k`], the host's ranking), are computed there; only
 /// ids and `K + 2` values a row are read back instead of `rows × vocabulary` logits. None where the
 /// step asks for more (the caller samples on the host).
@@ -655,14 +655,15 @@ fn sample_on_device(
         .iter()
         .map(|&(i, _)| &live[i].request.sampling)
         .collect();
-    let fits = params.iter().all(|s| s.temperature <= 0.0 || s.top_k == 0);
     let k = params.iter().map(|s| s.logprobs).max().unwrap_or(0);
     let vocab = logits.dim(1)?;
-    if !fits || k > cuda::TOP_K_MAX.min(vocab) {
+    if k > cuda::TOP_K_MAX.min(vocab) {
         return Ok(None);
     }
     let temperature: Vec<f32> = params.iter().map(|s| s.temperature).collect();
     let top_p: Vec<f32> = params.iter().map(|s| s.top_p).collect();
+    // The kernel reads top-k as u32; a larger k than the vocabulary is no filter.
+    let top_k: Vec<u32> = params.iter().map(|s| s.top_k.min(vocab) as u32).collect();
     // A sampled token takes one draw from its sequence's generator, a greedy one none.
     let uniform: Vec<f32> = picks
         .iter()
@@ -675,7 +676,7 @@ fn sample_on_device(
             }
         })
         .collect();
-    let tokens = cuda::sample(logits, &temperature, &top_p, &uniform)?;
+    let tokens = cuda::sample(logits, &temperature, &top_p, &top_k, &uniform)?;
     if k > 0 {
         let values = logits.to_dtype(DType::F32)?;
         let lse = values.log_sum_exp(D::Minus1)?.to_vec1::<f32>()?;

@@ -1,29 +1,43 @@
-// Generation kernels for NVIDIA GPUs: decode attention over the KV pool and sampling, so a
-// decode step needs one attention launch per layer and reads back only the sampled ids; and
-// each row's top k (logit distillation's teacher targets).
+// Generation kernels for NVIDIA GPUs: writes into the paged KV pool, decode attention over it
+// and sampling, so a decode step needs one write and one attention launch per layer and reads
+// back only the sampled ids; and each row's top k (logit distillation's teacher targets).
 // Compiled and tested as train.cu is (see its header).
 
 #include "common.cuh"
 
+// ---- Writes into the KV pool (models/src/transformer/step.rs) ----
+// Row r of `src` [rows, dim] goes to row `targets[r]` of `dst` [*, dim]: a step's new keys (or
+// values) of every sequence into their blocks, in one launch. No two rows share a target.
+
+template <typename T>
+__device__ void set_rows(const T* src, const uint32_t* targets, T* dst, size_t rows, int dim) {
+  size_t n = rows * dim;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
+    dst[(size_t)targets[i / dim] * dim + i % dim] = src[i];
+}
+
 // ---- Decode attention over the KV pool (models/src/transformer/step.rs) ----
 // Every sequence that decodes one token attends its own history in one launch: `q` [m, heads,
 // dim] (heads = kv · n_rep, HF's grouping: kv head g serves query heads g·n_rep ..), the pool
-// `keys`/`values` [slots, kv, capacity, dim], row i's slot `slots[i]` and its visible keys
-// `lengths[i]` (history and the new one). out [m, heads, dim] = softmax(scale · q·kᵀ) · v.
-// A block per (row, kv head) reads that slot's keys and values once for its n_rep query heads;
-// each warp walks every warps-th key with an online softmax (a lane holds dims lane, lane + 32,
-// ...), then the warps' partial results combine in warp order. Needs dim a multiple of 32 up
-// to 256, n_rep ≤ 8 and 32..128 threads a block (launch.rs checks; other shapes take the
-// composed ops).
+// `keys`/`values` [blocks, kv, block, dim] (kv_pool.rs), row i's blocks `tables[i ·
+// table_width ..]` in position order (key j lies at offset j % block of its ⌊j / block⌋-th
+// block) and its visible keys `lengths[i]` (history and the new one). out [m, heads, dim] =
+// softmax(scale · q·kᵀ) · v.
+// A block per (row, kv head) reads that sequence's keys and values once for its n_rep query
+// heads; each warp walks every warps-th key with an online softmax (a lane holds dims lane,
+// lane + 32, ...), then the warps' partial results combine in warp order. Needs dim a multiple
+// of 32 up to 256, n_rep ≤ 8 and 32..128 threads a block (launch.rs checks; other shapes take
+// the composed ops).
 
 #define DECODE_MAX_REP 8
 #define DECODE_MAX_LANE_DIMS 8
 #define DECODE_MAX_WARPS 4
 
 template <typename T>
-__device__ void decode_attention(const T* q, const T* keys, const T* values, const uint32_t* slots,
+__device__ void decode_attention(const T* q, const T* keys, const T* values, const uint32_t* tables,
                                  const uint32_t* lengths, T* out, int m, int kv, int n_rep,
-                                 int capacity, int dim, float scale) {
+                                 int table_width, int block, int dim, float scale) {
   __shared__ float part_max[DECODE_MAX_WARPS][DECODE_MAX_REP];
   __shared__ float part_sum[DECODE_MAX_WARPS][DECODE_MAX_REP];
   __shared__ float part_out[DECODE_MAX_WARPS][DECODE_MAX_REP][DECODE_MAX_LANE_DIMS * 32];
@@ -32,7 +46,7 @@ __device__ void decode_attention(const T* q, const T* keys, const T* values, con
   for (size_t pair = blockIdx.x; pair < (size_t)m * kv; pair += gridDim.x) {
     int row = (int)(pair / kv), g = (int)(pair % kv);
     const T* qr = q + ((size_t)row * kv + g) * n_rep * dim;
-    size_t base = ((size_t)slots[row] * kv + g) * capacity * dim;
+    const uint32_t* table = tables + (size_t)row * table_width;
     int len = (int)lengths[row];
     float qv[DECODE_MAX_REP][DECODE_MAX_LANE_DIMS], acc[DECODE_MAX_REP][DECODE_MAX_LANE_DIMS];
     float mx[DECODE_MAX_REP], sum[DECODE_MAX_REP];
@@ -46,8 +60,9 @@ __device__ void decode_attention(const T* q, const T* keys, const T* values, con
     }
     for (int j = warp; j < len; j += warps) {
       float kj[DECODE_MAX_LANE_DIMS], vj[DECODE_MAX_LANE_DIMS];
+      size_t key = (((size_t)table[j / block] * kv + g) * block + j % block) * dim;
       for (int e = 0; e < DECODE_MAX_LANE_DIMS; ++e) {
-        size_t at = base + (size_t)j * dim + e * 32 + lane;
+        size_t at = key + e * 32 + lane;
         kj[e] = e < lane_dims ? to_float(keys[at]) : 0.f;
         vj[e] = e < lane_dims ? to_float(values[at]) : 0.f;
       }
@@ -92,13 +107,16 @@ __device__ void decode_attention(const T* q, const T* keys, const T* values, con
 
 // ---- Sampling on the device (teacher/src/engine.rs) ----
 // One token per row of `logits` [rows, vocab] at temperature T (≤ 0: the arg-max, lowest id
-// first), top-p `top_p` (1: off), from the row's uniform draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator,
-// one per token as the host sampler draws): only the ids cross to the host. The nucleus is the
-// host's (teacher/src/sampling.rs): the most likely tokens, ties to the lower id, whose weights
-// exp((l − max) / T) first reach top_p of the total; it is found as a threshold logit by
-// bisection over the logits' order (32 passes over the row) instead of a sort. The draw walks
-// the nucleus in id order (the host walks it most likely first: the same distribution, another
-// token for the same draw). NaN logits count as −inf. A block per row.
+// first), top-k `top_k` (0 or ≥ vocab: off) and top-p `top_p` (1: off), from the row's uniform
+// draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator, one per token
+// as the host sampler draws): only the ids cross to the host. The candidates are the host's
+// (teacher/src/sampling.rs): the k most likely tokens, ties to the lower id; among them the
+// nucleus, the most likely (ties to the lower id) whose weights exp((l − max) / T) first reach
+// top_p of the candidates' total. Both are found as threshold logits by bisection over the
+// logits' order (32 passes over the row each) instead of a sort, the last tie admitted by a
+// prefix count over id order. The draw walks the nucleus in id order (the host walks it most
+// likely first: the same distribution, another token for the same draw). NaN logits count as
+// −inf. A block per row.
 
 // A float's rank in the total order of floats, as an unsigned int (larger float, larger key).
 __device__ __forceinline__ uint32_t order_key(float x) {
@@ -110,10 +128,11 @@ __device__ __forceinline__ float clean_logit(float x) { return x != x ? -INFINIT
 
 template <typename T>
 __device__ void sample_rows(const T* logits, const float* temperature, const float* top_p,
-                            const float* uniform, uint32_t* out, int rows, int vocab) {
+                            const uint32_t* top_k, const float* uniform, uint32_t* out, int rows,
+                            int vocab) {
   __shared__ float seg_mass[1024];
   __shared__ int seg_ties[1024];
-  __shared__ int chosen;
+  __shared__ int chosen, last_candidate;
   // A thread's contiguous stretch of ids, so prefix sums over threads follow id order.
   int per = (vocab + blockDim.x - 1) / blockDim.x;
   int lo_id = min(vocab, (int)threadIdx.x * per), hi_id = min(vocab, lo_id + per);
@@ -132,11 +151,55 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       if (threadIdx.x == 0) out[row] = (uint32_t)(-lowest);
       continue;  // the same for every thread of the block
     }
+    // Top-k: the candidates are the keys above `k_key` and its ties up to id `k_cut` (the
+    // default admits every token: every key of a cleaned logit is above 0).
+    uint32_t k_key = 0u;
+    int k_cut = vocab, want = (int)min(top_k[row], (uint32_t)vocab);
+    if (want > 0 && want < vocab) {
+      uint32_t lo = 0u, hi = order_key(m) + 1u;  // count(≥ lo) ≥ want > count(≥ hi)
+      while (hi - lo > 1u) {
+        uint32_t mid = lo + (hi - lo) / 2u;
+        float count = 0.f;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+          count += order_key(clean_logit(to_float(l[i]))) >= mid;
+        if (block_sum(count) >= (float)want) lo = mid; else hi = mid;
+      }
+      k_key = lo;  // a key some logit holds: count(≥ lo) > count(≥ lo + 1)
+      float above = 0.f;
+      for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        above += order_key(clean_logit(to_float(l[i]))) > k_key;
+      int admit = want - (int)block_sum(above);  // ties at k_key taken, lowest ids first
+      int my_ties = 0;
+      for (int i = lo_id; i < hi_id; ++i) my_ties += order_key(clean_logit(to_float(l[i]))) == k_key;
+      seg_ties[threadIdx.x] = my_ties;
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        int run = 0;
+        for (int t = 0; t < (int)blockDim.x; ++t) { int c = seg_ties[t]; seg_ties[t] = run; run += c; }
+      }
+      __syncthreads();
+      int r = seg_ties[threadIdx.x];
+      if (r < admit && r + my_ties >= admit) {
+        for (int i = lo_id; i < hi_id; ++i)
+          if (order_key(clean_logit(to_float(l[i]))) == k_key && ++r == admit) {
+            last_candidate = i;
+            break;
+          }
+      }
+      __syncthreads();
+      k_cut = last_candidate;
+      __syncthreads();  // `seg_ties` and `last_candidate` are read before they are reused
+    }
+    auto candidate = [&](uint32_t key, int i) {
+      return key > k_key || (key == k_key && i <= k_cut);
+    };
     float total = 0.f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
-      total += expf((clean_logit(to_float(l[i])) - m) * inv_t);
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      float x = clean_logit(to_float(l[i]));
+      if (candidate(order_key(x), i)) total += expf((x - m) * inv_t);
+    }
     total = block_sum(total);
-    // The threshold: the largest key whose tokens' mass still reaches p · total.
+    // The threshold: the largest key whose candidates' mass still reaches p · total.
     float target_mass = p * total;
     uint32_t lo = 0u, hi = order_key(m) + 1u;  // mass(≥ lo) ≥ target, mass(≥ hi) < target
     if (p >= 1.f) hi = 1u;                     // everything: the bisection is skipped
@@ -145,7 +208,8 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       float mass = 0.f;
       for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         float x = clean_logit(to_float(l[i]));
-        if (order_key(x) >= mid) mass += expf((x - m) * inv_t);
+        uint32_t k = order_key(x);
+        if (k >= mid && candidate(k, i)) mass += expf((x - m) * inv_t);
       }
       if (block_sum(mass) >= target_mass) lo = mid; else hi = mid;
     }
@@ -155,13 +219,15 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
     int ties = 0;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
       float x = clean_logit(to_float(l[i]));
-      if (order_key(x) >= lo) boundary = fminf(boundary, x);
+      uint32_t k = order_key(x);
+      if (k >= lo && candidate(k, i)) boundary = fminf(boundary, x);
     }
     boundary = -block_max(-boundary);
     uint32_t boundary_key = order_key(boundary);
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
       float x = clean_logit(to_float(l[i]));
       uint32_t k = order_key(x);
+      if (!candidate(k, i)) continue;
       if (k > boundary_key) above += expf((x - m) * inv_t);
       ties += k == boundary_key;
     }
@@ -174,7 +240,10 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
     take = max(1, min(ties, take));
     // Per-thread stretches: ties first (which of them are in), then the nucleus mass.
     int my_ties = 0;
-    for (int i = lo_id; i < hi_id; ++i) my_ties += order_key(clean_logit(to_float(l[i]))) == boundary_key;
+    for (int i = lo_id; i < hi_id; ++i) {
+      uint32_t k = order_key(clean_logit(to_float(l[i])));
+      my_ties += k == boundary_key && candidate(k, i);
+    }
     seg_ties[threadIdx.x] = my_ties;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -188,7 +257,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
     for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
       float x = clean_logit(to_float(l[i]));
       uint32_t k = order_key(x);
-      bool in = k > boundary_key || (k == boundary_key && r++ < take);
+      bool in = candidate(k, i) && (k > boundary_key || (k == boundary_key && r++ < take));
       if (in) { mine += expf((x - m) * inv_t); last_in = i; }
     }
     seg_mass[threadIdx.x] = mine;
@@ -207,7 +276,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
         float x = clean_logit(to_float(l[i]));
         uint32_t k = order_key(x);
-        bool in = k > boundary_key || (k == boundary_key && r++ < take);
+        bool in = candidate(k, i) && (k > boundary_key || (k == boundary_key && r++ < take));
         if (!in) continue;
         cum += expf((x - m) * inv_t);
         if (draw < cum) { pick = i; break; }
@@ -288,15 +357,22 @@ __device__ void top_k_rows(const T* logits, uint32_t* ids, int rows, int vocab, 
 // ---- Entry points: one per kernel and storage type (`_f32`, `_bf16`) ----
 
 #define GENERATE_KERNELS(T, S)                                                                    \
+  extern "C" __global__ void set_rows_##S(const T* src, const uint32_t* targets, T* dst,        \
+                                          size_t rows, int dim) {                               \
+    set_rows<T>(src, targets, dst, rows, dim);                                                   \
+  }                                                                                              \
   extern "C" __global__ void decode_attention_##S(                                               \
-      const T* q, const T* keys, const T* values, const uint32_t* slots, const uint32_t* lengths, \
-      T* out, int m, int kv, int n_rep, int capacity, int dim, float scale) {                    \
-    decode_attention<T>(q, keys, values, slots, lengths, out, m, kv, n_rep, capacity, dim, scale); \
+      const T* q, const T* keys, const T* values, const uint32_t* tables,                        \
+      const uint32_t* lengths, T* out, int m, int kv, int n_rep, int table_width, int block,      \
+      int dim, float scale) {                                                                    \
+    decode_attention<T>(q, keys, values, tables, lengths, out, m, kv, n_rep, table_width, block, \
+                        dim, scale);                                                             \
   }                                                                                              \
   extern "C" __global__ void sample_rows_##S(const T* logits, const float* temperature,         \
-                                             const float* top_p, const float* uniform,          \
-                                             uint32_t* out, int rows, int vocab) {              \
-    sample_rows<T>(logits, temperature, top_p, uniform, out, rows, vocab);                       \
+                                             const float* top_p, const uint32_t* top_k,         \
+                                             const float* uniform, uint32_t* out, int rows,     \
+                                             int vocab) {                                       \
+    sample_rows<T>(logits, temperature, top_p, top_k, uniform, out, rows, vocab);                \
   }                                                                                              \
   extern "C" __global__ void top_k_rows_##S(const T* logits, uint32_t* ids, int rows, int vocab, \
                                             int k) {                                             \

@@ -3,10 +3,11 @@
 //! the masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
 //! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk of
 //! logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the AdamW
-//! step in place ([`adamw_step`]). For generation, [`decode_attention`] (every sequence that
-//! decodes one token attends its history in the KV pool in one launch per layer) and [`sample`]
-//! (greedy, temperature and top-p sampling on the device, only the ids read back); and
-//! [`top_k`], each row's largest logits (logit distillation's teacher targets).
+//! step in place ([`adamw_step`]). For generation, [`set_rows`] (a step's new keys and values
+//! into their blocks of the paged KV pool, one launch), [`decode_attention`] (every sequence
+//! that decodes one token attends its history in the pool through its block table, one launch
+//! per layer) and [`sample`] (greedy, temperature, top-k and top-p sampling on the device, only
+//! the ids read back); and [`top_k`], each row's largest logits (logit distillation's teacher targets).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
@@ -22,8 +23,8 @@
 //! composed ops; `DISTILL_CUDA_KERNELS=0` (or [`set_enabled`]) turns them off, which leaves the
 //! composed ops as the reference they are checked against on a GPU (`distill check-device`). On the
 //! CPU, `tests/cuda_kernels.rs` runs the `.cu` files themselves through an emulation of CUDA's
-//! threads against the composed ops (and, for decode attention, sampling and top-k, against plain
-//! definitions).
+//! threads against the composed ops (and, for the pool writes, decode attention, sampling and
+//! top-k, against plain definitions).
 
 // Without the `cuda` feature the ops' arguments and fields only reach `on_gpu!`'s error.
 #![cfg_attr(not(feature = "cuda"), allow(unused_variables, dead_code))]
@@ -199,15 +200,16 @@ pub fn decode_attention_fits(heads: usize, kv_heads: usize, head_dim: usize) -> 
         && (32..=256).contains(&head_dim)
 }
 
-/// Attention of the sequences that decode one token over their own histories in the KV pool,
-/// one launch per layer: `q` `[m, heads, head_dim]`, the pool's `keys`/`values` `[slots,
-/// kv_heads, capacity, head_dim]` (contiguous), each row's slot and visible keys (u32 `[m]`:
-/// its history and the new key). Returns `[m, heads × head_dim]`. Not part of any graph.
+/// Attention of the sequences that decode one token over their own histories in the paged KV
+/// pool, one launch per layer: `q` `[m, heads, head_dim]`, the pool's `keys`/`values` `[blocks,
+/// kv_heads, block, head_dim]` (contiguous), each row's blocks in position order (u32 `[m,
+/// width]`, padded past its last block) and visible keys (u32 `[m]`: its history and the new
+/// key). Returns `[m, heads × head_dim]`. Not part of any graph.
 pub fn decode_attention(
     q: &Tensor,
     keys: &Tensor,
     values: &Tensor,
-    slots: &Tensor,
+    tables: &Tensor,
     lengths: &Tensor,
     scale: f32,
 ) -> Result<Tensor> {
@@ -215,26 +217,36 @@ pub fn decode_attention(
         &q.contiguous()?,
         keys,
         values,
-        &slots.contiguous()?,
+        &tables.contiguous()?,
         &lengths.contiguous()?,
         scale
     ))
 }
 
-/// One token for each row of `logits` (`[rows, vocab]`) at its temperature and top-p, from its
-/// uniform draw in `[0, 1)`: the host sampler's nucleus (most likely first, ties to the lower
-/// id) walked in id order; at temperature ≤ 0 the arg-max (lowest id first; its draw unused).
+/// Writes row `r` of `src` (`[rows, d]`) over row `targets[r]` (u32 `[rows]`, all distinct) of
+/// `dst` viewed as `[*, d]`, in place, in one launch: a step's new keys or values into their KV
+/// pool blocks. Not part of any graph.
+pub fn set_rows(dst: &Tensor, targets: &Tensor, src: &Tensor) -> Result<()> {
+    on_gpu!(launch::set_rows(dst, targets, &src.contiguous()?))
+}
+
+/// One token for each row of `logits` (`[rows, vocab]`) at its temperature, top-k (0: off) and
+/// top-p, from its uniform draw in `[0, 1)`: the host sampler's candidates (the k most likely,
+/// ties to the lower id) and nucleus among them (most likely first, ties to the lower id)
+/// walked in id order; at temperature ≤ 0 the arg-max (lowest id first; its draw unused).
 /// Only the ids cross to the host. Not part of any graph.
 pub fn sample(
     logits: &Tensor,
     temperature: &[f32],
     top_p: &[f32],
+    top_k: &[u32],
     uniform: &[f32],
 ) -> Result<Vec<u32>> {
     on_gpu!(launch::sample(
         &logits.contiguous()?,
         temperature,
         top_p,
+        top_k,
         uniform
     ))
 }

@@ -426,6 +426,13 @@ impl Model {
         KvCache::new(self.spec.num_layers)
     }
 
+    /// Blocks of [`crate::kv_pool::BLOCK`] positions the model's generation pool holds now, and
+    /// how many of them no sequence holds (both 0 on the CPU's f32 path, which caches in host
+    /// buffers, and whenever no cache holds a block).
+    pub fn kv_pool_blocks(&self) -> (usize, usize) {
+        self.kv_pool.size()
+    }
+
     /// Rotary tables for a `[batch, seq]` u32 tensor of positions, computed in f32 and stored
     /// in the compute dtype.
     fn rotary(&self, positions: &Tensor) -> Result<Rotary> {

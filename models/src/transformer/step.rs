@@ -1,7 +1,7 @@
 //! The generation forward: one step over a ragged batch of sequences, each with its own
 //! [`KvCache`]. Projections and MLPs run on all new tokens at once; attention sees each
 //! sequence's own history (on the CPU in f32 one ragged pass over plain buffers,
-//! [`crate::decode`]; elsewhere the model's KV pool, [`crate::kv_pool`], with one batched
+//! [`crate::decode`]; elsewhere the model's paged KV pool, [`crate::kv_pool`], with one batched
 //! attention for every sequence that decodes one token), so sequences of different lengths
 //! decode together (continuous batching).
 
@@ -10,16 +10,15 @@ use candle_core::{DType, Device, Tensor};
 use super::{Attention, Model, Rotary};
 use crate::chunked_attention::{self, QueryChunks};
 use crate::decode::{self, KvCache, RowRope};
-use crate::kv_pool::PoolView;
+use crate::kv_pool::{PoolView, BLOCK};
 use crate::{cuda, ops, Error, Result};
 
 impl Attention {
     /// Scaled dot-product attention of `q` `[b, heads, q_len, d]` over `k`/`v` `[b, kv_heads,
-    /// k_len, d]` (a cache slab's view), with an optional additive mask `[q_len, k_len]`.
+    /// k_len, d]` (a history from the pool), with an optional additive mask `[q_len, k_len]`.
     /// Returns `[b, heads, q_len, d]`. The kv heads are not repeated: each multiplies its own
     /// group of query heads, laid out as `[b, kv_heads, n_rep × q_len, d]`, so a step reads
-    /// the history as it lies in the cache instead of copying it `n_rep` times (6× for
-    /// Qwen2.5-1.5B) per layer.
+    /// the history once instead of copying it `n_rep` times (6× for Qwen2.5-1.5B) per layer.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, h, len, d) = q.dims4()?;
         let (kv, k_len) = (self.num_kv_heads, k.dim(2)?);
@@ -65,11 +64,13 @@ impl Attention {
             .forward(&decode::to_tensor(out, rows, xs.device())?)?)
     }
 
-    /// A generation step on other devices. The sequences with one new token go into the pool
-    /// with one scatter and attend together (one batched attention over every slot's history,
-    /// masked by length); each longer feed (a prompt, or a chunk of one) is copied into its
-    /// slot as one block and attends on its own (a whole prompt in chunks of queries, see
-    /// [`crate::chunked_attention`]). Returns the output projection `[1, rows, hidden]`.
+    /// A generation step on other devices. Every new key and value goes into its sequence's
+    /// blocks of the pool in one write per layer; the sequences with one new token attend
+    /// together (the CUDA decode kernel through their block tables; elsewhere one batched
+    /// attention over their gathered blocks, masked by length); each longer feed attends on its
+    /// own (a whole prompt in chunks of queries over its own keys, see
+    /// [`crate::chunked_attention`]; a chunk after cached positions over its gathered blocks).
+    /// Returns the output projection `[1, rows, hidden]`.
     fn step_device(
         &self,
         xs: &Tensor,
@@ -81,21 +82,12 @@ impl Attention {
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let n = q.dim(2)?;
         let (keys, values) = &step.pool.tensors[layer];
-        let (slots, capacity) = (step.pool.slots, step.pool.capacity);
+        for (pool, new) in [(keys, &k), (values, &v)] {
+            step.writes
+                .apply(pool, &new.contiguous()?.reshape((kv * n, d))?)?;
+        }
         let mut pieces = Vec::with_capacity(batch.len());
         if let Some(dec) = &step.decode {
-            // The append: one scatter along the positions of every (slot, kv head), each
-            // writing one row (or none: the index past the end is skipped), so the scatter is
-            // parallel over slots × kv heads × d.
-            for (pool, new) in [(keys, &k), (values, &v)] {
-                let rows = new
-                    .contiguous()?
-                    .reshape((kv * n, d))?
-                    .index_select(&dec.sources, 0)?
-                    .reshape((slots * kv, 1, d))?;
-                pool.reshape((slots * kv, capacity, d))?
-                    .scatter_set(&dec.targets, &rows, 1)?;
-            }
             // q's rows in step order, `[rows, heads, d]`, to pick the decoding ones from.
             let q_rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
             let picked = q_rows.index_select(&dec.rows, 0)?;
@@ -105,43 +97,49 @@ impl Attention {
                     &picked,
                     keys,
                     values,
-                    &dec.slots,
+                    &dec.tables,
                     &dec.lengths,
                     self.scale as f32,
                 )?),
                 Some(padded) => {
-                    let picked = picked.reshape(((), h * d))?;
-                    let grouped = Tensor::zeros((slots, h * d), q.dtype(), q.device())?;
-                    grouped.scatter_set(&padded.slot_targets, &picked, 0)?;
-                    let grouped = grouped.reshape((slots, kv, h / kv, d))?;
-                    let history = |t: &Tensor| t.narrow(2, 0, padded.keys);
-                    let scores = (grouped.matmul(&history(keys)?.t()?)?.to_dtype(DType::F32)?
-                        * self.scale)?
+                    let count = picked.dim(0)?;
+                    let grouped = picked.reshape((count, kv, h / kv, d))?;
+                    let flat = dec.tables.flatten_all()?;
+                    let (hk, hv) = (gather(keys, &flat, count)?, gather(values, &flat, count)?);
+                    let scores = (grouped.matmul(&hk.t()?)?.to_dtype(DType::F32)? * self.scale)?
                         .broadcast_add(&padded.mask)?;
                     let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-                    let out = probs.matmul(&history(values)?)?;
-                    pieces.push(out.reshape((slots, h * d))?.index_select(&dec.slots, 0)?);
+                    pieces.push(probs.matmul(&hv)?.reshape((count, h * d))?);
                 }
             }
         }
         let mut offset = 0;
-        for ((tokens, cache), prompt) in batch.iter().zip(&step.prompts) {
+        for ((tokens, _), feed) in batch.iter().zip(&step.feeds) {
             let len = tokens.len();
-            if len > 1 {
-                let (past, slot) = (cache.len(), cache.slot_index());
-                let q_s = q.narrow(2, offset, len)?.contiguous()?;
-                let k_new = k.narrow(2, offset, len)?.contiguous()?;
-                let v_new = v.narrow(2, offset, len)?.contiguous()?;
-                // The feed's rows are one block of its slot: a plain copy each.
-                keys.narrow(0, slot, 1)?.slice_set(&k_new, 2, past)?;
-                values.narrow(0, slot, 1)?.slice_set(&v_new, 2, past)?;
-                let out = if let Some(chunks) = prompt {
-                    chunked_attention::attention(&q_s, &k_new, &v_new, chunks, self.scale)?
-                } else {
-                    let history = |t: &Tensor| t.narrow(0, slot, 1)?.narrow(2, 0, past + len);
-                    let mask = causal_mask(len, past, xs.device())?;
-                    self.attend(&q_s, &history(keys)?, &history(values)?, Some(&mask))?
-                };
+            let take = |t: &Tensor| t.narrow(2, offset, len)?.contiguous();
+            let out = match feed {
+                Feed::Token => None,
+                Feed::Prompt(chunks) => Some(chunked_attention::attention(
+                    &take(&q)?,
+                    &take(&k)?,
+                    &take(&v)?,
+                    chunks,
+                    self.scale,
+                )?),
+                Feed::Continuation { blocks, visible } => {
+                    let history = |t: &Tensor| -> Result<Tensor> {
+                        Ok(gather(t, blocks, 1)?.narrow(2, 0, *visible)?)
+                    };
+                    let mask = causal_mask(len, visible - len, xs.device())?;
+                    Some(self.attend(
+                        &take(&q)?,
+                        &history(keys)?,
+                        &history(values)?,
+                        Some(&mask),
+                    )?)
+                }
+            };
+            if let Some(out) = out {
                 pieces.push(out.squeeze(0)?.transpose(0, 1)?.reshape((len, h * d))?);
             }
             offset += len;
@@ -155,89 +153,96 @@ impl Attention {
     }
 }
 
+/// The blocks `ids` (u32 `[groups × width]`, each group's blocks in position order) of a pool
+/// tensor `[blocks, kv_heads, BLOCK, d]`, as `groups` histories `[groups, kv_heads, width ×
+/// BLOCK, d]` (a copy).
+fn gather(pool: &Tensor, ids: &Tensor, groups: usize) -> Result<Tensor> {
+    let (_, kv, block, d) = pool.dims4()?;
+    let width = ids.elem_count() / groups;
+    Ok(pool
+        .index_select(ids, 0)?
+        .reshape((groups, width, kv, block, d))?
+        .transpose(1, 2)?
+        .reshape((groups, kv, width * block, d))?)
+}
+
 /// What every layer of a step on the tensor path shares: the rotary tables, the pool's
 /// tensors and where this step's rows go in them.
 struct DeviceStep {
     rotary: Rotary,
     pool: PoolView,
+    writes: PoolWrites,
     /// The entries with one new token, attended together.
     decode: Option<DecodeRows>,
-    /// For each entry that is a whole prompt (several tokens, nothing cached: also a scored
-    /// sequence), its query chunks: it attends in chunks of queries, so a long one never holds
-    /// its `heads × len²` scores at once.
-    prompts: Vec<Option<QueryChunks>>,
+    /// How each entry attends.
+    feeds: Vec<Feed>,
     /// For each step row, its index among the pieces (the decoding rows, then each longer
     /// feed's rows), when that is not the identity (u32 `[rows]`).
     order: Option<Tensor>,
 }
 
-/// The one-token entries of a step.
-struct DecodeRows {
-    /// Their rows in the step (u32 `[n]`), their slots (u32 `[n]`) and the keys each one sees,
-    /// its history and the new one (u32 `[n]`).
-    rows: Tensor,
-    slots: Tensor,
-    lengths: Tensor,
-    /// The append: for each (slot, kv head), the row of this step's keys/values (flattened to
-    /// `[kv_heads × rows, head_dim]`) it takes (u32 `[slots × kv_heads]`), and the position it
-    /// goes to, repeated over `head_dim` (u32 `[slots × kv_heads, 1, head_dim]`; `u32::MAX`,
-    /// which a scatter skips, for slots not decoding).
-    sources: Tensor,
+/// Where a step's new keys and values go in the pool viewed as `[blocks × kv_heads × BLOCK,
+/// head_dim]` rows.
+struct PoolWrites {
+    /// For each (kv head, step row), in the order of the step's keys `[kv_heads, rows,
+    /// head_dim]`, its pool row (u32 `[kv_heads × rows]`).
     targets: Tensor,
-    /// What the batched attention over every slot needs; none where the CUDA decode kernel
-    /// attends each row to its own length.
-    padded: Option<PaddedDecode>,
+    /// The same repeated over `head_dim` (u32 `[kv_heads × rows, head_dim]`), for a scatter
+    /// where the CUDA kernel does not run.
+    scatter: Option<Tensor>,
 }
 
-/// The batched attention's view of the one-token entries: every slot padded to the longest
-/// history.
-struct PaddedDecode {
-    /// Each entry's slot repeated over `heads × head_dim` (u32 `[n, heads × head_dim]`), the
-    /// scatter index that puts its query into the slots' query tensor.
-    slot_targets: Tensor,
-    /// Keys attended: the longest history among them.
-    keys: usize,
-    /// `[slots, 1, 1, keys]` f32: 0 where a slot's query sees a key, `-inf` elsewhere (slots
-    /// not decoding see position 0, so their softmax stays finite).
-    mask: Tensor,
-}
-
-impl PaddedDecode {
-    /// For the one-token entries `(step row, slot, cached positions)` and their `slots`, in a
-    /// pool of `pool_slots` slots, queries of `width` (heads × head_dim) values.
-    fn new(
-        decoding: &[(usize, usize, usize)],
-        slots: &[u32],
-        pool_slots: usize,
-        width: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        // Each slot's visible keys: its history and the new one; slots not decoding see
-        // position 0, so their softmax stays finite.
-        let mut seen = vec![1usize; pool_slots];
-        for &(_, slot, past) in decoding {
-            seen[slot] = past + 1;
+impl PoolWrites {
+    /// Writes `rows` (`[kv_heads × step rows, head_dim]`) into `pool`, in place.
+    fn apply(&self, pool: &Tensor, rows: &Tensor) -> Result<()> {
+        match &self.scatter {
+            None => cuda::set_rows(pool, &self.targets, rows)?,
+            Some(index) => {
+                let d = rows.dim(1)?;
+                pool.reshape((pool.elem_count() / d, d))?
+                    .scatter_set(index, rows, 0)?;
+            }
         }
-        let keys = seen.iter().copied().max().unwrap_or(1);
-        let mask: Vec<f32> = seen
-            .iter()
-            .flat_map(|&s| (0..keys).map(move |j| if j < s { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
-        let slot_targets: Vec<u32> = slots
-            .iter()
-            .flat_map(|&slot| std::iter::repeat_n(slot, width))
-            .collect();
-        Ok(Self {
-            slot_targets: Tensor::from_vec(slot_targets, (slots.len(), width), device)?,
-            keys,
-            mask: Tensor::from_vec(mask, (pool_slots, 1, 1, keys), device)?,
-        })
+        Ok(())
     }
 }
 
+/// How an entry of a step attends.
+enum Feed {
+    /// One new token: with the step's other decoding rows ([`DecodeRows`]).
+    Token,
+    /// A whole prompt (several tokens, nothing cached: also a scored sequence): in chunks of
+    /// queries over its own new keys, so a long one never holds its `heads × len²` scores.
+    Prompt(QueryChunks),
+    /// Several tokens after cached positions: over its blocks (u32 `[blocks]`), of which the
+    /// first `visible` positions are its history and the new ones.
+    Continuation { blocks: Tensor, visible: usize },
+}
+
+/// The one-token entries of a step.
+struct DecodeRows {
+    /// Their rows in the step (u32 `[n]`), their block tables (u32 `[n, width]`, position
+    /// order, padded with block 0 past each one's last) and the keys each one sees, its
+    /// history and the new one (u32 `[n]`).
+    rows: Tensor,
+    tables: Tensor,
+    lengths: Tensor,
+    /// What the batched attention over gathered blocks needs; none where the CUDA decode
+    /// kernel reads the blocks itself.
+    padded: Option<PaddedDecode>,
+}
+
+/// The batched attention's view of the one-token entries: every history gathered to the
+/// widest table.
+struct PaddedDecode {
+    /// `[n, 1, 1, width × BLOCK]` f32: 0 where an entry's query sees a key, `-inf` elsewhere.
+    mask: Tensor,
+}
+
 impl DeviceStep {
-    /// Takes a slot for each entry that has none, makes room for the step's positions and
-    /// builds the step's indices and masks on the host (one upload each per step).
+    /// Gives each entry blocks for the step's positions (a first block list for a new
+    /// sequence) and builds the step's indices and masks on the host (one upload each per
+    /// step).
     fn new(model: &Model, batch: &mut [(&[u32], &mut KvCache)], rotary: Rotary) -> Result<Self> {
         let (h, kv, d) = (
             model.spec.num_heads,
@@ -245,33 +250,51 @@ impl DeviceStep {
             model.spec.head_dim,
         );
         let device = &model.device;
-        for (_, cache) in batch.iter_mut() {
-            match &cache.slot {
-                None => cache.slot = Some(model.kv_pool.acquire()?),
-                Some(slot) if !slot.is_in(&model.kv_pool) => {
-                    return Err(Error::Config(
-                        "a KV cache made by another model's `new_cache` was given to `step`".into(),
-                    ))
-                }
-                Some(_) => {}
+        let pool = &model.kv_pool;
+        for (tokens, cache) in batch.iter_mut() {
+            let len = cache.len + tokens.len();
+            let blocks = cache.blocks.get_or_insert_with(|| pool.blocks());
+            if !blocks.is_in(pool) {
+                return Err(Error::Config(
+                    "a KV cache made by another model's `new_cache` was given to `step`".into(),
+                ));
             }
+            pool.reserve(blocks, len)?;
         }
-        let longest = batch
-            .iter()
-            .map(|(t, c)| c.len() + t.len())
-            .max()
-            .unwrap_or(0);
-        model.kv_pool.reserve(longest)?;
-        let pool = model.kv_pool.view();
+        let view = pool.view();
         let n: usize = batch.iter().map(|(t, _)| t.len()).sum();
-        // The one-token entries: (step row, slot, cached positions).
-        let mut decoding = Vec::new();
+        // Each new row's place in the pool, the one-token entries (step row, blocks, cached
+        // positions) and how each entry attends.
+        let mut targets = vec![0u32; kv * n];
+        let mut decoding: Vec<(usize, &[u32], usize)> = Vec::new();
+        let mut feeds = Vec::with_capacity(batch.len());
         let mut offset = 0;
         for (tokens, cache) in batch.iter() {
-            if tokens.len() == 1 {
-                decoding.push((offset, cache.slot_index(), cache.len()));
+            let ids = cache.blocks.as_ref().expect("reserved above").ids();
+            let (past, len) = (cache.len(), tokens.len());
+            for i in 0..len {
+                let position = past + i;
+                let block = ids[position / BLOCK] as usize;
+                for head in 0..kv {
+                    let row = (block * kv + head) * BLOCK + position % BLOCK;
+                    targets[head * n + offset + i] = row as u32;
+                }
             }
-            offset += tokens.len();
+            feeds.push(if len == 1 {
+                decoding.push((offset, ids, past));
+                Feed::Token
+            } else if past == 0 {
+                let rows = [(0..len as u32).collect::<Vec<_>>()];
+                Feed::Prompt(QueryChunks::new(&rows, h, device)?)
+            } else {
+                let visible = past + len;
+                let blocks = &ids[..visible.div_ceil(BLOCK)];
+                Feed::Continuation {
+                    blocks: Tensor::new(blocks, device)?,
+                    visible,
+                }
+            });
+            offset += len;
         }
         // Output rows: the decoding rows first, then each longer feed's rows, in step order.
         let mut order = Vec::with_capacity(n);
@@ -282,55 +305,66 @@ impl DeviceStep {
             order.extend(*next..*next + len);
             *next += len;
         }
-        // The CUDA decode kernel attends each row to its own length; elsewhere one batched
-        // attention pads every slot to the longest history.
-        let decode_kernel = cuda::decode_attention_fits(h, kv, d)
-            && pool
-                .tensors
-                .first()
-                .is_some_and(|(k, v)| cuda::supported_all(&[k, v]));
+        // The CUDA kernels write the pool and attend each row through its block table;
+        // elsewhere a scatter writes and one batched attention gathers every history.
+        let kernels = view
+            .tensors
+            .first()
+            .is_some_and(|(k, v)| cuda::supported_all(&[k, v]));
+        let decode_kernel = kernels && cuda::decode_attention_fits(h, kv, d);
+        let targets = Tensor::from_vec(targets, kv * n, device)?;
+        let scatter = (!kernels)
+            .then(|| {
+                targets
+                    .unsqueeze(1)?
+                    .broadcast_as((kv * n, d))?
+                    .contiguous()
+            })
+            .transpose()?;
+        let writes = PoolWrites { targets, scatter };
         let decode = if decoding.is_empty() {
             None
         } else {
-            let rows: Vec<u32> = decoding.iter().map(|&(row, ..)| row as u32).collect();
-            let slots: Vec<u32> = decoding.iter().map(|&(_, slot, _)| slot as u32).collect();
-            let lengths: Vec<u32> = decoding.iter().map(|&(.., past)| past as u32 + 1).collect();
-            let padded = (!decode_kernel)
-                .then(|| PaddedDecode::new(&decoding, &slots, pool.slots, h * d, device))
-                .transpose()?;
-            let (mut sources, mut targets) = (
-                vec![0u32; pool.slots * kv],
-                vec![u32::MAX; pool.slots * kv * d],
-            );
-            for &(row, slot, past) in &decoding {
-                for head in 0..kv {
-                    let at = slot * kv + head;
-                    sources[at] = (head * n + row) as u32;
-                    targets[at * d..(at + 1) * d].fill(past as u32);
-                }
-            }
             let count = decoding.len();
+            let width = decoding
+                .iter()
+                .map(|&(.., past)| (past + 1).div_ceil(BLOCK))
+                .max()
+                .unwrap_or(1);
+            let mut tables = vec![0u32; count * width];
+            for (table, &(_, ids, past)) in tables.chunks_mut(width).zip(&decoding) {
+                let used = (past + 1).div_ceil(BLOCK);
+                table[..used].copy_from_slice(&ids[..used]);
+            }
+            let lengths: Vec<u32> = decoding.iter().map(|&(.., past)| past as u32 + 1).collect();
+            let padded = if decode_kernel {
+                None
+            } else {
+                let keys = width * BLOCK;
+                let mask: Vec<f32> = lengths
+                    .iter()
+                    .flat_map(|&seen| {
+                        (0..keys).map(move |j| {
+                            if j < seen as usize {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                    })
+                    .collect();
+                Some(PaddedDecode {
+                    mask: Tensor::from_vec(mask, (count, 1, 1, keys), device)?,
+                })
+            };
+            let rows: Vec<u32> = decoding.iter().map(|&(row, ..)| row as u32).collect();
             Some(DecodeRows {
-                sources: Tensor::from_vec(sources, pool.slots * kv, device)?,
-                targets: Tensor::from_vec(targets, (pool.slots * kv, 1, d), device)?,
                 rows: Tensor::from_vec(rows, count, device)?,
-                slots: Tensor::from_vec(slots, count, device)?,
+                tables: Tensor::from_vec(tables, (count, width), device)?,
                 lengths: Tensor::from_vec(lengths, count, device)?,
                 padded,
             })
         };
-        let prompts = batch
-            .iter()
-            .map(|(tokens, cache)| {
-                let whole = tokens.len() > 1 && cache.is_empty();
-                whole
-                    .then(|| {
-                        let rows = [(0..tokens.len() as u32).collect::<Vec<_>>()];
-                        QueryChunks::new(&rows, h, device)
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
         // Pieces already in step order (the decoding rows come first) need no reordering.
         let in_order = order.iter().enumerate().all(|(i, &o)| o as usize == i);
         let order = (!in_order)
@@ -338,9 +372,10 @@ impl DeviceStep {
             .transpose()?;
         Ok(Self {
             rotary,
-            pool,
+            pool: view,
+            writes,
             decode,
-            prompts,
+            feeds,
             order,
         })
     }

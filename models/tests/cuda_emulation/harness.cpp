@@ -136,28 +136,40 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
       output(probs);
       output(dscores);
     }
+  } else if (kernel == "set_rows") {  // rows dim dst_rows: src, targets (as floats), dst -> dst
+    size_t rows = (size_t)i(0);
+    int dim = i(1);
+    size_t dst_rows = (size_t)i(2);
+    auto src = input<T>(rows * dim);
+    std::vector<float> tf = read_f32(rows);
+    std::vector<uint32_t> targets(tf.begin(), tf.end());
+    auto dst = input<T>(dst_rows * dim);
+    auto k = (void (*)(const T*, const uint32_t*, T*, size_t, int))PICK(set_rows);
+    launch(grid, block, [&] { k(src.data(), targets.data(), dst.data(), rows, dim); });
+    output(dst);
   } else if (kernel == "decode_attention") {
-    // m kv n_rep capacity dim slots scale: q, keys, values, row slots, lengths (as floats) -> out
-    int m = i(0), kv = i(1), n_rep = i(2), cap = i(3), dim = i(4), pool_slots = i(5);
-    float scale = f(6);
+    // m kv n_rep table_width block dim pool_blocks scale: q, keys, values, tables, lengths
+    // (both as floats) -> out
+    int m = i(0), kv = i(1), n_rep = i(2), width = i(3), blk = i(4), dim = i(5), pool_blocks = i(6);
+    float scale = f(7);
     auto q = input<T>((size_t)m * kv * n_rep * dim);
-    size_t pool = (size_t)pool_slots * kv * cap * dim;
+    size_t pool = (size_t)pool_blocks * kv * blk * dim;
     auto keys = input<T>(pool), values = input<T>(pool);
-    std::vector<float> sf = read_f32(m), lf = read_f32(m);
-    std::vector<uint32_t> slots(sf.begin(), sf.end()), lengths(lf.begin(), lf.end());
+    std::vector<float> tf = read_f32((size_t)m * width), lf = read_f32(m);
+    std::vector<uint32_t> tables(tf.begin(), tf.end()), lengths(lf.begin(), lf.end());
     std::vector<T> out(q.size());
-    auto k = (void (*)(const T*, const T*, const T*, const uint32_t*, const uint32_t*, T*, int, int, int, int, int, float))PICK(decode_attention);
+    auto k = (void (*)(const T*, const T*, const T*, const uint32_t*, const uint32_t*, T*, int, int, int, int, int, int, float))PICK(decode_attention);
     launch(grid, block, [&] {
-      k(q.data(), keys.data(), values.data(), slots.data(), lengths.data(), out.data(), m, kv, n_rep, cap, dim, scale);
+      k(q.data(), keys.data(), values.data(), tables.data(), lengths.data(), out.data(), m, kv, n_rep, width, blk, dim, scale);
     });
     output(out);
-  } else if (kernel == "sample_rows") {  // rows vocab: logits, temperature, top_p, uniform -> ids
+  } else if (kernel == "sample_rows") {  // rows vocab: logits, temperature, top_p, top_k, uniform -> ids
     int rows = i(0), vocab = i(1);
     auto logits = input<T>((size_t)rows * vocab);
-    std::vector<float> temp = read_f32(rows), top_p = read_f32(rows), u = read_f32(rows);
-    std::vector<uint32_t> ids(rows);
-    auto k = (void (*)(const T*, const float*, const float*, const float*, uint32_t*, int, int))PICK(sample_rows);
-    launch(grid, block, [&] { k(logits.data(), temp.data(), top_p.data(), u.data(), ids.data(), rows, vocab); });
+    std::vector<float> temp = read_f32(rows), top_p = read_f32(rows), kf = read_f32(rows), u = read_f32(rows);
+    std::vector<uint32_t> top_k(kf.begin(), kf.end()), ids(rows);
+    auto k = (void (*)(const T*, const float*, const float*, const uint32_t*, const float*, uint32_t*, int, int))PICK(sample_rows);
+    launch(grid, block, [&] { k(logits.data(), temp.data(), top_p.data(), top_k.data(), u.data(), ids.data(), rows, vocab); });
     std::vector<float> f(ids.begin(), ids.end());
     write_f32(f);
   } else if (kernel == "top_k_rows") {  // rows vocab k: logits -> ids [rows, k]

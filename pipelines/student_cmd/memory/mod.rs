@@ -110,11 +110,12 @@ impl Beside {
     }
 
     /// The KV caches of `sequences` samples of up to `seq_len` tokens of `spec`, in `dtype`:
-    /// the generation pool they grow to (slots and positions rounded up to powers of two).
+    /// the paged generation pool they grow to (every sample at full length, in blocks, the
+    /// blocks rounded up to a power of two).
     pub fn sample_caches(spec: &Spec, sequences: usize, seq_len: usize, dtype: DType) -> f64 {
         let per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim;
-        let (slots, capacity) = kv_pool::extent(sequences, seq_len);
-        (slots * capacity * per_token * dtype.size_in_bytes()) as f64
+        let positions = kv_pool::extent(sequences, seq_len) * kv_pool::BLOCK;
+        (positions * per_token * dtype.size_in_bytes()) as f64
     }
 
     /// What the divergence keeps until the backward pass for `positions` compared positions of
@@ -429,9 +430,10 @@ mod tests {
     fn on_policy_samples_and_teacher_count() {
         let caches = Beside::sample_caches(&spec(), 32, 4096, DType::BF16);
         assert_eq!(caches, 32.0 * 4096.0 * (2 * 28 * 2 * 128 * 2) as f64);
-        // The pool rounds slots and positions up to powers of two.
+        // The pool holds blocks of 32 positions (33 × 94 for 3,000 each), their number
+        // rounded up to a power of two: 4,096 blocks.
         let rounded = Beside::sample_caches(&spec(), 33, 3000, DType::BF16);
-        assert_eq!(rounded, 64.0 * 4096.0 * (2 * 28 * 2 * 128 * 2) as f64);
+        assert_eq!(rounded, 4096.0 * 32.0 * (2 * 28 * 2 * 128 * 2) as f64);
         let target = target(DType::F32, DType::BF16);
         let need = estimate(&spec(), &target, 8, 4096, false);
         let beside = Beside {

@@ -43,11 +43,11 @@ echo "{\"check\": \"python_exit\", \"rc\": $?}"
 timeout 60 bash gpu/opd_smoke.sh "$BIN" "$OUT/opd" cuda
 echo "{\"check\": \"opd_exit\", \"rc\": $?}"
 # The engine on the GPU with log-probabilities, from the smoke's tiny teacher: sampled (device
-# sampling, top-k and log-sum-exp; every token must carry its log-probabilities) and greedy on
-# the GPU and the CPU (the same token counts).
+# sampling at Qwen3's top-k 20, the log-probabilities' top-k and log-sum-exp; every token must
+# carry its log-probabilities) and greedy on the GPU and the CPU (the same token counts).
 GEN=(generate --model "$OUT/opd/teacher/model" --problems "$OUT/opd/problems.jsonl" --limit 32
   --logprobs 5 --max-new-tokens 48 --prefill "")
-timeout 40 bash -c '"$@" --device cuda --samples 2 --out "$0/gen-sampled" &&
+timeout 40 bash -c '"$@" --device cuda --samples 2 --top-k 20 --out "$0/gen-sampled" &&
   "$@" --device cuda --temperature 0 --out "$0/gen-greedy-cuda" &&
   "$@" --device cpu --temperature 0 --out "$0/gen-greedy-cpu"' "$OUT" "$BIN" "${GEN[@]}" > /dev/null 2>&1
 python3 - "$OUT" <<'PY'

@@ -126,6 +126,22 @@ __device__ __forceinline__ uint32_t order_key(float x) {
 
 __device__ __forceinline__ float clean_logit(float x) { return x != x ? -INFINITY : x; }
 
+// The sum of `count` over the threads before this one (an exclusive prefix in thread order,
+// which is id order for the threads' stretches), through the block's scratch `seg`.
+template <typename V>
+__device__ V threads_before(V count, V* seg) {
+  seg[threadIdx.x] = count;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    V run = 0;
+    for (int t = 0; t < (int)blockDim.x; ++t) { V c = seg[t]; seg[t] = run; run += c; }
+  }
+  __syncthreads();
+  V before = seg[threadIdx.x];
+  __syncthreads();  // `seg` is free for the next call only when every thread has read it
+  return before;
+}
+
 template <typename T>
 __device__ void sample_rows(const T* logits, const float* temperature, const float* top_p,
                             const uint32_t* top_k, const float* uniform, uint32_t* out, int rows,
@@ -171,14 +187,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       int admit = want - (int)block_sum(above);  // ties at k_key taken, lowest ids first
       int my_ties = 0;
       for (int i = lo_id; i < hi_id; ++i) my_ties += order_key(clean_logit(to_float(l[i]))) == k_key;
-      seg_ties[threadIdx.x] = my_ties;
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        int run = 0;
-        for (int t = 0; t < (int)blockDim.x; ++t) { int c = seg_ties[t]; seg_ties[t] = run; run += c; }
-      }
-      __syncthreads();
-      int r = seg_ties[threadIdx.x];
+      int r = threads_before(my_ties, seg_ties);
       if (r < admit && r + my_ties >= admit) {
         for (int i = lo_id; i < hi_id; ++i)
           if (order_key(clean_logit(to_float(l[i]))) == k_key && ++r == admit) {
@@ -188,7 +197,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       }
       __syncthreads();
       k_cut = last_candidate;
-      __syncthreads();  // `seg_ties` and `last_candidate` are read before they are reused
+      __syncthreads();  // `last_candidate` is read before the next row writes it
     }
     auto candidate = [&](uint32_t key, int i) {
       return key > k_key || (key == k_key && i <= k_cut);
@@ -244,14 +253,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       uint32_t k = order_key(clean_logit(to_float(l[i])));
       my_ties += k == boundary_key && candidate(k, i);
     }
-    seg_ties[threadIdx.x] = my_ties;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int run = 0;
-      for (int t = 0; t < (int)blockDim.x; ++t) { int c = seg_ties[t]; seg_ties[t] = run; run += c; }
-    }
-    __syncthreads();
-    int tie_rank = seg_ties[threadIdx.x];
+    int tie_rank = threads_before(my_ties, seg_ties);
     float mine = 0.f;
     int last_in = -1;
     for (int i = lo_id, r = tie_rank; i < hi_id; ++i) {
@@ -260,16 +262,10 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
       bool in = candidate(k, i) && (k > boundary_key || (k == boundary_key && r++ < take));
       if (in) { mine += expf((x - m) * inv_t); last_in = i; }
     }
-    seg_mass[threadIdx.x] = mine;
     if (threadIdx.x == 0) chosen = -1;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float run = 0.f;
-      for (int t = 0; t < (int)blockDim.x; ++t) { float c = seg_mass[t]; seg_mass[t] = run; run += c; }
-    }
-    __syncthreads();
+    float start = threads_before(mine, seg_mass);
     float nucleus = above + take * w_tie;
-    float draw = uniform[row] * nucleus, start = seg_mass[threadIdx.x];
+    float draw = uniform[row] * nucleus;
     if (mine > 0.f && draw >= start && (draw < start + mine || threadIdx.x == blockDim.x - 1)) {
       float cum = start;
       int pick = last_in;  // rounding at the stretch's end
@@ -287,7 +283,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
     // Rounding past the last stretch with tokens: the last token of the nucleus.
     int fallback = (int)block_max((float)last_in);
     if (threadIdx.x == 0) out[row] = (uint32_t)(chosen >= 0 ? chosen : fallback);
-    __syncthreads();  // `chosen` and the stretches are free for the next row
+    __syncthreads();  // `chosen` is free for the next row
   }
 }
 

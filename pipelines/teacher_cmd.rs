@@ -66,6 +66,10 @@ pub struct GenerateArgs {
     /// Sequences decoded together (local backend).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Most GiB of KV cache (GPU, or bf16 on the CPU): beyond it the youngest sequences pause
+    /// and are recomputed later. 0: 90% of the GPU memory free after loading, less 1 GiB.
+    #[arg(long, default_value_t = 0.0, value_name = "GIB")]
+    pub kv_cache_gib: f64,
 
     /// Samples per problem.
     #[arg(long, default_value_t = 1)]
@@ -186,6 +190,10 @@ pub struct ServeArgs {
     /// Sequences decoded together; concurrent requests share the batch.
     #[arg(long, default_value_t = EngineOptions::default().batch)]
     pub batch: usize,
+    /// Most GiB of KV cache (GPU, or bf16 on the CPU): beyond it the youngest sequences pause
+    /// and are recomputed later. 0: 90% of the GPU memory free after loading, less 1 GiB.
+    #[arg(long, default_value_t = 0.0, value_name = "GIB")]
+    pub kv_cache_gib: f64,
     /// The model's name in `/v1/models` and requests (default: the file or folder name).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -286,6 +294,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     );
     let options = args.device.engine(EngineOptions {
         batch: args.batch,
+        kv_cache_gib: args.kv_cache_gib,
         ..EngineOptions::default()
     });
     let local;
@@ -376,6 +385,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open `{}`", model.path.display()))?;
     let options = args.device.engine(EngineOptions {
         batch: args.batch,
+        kv_cache_gib: args.kv_cache_gib,
         ..EngineOptions::default()
     });
     let engine = Engine::load(&checkpoint, options)

@@ -43,6 +43,11 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Blocks of the model's KV pool this cache holds (none on the CPU's f32 path).
+    pub fn blocks_held(&self) -> usize {
+        self.blocks.as_ref().map_or(0, |b| b.ids().len())
+    }
+
     /// Forgets every position; the host buffers keep their capacity for the next sequence,
     /// device blocks go back to the pool.
     pub fn clear(&mut self) {

@@ -54,6 +54,9 @@ struct State {
     blocks: usize,
     /// Blocks no sequence holds (taken from the end: the lowest ids first).
     free: Vec<u32>,
+    /// Most blocks the pool grows to by doubling (an engine's KV cache budget); past it, it
+    /// grows only by what a step needs.
+    limit: Option<usize>,
 }
 
 /// A sequence's blocks in its model's pool, in position order: block `i` holds positions
@@ -86,17 +89,18 @@ impl Drop for Blocks {
         state.free.extend(self.ids.drain(..).rev());
         if state.free.len() == state.blocks {
             // Nobody holds a block: the memory goes back until the next sequence.
-            *state = State::empty();
+            *state = State::empty(state.limit);
         }
     }
 }
 
 impl State {
-    fn empty() -> Self {
+    fn empty(limit: Option<usize>) -> Self {
         Self {
             tensors: Vec::new(),
             blocks: 0,
             free: Vec::new(),
+            limit,
         }
     }
 }
@@ -115,7 +119,7 @@ impl KvPool {
             head_dim,
             dtype,
             device: device.clone(),
-            state: Mutex::new(State::empty()),
+            state: Mutex::new(State::empty(None)),
         })
     }
 
@@ -132,7 +136,7 @@ impl KvPool {
     }
 
     /// Gives `blocks` room for `len` positions, taking free blocks and doubling the pool when
-    /// too few are free.
+    /// too few are free (up to the limit, [`KvPool::set_limit`]).
     pub(crate) fn reserve(&self, blocks: &mut Blocks, len: usize) -> Result<()> {
         let need = len.div_ceil(BLOCK).saturating_sub(blocks.ids.len());
         if need == 0 {
@@ -141,7 +145,10 @@ impl KvPool {
         let mut state = self.lock();
         if state.free.len() < need {
             let held = state.blocks - state.free.len();
-            let total = (held + need).next_power_of_two().max(MIN_BLOCKS);
+            let doubled = (held + need).next_power_of_two().max(MIN_BLOCKS);
+            let total = doubled
+                .min(state.limit.unwrap_or(usize::MAX))
+                .max(held + need);
             self.grow(&mut state, total)?;
         }
         let at = state.free.len() - need;
@@ -177,6 +184,13 @@ impl KvPool {
         PoolView {
             tensors: self.lock().tensors.clone(),
         }
+    }
+
+    /// Caps the pool's doubling at `limit` blocks (`None`: no cap). A caller that keeps its
+    /// sequences within the limit never makes the pool larger; one that does not still gets the
+    /// blocks it needs, without the doubling's slack.
+    pub(crate) fn set_limit(&self, limit: Option<usize>) {
+        self.lock().limit = limit;
     }
 
     /// Blocks the pool holds now, and how many of them are free.
@@ -237,6 +251,34 @@ mod tests {
         drop((b, c));
         assert_eq!(pool.size(), (0, 0));
         assert!(pool.view().tensors.is_empty());
+    }
+
+    /// Under a limit the pool doubles up to it, then grows only by what is needed.
+    #[test]
+    fn a_limit_caps_the_doubling() {
+        let pool = pool();
+        pool.set_limit(Some(MIN_BLOCKS + 4));
+        let mut a = pool.blocks();
+        pool.reserve(&mut a, (MIN_BLOCKS + 1) * BLOCK).unwrap();
+        assert_eq!(
+            pool.size(),
+            (MIN_BLOCKS + 4, 3),
+            "capped, not doubled to 32"
+        );
+        pool.reserve(&mut a, (MIN_BLOCKS + 6) * BLOCK).unwrap();
+        assert_eq!(
+            pool.size(),
+            (MIN_BLOCKS + 6, 0),
+            "past the limit: just what is needed"
+        );
+        drop(a);
+        let mut b = pool.blocks();
+        pool.reserve(&mut b, 1).unwrap();
+        assert_eq!(
+            pool.size(),
+            (MIN_BLOCKS, MIN_BLOCKS - 1),
+            "the limit outlives an empty pool"
+        );
     }
 
     /// The extent memory estimates use: the blocks of every sequence at full length, rounded

@@ -84,6 +84,12 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = defaults::batch())]
     #[serde(default = "defaults::batch")]
     pub batch: usize,
+    /// Most GiB of KV cache for a local model (GPU, or bf16 on the CPU): beyond it the youngest
+    /// sequences pause and are recomputed later. 0: 90% of the GPU memory free after loading,
+    /// less 1 GiB.
+    #[arg(long, default_value_t = 0.0, value_name = "GIB")]
+    #[serde(default)]
+    pub kv_cache_gib: f64,
     /// Most new tokens per sample; longer samples count as truncated.
     #[arg(long, default_value_t = defaults::max_new_tokens())]
     #[serde(default = "defaults::max_new_tokens")]
@@ -173,6 +179,7 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
     };
     let engine = args.device.engine(EngineOptions {
         batch: args.batch,
+        kv_cache_gib: args.kv_cache_gib,
         ..EngineOptions::default()
     });
     Ok(CompareConfig {

@@ -110,6 +110,9 @@ pub struct GenStats {
     pub completion_tokens: u64,
     /// Whether the run stopped early because [`Cancel`] was set.
     pub cancelled: bool,
+    /// Sequences paused to free KV cache blocks and recomputed later (local engine).
+    #[serde(default)]
+    pub preempted: u64,
 }
 
 /// Failed attempts of requests by kind, every failed attempt counted whether it was retried or

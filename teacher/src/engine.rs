@@ -4,7 +4,10 @@
 //! step feeds each live sequence its pending tokens — one sampled token while decoding, a chunk
 //! of its prompt while prefilling — in one ragged forward, so new prompts prefill while other
 //! sequences decode, and a finished sequence's slot is refilled from the queue before the next
-//! step: long chains of thought never hold short ones back.
+//! step: long chains of thought never hold short ones back. Where the model caches in the
+//! paged KV pool (GPUs), the live sequences stay within a budget of blocks
+//! ([`EngineOptions::kv_cache_gib`]): when they outgrow it the youngest is preempted and later
+//! recomputed, as vLLM does, instead of the device running out of memory.
 //!
 //! Sampling only reads a sequence's own logits and rng, so a sample does not depend on which
 //! other sequences share its steps (up to float rounding in the batched matmuls, which changes a
@@ -18,6 +21,7 @@ use std::ops::ControlFlow;
 use candle_core::{DType, Tensor, D};
 use distill_models::chat::{ChatTemplate, Message};
 use distill_models::cuda;
+use distill_models::kv_pool::BLOCK;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
 use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
@@ -30,7 +34,7 @@ use crate::sampling::{sample, SampleRng};
 use crate::{Error, Result};
 
 /// How the engine schedules work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EngineOptions {
     /// Most sequences live at once.
     pub batch: usize,
@@ -52,6 +56,12 @@ pub struct EngineOptions {
     /// The dtype a checkpoint folder runs in (`auto`: f32 on the CPU, the stored dtype on a GPU).
     #[serde(default)]
     pub dtype: DtypeChoice,
+    /// Most GiB the KV cache may hold where it lives in the paged pool (GPUs, CPU bf16). 0
+    /// means automatic: on a GPU 90% of the memory free once the model is loaded, less 1 GiB
+    /// for a step's activations; elsewhere no limit. Within it, the youngest sequences are
+    /// paused and recomputed later when the others need room (vLLM's preemption).
+    #[serde(default)]
+    pub kv_cache_gib: f64,
 }
 
 /// Rows from which the float matmul gives every row the same bits whatever the row count
@@ -67,6 +77,7 @@ impl Default for EngineOptions {
             min_step_rows: 0,
             device: DeviceChoice::Auto,
             dtype: DtypeChoice::Auto,
+            kv_cache_gib: 0.0,
         }
     }
 }
@@ -124,7 +135,10 @@ struct Seq {
     rng: SampleRng,
     cache: KvCache,
     prompt: Vec<u32>,
-    /// Prompt tokens already fed.
+    /// After a preemption: the prompt and every sampled token, fed again as a prompt to
+    /// rebuild the cache (empty otherwise).
+    replay: Vec<u32>,
+    /// Tokens of the prompt (or of the replay) already fed.
     prefilled: usize,
     /// Sampled tokens (EOS included when it ended the sequence).
     generated: Vec<u32>,
@@ -139,15 +153,44 @@ struct Seq {
 }
 
 impl Seq {
-    /// The tokens to feed next step: the last sampled token, or the next chunk of the prompt.
+    /// What the sequence prefills: its prompt, or after a preemption its replay.
+    fn prefill_source(&self) -> &[u32] {
+        if self.replay.is_empty() {
+            &self.prompt
+        } else {
+            &self.replay
+        }
+    }
+
+    /// The tokens to feed next step: the last sampled token, or the next chunk of the prompt
+    /// (or replay).
     fn feed(&self, budget: usize, chunk: usize) -> Vec<u32> {
         match self.next {
             Some(token) => vec![token],
             None => {
-                let end = (self.prefilled + chunk.min(budget)).min(self.prompt.len());
-                self.prompt[self.prefilled..end].to_vec()
+                let source = self.prefill_source();
+                let end = (self.prefilled + chunk.min(budget)).min(source.len());
+                source[self.prefilled..end].to_vec()
             }
         }
+    }
+
+    /// Blocks the cache needs beyond those it holds for `more` positions.
+    fn blocks_wanted(&self, more: usize) -> usize {
+        (self.cache.len() + more)
+            .div_ceil(BLOCK)
+            .saturating_sub(self.cache.blocks_held())
+    }
+
+    /// Gives the cache's blocks back; the sequence later feeds its prompt and what it sampled
+    /// as a prompt again (its generator, text and log-probabilities stay as they are, so it
+    /// goes on as if never paused).
+    fn preempt(&mut self) {
+        self.cache.clear();
+        if self.next.take().is_some() {
+            self.replay = [self.prompt.as_slice(), &self.generated].concat();
+        }
+        self.prefilled = 0;
     }
 }
 
@@ -186,6 +229,8 @@ pub struct Engine {
     options: EngineOptions,
     /// Where the model runs, for the user (`cuda:0 (NVIDIA H200, …)`, `cpu`).
     device_description: String,
+    /// Most KV pool blocks the live sequences may hold ([`EngineOptions::kv_cache_gib`]).
+    kv_blocks: Option<usize>,
 }
 
 impl Engine {
@@ -202,13 +247,22 @@ impl Engine {
         if options.min_step_rows == 0 {
             options.min_step_rows = FLOAT_MIN_ROWS;
         }
+        if !(options.kv_cache_gib >= 0.0 && options.kv_cache_gib.is_finite()) {
+            return Err(Error::Config(format!(
+                "`kv_cache_gib` must be a size in GiB (0: automatic), not {}",
+                options.kv_cache_gib
+            )));
+        }
         if options.batch == 0 || options.prefill_chunk == 0 {
             return Err(Error::Config(
                 "`batch` and `prefill_chunk` must be at least 1".into(),
             ));
         }
+        let kv_blocks = kv_block_limit(&model, options.kv_cache_gib)?;
+        model.set_kv_pool_limit(kv_blocks);
         Ok(Self {
             device_description: distill_models::device::describe(model.device()),
+            kv_blocks,
             model,
             tokenizer,
             template,
@@ -307,6 +361,7 @@ impl Engine {
             rng: SampleRng::new(request.seed),
             cache: self.model.new_cache(),
             prompt,
+            replay: Vec::new(),
             prefilled: 0,
             generated: Vec::new(),
             next: None,
@@ -396,21 +451,10 @@ impl Engine {
         on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
     ) -> Result<u64> {
         let opts = self.options;
-        // Decoding sequences always run (one token each); prompts share what budget is left.
-        let decoding = live.iter().filter(|s| s.next.is_some()).count();
-        let mut budget = opts.step_tokens.max(opts.batch).saturating_sub(decoding);
-        let mut chosen = Vec::with_capacity(live.len());
-        let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(live.len());
-        for (i, seq) in live.iter().enumerate() {
-            if seq.next.is_some() {
-                chosen.push(i);
-                feeds.push(seq.feed(1, 1));
-            } else if budget > 0 {
-                let feed = seq.feed(budget, opts.prefill_chunk);
-                budget -= feed.len();
-                chosen.push(i);
-                feeds.push(feed);
-            }
+        let (chosen, feeds): (Vec<usize>, Vec<Vec<u32>>) =
+            self.plan(live, stats, on_update).into_iter().unzip();
+        if chosen.is_empty() {
+            return Ok(0);
         }
         let logits = {
             let mut caches: Vec<Option<&mut KvCache>> =
@@ -437,9 +481,10 @@ impl Engine {
             let seq = &mut live[i];
             if seq.next.is_none() {
                 seq.prefilled += feed.len();
-                if seq.prefilled < seq.prompt.len() {
+                if seq.prefilled < seq.prefill_source().len() {
                     continue;
                 }
+                seq.replay = Vec::new();
             }
             picks.push((i, logits));
         }
@@ -466,6 +511,96 @@ impl Engine {
             }
         }
         Ok(sampled)
+    }
+
+    /// The step's feeds, `(live index, tokens)`: every decoding sequence one token, prompts
+    /// (and replays) what is left of the step's token budget in chunks. Under a KV cache limit
+    /// the feeds fit the blocks free: when the decoding sequences alone do not fit, or nothing
+    /// could run, the youngest sequence holding blocks is preempted ([`Seq::preempt`]); a
+    /// sequence that cannot fit even alone fails with the reason.
+    fn plan(
+        &self,
+        live: &mut Vec<Seq>,
+        stats: &mut GenStats,
+        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
+    ) -> Vec<(usize, Vec<u32>)> {
+        let Some(limit) = self.kv_blocks else {
+            return self.feeds(live, None);
+        };
+        // A block for the step's padding row, when it has one.
+        let limit = limit.saturating_sub(1).max(1);
+        loop {
+            let held: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
+            let decoding: usize = live
+                .iter()
+                .filter(|s| s.next.is_some())
+                .map(|s| s.blocks_wanted(1))
+                .sum();
+            if held + decoding <= limit {
+                let feeds = self.feeds(live, Some(limit - held - decoding));
+                if !feeds.is_empty() || live.is_empty() {
+                    return feeds;
+                }
+            }
+            let holders: Vec<usize> = (0..live.len())
+                .filter(|&i| live[i].cache.blocks_held() > 0)
+                .collect();
+            if let [_, .., youngest] = holders[..] {
+                if stats.preempted == 0 {
+                    tracing::warn!(
+                        "the KV cache is full ({limit} blocks of {} positions): pausing the \
+                         youngest sequences and recomputing them later (raise `--kv-cache-gib` \
+                         or lower `--batch` to avoid it)",
+                        BLOCK
+                    );
+                }
+                stats.preempted += 1;
+                live[youngest].preempt();
+                continue;
+            }
+            // One sequence (or none) holds blocks and still cannot go on: it cannot fit alone.
+            let seq = live.remove(holders.first().copied().unwrap_or(0));
+            let positions = seq.cache.len() + seq.feed(usize::MAX, usize::MAX).len();
+            stats.failed += 1;
+            let _ = on_update(Update::Failed {
+                key: seq.key,
+                error: Error::Config(format!(
+                    "the sequence needs more than the KV cache's {limit} blocks ({:.2} GiB) at {positions} positions: raise `--kv-cache-gib`, or lower `max_new_tokens` or the prompt",
+                    (limit * self.model.kv_block_bytes()) as f64 / (1u64 << 30) as f64
+                )),
+            });
+        }
+    }
+
+    /// Every decoding sequence's token, then chunks of prompts (and replays) in order while the
+    /// step's token budget lasts and, under a KV cache limit, within `free` blocks beyond
+    /// what the decoding sequences need (keeping one block per decoding sequence spare, so a
+    /// new prompt is not preempted at once).
+    fn feeds(&self, live: &[Seq], mut free: Option<usize>) -> Vec<(usize, Vec<u32>)> {
+        let opts = self.options;
+        // Decoding sequences always run (one token each); prompts share what budget is left.
+        let decoding = live.iter().filter(|s| s.next.is_some()).count();
+        let mut budget = opts.step_tokens.max(opts.batch).saturating_sub(decoding);
+        let mut out = Vec::with_capacity(live.len());
+        for (i, seq) in live.iter().enumerate() {
+            if seq.next.is_some() {
+                out.push((i, seq.feed(1, 1)));
+            } else if budget > 0 {
+                let mut feed = seq.feed(budget, opts.prefill_chunk);
+                if let Some(free) = &mut free {
+                    let room = free.saturating_sub(decoding);
+                    let fits = (seq.cache.blocks_held() + room) * BLOCK - seq.cache.len();
+                    feed.truncate(fits);
+                    *free -= seq.blocks_wanted(feed.len());
+                }
+                if feed.is_empty() {
+                    continue;
+                }
+                budget -= feed.len();
+                out.push((i, feed));
+            }
+        }
+        out
     }
 
     /// One token for each `(live index, logits [1, vocab])`. The logits of the step are read
@@ -698,6 +833,36 @@ fn sample_on_device(
         }
     }
     Ok(Some(tokens))
+}
+
+/// The KV pool blocks an engine's sequences may hold: `gib` of them, or with 0 on a GPU 90% of
+/// the free memory less 1 GiB for a step's activations (memory the pool only takes as
+/// sequences grow); no limit where the model caches in host buffers or the free memory is
+/// unknown (the CPU).
+fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
+    if !model.uses_kv_pool() {
+        return Ok(None);
+    }
+    const GIB: f64 = (1u64 << 30) as f64;
+    let bytes = if gib > 0.0 {
+        gib * GIB
+    } else {
+        match distill_models::device::memory_info(model.device()) {
+            Some((free, _)) => free as f64 * 0.9 - GIB,
+            None => return Ok(None),
+        }
+    };
+    let blocks = (bytes / model.kv_block_bytes() as f64).floor();
+    if blocks < 2.0 {
+        return Err(Error::Config(format!(
+            "a KV cache of {:.2} GiB holds no sequence: {} positions take {:.3} GiB in this model; raise `--kv-cache-gib`{}",
+            bytes.max(0.0) / GIB,
+            BLOCK,
+            model.kv_block_bytes() as f64 / GIB,
+            if gib > 0.0 { "" } else { " or free GPU memory" }
+        )));
+    }
+    Ok(Some(blocks as usize))
 }
 
 /// Whether every matrix of a GGUF checkpoint is stored quantized (norms and other vectors may

@@ -425,3 +425,99 @@ fn top_logprobs_are_the_models_own_distribution() {
         }
     }
 }
+
+/// Generation under a KV cache limit on the paged pool (bf16 on the CPU, the path a GPU
+/// takes): six sequences of ~140 positions at batch 4 need ~20 blocks, the limit allows 10, so
+/// the youngest sequences are paused and recomputed from their prompt and samples. Every one
+/// still completes all its tokens, the pool never grows past the limit, the samples follow the
+/// unlimited run's (a replay recomputes the same positions, which bf16 rounds a little
+/// differently from one at a time), and a limit that cannot hold one sequence fails just
+/// that request, with the reason.
+#[test]
+fn a_kv_cache_limit_preempts_and_recomputes() {
+    use candle_core::DType;
+    use distill_models::chat::ChatTemplate;
+    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    let tokenizer = Checkpoint::open(&fixture("tiny-qwen2.gguf"))
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    let make = |gib: f64| {
+        let model = ckpt
+            .load_for_inference(&candle_core::Device::Cpu, DType::BF16)
+            .unwrap();
+        let options = EngineOptions {
+            batch: 4,
+            kv_cache_gib: gib,
+            ..EngineOptions::default()
+        };
+        Engine::new(
+            model,
+            tokenizer.clone(),
+            ChatTemplate::chatml(),
+            vec![],
+            options,
+        )
+        .unwrap()
+    };
+    let workload: Vec<GenRequest> = (0..6).map(|i| request(i, 1.0, 90)).collect();
+    let generate = |engine: &Engine, requests: Vec<GenRequest>| {
+        let (mut out, mut failed, mut most) = (BTreeMap::new(), Vec::new(), 0);
+        let stats = engine
+            .run(
+                &mut IterSource(requests.into_iter()),
+                &Cancel::new(),
+                &mut |u| {
+                    most = most.max(engine.model().kv_pool_blocks().0);
+                    match u {
+                        Update::Done(o) => drop(out.insert(o.key.clone(), o)),
+                        Update::Failed { key, error } => failed.push((key, error.to_string())),
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        (out, failed, stats, most)
+    };
+    let free = make(0.0);
+    let block = free.model().kv_block_bytes() as f64;
+    let (want, failed, stats, _) = generate(&free, workload.clone());
+    assert!(failed.is_empty() && stats.preempted == 0);
+    // 11 blocks: 10 for the sequences, one for the step's padding row.
+    let limited = make(11.0 * block / (1u64 << 30) as f64);
+    let (got, failed, stats, most) = generate(&limited, workload.clone());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(stats.preempted >= 3, "{stats:?}");
+    assert!(most <= 11, "the pool grew to {most} blocks");
+    let (mut same, mut total) = (0, 0);
+    for (key, w) in &want {
+        let g = &got[key];
+        assert_eq!(g.completion_tokens, 90, "{key}");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        let agree = w
+            .text
+            .chars()
+            .zip(g.text.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        same += agree;
+        total += w.text.chars().count();
+    }
+    assert!(
+        same as f64 >= 0.9 * total as f64,
+        "the recomputed samples follow the unlimited run's for {same} of {total} characters"
+    );
+    // Three blocks hold 96 positions: no request (a ~50-token prompt and 90 tokens) fits.
+    let tiny = make(3.0 * block / (1u64 << 30) as f64);
+    let (done, failed, stats, _) = generate(&tiny, workload[..2].to_vec());
+    assert!(done.is_empty());
+    assert_eq!(failed.len(), 2);
+    assert_eq!(stats.failed, 2);
+    assert!(
+        failed[0].1.contains("more than the KV cache's 2 blocks")
+            && failed[0].1.contains("--kv-cache-gib"),
+        "{}",
+        failed[0].1
+    );
+}

@@ -433,6 +433,28 @@ impl Model {
         self.kv_pool.size()
     }
 
+    /// Whether generation caches keys and values in the paged pool (every device and dtype
+    /// but the CPU's f32, which keeps them in host buffers).
+    pub fn uses_kv_pool(&self) -> bool {
+        !(self.device.is_cpu() && self.dtype == DType::F32)
+    }
+
+    /// Bytes one block of the pool holds: keys and values of [`crate::kv_pool::BLOCK`]
+    /// positions in every layer.
+    pub fn kv_block_bytes(&self) -> usize {
+        2 * self.spec.num_layers
+            * self.spec.num_kv_heads
+            * self.spec.head_dim
+            * crate::kv_pool::BLOCK
+            * self.dtype.size_in_bytes()
+    }
+
+    /// Caps the pool's growth by doubling at `blocks` (an engine's KV cache budget; `None`:
+    /// no cap). The pool still gives a step the blocks it needs past the cap.
+    pub fn set_kv_pool_limit(&self, blocks: Option<usize>) {
+        self.kv_pool.set_limit(blocks);
+    }
+
     /// Rotary tables for a `[batch, seq]` u32 tensor of positions, computed in f32 and stored
     /// in the compute dtype.
     fn rotary(&self, positions: &Tensor) -> Result<Rotary> {

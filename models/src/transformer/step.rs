@@ -416,7 +416,7 @@ impl Model {
         let n = ids.len();
         // The host path (plain buffers, one ragged attention pass) is the CPU's f32 fast path;
         // every other device and dtype takes the tensor path, which CPU bf16 tests exercise.
-        let plan = if self.device.is_cpu() && self.dtype == DType::F32 {
+        let plan = if !self.uses_kv_pool() {
             StepPlan::Host(RowRope::new(&positions, &self.spec.rope))
         } else {
             let rotary = self.rotary(&Tensor::from_vec(positions, (1, n), &self.device)?)?;

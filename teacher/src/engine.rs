@@ -58,8 +58,9 @@ pub struct EngineOptions {
     pub dtype: DtypeChoice,
     /// Most GiB the KV cache may hold where it lives in the paged pool (GPUs, CPU bf16). 0
     /// means automatic: on a GPU 90% of the memory free once the model is loaded, less 1 GiB
-    /// for a step's activations; elsewhere no limit. Within it, the youngest sequences are
-    /// paused and recomputed later when the others need room (vLLM's preemption).
+    /// for a step's activations (at least half of what is free); elsewhere no limit. Within it,
+    /// the youngest sequences are paused and recomputed later when the others need room
+    /// (vLLM's preemption).
     #[serde(default)]
     pub kv_cache_gib: f64,
 }
@@ -778,9 +779,9 @@ pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32
 /// [`cuda::TOP_K_MAX`] log-probabilities: the tokens ([`cuda::sample`]: the arg-max, or a draw
 /// under temperature, top-k and top-p from one uniform number per sampled sequence taken from
 /// its own generator, as the host sampler draws), and the log-probabilities of the chosen
-/// token and of each row's top K ([`cuda::top_k`], the host's ranking), are computed there; only
-/// ids and `K + 2` values a row are read back instead of `rows × vocabulary` logits. None where the
-/// step asks for more (the caller samples on the host).
+/// token and of each row's top K ([`cuda::top_k`], the host's ranking), are computed there;
+/// only ids and `K + 2` values a row are read back instead of `rows × vocabulary` logits. None
+/// where the step asks for more (the caller samples on the host).
 fn sample_on_device(
     logits: &Tensor,
     picks: &[(usize, Tensor)],
@@ -836,9 +837,9 @@ fn sample_on_device(
 }
 
 /// The KV pool blocks an engine's sequences may hold: `gib` of them, or with 0 on a GPU 90% of
-/// the free memory less 1 GiB for a step's activations (memory the pool only takes as
-/// sequences grow); no limit where the model caches in host buffers or the free memory is
-/// unknown (the CPU).
+/// the free memory less 1 GiB for a step's activations, at least half of it (memory the pool
+/// only takes as sequences grow); no limit where the model caches in host buffers or the free
+/// memory is unknown (the CPU).
 fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
     if !model.uses_kv_pool() {
         return Ok(None);
@@ -848,7 +849,9 @@ fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
         gib * GIB
     } else {
         match distill_models::device::memory_info(model.device()) {
-            Some((free, _)) => free as f64 * 0.9 - GIB,
+            // On a nearly full GPU (a trainer's state beside an on-policy sampler) half of
+            // what is free rather than nothing.
+            Some((free, _)) => (free as f64 * 0.9 - GIB).max(free as f64 * 0.5),
             None => return Ok(None),
         }
     };

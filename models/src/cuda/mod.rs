@@ -7,7 +7,8 @@
 //! into their blocks of the paged KV pool, one launch), [`decode_attention`] (every sequence
 //! that decodes one token attends its history in the pool through its block table, one launch
 //! per layer) and [`sample`] (greedy, temperature, top-k and top-p sampling on the device, only
-//! the ids read back); and [`top_k`], each row's largest logits (logit distillation's teacher targets).
+//! the ids read back); and [`top_k`], each row's largest logits (logit distillation's teacher
+//! targets).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward

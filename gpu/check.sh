@@ -44,12 +44,16 @@ timeout 60 bash gpu/opd_smoke.sh "$BIN" "$OUT/opd" cuda
 echo "{\"check\": \"opd_exit\", \"rc\": $?}"
 # The engine on the GPU with log-probabilities, from the smoke's tiny teacher: sampled (device
 # sampling at Qwen3's top-k 20, the log-probabilities' top-k and log-sum-exp; every token must
-# carry its log-probabilities) and greedy on the GPU and the CPU (the same token counts).
+# carry its log-probabilities) and greedy on the GPU and the CPU (the same token counts); then
+# greedy on the GPU within a KV cache of 13 blocks (the 8 live sequences need ~30: preemption
+# and recomputation on the device; the same token counts again).
 GEN=(generate --model "$OUT/opd/teacher/model" --problems "$OUT/opd/problems.jsonl" --limit 32
   --logprobs 5 --max-new-tokens 48 --prefill "")
 timeout 40 bash -c '"$@" --device cuda --samples 2 --top-k 20 --out "$0/gen-sampled" &&
   "$@" --device cuda --temperature 0 --out "$0/gen-greedy-cuda" &&
-  "$@" --device cpu --temperature 0 --out "$0/gen-greedy-cpu"' "$OUT" "$BIN" "${GEN[@]}" > /dev/null 2>&1
+  "$@" --device cpu --temperature 0 --out "$0/gen-greedy-cpu" &&
+  "$@" --device cuda --temperature 0 --kv-cache-gib 0.0002 --out "$0/gen-greedy-budget"' \
+  "$OUT" "$BIN" "${GEN[@]}" > /dev/null 2> "$OUT/gen.log"
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -63,4 +67,11 @@ ok = (s.get("written") == s.get("total") == 64 and s.get("logprob_tokens") == s.
       and g.get("completion_tokens") == c.get("completion_tokens") and g.get("logprob_tokens") == g.get("completion_tokens"))
 print(json.dumps({"check": "engine_logprobs", "sampled": s, "greedy_cuda_tokens": g.get("completion_tokens"),
                   "greedy_cpu_tokens": c.get("completion_tokens"), "ok": ok}))
+b = run("gen-greedy-budget")
+try:
+    paused = "pausing the youngest" in open(f"{out}/gen.log", errors="replace").read()
+except OSError:
+    paused = False
+print(json.dumps({"check": "engine_kv_budget", "budget": b, "preempted": paused,
+                  "ok": paused and b.get("written") == 32 and b.get("completion_tokens") == g.get("completion_tokens")}))
 PY

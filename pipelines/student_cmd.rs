@@ -13,7 +13,7 @@
 
 mod chart;
 pub mod config;
-mod memory;
+pub(crate) mod memory;
 mod on_policy;
 pub mod trl;
 

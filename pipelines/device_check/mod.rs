@@ -539,14 +539,11 @@ fn sft_run(
             activation_checkpointing,
             ..Default::default()
         };
-        let mut trainer = Trainer::new(
-            init,
-            train_config,
-            TrainTarget {
-                device: dev.clone(),
-                precision,
-            },
-        )?;
+        let target = TrainTarget {
+            device: dev.clone(),
+            precision,
+        };
+        let mut trainer = Trainer::new(init, train_config, target.clone())?;
         // Packed rows: four documents of seq/4 tokens each.
         let vocab = spec.vocab_size as u32;
         let rows: Vec<PackedRow> = (0..args.sft_batch * 4)
@@ -583,6 +580,10 @@ fn sft_run(
             "cuda_kernels": dev.is_cuda() && distill_models::cuda::enabled(),
             "step_s": step_s, "tok_s": tok_s.round(), "mfu_6N": 6.0 * n * tok_s / PEAK_FLOPS,
             "peak_gib": peak.map(|p| p / (1u64 << 30) as f64),
+            // What `distill train`'s preflight expects of this run (its out-of-memory check).
+            "estimate_gib": crate::student_cmd::memory::estimate(
+                &spec, &target, args.sft_batch, args.sft_seq, activation_checkpointing,
+            ).total() / (1u64 << 30) as f64,
         });
         Ok((figure, losses))
     })()

@@ -43,11 +43,12 @@ impl Estimate {
 }
 
 /// What a run of `spec` needs at `micro_batch` rows of `seq_len` tokens. Activations follow the
-/// ops a GPU runs today: per layer the block's inputs and projections (~16 × hidden + 6 ×
-/// intermediate values per token) and one f32 log-sum-exp per query head and token (attention
-/// runs in chunks of queries and keeps no scores: [`chunked_attention`]), plus the working set
-/// of one attention chunk (four chunks' f32 scores). With activation checkpointing
-/// (`recompute`) each layer keeps only its input, and one layer's activations exist at a time.
+/// ops a GPU runs: per layer the values its backward pass keeps ([`layer_values`], with distill's
+/// CUDA kernels where they run, else candle's composed ops) and one f32 log-sum-exp per query
+/// head and token (attention runs in chunks of queries and keeps no scores:
+/// [`chunked_attention`]), plus the working set of one attention chunk (four chunks' f32
+/// scores). With activation checkpointing (`recompute`) each layer keeps only its input, and
+/// one layer's activations exist at a time.
 pub fn estimate(
     spec: &Spec,
     target: &TrainTarget,
@@ -61,7 +62,10 @@ pub fn estimate(
     let copy = if p.is_mixed() { bytes(p.compute) } else { 0.0 };
     // parameter + gradient + two moments (in the parameter's dtype) + the cast copy.
     let tokens = (micro_batch * seq_len) as f64;
-    let per_layer = layer_activations(spec, tokens, bytes(p.compute))
+    let kernels = target.device.is_cuda()
+        && distill_models::cuda::enabled()
+        && matches!(p.compute, DType::F32 | DType::BF16);
+    let per_layer = tokens * layer_values(spec, kernels) as f64 * bytes(p.compute)
         + tokens * (spec.num_heads * DType::F32.size_in_bytes()) as f64;
     let working =
         4.0 * chunked_attention::chunk_score_bytes(micro_batch, spec.num_heads, seq_len) as f64;
@@ -80,10 +84,29 @@ pub fn estimate(
     }
 }
 
-/// Values one decoder layer keeps for its backward pass, attention scores aside: the block's
-/// inputs and projections, ~16 × hidden + 6 × intermediate per token.
-fn layer_activations(spec: &Spec, tokens: f64, bytes: f64) -> f64 {
-    tokens * (16 * spec.hidden_size + 6 * spec.intermediate_size) as f64 * bytes
+/// Values per token one decoder layer keeps for its backward pass, attention scores aside.
+/// With distill's CUDA kernels (`kernels`), counted from the graph: the two norms' outputs; q,
+/// k and v as projected (again with their biases added), laid out heads-first, q and k rotated
+/// (Qwen3: also head-normed); the attention output, its merged copy and projection; the gate,
+/// up and SwiGLU values and their projection; the two residual sums — 12 × hidden + 7 × kv
+/// width + 3 × intermediate for Qwen2.5 (not yet measured: `check-device`'s SFT figures print
+/// this estimate beside the peak). With candle's composed ops (an f32 copy and its square in
+/// each RMSNorm, RoPE's rotated halves, `silu(gate)`): ~16 × hidden + 6 × intermediate.
+fn layer_values(spec: &Spec, kernels: bool) -> usize {
+    let (h, i) = (spec.hidden_size, spec.intermediate_size);
+    if !kernels {
+        return 16 * h + 6 * i;
+    }
+    let kv = spec.num_kv_heads * spec.head_dim;
+    let q = spec.num_heads * spec.head_dim;
+    let (bias, qk_norm) = (spec.qkv_bias as usize, spec.qk_norm as usize);
+    // normed, attention output, merged, o_proj, residual, normed, down_proj, residual
+    let hidden = 6 * h + 2 * q;
+    // projected (+ bias), heads-first, rotated (q, k), head-normed (Qwen3)
+    let q_values = q * (3 + bias + qk_norm);
+    let kv_values = kv * (3 + bias + qk_norm) + kv * (2 + bias);
+    let mlp = 3 * i + if spec.mlp_bias { 2 * i + h } else { 0 };
+    hidden + q_values + kv_values + mlp + if spec.o_bias { h } else { 0 }
 }
 
 /// What a run keeps on the device beside the student's own training state, in bytes.
@@ -404,6 +427,29 @@ mod tests {
         let inputs = 29.0 * 8.0 * 2048.0 * 1536.0 * 2.0;
         assert_eq!(recomputed.activations, inputs + layer(16384.0) + working);
         assert!(recomputed.activations < pure.activations / 10.0);
+    }
+
+    /// The values a layer keeps per token: Qwen2.5-1.5B with the CUDA kernels 12 × 1,536 +
+    /// 7 × 256 + 3 × 8,960 (40% under the composed ops' count); Qwen3 (q/k norms, no biases)
+    /// and Llama (no biases) by their own graphs.
+    #[test]
+    fn the_kernels_keep_fewer_values() {
+        let qwen = spec();
+        assert_eq!(layer_values(&qwen, true), 12 * 1536 + 7 * 256 + 3 * 8960);
+        assert_eq!(layer_values(&qwen, false), 16 * 1536 + 6 * 8960);
+        let ratio = layer_values(&qwen, true) as f64 / layer_values(&qwen, false) as f64;
+        assert!((0.55..0.65).contains(&ratio), "{ratio}");
+        let llama = Spec {
+            qkv_bias: false,
+            ..spec()
+        };
+        assert_eq!(layer_values(&llama, true), 11 * 1536 + 5 * 256 + 3 * 8960);
+        let qwen3 = Spec {
+            qkv_bias: false,
+            qk_norm: true,
+            ..spec()
+        };
+        assert_eq!(layer_values(&qwen3, true), 12 * 1536 + 6 * 256 + 3 * 8960);
     }
 
     /// The R1 preset's student (Qwen2.5-Math-1.5B, 1 × 4096 tokens, bf16 over f32 masters):

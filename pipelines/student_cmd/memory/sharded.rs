@@ -4,7 +4,7 @@
 
 use distill_models::Spec;
 
-use super::{layer_activations, Estimate};
+use super::{layer_values, Estimate};
 
 /// One process of a PyTorch training job (TRL under accelerate): how the model is held.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,7 +105,8 @@ pub fn sharded(spec: &Spec, job: &Sharding) -> Estimate {
     }
     let tokens = (job.micro_batch * job.seq_len) as f64;
     let layers = spec.num_layers as f64;
-    let one_layer = layer_activations(spec, tokens, compute);
+    // PyTorch's eager autograd keeps about what candle's composed ops keep.
+    let one_layer = tokens * layer_values(spec, false) as f64 * compute;
     let activations = if job.activation_checkpointing {
         layers * tokens * spec.hidden_size as f64 * compute + one_layer
     } else {

@@ -357,6 +357,13 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         report.completion_tokens,
         report.completion_tokens as f64 / secs.max(1e-3),
     );
+    if report.preempted > 0 {
+        eprintln!(
+            "The KV cache was full {} times: those sequences were paused and recomputed \
+             (`--kv-cache-gib` raises the limit; a smaller `--batch` avoids it)",
+            report.preempted
+        );
+    }
     if report.cancelled {
         anyhow::bail!(
             "Interrupted after {} of {total} samples; rerun the same command to continue",

@@ -129,6 +129,9 @@ pub struct GenerateReport {
     /// Generated tokens whose top log-probabilities were stored (`--logprobs`).
     #[serde(default)]
     pub logprob_tokens: u64,
+    /// Times a sequence was paused for KV cache room and recomputed (local engine).
+    #[serde(default)]
+    pub preempted: u64,
     /// Finished shards in the folder.
     pub shards: usize,
 }
@@ -542,6 +545,7 @@ impl Plan {
         };
         let manifest = finished?;
         report.cancelled = stats.cancelled;
+        report.preempted = stats.preempted;
         report.shards = manifest.shards.len();
         write_generation_file(&dir, &self.generation_file(errors, Some(report.clone())))?;
         Ok(report)

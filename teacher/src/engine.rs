@@ -356,6 +356,16 @@ impl Engine {
         if prompt.is_empty() {
             return Err(Error::Config("the prompt is empty".into()));
         }
+        // A prompt the KV cache cannot hold with one sampled token fails before any work.
+        if let Some(limit) = self.sequence_blocks() {
+            if (prompt.len() + 1).div_ceil(BLOCK) > limit {
+                return Err(Error::Config(format!(
+                    "the prompt of {} tokens needs more than the KV cache's {}: raise `--kv-cache-gib` or shorten the prompt",
+                    prompt.len(),
+                    self.blocks_described(limit)
+                )));
+            }
+        }
         let max_stop = request.stop.iter().map(String::len).max().unwrap_or(0);
         Ok(Seq {
             key: request.key.clone(),
@@ -514,6 +524,19 @@ impl Engine {
         Ok(sampled)
     }
 
+    /// Blocks the live sequences may hold under the KV cache budget: all but one, kept for a
+    /// step's padding row.
+    fn sequence_blocks(&self) -> Option<usize> {
+        self.kv_blocks.map(|limit| limit.saturating_sub(1).max(1))
+    }
+
+    /// `blocks` for a message: `N blocks (X GiB)`.
+    fn blocks_described(&self, blocks: usize) -> String {
+        let gib = (blocks * self.model.kv_block_bytes()) as f64 / (1u64 << 30) as f64;
+        let noun = if blocks == 1 { "block" } else { "blocks" };
+        format!("{blocks} {noun} ({gib:.2} GiB)")
+    }
+
     /// The step's feeds, `(live index, tokens)`: every decoding sequence one token, prompts
     /// (and replays) what is left of the step's token budget in chunks. Under a KV cache limit
     /// the feeds fit the blocks free: when the decoding sequences alone do not fit, or nothing
@@ -525,11 +548,9 @@ impl Engine {
         stats: &mut GenStats,
         on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
     ) -> Vec<(usize, Vec<u32>)> {
-        let Some(limit) = self.kv_blocks else {
+        let Some(limit) = self.sequence_blocks() else {
             return self.feeds(live, None);
         };
-        // A block for the step's padding row, when it has one.
-        let limit = limit.saturating_sub(1).max(1);
         loop {
             let held: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
             let decoding: usize = live
@@ -566,8 +587,8 @@ impl Engine {
             let _ = on_update(Update::Failed {
                 key: seq.key,
                 error: Error::Config(format!(
-                    "the sequence needs more than the KV cache's {limit} blocks ({:.2} GiB) at {positions} positions: raise `--kv-cache-gib`, or lower `max_new_tokens` or the prompt",
-                    (limit * self.model.kv_block_bytes()) as f64 / (1u64 << 30) as f64
+                    "the sequence needs more than the KV cache's {} at {positions} positions: raise `--kv-cache-gib`, or lower `max_new_tokens` or the prompt",
+                    self.blocks_described(limit)
                 )),
             });
         }

@@ -432,7 +432,8 @@ fn top_logprobs_are_the_models_own_distribution() {
 /// still completes all its tokens, the pool never grows past the limit, the samples follow the
 /// unlimited run's (a replay recomputes the same positions, which bf16 rounds a little
 /// differently from one at a time), and a limit that cannot hold one sequence fails just
-/// that request, with the reason.
+/// that request, with the reason: at admission when the prompt alone does not fit, else when
+/// its generation outgrows the limit.
 #[test]
 fn a_kv_cache_limit_preempts_and_recomputes() {
     use candle_core::DType;
@@ -515,9 +516,20 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
     assert_eq!(failed.len(), 2);
     assert_eq!(stats.failed, 2);
     assert!(
-        failed[0].1.contains("more than the KV cache's 2 blocks")
+        failed[0]
+            .1
+            .contains("the sequence needs more than the KV cache's 2 blocks")
             && failed[0].1.contains("--kv-cache-gib"),
         "{}",
         failed[0].1
+    );
+    // Two blocks: one for the sequences, which a ~50-token prompt does not fit.
+    let none = make(2.0 * block / (1u64 << 30) as f64);
+    let (done, failed, _, most) = generate(&none, workload[..1].to_vec());
+    assert!(done.is_empty() && most == 0, "refused before any work");
+    let why = &failed[0].1;
+    assert!(
+        why.contains("the prompt of ") && why.contains("needs more than the KV cache's 1 block ("),
+        "{why}"
     );
 }

@@ -276,6 +276,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(args.batch > 0, "`--batch` must be at least 1");
+    check_kv_cache_gib(args.kv_cache_gib)?;
     let plan = Plan::new(config, &teacher)?;
     let total = plan.total();
     let already = plan.already_done();
@@ -381,6 +382,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "`--batch` must be at least 1");
+    check_kv_cache_gib(args.kv_cache_gib)?;
     anyhow::ensure!(args.max_tokens > 0, "`--max-tokens` must be at least 1");
     let model = crate::model_arg::resolve_existing(&args.model, "model")?;
     let name = args
@@ -421,5 +423,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     })?;
     eprintln!("Stopped");
+    Ok(())
+}
+
+/// `--kv-cache-gib` is checked before a model loads: a size in GiB, 0 for automatic.
+pub(crate) fn check_kv_cache_gib(gib: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        gib.is_finite() && gib >= 0.0,
+        "`--kv-cache-gib` must be a size in GiB (0: automatic), not {gib}"
+    );
     Ok(())
 }

@@ -216,6 +216,10 @@ fn bad_input_fails_before_any_work() {
         generate(&problems, &out, 1).args(["--prompt-col", "question_text"]),
         "question_text",
     );
+    fail(
+        generate(&problems, &out, 1).arg("--kv-cache-gib=-1"),
+        "`--kv-cache-gib` must be a size in GiB",
+    );
     let mut no_model = bin();
     no_model.args(["generate", "--model", "no/such.gguf", "--out"]);
     no_model.arg(&out).arg("--problems").arg(&problems);

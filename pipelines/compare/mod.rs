@@ -152,6 +152,7 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
             args.samples
         );
     }
+    crate::teacher_cmd::check_kv_cache_gib(args.kv_cache_gib)?;
     if args.batch == 0 || args.max_new_tokens == 0 {
         bail!("`--batch` and `--max-new-tokens` must be at least 1");
     }

@@ -15,8 +15,9 @@ use crate::{cuda, ops, Error, Result};
 
 impl Attention {
     /// Scaled dot-product attention of `q` `[b, heads, q_len, d]` over `k`/`v` `[b, kv_heads,
-    /// k_len, d]` (a history from the pool), with an optional additive mask `[q_len, k_len]`.
-    /// Returns `[b, heads, q_len, d]`. The kv heads are not repeated: each multiplies its own
+    /// k_len, d]` (a history from the pool), with an optional additive mask that broadcasts
+    /// over `[b, kv_heads, n_rep, q_len, k_len]` (`[q_len, k_len]` for every row, or `[b, 1, 1,
+    /// q_len, k_len]` for one per row). Returns `[b, heads, q_len, d]`. The kv heads are not repeated: each multiplies its own
     /// group of query heads, laid out as `[b, kv_heads, n_rep × q_len, d]`, so a step reads
     /// the history once instead of copying it `n_rep` times (6× for Qwen2.5-1.5B) per layer.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -103,13 +104,11 @@ impl Attention {
                 )?),
                 Some(padded) => {
                     let count = picked.dim(0)?;
-                    let grouped = picked.reshape((count, kv, h / kv, d))?;
                     let flat = dec.tables.flatten_all()?;
                     let (hk, hv) = (gather(keys, &flat, count)?, gather(values, &flat, count)?);
-                    let scores = (grouped.matmul(&hk.t()?)?.to_dtype(DType::F32)? * self.scale)?
-                        .broadcast_add(&padded.mask)?;
-                    let probs = ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-                    pieces.push(probs.matmul(&hv)?.reshape((count, h * d))?);
+                    let q = picked.reshape((count, h, 1, d))?;
+                    let out = self.attend(&q, &hk, &hv, Some(&padded.mask))?;
+                    pieces.push(out.reshape((count, h * d))?);
                 }
             }
         }
@@ -235,7 +234,8 @@ struct DecodeRows {
 /// The batched attention's view of the one-token entries: every history gathered to the
 /// widest table.
 struct PaddedDecode {
-    /// `[n, 1, 1, width × BLOCK]` f32: 0 where an entry's query sees a key, `-inf` elsewhere.
+    /// `[n, 1, 1, 1, width × BLOCK]` f32: 0 where an entry's query sees a key, `-inf`
+    /// elsewhere.
     mask: Tensor,
 }
 
@@ -354,7 +354,7 @@ impl DeviceStep {
                     })
                     .collect();
                 Some(PaddedDecode {
-                    mask: Tensor::from_vec(mask, (count, 1, 1, keys), device)?,
+                    mask: Tensor::from_vec(mask, (count, 1, 1, 1, keys), device)?,
                 })
             };
             let rows: Vec<u32> = decoding.iter().map(|&(row, ..)| row as u32).collect();

@@ -24,12 +24,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::Result;
+use crate::{Result, Spec};
 
 /// Positions a block holds.
 pub const BLOCK: usize = 32;
 /// Blocks a pool holds at first (it doubles from there).
 pub const MIN_BLOCKS: usize = 16;
+
+/// Bytes one block holds for a model of `spec` in `dtype`: keys and values of [`BLOCK`]
+/// positions in every layer.
+pub fn block_bytes(spec: &Spec, dtype: DType) -> usize {
+    2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * BLOCK * dtype.size_in_bytes()
+}
 
 /// The blocks a pool grows to for `sequences` sequences at once of up to `positions` positions
 /// each: a power of two, at least [`MIN_BLOCKS`]. Memory estimates count caches with this.

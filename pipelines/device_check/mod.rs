@@ -625,12 +625,7 @@ fn decode_speed(config_path: &Path, batch: usize, dev: &Device) -> anyhow::Resul
         let decode = (total - first.unwrap_or_default()).as_secs_f64();
         // The paged KV pool at the end: the blocks it grew to, in GiB.
         let (blocks, _) = model.kv_pool_blocks();
-        let per_block = 2
-            * spec.num_layers
-            * spec.num_kv_heads
-            * spec.head_dim
-            * distill_models::kv_pool::BLOCK
-            * dtype.size_in_bytes();
+        let per_block = model.kv_block_bytes();
         Ok(json!({
             "check": "decode_speed", "device": describe(dev), "batch": batch,
             "dtype": dtype.as_str(), "prompt": 64, "new": new_tokens,

@@ -32,7 +32,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 #[cfg(feature = "cuda")]
 mod launch;
@@ -74,13 +74,19 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-/// Whether the kernels can run on `t`: a CUDA tensor of f32 or bf16 in a binary built with the
-/// `cuda` feature, the kernels [`enabled`].
-pub fn supported(t: &Tensor) -> bool {
+/// Whether the kernels run on `device` in `dtype`: a CUDA device in a binary built with the
+/// `cuda` feature, f32 or bf16, the kernels [`enabled`]. Memory estimates ask this before any
+/// tensor exists.
+pub fn runs_on(device: &Device, dtype: DType) -> bool {
     cfg!(feature = "cuda")
-        && t.device().is_cuda()
-        && matches!(t.dtype(), DType::F32 | DType::BF16)
+        && device.is_cuda()
+        && matches!(dtype, DType::F32 | DType::BF16)
         && enabled()
+}
+
+/// Whether the kernels can run on `t` ([`runs_on`] its device and dtype).
+pub fn supported(t: &Tensor) -> bool {
+    runs_on(t.device(), t.dtype())
 }
 
 /// Whether the kernels can run on all of `ts` together: [`supported`], one dtype, one device.

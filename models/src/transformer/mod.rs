@@ -439,14 +439,9 @@ impl Model {
         !(self.device.is_cpu() && self.dtype == DType::F32)
     }
 
-    /// Bytes one block of the pool holds: keys and values of [`crate::kv_pool::BLOCK`]
-    /// positions in every layer.
+    /// Bytes one block of the pool holds ([`crate::kv_pool::block_bytes`]).
     pub fn kv_block_bytes(&self) -> usize {
-        2 * self.spec.num_layers
-            * self.spec.num_kv_heads
-            * self.spec.head_dim
-            * crate::kv_pool::BLOCK
-            * self.dtype.size_in_bytes()
+        crate::kv_pool::block_bytes(&self.spec, self.dtype)
     }
 
     /// Caps the pool's growth by doubling at `blocks` (an engine's KV cache budget; `None`:

@@ -62,9 +62,7 @@ pub fn estimate(
     let copy = if p.is_mixed() { bytes(p.compute) } else { 0.0 };
     // parameter + gradient + two moments (in the parameter's dtype) + the cast copy.
     let tokens = (micro_batch * seq_len) as f64;
-    let kernels = target.device.is_cuda()
-        && distill_models::cuda::enabled()
-        && matches!(p.compute, DType::F32 | DType::BF16);
+    let kernels = distill_models::cuda::runs_on(&target.device, p.compute);
     let per_layer = tokens * layer_values(spec, kernels) as f64 * bytes(p.compute)
         + tokens * (spec.num_heads * DType::F32.size_in_bytes()) as f64;
     let working =
@@ -136,9 +134,7 @@ impl Beside {
     /// the paged generation pool they grow to (every sample at full length, in blocks, the
     /// blocks rounded up to a power of two).
     pub fn sample_caches(spec: &Spec, sequences: usize, seq_len: usize, dtype: DType) -> f64 {
-        let per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim;
-        let positions = kv_pool::extent(sequences, seq_len) * kv_pool::BLOCK;
-        (positions * per_token * dtype.size_in_bytes()) as f64
+        (kv_pool::extent(sequences, seq_len) * kv_pool::block_bytes(spec, dtype)) as f64
     }
 
     /// What the divergence keeps until the backward pass for `positions` compared positions of

@@ -1,5 +1,5 @@
 //! With the `cuda` feature, compiles the CUDA kernels (`src/cuda/train.cu`, `src/cuda/generate.cu`,
-//! both including `src/cuda/common.cuh`) to PTX with nvcc
+//! `src/cuda/flash_attention.cu`, each including `src/cuda/common.cuh`) to PTX with nvcc
 //! (the pinned CUDA 13.0 one from `gpu/setup.sh`, or any on PATH / under CUDA_HOME), for the
 //! compute capability in `CUDA_COMPUTE_CAP` (80 when unset: PTX the driver JIT-compiles for
 //! A100, H100 and H200). Without the feature it does nothing, so CPU builds need no CUDA.
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each its own PTX module.
-const SOURCES: [&str; 2] = ["train.cu", "generate.cu"];
+const SOURCES: [&str; 3] = ["train.cu", "generate.cu", "flash_attention.cu"];
 
 fn main() {
     for file in SOURCES.iter().chain(&["common.cuh"]) {

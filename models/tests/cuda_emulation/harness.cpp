@@ -1,4 +1,4 @@
-// Runs one kernel of models/src/cuda/train.cu or generate.cu on the CPU (through emulate.h) for
+// Runs one kernel of models/src/cuda/train.cu, generate.cu or flash_attention.cu on the CPU (through emulate.h) for
 // models/tests/cuda_kernels.rs:
 //
 //   harness KERNEL DTYPE GRID BLOCK [ints and floats the kernel takes] < inputs > outputs
@@ -10,6 +10,7 @@
 #include "emulate.h"
 #include "train.cu"
 #include "generate.cu"
+#include "flash_attention.cu"
 
 #include <cstdio>
 #include <cstdlib>
@@ -191,6 +192,49 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     output(p);
     output(m);
     output(v);
+  } else if (kernel == "flash_attention") {
+    // batch heads kv_heads seq dim scale (bf16 only): q, k, v, starts (as floats), d_out ->
+    // out, lse, dq, dk, dv. Runs the forward, then both backward kernels with row_dot = Σ dO ∘ O
+    // of the bf16 output, as models/src/chunked_attention.rs computes it.
+    using B = __nv_bfloat16;
+    if (!bf) {
+      std::fprintf(stderr, "harness: flash_attention is bf16 only\n");
+      return 2;
+    }
+    int b = i(0), h = i(1), kv = i(2), t = i(3), d = i(4);
+    float scale = f(5);
+    size_t nq = (size_t)b * h * t * d, nk = (size_t)b * kv * t * d, rows = (size_t)b * h * t;
+    auto q = input<B>(nq), k = input<B>(nk), v = input<B>(nk);
+    std::vector<float> sf = read_f32((size_t)b * t);
+    std::vector<uint32_t> starts(sf.begin(), sf.end());
+    auto d_out = input<B>(nq);
+    std::vector<B> out(nq), dq(nq), dk(nk), dv(nk);
+    std::vector<float> lse(rows), dot(rows);
+    auto fwd = d == 64 ? flash_attention_fwd_d64_bf16 : flash_attention_fwd_d128_bf16;
+    auto bwd_kv = d == 64 ? flash_attention_bwd_kv_d64_bf16 : flash_attention_bwd_kv_d128_bf16;
+    auto bwd_q = d == 64 ? flash_attention_bwd_q_d64_bf16 : flash_attention_bwd_q_d128_bf16;
+    unsigned tiles64 = (t + 63) / 64, tiles32 = (t + 31) / 32;
+    launch(b * h * tiles64, 128, [&] {
+      fwd(q.data(), k.data(), v.data(), starts.data(), out.data(), lse.data(), h, kv, t, scale);
+    });
+    for (size_t r = 0; r < rows; ++r) {
+      float s = 0.f;
+      for (int c = 0; c < d; ++c) s += widen(d_out[r * d + c]) * widen(out[r * d + c]);
+      dot[r] = s;
+    }
+    launch(b * kv * tiles32, 64, [&] {
+      bwd_kv(q.data(), k.data(), v.data(), d_out.data(), lse.data(), dot.data(), starts.data(),
+             dk.data(), dv.data(), h, kv, t, scale);
+    });
+    launch(b * h * tiles32, 64, [&] {
+      bwd_q(q.data(), k.data(), v.data(), d_out.data(), lse.data(), dot.data(), starts.data(),
+            dq.data(), h, kv, t, scale);
+    });
+    output(out);
+    write_f32(lse);
+    output(dq);
+    output(dk);
+    output(dv);
   } else {
     std::fprintf(stderr, "harness: unknown kernel %s\n", kernel.c_str());
     return 2;

@@ -11,8 +11,8 @@ use distill_models::Model;
 use serde_json::json;
 
 use super::{
-    agreement, emit, logits_and_grads, random_weights, rel_diff, tiny_config, tiny_config_with,
-    with_fields,
+    agreement, emit, logits_and_grads, random_weights, rel_diff, rel_l2, tiny_config,
+    tiny_config_with, with_fields,
 };
 
 /// The CUDA kernels against candle's composed ops on the same device: the parity models with
@@ -38,6 +38,7 @@ pub(super) fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
             ));
         }
     }
+    failed |= flash_attention(dev)?;
     failed |= decode_kernel(dev)?;
     failed |= device_sampling(dev)?;
     // The loss's cross-entropy on Qwen-wide rows, against the composed softmax.
@@ -104,6 +105,107 @@ pub(super) fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
         "check": "cuda_kernels", "what": "adamw", "elements": n,
         "param_moments_max_rel_diff": diffs, "tolerance": 1e-6, "ok": ok,
     }));
+    Ok(failed)
+}
+
+/// Flash attention (`cuda::flash_attention`) on the same GPU against the chunked path in f32:
+/// output and q, k, v gradients at a Qwen2.5-1.5B shape (12 heads over 2 kv heads of 128) and a
+/// SmolLM2 one (9 over 3 of 64), two rows of 2,048 tokens (one packed with three documents),
+/// beside the chunked path's own bf16 error; then forward + backward time of both paths on
+/// one-document rows (the causal attention `gpu/check.py` times PyTorch's SDPA on). Returns
+/// whether it failed.
+pub(super) fn flash_attention(dev: &Device) -> anyhow::Result<bool> {
+    use candle_core::Var;
+    use distill_models::chunked_attention::{attention, QueryChunks};
+    use distill_models::cuda;
+    let (batch, seq) = (2, 2048);
+    let documents = |lens: &[u32]| -> Vec<u32> { lens.iter().flat_map(|&n| 0..n).collect() };
+    let packed = vec![documents(&[300, 700, 1048]), documents(&[2048])];
+    let whole = vec![documents(&[2048]); batch];
+    let mut failed = false;
+    for (heads, kv_heads, head_dim) in [(12, 2, 128), (9, 3, 64)] {
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let q = Tensor::randn(0f32, 1.0, (batch, heads, seq, head_dim), dev)?;
+        let k = Tensor::randn(0f32, 1.0, (batch, kv_heads, seq, head_dim), dev)?;
+        let v = Tensor::randn(0f32, 1.0, (batch, kv_heads, seq, head_dim), dev)?;
+        let d_out = Tensor::randn(0f32, 1.0, (batch, heads, seq, head_dim), dev)?;
+        // Output and gradients of Σ out ∘ d_out, in `dtype`.
+        let grads = |dtype: DType, chunks: &QueryChunks| -> anyhow::Result<Vec<Tensor>> {
+            let cast = |t: &Tensor| t.to_dtype(dtype).and_then(|t| Var::from_tensor(&t));
+            let (qv, kv, vv) = (cast(&q)?, cast(&k)?, cast(&v)?);
+            let out = attention(&qv, &kv, &vv, chunks, scale)?;
+            let grads = (&out * d_out.to_dtype(dtype)?)?.sum_all()?.backward()?;
+            let mut all = vec![out];
+            for var in [&qv, &kv, &vv] {
+                let g = grads
+                    .get(var)
+                    .context("attention left an input without a gradient")?;
+                all.push(g.clone());
+            }
+            Ok(all)
+        };
+        let run = |dtype: DType, rows: &[Vec<u32>]| -> anyhow::Result<Vec<Tensor>> {
+            let all = grads(dtype, &QueryChunks::new(rows, heads, dev)?)?;
+            Ok(all
+                .iter()
+                .map(|t| t.to_dtype(DType::F32))
+                .collect::<Result<_, _>>()?)
+        };
+        cuda::set_flash_attention(false);
+        let reference = run(DType::F32, &packed);
+        let chunked = run(DType::BF16, &packed);
+        cuda::set_flash_attention(true);
+        let flash = run(DType::BF16, &packed);
+        let (reference, chunked, flash) = (reference?, chunked?, flash?);
+        let errors = |got: &[Tensor]| -> anyhow::Result<Vec<f32>> {
+            reference
+                .iter()
+                .zip(got)
+                .map(|(r, g)| rel_l2(r, g))
+                .collect()
+        };
+        let (flash_err, chunked_err) = (errors(&flash)?, errors(&chunked)?);
+        let tolerance = [1e-2, 3e-2, 3e-2, 3e-2];
+        let ok = flash_err.iter().zip(tolerance).all(|(e, t)| *e <= t);
+        failed |= !ok;
+        emit(json!({
+            "check": "cuda_kernels", "what": "flash_attention", "batch": batch, "seq": seq,
+            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "rel_l2_out_dq_dk_dv": flash_err, "chunked_bf16_rel_l2": chunked_err,
+            "tolerance": tolerance, "ok": ok,
+        }));
+
+        // Forward + backward of one-document rows, 3 warm-up and 10 timed, each path (the
+        // inputs' bf16 copies and the loss's product and sum included, for both).
+        let chunks = QueryChunks::new(&whole, heads, dev)?;
+        let time = |flash_on: bool| -> anyhow::Result<f64> {
+            cuda::set_flash_attention(flash_on);
+            for _ in 0..3 {
+                grads(DType::BF16, &chunks)?;
+            }
+            dev.synchronize()?;
+            let start = Instant::now();
+            for _ in 0..10 {
+                grads(DType::BF16, &chunks)?;
+            }
+            dev.synchronize()?;
+            Ok(start.elapsed().as_secs_f64() / 10.0)
+        };
+        let (chunked_s, flash_s) = (time(false), time(true));
+        cuda::set_flash_attention(true);
+        // Causal pairs × head dim × 4 flops forward (two products), 2.5× that backward.
+        let pairs = (batch * heads * seq * (seq + 1) / 2) as f64;
+        let flops = 3.5 * 4.0 * pairs * head_dim as f64;
+        let figure = |s: &anyhow::Result<f64>| match s {
+            Ok(s) => json!({"ms": s * 1e3, "tflops": flops / s / 1e12}),
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        emit(json!({
+            "check": "flash_attention_speed", "batch": batch, "seq": seq, "heads": heads,
+            "kv_heads": kv_heads, "head_dim": head_dim,
+            "flash": figure(&flash_s), "chunked": figure(&chunked_s),
+        }));
+    }
     Ok(failed)
 }
 

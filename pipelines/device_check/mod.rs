@@ -471,10 +471,22 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
     } else {
         None
     };
+    // The kernels with attention in chunked matmuls instead of flash attention.
+    let flash = distill_models::cuda::flash_attention_runs(
+        dev,
+        args.sft_dtype.training(dev)?.compute,
+        config.spec()?.head_dim,
+    );
+    let chunked = flash.then(|| {
+        distill_models::cuda::set_flash_attention(false);
+        let chunked = run(false, args.sft_steps.min(6));
+        distill_models::cuda::set_flash_attention(true);
+        chunked
+    });
     let mut failed = false;
     for (run, checkpointing) in [(&plain, false), (&recomputed, true)]
         .into_iter()
-        .chain(composed.iter().map(|c| (c, false)))
+        .chain(composed.iter().chain(&chunked).map(|c| (c, false)))
     {
         match run {
             Ok((v, _)) => emit(v.clone()),
@@ -504,6 +516,9 @@ fn sft(config_path: &Path, args: &CheckDeviceArgs, dev: &Device) -> anyhow::Resu
     compare("activation_checkpointing_losses", &recomputed, 1e-3);
     if let Some(composed) = &composed {
         compare("cuda_kernels_losses", composed, 1e-2);
+    }
+    if let Some(chunked) = &chunked {
+        compare("flash_attention_losses", chunked, 1e-2);
     }
     Ok(failed)
 }
@@ -578,6 +593,9 @@ fn sft_run(
             "seq": args.sft_seq, "precision": precision.to_string(),
             "activation_checkpointing": activation_checkpointing, "steps": measured.len(),
             "cuda_kernels": dev.is_cuda() && distill_models::cuda::enabled(),
+            "flash_attention": distill_models::cuda::flash_attention_runs(
+                dev, precision.compute, spec.head_dim,
+            ),
             "step_s": step_s, "tok_s": tok_s.round(), "mfu_6N": 6.0 * n * tok_s / PEAK_FLOPS,
             "peak_gib": peak.map(|p| p / (1u64 << 30) as f64),
             // What `distill train`'s preflight expects of this run (its out-of-memory check).

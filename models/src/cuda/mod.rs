@@ -1,8 +1,9 @@
 //! CUDA kernels for NVIDIA GPUs. For training, each one graph node with an analytic backward:
-//! RMSNorm, RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]); and some used outside the graph:
-//! the masked softmax of a chunk of attention scores and its backward ([`attention_softmax`],
-//! [`attention_softmax_bwd`], for `crate::chunked_attention`), the cross-entropy of a chunk of
-//! logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the AdamW
+//! RMSNorm, RoPE and SwiGLU ([`rms_norm`], [`rope`], [`swiglu`]) and causal, document-masked
+//! attention on tensor cores ([`flash_attention`], bf16, for `crate::chunked_attention`); and
+//! some used outside the graph: the masked softmax of a chunk of attention scores and its
+//! backward ([`attention_softmax`], [`attention_softmax_bwd`], the chunked path where flash
+//! attention does not run), the cross-entropy of a chunk of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the AdamW
 //! step in place ([`adamw_step`]). For generation, [`set_rows`] (a step's new keys and values
 //! into their blocks of the paged KV pool, one launch), [`decode_attention`] (every sequence
 //! that decodes one token attends its history in the pool through its block table, one launch
@@ -18,11 +19,13 @@
 //! scaled, masked softmax is about fifteen launches over f32 copies of the scores, its backward
 //! ten more.
 //!
-//! The CUDA C is `train.cu` and `generate.cu` (sharing `common.cuh`), compiled to PTX at build time
-//! (`models/build.rs`) and loaded into candle's device on first use. [`crate::ops`] and the
-//! student's loss and optimizer choose these kernels where [`supported`] says so, before candle's
-//! composed ops; `DISTILL_CUDA_KERNELS=0` (or [`set_enabled`]) turns them off, which leaves the
-//! composed ops as the reference they are checked against on a GPU (`distill check-device`). On the
+//! The CUDA C is `train.cu`, `generate.cu` and `flash_attention.cu` (sharing `common.cuh`),
+//! compiled to PTX at build time (`models/build.rs`) and loaded into candle's device on first
+//! use. [`crate::ops`] and the student's loss and optimizer choose these kernels where
+//! [`supported`] says so, before candle's composed ops; `DISTILL_CUDA_KERNELS=0` (or
+//! [`set_enabled`]) turns them off, which leaves the composed ops as the reference they are
+//! checked against on a GPU (`distill check-device`); `DISTILL_FLASH_ATTENTION=0` turns off
+//! flash attention alone. On the
 //! CPU, `tests/cuda_kernels.rs` runs the `.cu` files themselves through an emulation of CUDA's
 //! threads against the composed ops (and, for the pool writes, decode attention, sampling and
 //! top-k, against plain definitions).
@@ -33,6 +36,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+
+use crate::recompute::ComputedOutput;
 
 #[cfg(feature = "cuda")]
 mod launch;
@@ -53,25 +58,72 @@ pub struct AdamWStep {
     pub grad_scale: f32,
 }
 
-/// 0: not read yet; 1: on; 2: off.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+/// A process-wide on/off setting, read from an environment variable on first use (`0` turns it
+/// off) unless set first.
+struct Switch {
+    /// 0: not read yet; 1: on; 2: off.
+    state: AtomicU8,
+    var: &'static str,
+}
+
+impl Switch {
+    const fn new(var: &'static str) -> Self {
+        Self {
+            state: AtomicU8::new(0),
+            var,
+        }
+    }
+
+    fn get(&self) -> bool {
+        match self.state.load(Ordering::Relaxed) {
+            0 => {
+                let on = std::env::var(self.var).map_or(true, |v| v != "0");
+                self.set(on);
+                on
+            }
+            state => state == 1,
+        }
+    }
+
+    fn set(&self, on: bool) {
+        self.state.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    }
+}
+
+static KERNELS: Switch = Switch::new("DISTILL_CUDA_KERNELS");
+static FLASH_ATTENTION: Switch = Switch::new("DISTILL_FLASH_ATTENTION");
 
 /// Whether the kernels are on: `DISTILL_CUDA_KERNELS=0` turns them off, unless
 /// [`set_enabled`] said otherwise.
 pub fn enabled() -> bool {
-    match ENABLED.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("DISTILL_CUDA_KERNELS").map_or(true, |v| v != "0");
-            ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-        state => state == 1,
-    }
+    KERNELS.get()
 }
 
 /// Turns the kernels on or off for the rest of the process (the GPU check compares both).
 pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    KERNELS.set(on)
+}
+
+/// Whether [`flash_attention`] is on (with the kernels): `DISTILL_FLASH_ATTENTION=0` leaves
+/// training attention to `crate::chunked_attention`'s chunked matmuls, unless
+/// [`set_flash_attention`] said otherwise.
+pub fn flash_attention_enabled() -> bool {
+    FLASH_ATTENTION.get()
+}
+
+/// Turns [`flash_attention`] on or off for the rest of the process (the GPU check times both).
+pub fn set_flash_attention(on: bool) {
+    FLASH_ATTENTION.set(on)
+}
+
+/// Whether [`flash_attention`] takes attention over heads of `head_dim` in `dtype` on `device`:
+/// the kernels run there ([`runs_on`]) and are [`flash_attention_enabled`], bf16 (tensor cores
+/// multiply 16-bit inputs), head dim 64 or 128 (Qwen2.5, Qwen3, Llama 3, SmolLM2).
+pub fn flash_attention_runs(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    runs_on(device, dtype)
+        && dtype == DType::BF16
+        && matches!(head_dim, 64 | 128)
+        && flash_attention_enabled()
 }
 
 /// Whether the kernels run on `device` in `dtype`: a CUDA device in a binary built with the
@@ -195,6 +247,38 @@ pub fn attention_softmax_bwd(
         chunk,
         scale
     ))
+}
+
+/// Causal, document-masked, grouped-query attention in one forward launch and two backward
+/// launches (`flash_attention.cu`): `softmax(q·kᵀ · scale + mask) · v` for rotated `q`
+/// `[batch, heads, seq, d]` and `k`, `v` `[batch, kv_heads, seq, d]` (not repeated), where
+/// query i sees key j iff `starts[b, i] ≤ j ≤ i` (`starts` `[batch, seq]` u32: each position's
+/// document start). Keeps only the output and a log-sum-exp per query row for backward, never a
+/// score tensor. Differentiable in q, k and v; see [`flash_attention_runs`] for what it takes.
+pub fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    starts: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let (out, lse) = on_gpu!(launch::flash_attention(
+        &q.detach(),
+        &k.detach(),
+        &v.detach(),
+        starts,
+        scale as f32
+    ))?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(out);
+    }
+    let op = FlashAttention {
+        output: ComputedOutput::new(out),
+        lse,
+        starts: starts.clone(),
+        scale: scale as f32,
+    };
+    q.apply_op3(k, v, op)
 }
 
 /// Whether [`decode_attention`] takes a model's heads: head dim a multiple of 32 up to 256 and at
@@ -439,5 +523,70 @@ impl CustomOp3 for Rope {
         // The rotation's transpose is the rotation by the negated angle.
         let dx = on_gpu!(launch::rope_tensor(&grad.contiguous()?, cos, sin, -1.0))?;
         Ok((Some(dx), None, None))
+    }
+}
+
+/// The graph node of a tracked [`flash_attention`]: its forward hands over the kernel's output;
+/// its backward runs the backward kernels from the kept log-sum-exps.
+struct FlashAttention {
+    output: ComputedOutput,
+    lse: Tensor,
+    starts: Tensor,
+    scale: f32,
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "cuda-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.output.cuda(self.name())
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.to_dtype(q.dtype())?;
+        // D_i = Σ_d dO_id · O_id, f32: the softmax backward's row term.
+        let row_dot = (grad.to_dtype(DType::F32)? * out.detach().to_dtype(DType::F32)?)?
+            .sum(candle_core::D::Minus1)?;
+        let (dq, dk, dv) = on_gpu!(launch::flash_attention_bwd(
+            &q.detach(),
+            &k.detach(),
+            &v.detach(),
+            &grad,
+            &self.lse,
+            &row_dot,
+            &self.starts,
+            self.scale
+        ))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

@@ -45,10 +45,11 @@ impl Estimate {
 /// What a run of `spec` needs at `micro_batch` rows of `seq_len` tokens. Activations follow the
 /// ops a GPU runs: per layer the values its backward pass keeps ([`layer_values`], with distill's
 /// CUDA kernels where they run, else candle's composed ops) and one f32 log-sum-exp per query
-/// head and token (attention runs in chunks of queries and keeps no scores:
-/// [`chunked_attention`]), plus the working set of one attention chunk (four chunks' f32
-/// scores). With activation checkpointing (`recompute`) each layer keeps only its input, and
-/// one layer's activations exist at a time.
+/// head and token (attention keeps no scores: [`chunked_attention`]), plus, where the
+/// flash-attention kernels do not run (they keep their tiles on chip:
+/// `distill_models::cuda::flash_attention_runs`), the working set of one attention chunk (four
+/// chunks' f32 scores). With activation checkpointing (`recompute`) each layer keeps only its
+/// input, and one layer's activations exist at a time.
 pub fn estimate(
     spec: &Spec,
     target: &TrainTarget,
@@ -65,8 +66,13 @@ pub fn estimate(
     let kernels = distill_models::cuda::runs_on(&target.device, p.compute);
     let per_layer = tokens * layer_values(spec, kernels) as f64 * bytes(p.compute)
         + tokens * (spec.num_heads * DType::F32.size_in_bytes()) as f64;
-    let working =
-        4.0 * chunked_attention::chunk_score_bytes(micro_batch, spec.num_heads, seq_len) as f64;
+    let flash =
+        distill_models::cuda::flash_attention_runs(&target.device, p.compute, spec.head_dim);
+    let working = if flash {
+        0.0
+    } else {
+        4.0 * chunked_attention::chunk_score_bytes(micro_batch, spec.num_heads, seq_len) as f64
+    };
     let layers = spec.num_layers as f64;
     let activations = working
         + if recompute {

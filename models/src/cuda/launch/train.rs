@@ -1,115 +1,15 @@
-//! Launches of the kernels of `train.cu` and `generate.cu` on candle's CUDA device: buffers in and
-//! out, launch shapes, the f32/bf16 entry point of each kernel. The kernels are correct for any
-//! shape (see the header of `train.cu`); the shapes here are for speed.
+//! Launches of `train.cu`: RMSNorm, SwiGLU and RoPE with their backward, the attention
+//! softmax of a chunk and its backward, the loss's cross-entropy, the AdamW step.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-};
-use candle_core::cuda_backend::{kernel_name, CudaDType, WrapErr};
-use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
-use half::bf16;
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CudaStorage, DType, Layout, Result, Tensor};
 
-use super::{AdamWStep, ScoreChunk};
+use super::*;
+use crate::cuda::{AdamWStep, ScoreChunk};
 
-/// The PTX modules (built by models/build.rs) and the names candle's device caches them under.
-const TRAIN: (&str, &str) = (
-    "distill-train",
-    include_str!(concat!(env!("OUT_DIR"), "/train.ptx")),
-);
-const GENERATE: (&str, &str) = (
-    "distill-generate",
-    include_str!(concat!(env!("OUT_DIR"), "/generate.ptx")),
-);
-/// Threads per block of the elementwise kernels and of row kernels over wide rows.
-const THREADS: u32 = 256;
-/// More blocks than this walk their rows or elements in strides.
-const MAX_BLOCKS: usize = 65_535;
-/// Blocks of the RMSNorm backward: each sums the weight gradient of its rows, then one pass
-/// adds the blocks' sums (`[blocks, dim]` f32 in between).
-const NORM_GRAD_BLOCKS: usize = 1024;
-
-/// A storage and its layout, as a custom op receives them.
-type In<'a> = (&'a CudaStorage, &'a Layout);
-
-/// Calls `$f::<T>(args)` with T the Rust type of `$dtype`.
-macro_rules! by_dtype {
-    ($dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        match $dtype {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-            other => candle_core::bail!("the CUDA kernels take f32 or bf16, not {other:?}"),
-        }
-    };
-}
-
-trait Element: CudaDType + DeviceRepr + WithDType {}
-impl<T: CudaDType + DeviceRepr + WithDType> Element for T {}
-
-fn shape(blocks: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks.clamp(1, MAX_BLOCKS) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn elementwise(n: usize) -> LaunchConfig {
-    shape(n.div_ceil(THREADS as usize), THREADS)
-}
-
-/// Threads for a block per row of `dim`: about four elements a thread, 32 to 256.
-fn row_threads(dim: usize) -> u32 {
-    dim.div_ceil(4)
-        .next_power_of_two()
-        .clamp(32, THREADS as usize) as u32
-}
-
-/// The contiguous elements of a storage as the kernel's typed buffer.
-fn view<'a, T: Element>((storage, layout): In<'a>) -> Result<CudaView<'a, T>> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("the CUDA kernels take contiguous tensors");
-    };
-    Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
-}
-
-/// Runs `f` on a CUDA tensor's storage and layout.
-fn with_storage<R>(t: &Tensor, f: impl FnOnce(In) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cuda(s) => f((s, layout)),
-        _ => candle_core::bail!("the CUDA kernels take tensors on a CUDA device"),
-    }
-}
-
-fn tensor(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false)
-}
-
-/// Kernel `$name` of `$module` (`TRAIN`, `GENERATE`) for element type `$t` (its `_f32` or
-/// `_bf16` entry point), loaded into `$dev` on first use.
-macro_rules! kernel {
-    ($dev:expr, $module:expr, $t:ty, $name:literal) => {
-        $dev.get_or_load_custom_func(&kernel_name::<$t>($name), $module.0, $module.1)
-    };
-}
-
-/// Rows and row length of a layout (the last dimension is the row).
-fn rows_dim(layout: &Layout) -> Result<(usize, usize)> {
-    let dim = layout.dims().last().copied().unwrap_or(0);
-    let n = layout.shape().elem_count();
-    if dim == 0 {
-        candle_core::bail!("the CUDA kernels take rows of at least one element");
-    }
-    Ok((n / dim, dim))
-}
-
-fn i32_of(n: usize, what: &str) -> Result<i32> {
-    i32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} {n} is over i32")))
-}
-
-pub(super) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
+pub(in crate::cuda) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
     fn go<T: Element>(x: In, w: In, eps: f32) -> Result<CudaStorage> {
         let dev = x.0.device();
         let (rows, dim) = rows_dim(x.1)?;
@@ -138,7 +38,7 @@ pub(super) fn rms_norm_fwd(x: In, w: In, eps: f32) -> Result<CudaStorage> {
     by_dtype!(x.0.dtype(), go(x, w, eps))
 }
 
-pub(super) fn rms_norm_bwd(
+pub(in crate::cuda) fn rms_norm_bwd(
     xs: &Tensor,
     weight: &Tensor,
     grad: &Tensor,
@@ -186,7 +86,7 @@ pub(super) fn rms_norm_bwd(
     Ok((tensor(dx, xs.shape()), tensor(dw, weight.shape())))
 }
 
-pub(super) fn swiglu_fwd(g: In, u: In) -> Result<CudaStorage> {
+pub(in crate::cuda) fn swiglu_fwd(g: In, u: In) -> Result<CudaStorage> {
     fn go<T: Element>(g: In, u: In) -> Result<CudaStorage> {
         let dev = g.0.device();
         let n = g.1.shape().elem_count();
@@ -203,7 +103,11 @@ pub(super) fn swiglu_fwd(g: In, u: In) -> Result<CudaStorage> {
     by_dtype!(g.0.dtype(), go(g, u))
 }
 
-pub(super) fn swiglu_bwd(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+pub(in crate::cuda) fn swiglu_bwd(
+    gate: &Tensor,
+    up: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     fn go<T: Element>(g: In, u: In, d: In) -> Result<(CudaStorage, CudaStorage)> {
         let dev = g.0.device();
         let n = g.1.shape().elem_count();
@@ -228,7 +132,7 @@ pub(super) fn swiglu_bwd(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(T
     Ok((tensor(dg, gate.shape()), tensor(du, up.shape())))
 }
 
-pub(super) fn rope(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
+pub(in crate::cuda) fn rope(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
     fn go<T: Element>(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
         let dev = x.0.device();
         let &[b, h, s, d] = x.1.dims() else {
@@ -273,7 +177,12 @@ pub(super) fn rope(x: In, cos: In, sin: In, sign: f32) -> Result<CudaStorage> {
 }
 
 /// [`rope`] on tensors (the backward's rotation of the incoming gradient).
-pub(super) fn rope_tensor(xs: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32) -> Result<Tensor> {
+pub(in crate::cuda) fn rope_tensor(
+    xs: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    sign: f32,
+) -> Result<Tensor> {
     let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
     let y = with_storage(xs, |x| {
         with_storage(&cos, |c| with_storage(&sin, |s| rope(x, c, s, sign)))
@@ -314,7 +223,7 @@ fn chunk_ints(c: &ScoreChunk, keys: usize, seq: usize) -> Result<[i32; 6]> {
     Ok(ints)
 }
 
-pub(super) fn attention_softmax(
+pub(in crate::cuda) fn attention_softmax(
     scores: &Tensor,
     starts: &Tensor,
     chunk: ScoreChunk,
@@ -357,7 +266,7 @@ pub(super) fn attention_softmax(
     Ok((tensor(probs, scores.shape()), tensor(lse, lse_shape)))
 }
 
-pub(super) fn attention_softmax_bwd(
+pub(in crate::cuda) fn attention_softmax_bwd(
     scores: &Tensor,
     dprobs: &Tensor,
     lse: &Tensor,
@@ -426,174 +335,7 @@ pub(super) fn attention_softmax_bwd(
     ))
 }
 
-pub(super) fn decode_attention(
-    q: &Tensor,
-    keys: &Tensor,
-    values: &Tensor,
-    tables: &Tensor,
-    lengths: &Tensor,
-    scale: f32,
-) -> Result<Tensor> {
-    /// Threads a block: four warps share a (row, kv head)'s keys (generate.cu's maximum).
-    const DECODE_THREADS: u32 = 128;
-    #[allow(clippy::too_many_arguments)]
-    fn go<T: Element>(
-        q: In,
-        k: In,
-        v: In,
-        tables: In,
-        lengths: In,
-        geometry: [usize; 6],
-        scale: f32,
-    ) -> Result<CudaStorage> {
-        let dev = q.0.device();
-        let (qv, kv_, vv) = (view::<T>(q)?, view::<T>(k)?, view::<T>(v)?);
-        let (tv, lv) = (view::<u32>(tables)?, view::<u32>(lengths)?);
-        let [m, kv, n_rep, _, _, dim] = geometry;
-        // SAFETY: the kernel writes every output element.
-        let out = unsafe { dev.alloc::<T>(m * kv * n_rep * dim)? };
-        let mut ints = [0i32; 6];
-        for (slot, x) in ints.iter_mut().zip(geometry) {
-            *slot = i32_of(x, "decode attention dimension")?;
-        }
-        let func = kernel!(dev, GENERATE, T, "decode_attention")?;
-        let mut b = func.builder();
-        b.arg(&qv).arg(&kv_).arg(&vv).arg(&tv).arg(&lv).arg(&out);
-        for x in &ints {
-            b.arg(x);
-        }
-        b.arg(&scale);
-        // SAFETY: the arguments match the kernel's signature in generate.cu.
-        unsafe { b.launch(shape(m * kv, DECODE_THREADS)) }.w()?;
-        Ok(T::wrap_cuda_slice(out, dev.clone()))
-    }
-    let (m, heads, dim) = q.dims3()?;
-    let (_, kv, block, pool_dim) = keys.dims4()?;
-    let (table_m, table_width) = tables.dims2()?;
-    let fits = super::decode_attention_fits(heads, kv, dim);
-    if !fits
-        || pool_dim != dim
-        || table_m != m
-        || values.dims() != keys.dims()
-        || !keys.is_contiguous()
-        || !values.is_contiguous()
-        || [tables, lengths].iter().any(|t| t.dtype() != DType::U32)
-        || lengths.elem_count() != m
-        || keys.dtype() != q.dtype()
-        || values.dtype() != q.dtype()
-    {
-        candle_core::bail!(
-            "decode attention: q {:?}, block tables {:?} and a pool of {:?} do not fit the kernel",
-            q.dims(),
-            tables.dims(),
-            keys.dims()
-        );
-    }
-    let geometry = [m, kv, heads / kv, table_width, block, dim];
-    let out = with_storage(q, |qs| {
-        with_storage(keys, |k| {
-            with_storage(values, |v| {
-                with_storage(tables, |t| {
-                    with_storage(lengths, |l| {
-                        by_dtype!(qs.0.dtype(), go(qs, k, v, t, l, geometry, scale))
-                    })
-                })
-            })
-        })
-    })?;
-    Ok(tensor(out, (m, heads * dim)))
-}
-
-pub(super) fn sample(
-    logits: &Tensor,
-    temperature: &[f32],
-    top_p: &[f32],
-    top_k: &[u32],
-    uniform: &[f32],
-) -> Result<Vec<u32>> {
-    fn go<T: Element>(
-        l: In,
-        (rows, vocab): (usize, usize),
-        params: [&[f32]; 3],
-        top_k: &[u32],
-    ) -> Result<Vec<u32>> {
-        let dev = l.0.device();
-        let lv = view::<T>(l)?;
-        let [t, p, u] = params.map(|v| dev.clone_htod(v));
-        let (t, p, u, k) = (t?, p?, u?, dev.clone_htod(top_k)?);
-        // SAFETY: the kernel writes every row's id.
-        let ids = unsafe { dev.alloc::<u32>(rows)? };
-        let (rows_i, vocab_i) = (i32_of(rows, "rows")?, i32_of(vocab, "vocabulary")?);
-        let func = kernel!(dev, GENERATE, T, "sample_rows")?;
-        {
-            let mut b = func.builder();
-            b.arg(&lv)
-                .arg(&t)
-                .arg(&p)
-                .arg(&k)
-                .arg(&u)
-                .arg(&ids)
-                .arg(&rows_i)
-                .arg(&vocab_i);
-            // SAFETY: the arguments match the kernel's signature in generate.cu.
-            unsafe { b.launch(shape(rows, THREADS)) }.w()?;
-        }
-        dev.clone_dtoh(&ids)
-    }
-    let (rows, vocab) = logits.dims2()?;
-    if [temperature, top_p, uniform]
-        .iter()
-        .any(|v| v.len() != rows)
-        || top_k.len() != rows
-    {
-        candle_core::bail!(
-            "sample: one temperature, top-p, top-k and draw per row of {rows} expected"
-        );
-    }
-    with_storage(logits, |l| {
-        by_dtype!(
-            l.0.dtype(),
-            go(l, (rows, vocab), [temperature, top_p, uniform], top_k)
-        )
-    })
-}
-
-pub(super) fn top_k(logits: &Tensor, k: usize) -> Result<Tensor> {
-    /// Threads a block: generate.cu's per-thread lists fill 34 KB of shared memory at 128.
-    const TOP_K_THREADS: u32 = 128;
-    fn go<T: Element>(l: In, (rows, vocab): (usize, usize), k: usize) -> Result<CudaStorage> {
-        let dev = l.0.device();
-        let lv = view::<T>(l)?;
-        // SAFETY: the kernel writes k ids for every row.
-        let ids = unsafe { dev.alloc::<u32>(rows * k)? };
-        let ints = [
-            i32_of(rows, "rows")?,
-            i32_of(vocab, "vocabulary")?,
-            i32_of(k, "k")?,
-        ];
-        let func = kernel!(dev, GENERATE, T, "top_k_rows")?;
-        let mut b = func.builder();
-        b.arg(&lv)
-            .arg(&ids)
-            .arg(&ints[0])
-            .arg(&ints[1])
-            .arg(&ints[2]);
-        // SAFETY: the arguments match the kernel's signature in generate.cu.
-        unsafe { b.launch(shape(rows, TOP_K_THREADS)) }.w()?;
-        Ok(u32::wrap_cuda_slice(ids, dev.clone()))
-    }
-    let (rows, vocab) = logits.dims2()?;
-    if k == 0 || k > super::TOP_K_MAX || k > vocab {
-        candle_core::bail!(
-            "top_k: k {k} outside 1..={} for rows of {vocab}",
-            super::TOP_K_MAX
-        );
-    }
-    let ids = with_storage(logits, |l| by_dtype!(l.0.dtype(), go(l, (rows, vocab), k)))?;
-    Ok(tensor(ids, (rows, k)))
-}
-
-pub(super) fn cross_entropy(
+pub(in crate::cuda) fn cross_entropy(
     logits: &Tensor,
     targets: &Tensor,
     scale: f32,
@@ -661,66 +403,7 @@ pub(super) fn cross_entropy(
     Ok((tensor(loss, rows), grad.map(|g| tensor(g, logits.shape()))))
 }
 
-pub(super) fn set_rows(dst: &Tensor, targets: &Tensor, src: &Tensor) -> Result<()> {
-    let (rows, dim) = src.dims2()?;
-    if dst.dim(candle_core::D::Minus1)? != dim
-        || dst.dtype() != src.dtype()
-        || !src.is_contiguous()
-        || !targets.is_contiguous()
-        || targets.dtype() != DType::U32
-        || targets.elem_count() != rows
-    {
-        candle_core::bail!(
-            "set_rows: {rows} rows of {dim} into {:?} by {:?} targets",
-            dst.dims(),
-            targets.dims()
-        );
-    }
-    dst.inplace_op1(&SetRows { src, targets })
-}
-
-/// The pool write as an in-place op on the pool tensor.
-struct SetRows<'a> {
-    src: &'a Tensor,
-    targets: &'a Tensor,
-}
-
-impl candle_core::InplaceOp1 for SetRows<'_> {
-    fn name(&self) -> &'static str {
-        "cuda-set-rows"
-    }
-
-    fn cpu_fwd(&self, _: &mut candle_core::CpuStorage, _: &Layout) -> Result<()> {
-        candle_core::bail!("cuda-set-rows writes CUDA tensors only")
-    }
-
-    fn cuda_fwd(&self, dst: &mut CudaStorage, layout: &Layout) -> Result<()> {
-        fn go<T: Element>(op: &SetRows, dst: &mut CudaStorage, layout: &Layout) -> Result<()> {
-            let dev = dst.device().clone();
-            let Some((start, end)) = layout.contiguous_offsets() else {
-                candle_core::bail!("set_rows: the pool is not contiguous");
-            };
-            let (rows, dim) = op.src.dims2()?;
-            let dim_i = i32_of(dim, "row length")?;
-            with_storage(op.src, |s| {
-                with_storage(op.targets, |t| {
-                    let (sv, tv) = (view::<T>(s)?, view::<u32>(t)?);
-                    let mut dv = dst.as_cuda_slice_mut::<T>()?.slice_mut(start..end);
-                    let func = kernel!(dev, GENERATE, T, "set_rows")?;
-                    let mut b = func.builder();
-                    b.arg(&sv).arg(&tv).arg(&mut dv).arg(&rows).arg(&dim_i);
-                    // SAFETY: the arguments match the kernel's signature in generate.cu; the
-                    // targets are rows of the pool (the step computed them from its blocks).
-                    unsafe { b.launch(elementwise(rows * dim)) }.w()?;
-                    Ok(())
-                })
-            })
-        }
-        by_dtype!(dst.dtype(), go(self, dst, layout))
-    }
-}
-
-pub(super) fn adamw_step(
+pub(in crate::cuda) fn adamw_step(
     param: &Tensor,
     m: &Tensor,
     v: &Tensor,

@@ -6,6 +6,10 @@ figure:
   MFU (6·N·tokens/s ÷ 989 TFLOP/s) and peak memory; then 6 steps of the first with gradient
   checkpointing (`gradient_checkpointing_enable()`, non-reentrant), beside distill's
   activation-checkpointing figure;
+- `torch_attention`: PyTorch's SDPA (causal, grouped-query) forward + backward at the shapes of
+  distill's `flash_attention_speed` figure (batch 2 × 2,048, Qwen2.5-1.5B's 12 heads over 2 of
+  128 and SmolLM2's 9 over 3 of 64), bf16, timed as distill times it (3 warm-up, 10 timed,
+  the loss Σ out ∘ dO);
 - `reload`: the tiny model distill fine-tuned on the GPU, loaded with transformers'
   AutoModelForCausalLM, logits compared with distill's on the same ids.
 """
@@ -60,6 +64,34 @@ def torch_sft(config_path, batch, seq, steps, master_fp32, checkpointing=False, 
     del model, opt
 
 
+def torch_attention(batch=2, seq=2048):
+    import torch.nn.functional as F
+
+    for heads, kv_heads, dim in [(12, 2, 128), (9, 3, 64)]:
+        q = torch.randn(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(batch, kv_heads, seq, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(batch, kv_heads, seq, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        d_out = torch.randn(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16)
+
+        def step():
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            (out * d_out).sum().backward()
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / 10
+        pairs = batch * heads * seq * (seq + 1) / 2
+        flops = 3.5 * 4 * pairs * dim
+        emit(check="torch_attention", batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
+             head_dim=dim, ms=round(dt * 1e3, 3), tflops=round(flops / dt / 1e12, 1),
+             torch=torch.__version__)
+
+
 def reload(out):
     from transformers import AutoModelForCausalLM
 
@@ -87,6 +119,7 @@ if __name__ == "__main__":
     p.add_argument("--reload", required=True)
     a = p.parse_args()
     for fn, args in [(reload, (a.reload,)),
+                     (torch_attention, ()),
                      (torch_sft, (a.config, a.batch, a.seq, a.steps, True)),
                      (torch_sft, (a.config, a.batch, a.seq, a.steps, False)),
                      (torch_sft, (a.config, a.batch, a.seq, min(a.steps, 6), True, True))]:

@@ -3,8 +3,8 @@
 # from the repository root, with gpu/dist/distill.xz built by gpu/build.sh. Prints one JSON
 # line per figure: distill's (`distill check-device`) and PyTorch's on the same work, side by
 # side, then on-policy distillation on the GPU (gpu/opd_smoke.sh). Budget: under 9 minutes on one
-# H100/H200 (the timeouts sum to 540 s; 590 s when the CUDA kernels fail and the checks rerun
-# without them).
+# H100/H200 (the timeouts sum to 540 s; more when flash attention or the CUDA kernels fail and
+# the checks rerun without them: a fault ends the first run early).
 #
 #   bash gpu/check.sh                 # OUT=/tmp/gpu-check by default
 set -uo pipefail
@@ -26,11 +26,27 @@ SFT=(--sft-config gpu/qwen2.5-1.5b.json --sft-batch "${SFT_BATCH:-2}" --sft-seq 
 timeout 290 "$BIN" check-device --device cuda --out "$OUT" "${SFT[@]}" --gguf "${GGUF[@]}" | tee "$OUT/check.jsonl"
 RC=${PIPESTATUS[0]}
 echo "{\"check\": \"distill_exit\", \"rc\": $RC}"
+CHECK=$OUT/check.jsonl
+# Flash attention failed its check, or faulted and took the process with it (its two lines
+# missing): everything again without it (SFT figures included), so that one kernel does not
+# cost the run its figures; the steps below read this run.
+FLASH_OK=$(python3 -c 'import json, sys
+print(sum(1 for l in open(sys.argv[1]) if l.startswith("{")
+          and (d := json.loads(l)).get("what") == "flash_attention" and d.get("ok") is True))' "$CHECK")
+if [ "$RC" -ne 0 ] && [ "$FLASH_OK" -lt 2 ]; then
+  export DISTILL_FLASH_ATTENTION=0
+  timeout 240 "$BIN" check-device --device cuda --out "$OUT/no-flash" "${SFT[@]}" --gguf "${GGUF[@]}" |
+    tee "$OUT/check-no-flash.jsonl"
+  RC=${PIPESTATUS[0]}
+  echo "{\"check\": \"distill_exit_without_flash_attention\", \"rc\": $RC}"
+  CHECK=$OUT/check-no-flash.jsonl
+  RELOAD=$OUT/no-flash
+fi
 # A kernel that failed its check (or faulted and took the process with it): the same checks
 # without the kernels (candle's composed ops), without the SFT and decode figures, so this run
 # still says whether the rest is right; later steps run without them too.
-KERNELS_OK=$(grep -c '"check":"cuda_kernels".*"ok":true' "$OUT/check.jsonl")
-KERNELS_BAD=$(grep -c '"check":"cuda_kernels".*"ok":false' "$OUT/check.jsonl")
+KERNELS_OK=$(grep -c '"check":"cuda_kernels".*"ok":true' "$CHECK")
+KERNELS_BAD=$(grep -c '"check":"cuda_kernels".*"ok":false' "$CHECK")
 if [ "$KERNELS_BAD" -gt 0 ] || { [ "$RC" -ne 0 ] && [ "$KERNELS_OK" -eq 0 ]; }; then
   export DISTILL_CUDA_KERNELS=0
   timeout 50 "$BIN" check-device --device cuda --out "$OUT/composed" --gguf "${GGUF[@]}"

@@ -15,23 +15,25 @@
 //!
 //! The engine knows nothing about corpora or HTTP: requests come from a [`RequestSource`]
 //! (an iterator, or a channel for a server via [`EngineHandle`]) and results go to a callback.
+//! The KV cache budget's planning is `kv_budget`; sampling a step's tokens, `sample_step`.
 
 use std::ops::ControlFlow;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 use distill_models::chat::{ChatTemplate, Message};
-use distill_models::cuda;
 use distill_models::kv_pool::BLOCK;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
 use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
-use rayon::prelude::*;
 
-use crate::backend::{
-    Cancel, FinishReason, GenOutput, GenRequest, GenStats, SamplingParams, TokenLogprobs,
-};
-use crate::sampling::{sample, SampleRng};
+use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats, TokenLogprobs};
+use crate::sampling::SampleRng;
 use crate::{Error, Result};
+
+mod kv_budget;
+mod sample_step;
+
+use kv_budget::kv_block_limit;
 
 /// How the engine schedules work.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -174,24 +176,6 @@ impl Seq {
                 source[self.prefilled..end].to_vec()
             }
         }
-    }
-
-    /// Blocks the cache needs beyond those it holds for `more` positions.
-    fn blocks_wanted(&self, more: usize) -> usize {
-        (self.cache.len() + more)
-            .div_ceil(BLOCK)
-            .saturating_sub(self.cache.blocks_held())
-    }
-
-    /// Gives the cache's blocks back; the sequence later feeds its prompt and what it sampled
-    /// as a prompt again (its generator, text and log-probabilities stay as they are, so it
-    /// goes on as if never paused).
-    fn preempt(&mut self) {
-        self.cache.clear();
-        if self.next.take().is_some() {
-            self.replay = [self.prompt.as_slice(), &self.generated].concat();
-        }
-        self.prefilled = 0;
     }
 }
 
@@ -524,159 +508,6 @@ impl Engine {
         Ok(sampled)
     }
 
-    /// Blocks the live sequences may hold under the KV cache budget: all but one, kept for a
-    /// step's padding row.
-    fn sequence_blocks(&self) -> Option<usize> {
-        self.kv_blocks.map(|limit| limit.saturating_sub(1).max(1))
-    }
-
-    /// `blocks` for a message: `N blocks (X GiB)`.
-    fn blocks_described(&self, blocks: usize) -> String {
-        let gib = (blocks * self.model.kv_block_bytes()) as f64 / (1u64 << 30) as f64;
-        let noun = if blocks == 1 { "block" } else { "blocks" };
-        format!("{blocks} {noun} ({gib:.2} GiB)")
-    }
-
-    /// The step's feeds, `(live index, tokens)`: every decoding sequence one token, prompts
-    /// (and replays) what is left of the step's token budget in chunks. Under a KV cache limit
-    /// the feeds fit the blocks free: when the decoding sequences alone do not fit, or nothing
-    /// could run, the youngest sequence holding blocks is preempted ([`Seq::preempt`]); a
-    /// sequence that cannot fit even alone fails with the reason.
-    fn plan(
-        &self,
-        live: &mut Vec<Seq>,
-        stats: &mut GenStats,
-        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
-    ) -> Vec<(usize, Vec<u32>)> {
-        let Some(limit) = self.sequence_blocks() else {
-            return self.feeds(live, None);
-        };
-        loop {
-            let held: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
-            let decoding: usize = live
-                .iter()
-                .filter(|s| s.next.is_some())
-                .map(|s| s.blocks_wanted(1))
-                .sum();
-            if held + decoding <= limit {
-                let feeds = self.feeds(live, Some(limit - held - decoding));
-                if !feeds.is_empty() || live.is_empty() {
-                    return feeds;
-                }
-            }
-            let holders: Vec<usize> = (0..live.len())
-                .filter(|&i| live[i].cache.blocks_held() > 0)
-                .collect();
-            if let [_, .., youngest] = holders[..] {
-                if stats.preempted == 0 {
-                    tracing::warn!(
-                        "the KV cache is full ({limit} blocks of {} positions): pausing the \
-                         youngest sequences and recomputing them later (raise `--kv-cache-gib` \
-                         or lower `--batch` to avoid it)",
-                        BLOCK
-                    );
-                }
-                stats.preempted += 1;
-                live[youngest].preempt();
-                continue;
-            }
-            // One sequence (or none) holds blocks and still cannot go on: it cannot fit alone.
-            let seq = live.remove(holders.first().copied().unwrap_or(0));
-            let positions = seq.cache.len() + seq.feed(usize::MAX, usize::MAX).len();
-            stats.failed += 1;
-            let _ = on_update(Update::Failed {
-                key: seq.key,
-                error: Error::Config(format!(
-                    "the sequence needs more than the KV cache's {} at {positions} positions: raise `--kv-cache-gib`, or lower `max_new_tokens` or the prompt",
-                    self.blocks_described(limit)
-                )),
-            });
-        }
-    }
-
-    /// Every decoding sequence's token, then chunks of prompts (and replays) in order while the
-    /// step's token budget lasts and, under a KV cache limit, within `free` blocks beyond
-    /// what the decoding sequences need (keeping one block per decoding sequence spare, so a
-    /// new prompt is not preempted at once).
-    fn feeds(&self, live: &[Seq], mut free: Option<usize>) -> Vec<(usize, Vec<u32>)> {
-        let opts = self.options;
-        // Decoding sequences always run (one token each); prompts share what budget is left.
-        let decoding = live.iter().filter(|s| s.next.is_some()).count();
-        let mut budget = opts.step_tokens.max(opts.batch).saturating_sub(decoding);
-        let mut out = Vec::with_capacity(live.len());
-        for (i, seq) in live.iter().enumerate() {
-            if seq.next.is_some() {
-                out.push((i, seq.feed(1, 1)));
-            } else if budget > 0 {
-                let mut feed = seq.feed(budget, opts.prefill_chunk);
-                if let Some(free) = &mut free {
-                    let room = free.saturating_sub(decoding);
-                    let fits = (seq.cache.blocks_held() + room) * BLOCK - seq.cache.len();
-                    feed.truncate(fits);
-                    *free -= seq.blocks_wanted(feed.len());
-                }
-                if feed.is_empty() {
-                    continue;
-                }
-                budget -= feed.len();
-                out.push((i, feed));
-            }
-        }
-        out
-    }
-
-    /// One token for each `(live index, logits [1, vocab])`. The logits of the step are read
-    /// back in one transfer (never one per sequence); when every sequence is greedy and the
-    /// model is off the CPU, the argmax runs on the device and only the ids cross; on a CUDA
-    /// device sampling and log-probabilities too ([`sample_on_device`]; its sampler walks the
-    /// host sampler's nucleus in id order, so a seed gives other tokens there than on the CPU).
-    fn sample_step(&self, picks: &[(usize, Tensor)], live: &mut [Seq]) -> Result<Vec<u32>> {
-        if picks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<&Tensor> = picks.iter().map(|(_, l)| l).collect();
-        let logits = Tensor::cat(&rows, 0)?;
-        let greedy = picks.iter().all(|&(i, _)| {
-            let s = &live[i].request.sampling;
-            s.temperature <= 0.0 && s.logprobs == 0
-        });
-        if greedy && !logits.device().is_cpu() {
-            return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
-        }
-        if cuda::supported(&logits) {
-            if let Some(tokens) = sample_on_device(&logits, picks, live)? {
-                return Ok(tokens);
-            }
-        }
-        let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        // Each row is sampled on its own thread: over a 150k-token vocabulary a row costs about
-        // a millisecond (the softmax normaliser, the nucleus, the log-probabilities), which at
-        // batch 32 would otherwise leave every core but one idle between model steps. Each
-        // sequence draws from its own generator, so the tokens do not depend on the threads.
-        let mut slots: Vec<Option<&mut Seq>> = live.iter_mut().map(Some).collect();
-        let work: Vec<(&mut Seq, Vec<f32>)> = picks
-            .iter()
-            .zip(host)
-            .map(|(&(i, _), row)| (slots[i].take().expect("a sequence is picked once"), row))
-            .collect();
-        work.into_par_iter()
-            .map(|(seq, row)| {
-                let Seq {
-                    request,
-                    rng,
-                    logprobs,
-                    ..
-                } = seq;
-                let token = sample(&row, &request.sampling, rng);
-                if let Some(logprobs) = logprobs {
-                    let (lp, top) = top_logprobs(&row, token, logprobs.k());
-                    logprobs.push(token, lp, &top)?;
-                }
-                Ok(token)
-            })
-            .collect()
-    }
-
     /// Applies a sampled token: stop checks and streaming. `Some(Some(reason))`: finished;
     /// `Some(None)`: still running; `None`: dropped by the callback.
     #[allow(clippy::option_option)]
@@ -782,113 +613,6 @@ fn logprobs_asked(sampling: &crate::backend::SamplingParams) -> Option<TokenLogp
     (sampling.logprobs > 0).then(|| TokenLogprobs::new(sampling.logprobs))
 }
 
-/// The model's log-probability of `token` and its `k` most likely tokens with theirs (most
-/// likely first, ties by id), from one row of raw logits: `log_softmax` at temperature 1,
-/// before any sampling filter, as vLLM's and OpenAI's `logprobs` report them.
-pub fn top_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
-    let lse = max + sum.ln() as f32;
-    let top = distill_models::ops::top_k_ids(logits, k)
-        .into_iter()
-        .map(|i| (i, logits[i as usize] - lse))
-        .collect();
-    (logits[token as usize] - lse, top)
-}
-
-/// [`Engine::sample_step`] on a CUDA device, where the step's sequences ask for at most
-/// [`cuda::TOP_K_MAX`] log-probabilities: the tokens ([`cuda::sample`]: the arg-max, or a draw
-/// under temperature, top-k and top-p from one uniform number per sampled sequence taken from
-/// its own generator, as the host sampler draws), and the log-probabilities of the chosen
-/// token and of each row's top K ([`cuda::top_k`], the host's ranking), are computed there;
-/// only ids and `K + 2` values a row are read back instead of `rows × vocabulary` logits. None
-/// where the step asks for more (the caller samples on the host).
-fn sample_on_device(
-    logits: &Tensor,
-    picks: &[(usize, Tensor)],
-    live: &mut [Seq],
-) -> Result<Option<Vec<u32>>> {
-    let params: Vec<&SamplingParams> = picks
-        .iter()
-        .map(|&(i, _)| &live[i].request.sampling)
-        .collect();
-    let k = params.iter().map(|s| s.logprobs).max().unwrap_or(0);
-    let vocab = logits.dim(1)?;
-    if k > cuda::TOP_K_MAX.min(vocab) {
-        return Ok(None);
-    }
-    let temperature: Vec<f32> = params.iter().map(|s| s.temperature).collect();
-    let top_p: Vec<f32> = params.iter().map(|s| s.top_p).collect();
-    // The kernel reads top-k as u32; a larger k than the vocabulary is no filter.
-    let top_k: Vec<u32> = params.iter().map(|s| s.top_k.min(vocab) as u32).collect();
-    // A sampled token takes one draw from its sequence's generator, a greedy one none.
-    let uniform: Vec<f32> = picks
-        .iter()
-        .zip(&temperature)
-        .map(|(&(i, _), &t)| {
-            if t > 0.0 {
-                live[i].rng.next_f64() as f32
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let tokens = cuda::sample(logits, &temperature, &top_p, &top_k, &uniform)?;
-    if k > 0 {
-        let values = logits.to_dtype(DType::F32)?;
-        let lse = values.log_sum_exp(D::Minus1)?.to_vec1::<f32>()?;
-        let top = cuda::top_k(logits, k)?;
-        let top_values = values.gather(&top, 1)?.to_vec2::<f32>()?;
-        let top = top.to_vec2::<u32>()?;
-        let chosen = Tensor::new(tokens.as_slice(), logits.device())?.unsqueeze(1)?;
-        let chosen = values.gather(&chosen, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        for (row, &(i, _)) in picks.iter().enumerate() {
-            if let Some(logprobs) = &mut live[i].logprobs {
-                let list: Vec<(u32, f32)> = top[row]
-                    .iter()
-                    .zip(&top_values[row])
-                    .take(logprobs.k())
-                    .map(|(&id, &v)| (id, v - lse[row]))
-                    .collect();
-                logprobs.push(tokens[row], chosen[row] - lse[row], &list)?;
-            }
-        }
-    }
-    Ok(Some(tokens))
-}
-
-/// The KV pool blocks an engine's sequences may hold: `gib` of them, or with 0 on a GPU 90% of
-/// the free memory less 1 GiB for a step's activations, at least half of it (memory the pool
-/// only takes as sequences grow); no limit where the model caches in host buffers or the free
-/// memory is unknown (the CPU).
-fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
-    if !model.uses_kv_pool() {
-        return Ok(None);
-    }
-    const GIB: f64 = (1u64 << 30) as f64;
-    let bytes = if gib > 0.0 {
-        gib * GIB
-    } else {
-        match distill_models::device::memory_info(model.device()) {
-            // On a nearly full GPU (a trainer's state beside an on-policy sampler) half of
-            // what is free rather than nothing.
-            Some((free, _)) => (free as f64 * 0.9 - GIB).max(free as f64 * 0.5),
-            None => return Ok(None),
-        }
-    };
-    let blocks = (bytes / model.kv_block_bytes() as f64).floor();
-    if blocks < 2.0 {
-        return Err(Error::Config(format!(
-            "a KV cache of {:.2} GiB holds no sequence: {} positions take {:.3} GiB in this model; raise `--kv-cache-gib`{}",
-            bytes.max(0.0) / GIB,
-            BLOCK,
-            model.kv_block_bytes() as f64 / GIB,
-            if gib > 0.0 { "" } else { " or free GPU memory" }
-        )));
-    }
-    Ok(Some(blocks as usize))
-}
-
 /// Whether every matrix of a GGUF checkpoint is stored quantized (norms and other vectors may
 /// be float): then each row's result is independent of the batch without padding.
 fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
@@ -905,6 +629,7 @@ fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
 }
 
 pub use crate::handle::EngineHandle;
+pub use sample_step::top_logprobs;
 
 #[cfg(test)]
 mod tests {

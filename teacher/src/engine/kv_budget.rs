@@ -1,0 +1,167 @@
+//! The engine's KV cache budget: which sequences a step feeds and how much of each, within the
+//! paged pool's blocks (`EngineOptions::kv_cache_gib`); when the live sequences outgrow it,
+//! the youngest is preempted (its blocks given back) and later recomputed, as vLLM does.
+
+use std::ops::ControlFlow;
+
+use distill_models::kv_pool::BLOCK;
+use distill_models::Model;
+
+use super::{Engine, Seq, Update};
+use crate::backend::GenStats;
+use crate::{Error, Result};
+
+impl Seq {
+    /// Blocks the cache needs beyond those it holds for `more` positions.
+    fn blocks_wanted(&self, more: usize) -> usize {
+        (self.cache.len() + more)
+            .div_ceil(BLOCK)
+            .saturating_sub(self.cache.blocks_held())
+    }
+
+    /// Gives the cache's blocks back; the sequence later feeds its prompt and what it sampled
+    /// as a prompt again (its generator, text and log-probabilities stay as they are, so it
+    /// goes on as if never paused).
+    fn preempt(&mut self) {
+        self.cache.clear();
+        if self.next.take().is_some() {
+            self.replay = [self.prompt.as_slice(), &self.generated].concat();
+        }
+        self.prefilled = 0;
+    }
+}
+
+impl Engine {
+    /// Blocks the live sequences may hold under the KV cache budget: all but one, kept for a
+    /// step's padding row.
+    pub(super) fn sequence_blocks(&self) -> Option<usize> {
+        self.kv_blocks.map(|limit| limit.saturating_sub(1).max(1))
+    }
+
+    /// `blocks` for a message: `N blocks (X GiB)`.
+    pub(super) fn blocks_described(&self, blocks: usize) -> String {
+        let gib = (blocks * self.model.kv_block_bytes()) as f64 / (1u64 << 30) as f64;
+        let noun = if blocks == 1 { "block" } else { "blocks" };
+        format!("{blocks} {noun} ({gib:.2} GiB)")
+    }
+
+    /// The step's feeds, `(live index, tokens)`: every decoding sequence one token, prompts
+    /// (and replays) what is left of the step's token budget in chunks. Under a KV cache limit
+    /// the feeds fit the blocks free: when the decoding sequences alone do not fit, or nothing
+    /// could run, the youngest sequence holding blocks is preempted ([`Seq::preempt`]); a
+    /// sequence that cannot fit even alone fails with the reason.
+    pub(super) fn plan(
+        &self,
+        live: &mut Vec<Seq>,
+        stats: &mut GenStats,
+        on_update: &mut dyn FnMut(Update) -> ControlFlow<()>,
+    ) -> Vec<(usize, Vec<u32>)> {
+        let Some(limit) = self.sequence_blocks() else {
+            return self.feeds(live, None);
+        };
+        loop {
+            let held: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
+            let decoding: usize = live
+                .iter()
+                .filter(|s| s.next.is_some())
+                .map(|s| s.blocks_wanted(1))
+                .sum();
+            if held + decoding <= limit {
+                let feeds = self.feeds(live, Some(limit - held - decoding));
+                if !feeds.is_empty() || live.is_empty() {
+                    return feeds;
+                }
+            }
+            let holders: Vec<usize> = (0..live.len())
+                .filter(|&i| live[i].cache.blocks_held() > 0)
+                .collect();
+            if let [_, .., youngest] = holders[..] {
+                if stats.preempted == 0 {
+                    tracing::warn!(
+                        "the KV cache is full ({limit} blocks of {} positions): pausing the \
+                         youngest sequences and recomputing them later (raise `--kv-cache-gib` \
+                         or lower `--batch` to avoid it)",
+                        BLOCK
+                    );
+                }
+                stats.preempted += 1;
+                live[youngest].preempt();
+                continue;
+            }
+            // One sequence (or none) holds blocks and still cannot go on: it cannot fit alone.
+            let seq = live.remove(holders.first().copied().unwrap_or(0));
+            let positions = seq.cache.len() + seq.feed(usize::MAX, usize::MAX).len();
+            stats.failed += 1;
+            let _ = on_update(Update::Failed {
+                key: seq.key,
+                error: Error::Config(format!(
+                    "the sequence needs more than the KV cache's {} at {positions} positions: raise `--kv-cache-gib`, or lower `max_new_tokens` or the prompt",
+                    self.blocks_described(limit)
+                )),
+            });
+        }
+    }
+
+    /// Every decoding sequence's token, then chunks of prompts (and replays) in order while the
+    /// step's token budget lasts and, under a KV cache limit, within `free` blocks beyond
+    /// what the decoding sequences need (keeping one block per decoding sequence spare, so a
+    /// new prompt is not preempted at once).
+    fn feeds(&self, live: &[Seq], mut free: Option<usize>) -> Vec<(usize, Vec<u32>)> {
+        let opts = self.options;
+        // Decoding sequences always run (one token each); prompts share what budget is left.
+        let decoding = live.iter().filter(|s| s.next.is_some()).count();
+        let mut budget = opts.step_tokens.max(opts.batch).saturating_sub(decoding);
+        let mut out = Vec::with_capacity(live.len());
+        for (i, seq) in live.iter().enumerate() {
+            if seq.next.is_some() {
+                out.push((i, seq.feed(1, 1)));
+            } else if budget > 0 {
+                let mut feed = seq.feed(budget, opts.prefill_chunk);
+                if let Some(free) = &mut free {
+                    let room = free.saturating_sub(decoding);
+                    let fits = (seq.cache.blocks_held() + room) * BLOCK - seq.cache.len();
+                    feed.truncate(fits);
+                    *free -= seq.blocks_wanted(feed.len());
+                }
+                if feed.is_empty() {
+                    continue;
+                }
+                budget -= feed.len();
+                out.push((i, feed));
+            }
+        }
+        out
+    }
+}
+
+/// The KV pool blocks an engine's sequences may hold: `gib` of them, or with 0 on a GPU 90% of
+/// the free memory less 1 GiB for a step's activations, at least half of it (memory the pool
+/// only takes as sequences grow); no limit where the model caches in host buffers or the free
+/// memory is unknown (the CPU).
+pub(super) fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
+    if !model.uses_kv_pool() {
+        return Ok(None);
+    }
+    const GIB: f64 = (1u64 << 30) as f64;
+    let bytes = if gib > 0.0 {
+        gib * GIB
+    } else {
+        match distill_models::device::memory_info(model.device()) {
+            // On a nearly full GPU (a trainer's state beside an on-policy sampler) half of
+            // what is free rather than nothing.
+            Some((free, _)) => (free as f64 * 0.9 - GIB).max(free as f64 * 0.5),
+            None => return Ok(None),
+        }
+    };
+    let blocks = (bytes / model.kv_block_bytes() as f64).floor();
+    if blocks < 2.0 {
+        return Err(Error::Config(format!(
+            "a KV cache of {:.2} GiB holds no sequence: {} positions take {:.3} GiB in this model; raise `--kv-cache-gib`{}",
+            bytes.max(0.0) / GIB,
+            BLOCK,
+            model.kv_block_bytes() as f64 / GIB,
+            if gib > 0.0 { "" } else { " or free GPU memory" }
+        )));
+    }
+    Ok(Some(blocks as usize))
+}

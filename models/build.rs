@@ -25,6 +25,8 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let cap = cap.trim_start_matches("sm_").trim_end_matches('a');
+    // What the kernels were compiled for, for `cuda::flash_attention_runs` (tensor cores: 80+).
+    println!("cargo::rustc-env=DISTILL_CUDA_COMPUTE_CAP={cap}");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
     for file in SOURCES {
         let out = out_dir.join(file.replace(".cu", ".ptx"));

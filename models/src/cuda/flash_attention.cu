@@ -34,6 +34,10 @@
 #include <mma.h>
 #endif
 
+// bf16 wmma needs compute capability 8.0: built for an older one (CUDA_COMPUTE_CAP below 80)
+// the module is empty and `cuda::flash_attention_runs` is false.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+
 namespace flash {
 
 namespace wmma = nvcuda::wmma;
@@ -416,3 +420,5 @@ __device__ void backward_q(const bf16* q, const bf16* k, const bf16* v, const bf
 
 FLASH_KERNELS(64)
 FLASH_KERNELS(128)
+
+#endif  // __CUDA_ARCH__ >= 800

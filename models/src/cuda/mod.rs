@@ -118,11 +118,17 @@ pub fn set_flash_attention(on: bool) {
 
 /// Whether [`flash_attention`] takes attention over heads of `head_dim` in `dtype` on `device`:
 /// the kernels run there ([`runs_on`]) and are [`flash_attention_enabled`], bf16 (tensor cores
-/// multiply 16-bit inputs), head dim 64 or 128 (Qwen2.5, Qwen3, Llama 3, SmolLM2).
+/// multiply 16-bit inputs), head dim 64 or 128 (Qwen2.5, Qwen3, Llama 3, SmolLM2), and the
+/// kernels were compiled for compute capability 8.0 or later (bf16 tensor-core tiles; the
+/// default build's).
 pub fn flash_attention_runs(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    let tensor_cores = option_env!("DISTILL_CUDA_COMPUTE_CAP")
+        .and_then(|cap| cap.parse::<u32>().ok())
+        .is_some_and(|cap| cap >= 80);
     runs_on(device, dtype)
         && dtype == DType::BF16
         && matches!(head_dim, 64 | 128)
+        && tensor_cores
         && flash_attention_enabled()
 }
 

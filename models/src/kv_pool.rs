@@ -13,8 +13,9 @@
 //! dozen kernel launches per sequence and layer — at batch 64 on a GPU, the launches, not the
 //! arithmetic, set the pace.
 //!
-//! The pool doubles when a sequence needs more blocks than are free (O(log n) copies in a run;
-//! an engine's KV cache budget caps the doubling, [`KvPool::set_limit`]) and lets go of its
+//! The pool doubles when a sequence needs more blocks than are free (O(log n) copies in a run,
+//! a layer's tensor at a time; an engine's KV cache budget caps the doubling,
+//! [`KvPool::set_limit`]) and lets go of its
 //! tensors when no sequence holds a block, so a server between requests keeps no cache memory.
 //! Blocks of 32 positions: a sequence wastes less than 32, and the block table of a 32k-token
 //! one is 1,024 ids.
@@ -164,22 +165,28 @@ impl KvPool {
         Ok(())
     }
 
-    /// Replaces the tensors by `[blocks, kv, BLOCK, d]` ones holding the old contents.
+    /// Replaces the tensors by `[blocks, kv, BLOCK, d]` ones holding the old contents, one
+    /// tensor at a time: each old tensor goes as soon as its copy exists, so growing takes the
+    /// new pool plus one old tensor at most (not the old pool and the new one together, which
+    /// near a budget of most of a GPU's memory would not fit). After an allocation fails the
+    /// layers copied so far stay larger, unused past `state.blocks`.
     fn grow(&self, state: &mut State, blocks: usize) -> Result<()> {
         let shape = (blocks, self.kv_heads, BLOCK, self.head_dim);
-        let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-            let new = Tensor::zeros(shape, self.dtype, &self.device)?;
-            if let Some(old) = old {
-                new.slice_set(old, 0, 0)?;
+        let fresh = || Tensor::zeros(shape, self.dtype, &self.device);
+        if state.tensors.is_empty() {
+            state.tensors = (0..self.layers)
+                .map(|_| Ok((fresh()?, fresh()?)))
+                .collect::<Result<_>>()?;
+        } else {
+            let kept = state.blocks;
+            for (keys, values) in state.tensors.iter_mut() {
+                for old in [keys, values] {
+                    let new = fresh()?;
+                    new.slice_set(&old.narrow(0, 0, kept)?, 0, 0)?;
+                    *old = new;
+                }
             }
-            Ok(new)
-        };
-        state.tensors = (0..self.layers)
-            .map(|l| {
-                let old = state.tensors.get(l);
-                Ok((grow(old.map(|t| &t.0))?, grow(old.map(|t| &t.1))?))
-            })
-            .collect::<Result<_>>()?;
+        }
         state
             .free
             .extend((state.blocks as u32..blocks as u32).rev());

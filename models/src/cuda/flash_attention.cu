@@ -82,6 +82,18 @@ __device__ void write_rows(bf16* dst, const FragC* acc, float* scratch, int row0
   }
 }
 
+// Block `blockIdx.x` of a grid of (batch × heads) × tiles of `rows` positions: its (batch,
+// head) index and its tile's first position. The tiles with the most work go first, so the
+// grid does not end waiting on a few long blocks: the last query tiles (they see the most
+// keys), or with `first_keys` the first key tiles (the most queries see them).
+struct Tile {
+  int outer, first;
+};
+__device__ __forceinline__ Tile tile_of(int seq, int rows, bool first_keys) {
+  int n = (seq + rows - 1) / rows, at = (int)blockIdx.x % n;
+  return {(int)blockIdx.x / n, (first_keys ? at : n - 1 - at) * rows};
+}
+
 // ---- Forward: o and lse for a tile of 16·WARPS query rows of one (batch, head) ----
 
 template <int D>
@@ -95,9 +107,8 @@ __device__ void forward(const bf16* q, const bf16* k, const bf16* v, const uint3
   bf16* ks = tiles;
   bf16* vs = tiles + BN * LD;
 
-  const int n_tiles = (seq + BM - 1) / BM;
-  const int bh = blockIdx.x / n_tiles;
-  const int q0 = (n_tiles - 1 - blockIdx.x % n_tiles) * BM;  // the longest tiles first
+  const Tile tile = tile_of(seq, BM, false);
+  const int bh = tile.outer, q0 = tile.first;
   const int b = bh / heads, g = (bh % heads) / (heads / kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bf16* qh = q + (size_t)bh * seq * D;
@@ -224,9 +235,8 @@ __device__ void backward_kv(const bf16* q, const bf16* k, const bf16* v, const b
   __shared__ __align__(32) bf16 p_buf[WARPS][16 * PLD];
   __shared__ __align__(32) bf16 ds_buf[WARPS][16 * PLD];
 
-  const int n_tiles = (seq + BK - 1) / BK;
-  const int bg = blockIdx.x / n_tiles;  // batch × kv head
-  const int k0 = (n_tiles - 1 - blockIdx.x % n_tiles) * BK;
+  const Tile tile = tile_of(seq, BK, true);
+  const int bg = tile.outer, k0 = tile.first;  // bg: batch × kv head
   const int b = bg / kv_heads, g = bg % kv_heads, n_rep = heads / kv_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint32_t* st = starts + (size_t)b * seq;
@@ -322,9 +332,8 @@ __device__ void backward_q(const bf16* q, const bf16* k, const bf16* v, const bf
   bf16* k_tile = tiles;
   bf16* v_tile = tiles + BK * LD;
 
-  const int n_tiles = (seq + BQ - 1) / BQ;
-  const int bh = blockIdx.x / n_tiles;
-  const int q0 = (n_tiles - 1 - blockIdx.x % n_tiles) * BQ;
+  const Tile tile = tile_of(seq, BQ, false);
+  const int bh = tile.outer, q0 = tile.first;
   const int b = bh / heads, g = (bh % heads) / (heads / kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint32_t* st = starts + (size_t)b * seq;

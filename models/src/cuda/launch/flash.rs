@@ -203,40 +203,30 @@ pub(in crate::cuda) fn flash_attention_bwd(
     };
     let ints = dims.ints();
     let tiles = dims.seq.div_ceil(BACKWARD_ROWS);
-    let func = dev.get_or_load_custom_func(&dims.entry("bwd_kv"), FLASH.0, FLASH.1)?;
-    let mut b = func.builder();
-    b.arg(&qv)
-        .arg(&kv)
-        .arg(&vv)
-        .arg(&dov)
-        .arg(&lv)
-        .arg(&dv_)
-        .arg(&sv);
-    b.arg(&dk).arg(&dv);
-    for x in &ints {
-        b.arg(x);
+    // Both read the same inputs: backward_kv writes dk and dv, a block per key tile of a kv
+    // head; backward_q writes dq, a block per query tile of a head.
+    for (kernel, outputs, heads) in [
+        ("bwd_kv", vec![&dk, &dv], dims.kv_heads),
+        ("bwd_q", vec![&dq], dims.heads),
+    ] {
+        let func = dev.get_or_load_custom_func(&dims.entry(kernel), FLASH.0, FLASH.1)?;
+        let mut b = func.builder();
+        for input in [&qv, &kv, &vv, &dov] {
+            b.arg(input);
+        }
+        b.arg(&lv).arg(&dv_).arg(&sv);
+        for output in outputs {
+            b.arg(output);
+        }
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&scale);
+        let blocks = dims.batch * heads * tiles;
+        // SAFETY: the arguments match flash_attention_bwd_kv and flash_attention_bwd_q in
+        // flash_attention.cu.
+        unsafe { b.launch(dims.launch(blocks, 64)) }.w()?;
     }
-    b.arg(&scale);
-    let blocks = dims.batch * dims.kv_heads * tiles;
-    // SAFETY: the arguments match flash_attention_bwd_kv in flash_attention.cu.
-    unsafe { b.launch(dims.launch(blocks, 64)) }.w()?;
-    let func = dev.get_or_load_custom_func(&dims.entry("bwd_q"), FLASH.0, FLASH.1)?;
-    let mut b = func.builder();
-    b.arg(&qv)
-        .arg(&kv)
-        .arg(&vv)
-        .arg(&dov)
-        .arg(&lv)
-        .arg(&dv_)
-        .arg(&sv);
-    b.arg(&dq);
-    for x in &ints {
-        b.arg(x);
-    }
-    b.arg(&scale);
-    let blocks = dims.batch * dims.heads * tiles;
-    // SAFETY: the arguments match flash_attention_bwd_q in flash_attention.cu.
-    unsafe { b.launch(dims.launch(blocks, 64)) }.w()?;
     let wrap = |s| bf16::wrap_cuda_slice(s, dev.clone());
     Ok((
         tensor(wrap(dq), q.shape().clone()),

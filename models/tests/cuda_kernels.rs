@@ -1,9 +1,11 @@
-//! The CUDA kernels (`models/src/cuda/train.cu`, `generate.cu`) run on the CPU through a small
-//! emulation of CUDA's thread model (`tests/cuda_emulation/`), against candle's composed ops:
-//! forward values and every input gradient, in f32 and bf16. Grids and blocks here are small
-//! (2 warps, fewer blocks than rows) so the grid- and block-stride loops, the cross-warp
-//! reductions and the per-block weight-gradient partials are all exercised; the GPU check
-//! (`gpu/check.sh`, `check-device`) runs the same kernels on a GPU at their real launch shapes.
+//! The CUDA kernels (`models/src/cuda/train.cu`, `generate.cu`, `flash_attention.cu`) run on
+//! the CPU through a small emulation of CUDA's thread model (`tests/cuda_emulation/`), against
+//! candle's composed ops: forward values and every input gradient, in f32 and bf16 (flash
+//! attention, bf16 only, against attention's closed form rounded where its tensor-core products
+//! round). Grids and blocks here are small (2 warps, fewer blocks than rows) so the grid- and
+//! block-stride loops, the cross-warp reductions and the per-block weight-gradient partials are
+//! all exercised (flash attention runs at its own fixed blocks); the GPU check (`gpu/check.sh`,
+//! `check-device`) runs the same kernels on a GPU at their real launch shapes.
 //!
 //! Needs a C++20 compiler (`c++`, or `CXX`); without one the test fails and says so, since CI
 //! has one.

@@ -3,13 +3,13 @@
 //! attention on tensor cores ([`flash_attention`], bf16, for `crate::chunked_attention`); and
 //! some used outside the graph: the masked softmax of a chunk of attention scores and its
 //! backward ([`attention_softmax`], [`attention_softmax_bwd`], the chunked path where flash
-//! attention does not run), the cross-entropy of a chunk of logit rows with its gradient ([`cross_entropy`], for the student's chunked loss) and the AdamW
-//! step in place ([`adamw_step`]). For generation, [`set_rows`] (a step's new keys and values
-//! into their blocks of the paged KV pool, one launch), [`decode_attention`] (every sequence
-//! that decodes one token attends its history in the pool through its block table, one launch
-//! per layer) and [`sample`] (greedy, temperature, top-k and top-p sampling on the device, only
-//! the ids read back); and [`top_k`], each row's largest logits (logit distillation's teacher
-//! targets).
+//! attention does not run), the cross-entropy of a chunk of logit rows with its gradient
+//! ([`cross_entropy`], for the student's chunked loss) and the AdamW step in place
+//! ([`adamw_step`]). For generation, [`set_rows`] (a step's new keys and values into their
+//! blocks of the paged KV pool, one launch), [`decode_attention`] (every sequence that decodes
+//! one token attends its history in the pool through its block table, one launch per layer) and
+//! [`sample`] (greedy, temperature, top-k and top-p sampling on the device, only the ids read
+//! back); and [`top_k`], each row's largest logits (logit distillation's teacher targets).
 //!
 //! Why: on a GPU the composed forms of these ops are several launches each, every one reading
 //! and writing a full activation-sized tensor and keeping its temporaries alive until backward
@@ -25,10 +25,10 @@
 //! [`supported`] says so, before candle's composed ops; `DISTILL_CUDA_KERNELS=0` (or
 //! [`set_enabled`]) turns them off, which leaves the composed ops as the reference they are
 //! checked against on a GPU (`distill check-device`); `DISTILL_FLASH_ATTENTION=0` turns off
-//! flash attention alone. On the
-//! CPU, `tests/cuda_kernels.rs` runs the `.cu` files themselves through an emulation of CUDA's
-//! threads against the composed ops (and, for the pool writes, decode attention, sampling and
-//! top-k, against plain definitions).
+//! flash attention alone. On the CPU, `tests/cuda_kernels.rs` runs the `.cu` files themselves
+//! through an emulation of CUDA's threads against the composed ops (flash attention against
+//! attention's closed form; the pool writes, decode attention, sampling and top-k against plain
+//! definitions).
 
 // Without the `cuda` feature the ops' arguments and fields only reach `on_gpu!`'s error.
 #![cfg_attr(not(feature = "cuda"), allow(unused_variables, dead_code))]

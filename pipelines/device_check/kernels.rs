@@ -112,12 +112,19 @@ pub(super) fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
 /// output and q, k, v gradients at a Qwen2.5-1.5B shape (12 heads over 2 kv heads of 128) and a
 /// SmolLM2 one (9 over 3 of 64), two rows of 2,048 tokens (one packed with three documents),
 /// beside the chunked path's own bf16 error; then forward + backward time of both paths on
-/// one-document rows (the causal attention `gpu/check.py` times PyTorch's SDPA on). Returns
-/// whether it failed.
+/// one-document rows (the causal attention `gpu/check.py` times PyTorch's SDPA on). Skipped
+/// when `DISTILL_FLASH_ATTENTION=0` turned flash attention off. Returns whether it failed.
 pub(super) fn flash_attention(dev: &Device) -> anyhow::Result<bool> {
     use candle_core::Var;
     use distill_models::chunked_attention::{attention, QueryChunks};
     use distill_models::cuda;
+    if !cuda::flash_attention_enabled() {
+        // `DISTILL_FLASH_ATTENTION=0`: gpu/check.sh's rerun after flash attention failed.
+        emit(
+            json!({"check": "cuda_kernels", "what": "flash_attention", "skipped": "DISTILL_FLASH_ATTENTION=0"}),
+        );
+        return Ok(false);
+    }
     let (batch, seq) = (2, 2048);
     let documents = |lens: &[u32]| -> Vec<u32> { lens.iter().flat_map(|&n| 0..n).collect() };
     let packed = vec![documents(&[300, 700, 1048]), documents(&[2048])];

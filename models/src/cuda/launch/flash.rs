@@ -48,7 +48,6 @@ impl Dims {
                 q.dtype()
             );
         }
-        i32_of(batch * heads * seq * head_dim, "flash attention elements")?;
         Ok(Self {
             batch,
             heads,
@@ -66,9 +65,14 @@ impl Dims {
         self.batch * self.kv_heads * self.seq * self.head_dim
     }
 
-    /// The ints after the buffers: heads, kv heads, seq.
-    fn ints(&self) -> [i32; 3] {
-        [self.heads, self.kv_heads, self.seq].map(|x| x as i32)
+    /// The ints after the buffers: heads, kv heads, seq (offsets into the buffers are
+    /// 64-bit in the kernels).
+    fn ints(&self) -> Result<[i32; 3]> {
+        Ok([
+            i32_of(self.heads, "attention heads")?,
+            i32_of(self.kv_heads, "kv heads")?,
+            i32_of(self.seq, "sequence length")?,
+        ])
     }
 
     /// The entry point of `kernel` (fwd, bwd_kv, bwd_q) for this head dim.
@@ -143,7 +147,7 @@ pub(in crate::cuda) fn flash_attention(
     let func = dev.get_or_load_custom_func(&dims.entry("fwd"), FLASH.0, FLASH.1)?;
     let mut b = func.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&sv).arg(&out).arg(&lse);
-    let ints = dims.ints();
+    let ints = dims.ints()?;
     for x in &ints {
         b.arg(x);
     }
@@ -201,7 +205,7 @@ pub(in crate::cuda) fn flash_attention_bwd(
             dev.alloc::<bf16>(dims.kv_elems())?,
         )
     };
-    let ints = dims.ints();
+    let ints = dims.ints()?;
     let tiles = dims.seq.div_ceil(BACKWARD_ROWS);
     // Both read the same inputs: backward_kv writes dk and dv, a block per key tile of a kv
     // head; backward_q writes dq, a block per query tile of a head.

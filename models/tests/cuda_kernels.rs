@@ -836,10 +836,12 @@ fn document_starts(lens: &[usize]) -> Vec<usize> {
 fn flash_attention_matches_composed_attention() {
     // Seq lengths that fill no tile (64 queries forward, 32 keys or queries backward, 16 rows
     // a warp), packed documents that start mid-tile and on a key tile's last key (31), a last
-    // key that begins a key tile (64), grouped-query heads, both head dims.
-    let cases: [(usize, usize, usize, Vec<Vec<usize>>); 2] = [
+    // key that begins a key tile (64), grouped-query heads, both head dims; and plain
+    // multi-head attention over three forward tiles with a document starting on a tile's edge.
+    let cases: [(usize, usize, usize, Vec<Vec<usize>>); 3] = [
         (4, 2, 64, vec![vec![20, 11, 22, 17], vec![70]]),
         (2, 1, 128, vec![vec![9, 31, 25]]),
+        (3, 3, 64, vec![vec![64, 66]]),
     ];
     for (h, kv, d, docs) in cases {
         let (b, t) = (docs.len(), docs[0].iter().sum::<usize>());

@@ -874,26 +874,33 @@ fn flash_attention_matches_composed_attention() {
             .collect();
         let starts = Tensor::new(starts.as_slice(), &Device::Cpu).unwrap();
         let (nq, nk) = (b * h * t * d, b * kv * t * d);
-        let got = run(
-            "flash_attention",
-            Dt::Bf16,
-            (0, 0),
-            &[s(b), s(h), s(kv), s(t), s(d), s(scale)],
-            &[&q, &k, &v, &starts, &d_out],
-            &[nq, b * h * t, nq, nk, nk],
-        );
-        // The kernels against the reference that rounds where they round: within bf16's
-        // rounding of the outputs and the order of the sums.
         let rounded = attention_reference([&q, &k, &v, &d_out], &docs, scale, true);
-        for (at, name) in names.iter().enumerate() {
-            assert_close(&what(name), Dt::Bf16, &got[at], &rounded[at]);
+        // Inputs 16-byte aligned (rows loaded 8 elements at a time), then one element off
+        // (element by element): the same values.
+        let mut runs = Vec::new();
+        for shift in [0, 1] {
+            let got = run(
+                "flash_attention",
+                Dt::Bf16,
+                (0, 0),
+                &[s(b), s(h), s(kv), s(t), s(d), s(scale), s(shift)],
+                &[&q, &k, &v, &starts, &d_out],
+                &[nq, b * h * t, nq, nk, nk],
+            );
+            // The kernels against the reference that rounds where they round: within bf16's
+            // rounding of the outputs and the order of the sums.
+            for (at, name) in names.iter().enumerate() {
+                assert_close(&what(name), Dt::Bf16, &got[at], &rounded[at]);
+            }
+            // Log-sum-exps are f32: within f32 sums' order.
+            let worst = got[1]
+                .iter()
+                .zip(values(&rounded[1]))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{}: off by {worst}", what("log-sum-exp"));
+            runs.push(got);
         }
-        // Log-sum-exps are f32: within f32 sums' order.
-        let worst = got[1]
-            .iter()
-            .zip(values(&rounded[1]))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "{}: off by {worst}", what("log-sum-exp"));
+        assert_eq!(runs[0], runs[1], "{}", what("with unaligned inputs"));
     }
 }

@@ -49,9 +49,17 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 
 // Rows [first, first + rows) of a `[seq, D]` matrix into `dst` (row stride LD), zeros for rows
-// at or past `seq`; 16 bytes a thread at a time, all threads of the block.
+// at or past `seq`; 16 bytes a thread at a time, all threads of the block (element by element
+// where `src` is not 16-byte aligned: a tensor viewed from an odd offset).
 template <int D, int LD>
 __device__ void stage_rows(bf16* dst, const bf16* src, int first, int rows, int seq) {
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    for (int e = threadIdx.x; e < rows * D; e += blockDim.x) {
+      int r = e / D, c = e % D;
+      dst[r * LD + c] = first + r < seq ? src[(size_t)(first + r) * D + c] : from_float<bf16>(0.f);
+    }
+    return;
+  }
   constexpr int VECS = D / 8;  // uint4s a row
   for (int e = threadIdx.x; e < rows * VECS; e += blockDim.x) {
     int r = e / VECS, c = (e % VECS) * 8;

@@ -193,9 +193,10 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     output(m);
     output(v);
   } else if (kernel == "flash_attention") {
-    // batch heads kv_heads seq dim scale (bf16 only): q, k, v, starts (as floats), d_out ->
-    // out, lse, dq, dk, dv. Runs the forward, then both backward kernels with row_dot = Σ dO ∘ O
-    // of the bf16 output, as models/src/chunked_attention.rs computes it.
+    // batch heads kv_heads seq dim scale shift (bf16 only): q, k, v, starts (as floats), d_out
+    // -> out, lse, dq, dk, dv. Runs the forward, then both backward kernels with row_dot =
+    // Σ dO ∘ O of the bf16 output, as models/src/chunked_attention.rs computes it. With shift 1
+    // the inputs start one element into their buffers (not 16-byte aligned).
     using B = __nv_bfloat16;
     if (!bf) {
       std::fprintf(stderr, "harness: flash_attention is bf16 only\n");
@@ -204,10 +205,18 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     int b = i(0), h = i(1), kv = i(2), t = i(3), d = i(4);
     float scale = f(5);
     size_t nq = (size_t)b * h * t * d, nk = (size_t)b * kv * t * d, rows = (size_t)b * h * t;
-    auto q = input<B>(nq), k = input<B>(nk), v = input<B>(nk);
+    int shift = i(6);
+    auto shifted = [&](size_t n) {
+      std::vector<B> v = input<B>(n);
+      v.insert(v.begin(), shift, B{});
+      return v;
+    };
+    auto qb = shifted(nq), kb = shifted(nk), vb = shifted(nk);
     std::vector<float> sf = read_f32((size_t)b * t);
     std::vector<uint32_t> starts(sf.begin(), sf.end());
-    auto d_out = input<B>(nq);
+    auto dob = shifted(nq);
+    B *q = qb.data() + shift, *k = kb.data() + shift, *v = vb.data() + shift;
+    B* d_out = dob.data() + shift;
     std::vector<B> out(nq), dq(nq), dk(nk), dv(nk);
     std::vector<float> lse(rows), dot(rows);
     auto fwd = d == 64 ? flash_attention_fwd_d64_bf16 : flash_attention_fwd_d128_bf16;
@@ -215,7 +224,7 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     auto bwd_q = d == 64 ? flash_attention_bwd_q_d64_bf16 : flash_attention_bwd_q_d128_bf16;
     unsigned tiles64 = (t + 63) / 64, tiles32 = (t + 31) / 32;
     launch(b * h * tiles64, 128, [&] {
-      fwd(q.data(), k.data(), v.data(), starts.data(), out.data(), lse.data(), h, kv, t, scale);
+      fwd(q, k, v, starts.data(), out.data(), lse.data(), h, kv, t, scale);
     });
     for (size_t r = 0; r < rows; ++r) {
       float s = 0.f;
@@ -223,12 +232,11 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
       dot[r] = s;
     }
     launch(b * kv * tiles32, 64, [&] {
-      bwd_kv(q.data(), k.data(), v.data(), d_out.data(), lse.data(), dot.data(), starts.data(),
-             dk.data(), dv.data(), h, kv, t, scale);
+      bwd_kv(q, k, v, d_out, lse.data(), dot.data(), starts.data(), dk.data(), dv.data(), h, kv,
+             t, scale);
     });
     launch(b * h * tiles32, 64, [&] {
-      bwd_q(q.data(), k.data(), v.data(), d_out.data(), lse.data(), dot.data(), starts.data(),
-            dq.data(), h, kv, t, scale);
+      bwd_q(q, k, v, d_out, lse.data(), dot.data(), starts.data(), dq.data(), h, kv, t, scale);
     });
     output(out);
     write_f32(lse);

@@ -89,8 +89,9 @@ impl Dims {
     }
 }
 
-/// A tensor as the kernels read it: contiguous, its first element 16-byte aligned (they load
-/// rows 8 bf16 at a time).
+/// A tensor as the kernels read it fastest: contiguous, its first element at a multiple of 8
+/// elements from its buffer's start, so rows load 8 bf16 at a time (they read any alignment,
+/// element by element).
 fn aligned(t: &Tensor) -> Result<Tensor> {
     let t = t.contiguous()?;
     if t.layout().start_offset() % 8 == 0 {

@@ -9,8 +9,8 @@
 // `[batch, seq]` (each position's document start: query i sees key j iff starts[i] ≤ j ≤ i);
 // lse and row_dot `[batch, heads, seq]` f32 (a query row's log-sum-exp of its scaled scores, and
 // Σ dO ∘ O). Scores, probabilities and their gradients are f32 in registers and shared memory,
-// rounded to bf16 only where they feed a tensor-core product (P before P·V, dS before dS·K), as
-// the chunked path rounds its probabilities and score gradients.
+// rounded to bf16 only where they feed a tensor-core product (P before P·V and Pᵀ·dO, dS
+// before dS·K and dSᵀ·Q), as the chunked path rounds its probabilities and score gradients.
 //
 // Why these shapes:
 // - The forward takes two passes over a query tile's keys: the first finds each row's maximum
@@ -27,7 +27,7 @@
 //
 // Each kernel is correct for any seq, batch and head count; the block size is fixed (WARPS
 // warps of 32 threads), and models/tests/cuda_kernels.rs runs this file through the emulation of
-// CUDA's threads (with an emulated wmma) against the composed attention.
+// CUDA's threads (with an emulated wmma) against attention's closed form.
 
 #include "common.cuh"
 #ifndef DISTILL_EMULATE

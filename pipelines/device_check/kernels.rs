@@ -11,33 +11,18 @@ use distill_models::Model;
 use serde_json::json;
 
 use super::{
-    agreement, emit, logits_and_grads, random_weights, rel_diff, rel_l2, tiny_config,
-    tiny_config_with, with_fields,
+    agreement, emit, logits_and_grads, random_weights, rel_diff, rel_l2, tiny_config_with,
+    with_fields,
 };
 
 /// The CUDA kernels against candle's composed ops on the same device: the parity models with
-/// the kernels on and off (RMSNorm, RoPE, SwiGLU, the attention softmax and their backward), a
+/// the kernels on and off (RMSNorm, RoPE, SwiGLU, the attention softmax and their backward; at
+/// head dim 64 in bf16 flash attention), flash attention alone against the chunks, a
 /// ragged batch decoded both ways, sampling against the host sampler, and the loss's
 /// cross-entropy and the AdamW step alone. Returns whether any failed.
 pub(super) fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
     use distill_models::cuda;
-    let mut failed = false;
-    for arch in ["qwen2", "llama"] {
-        let config = tiny_config(arch)?;
-        let weights = random_weights(&config, 11)?;
-        for dtype in [DType::F32, DType::BF16] {
-            cuda::set_enabled(false);
-            let composed = logits_and_grads(&config, &weights, dtype, dev);
-            cuda::set_enabled(true);
-            let got = logits_and_grads(&config, &weights, dtype, dev)?;
-            let (fields, ok) = agreement(&composed?, &got, dtype)?;
-            failed |= !ok;
-            emit(with_fields(
-                json!({"check": "cuda_kernels", "what": "model", "arch": arch, "dtype": dtype.as_str()}),
-                fields,
-            ));
-        }
-    }
+    let mut failed = models(dev)?;
     failed |= flash_attention(dev)?;
     failed |= decode_kernel(dev)?;
     failed |= device_sampling(dev)?;
@@ -105,6 +90,43 @@ pub(super) fn cuda_kernels(dev: &Device) -> anyhow::Result<bool> {
         "check": "cuda_kernels", "what": "adamw", "elements": n,
         "param_moments_max_rel_diff": diffs, "tolerance": 1e-6, "ok": ok,
     }));
+    Ok(failed)
+}
+
+/// The parity models (Qwen2 and Llama, heads of 16 and of 64 dims, f32 and bf16) with the
+/// kernels off and on. Returns whether any failed.
+fn models(dev: &Device) -> anyhow::Result<bool> {
+    use distill_models::cuda;
+    let mut failed = false;
+    // Heads of 16 dims, and of 64 (hidden 256 over 4 heads), where bf16 takes flash attention.
+    let shapes = [
+        json!({}),
+        json!({"hidden_size": 256, "intermediate_size": 512}),
+    ];
+    for (arch, shape) in ["qwen2", "llama"]
+        .into_iter()
+        .flat_map(|a| shapes.iter().map(move |s| (a, s)))
+    {
+        let config = tiny_config_with(arch, shape.clone())?;
+        let head_dim = config.spec()?.head_dim;
+        let weights = random_weights(&config, 11)?;
+        for dtype in [DType::F32, DType::BF16] {
+            cuda::set_enabled(false);
+            let composed = logits_and_grads(&config, &weights, dtype, dev);
+            cuda::set_enabled(true);
+            let got = logits_and_grads(&config, &weights, dtype, dev)?;
+            let (fields, ok) = agreement(&composed?, &got, dtype)?;
+            failed |= !ok;
+            emit(with_fields(
+                json!({
+                    "check": "cuda_kernels", "what": "model", "arch": arch, "dtype": dtype.as_str(),
+                    "head_dim": head_dim,
+                    "flash_attention": cuda::flash_attention_runs(dev, dtype, head_dim),
+                }),
+                fields,
+            ));
+        }
+    }
     Ok(failed)
 }
 
@@ -334,5 +356,12 @@ mod tests {
     #[test]
     fn the_decode_kernel_check_runs() {
         assert!(!decode_kernel(&Device::Cpu).unwrap());
+    }
+
+    /// On the CPU the kernels never run, so both runs of each model agree: this proves the
+    /// check's configs (the 64-dim heads too) build and train.
+    #[test]
+    fn the_model_check_runs() {
+        assert!(!models(&Device::Cpu).unwrap());
     }
 }

@@ -27,8 +27,8 @@ __device__ void set_rows(const T* src, const uint32_t* targets, T* dst, size_t r
 // A block per (row, kv head) reads that sequence's keys and values once for its n_rep query
 // heads; each warp walks every warps-th key with an online softmax (a lane holds dims lane,
 // lane + 32, ...), then the warps' partial results combine in warp order. Needs dim a multiple
-// of 32 up to 256, n_rep ≤ 8 and 32..128 threads a block (launch.rs checks; other shapes take
-// the composed ops).
+// of 32 up to 256, n_rep ≤ 8 and 32..128 threads a block (launch/generate.rs checks; other
+// shapes take the composed ops).
 
 #define DECODE_MAX_REP 8
 #define DECODE_MAX_LANE_DIMS 8
@@ -105,7 +105,7 @@ __device__ void decode_attention(const T* q, const T* keys, const T* values, con
   }
 }
 
-// ---- Sampling on the device (teacher/src/engine.rs) ----
+// ---- Sampling on the device (teacher/src/engine/sample_step.rs) ----
 // One token per row of `logits` [rows, vocab] at temperature T (≤ 0: the arg-max, lowest id
 // first), top-k `top_k` (0 or ≥ vocab: off) and top-p `top_p` (1: off), from the row's uniform
 // draw `uniform` in [0, 1) (drawn on the host from the sequence's own generator, one per token
@@ -292,7 +292,7 @@ __device__ void sample_rows(const T* logits, const float* temperature, const flo
 // ranking of distill_models::ops::top_k_ids, which the corpus's stored top-k uses), NaN as
 // −inf. One pass over the row: each thread keeps its own best k in order (a later equal value
 // never displaces an earlier, lower id), then thread 0 merges the threads' lists. k ≤ 32 and
-// 32..128 threads a block (launch.rs checks).
+// 32..128 threads a block (launch/generate.rs checks).
 
 #define TOP_K_MAX 32
 #define TOP_K_MAX_THREADS 128

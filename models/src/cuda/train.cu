@@ -1,7 +1,7 @@
 // Training kernels for NVIDIA GPUs: RMSNorm, RoPE and SwiGLU with their backward passes, the
 // masked softmax of a chunk of attention scores and its backward, the cross-entropy of a chunk
 // of logit rows, and the AdamW step. Compiled to PTX by models/build.rs with the pinned nvcc
-// (only with the `cuda` feature) and launched from models/src/cuda/launch.rs.
+// (only with the `cuda` feature) and launched from models/src/cuda/launch/train.rs.
 //
 // Every kernel here and in generate.cu is written to be correct for any grid and any block of
 // 32..1024 threads (a multiple of 32; decode attention: up to 128): rows and elements are

@@ -241,7 +241,9 @@ pub fn attention(
     scale: f64,
 ) -> Result<Tensor> {
     let dims = Dims::of(q, k, v, chunks)?;
-    if cuda::flash_attention_runs(q.device(), q.dtype(), dims.d) && cuda::supported_all(&[q, k, v])
+    if cuda::flash_attention_runs(q.device(), q.dtype(), dims.d)
+        && cuda::supported_all(&[q, k, v])
+        && dims.t > 0
     {
         return Ok(cuda::flash_attention(q, k, v, &chunks.starts, scale)?);
     }

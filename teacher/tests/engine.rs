@@ -509,6 +509,56 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
         same as f64 >= 0.9 * total as f64,
         "the recomputed samples follow the unlimited run's for {same} of {total} characters"
     );
+    // Blocks of the pool held outside the engine (`distill serve` scoring a prompt beside it)
+    // count against the budget: the sequences make do with what is left, and the pool stays
+    // within the 11 blocks (without counting them it grew to 14).
+    let outside = {
+        let model = limited.model();
+        let prompt = limited.prompt_ids(&workload[0].messages, "").unwrap();
+        let ids = [prompt.as_slice(), &prompt].concat();
+        let mut cache = model.new_cache();
+        model
+            .step(
+                &mut [(&ids[..], &mut cache)],
+                distill_models::transformer::Logits::Last,
+            )
+            .unwrap();
+        cache
+    };
+    let held_outside = {
+        let (pool, free) = limited.model().kv_pool_blocks();
+        pool - free
+    };
+    assert!((3..=4).contains(&held_outside), "{held_outside}");
+    let (got, failed, stats, most) = generate(&limited, workload.clone());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(got.len(), workload.len());
+    assert!(stats.preempted >= 3, "{stats:?}");
+    assert!(most <= 11, "the pool grew to {most} blocks");
+    // Held outside until no request fits, then let go from another thread: the engine waits
+    // for the blocks instead of failing requests that fit alone.
+    let mut hog = vec![outside];
+    while limited.model().kv_pool_blocks().0 - limited.model().kv_pool_blocks().1 < 8 {
+        let prompt = limited.prompt_ids(&workload[0].messages, "").unwrap();
+        let ids = [prompt.as_slice(), &prompt].concat();
+        let mut cache = limited.model().new_cache();
+        limited
+            .model()
+            .step(
+                &mut [(&ids[..], &mut cache)],
+                distill_models::transformer::Logits::Last,
+            )
+            .unwrap();
+        hog.push(cache);
+    }
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(hog);
+    });
+    let (got, failed, _, _) = generate(&limited, workload[..2].to_vec());
+    release.join().unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(got.len(), 2);
     // Three blocks hold 96 positions: no request (a ~50-token prompt and 90 tokens) fits.
     let tiny = make(3.0 * block / (1u64 << 30) as f64);
     let (done, failed, stats, _) = generate(&tiny, workload[..2].to_vec());

@@ -47,9 +47,11 @@ impl Engine {
 
     /// The step's feeds, `(live index, tokens)`: every decoding sequence one token, prompts
     /// (and replays) what is left of the step's token budget in chunks. Under a KV cache limit
-    /// the feeds fit the blocks free: when the decoding sequences alone do not fit, or nothing
-    /// could run, the youngest sequence holding blocks is preempted ([`Seq::preempt`]); a
-    /// sequence that cannot fit even alone fails with the reason.
+    /// the feeds fit the blocks free (blocks of the pool held outside the engine count as
+    /// used): when the decoding sequences alone do not fit, or nothing could run, the youngest
+    /// sequence holding blocks is preempted ([`Seq::preempt`]); when what is left would fit
+    /// but for blocks held outside, nothing runs this step (they come back); a sequence that
+    /// cannot fit even alone fails with the reason.
     pub(super) fn plan(
         &self,
         live: &mut Vec<Seq>,
@@ -60,7 +62,12 @@ impl Engine {
             return self.feeds(live, None);
         };
         loop {
-            let held: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
+            let own: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
+            // Blocks of the same pool held outside this engine (`distill serve` scoring a
+            // prompt beside it): the budget is the pool's, so they count.
+            let (pool, free) = self.model.kv_pool_blocks();
+            let others = (pool - free).saturating_sub(own);
+            let held = own + others;
             let decoding: usize = live
                 .iter()
                 .filter(|s| s.next.is_some())
@@ -87,6 +94,12 @@ impl Engine {
                 stats.preempted += 1;
                 live[youngest].preempt();
                 continue;
+            }
+            if others > 0 && own + decoding <= limit {
+                // What is held outside comes back when its holder finishes: wait for it (the
+                // caller steps again) rather than fail a sequence that fits alone.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                return Vec::new();
             }
             // One sequence (or none) holds blocks and still cannot go on: it cannot fit alone.
             let seq = live.remove(holders.first().copied().unwrap_or(0));

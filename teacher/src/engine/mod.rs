@@ -172,7 +172,10 @@ impl Seq {
             Some(token) => vec![token],
             None => {
                 let source = self.prefill_source();
-                let end = (self.prefilled + chunk.min(budget)).min(source.len());
+                let end = self
+                    .prefilled
+                    .saturating_add(chunk.min(budget))
+                    .min(source.len());
                 source[self.prefilled..end].to_vec()
             }
         }

@@ -885,7 +885,7 @@ fn flash_attention_matches_composed_attention() {
                 (0, 0),
                 &[s(b), s(h), s(kv), s(t), s(d), s(scale), s(shift)],
                 &[&q, &k, &v, &starts, &d_out],
-                &[nq, b * h * t, nq, nk, nk],
+                &[nq, b * h * t, nq, nk, nk, b * h * t],
             );
             // The kernels against the reference that rounds where they round: within bf16's
             // rounding of the outputs and the order of the sums.
@@ -899,6 +899,13 @@ fn flash_attention_matches_composed_attention() {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(worst < 1e-4, "{}: off by {worst}", what("log-sum-exp"));
+            // Σ dO ∘ O of the kernel's own (bf16) output, in f32.
+            let out = Tensor::from_vec(got[0].clone(), (b, h, t, d), &Device::Cpu).unwrap();
+            let dot = (out * d_out.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .sum(D::Minus1)
+                .unwrap();
+            assert_within(&what("row dot"), "f32", 1e-5, &got[5], &dot);
             runs.push(got);
         }
         assert_eq!(runs[0], runs[1], "{}", what("with unaligned inputs"));

@@ -409,17 +409,37 @@ __device__ void backward_q(const bf16* q, const bf16* k, const bf16* v, const bf
   write_rows<D, SLD>(dq + (size_t)bh * seq * D, dqf, sw, row0, seq);
 }
 
+// row_dot[r] = Σ_d dO[r, d] · O[r, d] in f32 (the softmax backward's row term), a warp per row:
+// what both backward kernels read, without f32 copies of dO and O.
+template <int D>
+__device__ void row_dot(const bf16* d_out, const bf16* out, float* dot, size_t rows) {
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (size_t r = (size_t)blockIdx.x * warps + threadIdx.x / 32; r < rows;
+       r += (size_t)gridDim.x * warps) {
+    float sum = 0.f;
+    for (int c = lane; c < D; c += 32)
+      sum += to_float(d_out[r * D + c]) * to_float(out[r * D + c]);
+    sum = warp_sum(sum);
+    if (lane == 0) dot[r] = sum;
+  }
+}
+
 }  // namespace flash
 
 // ---- Entry points: bf16 only, one per head dim (`_d64`, `_d128`) ----
 // Blocks: forward 128 threads, one per 64 query rows of a (batch, head); backward_kv 64
-// threads, one per 32 keys of a (batch, kv head); backward_q 64 threads, one per 32 query rows.
+// threads, one per 32 keys of a (batch, kv head); backward_q 64 threads, one per 32 query rows;
+// row_dot any grid and block (rows in a grid-stride loop, a warp each).
 
 #define FLASH_KERNELS(D)                                                                         \
   extern "C" __global__ void flash_attention_fwd_d##D##_bf16(                                    \
       const bf16* q, const bf16* k, const bf16* v, const uint32_t* starts, bf16* o, float* lse,  \
       int heads, int kv_heads, int seq, float scale) {                                           \
     flash::forward<D>(q, k, v, starts, o, lse, heads, kv_heads, seq, scale);                     \
+  }                                                                                              \
+  extern "C" __global__ void flash_attention_row_dot_d##D##_bf16(                                \
+      const bf16* d_out, const bf16* out, float* dot, size_t rows) {                             \
+    flash::row_dot<D>(d_out, out, dot, rows);                                                    \
   }                                                                                              \
   extern "C" __global__ void flash_attention_bwd_kv_d##D##_bf16(                                 \
       const bf16* q, const bf16* k, const bf16* v, const bf16* d_out, const float* lse,          \

@@ -579,17 +579,13 @@ impl CustomOp3 for FlashAttention {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.to_dtype(q.dtype())?;
-        // D_i = Σ_d dO_id · O_id, f32: the softmax backward's row term.
-        let row_dot = (grad.to_dtype(DType::F32)? * out.detach().to_dtype(DType::F32)?)?
-            .sum(candle_core::D::Minus1)?;
         let (dq, dk, dv) = on_gpu!(launch::flash_attention_bwd(
             &q.detach(),
             &k.detach(),
             &v.detach(),
-            &grad,
+            &out.detach(),
+            &grad.to_dtype(q.dtype())?,
             &self.lse,
-            &row_dot,
             &self.starts,
             self.scale
         ))?;

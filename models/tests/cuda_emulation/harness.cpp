@@ -194,9 +194,9 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     output(v);
   } else if (kernel == "flash_attention") {
     // batch heads kv_heads seq dim scale shift (bf16 only): q, k, v, starts (as floats), d_out
-    // -> out, lse, dq, dk, dv. Runs the forward, then both backward kernels with row_dot =
-    // Σ dO ∘ O of the bf16 output, as models/src/chunked_attention.rs computes it. With shift 1
-    // the inputs start one element into their buffers (not 16-byte aligned).
+    // -> out, lse, dq, dk, dv, row_dot. Runs the forward, row_dot (Σ dO ∘ O of the bf16 output;
+    // 3 blocks of 2 warps, so its grid-stride loop turns), then both backward kernels. With
+    // shift 1 the inputs start one element into their buffers (not 16-byte aligned).
     using B = __nv_bfloat16;
     if (!bf) {
       std::fprintf(stderr, "harness: flash_attention is bf16 only\n");
@@ -226,11 +226,8 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     launch(b * h * tiles64, 128, [&] {
       fwd(q, k, v, starts.data(), out.data(), lse.data(), h, kv, t, scale);
     });
-    for (size_t r = 0; r < rows; ++r) {
-      float s = 0.f;
-      for (int c = 0; c < d; ++c) s += widen(d_out[r * d + c]) * widen(out[r * d + c]);
-      dot[r] = s;
-    }
+    auto row_dot = d == 64 ? flash_attention_row_dot_d64_bf16 : flash_attention_row_dot_d128_bf16;
+    launch(3, 64, [&] { row_dot(d_out, out.data(), dot.data(), rows); });
     launch(b * kv * tiles32, 64, [&] {
       bwd_kv(q, k, v, d_out, lse.data(), dot.data(), starts.data(), dk.data(), dv.data(), h, kv,
              t, scale);
@@ -243,6 +240,7 @@ int run(const std::string& kernel, bool bf, unsigned grid, unsigned block, char*
     output(dq);
     output(dk);
     output(dv);
+    write_f32(dot);
   } else {
     std::fprintf(stderr, "harness: unknown kernel %s\n", kernel.c_str());
     return 2;

@@ -166,46 +166,55 @@ pub(in crate::cuda) fn flash_attention(
     ))
 }
 
-/// dq, dk and dv from the output's gradient `d_out`, the forward's log-sum-exps and each query
-/// row's `Σ dO ∘ O` (`row_dot`, `[b, h, t]` f32).
+/// dq, dk and dv from the forward's output `out`, its gradient `d_out` and the forward's
+/// log-sum-exps; each query row's `Σ dO ∘ O` is computed first (`row_dot`).
 #[allow(clippy::too_many_arguments)]
 pub(in crate::cuda) fn flash_attention_bwd(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    out: &Tensor,
     d_out: &Tensor,
     lse: &Tensor,
-    row_dot: &Tensor,
     starts: &Tensor,
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = Dims::of(q, k, v, starts)?;
     let rows = dims.batch * dims.heads * dims.seq;
-    if d_out.dims() != q.dims() || d_out.dtype() != DType::BF16 {
-        candle_core::bail!("flash attention backward: the output's gradient does not match q");
-    }
-    for (what, t) in [("log-sum-exps", lse), ("row dots", row_dot)] {
-        if t.elem_count() != rows || t.dtype() != DType::F32 {
-            candle_core::bail!("flash attention backward: {what} are not {rows} f32 values");
+    for (what, t) in [("output", out), ("output's gradient", d_out)] {
+        if t.dims() != q.dims() || t.dtype() != DType::BF16 {
+            candle_core::bail!("flash attention backward: the {what} does not match q");
         }
     }
-    let (q, k, v, d_out) = (aligned(q)?, aligned(k)?, aligned(v)?, aligned(d_out)?);
-    let (lse, row_dot) = (lse.contiguous()?, row_dot.contiguous()?);
-    let held = [&q, &k, &v, &d_out].map(Held::of);
-    let [lh, dh, st] = [&lse, &row_dot, starts].map(Held::of);
+    if lse.elem_count() != rows || lse.dtype() != DType::F32 {
+        candle_core::bail!("flash attention backward: log-sum-exps are not {rows} f32 values");
+    }
+    let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
+    let (out, d_out, lse) = (out.contiguous()?, aligned(d_out)?, lse.contiguous()?);
+    let held = [&q, &k, &v, &d_out, &out].map(Held::of);
+    let [lh, st] = [&lse, starts].map(Held::of);
     let dev = held[0].device()?;
-    let [qv, kv, vv, dov] = [&held[0], &held[1], &held[2], &held[3]].map(|h| h.view::<bf16>());
-    let (qv, kv, vv, dov) = (qv?, kv?, vv?, dov?);
-    let (lv, dv_, sv) = (lh.view::<f32>()?, dh.view::<f32>()?, st.view::<u32>()?);
-    // SAFETY: backward_kv writes every element of dk and dv (rows of keys no query sees as 0),
-    // backward_q every element of dq.
-    let (dq, dk, dv) = unsafe {
+    let [qv, kv, vv, dov, ov] =
+        [&held[0], &held[1], &held[2], &held[3], &held[4]].map(|h| h.view::<bf16>());
+    let (qv, kv, vv, dov, ov) = (qv?, kv?, vv?, dov?, ov?);
+    let (lv, sv) = (lh.view::<f32>()?, st.view::<u32>()?);
+    // SAFETY: row_dot writes every row's value; backward_kv every element of dk and dv (rows of
+    // keys no query sees as 0), backward_q every element of dq.
+    let (dot, dq, dk, dv) = unsafe {
         (
+            dev.alloc::<f32>(rows)?,
             dev.alloc::<bf16>(dims.q_elems())?,
             dev.alloc::<bf16>(dims.kv_elems())?,
             dev.alloc::<bf16>(dims.kv_elems())?,
         )
     };
+    let func = dev.get_or_load_custom_func(&dims.entry("row_dot"), FLASH.0, FLASH.1)?;
+    let mut b = func.builder();
+    b.arg(&dov).arg(&ov).arg(&dot).arg(&rows);
+    // A warp a row, 8 rows a block.
+    // SAFETY: the arguments match flash_attention_row_dot in flash_attention.cu.
+    unsafe { b.launch(shape(rows.div_ceil(8), 256)) }.w()?;
+    let dv_ = dot.as_view();
     let ints = dims.ints()?;
     let tiles = dims.seq.div_ceil(BACKWARD_ROWS);
     // Both read the same inputs: backward_kv writes dk and dv, a block per key tile of a kv

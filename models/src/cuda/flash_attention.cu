@@ -26,7 +26,7 @@
 //   aligned, which wmma requires).
 //
 // Each kernel is correct for any seq, batch and head count; the block size is fixed (WARPS
-// warps of 32 threads), and models/tests/cuda_kernels.rs runs this file through the emulation of
+// warps of 32 threads), and models/tests/flash_attention.rs runs this file through the emulation of
 // CUDA's threads (with an emulated wmma) against attention's closed form.
 
 #include "common.cuh"

@@ -1,5 +1,5 @@
-// Runs one kernel of models/src/cuda/train.cu, generate.cu or flash_attention.cu on the CPU (through emulate.h) for
-// models/tests/cuda_kernels.rs:
+// Runs one kernel of models/src/cuda/train.cu, generate.cu or flash_attention.cu on the CPU
+// (through emulate.h) for models/tests/cuda_kernels.rs and flash_attention.rs:
 //
 //   harness KERNEL DTYPE GRID BLOCK [ints and floats the kernel takes] < inputs > outputs
 //

@@ -15,8 +15,8 @@
 //!
 //! The pool doubles when a sequence needs more blocks than are free (O(log n) copies in a run,
 //! a layer's tensor at a time; an engine's KV cache budget caps the doubling,
-//! [`KvPool::set_limit`]) and lets go of its
-//! tensors when no sequence holds a block, so a server between requests keeps no cache memory.
+//! [`KvPool::set_limit`]) and lets go of its tensors when no sequence holds a block, so a
+//! server between requests keeps no cache memory.
 //! Blocks of 32 positions: a sequence wastes less than 32, and the block table of a 32k-token
 //! one is 1,024 ids.
 

@@ -25,9 +25,9 @@
 //! [`supported`] says so, before candle's composed ops; `DISTILL_CUDA_KERNELS=0` (or
 //! [`set_enabled`]) turns them off, which leaves the composed ops as the reference they are
 //! checked against on a GPU (`distill check-device`); `DISTILL_FLASH_ATTENTION=0` turns off
-//! flash attention alone. On the CPU, `tests/cuda_kernels.rs` runs the `.cu` files themselves
-//! through an emulation of CUDA's threads against the composed ops (flash attention against
-//! attention's closed form; the pool writes, decode attention, sampling and top-k against plain
+//! flash attention alone. On the CPU, `tests/cuda_kernels.rs` and `tests/flash_attention.rs`
+//! run the `.cu` files themselves through an emulation of CUDA's threads against the composed
+//! ops (flash attention against attention's closed form; the pool writes, decode attention, sampling and top-k against plain
 //! definitions).
 
 // Without the `cuda` feature the ops' arguments and fields only reach `on_gpu!`'s error.
@@ -255,7 +255,7 @@ pub fn attention_softmax_bwd(
     ))
 }
 
-/// Causal, document-masked, grouped-query attention in one forward launch and two backward
+/// Causal, document-masked, grouped-query attention in one forward launch and three backward
 /// launches (`flash_attention.cu`): `softmax(q·kᵀ · scale + mask) · v` for rotated `q`
 /// `[batch, heads, seq, d]` and `k`, `v` `[batch, kv_heads, seq, d]` (not repeated), where
 /// query i sees key j iff `starts[b, i] ≤ j ≤ i` (`starts` `[batch, seq]` u32: each position's

@@ -17,9 +17,10 @@ impl Attention {
     /// Scaled dot-product attention of `q` `[b, heads, q_len, d]` over `k`/`v` `[b, kv_heads,
     /// k_len, d]` (a history from the pool), with an optional additive mask that broadcasts
     /// over `[b, kv_heads, n_rep, q_len, k_len]` (`[q_len, k_len]` for every row, or `[b, 1, 1,
-    /// q_len, k_len]` for one per row). Returns `[b, heads, q_len, d]`. The kv heads are not repeated: each multiplies its own
-    /// group of query heads, laid out as `[b, kv_heads, n_rep × q_len, d]`, so a step reads
-    /// the history once instead of copying it `n_rep` times (6× for Qwen2.5-1.5B) per layer.
+    /// q_len, k_len]` for one per row). Returns `[b, heads, q_len, d]`. The kv heads are not
+    /// repeated: each multiplies its own group of query heads, laid out as `[b, kv_heads,
+    /// n_rep × q_len, d]`, so a step reads the history once instead of copying it `n_rep`
+    /// times (6× for Qwen2.5-1.5B) per layer.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, h, len, d) = q.dims4()?;
         let (kv, k_len) = (self.num_kv_heads, k.dim(2)?);

@@ -4,7 +4,7 @@
 use std::ops::Deref;
 
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{Result, Storage, Tensor};
 
 use super::*;
@@ -75,11 +75,12 @@ impl Dims {
         ])
     }
 
-    /// The entry point of `kernel` (fwd, bwd_kv, bwd_q) for this head dim.
+    /// The entry point of `kernel` (fwd, row_dot, bwd_kv, bwd_q) for this head dim.
     fn entry(&self, kernel: &str) -> String {
         format!("flash_attention_{kernel}_d{}_bf16", self.head_dim)
     }
 
+    /// Exactly `blocks` blocks (not `shape`'s clamped grid: each block owns one tile).
     fn launch(&self, blocks: usize, threads: u32) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -118,13 +119,6 @@ impl<G: Deref<Target = Storage>> Held<'_, G> {
             _ => candle_core::bail!("flash attention takes tensors on a CUDA device"),
         }
     }
-
-    fn device(&self) -> Result<CudaDevice> {
-        match &*self.0 {
-            Storage::Cuda(s) => Ok(s.device().clone()),
-            _ => candle_core::bail!("flash attention takes tensors on a CUDA device"),
-        }
-    }
 }
 
 /// The output `[b, h, t, d]` and each query row's log-sum-exp `[b, h, t]` f32.
@@ -139,7 +133,7 @@ pub(in crate::cuda) fn flash_attention(
     let (q, k, v) = (aligned(q)?, aligned(k)?, aligned(v)?);
     let held = [&q, &k, &v].map(Held::of);
     let st = Held::of(starts);
-    let dev = held[0].device()?;
+    let dev = q.device().as_cuda_device()?.clone();
     let [qv, kv, vv] = [&held[0], &held[1], &held[2]].map(|h| h.view::<bf16>());
     let (qv, kv, vv, sv) = (qv?, kv?, vv?, st.view::<u32>()?);
     let rows = dims.batch * dims.heads * dims.seq;
@@ -193,7 +187,7 @@ pub(in crate::cuda) fn flash_attention_bwd(
     let (out, d_out, lse) = (out.contiguous()?, aligned(d_out)?, lse.contiguous()?);
     let held = [&q, &k, &v, &d_out, &out].map(Held::of);
     let [lh, st] = [&lse, starts].map(Held::of);
-    let dev = held[0].device()?;
+    let dev = q.device().as_cuda_device()?.clone();
     let [qv, kv, vv, dov, ov] =
         [&held[0], &held[1], &held[2], &held[3], &held[4]].map(|h| h.view::<bf16>());
     let (qv, kv, vv, dov, ov) = (qv?, kv?, vv?, dov?, ov?);

@@ -4,7 +4,6 @@
 //! shapes). The kernels of `train.cu` and `generate.cu` are correct for any shape (see the
 //! header of `train.cu`); the shapes here are for speed.
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::{kernel_name, CudaDType};
 use candle_core::op::BackpropOp;

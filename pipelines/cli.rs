@@ -37,7 +37,8 @@ pub enum Command {
     /// Serve a local model behind an OpenAI-compatible `/v1/chat/completions`.
     Serve(teacher_cmd::ServeArgs),
     /// Train a student: supervised fine-tuning on a corpus, logit distillation, or on-policy
-    /// distillation (`--method opd`). Boxed: the largest set of flags.
+    /// distillation (`--method opd`).
+    // Boxed: the largest set of flags, which would otherwise size every variant.
     Train(Box<student_cmd::TrainArgs>),
     /// Evaluate a teacher and its students on held-out problems; writes a report with charts.
     Compare(compare::CompareArgs),

@@ -3,12 +3,15 @@
 //! a local model. Every request goes to one engine thread, so concurrent
 //! requests decode in the same continuous batch.
 //!
+//! `n` choices are `n` sequences of the same batch, choice i seeded with the request's seed + i.
 //! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
-//! assistant message becomes the prefill the reply continues). With the reasoning parser on,
+//! assistant message becomes the prefill the reply continues); fields it does not apply
+//! (penalties, grammars, tools) are refused by name unless they ask for nothing. With the reasoning parser on,
 //! a reply holding `…</think>` comes back as `reasoning_content` + `content`, as vLLM's and
 //! SGLang's R1 parsers do. `stream: true` streams SSE chunks as the engine produces text; the
 //! streamed text is all `content` (the reasoning split applies to whole replies only).
 
+mod choices;
 mod completions;
 pub mod intake;
 mod sse;
@@ -28,11 +31,12 @@ use distill_models::chat::Message;
 use tokio::sync::oneshot;
 
 use crate::backend::{FinishReason, GenOutput, GenRequest, SamplingParams};
-use crate::engine::{Engine, Update};
+use crate::engine::Engine;
 use crate::openai::wire::{
-    self, ChatRequest, ChatResponse, Choice, ErrorBody, ErrorDetail, ResponseMessage, Usage,
+    self, ChatRequest, ChatResponse, Choice, ErrorBody, ErrorDetail, ResponseMessage,
 };
 use crate::{Error, Result};
+use choices::{Choices, Event};
 pub use intake::{EngineThread, ServeStats};
 use intake::{Job, SubmitError};
 use sse::SseStream;
@@ -312,6 +316,8 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 /// A request after validation.
 struct Parsed {
     request: GenRequest,
+    /// Choices to return (`n`), each sampled as its own sequence.
+    n: usize,
     stream: bool,
     include_usage: bool,
     logprobs: Option<LogprobsAsked>,
@@ -334,35 +340,46 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
 async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, ApiError> {
     let raw: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}"), None))?;
+    refuse_unapplied(&raw)?;
     let request: ChatRequest = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}"), None))?;
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
     let mut parsed = validate(&state.config, request)?;
     parsed.include_usage = include_usage;
     let prefill = parsed.request.prefill.clone();
-    let (updates_tx, mut updates) = tokio::sync::mpsc::unbounded_channel();
-    state
-        .engine
-        .submit(Job {
-            request: parsed.request,
-            updates: updates_tx,
-        })
-        .map_err(|e| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "server_error",
-            message: match e {
-                SubmitError::QueueFull => "Too many requests are waiting; retry later".into(),
-                SubmitError::Stopped => "The server is shutting down".into(),
-            },
-            param: None,
-        })?;
+    // One job per choice, each with its own seed (the request's seed + the choice's index) so
+    // sampled choices differ and a seeded request repeats exactly.
+    let mut receivers = Vec::with_capacity(parsed.n);
+    for index in 0..parsed.n {
+        let (updates_tx, updates) = tokio::sync::mpsc::unbounded_channel();
+        let mut request = parsed.request.clone();
+        request.seed = request.seed.wrapping_add(index as u64);
+        // A refused choice drops the receivers of those queued before it: the engine drops them.
+        state
+            .engine
+            .submit(Job {
+                request,
+                updates: updates_tx,
+            })
+            .map_err(|e| ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "server_error",
+                message: match e {
+                    SubmitError::QueueFull => "Too many requests are waiting; retry later".into(),
+                    SubmitError::Stopped => "The server is shutting down".into(),
+                },
+                param: None,
+            })?;
+        receivers.push(updates);
+    }
+    let mut choices = Choices::new(receivers);
     let id = format!(
         "chatcmpl-{}",
         state.next_id.fetch_add(1, Ordering::Relaxed) + 1
     );
     if parsed.stream {
         let stream = SseStream {
-            updates,
+            choices,
             id,
             model: state.config.model_name.clone(),
             created: now(),
@@ -372,26 +389,40 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
         };
         return Ok(stream.into_response());
     }
-    // Dropping `updates` (the client hung up) makes the engine drop the sequence.
-    let output = loop {
-        match updates.recv().await {
-            Some(Update::Done(output)) => break output,
-            Some(Update::Failed { error, .. }) => return Err(internal(error.to_string())),
-            Some(_) => continue,
-            None => return Err(internal(STOPPED.into())),
+    // Dropping `choices` (the client hung up) makes the engine drop the sequences.
+    let mut outputs: Vec<Option<GenOutput>> = vec![None; choices.len()];
+    while let Some(event) = choices.next().await {
+        match event {
+            Event::Done { index, output } => outputs[index] = Some(output),
+            Event::Failed(message) => return Err(internal(message)),
+            Event::Delta { .. } => {}
         }
-    };
-    let logprobs = parsed
-        .logprobs
-        .zip(output.logprobs.as_ref())
-        .map(|(asked, lp)| choice_logprobs(&state.tokenizer, lp, asked));
-    let reply = Reply::new(&state.config, &prefill, output);
-    let mut response = reply.into_response(id, &state.config.model_name);
-    if let Some(choice) = response.choices.first_mut() {
-        choice.logprobs = logprobs;
     }
-    Ok(Json(response).into_response())
+    let answers = outputs
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, output)| {
+            let logprobs = parsed
+                .logprobs
+                .zip(output.logprobs.as_ref())
+                .map(|(asked, lp)| choice_logprobs(&state.tokenizer, lp, asked));
+            Reply::new(&state.config, &prefill, output).into_choice(index, logprobs)
+        })
+        .collect();
+    Ok(Json(ChatResponse {
+        id,
+        object: "chat.completion".into(),
+        created: now(),
+        model: state.config.model_name.clone(),
+        choices: answers,
+        usage: Some(choices.usage()),
+    })
+    .into_response())
 }
+
+/// The most choices one request may ask for (OpenAI's limit on `n`).
+const MAX_CHOICES: usize = 128;
 
 pub(crate) const STOPPED: &str = "The engine stopped before finishing this request";
 
@@ -443,6 +474,63 @@ fn choice_logprobs(
     wire::ChoiceLogprobs {
         content: Some(content),
     }
+}
+
+/// Fields OpenAI or vLLM apply that this server does not, each with the values that ask for
+/// nothing (null always does). Any other value is refused by name: ignoring a penalty or a
+/// grammar would answer a different question than the one asked.
+const UNAPPLIED: &[(&str, Neutral, &str)] = &[
+    ("presence_penalty", |v| v.as_f64() == Some(0.0), "0"),
+    ("frequency_penalty", |v| v.as_f64() == Some(0.0), "0"),
+    ("repetition_penalty", |v| v.as_f64() == Some(1.0), "1"),
+    ("min_p", |v| v.as_f64() == Some(0.0), "0"),
+    ("min_tokens", |v| v.as_u64() == Some(0), "0"),
+    (
+        "logit_bias",
+        |v| v.as_object().is_some_and(|o| o.is_empty()),
+        "{}",
+    ),
+    (
+        "stop_token_ids",
+        |v| v.as_array().is_some_and(Vec::is_empty),
+        "[]",
+    ),
+    ("ignore_eos", |v| v.as_bool() == Some(false), "false"),
+    ("use_beam_search", |v| v.as_bool() == Some(false), "false"),
+    ("echo", |v| v.as_bool() == Some(false), "false"),
+    ("tools", |v| v.as_array().is_some_and(Vec::is_empty), "[]"),
+    (
+        "response_format",
+        |v| v["type"] == "text",
+        "{\"type\": \"text\"}",
+    ),
+    ("guided_json", |_| false, "null"),
+    ("guided_regex", |_| false, "null"),
+    ("guided_choice", |_| false, "null"),
+    ("guided_grammar", |_| false, "null"),
+    ("structured_outputs", |_| false, "null"),
+];
+
+/// Whether a field's value asks for nothing.
+type Neutral = fn(&serde_json::Value) -> bool;
+
+/// Refuses a request that asks for something in [`UNAPPLIED`].
+fn refuse_unapplied(raw: &serde_json::Value) -> std::result::Result<(), ApiError> {
+    for &(field, neutral, allowed) in UNAPPLIED {
+        match raw.get(field) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(value) if neutral(value) => {}
+            Some(value) => {
+                return Err(bad(
+                    format!(
+                        "`{field}` is {value}; `distill serve` does not apply it (leave it out or set {allowed})"
+                    ),
+                    Some(field),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A request naming another model than the served one is refused (404, as vLLM does).
@@ -568,14 +656,16 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
         }
         sampling.max_new_tokens = usize::try_from(m).unwrap_or(usize::MAX);
     }
-    if let Some(n) = request.n {
-        if n != 1 {
+    let n = match request.n {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => {
             return Err(bad(
-                format!("`n` is {n}; this server returns one choice per request"),
+                format!("`n` is {n}; it must be within [1, {MAX_CHOICES}]"),
                 Some("n"),
-            ));
+            ))
         }
-    }
+    };
     let seed = match request.seed {
         Some(s) => s as u64,
         None => rand::random::<u64>(),
@@ -625,6 +715,7 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
             seed,
             stop,
         },
+        n,
         stream,
         include_usage: false,
         logprobs,
@@ -636,7 +727,6 @@ struct Reply {
     content: String,
     reasoning: Option<String>,
     finish_reason: FinishReason,
-    usage: Usage,
 }
 
 impl Reply {
@@ -659,39 +749,21 @@ impl Reply {
             content,
             reasoning,
             finish_reason: output.finish_reason,
-            usage: usage_of(&output),
         }
     }
 
-    fn into_response(self, id: String, model: &str) -> ChatResponse {
-        ChatResponse {
-            id,
-            object: "chat.completion".into(),
-            created: now(),
-            model: model.to_string(),
-            choices: vec![Choice {
-                index: 0,
-                message: ResponseMessage {
-                    role: "assistant".into(),
-                    content: Some(self.content),
-                    reasoning_content: self.reasoning,
-                    reasoning: None,
-                },
-                finish_reason: Some(self.finish_reason.as_str().to_string()),
-                logprobs: None,
-            }],
-            usage: Some(self.usage),
+    fn into_choice(self, index: usize, logprobs: Option<wire::ChoiceLogprobs>) -> Choice {
+        Choice {
+            index: index as u32,
+            message: ResponseMessage {
+                role: "assistant".into(),
+                content: Some(self.content),
+                reasoning_content: self.reasoning,
+                reasoning: None,
+            },
+            finish_reason: Some(self.finish_reason.as_str().to_string()),
+            logprobs,
         }
-    }
-}
-
-pub(crate) fn usage_of(output: &GenOutput) -> Usage {
-    let prompt = u64::from(output.prompt_tokens);
-    let completion = u64::from(output.completion_tokens);
-    Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
     }
 }
 
@@ -723,7 +795,6 @@ mod tests {
         let reply = Reply::new(&config, "", output("<think>\nwhy\n</think>\n\n42"));
         assert_eq!(reply.reasoning.as_deref(), Some("why"));
         assert_eq!(reply.content, "42");
-        assert_eq!(reply.usage.total_tokens, 12);
         // The prefill is the client's own text: only what follows it is returned.
         let reply = Reply::new(&config, "<think>\n", output("<think>\nwhy</think>42"));
         assert_eq!(reply.reasoning.as_deref(), Some("why"));

@@ -1,5 +1,5 @@
 //! `distill serve`'s router on loopback with the tiny fixture model: OpenAI-style 400s, the model
-//! list, streaming, and concurrent requests sharing the engine's batch.
+//! list, streaming, `n` choices, and concurrent requests sharing the engine's batch.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -87,8 +87,26 @@ fn malformed_requests_get_openai_style_400s() {
         ),
         (
             "n",
-            json!({"messages": [{"role": "user", "content": "x"}], "n": 2}).to_string(),
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 0}).to_string(),
             "n",
+        ),
+        (
+            "n over the limit",
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 129}).to_string(),
+            "n",
+        ),
+        (
+            "a penalty the server does not apply",
+            json!({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5})
+                .to_string(),
+            "presence_penalty",
+        ),
+        (
+            "a grammar the server does not apply",
+            json!({"messages": [{"role": "user", "content": "x"}],
+                   "response_format": {"type": "json_object"}})
+            .to_string(),
+            "response_format",
         ),
         (
             "role",
@@ -236,5 +254,102 @@ fn streaming_matches_the_whole_reply() {
         assert_eq!(finish, whole["choices"][0]["finish_reason"].as_str());
         let usage = &chunks.last().unwrap()["usage"];
         assert_eq!(usage, &whole["usage"]);
+    });
+}
+
+/// `n` choices are `n` seeded samples: choice i is what a request of one choice with seed s + i
+/// returns, the prompt counts once in the usage, and the stream carries each choice's text
+/// under its index; fields asking for nothing (a zero penalty) are accepted.
+#[test]
+fn n_choices_are_the_seeded_samples_one_by_one() {
+    let server = start();
+    let url = format!("{}/v1/chat/completions", server.base_url());
+    let request = |n: u32, seed: u64| {
+        json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "tell me"}],
+            "temperature": 1.0,
+            "max_tokens": 12,
+            "seed": seed,
+            "n": n,
+            "presence_penalty": 0,
+            "logit_bias": {},
+        })
+    };
+    runtime().block_on(async {
+        let client = client();
+        let (status, text) = post(&client, &url, &request(3, 7).to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let whole: Value = serde_json::from_str(&text).unwrap();
+        let choices = whole["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3);
+        let mut completion = 0;
+        let mut texts = Vec::new();
+        for (i, choice) in choices.iter().enumerate() {
+            assert_eq!(choice["index"], i as u64);
+            let (status, text) = post(&client, &url, &request(1, 7 + i as u64).to_string()).await;
+            assert_eq!(status, 200, "{text}");
+            let one: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                one["choices"][0]["message"], choice["message"],
+                "choice {i}"
+            );
+            assert_eq!(one["choices"][0]["finish_reason"], choice["finish_reason"]);
+            assert_eq!(
+                one["usage"]["prompt_tokens"],
+                whole["usage"]["prompt_tokens"]
+            );
+            completion += one["usage"]["completion_tokens"].as_u64().unwrap();
+            texts.push(choice["message"]["content"].as_str().unwrap().to_string());
+        }
+        assert_eq!(whole["usage"]["completion_tokens"], completion);
+        assert_eq!(
+            whole["usage"]["total_tokens"].as_u64().unwrap(),
+            whole["usage"]["prompt_tokens"].as_u64().unwrap() + completion
+        );
+        assert!(
+            texts.iter().any(|t| t != &texts[0]),
+            "sampled choices differ: {texts:?}"
+        );
+
+        let mut body = request(3, 7);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let (status, text) = post(&client, &url, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"));
+        assert_eq!(events.iter().filter(|e| **e == "[DONE]").count(), 1);
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let mut streamed = vec![String::new(); 3];
+        let mut roles = 0;
+        let mut finishes = vec![None; 3];
+        for chunk in &chunks[..chunks.len() - 1] {
+            let choice = &chunk["choices"][0];
+            let index = choice["index"].as_u64().unwrap() as usize;
+            if choice["delta"]["role"] == "assistant" {
+                roles += 1;
+            }
+            if let Some(text) = choice["delta"]["content"].as_str() {
+                streamed[index].push_str(text);
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                assert!(finishes[index].is_none(), "choice {index} finished twice");
+                finishes[index] = Some(reason.to_string());
+            }
+        }
+        assert_eq!(roles, 3);
+        assert_eq!(streamed, texts);
+        for (i, choice) in choices.iter().enumerate() {
+            assert_eq!(finishes[i].as_deref(), choice["finish_reason"].as_str());
+        }
+        assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
     });
 }

@@ -1,18 +1,19 @@
 //! Streamed replies of `distill serve` (`stream: true`): OpenAI's server-sent events, one chunk
-//! per piece of text the engine produces, the finish reason, optionally the usage, then
-//! `[DONE]`; an engine failure mid-stream becomes an error event.
+//! per piece of text the engine produces (tagged with its choice under `n`), each choice's
+//! finish reason, optionally the usage, then `[DONE]`; an engine failure mid-stream becomes an
+//! error event.
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{usage_of, STOPPED};
-use crate::engine::Update;
+use super::choices::{Choices, Event};
 use crate::openai::wire::{ChatChunk, ChunkChoice, Delta, ErrorBody, ErrorDetail, Usage};
 
-/// A streamed reply: chunks as the engine's updates arrive, then `[DONE]`.
+/// A streamed reply: chunks as the engine's updates arrive (each choice's with its index), then
+/// `[DONE]` once every choice has finished.
 pub(super) struct SseStream {
-    pub(super) updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
+    pub(super) choices: Choices,
     pub(super) id: String,
     pub(super) model: String,
     pub(super) created: u64,
@@ -22,17 +23,18 @@ pub(super) struct SseStream {
 }
 
 impl SseStream {
-    fn chunk(&self, delta: Delta, finish_reason: Option<String>, usage: Option<Usage>) -> String {
-        let choices = if usage.is_some() {
-            // OpenAI's final usage chunk carries no choice.
-            Vec::new()
-        } else {
+    fn chunk(&self, index: usize, delta: Delta, finish_reason: Option<String>) -> String {
+        self.event(
             vec![ChunkChoice {
-                index: 0,
+                index: index as u32,
                 delta,
                 finish_reason,
-            }]
-        };
+            }],
+            None,
+        )
+    }
+
+    fn event(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> String {
         let chunk = ChatChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",
@@ -53,44 +55,45 @@ impl SseStream {
         }
         if !self.started {
             self.started = true;
-            let role = Delta {
-                role: Some("assistant"),
-                content: Some(String::new()),
-                reasoning_content: None,
-            };
-            return Some(self.chunk(role, None, None));
-        }
-        loop {
-            let update = self.updates.recv().await;
-            match update {
-                Some(Update::Delta { text, .. }) => {
-                    let delta = Delta {
-                        content: Some(text),
-                        ..Delta::default()
+            // Every choice opens with its role, as OpenAI's and vLLM's streams do.
+            let roles = (0..self.choices.len())
+                .map(|index| {
+                    let role = Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                        reasoning_content: None,
                     };
-                    return Some(self.chunk(delta, None, None));
-                }
-                Some(Update::Done(output)) => {
+                    self.chunk(index, role, None)
+                })
+                .collect();
+            return Some(roles);
+        }
+        match self.choices.next().await {
+            Some(Event::Delta { index, text }) => {
+                let delta = Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                };
+                Some(self.chunk(index, delta, None))
+            }
+            Some(Event::Done { index, output }) => {
+                let reason = output.finish_reason.as_str().to_string();
+                let mut piece = self.chunk(index, Delta::default(), Some(reason));
+                if self.choices.all_done() {
                     self.ended = true;
-                    let reason = output.finish_reason.as_str().to_string();
-                    let mut piece = self.chunk(Delta::default(), Some(reason), None);
                     if self.include_usage {
-                        let usage = usage_of(&output);
-                        piece.push_str(&self.chunk(Delta::default(), None, Some(usage)));
+                        // OpenAI's final usage chunk carries no choice.
+                        piece.push_str(&self.event(Vec::new(), Some(self.choices.usage())));
                     }
                     piece.push_str("data: [DONE]\n\n");
-                    return Some(piece);
                 }
-                Some(Update::Failed { error, .. }) => {
-                    self.ended = true;
-                    return Some(error_event(&error.to_string()));
-                }
-                Some(Update::Progress { .. }) => continue,
-                None => {
-                    self.ended = true;
-                    return Some(error_event(STOPPED));
-                }
+                Some(piece)
             }
+            Some(Event::Failed(message)) => {
+                self.ended = true;
+                Some(error_event(&message))
+            }
+            None => None,
         }
     }
 

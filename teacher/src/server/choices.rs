@@ -1,0 +1,96 @@
+//! A request's `n` choices: one engine job per choice (each with its own seed, so sampled choices
+//! differ), their updates merged into one stream tagged with the choice's index. Dropping the
+//! stream drops every job's receiver, which makes the engine drop the sequences (a client that
+//! hangs up stops all its choices).
+
+use std::pin::Pin;
+
+use futures_util::stream::{self, SelectAll, Stream, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::STOPPED;
+use crate::backend::GenOutput;
+use crate::engine::Update;
+use crate::openai::wire::Usage;
+
+type Tagged = Pin<Box<dyn Stream<Item = (usize, Update)> + Send>>;
+
+/// The updates of a request's choices as they come, each with its choice's index.
+pub(super) struct Choices {
+    updates: SelectAll<Tagged>,
+    done: Vec<bool>,
+    usage: Usage,
+}
+
+/// What [`Choices::next`] yields.
+pub(super) enum Event {
+    Delta {
+        index: usize,
+        text: String,
+    },
+    Done {
+        index: usize,
+        output: GenOutput,
+    },
+    /// A choice failed, or the engine stopped before one finished: the request fails.
+    Failed(String),
+}
+
+impl Choices {
+    /// The choices of the receivers, in order (the first is choice 0).
+    pub(super) fn new(receivers: Vec<UnboundedReceiver<Update>>) -> Self {
+        let done = vec![false; receivers.len()];
+        let updates = stream::select_all(receivers.into_iter().enumerate().map(|(index, rx)| {
+            let tagged = stream::unfold(rx, move |mut rx| async move {
+                rx.recv().await.map(|update| ((index, update), rx))
+            });
+            Box::pin(tagged) as Tagged
+        }));
+        Self {
+            updates,
+            done,
+            usage: Usage::default(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Whether every choice has finished.
+    pub(super) fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+
+    /// The request's usage so far: the prompt once (every choice has the same), the completion
+    /// tokens of all finished choices (OpenAI's and vLLM's accounting for `n`).
+    pub(super) fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The next delta, finished choice or failure; `None` once every choice has finished.
+    pub(super) async fn next(&mut self) -> Option<Event> {
+        if self.all_done() {
+            return None;
+        }
+        loop {
+            let Some((index, update)) = self.updates.next().await else {
+                // Every receiver closed while a choice was unfinished.
+                return Some(Event::Failed(STOPPED.into()));
+            };
+            match update {
+                Update::Delta { text, .. } => return Some(Event::Delta { index, text }),
+                Update::Done(output) => {
+                    self.done[index] = true;
+                    self.usage.prompt_tokens = u64::from(output.prompt_tokens);
+                    self.usage.completion_tokens += u64::from(output.completion_tokens);
+                    self.usage.total_tokens =
+                        self.usage.prompt_tokens + self.usage.completion_tokens;
+                    return Some(Event::Done { index, output });
+                }
+                Update::Failed { error, .. } => return Some(Event::Failed(error.to_string())),
+                Update::Progress { .. } => continue,
+            }
+        }
+    }
+}

@@ -34,7 +34,7 @@ pub enum Command {
     Corpus(corpus_cmd::CorpusCommand),
     /// Run a teacher over a problem set and stream a chain-of-thought corpus into parquet shards.
     Generate(teacher_cmd::GenerateArgs),
-    /// Serve a local model behind an OpenAI-compatible `/v1/chat/completions`.
+    /// Serve a local model behind an OpenAI-compatible API (`/v1/chat/completions`, `/v1/completions`).
     Serve(teacher_cmd::ServeArgs),
     /// Train a student: supervised fine-tuning on a corpus, logit distillation, or on-policy
     /// distillation (`--method opd`).

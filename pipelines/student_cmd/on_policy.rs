@@ -94,6 +94,7 @@ impl Sampler for EngineSampler {
                 sampling: params.clone(),
                 seed: r.seed,
                 stop: Vec::new(),
+                prompt_ids: None,
             })
             .collect();
         // The prompt exactly as the engine renders and tokenises it.

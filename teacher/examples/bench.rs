@@ -100,6 +100,7 @@ fn generate(
         },
         seed: i as u64,
         stop: Vec::new(),
+        prompt_ids: None,
     });
     let start = Instant::now();
     let mut generated = 0u64;

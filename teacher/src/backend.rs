@@ -46,6 +46,9 @@ pub struct GenRequest {
     pub seed: u64,
     /// Extra stop strings (EOS ids of the checkpoint always stop).
     pub stop: Vec<String>,
+    /// A raw prompt's token ids (`/v1/completions`): when set, the model continues exactly
+    /// these and `messages` and `prefill` are not used (no chat template).
+    pub prompt_ids: Option<Vec<u32>>,
 }
 
 /// Per-token log-probabilities, defined beside the corpus columns that store them.

@@ -355,6 +355,7 @@ impl Plan {
             sampling: self.config.sampling.clone(),
             seed: sample_seed(self.config.seed, &problem.id, sample_index),
             stop: self.config.prompt.stop.clone(),
+            prompt_ids: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! `distill serve`: an OpenAI-compatible HTTP server (`POST /v1/chat/completions`,
-//! `GET /v1/models`, and `POST /v1/completions` for scoring prompts, see [`completions`]) for
-//! a local model. Every request goes to one engine thread, so concurrent
+//! `GET /v1/models`, and `POST /v1/completions` for raw prompts and for scoring them, see
+//! [`completions`]) for a local model. Every request goes to one engine thread, so concurrent
 //! requests decode in the same continuous batch.
 //!
 //! `n` choices are `n` sequences of the same batch, choice i seeded with the request's seed + i.
@@ -31,7 +31,7 @@ use distill_models::chat::Message;
 use tokio::sync::oneshot;
 
 use crate::backend::{FinishReason, GenOutput, GenRequest, SamplingParams};
-use crate::engine::Engine;
+use crate::engine::{Engine, Update};
 use crate::openai::wire::{
     self, ChatRequest, ChatResponse, Choice, ErrorBody, ErrorDetail, ResponseMessage,
 };
@@ -349,30 +349,13 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
     let prefill = parsed.request.prefill.clone();
     // One job per choice, each with its own seed (the request's seed + the choice's index) so
     // sampled choices differ and a seeded request repeats exactly.
-    let mut receivers = Vec::with_capacity(parsed.n);
-    for index in 0..parsed.n {
-        let (updates_tx, updates) = tokio::sync::mpsc::unbounded_channel();
+    let requests = (0..parsed.n).map(|index| {
         let mut request = parsed.request.clone();
         request.seed = request.seed.wrapping_add(index as u64);
-        // A refused choice drops the receivers of those queued before it: the engine drops them.
-        state
-            .engine
-            .submit(Job {
-                request,
-                updates: updates_tx,
-            })
-            .map_err(|e| ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "server_error",
-                message: match e {
-                    SubmitError::QueueFull => "Too many requests are waiting; retry later".into(),
-                    SubmitError::Stopped => "The server is shutting down".into(),
-                },
-                param: None,
-            })?;
-        receivers.push(updates);
-    }
-    let mut choices = Choices::new(receivers);
+        request
+    });
+    let receivers = submit_all(state, requests)?;
+    let mut choices = Choices::new(receivers, parsed.n);
     let id = format!(
         "chatcmpl-{}",
         state.next_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -423,6 +406,35 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
 
 /// The most choices one request may ask for (OpenAI's limit on `n`).
 const MAX_CHOICES: usize = 128;
+
+/// Queues one engine job per request; their update receivers in order. A refused job drops the
+/// receivers of those queued before it, which makes the engine drop them too.
+fn submit_all(
+    state: &AppState,
+    requests: impl Iterator<Item = GenRequest>,
+) -> std::result::Result<Vec<tokio::sync::mpsc::UnboundedReceiver<Update>>, ApiError> {
+    let mut receivers = Vec::new();
+    for request in requests {
+        let (updates_tx, updates) = tokio::sync::mpsc::unbounded_channel();
+        state
+            .engine
+            .submit(Job {
+                request,
+                updates: updates_tx,
+            })
+            .map_err(|e| ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "server_error",
+                message: match e {
+                    SubmitError::QueueFull => "Too many requests are waiting; retry later".into(),
+                    SubmitError::Stopped => "The server is shutting down".into(),
+                },
+                param: None,
+            })?;
+        receivers.push(updates);
+    }
+    Ok(receivers)
+}
 
 pub(crate) const STOPPED: &str = "The engine stopped before finishing this request";
 
@@ -618,62 +630,23 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
             Some("messages"),
         ));
     }
-    let mut sampling = config.defaults.clone();
-    if let Some(t) = request.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(bad(
-                format!("`temperature` is {t}; it must be within [0, 2]"),
-                Some("temperature"),
-            ));
-        }
-        sampling.temperature = t as f32;
-    }
-    if let Some(p) = request.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(bad(
-                format!("`top_p` is {p}; it must be within (0, 1]"),
-                Some("top_p"),
-            ));
-        }
-        sampling.top_p = p as f32;
-    }
-    if let Some(k) = request.top_k {
-        // vLLM's -1 and 0 both mean "no top-k".
-        if k < -1 {
-            return Err(bad(
-                format!("`top_k` is {k}; it must be -1, 0 or positive"),
-                Some("top_k"),
-            ));
-        }
-        sampling.top_k = usize::try_from(k.max(0)).unwrap_or(0);
-    }
-    if let Some(m) = request.max_completion_tokens.or(request.max_tokens) {
-        if m < 1 {
-            return Err(bad(
-                format!("`max_tokens` is {m}; it must be at least 1"),
-                Some("max_tokens"),
-            ));
-        }
-        sampling.max_new_tokens = usize::try_from(m).unwrap_or(usize::MAX);
-    }
-    let n = match request.n {
-        None => 1,
-        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(bad(
-                format!("`n` is {n}; it must be within [1, {MAX_CHOICES}]"),
-                Some("n"),
-            ))
-        }
-    };
-    let seed = match request.seed {
-        Some(s) => s as u64,
-        None => rand::random::<u64>(),
-    };
-    let stop = request.stop.map(wire::Stop::into_vec).unwrap_or_default();
-    if stop.iter().any(String::is_empty) {
-        return Err(bad("`stop` holds an empty string", Some("stop")));
-    }
+    let Sampling {
+        params: mut sampling,
+        seed,
+        stop,
+        n,
+    } = sampling_of(
+        config,
+        SamplingFields {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            top_k: request.top_k,
+            max_tokens: request.max_completion_tokens.or(request.max_tokens),
+            seed: request.seed,
+            stop: request.stop,
+            n: request.n,
+        },
+    )?;
     let stream = request.stream.unwrap_or(false);
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (Some(true), top) => {
@@ -714,11 +687,102 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
             sampling,
             seed,
             stop,
+            prompt_ids: None,
         },
         n,
         stream,
         include_usage: false,
         logprobs,
+    })
+}
+
+/// The sampling fields `/v1/chat/completions` and `/v1/completions` share, as sent.
+struct SamplingFields {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    max_tokens: Option<i64>,
+    seed: Option<i64>,
+    stop: Option<wire::Stop>,
+    n: Option<i64>,
+}
+
+/// [`SamplingFields`] checked, in the engine's terms.
+struct Sampling {
+    params: SamplingParams,
+    /// The first choice's seed (a random one when the request names none).
+    seed: u64,
+    stop: Vec<String>,
+    /// Choices per prompt.
+    n: usize,
+}
+
+/// Checks the sampling fields over the server's defaults.
+fn sampling_of(
+    config: &ServerConfig,
+    fields: SamplingFields,
+) -> std::result::Result<Sampling, ApiError> {
+    let mut sampling = config.defaults.clone();
+    if let Some(t) = fields.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(bad(
+                format!("`temperature` is {t}; it must be within [0, 2]"),
+                Some("temperature"),
+            ));
+        }
+        sampling.temperature = t as f32;
+    }
+    if let Some(p) = fields.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(bad(
+                format!("`top_p` is {p}; it must be within (0, 1]"),
+                Some("top_p"),
+            ));
+        }
+        sampling.top_p = p as f32;
+    }
+    if let Some(k) = fields.top_k {
+        // vLLM's -1 and 0 both mean "no top-k".
+        if k < -1 {
+            return Err(bad(
+                format!("`top_k` is {k}; it must be -1, 0 or positive"),
+                Some("top_k"),
+            ));
+        }
+        sampling.top_k = usize::try_from(k.max(0)).unwrap_or(0);
+    }
+    if let Some(m) = fields.max_tokens {
+        if m < 1 {
+            return Err(bad(
+                format!("`max_tokens` is {m}; it must be at least 1"),
+                Some("max_tokens"),
+            ));
+        }
+        sampling.max_new_tokens = usize::try_from(m).unwrap_or(usize::MAX);
+    }
+    let n = match fields.n {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(bad(
+                format!("`n` is {n}; it must be within [1, {MAX_CHOICES}]"),
+                Some("n"),
+            ))
+        }
+    };
+    let seed = match fields.seed {
+        Some(s) => s as u64,
+        None => rand::random::<u64>(),
+    };
+    let stop = fields.stop.map(wire::Stop::into_vec).unwrap_or_default();
+    if stop.iter().any(String::is_empty) {
+        return Err(bad("`stop` holds an empty string", Some("stop")));
+    }
+    Ok(Sampling {
+        params: sampling,
+        seed,
+        stop,
+        n,
     })
 }
 

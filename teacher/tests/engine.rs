@@ -62,6 +62,7 @@ fn request(i: usize, temperature: f32, max_new_tokens: usize) -> GenRequest {
         },
         seed: sample_seed(1234, &format!("p{i}"), 0),
         stop: Vec::new(),
+        prompt_ids: None,
     }
 }
 

@@ -152,6 +152,7 @@ fn requests(n: usize) -> Vec<GenRequest> {
             sampling: SamplingParams::default(),
             seed: i as u64,
             stop: Vec::new(),
+            prompt_ids: None,
         })
         .collect()
 }

@@ -43,6 +43,7 @@ fn requests(n: usize, prefill: &str) -> Vec<GenRequest> {
             },
             seed: i as u64,
             stop: Vec::new(),
+            prompt_ids: None,
         })
         .collect()
 }

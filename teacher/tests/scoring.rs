@@ -147,14 +147,14 @@ fn scoring_requests_are_checked() {
     let url = format!("{}/v1/completions", server.base_url());
     for (body, param, says) in [
         (
-            json!({"prompt": [1, 2]}),
+            json!({"prompt": [1, 2], "prompt_logprobs": 1}),
             "max_tokens",
             "`max_tokens` is 16",
         ),
         (
-            json!({"prompt": [1, 2], "max_tokens": 5}),
+            json!({"prompt": [1, 2], "max_tokens": 5, "prompt_logprobs": 0}),
             "max_tokens",
-            "generate with `/v1/chat/completions`",
+            "scores prompts",
         ),
         (json!({"max_tokens": 1}), "prompt", "`prompt` is required"),
         (
@@ -168,15 +168,37 @@ fn scoring_requests_are_checked() {
             "outside the model's vocabulary",
         ),
         (
-            json!({"prompt": [1], "max_tokens": 1, "echo": true}),
+            json!({"prompt": [1], "max_tokens": 1, "prompt_logprobs": 1, "echo": true}),
             "prompt_logprobs",
             "`echo`",
         ),
         (
-            json!({"prompt": [1], "max_tokens": 1, "stream": true}),
+            json!({"prompt": [1], "max_tokens": 1, "prompt_logprobs": 1, "stream": true}),
             "stream",
             "`stream`",
         ),
+        // Generation (no `prompt_logprobs`): what it does not do is refused by name too.
+        (
+            json!({"prompt": [1], "max_tokens": 4, "echo": true}),
+            "echo",
+            "`echo`",
+        ),
+        (
+            json!({"prompt": [1], "max_tokens": 4, "stream": true}),
+            "stream",
+            "`stream`",
+        ),
+        (
+            json!({"prompt": [1], "max_tokens": 4, "logprobs": 21}),
+            "logprobs",
+            "within [0, 20]",
+        ),
+        (
+            json!({"prompt": [1], "max_tokens": 4, "frequency_penalty": 1.0}),
+            "frequency_penalty",
+            "does not apply it",
+        ),
+        (json!({"prompt": [1], "n": 0}), "n", "`n` is 0"),
         (
             json!({"prompt": [1], "max_tokens": 1, "prompt_logprobs": -1}),
             "prompt_logprobs",

@@ -1,10 +1,12 @@
 //! `distill serve`'s router on loopback with the tiny fixture model: OpenAI-style 400s, the model
-//! list, streaming, `n` choices, and concurrent requests sharing the engine's batch.
+//! list, streaming, `n` choices, raw prompts on `/v1/completions`, and concurrent requests
+//! sharing the engine's batch.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use distill_models::chat::Message;
 use distill_models::Checkpoint;
 use distill_teacher::server::{RunningServer, Server, ServerConfig};
 use distill_teacher::{Engine, EngineOptions};
@@ -12,7 +14,7 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "tiny-llama";
 
-fn start() -> RunningServer {
+fn engine() -> Arc<Engine> {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-llama.gguf");
     let checkpoint = Checkpoint::open(&path).expect("fixture opens");
@@ -20,9 +22,16 @@ fn start() -> RunningServer {
         batch: 4,
         ..EngineOptions::default()
     };
-    let engine = Arc::new(Engine::load(&checkpoint, options).expect("fixture loads"));
+    Arc::new(Engine::load(&checkpoint, options).expect("fixture loads"))
+}
+
+fn serve(engine: Arc<Engine>) -> RunningServer {
     let server = Server::new(engine, ServerConfig::new(MODEL)).expect("server starts");
     RunningServer::start(server, "127.0.0.1:0").expect("server binds")
+}
+
+fn start() -> RunningServer {
+    serve(engine())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -351,5 +360,78 @@ fn n_choices_are_the_seeded_samples_one_by_one() {
             assert_eq!(finishes[i].as_deref(), choice["finish_reason"].as_str());
         }
         assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
+    });
+}
+
+/// `/v1/completions` continues raw prompt ids exactly as the chat endpoint continues the same
+/// ids from its template: greedy texts equal, `n` choices per prompt of a batch in order, each
+/// prompt counted once in the usage, and log-probabilities in the completions API's shape.
+#[test]
+fn completions_continue_raw_prompts_as_chat_continues_its_template() {
+    let engine = engine();
+    let contents = ["first", "a second, longer one"];
+    let ids: Vec<Vec<u32>> = contents
+        .iter()
+        .map(|c| engine.prompt_ids(&[Message::new("user", *c)], "").unwrap())
+        .collect();
+    let server = serve(engine);
+    let chat_url = format!("{}/v1/chat/completions", server.base_url());
+    let url = format!("{}/v1/completions", server.base_url());
+    runtime().block_on(async {
+        let client = client();
+        let mut chats = Vec::new();
+        for content in contents {
+            let (status, text) = post(&client, &chat_url, &greedy(content, 12).to_string()).await;
+            assert_eq!(status, 200, "{text}");
+            chats.push(serde_json::from_str::<Value>(&text).unwrap());
+        }
+        let body = json!({
+            "model": MODEL, "prompt": ids, "max_tokens": 12, "temperature": 0, "n": 2,
+            "logprobs": 2,
+        });
+        let (status, text) = post(&client, &url, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["object"], "text_completion");
+        let choices = answer["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 4);
+        let mut completion = 0;
+        for (i, choice) in choices.iter().enumerate() {
+            let chat = &chats[i / 2];
+            assert_eq!(choice["index"], i as u64);
+            assert_eq!(
+                choice["text"], chat["choices"][0]["message"]["content"],
+                "choice {i}"
+            );
+            assert_eq!(choice["finish_reason"], chat["choices"][0]["finish_reason"]);
+            let tokens = chat["usage"]["completion_tokens"].as_u64().unwrap();
+            completion += tokens;
+            let lp = &choice["logprobs"];
+            assert_eq!(lp["tokens"].as_array().unwrap().len() as u64, tokens);
+            for (t, (token, logprob)) in lp["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(lp["token_logprobs"].as_array().unwrap())
+                .enumerate()
+            {
+                let top = lp["top_logprobs"][t].as_object().unwrap();
+                assert!(!top.is_empty() && top.len() <= 2, "{top:?}");
+                // Greedy: the chosen token is the most likely one.
+                let best = top
+                    .values()
+                    .map(|v| v.as_f64().unwrap())
+                    .fold(f64::MIN, f64::max);
+                assert!(
+                    (logprob.as_f64().unwrap() - best).abs() < 1e-6,
+                    "{token} {top:?}"
+                );
+            }
+            let offsets = lp["text_offset"].as_array().unwrap();
+            assert!(offsets.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()));
+        }
+        let prompt: u64 = ids.iter().map(|p| p.len() as u64).sum();
+        assert_eq!(answer["usage"]["prompt_tokens"], prompt);
+        assert_eq!(answer["usage"]["completion_tokens"], completion);
     });
 }

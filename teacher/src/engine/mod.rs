@@ -338,8 +338,24 @@ impl Engine {
         Ok(self.tokenizer.encode(&text, false)?)
     }
 
+    /// A request's prompt ids: its raw ids, or its conversation through the chat template.
+    fn request_prompt(&self, request: &GenRequest) -> Result<Vec<u32>> {
+        match &request.prompt_ids {
+            Some(ids) => {
+                let vocab = self.model.spec().vocab_size;
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::Config(format!(
+                        "token id {id} is outside the model's vocabulary of {vocab}"
+                    )));
+                }
+                Ok(ids.clone())
+            }
+            None => self.prompt_ids(&request.messages, &request.prefill),
+        }
+    }
+
     fn start(&self, request: GenRequest) -> Result<Seq> {
-        let prompt = self.prompt_ids(&request.messages, &request.prefill)?;
+        let prompt = self.request_prompt(&request)?;
         if prompt.is_empty() {
             return Err(Error::Config("the prompt is empty".into()));
         }
@@ -394,9 +410,8 @@ impl Engine {
                     Poll::Ready(request) => {
                         let key = request.key.clone();
                         if request.sampling.max_new_tokens == 0 {
-                            let prompt_tokens = self
-                                .prompt_ids(&request.messages, &request.prefill)
-                                .map_or(0, |p| p.len());
+                            let prompt_tokens =
+                                self.request_prompt(&request).map_or(0, |p| p.len());
                             stats.completed += 1;
                             stats.prompt_tokens += prompt_tokens as u64;
                             let _ = on_update(Update::Done(GenOutput {

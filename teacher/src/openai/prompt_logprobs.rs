@@ -44,6 +44,16 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<i64>,
+    /// Generation only (`distill serve` generates when a request asks for no
+    /// `prompt_logprobs`), as in `/v1/chat/completions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<super::wire::Stop>,
 }
 
 /// OpenAI's `prompt`: one text, one sequence of ids, or a batch of either.
@@ -73,6 +83,19 @@ pub struct CompletionChoice {
     pub prompt_logprobs: Option<Vec<Option<HashMap<u32, PromptLogprob>>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_token_ids: Option<Vec<u32>>,
+    /// A generated choice's log-probabilities in the completions API's own shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<CompletionLogprobs>,
+}
+
+/// `choices[i].logprobs` of `/v1/completions` (OpenAI's legacy shape): per generated token its
+/// text, log-probability, the most likely alternatives by text, and where it starts in `text`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f64>,
+    pub top_logprobs: Vec<HashMap<String, f64>>,
+    pub text_offset: Vec<usize>,
 }
 
 /// One token's entry in `prompt_logprobs` (vLLM's `Logprob`).

@@ -19,6 +19,8 @@ type Tagged = Pin<Box<dyn Stream<Item = (usize, Update)> + Send>>;
 pub(super) struct Choices {
     updates: SelectAll<Tagged>,
     done: Vec<bool>,
+    /// Choices per prompt: choices `p·n … p·n + n − 1` continue prompt `p`.
+    per_prompt: usize,
     usage: Usage,
 }
 
@@ -37,8 +39,9 @@ pub(super) enum Event {
 }
 
 impl Choices {
-    /// The choices of the receivers, in order (the first is choice 0).
-    pub(super) fn new(receivers: Vec<UnboundedReceiver<Update>>) -> Self {
+    /// The choices of the receivers, in order (the first is choice 0), `per_prompt` of each
+    /// prompt.
+    pub(super) fn new(receivers: Vec<UnboundedReceiver<Update>>, per_prompt: usize) -> Self {
         let done = vec![false; receivers.len()];
         let updates = stream::select_all(receivers.into_iter().enumerate().map(|(index, rx)| {
             let tagged = stream::unfold(rx, move |mut rx| async move {
@@ -49,6 +52,7 @@ impl Choices {
         Self {
             updates,
             done,
+            per_prompt: per_prompt.max(1),
             usage: Usage::default(),
         }
     }
@@ -62,7 +66,7 @@ impl Choices {
         self.done.iter().all(|&d| d)
     }
 
-    /// The request's usage so far: the prompt once (every choice has the same), the completion
+    /// The request's usage so far: each prompt once (its choices share it), the completion
     /// tokens of all finished choices (OpenAI's and vLLM's accounting for `n`).
     pub(super) fn usage(&self) -> Usage {
         self.usage
@@ -82,7 +86,9 @@ impl Choices {
                 Update::Delta { text, .. } => return Some(Event::Delta { index, text }),
                 Update::Done(output) => {
                     self.done[index] = true;
-                    self.usage.prompt_tokens = u64::from(output.prompt_tokens);
+                    if index % self.per_prompt == 0 {
+                        self.usage.prompt_tokens += u64::from(output.prompt_tokens);
+                    }
                     self.usage.completion_tokens += u64::from(output.completion_tokens);
                     self.usage.total_tokens =
                         self.usage.prompt_tokens + self.usage.completion_tokens;

@@ -1,12 +1,16 @@
-//! `POST /v1/completions` in `distill serve`: scoring given prompts, as vLLM answers a request
-//! with `prompt_logprobs` — the served model's log-probability of every prompt token and its
-//! `k` most likely tokens at each position. This makes a served teacher usable for on-policy
+//! `POST /v1/completions` in `distill serve`: a raw prompt continued without the chat template
+//! (what evaluation harnesses and base-model clients send), or, with vLLM's `prompt_logprobs`,
+//! a prompt scored — the served model's log-probability of every prompt token and its `k` most
+//! likely tokens at each position. Scoring makes a served teacher usable for on-policy
 //! distillation from another machine (`distill train --method opd --kd-teacher http://…`).
 //!
-//! Only scoring: `max_tokens` is 0 or 1 (the one token is the most likely next one);
-//! generation goes through `/v1/chat/completions`. `echo`, `logprobs`, `stream` and `n` > 1
-//! are refused by name rather than ignored. A prompt is a text (tokenised with the model's
-//! special tokens, as vLLM does), token ids, or a batch of either.
+//! A request with `prompt_logprobs` (or `max_tokens` 0) scores: `max_tokens` is 0 or 1 (the one
+//! token is the most likely next one), and `echo`, `logprobs`, `stream` and `n` > 1 are refused
+//! by name rather than ignored. Any other request generates `max_tokens` (OpenAI's default 16)
+//! tokens per prompt and choice with the sampling fields of `/v1/chat/completions` (`n`, `seed`,
+//! `stop`, `top_k`, and `logprobs` in the completions API's own shape); `stream` and `echo`
+//! are refused there. A prompt is a text (tokenised with the model's special tokens, as vLLM
+//! does), token ids, or a batch of either.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,9 +21,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{bad, check_model, internal, now, ApiError, AppState};
+use super::choices::{Choices, Event};
+use super::{
+    bad, check_model, internal, now, refuse_unapplied, sampling_of, submit_all, ApiError, AppState,
+    Sampling, SamplingFields,
+};
+use crate::backend::{GenOutput, GenRequest};
 use crate::openai::prompt_logprobs::{
-    CompletionChoice, CompletionRequest, CompletionResponse, PromptInput, PromptLogprob,
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, PromptInput,
+    PromptLogprob,
 };
 use crate::openai::wire::Usage;
 use crate::score::score_prompt;
@@ -41,9 +51,15 @@ struct Asked {
 }
 
 async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError> {
-    let request: CompletionRequest =
-        serde_json::from_slice(body).map_err(|e| bad(format!("Invalid request: {e}"), None))?;
+    let raw: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("The body is not valid JSON: {e}"), None))?;
+    let request: CompletionRequest = serde_json::from_value(raw.clone())
+        .map_err(|e| bad(format!("Invalid request: {e}"), None))?;
     check_model(&state.config, request.model.as_deref())?;
+    if request.prompt_logprobs.is_none() && request.max_tokens != Some(0) {
+        refuse_unapplied(&raw)?;
+        return generate(state, request).await;
+    }
     let asked = validate(state, request)?;
     let scoring = Arc::clone(state);
     let k = asked.top.unwrap_or(0);
@@ -100,6 +116,7 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError
                 finish_reason: Some("length".into()),
                 prompt_logprobs,
                 prompt_token_ids: Some(ids),
+                logprobs: None,
             }
         })
         .collect();
@@ -150,13 +167,23 @@ fn validate(state: &AppState, request: CompletionRequest) -> Result<Asked, ApiEr
             ))
         }
     };
+    let prompts = prompt_ids(state, request.prompt)?;
+    Ok(Asked {
+        prompts,
+        top,
+        next: max_tokens == 1,
+    })
+}
+
+/// A request's prompts as token ids: texts tokenised with the model's special tokens.
+fn prompt_ids(state: &AppState, prompt: Option<PromptInput>) -> Result<Vec<Vec<u32>>, ApiError> {
     let encode = |text: &str| {
         state
             .tokenizer
             .encode(text, true)
             .map_err(|e| bad(format!("Cannot tokenise the prompt: {e}"), Some("prompt")))
     };
-    let prompts = match request.prompt {
+    let prompts = match prompt {
         None => return Err(bad("`prompt` is required", Some("prompt"))),
         Some(PromptInput::Text(t)) => vec![encode(&t)?],
         Some(PromptInput::Ids(ids)) => vec![ids],
@@ -169,9 +196,134 @@ fn validate(state: &AppState, request: CompletionRequest) -> Result<Asked, ApiEr
             Some("prompt"),
         ));
     }
-    Ok(Asked {
-        prompts,
-        top,
-        next: max_tokens == 1,
-    })
+    let vocab = state.model.model().spec().vocab_size;
+    if let Some(&id) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(bad(
+            format!("token id {id} is outside the model's vocabulary of {vocab}"),
+            Some("prompt"),
+        ));
+    }
+    Ok(prompts)
+}
+
+/// Generation: every prompt continued `n` times in the engine's batch, as the chat endpoint
+/// does, without the chat template.
+async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<Response, ApiError> {
+    if request.stream == Some(true) {
+        return Err(bad(
+            "`stream` on `/v1/completions` is not supported; stream with `/v1/chat/completions`",
+            Some("stream"),
+        ));
+    }
+    if request.echo == Some(true) {
+        return Err(bad(
+            "`echo` is not supported when generating; score a prompt with `prompt_logprobs`",
+            Some("echo"),
+        ));
+    }
+    let top = match request.logprobs {
+        None => None,
+        Some(k) if (0..=20).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(bad(
+                format!("`logprobs` is {k}; it must be within [0, 20]"),
+                Some("logprobs"),
+            ))
+        }
+    };
+    let Sampling {
+        mut params,
+        seed,
+        stop,
+        n,
+    } = sampling_of(
+        &state.config,
+        SamplingFields {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            top_k: request.top_k,
+            // OpenAI's default for this endpoint.
+            max_tokens: Some(request.max_tokens.unwrap_or(16)),
+            seed: request.seed,
+            stop: request.stop,
+            n: request.n,
+        },
+    )?;
+    // The engine records at least one alternative; the answer shows `top`.
+    params.logprobs = top.map_or(0, |k| k.max(1));
+    let prompts = prompt_ids(state, request.prompt)?;
+    let requests = prompts.iter().flat_map(|ids| {
+        (0..n).map(|index| GenRequest {
+            key: String::new(),
+            messages: Vec::new(),
+            prefill: String::new(),
+            sampling: params.clone(),
+            seed: seed.wrapping_add(index as u64),
+            stop: stop.clone(),
+            prompt_ids: Some(ids.clone()),
+        })
+    });
+    let receivers = submit_all(state, requests)?;
+    let mut choices = Choices::new(receivers, n);
+    // Dropping `choices` (the client hung up) makes the engine drop the sequences.
+    let mut outputs: Vec<Option<GenOutput>> = vec![None; choices.len()];
+    while let Some(event) = choices.next().await {
+        match event {
+            Event::Done { index, output } => outputs[index] = Some(output),
+            Event::Failed(message) => return Err(internal(message)),
+            Event::Delta { .. } => {}
+        }
+    }
+    let answers = outputs
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, output)| CompletionChoice {
+            index: index as u32,
+            logprobs: top
+                .zip(output.logprobs.as_ref())
+                .map(|(k, lp)| legacy_logprobs(state, lp, k)),
+            text: output.text,
+            finish_reason: Some(output.finish_reason.as_str().to_string()),
+            prompt_logprobs: None,
+            prompt_token_ids: None,
+        })
+        .collect();
+    let response = CompletionResponse {
+        id: format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1),
+        object: "text_completion".into(),
+        created: now(),
+        model: state.config.model_name.clone(),
+        choices: answers,
+        usage: Some(choices.usage()),
+    };
+    Ok(Json(response).into_response())
+}
+
+/// A choice's log-probabilities in the completions API's shape: tokens by their text, offsets
+/// into the choice's text.
+fn legacy_logprobs(
+    state: &AppState,
+    lp: &crate::backend::TokenLogprobs,
+    top: usize,
+) -> CompletionLogprobs {
+    let name = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
+    let mut out = CompletionLogprobs::default();
+    let mut offset = 0;
+    for (i, (&id, logprob)) in lp.token_ids().iter().zip(lp.token_logprobs()).enumerate() {
+        let token = name(id);
+        out.text_offset.push(offset);
+        offset += token.len();
+        out.tokens.push(token);
+        out.token_logprobs.push(f64::from(logprob));
+        let (ids, lps) = lp.top(i);
+        out.top_logprobs.push(
+            ids.iter()
+                .zip(lps)
+                .take(top)
+                .map(|(&id, l)| (name(id), f64::from(l)))
+                .collect(),
+        );
+    }
+    out
 }

@@ -6,9 +6,9 @@
 //! `n` choices are `n` sequences of the same batch, choice i seeded with the request's seed + i.
 //! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
 //! assistant message becomes the prefill the reply continues); fields it does not apply
-//! (penalties, grammars, tools) are refused by name unless they ask for nothing. With the reasoning parser on,
-//! a reply holding `…</think>` comes back as `reasoning_content` + `content`, as vLLM's and
-//! SGLang's R1 parsers do. `stream: true` streams SSE chunks as the engine produces text; the
+//! (penalties, grammars, tools) are refused by name unless they ask for nothing. With the
+//! reasoning parser on, a reply holding `…</think>` comes back as `reasoning_content` +
+//! `content`, as vLLM's and SGLang's R1 parsers do. `stream: true` streams SSE chunks as the engine produces text; the
 //! streamed text is all `content` (the reasoning split applies to whole replies only).
 
 mod choices;
@@ -36,7 +36,7 @@ use crate::openai::wire::{
     self, ChatRequest, ChatResponse, Choice, ErrorBody, ErrorDetail, ResponseMessage,
 };
 use crate::{Error, Result};
-use choices::{Choices, Event};
+use choices::Choices;
 pub use intake::{EngineThread, ServeStats};
 use intake::{Job, SubmitError};
 use sse::SseStream;
@@ -373,17 +373,11 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
         return Ok(stream.into_response());
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
-    let mut outputs: Vec<Option<GenOutput>> = vec![None; choices.len()];
-    while let Some(event) = choices.next().await {
-        match event {
-            Event::Done { index, output } => outputs[index] = Some(output),
-            Event::Failed(message) => return Err(internal(message)),
-            Event::Delta { .. } => {}
-        }
-    }
-    let answers = outputs
+    let answers = choices
+        .outputs()
+        .await
+        .map_err(internal)?
         .into_iter()
-        .flatten()
         .enumerate()
         .map(|(index, output)| {
             let logprobs = parsed

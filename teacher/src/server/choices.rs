@@ -72,6 +72,20 @@ impl Choices {
         self.usage
     }
 
+    /// Every choice's output, in order, once all have finished (deltas are passed over); the
+    /// first failure's message otherwise.
+    pub(super) async fn outputs(&mut self) -> Result<Vec<GenOutput>, String> {
+        let mut outputs: Vec<Option<GenOutput>> = vec![None; self.len()];
+        while let Some(event) = self.next().await {
+            match event {
+                Event::Done { index, output } => outputs[index] = Some(output),
+                Event::Failed(message) => return Err(message),
+                Event::Delta { .. } => {}
+            }
+        }
+        Ok(outputs.into_iter().flatten().collect())
+    }
+
     /// The next delta, finished choice or failure; `None` once every choice has finished.
     pub(super) async fn next(&mut self) -> Option<Event> {
         if self.all_done() {

@@ -21,12 +21,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::choices::{Choices, Event};
+use super::choices::Choices;
 use super::{
     bad, check_model, internal, now, refuse_unapplied, sampling_of, submit_all, ApiError, AppState,
     Sampling, SamplingFields,
 };
-use crate::backend::{GenOutput, GenRequest};
+use crate::backend::GenRequest;
 use crate::openai::prompt_logprobs::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, PromptInput,
     PromptLogprob,
@@ -266,17 +266,11 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
     let receivers = submit_all(state, requests)?;
     let mut choices = Choices::new(receivers, n);
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
-    let mut outputs: Vec<Option<GenOutput>> = vec![None; choices.len()];
-    while let Some(event) = choices.next().await {
-        match event {
-            Event::Done { index, output } => outputs[index] = Some(output),
-            Event::Failed(message) => return Err(internal(message)),
-            Event::Delta { .. } => {}
-        }
-    }
-    let answers = outputs
+    let answers = choices
+        .outputs()
+        .await
+        .map_err(internal)?
         .into_iter()
-        .flatten()
         .enumerate()
         .map(|(index, output)| CompletionChoice {
             index: index as u32,

@@ -39,7 +39,7 @@ use crate::{Error, Result};
 use choices::Choices;
 pub use intake::{EngineThread, ServeStats};
 use intake::{Job, SubmitError};
-use sse::SseStream;
+use sse::{Shape, SseStream};
 
 /// Settings of the server (the model and its engine are passed separately).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -362,6 +362,7 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
     );
     if parsed.stream {
         let stream = SseStream {
+            shape: Shape::Chat,
             choices,
             id,
             model: state.config.model_name.clone(),

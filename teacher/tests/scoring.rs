@@ -184,11 +184,6 @@ fn scoring_requests_are_checked() {
             "`echo`",
         ),
         (
-            json!({"prompt": [1], "max_tokens": 4, "stream": true}),
-            "stream",
-            "`stream`",
-        ),
-        (
             json!({"prompt": [1], "max_tokens": 4, "logprobs": 21}),
             "logprobs",
             "within [0, 20]",

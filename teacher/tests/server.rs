@@ -433,5 +433,35 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
         let prompt: u64 = ids.iter().map(|p| p.len() as u64).sum();
         assert_eq!(answer["usage"]["prompt_tokens"], prompt);
         assert_eq!(answer["usage"]["completion_tokens"], completion);
+
+        // Streamed: text chunks under each choice's index add up to the same texts.
+        let mut body = body;
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let (status, text) = post(&client, &url, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let mut streamed = vec![String::new(); 4];
+        for chunk in &chunks[..chunks.len() - 1] {
+            assert_eq!(chunk["object"], "text_completion");
+            let choice = &chunk["choices"][0];
+            streamed[choice["index"].as_u64().unwrap() as usize]
+                .push_str(choice["text"].as_str().unwrap());
+        }
+        let texts: Vec<&str> = choices
+            .iter()
+            .map(|c| c["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(streamed, texts);
+        assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
     });
 }

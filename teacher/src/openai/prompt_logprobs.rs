@@ -54,6 +54,8 @@ pub struct CompletionRequest {
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<super::wire::Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<super::wire::StreamOptions>,
 }
 
 /// OpenAI's `prompt`: one text, one sequence of ids, or a batch of either.

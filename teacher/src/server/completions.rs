@@ -8,8 +8,8 @@
 //! token is the most likely next one), and `echo`, `logprobs`, `stream` and `n` > 1 are refused
 //! by name rather than ignored. Any other request generates `max_tokens` (OpenAI's default 16)
 //! tokens per prompt and choice with the sampling fields of `/v1/chat/completions` (`n`, `seed`,
-//! `stop`, `top_k`, and `logprobs` in the completions API's own shape); `stream` and `echo`
-//! are refused there. A prompt is a text (tokenised with the model's special tokens, as vLLM
+//! `stop`, `top_k`, `stream`, and `logprobs` in the completions API's own shape); `echo` is
+//! refused there. A prompt is a text (tokenised with the model's special tokens, as vLLM
 //! does), token ids, or a batch of either.
 
 use std::collections::HashMap;
@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::choices::Choices;
+use super::sse::{Shape, SseStream};
 use super::{
     bad, check_model, internal, now, refuse_unapplied, sampling_of, submit_all, ApiError, AppState,
     Sampling, SamplingFields,
@@ -209,12 +210,6 @@ fn prompt_ids(state: &AppState, prompt: Option<PromptInput>) -> Result<Vec<Vec<u
 /// Generation: every prompt continued `n` times in the engine's batch, as the chat endpoint
 /// does, without the chat template.
 async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<Response, ApiError> {
-    if request.stream == Some(true) {
-        return Err(bad(
-            "`stream` on `/v1/completions` is not supported; stream with `/v1/chat/completions`",
-            Some("stream"),
-        ));
-    }
     if request.echo == Some(true) {
         return Err(bad(
             "`echo` is not supported when generating; score a prompt with `prompt_logprobs`",
@@ -265,6 +260,20 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
     });
     let receivers = submit_all(state, requests)?;
     let mut choices = Choices::new(receivers, n);
+    let id = format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+    if request.stream == Some(true) {
+        let stream = SseStream {
+            shape: Shape::Text,
+            choices,
+            id,
+            model: state.config.model_name.clone(),
+            created: now(),
+            include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+            started: false,
+            ended: false,
+        };
+        return Ok(stream.into_response());
+    }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
     let answers = choices
         .outputs()
@@ -284,7 +293,7 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
         })
         .collect();
     let response = CompletionResponse {
-        id: format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1),
+        id,
         object: "text_completion".into(),
         created: now(),
         model: state.config.model_name.clone(),

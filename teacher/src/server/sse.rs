@@ -1,18 +1,30 @@
 //! Streamed replies of `distill serve` (`stream: true`): OpenAI's server-sent events, one chunk
 //! per piece of text the engine produces (tagged with its choice under `n`), each choice's
 //! finish reason, optionally the usage, then `[DONE]`; an engine failure mid-stream becomes an
-//! error event.
+//! error event. Chat chunks carry deltas (`chat.completion.chunk`), completion chunks the text
+//! itself (`text_completion`), as OpenAI's two endpoints stream.
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::choices::{Choices, Event};
+use crate::openai::prompt_logprobs::{CompletionChoice, CompletionResponse};
 use crate::openai::wire::{ChatChunk, ChunkChoice, Delta, ErrorBody, ErrorDetail, Usage};
+
+/// Which endpoint's chunks a stream sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// `/v1/chat/completions`: a role chunk per choice, then deltas.
+    Chat,
+    /// `/v1/completions`: text chunks.
+    Text,
+}
 
 /// A streamed reply: chunks as the engine's updates arrive (each choice's with its index), then
 /// `[DONE]` once every choice has finished.
 pub(super) struct SseStream {
+    pub(super) shape: Shape,
     pub(super) choices: Choices,
     pub(super) id: String,
     pub(super) model: String,
@@ -24,28 +36,63 @@ pub(super) struct SseStream {
 
 impl SseStream {
     fn chunk(&self, index: usize, delta: Delta, finish_reason: Option<String>) -> String {
-        self.event(
-            vec![ChunkChoice {
-                index: index as u32,
-                delta,
-                finish_reason,
-            }],
-            None,
-        )
+        let json = match self.shape {
+            Shape::Chat => serde_json::to_string(&ChatChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChunkChoice {
+                    index: index as u32,
+                    delta,
+                    finish_reason,
+                }],
+                usage: None,
+            }),
+            Shape::Text => serde_json::to_string(&self.text_chunk(
+                vec![CompletionChoice {
+                    index: index as u32,
+                    text: delta.content.unwrap_or_default(),
+                    finish_reason,
+                    ..CompletionChoice::default()
+                }],
+                None,
+            )),
+        };
+        // Serialising plain structs of strings and numbers cannot fail.
+        format!("data: {}\n\n", json.unwrap_or_default())
     }
 
-    fn event(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> String {
-        let chunk = ChatChunk {
+    fn text_chunk(
+        &self,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Usage>,
+    ) -> CompletionResponse {
+        CompletionResponse {
             id: self.id.clone(),
-            object: "chat.completion.chunk",
+            object: "text_completion".into(),
             created: self.created,
             model: self.model.clone(),
             choices,
             usage,
+        }
+    }
+
+    /// The last chunk under `include_usage`: the usage and no choice, as OpenAI sends it.
+    fn usage_chunk(&self) -> String {
+        let usage = Some(self.choices.usage());
+        let json = match self.shape {
+            Shape::Chat => serde_json::to_string(&ChatChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage,
+            }),
+            Shape::Text => serde_json::to_string(&self.text_chunk(Vec::new(), usage)),
         };
-        // Serialising plain structs of strings and numbers cannot fail.
-        let json = serde_json::to_string(&chunk).unwrap_or_default();
-        format!("data: {json}\n\n")
+        format!("data: {}\n\n", json.unwrap_or_default())
     }
 
     /// The next piece of the body; `None` once `[DONE]` (or an error) has been sent.
@@ -53,7 +100,7 @@ impl SseStream {
         if self.ended {
             return None;
         }
-        if !self.started {
+        if !self.started && self.shape == Shape::Chat {
             self.started = true;
             // Every choice opens with its role, as OpenAI's and vLLM's streams do.
             let roles = (0..self.choices.len())
@@ -82,8 +129,7 @@ impl SseStream {
                 if self.choices.all_done() {
                     self.ended = true;
                     if self.include_usage {
-                        // OpenAI's final usage chunk carries no choice.
-                        piece.push_str(&self.event(Vec::new(), Some(self.choices.usage())));
+                        piece.push_str(&self.usage_chunk());
                     }
                     piece.push_str("data: [DONE]\n\n");
                 }

@@ -361,17 +361,13 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
         state.next_id.fetch_add(1, Ordering::Relaxed) + 1
     );
     if parsed.stream {
-        let stream = SseStream {
-            shape: Shape::Chat,
+        return Ok(SseStream::respond(
+            Shape::Chat,
             choices,
             id,
-            model: state.config.model_name.clone(),
-            created: now(),
-            include_usage: parsed.include_usage,
-            started: false,
-            ended: false,
-        };
-        return Ok(stream.into_response());
+            state.config.model_name.clone(),
+            parsed.include_usage,
+        ));
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
     let answers = choices

@@ -61,6 +61,30 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `body` streamed with the usage: its chunks.
+async fn stream_chunks(client: &reqwest::Client, url: &str, mut body: Value) -> Vec<Value> {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, text) = post(client, url, &body.to_string()).await;
+    assert_eq!(status, 200, "{text}");
+    sse_chunks(&text)
+}
+
+/// The JSON chunks of a server-sent event stream, which must end with one `[DONE]`.
+fn sse_chunks(text: &str) -> Vec<Value> {
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    assert_eq!(events.iter().filter(|e| **e == "[DONE]").count(), 1);
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 fn greedy(content: &str, max_tokens: u32) -> Value {
     json!({
         "model": MODEL,
@@ -236,21 +260,7 @@ fn streaming_matches_the_whole_reply() {
         let whole: Value = serde_json::from_str(&text).unwrap();
         let content = whole["choices"][0]["message"]["content"].as_str().unwrap();
 
-        let mut body = body;
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        let (status, text) = post(&client, &url, &body.to_string()).await;
-        assert_eq!(status, 200, "{text}");
-        let events: Vec<&str> = text
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
-            .collect();
-        assert_eq!(events.last(), Some(&"[DONE]"));
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
+        let chunks = stream_chunks(&client, &url, body).await;
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         let streamed: String = chunks
             .iter()
@@ -321,22 +331,7 @@ fn n_choices_are_the_seeded_samples_one_by_one() {
             "sampled choices differ: {texts:?}"
         );
 
-        let mut body = request(3, 7);
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        let (status, text) = post(&client, &url, &body.to_string()).await;
-        assert_eq!(status, 200, "{text}");
-        let events: Vec<&str> = text
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
-            .collect();
-        assert_eq!(events.last(), Some(&"[DONE]"));
-        assert_eq!(events.iter().filter(|e| **e == "[DONE]").count(), 1);
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
+        let chunks = stream_chunks(&client, &url, request(3, 7)).await;
         let mut streamed = vec![String::new(); 3];
         let mut roles = 0;
         let mut finishes = vec![None; 3];
@@ -435,21 +430,7 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
         assert_eq!(answer["usage"]["completion_tokens"], completion);
 
         // Streamed: text chunks under each choice's index add up to the same texts.
-        let mut body = body;
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        let (status, text) = post(&client, &url, &body.to_string()).await;
-        assert_eq!(status, 200, "{text}");
-        let events: Vec<&str> = text
-            .split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| e.strip_prefix("data: ").expect("SSE data line"))
-            .collect();
-        assert_eq!(events.last(), Some(&"[DONE]"));
-        let chunks: Vec<Value> = events[..events.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
+        let chunks = stream_chunks(&client, &url, body).await;
         let mut streamed = vec![String::new(); 4];
         for chunk in &chunks[..chunks.len() - 1] {
             assert_eq!(chunk["object"], "text_completion");

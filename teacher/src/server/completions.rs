@@ -262,17 +262,13 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
     let mut choices = Choices::new(receivers, n);
     let id = format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1);
     if request.stream == Some(true) {
-        let stream = SseStream {
-            shape: Shape::Text,
+        return Ok(SseStream::respond(
+            Shape::Text,
             choices,
             id,
-            model: state.config.model_name.clone(),
-            created: now(),
-            include_usage: request.stream_options.is_some_and(|o| o.include_usage),
-            started: false,
-            ended: false,
-        };
-        return Ok(stream.into_response());
+            state.config.model_name.clone(),
+            request.stream_options.is_some_and(|o| o.include_usage),
+        ));
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
     let answers = choices

@@ -24,31 +24,48 @@ pub(super) enum Shape {
 /// A streamed reply: chunks as the engine's updates arrive (each choice's with its index), then
 /// `[DONE]` once every choice has finished.
 pub(super) struct SseStream {
-    pub(super) shape: Shape,
-    pub(super) choices: Choices,
-    pub(super) id: String,
-    pub(super) model: String,
-    pub(super) created: u64,
-    pub(super) include_usage: bool,
-    pub(super) started: bool,
-    pub(super) ended: bool,
+    shape: Shape,
+    choices: Choices,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    started: bool,
+    ended: bool,
 }
 
 impl SseStream {
+    /// The response streaming `choices` as `id`; `include_usage` adds the usage chunk.
+    pub(super) fn respond(
+        shape: Shape,
+        choices: Choices,
+        id: String,
+        model: String,
+        include_usage: bool,
+    ) -> Response {
+        let stream = Self {
+            shape,
+            choices,
+            id,
+            model,
+            created: super::now(),
+            include_usage,
+            started: false,
+            ended: false,
+        };
+        stream.into_response()
+    }
+
     fn chunk(&self, index: usize, delta: Delta, finish_reason: Option<String>) -> String {
         let json = match self.shape {
-            Shape::Chat => serde_json::to_string(&ChatChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![ChunkChoice {
+            Shape::Chat => serde_json::to_string(&self.chat_chunk(
+                vec![ChunkChoice {
                     index: index as u32,
                     delta,
                     finish_reason,
                 }],
-                usage: None,
-            }),
+                None,
+            )),
             Shape::Text => serde_json::to_string(&self.text_chunk(
                 vec![CompletionChoice {
                     index: index as u32,
@@ -61,6 +78,17 @@ impl SseStream {
         };
         // Serialising plain structs of strings and numbers cannot fail.
         format!("data: {}\n\n", json.unwrap_or_default())
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
     }
 
     fn text_chunk(
@@ -82,14 +110,7 @@ impl SseStream {
     fn usage_chunk(&self) -> String {
         let usage = Some(self.choices.usage());
         let json = match self.shape {
-            Shape::Chat => serde_json::to_string(&ChatChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage,
-            }),
+            Shape::Chat => serde_json::to_string(&self.chat_chunk(Vec::new(), usage)),
             Shape::Text => serde_json::to_string(&self.text_chunk(Vec::new(), usage)),
         };
         format!("data: {}\n\n", json.unwrap_or_default())
@@ -143,7 +164,7 @@ impl SseStream {
         }
     }
 
-    pub(super) fn into_response(self) -> Response {
+    fn into_response(self) -> Response {
         let stream = futures_util::stream::unfold(self, |mut s| async move {
             s.next_piece()
                 .await

@@ -28,6 +28,9 @@ pub struct TokenScore {
     pub text: Option<String>,
 }
 
+/// The most likely token after a prompt, and its score.
+pub type NextToken = (u32, TokenScore);
+
 /// Scores `ids[1..]`: entry `i` is token `ids[i + 1]` given `ids[..=i]` (the first token has no
 /// context, as vLLM's `prompt_logprobs[0]` is `null`). The model runs over the whole sequence in
 /// chunks of its KV cache, so memory stays bounded for long samples.
@@ -35,14 +38,14 @@ pub fn score_tokens(model: &Model, ids: &[u32], k: usize) -> Result<Vec<TokenSco
     Ok(score_prompt(model, ids, k, false)?.0)
 }
 
-/// [`score_tokens`], and with `next` also the most likely token after the last one (what a
-/// `/v1/completions` request for one token at temperature 0 answers).
+/// [`score_tokens`], and with `next` also the most likely token after the last one and its
+/// score (what a `/v1/completions` request for one token at temperature 0 answers).
 pub fn score_prompt(
     model: &Model,
     ids: &[u32],
     k: usize,
     next: bool,
-) -> Result<(Vec<TokenScore>, Option<u32>)> {
+) -> Result<(Vec<TokenScore>, Option<NextToken>)> {
     let vocab = model.spec().vocab_size;
     if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(Error::Config(format!(
@@ -65,7 +68,16 @@ pub fn score_prompt(
             .to_vec2::<f32>()?;
         for (j, row) in logits.iter().enumerate() {
             let Some(&token) = ids.get(c * CHUNK + j + 1) else {
-                after = top_logprobs(row, 0, 1).1.first().map(|&(id, _)| id);
+                let (_, top) = top_logprobs(row, 0, k.max(1));
+                after = top.first().map(|&(best, logprob)| {
+                    let score = TokenScore {
+                        logprob,
+                        rank: 1,
+                        top: top[..k.min(top.len())].to_vec(),
+                        text: None,
+                    };
+                    (best, score)
+                });
                 continue;
             };
             let (logprob, top) = top_logprobs(row, token, k);

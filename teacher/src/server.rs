@@ -340,7 +340,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
 async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, ApiError> {
     let raw: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}"), None))?;
-    refuse_unapplied(&raw)?;
+    refuse_unapplied(&raw, &[])?;
     let request: ChatRequest = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("Invalid request: {e}"), None))?;
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
@@ -517,9 +517,16 @@ const UNAPPLIED: &[(&str, Neutral, &str)] = &[
 /// Whether a field's value asks for nothing.
 type Neutral = fn(&serde_json::Value) -> bool;
 
-/// Refuses a request that asks for something in [`UNAPPLIED`].
-fn refuse_unapplied(raw: &serde_json::Value) -> std::result::Result<(), ApiError> {
+/// Refuses a request that asks for something in [`UNAPPLIED`] but the fields in `applied`
+/// (what the endpoint does apply).
+fn refuse_unapplied(
+    raw: &serde_json::Value,
+    applied: &[&str],
+) -> std::result::Result<(), ApiError> {
     for &(field, neutral, allowed) in UNAPPLIED {
+        if applied.contains(&field) {
+            continue;
+        }
         match raw.get(field) {
             None | Some(serde_json::Value::Null) => {}
             Some(value) if neutral(value) => {}

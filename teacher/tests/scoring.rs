@@ -141,6 +141,85 @@ fn served_prompt_logprobs_are_the_models() {
     }
 }
 
+/// What lm-evaluation-harness sends for a log-likelihood (`echo`, `logprobs` 1, `max_tokens` 1,
+/// token ids) and reads (`token_logprobs` over the prompt, the first `null`, and whether each
+/// token was the greedy one from `top_logprobs`): the model's numbers, the greedy next token
+/// last; with `max_tokens` 0 the prompt alone; without `echo` the next token alone.
+#[test]
+fn echoed_logprobs_are_what_lm_evaluation_harness_reads() {
+    let engine = engine();
+    let reference = reference_logprobs(&engine, &IDS);
+    let server = start(Arc::clone(&engine));
+    let url = format!("{}/v1/completions", server.base_url());
+    let name = |id: u32| engine.tokenizer().decode(&[id], false).unwrap();
+    let best_of = |row: &[f32]| {
+        (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap() as u32
+    };
+    let body = json!({"model": MODEL, "prompt": IDS, "max_tokens": 1, "temperature": 0,
+                      "logprobs": 1, "echo": true, "seed": 1234});
+    let (status, answer) = post(&url, body.clone());
+    assert_eq!(status, 200, "{answer}");
+    let choice = &answer["choices"][0];
+    let lp = &choice["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let logprobs = lp["token_logprobs"].as_array().unwrap();
+    let tops = lp["top_logprobs"].as_array().unwrap();
+    assert_eq!(tokens.len(), IDS.len() + 1);
+    assert_eq!(logprobs.len(), IDS.len() + 1);
+    assert!(logprobs[0].is_null() && tops[0].is_null());
+    for i in 1..IDS.len() {
+        let row = &reference[i - 1];
+        assert_eq!(tokens[i], json!(name(IDS[i])));
+        let got = logprobs[i].as_f64().unwrap() as f32;
+        assert!((got - row[IDS[i] as usize]).abs() < 2e-3, "position {i}");
+        // The harness's is-greedy test: the top entry is the token itself exactly when the
+        // token is the model's most likely one.
+        let top = tops[i].as_object().unwrap();
+        assert_eq!(top.len(), 1);
+        let greedy = best_of(row);
+        assert!(top.contains_key(&name(greedy)), "position {i}");
+    }
+    let last = reference_logprobs(&engine, &IDS).pop().unwrap();
+    let next = best_of(&last);
+    assert_eq!(tokens[IDS.len()], json!(name(next)));
+    let got = logprobs[IDS.len()].as_f64().unwrap() as f32;
+    assert!((got - last[next as usize]).abs() < 2e-3);
+    let prompt_text = engine.tokenizer().decode(&IDS, false).unwrap();
+    assert_eq!(
+        choice["text"],
+        json!(format!("{prompt_text}{}", name(next)))
+    );
+    let offsets = lp["text_offset"].as_array().unwrap();
+    assert_eq!(offsets[0], 0);
+    assert_eq!(offsets[1], json!(name(IDS[0]).len()));
+    assert_eq!(answer["usage"]["completion_tokens"], 1);
+
+    let mut prompt_only = body.clone();
+    prompt_only["max_tokens"] = json!(0);
+    let (status, answer) = post(&url, prompt_only);
+    assert_eq!(status, 200, "{answer}");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["text"], json!(prompt_text));
+    assert_eq!(
+        choice["logprobs"]["token_logprobs"]
+            .as_array()
+            .map(Vec::len),
+        Some(IDS.len())
+    );
+    assert_eq!(answer["usage"]["completion_tokens"], 0);
+
+    // Without `echo`, `max_tokens` 1 and `logprobs` generate one greedy token, its numbers alone.
+    let mut next_only = body;
+    next_only["echo"] = json!(false);
+    let (status, answer) = post(&url, next_only);
+    assert_eq!(status, 200, "{answer}");
+    let lp = &answer["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"], json!([name(next)]));
+    assert!((lp["token_logprobs"][0].as_f64().unwrap() as f32 - last[next as usize]).abs() < 2e-3);
+}
+
 #[test]
 fn scoring_requests_are_checked() {
     let server = start(engine());
@@ -154,7 +233,12 @@ fn scoring_requests_are_checked() {
         (
             json!({"prompt": [1, 2], "max_tokens": 5, "prompt_logprobs": 0}),
             "max_tokens",
-            "scores prompts",
+            "must be 0 or 1 when scoring",
+        ),
+        (
+            json!({"prompt": [1, 2], "max_tokens": 0, "echo": true, "logprobs": 21}),
+            "logprobs",
+            "within [0, 20]",
         ),
         (json!({"max_tokens": 1}), "prompt", "`prompt` is required"),
         (
@@ -168,20 +252,15 @@ fn scoring_requests_are_checked() {
             "outside the model's vocabulary",
         ),
         (
-            json!({"prompt": [1], "max_tokens": 1, "prompt_logprobs": 1, "echo": true}),
-            "prompt_logprobs",
-            "`echo`",
-        ),
-        (
             json!({"prompt": [1], "max_tokens": 1, "prompt_logprobs": 1, "stream": true}),
             "stream",
             "`stream`",
         ),
         // Generation (no `prompt_logprobs`): what it does not do is refused by name too.
         (
-            json!({"prompt": [1], "max_tokens": 4, "echo": true}),
+            json!({"prompt": [1], "max_tokens": 4, "echo": true, "logprobs": 1}),
             "echo",
-            "`echo`",
+            "`echo` with `logprobs`",
         ),
         (
             json!({"prompt": [1], "max_tokens": 4, "logprobs": 21}),

@@ -369,6 +369,7 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
         .iter()
         .map(|c| engine.prompt_ids(&[Message::new("user", *c)], "").unwrap())
         .collect();
+    let first_text = engine.tokenizer().decode(&ids[0], false).unwrap();
     let server = serve(engine);
     let chat_url = format!("{}/v1/chat/completions", server.base_url());
     let url = format!("{}/v1/completions", server.base_url());
@@ -428,6 +429,20 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
         let prompt: u64 = ids.iter().map(|p| p.len() as u64).sum();
         assert_eq!(answer["usage"]["prompt_tokens"], prompt);
         assert_eq!(answer["usage"]["completion_tokens"], completion);
+
+        // `echo` prepends the prompt's text.
+        let echo = json!({"model": MODEL, "prompt": ids[0], "max_tokens": 12, "temperature": 0,
+                          "echo": true});
+        let (status, text) = post(&client, &url, &echo.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let echoed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            echoed["choices"][0]["text"],
+            json!(format!(
+                "{first_text}{}",
+                choices[0]["text"].as_str().unwrap()
+            ))
+        );
 
         // Streamed: text chunks under each choice's index add up to the same texts.
         let chunks = stream_chunks(&client, &url, body).await;

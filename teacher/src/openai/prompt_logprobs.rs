@@ -90,14 +90,31 @@ pub struct CompletionChoice {
     pub logprobs: Option<CompletionLogprobs>,
 }
 
-/// `choices[i].logprobs` of `/v1/completions` (OpenAI's legacy shape): per generated token its
+/// `choices[i].logprobs` of `/v1/completions` (OpenAI's legacy shape): per token of `text` its
 /// text, log-probability, the most likely alternatives by text, and where it starts in `text`.
+/// An echoed prompt's first token has no log-probability (`null`, as OpenAI answers).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f64>,
-    pub top_logprobs: Vec<HashMap<String, f64>>,
+    pub token_logprobs: Vec<Option<f64>>,
+    pub top_logprobs: Vec<Option<HashMap<String, f64>>>,
     pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    /// Appends a token by its text, with its log-probability and alternatives (`None` for an
+    /// echoed prompt's first token).
+    pub fn push(&mut self, token: String, scored: Option<(f64, HashMap<String, f64>)>) {
+        let offset = self
+            .text_offset
+            .last()
+            .map_or(0, |o| o + self.tokens.last().map_or(0, String::len));
+        self.text_offset.push(offset);
+        self.tokens.push(token);
+        let (logprob, top) = scored.unzip();
+        self.token_logprobs.push(logprob);
+        self.top_logprobs.push(top);
+    }
 }
 
 /// One token's entry in `prompt_logprobs` (vLLM's `Logprob`).

@@ -1,16 +1,19 @@
 //! `POST /v1/completions` in `distill serve`: a raw prompt continued without the chat template
-//! (what evaluation harnesses and base-model clients send), or, with vLLM's `prompt_logprobs`,
-//! a prompt scored — the served model's log-probability of every prompt token and its `k` most
-//! likely tokens at each position. Scoring makes a served teacher usable for on-policy
-//! distillation from another machine (`distill train --method opd --kd-teacher http://…`).
+//! (what evaluation harnesses and base-model clients send), or a prompt scored.
 //!
-//! A request with `prompt_logprobs` (or `max_tokens` 0) scores: `max_tokens` is 0 or 1 (the one
-//! token is the most likely next one), and `echo`, `logprobs`, `stream` and `n` > 1 are refused
-//! by name rather than ignored. Any other request generates `max_tokens` (OpenAI's default 16)
-//! tokens per prompt and choice with the sampling fields of `/v1/chat/completions` (`n`, `seed`,
-//! `stop`, `top_k`, `stream`, and `logprobs` in the completions API's own shape); `echo` is
-//! refused there. A prompt is a text (tokenised with the model's special tokens, as vLLM
-//! does), token ids, or a batch of either.
+//! Scoring, for a request with vLLM's `prompt_logprobs`, with `max_tokens` 0, or with `echo` and
+//! `max_tokens` 1: the served model's log-probability of every prompt token and its `k` most
+//! likely tokens at each position — as vLLM's `prompt_logprobs` (what makes a served teacher
+//! usable for on-policy distillation from another machine, `distill train --method opd
+//! --kd-teacher http://…`) and, with `echo` and `logprobs`, as OpenAI's legacy `logprobs` over
+//! the prompt (what lm-evaluation-harness reads for log-likelihoods). `max_tokens` 1 adds the
+//! most likely next token. `stream` and `n` > 1 are refused by name there.
+//!
+//! Generation, for any other request: `max_tokens` (OpenAI's default 16) tokens per prompt and
+//! choice with the sampling fields of `/v1/chat/completions` (`n`, `seed`, `stop`, `top_k`,
+//! `stream`, and `logprobs` in the completions API's own shape; `echo` prepends the prompt).
+//! A prompt is a text (tokenised with the model's special tokens, as vLLM does), token ids, or
+//! a batch of either.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -33,7 +36,7 @@ use crate::openai::prompt_logprobs::{
     PromptLogprob,
 };
 use crate::openai::wire::Usage;
-use crate::score::score_prompt;
+use crate::score::{score_prompt, TokenScore};
 
 pub(super) async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     match handle(&state, &body).await {
@@ -47,6 +50,10 @@ struct Asked {
     prompts: Vec<Vec<u32>>,
     /// Alternatives per position; `None`: no `prompt_logprobs` in the answer.
     top: Option<usize>,
+    /// Alternatives per token in OpenAI's `logprobs`; `None`: no `logprobs` in the answer.
+    legacy: Option<usize>,
+    /// Whether the answer's text and `logprobs` start with the prompt (`echo`).
+    echo: bool,
     /// Whether the one next token is asked for (`max_tokens` 1).
     next: bool,
 }
@@ -57,13 +64,19 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError
     let request: CompletionRequest = serde_json::from_value(raw.clone())
         .map_err(|e| bad(format!("Invalid request: {e}"), None))?;
     check_model(&state.config, request.model.as_deref())?;
-    if request.prompt_logprobs.is_none() && request.max_tokens != Some(0) {
-        refuse_unapplied(&raw)?;
+    // What evaluation harnesses send to score a prompt: `echo` with `max_tokens` 0 or 1
+    // (lm-evaluation-harness's log-likelihoods), or vLLM's `prompt_logprobs`.
+    let echo = request.echo == Some(true);
+    let scores = request.prompt_logprobs.is_some()
+        || request.max_tokens == Some(0)
+        || (echo && request.max_tokens == Some(1));
+    if !scores {
+        refuse_unapplied(&raw, &["echo"])?;
         return generate(state, request).await;
     }
     let asked = validate(state, request)?;
     let scoring = Arc::clone(state);
-    let k = asked.top.unwrap_or(0);
+    let k = asked.top.unwrap_or(0).max(asked.legacy.unwrap_or(0));
     let (prompts, next) = (asked.prompts, asked.next);
     // The forward runs beside the engine thread's batch, on the same weights.
     let scored = tokio::task::spawn_blocking(move || {
@@ -86,12 +99,31 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError
         .map(|(index, (ids, scores, after))| {
             usage.prompt_tokens += ids.len() as u64;
             usage.completion_tokens += u64::from(after.is_some());
-            let prompt_logprobs = asked.top.map(|_| {
+            let logprobs = asked.legacy.map(|top| {
+                let scored = |s: &TokenScore| {
+                    let alternatives = s.top.iter().take(top);
+                    let alternatives = alternatives.map(|&(id, l)| (name(id), f64::from(l)));
+                    Some((f64::from(s.logprob), alternatives.collect()))
+                };
+                let mut out = CompletionLogprobs::default();
+                if asked.echo {
+                    out.push(name(ids[0]), None);
+                    for (s, &token) in scores.iter().zip(&ids[1..]) {
+                        out.push(name(token), scored(s));
+                    }
+                }
+                if let Some((token, s)) = &after {
+                    out.push(name(*token), scored(s));
+                }
+                out
+            });
+            let prompt_logprobs = asked.top.map(|top| {
                 let mut entries = vec![None];
                 entries.extend(scores.iter().zip(&ids[1..]).map(|(s, &token)| {
                     let mut entry: HashMap<u32, PromptLogprob> = s
                         .top
                         .iter()
+                        .take(top)
                         .enumerate()
                         .map(|(r, &(id, logprob))| {
                             let entry = PromptLogprob {
@@ -111,13 +143,20 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError
                 }));
                 entries
             });
+            let mut text = match asked.echo {
+                true => state.tokenizer.decode(&ids, false).unwrap_or_default(),
+                false => String::new(),
+            };
+            if let Some((token, _)) = after {
+                text.push_str(&name(token));
+            }
             CompletionChoice {
                 index: index as u32,
-                text: after.map(name).unwrap_or_default(),
+                text,
                 finish_reason: Some("length".into()),
                 prompt_logprobs,
                 prompt_token_ids: Some(ids),
-                logprobs: None,
+                logprobs,
             }
         })
         .collect();
@@ -134,30 +173,28 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError
 }
 
 fn validate(state: &AppState, request: CompletionRequest) -> Result<Asked, ApiError> {
-    const SCORING_ONLY: &str = "`/v1/completions` of `distill serve` scores prompts (`max_tokens` 0 or 1, `prompt_logprobs`); generate with `/v1/chat/completions`";
+    const SCORING: &str = "`/v1/completions` scores a prompt when asked for `prompt_logprobs`, or `echo` with `max_tokens` 0 or 1";
     if request.stream == Some(true) {
         return Err(bad(
-            format!("`stream` is not supported: {SCORING_ONLY}"),
+            format!("`stream` is not supported when scoring: {SCORING}"),
             Some("stream"),
         ));
     }
-    if request.echo == Some(true) || request.logprobs.is_some() {
-        return Err(bad(
-            format!("`echo` and `logprobs` are not supported; ask for `prompt_logprobs`: {SCORING_ONLY}"),
-            Some("prompt_logprobs"),
-        ));
-    }
     if request.n.is_some_and(|n| n != 1) {
-        return Err(bad(format!("`n` must be 1: {SCORING_ONLY}"), Some("n")));
+        return Err(bad(
+            format!("`n` must be 1 when scoring: {SCORING}"),
+            Some("n"),
+        ));
     }
     // OpenAI's default is 16.
     let max_tokens = request.max_tokens.unwrap_or(16);
     if !(0..=1).contains(&max_tokens) {
         return Err(bad(
-            format!("`max_tokens` is {max_tokens}: {SCORING_ONLY}"),
+            format!("`max_tokens` is {max_tokens}; it must be 0 or 1 when scoring: {SCORING}"),
             Some("max_tokens"),
         ));
     }
+    let legacy = logprobs_asked(request.logprobs)?;
     let top = match request.prompt_logprobs {
         None => None,
         Some(k) if k >= 0 => Some(k as usize),
@@ -172,6 +209,8 @@ fn validate(state: &AppState, request: CompletionRequest) -> Result<Asked, ApiEr
     Ok(Asked {
         prompts,
         top,
+        legacy,
+        echo: request.echo == Some(true),
         next: max_tokens == 1,
     })
 }
@@ -210,22 +249,14 @@ fn prompt_ids(state: &AppState, prompt: Option<PromptInput>) -> Result<Vec<Vec<u
 /// Generation: every prompt continued `n` times in the engine's batch, as the chat endpoint
 /// does, without the chat template.
 async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<Response, ApiError> {
-    if request.echo == Some(true) {
+    let top = logprobs_asked(request.logprobs)?;
+    let echo = request.echo == Some(true);
+    if echo && top.is_some() {
         return Err(bad(
-            "`echo` is not supported when generating; score a prompt with `prompt_logprobs`",
+            "`echo` with `logprobs` scores the prompt: `max_tokens` must be 0 or 1",
             Some("echo"),
         ));
     }
-    let top = match request.logprobs {
-        None => None,
-        Some(k) if (0..=20).contains(&k) => Some(k as usize),
-        Some(k) => {
-            return Err(bad(
-                format!("`logprobs` is {k}; it must be within [0, 20]"),
-                Some("logprobs"),
-            ))
-        }
-    };
     let Sampling {
         mut params,
         seed,
@@ -282,7 +313,13 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
             logprobs: top
                 .zip(output.logprobs.as_ref())
                 .map(|(k, lp)| legacy_logprobs(state, lp, k)),
-            text: output.text,
+            text: match echo {
+                true => {
+                    let prompt = &prompts[index / n];
+                    state.tokenizer.decode(prompt, false).unwrap_or_default() + &output.text
+                }
+                false => output.text,
+            },
             finish_reason: Some(output.finish_reason.as_str().to_string()),
             prompt_logprobs: None,
             prompt_token_ids: None,
@@ -308,21 +345,25 @@ fn legacy_logprobs(
 ) -> CompletionLogprobs {
     let name = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
     let mut out = CompletionLogprobs::default();
-    let mut offset = 0;
     for (i, (&id, logprob)) in lp.token_ids().iter().zip(lp.token_logprobs()).enumerate() {
-        let token = name(id);
-        out.text_offset.push(offset);
-        offset += token.len();
-        out.tokens.push(token);
-        out.token_logprobs.push(f64::from(logprob));
         let (ids, lps) = lp.top(i);
-        out.top_logprobs.push(
-            ids.iter()
-                .zip(lps)
-                .take(top)
-                .map(|(&id, l)| (name(id), f64::from(l)))
-                .collect(),
-        );
+        let alternatives = ids.iter().zip(lps).take(top);
+        let alternatives = alternatives
+            .map(|(&id, l)| (name(id), f64::from(l)))
+            .collect();
+        out.push(name(id), Some((f64::from(logprob), alternatives)));
     }
     out
+}
+
+/// OpenAI's `logprobs` of this endpoint: alternatives per token, at most 20 (vLLM's default cap).
+fn logprobs_asked(logprobs: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match logprobs {
+        None => Ok(None),
+        Some(k) if (0..=20).contains(&k) => Ok(Some(k as usize)),
+        Some(k) => Err(bad(
+            format!("`logprobs` is {k}; it must be within [0, 20]"),
+            Some("logprobs"),
+        )),
+    }
 }

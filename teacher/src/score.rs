@@ -46,50 +46,111 @@ pub fn score_prompt(
     k: usize,
     next: bool,
 ) -> Result<(Vec<TokenScore>, Option<NextToken>)> {
+    let mut scored = score_prompts(model, &[ids], k, next)?;
+    Ok(scored.remove(0))
+}
+
+/// Positions of all sequences run through the model in one step of [`score_prompts`]: bounds
+/// the logits held at once (a 151k vocabulary makes 600 MB of f32 at this many).
+const STEP_POSITIONS: usize = 4 * CHUNK;
+
+/// [`score_prompt`] for several prompts, run through the model together: each step takes the
+/// next chunk of as many sequences as fit [`STEP_POSITIONS`] (a ragged batch), so short prompts
+/// (an evaluation harness's) share the matrix products instead of running one by one.
+pub fn score_prompts(
+    model: &Model,
+    prompts: &[&[u32]],
+    k: usize,
+    next: bool,
+) -> Result<Vec<(Vec<TokenScore>, Option<NextToken>)>> {
     let vocab = model.spec().vocab_size;
-    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+    if let Some(&id) = prompts
+        .iter()
+        .flat_map(|p| p.iter())
+        .find(|&&id| id as usize >= vocab)
+    {
         return Err(Error::Config(format!(
             "token id {id} is outside the model's vocabulary of {vocab}"
         )));
     }
-    let mut cache = model.new_cache();
-    let mut scores = Vec::with_capacity(ids.len().saturating_sub(1));
-    let mut after = None;
     // Without `next`, the last token predicts nothing that is scored.
-    let context = match next {
-        true => ids,
-        false => &ids[..ids.len().saturating_sub(1)],
-    };
-    for (c, chunk) in context.chunks(CHUNK).enumerate() {
-        let logits = model
-            .step(&mut [(chunk, &mut cache)], Logits::All)?
-            .remove(0)
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2::<f32>()?;
-        for (j, row) in logits.iter().enumerate() {
-            let Some(&token) = ids.get(c * CHUNK + j + 1) else {
-                let (_, top) = top_logprobs(row, 0, k.max(1));
-                after = top.first().map(|&(best, logprob)| {
-                    let score = TokenScore {
-                        logprob,
-                        rank: 1,
-                        top: top[..k.min(top.len())].to_vec(),
-                        text: None,
-                    };
-                    (best, score)
-                });
+    let contexts: Vec<&[u32]> = prompts
+        .iter()
+        .map(|ids| match next {
+            true => *ids,
+            false => &ids[..ids.len().saturating_sub(1)],
+        })
+        .collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut done = vec![0usize; prompts.len()];
+    let mut out: Vec<(Vec<TokenScore>, Option<NextToken>)> = prompts
+        .iter()
+        .map(|ids| (Vec::with_capacity(ids.len().saturating_sub(1)), None))
+        .collect();
+    loop {
+        // The next chunk of each unfinished sequence, in order, while they fit the step.
+        let mut members = Vec::new();
+        let mut positions = 0;
+        for (i, context) in contexts.iter().enumerate() {
+            let left = context.len() - done[i];
+            if left == 0 {
                 continue;
-            };
-            let (logprob, top) = top_logprobs(row, token, k);
-            let at = row[token as usize];
-            let rank = 1 + row.iter().filter(|&&x| x > at).count() as u32;
-            scores.push(TokenScore {
-                logprob,
-                rank,
-                top,
-                text: None,
-            });
+            }
+            let take = left.min(CHUNK);
+            if !members.is_empty() && positions + take > STEP_POSITIONS {
+                break;
+            }
+            members.push((i, done[i], take));
+            positions += take;
+        }
+        if members.is_empty() {
+            return Ok(out);
+        }
+        let mut batch: Vec<(&[u32], &mut distill_models::KvCache)> = Vec::new();
+        let mut rest = caches.as_mut_slice();
+        let mut offset = 0;
+        for &(i, from, take) in &members {
+            // Members are in increasing order: split each one's cache off the rest.
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - offset);
+            let (cache, tail) = tail.split_first_mut().expect("a member's cache");
+            rest = tail;
+            offset = i + 1;
+            batch.push((&contexts[i][from..from + take], cache));
+        }
+        let logits = model.step(&mut batch, Logits::All)?;
+        for (&(i, from, take), logits) in members.iter().zip(logits) {
+            let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+            let (scores, after) = &mut out[i];
+            for (j, row) in rows.iter().enumerate() {
+                let Some(&token) = prompts[i].get(from + j + 1) else {
+                    *after = next_token(row, k);
+                    continue;
+                };
+                let (logprob, top) = top_logprobs(row, token, k);
+                let at = row[token as usize];
+                let rank = 1 + row.iter().filter(|&&x| x > at).count() as u32;
+                scores.push(TokenScore {
+                    logprob,
+                    rank,
+                    top,
+                    text: None,
+                });
+            }
+            done[i] += take;
         }
     }
-    Ok((scores, after))
+}
+
+/// The most likely token of a row of logits, scored with `k` alternatives.
+fn next_token(row: &[f32], k: usize) -> Option<NextToken> {
+    let (_, top) = top_logprobs(row, 0, k.max(1));
+    top.first().map(|&(best, logprob)| {
+        let score = TokenScore {
+            logprob,
+            rank: 1,
+            top: top[..k.min(top.len())].to_vec(),
+            text: None,
+        };
+        (best, score)
+    })
 }

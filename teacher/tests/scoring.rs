@@ -9,7 +9,7 @@ use candle_core::{Tensor, D};
 use distill_models::Checkpoint;
 use distill_teacher::openai::prompt_logprobs::PromptScorer;
 use distill_teacher::openai::OpenAiConfig;
-use distill_teacher::score::score_tokens;
+use distill_teacher::score::{score_prompt, score_prompts, score_tokens};
 use distill_teacher::server::{RunningServer, Server, ServerConfig};
 use distill_teacher::{Engine, EngineOptions};
 use serde_json::{json, Value};
@@ -137,6 +137,43 @@ fn served_prompt_logprobs_are_the_models() {
                 l.logprob
             );
             assert!(s.text.is_some());
+        }
+    }
+}
+
+/// Prompts scored together (a ragged batch, chunks of long ones in later steps) score as each
+/// alone: the same ranks, alternatives and next token, log-probabilities within the kernels'
+/// summation-order differences.
+#[test]
+fn prompts_scored_together_score_as_each_alone() {
+    let engine = engine();
+    let long: Vec<u32> = (0..700).map(|i| (i * 37 % 250 + 3) as u32).collect();
+    let prompts: Vec<&[u32]> = vec![&IDS, &long, &IDS[2..7], &IDS[..1], &long[..300]];
+    for next in [false, true] {
+        let together = score_prompts(engine.model(), &prompts, 3, next).unwrap();
+        assert_eq!(together.len(), prompts.len());
+        for (ids, (scores, after)) in prompts.iter().zip(&together) {
+            let (alone, alone_after) = score_prompt(engine.model(), ids, 3, next).unwrap();
+            assert_eq!(scores.len(), alone.len());
+            assert_eq!(scores.len(), ids.len() - 1);
+            for (a, b) in scores.iter().zip(&alone) {
+                assert_eq!(a.rank, b.rank);
+                let ids = |s: &distill_teacher::score::TokenScore| {
+                    s.top.iter().map(|t| t.0).collect::<Vec<_>>()
+                };
+                assert_eq!(ids(a), ids(b));
+                assert!(
+                    (a.logprob - b.logprob).abs() < 1e-4,
+                    "{} {}",
+                    a.logprob,
+                    b.logprob
+                );
+            }
+            assert_eq!(after.is_some(), next);
+            assert_eq!(
+                after.as_ref().map(|a| a.0),
+                alone_after.as_ref().map(|a| a.0)
+            );
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::openai::prompt_logprobs::{
     PromptLogprob,
 };
 use crate::openai::wire::Usage;
-use crate::score::{score_prompt, TokenScore};
+use crate::score::{score_prompts, TokenScore};
 
 pub(super) async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     match handle(&state, &body).await {
@@ -80,13 +80,13 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> Result<Response, ApiError
     let (prompts, next) = (asked.prompts, asked.next);
     // The forward runs beside the engine thread's batch, on the same weights.
     let scored = tokio::task::spawn_blocking(move || {
-        prompts
-            .into_iter()
-            .map(|ids| {
-                let (scores, after) = score_prompt(scoring.model.model(), &ids, k, next)?;
-                Ok((ids, scores, after))
-            })
-            .collect::<crate::Result<Vec<_>>>()
+        let slices: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let scored = score_prompts(scoring.model.model(), &slices, k, next)?;
+        let both = prompts.into_iter().zip(scored);
+        Ok::<_, crate::Error>(
+            both.map(|(ids, (scores, after))| (ids, scores, after))
+                .collect::<Vec<_>>(),
+        )
     })
     .await
     .map_err(|e| internal(format!("scoring stopped: {e}")))?

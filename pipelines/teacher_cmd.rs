@@ -203,6 +203,11 @@ pub struct ServeArgs {
     /// Return `reasoning_content` apart from `content` when a reply closes a `<think>` block.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reasoning_parser: bool,
+    /// Name of an environment variable holding the key every `/v1/*` request must send as
+    /// `Authorization: Bearer KEY` (`/health` stays open); without it the server is open to
+    /// whoever reaches the port.
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -384,6 +389,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "`--batch` must be at least 1");
     check_kv_cache_gib(args.kv_cache_gib)?;
     anyhow::ensure!(args.max_tokens > 0, "`--max-tokens` must be at least 1");
+    // Before the model loads: a missing key must not cost the load.
+    let api_key = args
+        .api_key_env
+        .as_deref()
+        .map(distill_teacher::openai::ApiKey::from_env)
+        .transpose()?;
     let model = crate::model_arg::resolve_existing(&args.model, "model")?;
     let name = args
         .served_model_name
@@ -403,6 +414,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;
     config.reasoning_parser = args.reasoning_parser;
+    let open = api_key.is_none();
+    config.api_key = api_key;
     let server = Server::new(Arc::new(engine), config)?;
     // IPv6 literals need brackets in a socket address.
     let addr = if args.host.contains(':') && !args.host.starts_with('[') {
@@ -411,14 +424,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         format!("{}:{}", args.host, args.port)
     };
     server::run_until_ctrl_c(server, &addr, |bound| {
-        if !bound.ip().is_loopback() {
+        if !bound.ip().is_loopback() && open {
             eprintln!(
                 "Warning: listening on `{bound}`: other machines can reach it, with no \
-                 authentication"
+                 authentication (`--api-key-env NAME` requires a key)"
             );
         }
+        let key = if open { "" } else { ", API key required" };
         eprintln!(
-            "Serving `{name}` at http://{bound}/v1 (batch {}); Ctrl-C to stop",
+            "Serving `{name}` at http://{bound}/v1 (batch {}{key}); Ctrl-C to stop",
             args.batch
         );
     })?;

@@ -227,6 +227,16 @@ fn bad_input_fails_before_any_work() {
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"problem\": \"fine\"}\nnot json\n").unwrap();
     fail(&mut generate(&bad, &out, 1), "bad.jsonl");
+    // A server asked to require a key the environment does not hold stops before loading.
+    let mut serve = bin();
+    serve.arg("serve").arg(model()).args(["--port", "0"]);
+    serve.args(["--api-key-env", "DISTILL_TEST_NO_SUCH_KEY"]);
+    serve.env_remove("DISTILL_TEST_NO_SUCH_KEY");
+    let o = serve.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("`DISTILL_TEST_NO_SUCH_KEY`"), "{stderr}");
+    assert!(!stderr.contains("Loading"), "{stderr}");
 }
 
 /// `--logprobs K` stores the teacher's top-K log-probabilities of every generated token

@@ -101,9 +101,34 @@ impl Default for OpenAiConfig {
     }
 }
 
-/// The API key; its `Debug` never shows it.
-#[derive(Clone)]
-struct ApiKey(String);
+/// An API key, the client's to send or `distill serve`'s to require; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// A key given directly (a server embedded in another program).
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key held by the environment variable `name` (surrounding blanks trimmed); an unset
+    /// or blank variable is an error naming it.
+    pub fn from_env(name: &str) -> Result<Self> {
+        match std::env::var(name) {
+            Ok(key) if !key.trim().is_empty() => Ok(Self(key.trim().to_string())),
+            _ => Err(Error::ApiKeyMissing {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Whether `presented` is this key, compared in time that does not depend on where they
+    /// differ (a server's check must not tell a guesser how much of a key was right).
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    }
+}
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,13 +240,11 @@ impl Shared {
             .iter()
             .map(|b| chat_completions_url(b))
             .collect::<Result<Vec<_>>>()?;
-        let api_key = match &config.api_key_env {
-            None => None,
-            Some(name) => match std::env::var(name) {
-                Ok(key) if !key.trim().is_empty() => Some(ApiKey(key.trim().to_string())),
-                _ => return Err(Error::ApiKeyMissing { name: name.clone() }),
-            },
-        };
+        let api_key = config
+            .api_key_env
+            .as_deref()
+            .map(ApiKey::from_env)
+            .transpose()?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(30)))

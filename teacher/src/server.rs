@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -35,6 +36,7 @@ use crate::engine::{Engine, Update};
 use crate::openai::wire::{
     self, ChatRequest, ChatResponse, Choice, ErrorBody, ErrorDetail, ResponseMessage,
 };
+use crate::openai::ApiKey;
 use crate::{Error, Result};
 use choices::Choices;
 pub use intake::{EngineThread, ServeStats};
@@ -52,6 +54,9 @@ pub struct ServerConfig {
     pub defaults: SamplingParams,
     /// Requests waiting for the engine at most; past it the server answers 503.
     pub max_queue: usize,
+    /// The key every `/v1/*` request must carry (`Authorization: Bearer KEY`); `None`: open.
+    #[serde(skip)]
+    pub api_key: Option<ApiKey>,
 }
 
 impl ServerConfig {
@@ -65,6 +70,7 @@ impl ServerConfig {
                 ..SamplingParams::default()
             },
             max_queue: 4096,
+            api_key: None,
         }
     }
 }
@@ -110,11 +116,15 @@ impl Server {
     }
 
     pub fn router(&self) -> Router {
-        Router::new()
+        let mut api = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions::completions))
-            .route("/v1/models", get(models))
-            .route("/health", get(|| async { StatusCode::OK }))
+            .route("/v1/models", get(models));
+        if let Some(key) = &self.state.config.api_key {
+            api = api.route_layer(middleware::from_fn_with_state(key.clone(), require_key));
+        }
+        // `/health` stays open, as vLLM's does: a load balancer probes it without a key.
+        api.route("/health", get(|| async { StatusCode::OK }))
             .with_state(Arc::clone(&self.state))
     }
 
@@ -297,6 +307,26 @@ impl IntoResponse for ApiError {
             },
         };
         (self.status, Json(body)).into_response()
+    }
+}
+
+/// Lets a request through when it carries the server's key (`Authorization: Bearer KEY`);
+/// answers 401 in OpenAI's error shape otherwise.
+async fn require_key(State(key): State<ApiKey>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if key.matches(presented.trim()) => next.run(request).await,
+        _ => ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            message: "Missing or wrong API key: send it as `Authorization: Bearer KEY`".into(),
+            param: None,
+        }
+        .into_response(),
     }
 }
 

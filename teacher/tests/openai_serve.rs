@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use distill_models::chat::Message;
 use distill_models::Checkpoint;
-use distill_teacher::openai::{OpenAiBackend, OpenAiConfig, PrefillMode};
+use distill_teacher::openai::{ApiKey, OpenAiBackend, OpenAiConfig, PrefillMode};
 use distill_teacher::server::{RunningServer, Server, ServerConfig};
 use distill_teacher::{
     Backend, Cancel, Engine, EngineOptions, Event, GenOutput, GenRequest, LocalBackend,
@@ -199,4 +199,43 @@ fn logprobs_through_the_endpoint_equal_the_local_engines() {
         .as_str()
         .unwrap()
         .contains("`top_logprobs` is 21"));
+}
+
+/// A server that requires a key: the `openai` backend given it (`api_key_env`) samples as
+/// before; without it the first request fails at once saying a key is needed; with a wrong one,
+/// that it was rejected (naming the variable, never the key).
+#[test]
+fn a_keyed_server_answers_the_client_with_its_key_only() {
+    const VAR: &str = "DISTILL_TEST_OPENAI_SERVE_KEY";
+    const WRONG: &str = "DISTILL_TEST_OPENAI_SERVE_WRONG_KEY";
+    // Names no other test reads, set before any backend reads them.
+    std::env::set_var(VAR, "s3cret-key");
+    std::env::set_var(WRONG, "s3cret-kez");
+    let engine = engine();
+    let local = LocalBackend::new(Arc::clone(&engine), MODEL);
+    let mut config = ServerConfig::new(MODEL);
+    config.api_key = Some(ApiKey::new("s3cret-key"));
+    let server = Server::new(Arc::clone(&engine), config).expect("server starts");
+    let running = RunningServer::start(server, "127.0.0.1:0").expect("server binds");
+    let keyed = |env: Option<&str>| {
+        OpenAiBackend::new(OpenAiConfig {
+            api_key_env: env.map(str::to_string),
+            ..client(&running, PrefillMode::None).config().clone()
+        })
+        .expect("backend builds")
+    };
+    let expected = collect(&local, requests(4, ""));
+    let got = collect(&keyed(Some(VAR)), requests(4, ""));
+    assert_eq!(got, expected);
+
+    for (env, says) in [(None, "no API key was given"), (Some(WRONG), WRONG)] {
+        let backend = keyed(env);
+        let mut iter = requests(1, "").into_iter();
+        let error = backend
+            .generate(&mut iter, &Cancel::new(), &mut |_| {})
+            .expect_err("refused without the key")
+            .to_string();
+        assert!(error.contains("401") && error.contains(says), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use distill_models::chat::Message;
 use distill_models::Checkpoint;
+use distill_teacher::openai::ApiKey;
 use distill_teacher::server::{RunningServer, Server, ServerConfig};
 use distill_teacher::{Engine, EngineOptions};
 use serde_json::{json, Value};
@@ -460,4 +461,65 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
         assert_eq!(streamed, texts);
         assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
     });
+}
+
+/// With a key, every `/v1/*` route answers 401 in OpenAI's error shape unless the request
+/// carries `Authorization: Bearer KEY`; `/health` stays open.
+#[test]
+fn a_key_guards_the_api_but_not_health() {
+    let mut config = ServerConfig::new(MODEL);
+    config.api_key = Some(ApiKey::new("s3cret"));
+    let server = Server::new(engine(), config).expect("server starts");
+    let server = RunningServer::start(server, "127.0.0.1:0").expect("server binds");
+    let base = server.base_url();
+    runtime().block_on(async {
+        let client = client();
+        let chat = format!("{base}/v1/chat/completions");
+        let body = greedy("hello", 4).to_string();
+        let send = |auth: Option<&'static str>, url: String, body: Option<String>| {
+            let client = client.clone();
+            async move {
+                let mut request = match &body {
+                    Some(body) => client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone()),
+                    None => client.get(&url),
+                };
+                if let Some(auth) = auth {
+                    request = request.header("authorization", auth);
+                }
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }
+        };
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+        ] {
+            for (url, body) in [
+                (chat.clone(), Some(body.clone())),
+                (
+                    format!("{base}/v1/completions"),
+                    Some(json!({"prompt": [1, 2], "max_tokens": 0}).to_string()),
+                ),
+                (format!("{base}/v1/models"), None),
+            ] {
+                let (status, text) = send(auth, url.clone(), body).await;
+                assert_eq!(status, 401, "{url} with {auth:?}: {text}");
+                let error: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(error["error"]["type"], "invalid_request_error");
+                assert!(!text.contains("s3cret"), "{text}");
+            }
+        }
+        let (status, text) = send(Some("Bearer s3cret"), chat, Some(body)).await;
+        assert_eq!(status, 200, "{text}");
+        let (status, _) = send(Some("Bearer s3cret"), format!("{base}/v1/models"), None).await;
+        assert_eq!(status, 200);
+        let (status, _) = send(None, format!("{base}/health"), None).await;
+        assert_eq!(status, 200);
+    });
+    assert_eq!(server.server().stats().completed, 1);
 }

@@ -77,6 +77,9 @@ pub struct ModelReport {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub intermediate_size: usize,
+    /// Positions the model was trained for (`max_position_embeddings`, a GGUF's
+    /// `context_length`): generation ends there.
+    pub context_length: usize,
     pub tie_word_embeddings: bool,
     pub bos_token: Option<SpecialToken>,
     pub eos_tokens: Vec<SpecialToken>,
@@ -127,6 +130,7 @@ pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
         kv_heads: spec.num_kv_heads,
         head_dim: spec.head_dim,
         intermediate_size: spec.intermediate_size,
+        context_length: ckpt.config().max_position_embeddings(),
         tie_word_embeddings: spec.tie_word_embeddings,
         bos_token: ckpt
             .generation_config()
@@ -174,6 +178,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             format!("{} / {} × {}", r.attention_heads, r.kv_heads, r.head_dim),
         ),
         ("ffn size", r.intermediate_size.to_string()),
+        ("context length", r.context_length.to_string()),
         ("tied embeddings", r.tie_word_embeddings.to_string()),
         (
             "bos token",

@@ -58,6 +58,7 @@ fn inspect_reports_the_real_model() {
     assert_eq!(r["chat_template"], true);
     assert_eq!(r["eos_tokens"][0]["text"], "<|im_end|>");
     assert_eq!(r["tensor_types"]["q4_1"], 210);
+    assert_eq!(r["context_length"], 8192);
 
     let (ok, stdout, _) = distill(&["inspect", &smollm2()]);
     assert!(ok);

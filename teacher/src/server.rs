@@ -402,8 +402,7 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
     let answers = choices
         .outputs()
-        .await
-        .map_err(internal)?
+        .await?
         .into_iter()
         .enumerate()
         .map(|(index, output)| {

@@ -151,6 +151,60 @@ fn max_new_tokens_ends_with_length() {
 
 /// DeepSeek-R1-Distill's published template ends the generation prompt with `<think>\n`; the
 /// default prefill must not open the think block a second time (the model never saw that).
+/// A sequence ends at the model's context (finish reason `length`, prompt + generated =
+/// context) however large `max_new_tokens` is; a prompt that fills the context fails with the
+/// reason, and the other requests of the run still finish. A loaded engine's context is the
+/// checkpoint's `max_position_embeddings`.
+#[test]
+fn generation_ends_at_the_models_context() {
+    let loaded = Engine::load(
+        &Checkpoint::open(&fixture("tiny-llama.gguf")).unwrap(),
+        options(2),
+    )
+    .unwrap();
+    let positions = Checkpoint::open(&fixture("tiny-llama.gguf"))
+        .unwrap()
+        .config()
+        .max_position_embeddings();
+    assert_eq!(loaded.context_len(), Some(positions));
+
+    // No end-of-sequence id: only the context or `max_new_tokens` ends a sequence.
+    let mut e = engine("tiny-llama.gguf", 2, true, Some(Vec::new()));
+    let prompt = e
+        .prompt_ids(&request(0, 0.0, 1).messages, "<think>\n")
+        .unwrap()
+        .len();
+    e.set_context_len(Some(prompt + 9));
+    let out = run(&e, vec![request(0, 0.0, 1000), request(1, 0.0, 4)]);
+    let long = &out["p0/0"];
+    assert_eq!(long.finish_reason, FinishReason::Length);
+    assert_eq!(
+        long.prompt_tokens as usize + long.completion_tokens as usize,
+        prompt + 9
+    );
+    assert_eq!(out["p1/0"].completion_tokens, 4);
+
+    e.set_context_len(Some(prompt));
+    let mut failed = Vec::new();
+    let stats = e
+        .run(
+            &mut IterSource(vec![request(0, 0.0, 8)].into_iter()),
+            &Cancel::new(),
+            &mut |u| {
+                if let Update::Failed { error, .. } = u {
+                    failed.push(error.to_string());
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert_eq!(stats.failed, 1);
+    assert!(
+        failed[0].contains(&format!("prompt of {prompt} tokens")) && failed[0].contains("context"),
+        "{failed:?}"
+    );
+}
+
 #[test]
 fn a_template_that_opens_think_gets_no_second_think() {
     let config: serde_json::Value = serde_json::from_str(

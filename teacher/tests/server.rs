@@ -523,3 +523,47 @@ fn a_key_guards_the_api_but_not_health() {
     });
     assert_eq!(server.server().stats().completed, 1);
 }
+
+/// A prompt that fills the model's context is the request's fault: a 400 naming the context
+/// (vLLM answers the same), in the chat endpoint, in a completion and mid-stream; a long
+/// `max_tokens` is cut at the context with `length`.
+#[test]
+fn the_models_context_bounds_every_request() {
+    let engine = engine();
+    let context = engine
+        .context_len()
+        .expect("a loaded engine knows its context");
+    let server = serve(engine);
+    let chat = format!("{}/v1/chat/completions", server.base_url());
+    let completions = format!("{}/v1/completions", server.base_url());
+    runtime().block_on(async {
+        let client = client();
+        let long = "many words ".repeat(context);
+        let (status, text) = post(&client, &chat, &greedy(&long, 4).to_string()).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(
+            text.contains(&format!("context of {context} positions")),
+            "{text}"
+        );
+        let ids: Vec<u32> = (0..context as u32).map(|i| 3 + i % 200).collect();
+        let body = json!({"prompt": ids, "max_tokens": 4});
+        let (status, text) = post(&client, &completions, &body.to_string()).await;
+        assert_eq!(status, 400, "{text}");
+        let mut body = greedy(&long, 4);
+        body["stream"] = json!(true);
+        let (status, text) = post(&client, &chat, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains("invalid_request_error") && text.contains("context"),
+            "{text}"
+        );
+
+        let body = json!({"prompt": [3, 4, 5], "max_tokens": 10 * context, "temperature": 0});
+        let (status, text) = post(&client, &completions, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        if answer["choices"][0]["finish_reason"] == "length" {
+            assert_eq!(answer["usage"]["total_tokens"], context as u64);
+        }
+    });
+}

@@ -219,6 +219,10 @@ pub struct Engine {
     device_description: String,
     /// Most KV pool blocks the live sequences may hold ([`EngineOptions::kv_cache_gib`]).
     kv_blocks: Option<usize>,
+    /// Positions the model was trained for (`max_position_embeddings`): a sequence ends there
+    /// (finish reason `length`), as vLLM's `max_model_len` ends it, instead of running on into
+    /// positions the model has never seen. `None`: no limit.
+    context_len: Option<usize>,
 }
 
 impl Engine {
@@ -251,6 +255,7 @@ impl Engine {
         Ok(Self {
             device_description: distill_models::device::describe(model.device()),
             kv_blocks,
+            context_len: None,
             model,
             tokenizer,
             template,
@@ -296,7 +301,19 @@ impl Engine {
             options,
         )?;
         engine.device_description = placement.explained(&format!("in {}", dtype.as_str()));
+        engine.context_len = Some(checkpoint.config().max_position_embeddings());
         Ok(engine)
+    }
+
+    /// Positions a sequence may reach, prompt included (the checkpoint's
+    /// `max_position_embeddings` for a loaded engine); `None`: no limit.
+    pub fn context_len(&self) -> Option<usize> {
+        self.context_len
+    }
+
+    /// Replaces the context length ([`Engine::context_len`]).
+    pub fn set_context_len(&mut self, context_len: Option<usize>) {
+        self.context_len = context_len;
     }
 
     /// Where the model runs and in which dtype, for the user.
@@ -358,6 +375,12 @@ impl Engine {
         let prompt = self.request_prompt(&request)?;
         if prompt.is_empty() {
             return Err(Error::Config("the prompt is empty".into()));
+        }
+        if let Some(context) = self.context_len.filter(|&c| prompt.len() >= c) {
+            return Err(Error::Config(format!(
+                "the prompt of {} tokens leaves no room to generate in the model's context of {context} positions",
+                prompt.len()
+            )));
         }
         // A prompt the KV cache cannot hold with one sampled token fails before any work.
         if let Some(limit) = self.sequence_blocks() {
@@ -538,7 +561,10 @@ impl Engine {
         if self.eos.contains(&token) {
             return Ok(Some(Some(FinishReason::Stop)));
         }
-        let at_length = seq.generated.len() >= seq.request.sampling.max_new_tokens;
+        let at_length = seq.generated.len() >= seq.request.sampling.max_new_tokens
+            || self
+                .context_len
+                .is_some_and(|c| seq.prompt.len() + seq.generated.len() >= c);
         let before = seq.detok.text.len();
         let added = seq.detok.push(&self.tokenizer, &seq.generated)?;
         let mut stopped = false;

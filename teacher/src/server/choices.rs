@@ -8,7 +8,7 @@ use std::pin::Pin;
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::STOPPED;
+use super::{bad, internal, ApiError, STOPPED};
 use crate::backend::GenOutput;
 use crate::engine::Update;
 use crate::openai::wire::Usage;
@@ -34,8 +34,9 @@ pub(super) enum Event {
         index: usize,
         output: GenOutput,
     },
-    /// A choice failed, or the engine stopped before one finished: the request fails.
-    Failed(String),
+    /// A choice failed, or the engine stopped before one finished: the request fails (a 400
+    /// when the request itself could not be served, a prompt longer than the model's context).
+    Failed(ApiError),
 }
 
 impl Choices {
@@ -73,13 +74,13 @@ impl Choices {
     }
 
     /// Every choice's output, in order, once all have finished (deltas are passed over); the
-    /// first failure's message otherwise.
-    pub(super) async fn outputs(&mut self) -> Result<Vec<GenOutput>, String> {
+    /// first failure otherwise.
+    pub(super) async fn outputs(&mut self) -> Result<Vec<GenOutput>, ApiError> {
         let mut outputs: Vec<Option<GenOutput>> = vec![None; self.len()];
         while let Some(event) = self.next().await {
             match event {
                 Event::Done { index, output } => outputs[index] = Some(output),
-                Event::Failed(message) => return Err(message),
+                Event::Failed(error) => return Err(error),
                 Event::Delta { .. } => {}
             }
         }
@@ -94,7 +95,7 @@ impl Choices {
         loop {
             let Some((index, update)) = self.updates.next().await else {
                 // Every receiver closed while a choice was unfinished.
-                return Some(Event::Failed(STOPPED.into()));
+                return Some(Event::Failed(internal(STOPPED.into())));
             };
             match update {
                 Update::Delta { text, .. } => return Some(Event::Delta { index, text }),
@@ -108,7 +109,13 @@ impl Choices {
                         self.usage.prompt_tokens + self.usage.completion_tokens;
                     return Some(Event::Done { index, output });
                 }
-                Update::Failed { error, .. } => return Some(Event::Failed(error.to_string())),
+                Update::Failed { error, .. } => {
+                    let message = error.to_string();
+                    return Some(Event::Failed(match error {
+                        crate::Error::Config(_) => bad(message, None),
+                        _ => internal(message),
+                    }));
+                }
                 Update::Progress { .. } => continue,
             }
         }

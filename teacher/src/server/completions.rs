@@ -304,8 +304,7 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
     let answers = choices
         .outputs()
-        .await
-        .map_err(internal)?
+        .await?
         .into_iter()
         .enumerate()
         .map(|(index, output)| CompletionChoice {

@@ -156,9 +156,9 @@ impl SseStream {
                 }
                 Some(piece)
             }
-            Some(Event::Failed(message)) => {
+            Some(Event::Failed(error)) => {
                 self.ended = true;
-                Some(error_event(&message))
+                Some(error_event(&error.message, error.kind))
             }
             None => None,
         }
@@ -180,11 +180,11 @@ impl SseStream {
 }
 
 /// An error in the middle of a stream, in OpenAI's error shape.
-fn error_event(message: &str) -> String {
+fn error_event(message: &str, kind: &str) -> String {
     let body = ErrorBody {
         error: ErrorDetail {
             message: message.to_string(),
-            kind: "server_error".into(),
+            kind: kind.into(),
             param: None,
             code: None,
         },

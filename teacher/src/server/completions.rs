@@ -11,7 +11,8 @@
 //!
 //! Generation, for any other request: `max_tokens` (OpenAI's default 16) tokens per prompt and
 //! choice with the sampling fields of `/v1/chat/completions` (`n`, `seed`, `stop`, `top_k`,
-//! `stream`, and `logprobs` in the completions API's own shape; `echo` prepends the prompt).
+//! `stream`, and `logprobs` in the completions API's own shape; `echo` prepends the prompt;
+//! a stream carries neither).
 //! A prompt is a text (tokenised with the model's special tokens, as vLLM does), token ids, or
 //! a batch of either.
 
@@ -256,6 +257,17 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
             "`echo` with `logprobs` scores the prompt: `max_tokens` must be 0 or 1",
             Some("echo"),
         ));
+    }
+    // A stream carries text only: what it would leave out is refused, not dropped.
+    if request.stream == Some(true) {
+        for (asked, field) in [(echo, "echo"), (top.is_some(), "logprobs")] {
+            if asked {
+                return Err(bad(
+                    format!("`{field}` comes with whole answers only: drop `stream`"),
+                    Some(field),
+                ));
+            }
+        }
     }
     let Sampling {
         mut params,

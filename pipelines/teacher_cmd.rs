@@ -408,8 +408,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         kv_cache_gib: args.kv_cache_gib,
         ..EngineOptions::default()
     });
-    let engine = Engine::load(&checkpoint, options)
+    let mut engine = Engine::load(&checkpoint, options)
         .with_context(|| format!("cannot load `{}`", model.path.display()))?;
+    // A request never runs past the positions the model was trained for (vLLM's
+    // `max_model_len`): a prompt that fills them is a 400, a long `max_tokens` ends there.
+    engine.set_context_len(Some(checkpoint.config().max_position_embeddings()));
     eprintln!("Model on {}", engine.device_description());
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;

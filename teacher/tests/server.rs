@@ -445,7 +445,10 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
             ))
         );
 
-        // Streamed: text chunks under each choice's index add up to the same texts.
+        // Streamed (text only: no `logprobs`): text chunks under each choice's index add up
+        // to the same texts.
+        let mut body = body;
+        body.as_object_mut().unwrap().remove("logprobs");
         let chunks = stream_chunks(&client, &url, body).await;
         let mut streamed = vec![String::new(); 4];
         for chunk in &chunks[..chunks.len() - 1] {
@@ -524,16 +527,20 @@ fn a_key_guards_the_api_but_not_health() {
     assert_eq!(server.server().stats().completed, 1);
 }
 
-/// A prompt that fills the model's context is the request's fault: a 400 naming the context
+/// With the model's context set (as `distill serve` sets it), a prompt that fills it is the
+/// request's fault: a 400 naming the context
 /// (vLLM answers the same), in the chat endpoint, in a completion and mid-stream; a long
 /// `max_tokens` is cut at the context with `length`.
 #[test]
 fn the_models_context_bounds_every_request() {
-    let engine = engine();
-    let context = engine
-        .context_len()
-        .expect("a loaded engine knows its context");
-    let server = serve(engine);
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-llama.gguf");
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    let mut engine = Engine::load(&checkpoint, EngineOptions::default()).unwrap();
+    // What `distill serve` sets.
+    let context = checkpoint.config().max_position_embeddings();
+    engine.set_context_len(Some(context));
+    let server = serve(Arc::new(engine));
     let chat = format!("{}/v1/chat/completions", server.base_url());
     let completions = format!("{}/v1/completions", server.base_url());
     runtime().block_on(async {

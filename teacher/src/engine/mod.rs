@@ -219,9 +219,9 @@ pub struct Engine {
     device_description: String,
     /// Most KV pool blocks the live sequences may hold ([`EngineOptions::kv_cache_gib`]).
     kv_blocks: Option<usize>,
-    /// Positions the model was trained for (`max_position_embeddings`): a sequence ends there
-    /// (finish reason `length`), as vLLM's `max_model_len` ends it, instead of running on into
-    /// positions the model has never seen. `None`: no limit.
+    /// Positions the model was trained for (`max_position_embeddings`) when the caller sets
+    /// them: a sequence ends there (finish reason `length`), as vLLM's `max_model_len` ends it,
+    /// instead of running on into positions the model has never seen. `None`: no limit.
     context_len: Option<usize>,
 }
 
@@ -301,17 +301,16 @@ impl Engine {
             options,
         )?;
         engine.device_description = placement.explained(&format!("in {}", dtype.as_str()));
-        engine.context_len = Some(checkpoint.config().max_position_embeddings());
         Ok(engine)
     }
 
-    /// Positions a sequence may reach, prompt included (the checkpoint's
-    /// `max_position_embeddings` for a loaded engine); `None`: no limit.
+    /// Positions a sequence may reach, prompt included; `None` (the default): no limit.
     pub fn context_len(&self) -> Option<usize> {
         self.context_len
     }
 
-    /// Replaces the context length ([`Engine::context_len`]).
+    /// Ends sequences at `context_len` positions ([`Engine::context_len`]); `distill serve`
+    /// sets the checkpoint's `max_position_embeddings`, as vLLM's `max_model_len` does.
     pub fn set_context_len(&mut self, context_len: Option<usize>) {
         self.context_len = context_len;
     }

@@ -556,6 +556,15 @@ fn the_models_context_bounds_every_request() {
         let body = json!({"prompt": ids, "max_tokens": 4});
         let (status, text) = post(&client, &completions, &body.to_string()).await;
         assert_eq!(status, 400, "{text}");
+        // Scoring takes a prompt of the whole context, not one position more.
+        let body = json!({"prompt": ids, "max_tokens": 0, "prompt_logprobs": 1});
+        let (status, text) = post(&client, &completions, &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let longer: Vec<u32> = (0..=context as u32).map(|i| 3 + i % 200).collect();
+        let body = json!({"prompt": longer, "max_tokens": 0, "prompt_logprobs": 1});
+        let (status, text) = post(&client, &completions, &body.to_string()).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("exceeds the model's context"), "{text}");
         let mut body = greedy(&long, 4);
         body["stream"] = json!(true);
         let (status, text) = post(&client, &chat, &body.to_string()).await;

@@ -244,6 +244,19 @@ fn prompt_ids(state: &AppState, prompt: Option<PromptInput>) -> Result<Vec<Vec<u
             Some("prompt"),
         ));
     }
+    // A prompt may fill the context when scored; generating needs one position more (the
+    // engine says so).
+    if let Some(context) = state.model.context_len() {
+        if let Some(long) = prompts.iter().find(|p| p.len() > context) {
+            return Err(bad(
+                format!(
+                    "the prompt of {} tokens exceeds the model's context of {context} positions",
+                    long.len()
+                ),
+                Some("prompt"),
+            ));
+        }
+    }
     Ok(prompts)
 }
 

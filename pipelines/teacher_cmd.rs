@@ -203,7 +203,7 @@ pub struct ServeArgs {
     /// Return `reasoning_content` apart from `content` when a reply closes a `<think>` block.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reasoning_parser: bool,
-    /// Name of an environment variable holding the key every `/v1/*` request must send as
+    /// Name of an environment variable holding the key every request must send as
     /// `Authorization: Bearer KEY` (`/health` stays open); without it the server is open to
     /// whoever reaches the port.
     #[arg(long, value_name = "NAME")]

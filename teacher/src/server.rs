@@ -1,20 +1,23 @@
 //! `distill serve`: an OpenAI-compatible HTTP server (`POST /v1/chat/completions`,
-//! `GET /v1/models`, and `POST /v1/completions` for raw prompts and for scoring them, see
-//! [`completions`]) for a local model. Every request goes to one engine thread, so concurrent
-//! requests decode in the same continuous batch.
+//! `GET /v1/models`, `POST /v1/completions` for raw prompts and for scoring them, see
+//! [`completions`], and vLLM's `POST /tokenize` and `/detokenize`) for a local model. Every
+//! request goes to one engine thread, so concurrent requests decode in the same continuous
+//! batch. With a key set, every route but `/health` requires it.
 //!
 //! `n` choices are `n` sequences of the same batch, choice i seeded with the request's seed + i.
 //! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
 //! assistant message becomes the prefill the reply continues); fields it does not apply
 //! (penalties, grammars, tools) are refused by name unless they ask for nothing. With the
 //! reasoning parser on, a reply holding `…</think>` comes back as `reasoning_content` +
-//! `content`, as vLLM's and SGLang's R1 parsers do. `stream: true` streams SSE chunks as the engine produces text; the
-//! streamed text is all `content` (the reasoning split applies to whole replies only).
+//! `content`, as vLLM's and SGLang's R1 parsers do. `stream: true` streams SSE chunks as the
+//! engine produces text; the streamed text is all `content` (the reasoning split applies to
+//! whole replies only).
 
 mod choices;
 mod completions;
 pub mod intake;
 mod sse;
+mod tokenize;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +57,8 @@ pub struct ServerConfig {
     pub defaults: SamplingParams,
     /// Requests waiting for the engine at most; past it the server answers 503.
     pub max_queue: usize,
-    /// The key every `/v1/*` request must carry (`Authorization: Bearer KEY`); `None`: open.
+    /// The key every request but `/health` must carry (`Authorization: Bearer KEY`); `None`:
+    /// open.
     #[serde(skip)]
     pub api_key: Option<ApiKey>,
 }
@@ -119,7 +123,9 @@ impl Server {
         let mut api = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions::completions))
-            .route("/v1/models", get(models));
+            .route("/v1/models", get(models))
+            .route("/tokenize", post(tokenize::tokenize))
+            .route("/detokenize", post(tokenize::detokenize));
         if let Some(key) = &self.state.config.api_key {
             api = api.route_layer(middleware::from_fn_with_state(key.clone(), require_key));
         }
@@ -601,12 +607,13 @@ fn internal(message: String) -> ApiError {
     }
 }
 
-/// Checks a request and turns it into the engine's terms.
-fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<Parsed, ApiError> {
-    check_model(config, request.model.as_deref())?;
-    let wire_messages = request
-        .messages
-        .ok_or_else(|| bad("`messages` is required", Some("messages")))?;
+/// A request's `messages` checked and in the template's terms, and with
+/// `continue_final_message` the final assistant message taken off as the prefill.
+fn conversation(
+    messages: Option<Vec<wire::WireMessage>>,
+    continue_final: bool,
+) -> std::result::Result<(Vec<Message>, String), ApiError> {
+    let wire_messages = messages.ok_or_else(|| bad("`messages` is required", Some("messages")))?;
     if wire_messages.is_empty() {
         return Err(bad("`messages` must not be empty", Some("messages")));
     }
@@ -636,7 +643,6 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
         };
         messages.push(Message::new(role, content));
     }
-    let continue_final = request.continue_final_message.unwrap_or(false);
     let prefill = if continue_final {
         match messages.last() {
             Some(last) if last.role == "assistant" => messages.pop().map(|m| m.content),
@@ -657,6 +663,14 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
             Some("messages"),
         ));
     }
+    Ok((messages, prefill))
+}
+
+/// Checks a request and turns it into the engine's terms.
+fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<Parsed, ApiError> {
+    check_model(config, request.model.as_deref())?;
+    let continue_final = request.continue_final_message.unwrap_or(false);
+    let (messages, prefill) = conversation(request.messages, continue_final)?;
     let Sampling {
         params: mut sampling,
         seed,

@@ -466,7 +466,7 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
     });
 }
 
-/// With a key, every `/v1/*` route answers 401 in OpenAI's error shape unless the request
+/// With a key, every route but `/health` answers 401 in OpenAI's error shape unless the request
 /// carries `Authorization: Bearer KEY`; `/health` stays open.
 #[test]
 fn a_key_guards_the_api_but_not_health() {
@@ -509,6 +509,10 @@ fn a_key_guards_the_api_but_not_health() {
                     Some(json!({"prompt": [1, 2], "max_tokens": 0}).to_string()),
                 ),
                 (format!("{base}/v1/models"), None),
+                (
+                    format!("{base}/tokenize"),
+                    Some(json!({"prompt": "a"}).to_string()),
+                ),
             ] {
                 let (status, text) = send(auth, url.clone(), body).await;
                 assert_eq!(status, 401, "{url} with {auth:?}: {text}");
@@ -581,5 +585,67 @@ fn the_models_context_bounds_every_request() {
         if answer["choices"][0]["finish_reason"] == "length" {
             assert_eq!(answer["usage"]["total_tokens"], context as u64);
         }
+    });
+}
+
+/// `/tokenize` gives the server's own ids: a conversation's are the chat endpoint's prompt (its
+/// count is that request's `prompt_tokens`), a text's follow `add_special_tokens`, and
+/// `/detokenize` turns them back into the text; a body with neither or both, an id outside the
+/// vocabulary and another model's name are refused.
+#[test]
+fn tokenize_gives_the_servers_own_ids() {
+    let engine = engine();
+    let messages = [Message::new("user", "how many tokens?")];
+    let chat_ids = engine.prompt_ids(&messages, "").unwrap();
+    let text = "count these words";
+    let plain = engine.tokenizer().encode(text, false).unwrap();
+    let special = engine.tokenizer().encode(text, true).unwrap();
+    let server = serve(engine);
+    let base = server.base_url();
+    runtime().block_on(async {
+        let client = client();
+        let tokenize = format!("{base}/tokenize");
+        let ask = |body: Value| {
+            let (client, url) = (client.clone(), tokenize.clone());
+            async move {
+                let (status, text) = post(&client, &url, &body.to_string()).await;
+                (status, serde_json::from_str::<Value>(&text).unwrap())
+            }
+        };
+        let (status, answer) =
+            ask(json!({"messages": [{"role": "user", "content": "how many tokens?"}]})).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["tokens"], json!(chat_ids));
+        assert_eq!(answer["count"], chat_ids.len());
+        let chat = format!("{base}/v1/chat/completions");
+        let (_, reply) = post(&client, &chat, &greedy("how many tokens?", 2).to_string()).await;
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["usage"]["prompt_tokens"], chat_ids.len());
+
+        let (_, answer) = ask(json!({"prompt": text, "add_special_tokens": false})).await;
+        assert_eq!(answer["tokens"], json!(plain));
+        let (_, answer) = ask(json!({"prompt": text})).await;
+        assert_eq!(answer["tokens"], json!(special));
+        let body = json!({"tokens": plain}).to_string();
+        let (status, back) = post(&client, &format!("{base}/detokenize"), &body).await;
+        assert_eq!(status, 200, "{back}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&back).unwrap()["prompt"],
+            text
+        );
+
+        for body in [
+            json!({}),
+            json!({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}),
+        ] {
+            let (status, answer) = ask(body).await;
+            assert_eq!(status, 400, "{answer}");
+        }
+        let (status, answer) = ask(json!({"prompt": "a", "model": "other"})).await;
+        assert_eq!(status, 404, "{answer}");
+        let body = json!({"tokens": [1, 99999]}).to_string();
+        let (status, text) = post(&client, &format!("{base}/detokenize"), &body).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("99999"), "{text}");
     });
 }

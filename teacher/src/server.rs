@@ -670,6 +670,14 @@ fn conversation(
 fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<Parsed, ApiError> {
     check_model(config, request.model.as_deref())?;
     let continue_final = request.continue_final_message.unwrap_or(false);
+    // The template always opens the assistant's turn; without one to continue, leaving it
+    // closed would answer a different prompt than the one asked.
+    if request.add_generation_prompt == Some(false) && !continue_final {
+        return Err(bad(
+            "`add_generation_prompt` false is supported only with `continue_final_message`",
+            Some("add_generation_prompt"),
+        ));
+    }
     let (messages, prefill) = conversation(request.messages, continue_final)?;
     let Sampling {
         params: mut sampling,

@@ -153,6 +153,12 @@ fn malformed_requests_get_openai_style_400s() {
             "",
         ),
         (
+            "no generation prompt",
+            json!({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": false})
+                .to_string(),
+            "add_generation_prompt",
+        ),
+        (
             "continue without assistant",
             json!({"messages": [{"role": "user", "content": "x"}], "continue_final_message": true})
                 .to_string(),

@@ -3,9 +3,10 @@
 Runs one multiple-choice task twice through lm-evaluation-harness (`lm_eval.simple_evaluate`):
 once with its `hf` model (transformers, the checkpoint's HF folder, f32, CPU) and once with its
 `local-completions` model pointed at `distill serve` on the same folder (token-id prompts,
-`echo` + `logprobs` + `max_tokens` 1: the harness's log-likelihood request). Prints one JSON line:
-both accuracies, the largest difference between the two log-likelihoods of any choice, and how
-many greedy flags differ. Not run in CI (it needs lm-eval: a venv of its own, ~1 min; see
+`echo` + `logprobs` + `max_tokens` 1: the harness's log-likelihood request); then a few of the
+same questions answered greedily (`generate_until`: raw prompts, `stop`, temperature 0) by both.
+Prints one JSON line: both accuracies, the largest difference between the two log-likelihoods
+of any choice, how many greedy flags differ, and how many greedy answers are the same text. Not run in CI (it needs lm-eval: a venv of its own, ~1 min; see
 teacher/bench/README.md).
 
 The task is local (no hub): GSM8K test questions with four numeric answers each, the right one
@@ -43,6 +44,24 @@ def write_task(folder, gsm8k, limit, seed=0):
     data = os.path.join(folder, "mc.jsonl")
     with open(data, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(folder, "distill_gsm8k_gen.yaml"), "w") as f:
+        f.write(f"""task: distill_gsm8k_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{choices[label]}}}}"
+generation_kwargs:
+  until: ["\\n\\n", "Question:"]
+  max_gen_toks: 48
+  do_sample: false
+  temperature: 0.0
+metric_list:
+  - metric: exact_match
+""")
     with open(os.path.join(folder, "distill_gsm8k_mc.yaml"), "w") as f:
         f.write(f"""task: distill_gsm8k_mc
 dataset_path: json
@@ -95,6 +114,8 @@ def main():
                                                      "../../../shared/data/gsm8k/test.jsonl"))
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--gen-limit", type=int, default=20,
+                    help="questions answered greedily (48 tokens at most) by both")
     args = ap.parse_args()
 
     import lm_eval
@@ -110,39 +131,47 @@ def main():
                        stdout=subprocess.DEVNULL)
     docs = write_task(work, args.gsm8k, args.limit)
     tasks = TaskManager(include_path=work)
-    task = "distill_gsm8k_mc"
+    task, gen = "distill_gsm8k_mc", "distill_gsm8k_gen"
+    limits = {task: args.limit, gen: args.gen_limit}
 
-    started = time.time()
-    hf = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={folder},dtype=float32,device=cpu",
-        tasks=[task], task_manager=tasks, batch_size=args.batch, log_samples=True)
-    hf_s = time.time() - started
+    def evaluate(model, model_args):
+        started = time.time()
+        out = {}
+        for name in (task, gen):
+            out[name] = lm_eval.simple_evaluate(
+                model=model, model_args=model_args, tasks=[name], task_manager=tasks,
+                batch_size=args.batch, log_samples=True, limit=limits[name])
+        return out, time.time() - started
+
+    hf, hf_s = evaluate("hf", f"pretrained={folder},dtype=float32,device=cpu")
 
     port = free_port()
     server, name = serve(args.distill, folder, port)
     try:
-        started = time.time()
-        served = lm_eval.simple_evaluate(
-            model="local-completions",
-            model_args=(f"model={name},base_url=http://127.0.0.1:{port}/v1/completions,"
-                        f"tokenizer_backend=huggingface,tokenizer={folder},"
-                        f"num_concurrent=1,max_retries=1,tokenized_requests=True"),
-            tasks=[task], task_manager=tasks, batch_size=args.batch, log_samples=True)
-        served_s = time.time() - started
+        served, served_s = evaluate(
+            "local-completions",
+            (f"model={name},base_url=http://127.0.0.1:{port}/v1/completions,"
+             f"tokenizer_backend=huggingface,tokenizer={folder},"
+             f"num_concurrent=1,max_retries=1,tokenized_requests=True"))
     finally:
         server.terminate()
         server.wait()
 
-    a, b = loglikelihoods(hf, task), loglikelihoods(served, task)
+    a, b = loglikelihoods(hf[task], task), loglikelihoods(served[task], task)
     diffs = [abs(x[0] - y[0]) for d in a for x, y in zip(a[d], b[d])]
     greedy = sum(x[1] != y[1] for d in a for x, y in zip(a[d], b[d]))
+    texts = lambda r: {s["doc_id"]: s["resps"][0][0] for s in r[gen]["samples"][gen]}
+    ta, tb = texts(hf), texts(served)
     print(json.dumps({
         "check": "lm_eval_serve", "model": args.model, "documents": docs,
         "choices": len(diffs),
-        "acc_transformers": hf["results"][task]["acc,none"],
-        "acc_distill_serve": served["results"][task]["acc,none"],
+        "acc_transformers": hf[task]["results"][task]["acc,none"],
+        "acc_distill_serve": served[task]["results"][task]["acc,none"],
         "max_loglikelihood_diff": max(diffs), "mean_loglikelihood_diff": sum(diffs) / len(diffs),
         "greedy_flags_differ": greedy,
+        "greedy_texts": len(ta), "greedy_texts_equal": sum(ta[d] == tb.get(d) for d in ta),
+        "greedy_texts_empty": sum(not t.strip() for t in ta.values()),
+        "greedy_text_first": ta[min(ta)][:80],
         "seconds_transformers": round(hf_s, 1), "seconds_distill_serve": round(served_s, 1),
         "lm_eval": lm_eval.__version__,
     }))

@@ -2,7 +2,8 @@
 //! `GET /v1/models`, `POST /v1/completions` for raw prompts and for scoring them, see
 //! [`completions`], and vLLM's `POST /tokenize` and `/detokenize`) for a local model. Every
 //! request goes to one engine thread, so concurrent requests decode in the same continuous
-//! batch. With a key set, every route but `/health` requires it.
+//! batch. With a key set, every route but `/health` and `/metrics` (Prometheus's text format)
+//! requires it.
 //!
 //! `n` choices are `n` sequences of the same batch, choice i seeded with the request's seed + i.
 //! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
@@ -57,8 +58,8 @@ pub struct ServerConfig {
     pub defaults: SamplingParams,
     /// Requests waiting for the engine at most; past it the server answers 503.
     pub max_queue: usize,
-    /// The key every request but `/health` must carry (`Authorization: Bearer KEY`); `None`:
-    /// open.
+    /// The key every request but `/health` and `/metrics` must carry (`Authorization: Bearer
+    /// KEY`); `None`: open.
     #[serde(skip)]
     pub api_key: Option<ApiKey>,
 }
@@ -129,8 +130,10 @@ impl Server {
         if let Some(key) = &self.state.config.api_key {
             api = api.route_layer(middleware::from_fn_with_state(key.clone(), require_key));
         }
-        // `/health` stays open, as vLLM's does: a load balancer probes it without a key.
+        // `/health` and `/metrics` stay open, as vLLM's do: a load balancer or Prometheus
+        // probes them without a key.
         api.route("/health", get(|| async { StatusCode::OK }))
+            .route("/metrics", get(metrics))
             .with_state(Arc::clone(&self.state))
     }
 
@@ -334,6 +337,76 @@ async fn require_key(State(key): State<ApiKey>, request: Request, next: Next) ->
         }
         .into_response(),
     }
+}
+
+/// The engine thread's counters in Prometheus's text format (names after vLLM's where one
+/// exists, under `distill:`), for a scraper watching a long-running server.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let s = state.engine.stats();
+    // A label value escapes backslashes, quotes and newlines.
+    let model = state
+        .config
+        .model_name
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let rows: [(&str, &str, &str, u64); 8] = [
+        (
+            "requests_submitted_total",
+            "counter",
+            "Requests queued for the engine (a choice each)",
+            s.submitted,
+        ),
+        (
+            "requests_completed_total",
+            "counter",
+            "Requests finished",
+            s.completed,
+        ),
+        (
+            "requests_failed_total",
+            "counter",
+            "Requests failed or dropped (a client hung up)",
+            s.failed,
+        ),
+        (
+            "num_requests_waiting",
+            "gauge",
+            "Requests waiting for the engine",
+            s.queued as u64,
+        ),
+        (
+            "num_requests_running",
+            "gauge",
+            "Sequences live in the engine",
+            s.live as u64,
+        ),
+        (
+            "num_requests_running_peak",
+            "gauge",
+            "Most sequences live at once",
+            s.peak_live as u64,
+        ),
+        (
+            "prompt_tokens_total",
+            "counter",
+            "Prompt tokens of finished requests",
+            s.prompt_tokens,
+        ),
+        (
+            "generation_tokens_total",
+            "counter",
+            "Tokens sampled",
+            s.generated_tokens,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, kind, help, value) in rows {
+        text.push_str(&format!(
+            "# HELP distill:{name} {help}\n# TYPE distill:{name} {kind}\ndistill:{name}{{model_name=\"{model}\"}} {value}\n"
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {

@@ -472,7 +472,7 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
     });
 }
 
-/// With a key, every route but `/health` answers 401 in OpenAI's error shape unless the request
+/// With a key, every route but `/health` and `/metrics` answers 401 in OpenAI's error shape unless the request
 /// carries `Authorization: Bearer KEY`; `/health` stays open.
 #[test]
 fn a_key_guards_the_api_but_not_health() {
@@ -533,6 +533,25 @@ fn a_key_guards_the_api_but_not_health() {
         assert_eq!(status, 200);
         let (status, _) = send(None, format!("{base}/health"), None).await;
         assert_eq!(status, 200);
+        // Prometheus scrapes without the key; the one finished request is counted.
+        let (status, metrics) = send(None, format!("{base}/metrics"), None).await;
+        assert_eq!(status, 200, "{metrics}");
+        let value = |name: &str| -> u64 {
+            let prefix = format!("distill:{name}{{model_name=\"{MODEL}\"}} ");
+            let line = metrics.lines().find(|l| l.starts_with(&prefix));
+            line.and_then(|l| l[prefix.len()..].parse().ok())
+                .unwrap_or_else(|| panic!("no `{name}` in {metrics}"))
+        };
+        assert_eq!(value("requests_completed_total"), 1);
+        assert_eq!(value("num_requests_running"), 0);
+        let usage: Value = serde_json::from_str(&text).unwrap();
+        let usage = &usage["usage"];
+        assert_eq!(
+            value("prompt_tokens_total"),
+            usage["prompt_tokens"].as_u64().unwrap()
+        );
+        assert!(value("generation_tokens_total") >= usage["completion_tokens"].as_u64().unwrap());
+        assert!(metrics.contains("# TYPE distill:requests_completed_total counter"));
     });
     assert_eq!(server.server().stats().completed, 1);
 }

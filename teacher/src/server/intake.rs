@@ -37,6 +37,8 @@ struct Counters {
     queued: AtomicUsize,
     live: AtomicUsize,
     peak_live: AtomicUsize,
+    prompt_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
 }
 
 /// A snapshot of the engine thread's counters.
@@ -51,6 +53,10 @@ pub struct ServeStats {
     pub live: usize,
     /// The most sequences live at once: above 1 means requests were batched together.
     pub peak_live: usize,
+    /// Prompt tokens of the completed requests.
+    pub prompt_tokens: u64,
+    /// Tokens sampled, in every step (those of a sequence later dropped count too).
+    pub generated_tokens: u64,
 }
 
 /// What the HTTP side holds: a way to queue jobs, pause the intake and read the counters.
@@ -134,6 +140,8 @@ impl EngineThread {
             queued: c.queued.load(Ordering::SeqCst),
             live: c.live.load(Ordering::SeqCst),
             peak_live: c.peak_live.load(Ordering::SeqCst),
+            prompt_tokens: c.prompt_tokens.load(Ordering::SeqCst),
+            generated_tokens: c.generated_tokens.load(Ordering::SeqCst),
         }
     }
 
@@ -158,9 +166,18 @@ fn run(engine: &Engine, mut source: Intake, cancel: &Cancel) {
     loop {
         let mut route = |update: Update| -> ControlFlow<()> {
             let (key, finished) = match &update {
-                Update::Progress { .. } => return ControlFlow::Continue(()),
+                Update::Progress { new_tokens } => {
+                    counters
+                        .generated_tokens
+                        .fetch_add(*new_tokens, Ordering::SeqCst);
+                    return ControlFlow::Continue(());
+                }
                 Update::Delta { key, .. } => (key.clone(), None),
-                Update::Done(output) => (output.key.clone(), Some(&counters.completed)),
+                Update::Done(output) => {
+                    let prompt = u64::from(output.prompt_tokens);
+                    counters.prompt_tokens.fetch_add(prompt, Ordering::SeqCst);
+                    (output.key.clone(), Some(&counters.completed))
+                }
                 Update::Failed { key, .. } => (key.clone(), Some(&counters.failed)),
             };
             let mut replies = replies.borrow_mut();

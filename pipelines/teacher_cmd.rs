@@ -204,8 +204,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reasoning_parser: bool,
     /// Name of an environment variable holding the key every request must send as
-    /// `Authorization: Bearer KEY` (`/health` and `/metrics` stay open); without it the server is open to
-    /// whoever reaches the port.
+    /// `Authorization: Bearer KEY` (`/health` and `/metrics` stay open); without it the server
+    /// is open to whoever reaches the port.
     #[arg(long, value_name = "NAME")]
     pub api_key_env: Option<String>,
     #[command(flatten)]

@@ -472,8 +472,8 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
     });
 }
 
-/// With a key, every route but `/health` and `/metrics` answers 401 in OpenAI's error shape unless the request
-/// carries `Authorization: Bearer KEY`; `/health` stays open.
+/// With a key, every route but `/health` and `/metrics` answers 401 in OpenAI's error shape
+/// unless the request carries `Authorization: Bearer KEY`.
 #[test]
 fn a_key_guards_the_api_but_not_health() {
     let mut config = ServerConfig::new(MODEL);

@@ -44,16 +44,23 @@ def write_task(folder, gsm8k, limit, seed=0):
     data = os.path.join(folder, "mc.jsonl")
     with open(data, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    with open(os.path.join(folder, "distill_gsm8k_gen.yaml"), "w") as f:
-        f.write(f"""task: distill_gsm8k_gen
-dataset_path: json
+    # Both tasks read the same questions with the same prompt.
+    common = f"""dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
-output_type: generate_until
 doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{choices[label]}}}}"
+"""
+    tasks = {
+        "distill_gsm8k_mc": """output_type: multiple_choice
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{label}}"
+metric_list:
+  - metric: acc
+""",
+        "distill_gsm8k_gen": """output_type: generate_until
+doc_to_target: "{{choices[label]}}"
 generation_kwargs:
   until: ["\\n\\n", "Question:"]
   max_gen_toks: 48
@@ -61,21 +68,11 @@ generation_kwargs:
   temperature: 0.0
 metric_list:
   - metric: exact_match
-""")
-    with open(os.path.join(folder, "distill_gsm8k_mc.yaml"), "w") as f:
-        f.write(f"""task: distill_gsm8k_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-metric_list:
-  - metric: acc
-""")
+""",
+    }
+    for name, rest in tasks.items():
+        with open(os.path.join(folder, f"{name}.yaml"), "w") as f:
+            f.write(f"task: {name}\n{common}{rest}")
     return len(rows)
 
 

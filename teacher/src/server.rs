@@ -396,8 +396,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         (
             "generation_tokens_total",
             "counter",
-            "Tokens sampled",
-            s.generated_tokens,
+            "Completion tokens of finished requests",
+            s.completion_tokens,
         ),
     ];
     let mut text = String::new();

@@ -550,7 +550,10 @@ fn a_key_guards_the_api_but_not_health() {
             value("prompt_tokens_total"),
             usage["prompt_tokens"].as_u64().unwrap()
         );
-        assert!(value("generation_tokens_total") >= usage["completion_tokens"].as_u64().unwrap());
+        assert_eq!(
+            value("generation_tokens_total"),
+            usage["completion_tokens"].as_u64().unwrap()
+        );
         assert!(metrics.contains("# TYPE distill:requests_completed_total counter"));
     });
     assert_eq!(server.server().stats().completed, 1);

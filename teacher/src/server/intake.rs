@@ -38,7 +38,7 @@ struct Counters {
     live: AtomicUsize,
     peak_live: AtomicUsize,
     prompt_tokens: AtomicU64,
-    generated_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
 }
 
 /// A snapshot of the engine thread's counters.
@@ -55,8 +55,8 @@ pub struct ServeStats {
     pub peak_live: usize,
     /// Prompt tokens of the completed requests.
     pub prompt_tokens: u64,
-    /// Tokens sampled, in every step (those of a sequence later dropped count too).
-    pub generated_tokens: u64,
+    /// Completion tokens of the completed requests.
+    pub completion_tokens: u64,
 }
 
 /// What the HTTP side holds: a way to queue jobs, pause the intake and read the counters.
@@ -141,7 +141,7 @@ impl EngineThread {
             live: c.live.load(Ordering::SeqCst),
             peak_live: c.peak_live.load(Ordering::SeqCst),
             prompt_tokens: c.prompt_tokens.load(Ordering::SeqCst),
-            generated_tokens: c.generated_tokens.load(Ordering::SeqCst),
+            completion_tokens: c.completion_tokens.load(Ordering::SeqCst),
         }
     }
 
@@ -166,16 +166,17 @@ fn run(engine: &Engine, mut source: Intake, cancel: &Cancel) {
     loop {
         let mut route = |update: Update| -> ControlFlow<()> {
             let (key, finished) = match &update {
-                Update::Progress { new_tokens } => {
-                    counters
-                        .generated_tokens
-                        .fetch_add(*new_tokens, Ordering::SeqCst);
-                    return ControlFlow::Continue(());
-                }
+                Update::Progress { .. } => return ControlFlow::Continue(()),
                 Update::Delta { key, .. } => (key.clone(), None),
                 Update::Done(output) => {
+                    // Counted with the answer, so a reader who has it sees them (a step's
+                    // progress update comes after its finished sequences).
                     let prompt = u64::from(output.prompt_tokens);
                     counters.prompt_tokens.fetch_add(prompt, Ordering::SeqCst);
+                    let completion = u64::from(output.completion_tokens);
+                    counters
+                        .completion_tokens
+                        .fetch_add(completion, Ordering::SeqCst);
                     (output.key.clone(), Some(&counters.completed))
                 }
                 Update::Failed { key, .. } => (key.clone(), Some(&counters.failed)),

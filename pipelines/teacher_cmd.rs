@@ -329,7 +329,9 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let report = plan.run(backend, &cancel, &mut |p: &Progress| {
         bar.set_position(p.done);
-        if last_draw.elapsed() >= Duration::from_millis(200) {
+        // At most 5 redraws a second, and the last one always (the line left on screen).
+        let last = p.done + p.failed >= total;
+        if last || last_draw.elapsed() >= Duration::from_millis(200) {
             last_draw = Instant::now();
             let rate = p.generated_tokens as f64 / start.elapsed().as_secs_f64().max(1e-3);
             let failed = if p.failed > 0 {

@@ -360,6 +360,11 @@ async fn drive(
                 stats.completed += 1;
                 stats.prompt_tokens += u64::from(output.prompt_tokens);
                 stats.completion_tokens += u64::from(output.completion_tokens);
+                // An endpoint's counts come with its answer: reported then, so tokens/s
+                // displays move (they read `Progress`).
+                on_event(Event::Progress {
+                    new_tokens: u64::from(output.completion_tokens),
+                });
                 on_event(Event::Done(output));
             }
             Err(Failure::Fatal(error)) => {

@@ -52,6 +52,7 @@ fn requests(n: usize, prefill: &str) -> Vec<GenRequest> {
 fn collect(backend: &dyn Backend, requests: Vec<GenRequest>) -> HashMap<String, GenOutput> {
     let mut out = HashMap::new();
     let mut failures = Vec::new();
+    let mut progress = 0;
     let mut iter = requests.into_iter();
     let stats = backend
         .generate(&mut iter, &Cancel::new(), &mut |event| match event {
@@ -63,11 +64,13 @@ fn collect(backend: &dyn Backend, requests: Vec<GenRequest>) -> HashMap<String, 
                 );
             }
             Event::Failed { key, error } => failures.push(format!("{key}: {error}")),
-            Event::Progress { .. } => {}
+            Event::Progress { new_tokens } => progress += new_tokens,
         })
         .expect("generation runs");
     assert!(failures.is_empty(), "failures: {failures:?}");
     assert_eq!(stats.completed as usize, out.len());
+    // Tokens/s displays read `Progress`: every backend reports all its tokens there.
+    assert_eq!(progress, stats.completion_tokens, "{}", backend.name());
     out
 }
 

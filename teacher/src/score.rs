@@ -6,7 +6,7 @@
 use distill_models::transformer::Logits;
 use distill_models::Model;
 
-use crate::engine::top_logprobs;
+use crate::engine::{outside_vocabulary, top_logprobs};
 use crate::{Error, Result};
 
 /// Positions run through the model at once: bounds the `[positions, vocab]` logits held at a
@@ -63,15 +63,8 @@ pub fn score_prompts(
     k: usize,
     next: bool,
 ) -> Result<Vec<(Vec<TokenScore>, Option<NextToken>)>> {
-    let vocab = model.spec().vocab_size;
-    if let Some(&id) = prompts
-        .iter()
-        .flat_map(|p| p.iter())
-        .find(|&&id| id as usize >= vocab)
-    {
-        return Err(Error::Config(format!(
-            "token id {id} is outside the model's vocabulary of {vocab}"
-        )));
+    if let Some(message) = outside_vocabulary(model, prompts.iter().flat_map(|p| p.iter())) {
+        return Err(Error::Config(message));
     }
     // Without `next`, the last token predicts nothing that is scored.
     let contexts: Vec<&[u32]> = prompts

@@ -357,15 +357,10 @@ impl Engine {
     /// A request's prompt ids: its raw ids, or its conversation through the chat template.
     fn request_prompt(&self, request: &GenRequest) -> Result<Vec<u32>> {
         match &request.prompt_ids {
-            Some(ids) => {
-                let vocab = self.model.spec().vocab_size;
-                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(Error::Config(format!(
-                        "token id {id} is outside the model's vocabulary of {vocab}"
-                    )));
-                }
-                Ok(ids.clone())
-            }
+            Some(ids) => match outside_vocabulary(&self.model, ids) {
+                Some(message) => Err(Error::Config(message)),
+                None => Ok(ids.clone()),
+            },
             None => self.prompt_ids(&request.messages, &request.prefill),
         }
     }
@@ -649,6 +644,20 @@ impl Engine {
             logprobs: seq.logprobs,
         })
     }
+}
+
+/// Token ids a caller gave (a raw prompt, a sequence to score) checked against the model's
+/// vocabulary, where an id past it would index outside the embedding table: what is wrong
+/// with the first such id, if there is one.
+pub fn outside_vocabulary<'a>(
+    model: &Model,
+    ids: impl IntoIterator<Item = &'a u32>,
+) -> Option<String> {
+    let vocab = model.spec().vocab_size;
+    let id = ids.into_iter().find(|&&id| id as usize >= vocab)?;
+    Some(format!(
+        "token id {id} is outside the model's vocabulary of {vocab}"
+    ))
 }
 
 /// An empty record of a request's log-probabilities, when it asks for them.

@@ -32,6 +32,7 @@ use super::{
     Sampling, SamplingFields,
 };
 use crate::backend::GenRequest;
+use crate::engine::outside_vocabulary;
 use crate::openai::prompt_logprobs::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, PromptInput,
     PromptLogprob,
@@ -237,12 +238,8 @@ fn prompt_ids(state: &AppState, prompt: Option<PromptInput>) -> Result<Vec<Vec<u
             Some("prompt"),
         ));
     }
-    let vocab = state.model.model().spec().vocab_size;
-    if let Some(&id) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
-        return Err(bad(
-            format!("token id {id} is outside the model's vocabulary of {vocab}"),
-            Some("prompt"),
-        ));
+    if let Some(message) = outside_vocabulary(state.model.model(), prompts.iter().flatten()) {
+        return Err(bad(message, Some("prompt")));
     }
     // A prompt may fill the context when scored; generating needs one position more (the
     // engine says so).

@@ -12,6 +12,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{bad, check_model, conversation, internal, ApiError, AppState};
+use crate::engine::outside_vocabulary;
 use crate::openai::wire::WireMessage;
 
 /// `/tokenize`'s body: a `prompt` or `messages`, as vLLM takes it.
@@ -82,12 +83,8 @@ pub(super) async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) 
         let request: DetokenizeRequest = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("Invalid request: {e}"), None))?;
         check_model(&state.config, request.model.as_deref())?;
-        let vocab = state.model.model().spec().vocab_size;
-        if let Some(&id) = request.tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(bad(
-                format!("token id {id} is outside the model's vocabulary of {vocab}"),
-                Some("tokens"),
-            ));
+        if let Some(message) = outside_vocabulary(state.model.model(), &request.tokens) {
+            return Err(bad(message, Some("tokens")));
         }
         let prompt = state
             .tokenizer

@@ -55,7 +55,7 @@ pub fn score_prompt(
 const STEP_POSITIONS: usize = 4 * CHUNK;
 
 /// [`score_prompt`] for several prompts, run through the model together: each step takes the
-/// next chunk of as many sequences as fit [`STEP_POSITIONS`] (a ragged batch), so short prompts
+/// next chunk of as many sequences as fit `STEP_POSITIONS` (a ragged batch), so short prompts
 /// (an evaluation harness's) share the matrix products instead of running one by one.
 pub fn score_prompts(
     model: &Model,

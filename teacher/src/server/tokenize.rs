@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{bad, check_model, conversation, internal, ApiError, AppState};
+use super::chat::conversation;
+use super::{bad, check_model, internal, ApiError, AppState};
 use crate::engine::outside_vocabulary;
 use crate::openai::wire::WireMessage;
 

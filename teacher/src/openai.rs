@@ -27,10 +27,13 @@
 //! `continue_final_message`, and prepended to the returned text as the local backend does.
 
 mod answer;
+mod api_key;
 pub mod prompt_logprobs;
 mod refusal;
 mod stream;
 pub mod wire;
+
+pub use api_key::ApiKey;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,41 +101,6 @@ impl Default for OpenAiConfig {
             prefill: PrefillMode::None,
             stream: false,
         }
-    }
-}
-
-/// An API key, the client's to send or `distill serve`'s to require; its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// A key given directly (a server embedded in another program).
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-
-    /// The key held by the environment variable `name` (surrounding blanks trimmed); an unset
-    /// or blank variable is an error naming it.
-    pub fn from_env(name: &str) -> Result<Self> {
-        match std::env::var(name) {
-            Ok(key) if !key.trim().is_empty() => Ok(Self(key.trim().to_string())),
-            _ => Err(Error::ApiKeyMissing {
-                name: name.to_string(),
-            }),
-        }
-    }
-
-    /// Whether `presented` is this key, compared in time that does not depend on where they
-    /// differ (a server's check must not tell a guesser how much of a key was right).
-    pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
     }
 }
 
@@ -676,7 +644,7 @@ async fn send(
     let mut builder = shared.client.post(url).json(body);
     if let Some(key) = &shared.api_key {
         // reqwest marks bearer headers sensitive, so they stay out of its own debug output.
-        builder = builder.bearer_auth(&key.0);
+        builder = builder.bearer_auth(key.secret());
     }
     let response = builder.send().await.map_err(transport_error)?;
     let status = response.status();
@@ -813,13 +781,5 @@ mod tests {
             assert!(d3 >= Duration::from_millis(400) && d3 < Duration::from_millis(800));
             assert!(backoff(&config, 40) < Duration::from_millis(1000));
         }
-    }
-
-    #[test]
-    fn debug_hides_the_key() {
-        assert_eq!(
-            format!("{:?}", ApiKey("sk-secret".into())),
-            "ApiKey(<redacted>)"
-        );
     }
 }

@@ -201,7 +201,7 @@ impl PromptScorer {
         let served = runtime.block_on(async {
             let mut request = probe.client.get(&models_url);
             if let Some(key) = &probe.api_key {
-                request = request.bearer_auth(&key.0);
+                request = request.bearer_auth(key.secret());
             }
             let response = request.send().await.map_err(|e| Error::Unreachable {
                 url: models_url.clone(),

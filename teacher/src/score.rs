@@ -99,16 +99,13 @@ pub fn score_prompts(
         if members.is_empty() {
             return Ok(out);
         }
+        // Members are in increasing order: one pass over the caches hands out theirs.
         let mut batch: Vec<(&[u32], &mut distill_models::KvCache)> = Vec::new();
-        let mut rest = caches.as_mut_slice();
-        let mut offset = 0;
-        for &(i, from, take) in &members {
-            // Members are in increasing order: split each one's cache off the rest.
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - offset);
-            let (cache, tail) = tail.split_first_mut().expect("a member's cache");
-            rest = tail;
-            offset = i + 1;
-            batch.push((&contexts[i][from..from + take], cache));
+        let mut wanted = members.iter().peekable();
+        for (i, cache) in caches.iter_mut().enumerate() {
+            if let Some(&(_, from, take)) = wanted.next_if(|m| m.0 == i) {
+                batch.push((&contexts[i][from..from + take], cache));
+            }
         }
         let logits = model.step(&mut batch, Logits::All)?;
         for (&(i, from, take), logits) in members.iter().zip(logits) {

@@ -293,9 +293,10 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!(
-        "{} problems × {} samples = {total} ({already} already done); loading `{}`",
+        "{} problems × {} sample{} = {total} ({already} already done); loading `{}`",
         plan.problems().len(),
         args.samples,
+        if args.samples == 1 { "" } else { "s" },
         model_path.display()
     );
     let options = args.device.engine(EngineOptions {

@@ -249,7 +249,8 @@ pub fn summary(report: &Report) -> String {
     let problems = report.problems.count;
     let n = report.protocol.samples;
     let mut text = format!(
-        "On {problems} held-out problems ({n} samples each), the teacher `{}` scores pass@1 {}",
+        "On {problems} held-out problems ({n} sample{} each), the teacher `{}` scores pass@1 {}",
+        if n == 1 { "" } else { "s" },
         teacher.label,
         pct(teacher.metrics.pass_at_1)
     );

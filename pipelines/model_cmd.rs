@@ -130,7 +130,7 @@ pub fn report(path: &std::path::Path) -> anyhow::Result<ModelReport> {
         kv_heads: spec.num_kv_heads,
         head_dim: spec.head_dim,
         intermediate_size: spec.intermediate_size,
-        context_length: ckpt.config().max_position_embeddings(),
+        context_length: ckpt.config().context_len(),
         tie_word_embeddings: spec.tie_word_embeddings,
         bos_token: ckpt
             .generation_config()

@@ -356,9 +356,10 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let report = report?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "Wrote {} samples ({} already there, {} failed) into {} shards in `{}`: {} tokens in \
+        "Wrote {} sample{} ({} already there, {} failed) into {} shards in `{}`: {} tokens in \
          {secs:.1}s ({:.1} tok/s)",
         report.written,
+        if report.written == 1 { "" } else { "s" },
         report.skipped,
         report.failed,
         report.shards,
@@ -381,8 +382,10 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     if report.failed > 0 {
         anyhow::bail!(
-            "{} samples failed (see `generation.json`); rerun the same command to retry them",
-            report.failed
+            "{} sample{} failed (the last, {}; all in `generation.json`); rerun the same command to retry them",
+            report.failed,
+            if report.failed == 1 { "" } else { "s" },
+            report.last_failure.as_deref().unwrap_or("no reason recorded")
         );
     }
     Ok(())
@@ -411,11 +414,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         kv_cache_gib: args.kv_cache_gib,
         ..EngineOptions::default()
     });
-    let mut engine = Engine::load(&checkpoint, options)
+    // The engine ends every request at the checkpoint's context (vLLM's `max_model_len`): a
+    // prompt that fills it is a 400, a long `max_tokens` ends there.
+    let engine = Engine::load(&checkpoint, options)
         .with_context(|| format!("cannot load `{}`", model.path.display()))?;
-    // A request never runs past the positions the model was trained for (vLLM's
-    // `max_model_len`): a prompt that fills them is a 400, a long `max_tokens` ends there.
-    engine.set_context_len(Some(checkpoint.config().max_position_embeddings()));
     eprintln!("Model on {}", engine.device_description());
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;

@@ -311,3 +311,55 @@ fn logprobs_are_stored_beside_the_samples() {
     let reader = ShardReader::open(&[filtered]).unwrap();
     assert!(logprobs::present(reader.schema()));
 }
+
+/// Samples end at the model's context (vLLM's `max_model_len`): with the 128-position Qwen3
+/// fixture (YaRN, 32 × 4) a prompt that fills it is a failed sample, and the command's one-line
+/// error gives the reason; the other samples are still written.
+#[test]
+fn a_prompt_longer_than_the_context_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("problems.jsonl");
+    let lines = [
+        serde_json::json!({"id": "short", "problem": "2+2?", "answer": "4"}),
+        serde_json::json!({"id": "long", "problem": "Tom has apples. ".repeat(12), "answer": "1"}),
+    ];
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&problems, text.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let model = model().with_file_name("tiny-qwen3.gguf");
+    let output = bin()
+        .args(["--threads", "1", "generate", "--user-template", "{problem}"])
+        .args([
+            "--prefill",
+            "",
+            "--max-new-tokens",
+            "1000",
+            "--temperature",
+            "0",
+        ])
+        .arg("--problems")
+        .arg(&problems)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr.lines().last().unwrap();
+    assert!(
+        error.contains("1 sample failed (the last, ")
+            && error.contains("leaves no room to generate in the model's context of 128 positions"),
+        "{stderr}"
+    );
+    let written = rows(&out);
+    assert_eq!(written.len(), 1, "{stderr}");
+    let short = &written[0];
+    assert!(short.prompt.starts_with("2+2?"), "{short:?}");
+    assert!(
+        short.finish_reason == "length" && short.prompt_tokens + short.completion_tokens == 128
+            || short.finish_reason == "stop",
+        "{short:?}"
+    );
+}

@@ -151,7 +151,7 @@ fn pipeline_head(out: &Path) -> String {
     )
 }
 
-/// A tiny local model with 128 positions: a `max_seq_len` or `max_new_tokens` it cannot hold
+/// A tiny local model with 2048 positions: a `max_seq_len` or `max_new_tokens` it cannot hold
 /// stops the pipeline before its first stage writes anything.
 #[test]
 fn lengths_a_model_cannot_hold_fail_before_any_stage() {
@@ -162,18 +162,18 @@ fn lengths_a_model_cannot_hold_fail_before_any_stage() {
     let cases = [
         (
             format!(
-                "[train]\nbase = {:?}\ncorpus = {:?}\nmax_seq_len = 256\nmax_steps = 1\n",
+                "[train]\nbase = {:?}\ncorpus = {:?}\nmax_seq_len = 4096\nmax_steps = 1\n",
                 tiny.display().to_string(),
                 out.join("problems/solutions").display().to_string()
             ),
-            "stage `train`: `max_seq_len` `256` exceeds",
+            "stage `train`: `max_seq_len` `4096` exceeds",
         ),
         (
             format!(
-                "[generate]\nmodel = {:?}\nmax_new_tokens = 128\n",
+                "[generate]\nmodel = {:?}\nmax_new_tokens = 2048\n",
                 tiny.display().to_string()
             ),
-            "stage `generate`: `max_new_tokens` `128` leaves no room for a prompt in",
+            "stage `generate`: `max_new_tokens` `2048` leaves no room for a prompt in",
         ),
     ];
     for (table, expected) in cases {
@@ -182,7 +182,9 @@ fn lengths_a_model_cannot_hold_fail_before_any_stage() {
         let (ok, log) = distill_in(dir.path(), &["run", file.to_str().unwrap()]);
         assert!(!ok, "{log}");
         assert!(
-            log.contains(expected) && log.contains("`max_position_embeddings` `128`"),
+            log.contains(expected)
+                && (log.contains("`max_position_embeddings` `2048`")
+                    || log.contains("context of 2048 positions")),
             "{log}"
         );
         assert!(!out.exists(), "no stage may start: {log}");

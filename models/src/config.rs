@@ -336,6 +336,32 @@ impl Config {
         }
     }
 
+    /// The positions a sequence may reach, prompt included, as vLLM derives its
+    /// `max_model_len`: `max_position_embeddings`, times the RoPE scaling's `factor` where the
+    /// scaling extends the context (`linear`, `dynamic`; YaRN from its
+    /// `original_max_position_embeddings`, so Qwen2.5's documented YaRN block gives 32,768 × 4),
+    /// not for `llama3` or `longrope`, whose `max_position_embeddings` already is the extended one.
+    pub fn context_len(&self) -> usize {
+        let positions = self.max_position_embeddings();
+        let Some(scaling) = self.rope_parameters().1 else {
+            return positions;
+        };
+        let number = |key: &str| scaling.get(key).and_then(|v| v.as_f64());
+        let kind = scaling
+            .get("rope_type")
+            .or_else(|| scaling.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        if matches!(kind, "llama3" | "longrope" | "su") {
+            return positions;
+        }
+        let from = match kind {
+            "yarn" => number("original_max_position_embeddings").unwrap_or(positions as f64),
+            _ => positions as f64,
+        };
+        (from * number("factor").unwrap_or(1.0)).round() as usize
+    }
+
     pub fn bos_token_id(&self) -> Option<u32> {
         self.common().bos_token_id
     }

@@ -281,7 +281,10 @@ fn metadata_and_tokenizer_round_trip() {
         );
         assert_eq!(
             meta(&format!("{arch}.context_length")),
-            Some(("UINT32", serde_json::json!(128)))
+            Some((
+                "UINT32",
+                serde_json::json!(source.config().max_position_embeddings())
+            ))
         );
         assert_eq!(
             meta(&format!("{arch}.embedding_length")),

@@ -193,6 +193,60 @@ fn rope_parameters_spelling_is_understood() {
     assert_eq!(v5.rope, v4.rope);
 }
 
+/// The context a checkpoint serves is vLLM's `max_model_len` (its `_get_and_verify_max_len`):
+/// `max_position_embeddings`, scaled by the RoPE factor for linear and YaRN scalings (YaRN from
+/// `original_max_position_embeddings`, both spellings), unscaled for llama3.
+#[test]
+fn context_len_is_vllms_max_model_len() {
+    let src = fixtures().join("tiny-qwen2").join("config.json");
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let context = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut cfg = base.clone();
+        edit(cfg.as_object_mut().unwrap());
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        Config::load(&path).unwrap().context_len()
+    };
+    assert_eq!(
+        context(&|_| {}),
+        2048,
+        "no scaling: max_position_embeddings"
+    );
+    let linear = serde_json::json!({"type": "linear", "factor": 2.0});
+    assert_eq!(
+        context(&|m| _ = m.insert("rope_scaling".into(), linear.clone())),
+        4096
+    );
+    // Qwen2.5's README: add this block to config.json for 4× the 32,768 positions.
+    let yarn = serde_json::json!({
+        "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512
+    });
+    assert_eq!(
+        context(&|m| _ = m.insert("rope_scaling".into(), yarn.clone())),
+        2048
+    );
+    let v5 = serde_json::json!({
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048,
+        "rope_theta": 1e6
+    });
+    assert_eq!(
+        context(&|m| {
+            m.remove("rope_theta");
+            m.insert("rope_parameters".into(), v5.clone());
+        }),
+        8192,
+        "transformers 5's rope_parameters"
+    );
+    let llama = fixtures().join("tiny-llama").join("config.json");
+    assert_eq!(
+        Config::load(&llama).unwrap().context_len(),
+        2048,
+        "llama3: as stored"
+    );
+}
+
 /// GGUF files written as llama.cpp's converter does (llama q/k rows permuted, mixed F32/F16/Q8_0
 /// tensors) load to the reference logits of the weights as stored.
 #[test]

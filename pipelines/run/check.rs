@@ -108,7 +108,7 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
                         Ok(Fits {
                             key: "max_new_tokens",
                             length: max_new_tokens,
-                            positions: ckpt.config().max_position_embeddings(),
+                            positions: ckpt.config().context_len(),
                             needs_prompt_room: true,
                         })
                     })?;
@@ -121,7 +121,7 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
                         Ok(Fits {
                             key: "max_new_tokens",
                             length: max_new_tokens,
-                            positions: ckpt.config().max_position_embeddings(),
+                            positions: ckpt.config().context_len(),
                             needs_prompt_room: true,
                         })
                     })?;
@@ -150,7 +150,9 @@ struct Lookup {
     files: hub::Files,
 }
 
-/// A length a stage asks of a model, against the model's positions.
+/// A length a stage asks of a model, against the model's positions: its
+/// `max_position_embeddings` for training rows, its context (`Config::context_len`, where the
+/// engine ends a sequence) for generation.
 struct Fits {
     key: &'static str,
     length: usize,
@@ -209,21 +211,19 @@ fn check_model(
     let ckpt = Checkpoint::open(path)
         .map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}`: {e}"))?;
     let f = fits(&ckpt).map_err(|e| anyhow::anyhow!("stage `{stage}`: `{key}` `{shown}`: {e}"))?;
-    let too_long = if f.needs_prompt_room {
-        f.length >= f.positions
-    } else {
-        f.length > f.positions
-    };
-    if too_long {
+    if f.needs_prompt_room && f.length >= f.positions {
         bail!(
-            "stage `{stage}`: `{}` `{}` {} `{shown}`'s `max_position_embeddings` `{}`",
+            "stage `{stage}`: `{}` `{}` leaves no room for a prompt in `{shown}`'s context of {} positions",
             f.key,
             f.length,
-            if f.needs_prompt_room {
-                "leaves no room for a prompt in"
-            } else {
-                "exceeds"
-            },
+            f.positions
+        );
+    }
+    if !f.needs_prompt_room && f.length > f.positions {
+        bail!(
+            "stage `{stage}`: `{}` `{}` exceeds `{shown}`'s `max_position_embeddings` `{}`",
+            f.key,
+            f.length,
             f.positions
         );
     }

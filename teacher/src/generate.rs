@@ -134,6 +134,10 @@ pub struct GenerateReport {
     pub preempted: u64,
     /// Finished shards in the folder.
     pub shards: usize,
+    /// The last failed sample of this run, `key: reason` (the recent ones are in
+    /// `generation.json`), for the command's one-line error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
 /// A validated run, before any model work: problems read, output folder checked.
@@ -512,9 +516,11 @@ impl Plan {
                 if errors.recent.len() >= KEPT_ERRORS {
                     errors.recent.remove(0);
                 }
+                let message = error_chain(&error);
+                report.last_failure = Some(format!("{key}: {message}"));
                 errors.recent.push(BTreeMap::from([
                     ("key".to_string(), key),
-                    ("message".to_string(), error_chain(&error)),
+                    ("message".to_string(), message),
                 ]));
                 on_progress(&progress);
             }

@@ -151,11 +151,20 @@ fn max_new_tokens_ends_with_length() {
 
 /// DeepSeek-R1-Distill's published template ends the generation prompt with `<think>\n`; the
 /// default prefill must not open the think block a second time (the model never saw that).
-/// With a context set (`distill serve` sets the model's), a sequence ends there (finish reason
-/// `length`, prompt + generated = context) however large `max_new_tokens` is; a prompt that
-/// fills the context fails with the reason, and the other requests of the run still finish.
+/// With a context set (`Engine::load` sets the checkpoint's, vLLM's `max_model_len`), a
+/// sequence ends there (finish reason `length`, prompt + generated = context) however large
+/// `max_new_tokens` is; a prompt that fills the context fails with the reason, and the other
+/// requests of the run still finish.
 #[test]
 fn generation_ends_at_the_context() {
+    for (name, context) in [
+        ("tiny-llama.gguf", 2048),
+        ("tiny-qwen3.gguf", 128),
+        ("tiny-qwen2.gguf", 2048),
+    ] {
+        let loaded = Engine::load(&Checkpoint::open(&fixture(name)).unwrap(), options(1));
+        assert_eq!(loaded.unwrap().context_len(), Some(context), "{name}");
+    }
     // No end-of-sequence id: only the context or `max_new_tokens` ends a sequence.
     let mut e = engine("tiny-llama.gguf", 2, true, Some(Vec::new()));
     assert_eq!(e.context_len(), None, "no limit unless one is set");

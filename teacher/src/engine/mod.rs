@@ -301,6 +301,9 @@ impl Engine {
             options,
         )?;
         engine.device_description = placement.explained(&format!("in {}", dtype.as_str()));
+        // A sequence never runs past the positions the model was trained for (vLLM's
+        // `max_model_len`): a prompt that fills them fails, a long `max_new_tokens` ends there.
+        engine.context_len = Some(checkpoint.config().context_len());
         Ok(engine)
     }
 

@@ -271,10 +271,6 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         BackendKind::Openai => {
             let config = args.openai.config()?;
-            anyhow::ensure!(
-                !(config.stream && args.logprobs > 0),
-                "`--logprobs` reads whole answers: drop `--stream`"
-            );
             let urls = config.base_urls.join("`, `");
             let backend = remote.insert(OpenAiBackend::new(config)?);
             (backend.name(), PathBuf::from(urls))

@@ -106,6 +106,18 @@ impl TokenLogprobs {
         )
     }
 
+    /// The tokens from `start` on, as their own record (a streamed chunk's share).
+    pub fn tail(&self, start: usize) -> Self {
+        let start = start.min(self.len());
+        Self {
+            k: self.k,
+            token_ids: self.token_ids[start..].to_vec(),
+            token_logprobs: self.token_logprobs[start..].to_vec(),
+            top_ids: self.top_ids[start * self.k..].to_vec(),
+            top_logprobs: self.top_logprobs[start * self.k..].to_vec(),
+        }
+    }
+
     /// Keeps the first `n` tokens.
     pub fn truncate(&mut self, n: usize) {
         self.token_ids.truncate(n);
@@ -328,6 +340,23 @@ mod tests {
             .flat_map(|b| record::records_from_batch(&b.unwrap()).unwrap())
             .collect();
         assert_eq!(records_back, records);
+    }
+
+    /// A record's head (`truncate`) and tail are its two parts, token for token.
+    #[test]
+    fn head_and_tail_split_a_record() {
+        let whole = sample(3, 10, 2);
+        let mut head = whole.clone();
+        head.truncate(4);
+        let tail = whole.tail(4);
+        assert_eq!((head.len(), tail.len(), tail.k()), (4, 6, 3));
+        assert_eq!(tail.token_ids(), &whole.token_ids()[4..]);
+        for i in 0..6 {
+            assert_eq!(tail.top(i).0, whole.top(i + 4).0);
+            assert!(tail.top(i).1.eq(whole.top(i + 4).1));
+        }
+        assert!(tail.token_logprobs().eq(whole.token_logprobs().skip(4)));
+        assert!(whole.tail(10).is_empty() && whole.tail(99).is_empty());
     }
 
     #[test]

@@ -51,12 +51,21 @@ impl EngineHandle {
                     let mut replies = replies.borrow_mut();
                     let (id, update, last) = match update {
                         Update::Progress { .. } => return ControlFlow::Continue(()),
-                        Update::Delta { key, text } => {
+                        Update::Delta {
+                            key,
+                            text,
+                            logprobs,
+                        } => {
                             let caller = replies.get(&key).map(|(k, _)| k.clone());
                             let Some(caller) = caller else {
                                 return ControlFlow::Break(());
                             };
-                            (key, Update::Delta { key: caller, text }, false)
+                            let delta = Update::Delta {
+                                key: caller,
+                                text,
+                                logprobs,
+                            };
+                            (key, delta, false)
                         }
                         Update::Done(mut output) => {
                             let id = std::mem::take(&mut output.key);

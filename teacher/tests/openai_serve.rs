@@ -140,7 +140,8 @@ fn openai_backend_against_serve_equals_local() {
 /// `logprobs: K` through the `openai` backend against `distill serve`: the client asks for
 /// `logprobs`, `top_logprobs` and `return_tokens_as_token_ids`, the server answers with the
 /// engine's per-token log-probabilities named `token_id:N`, and the stored result equals the
-/// local backend's (float16 storage on both sides). Asked by hand without token ids, the server
+/// local backend's (float16 storage on both sides), streamed (`--stream`: the chunks'
+/// entries joined) or not. Asked by hand without token ids, the server
 /// names tokens by text; an out-of-range `top_logprobs` is refused by name.
 #[test]
 fn logprobs_through_the_endpoint_equal_the_local_engines() {
@@ -157,10 +158,18 @@ fn logprobs_through_the_endpoint_equal_the_local_engines() {
     };
     let expected = collect(&local, asked(6));
     let got = collect(&client(&running, PrefillMode::None), asked(6));
+    // Streamed, the chunks' log-probabilities join into the same record.
+    let streamed = OpenAiBackend::new(OpenAiConfig {
+        stream: true,
+        ..client(&running, PrefillMode::None).config().clone()
+    })
+    .expect("backend builds");
+    let got_streamed = collect(&streamed, asked(6));
     for (key, want) in &expected {
         let lp = want.logprobs.as_ref().expect("local log-probabilities");
         assert_eq!(lp.len(), want.completion_tokens as usize);
         assert_eq!(got.get(key), Some(want), "sample `{key}`");
+        assert_eq!(got_streamed.get(key), Some(want), "streamed sample `{key}`");
     }
 
     // By hand, without `return_tokens_as_token_ids`: tokens by their text.

@@ -283,6 +283,54 @@ fn streaming_matches_the_whole_reply() {
     });
 }
 
+/// Streamed `logprobs` (OpenAI's and vLLM's chunks carry their tokens'): the chunks' entries,
+/// joined, are the whole answer's, token for token with their alternatives, for a sampled
+/// reply ended by a stop string and for `n` = 2 under each choice's index.
+#[test]
+fn streamed_logprobs_join_into_the_whole_answers() {
+    let server = start();
+    let url = format!("{}/v1/chat/completions", server.base_url());
+    runtime().block_on(async {
+        let client = client();
+        let mut body = greedy("stream my log-probabilities", 24);
+        body["temperature"] = json!(0.9);
+        body["seed"] = json!(5);
+        body["logprobs"] = json!(true);
+        body["top_logprobs"] = json!(3);
+        body["n"] = json!(2);
+        for stop in [json!(null), json!(["e"])] {
+            body["stop"] = stop.clone();
+            let (status, text) = post(&client, &url, &body.to_string()).await;
+            assert_eq!(status, 200, "{text}");
+            let whole: Value = serde_json::from_str(&text).unwrap();
+            let chunks = stream_chunks(&client, &url, body.clone()).await;
+            for index in 0..2 {
+                let choice = &whole["choices"][index];
+                let want = choice["logprobs"]["content"].as_array().unwrap();
+                assert!(!want.is_empty() && want[0]["top_logprobs"].as_array().unwrap().len() == 3);
+                let mine = chunks.iter().filter_map(|c| {
+                    c["choices"]
+                        .as_array()
+                        .and_then(|cs| cs.iter().find(|ch| ch["index"] == index))
+                });
+                let (mut text, mut entries) = (String::new(), Vec::new());
+                for ch in mine {
+                    text.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+                    if let Some(e) = ch["logprobs"]["content"].as_array() {
+                        entries.extend(e.iter().cloned());
+                    }
+                }
+                assert_eq!(
+                    text,
+                    choice["message"]["content"].as_str().unwrap(),
+                    "{stop}"
+                );
+                assert_eq!(&entries, want, "choice {index}, stop {stop}");
+            }
+        }
+    });
+}
+
 /// `n` choices are `n` seeded samples: choice i is what a request of one choice with seed s + i
 /// returns, the prompt counts once in the usage, and the stream carries each choice's text
 /// under its index; fields asking for nothing (a zero penalty) are accepted.

@@ -94,6 +94,9 @@ pub enum Update {
     Delta {
         key: String,
         text: String,
+        /// The top log-probabilities of the tokens sampled since the previous delta, when the
+        /// request asks for them: the deltas' records, in order, make up `Done`'s.
+        logprobs: Option<TokenLogprobs>,
     },
     Done(GenOutput),
     Failed {
@@ -150,12 +153,28 @@ struct Seq {
     detok: Detokenizer,
     /// Bytes of `detok.text` already sent as deltas.
     sent: usize,
+    /// Tokens whose log-probabilities went out with deltas.
+    logprobs_sent: usize,
     max_stop: usize,
     /// The top log-probabilities of each sampled token, when the request asks for them.
     logprobs: Option<TokenLogprobs>,
 }
 
 impl Seq {
+    /// A delta of `text`, with the log-probabilities of the tokens not yet sent.
+    fn delta(&mut self, text: String) -> Update {
+        let logprobs = self.logprobs.as_ref().map(|lp| {
+            let tail = lp.tail(self.logprobs_sent);
+            self.logprobs_sent = lp.len();
+            tail
+        });
+        Update::Delta {
+            key: self.key.clone(),
+            text,
+            logprobs,
+        }
+    }
+
     /// What the sequence prefills: its prompt, or after a preemption its replay.
     fn prefill_source(&self) -> &[u32] {
         if self.replay.is_empty() {
@@ -401,6 +420,7 @@ impl Engine {
             next: None,
             detok: Detokenizer::default(),
             sent: 0,
+            logprobs_sent: 0,
             max_stop,
             logprobs: logprobs_asked(&request.sampling),
             request,
@@ -602,11 +622,7 @@ impl Engine {
         if safe > seq.sent {
             let text = seq.detok.text[seq.sent..safe].to_string();
             seq.sent = safe;
-            let delta = Update::Delta {
-                key: seq.key.clone(),
-                text,
-            };
-            if on_update(delta).is_break() {
+            if on_update(seq.delta(text)).is_break() {
                 return Ok(None);
             }
         }
@@ -632,11 +648,16 @@ impl Engine {
             };
             self.tokenizer.decode(ids, false)?
         };
-        if body.len() > seq.sent && body.is_char_boundary(seq.sent) {
-            let _ = on_update(Update::Delta {
-                key: seq.key.clone(),
-                text: body[seq.sent..].to_string(),
-            });
+        let rest = match body.get(seq.sent..) {
+            Some(rest) if body.len() > seq.sent => rest.to_string(),
+            _ => String::new(),
+        };
+        let logprobs_left = seq
+            .logprobs
+            .as_ref()
+            .is_some_and(|lp| lp.len() > seq.logprobs_sent);
+        if !rest.is_empty() || logprobs_left {
+            let _ = on_update(seq.delta(rest));
         }
         Ok(GenOutput {
             key: seq.key,

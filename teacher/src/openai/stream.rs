@@ -1,9 +1,12 @@
 //! Streamed answers (`stream: true`, server-sent events): the chunks' deltas are joined back
 //! into the one response a non-streaming request would have received, so everything after the
-//! transport (finish reasons, `reasoning_content`, usage) is handled in one place. Some servers
+//! transport (finish reasons, `reasoning_content`, usage, the chunks' `logprobs`) is handled in
+//! one place. Some servers
 //! only stream; some stream even when asked not to, which is why the content type decides.
 
-use super::wire::{ChatResponse, Choice, ResponseMessage, StreamChunk};
+use super::wire::{
+    ChatResponse, Choice, ChoiceLogprobs, ResponseMessage, StreamChunk, TokenLogprob,
+};
 
 /// The `Content-Type` of a server-sent event stream.
 pub const EVENT_STREAM: &str = "text/event-stream";
@@ -34,6 +37,7 @@ impl std::fmt::Display for StreamError {
 pub fn collect(body: &str) -> Result<ChatResponse, StreamError> {
     let mut message = ResponseMessage::default();
     let mut finish_reason: Option<String> = None;
+    let mut logprobs: Option<Vec<TokenLogprob>> = None;
     let mut response = ChatResponse::default();
     for line in body.lines() {
         // Comments (`: keep-alive`), `event:` and `id:` lines carry nothing to keep.
@@ -75,6 +79,9 @@ pub fn collect(body: &str) -> Result<ChatResponse, StreamError> {
         append(&mut message.content, delta.content);
         append(&mut message.reasoning_content, delta.reasoning_content);
         append(&mut message.reasoning, delta.reasoning);
+        if let Some(entries) = choice.logprobs.and_then(|l| l.content) {
+            logprobs.get_or_insert_with(Vec::new).extend(entries);
+        }
         if choice.finish_reason.is_some() {
             finish_reason = choice.finish_reason;
         }
@@ -87,8 +94,9 @@ pub fn collect(body: &str) -> Result<ChatResponse, StreamError> {
         index: 0,
         message,
         finish_reason,
-        // Streamed log-probabilities are not collected: `--logprobs` asks for whole answers.
-        logprobs: None,
+        logprobs: logprobs.map(|content| ChoiceLogprobs {
+            content: Some(content),
+        }),
     }];
     Ok(response)
 }

@@ -226,6 +226,9 @@ pub struct StreamChoice {
     pub index: u32,
     #[serde(default)]
     pub delta: ResponseMessage,
+    /// The chunk's tokens' log-probabilities (asked with `logprobs`), to join in order.
+    #[serde(default)]
+    pub logprobs: Option<ChoiceLogprobs>,
     #[serde(default)]
     pub finish_reason: Option<String>,
 }
@@ -246,6 +249,9 @@ pub struct ChatChunk {
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
+    /// The log-probabilities of the chunk's tokens, when the request asks for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: Option<String>,
 }
 

@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions` in `distill serve`: a conversation checked and rendered through
-//! the model's chat template, `n` seeded choices in the engine's batch, whole answers with
-//! `logprobs`, or a stream of deltas.
+//! the model's chat template, `n` seeded choices in the engine's batch, whole answers or a
+//! stream of deltas, either with `logprobs`.
 //!
 //! Beyond OpenAI's fields it takes vLLM's `top_k` and `continue_final_message` (the final
 //! assistant message becomes the prefill the reply continues). With the reasoning parser on,
@@ -18,7 +18,7 @@ use axum::Json;
 use distill_models::chat::Message;
 
 use super::choices::Choices;
-use super::sse::{Shape, SseStream};
+use super::sse::{ChunkLogprobs, Shape, SseStream};
 use super::{
     bad, check_model, now, refuse_unapplied, sampling_of, submit_all, ApiError, AppState, Sampling,
     SamplingFields, ServerConfig,
@@ -50,7 +50,7 @@ pub(super) async fn chat_completions(State(state): State<Arc<AppState>>, body: B
     }
 }
 
-async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, ApiError> {
+async fn handle(state: &Arc<AppState>, body: &[u8]) -> std::result::Result<Response, ApiError> {
     let raw: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}"), None))?;
     refuse_unapplied(&raw, &[])?;
@@ -74,12 +74,19 @@ async fn handle(state: &AppState, body: &[u8]) -> std::result::Result<Response, 
         state.next_id.fetch_add(1, Ordering::Relaxed) + 1
     );
     if parsed.stream {
+        let logprobs = parsed.logprobs.map(|asked| {
+            let state = state.clone();
+            Box::new(move |lp: &crate::backend::TokenLogprobs| {
+                choice_logprobs(&state.tokenizer, lp, asked)
+            }) as ChunkLogprobs
+        });
         return Ok(SseStream::respond(
             Shape::Chat,
             choices,
             id,
             state.config.model_name.clone(),
             parsed.include_usage,
+            logprobs,
         ));
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
@@ -254,12 +261,6 @@ fn validate(config: &ServerConfig, request: ChatRequest) -> std::result::Result<
                 return Err(bad(
                     format!("`top_logprobs` is {top}; it must be within [0, 20]"),
                     Some("top_logprobs"),
-                ));
-            }
-            if stream {
-                return Err(bad(
-                    "`logprobs` comes with whole answers only: drop `stream`",
-                    Some("logprobs"),
                 ));
             }
             // The engine records at least one alternative; the answer shows `top`.

@@ -9,7 +9,7 @@ use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{bad, internal, ApiError, STOPPED};
-use crate::backend::GenOutput;
+use crate::backend::{GenOutput, TokenLogprobs};
 use crate::engine::Update;
 use crate::openai::wire::Usage;
 
@@ -29,6 +29,8 @@ pub(super) enum Event {
     Delta {
         index: usize,
         text: String,
+        /// The log-probabilities of the tokens since the choice's previous delta (asked ones).
+        logprobs: Option<TokenLogprobs>,
     },
     Done {
         index: usize,
@@ -98,7 +100,13 @@ impl Choices {
                 return Some(Event::Failed(internal(STOPPED.into())));
             };
             match update {
-                Update::Delta { text, .. } => return Some(Event::Delta { index, text }),
+                Update::Delta { text, logprobs, .. } => {
+                    return Some(Event::Delta {
+                        index,
+                        text,
+                        logprobs,
+                    })
+                }
                 Update::Done(output) => {
                     self.done[index] = true;
                     if index % self.per_prompt == 0 {

@@ -321,6 +321,7 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
             id,
             state.config.model_name.clone(),
             request.stream_options.is_some_and(|o| o.include_usage),
+            None,
         ));
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.

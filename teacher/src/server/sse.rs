@@ -1,7 +1,7 @@
 //! Streamed replies of `distill serve` (`stream: true`): OpenAI's server-sent events, one chunk
-//! per piece of text the engine produces (tagged with its choice under `n`), each choice's
-//! finish reason, optionally the usage, then `[DONE]`; an engine failure mid-stream becomes an
-//! error event. Chat chunks carry deltas (`chat.completion.chunk`), completion chunks the text
+//! per piece of text the engine produces (tagged with its choice under `n`, with its tokens'
+//! log-probabilities when asked), each choice's finish reason, optionally the usage, then
+//! `[DONE]`; an engine failure mid-stream becomes an error event. Chat chunks carry deltas (`chat.completion.chunk`), completion chunks the text
 //! itself (`text_completion`), as OpenAI's two endpoints stream.
 
 use axum::body::{Body, Bytes};
@@ -9,8 +9,15 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::choices::{Choices, Event};
+use crate::backend::TokenLogprobs;
 use crate::openai::prompt_logprobs::{CompletionChoice, CompletionResponse};
-use crate::openai::wire::{ChatChunk, ChunkChoice, Delta, ErrorBody, ErrorDetail, Usage};
+use crate::openai::wire::{
+    ChatChunk, ChoiceLogprobs, ChunkChoice, Delta, ErrorBody, ErrorDetail, Usage,
+};
+
+/// Names a chunk's tokens and their alternatives in OpenAI's `logprobs` shape (the chat
+/// endpoint's rendering, with the request's `top_logprobs`).
+pub(super) type ChunkLogprobs = Box<dyn Fn(&TokenLogprobs) -> ChoiceLogprobs + Send>;
 
 /// Which endpoint's chunks a stream sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +37,22 @@ pub(super) struct SseStream {
     model: String,
     created: u64,
     include_usage: bool,
+    /// Chat chunks' `logprobs`, when the request asks for them.
+    logprobs: Option<ChunkLogprobs>,
     started: bool,
     ended: bool,
 }
 
 impl SseStream {
-    /// The response streaming `choices` as `id`; `include_usage` adds the usage chunk.
+    /// The response streaming `choices` as `id`; `include_usage` adds the usage chunk;
+    /// `logprobs` names each chat chunk's tokens.
     pub(super) fn respond(
         shape: Shape,
         choices: Choices,
         id: String,
         model: String,
         include_usage: bool,
+        logprobs: Option<ChunkLogprobs>,
     ) -> Response {
         let stream = Self {
             shape,
@@ -50,6 +61,7 @@ impl SseStream {
             model,
             created: super::now(),
             include_usage,
+            logprobs,
             started: false,
             ended: false,
         };
@@ -57,11 +69,22 @@ impl SseStream {
     }
 
     fn chunk(&self, index: usize, delta: Delta, finish_reason: Option<String>) -> String {
+        self.chunk_with(index, delta, None, finish_reason)
+    }
+
+    fn chunk_with(
+        &self,
+        index: usize,
+        delta: Delta,
+        logprobs: Option<ChoiceLogprobs>,
+        finish_reason: Option<String>,
+    ) -> String {
         let json = match self.shape {
             Shape::Chat => serde_json::to_string(&self.chat_chunk(
                 vec![ChunkChoice {
                     index: index as u32,
                     delta,
+                    logprobs,
                     finish_reason,
                 }],
                 None,
@@ -137,12 +160,19 @@ impl SseStream {
             return Some(roles);
         }
         match self.choices.next().await {
-            Some(Event::Delta { index, text }) => {
+            Some(Event::Delta {
+                index,
+                text,
+                logprobs,
+            }) => {
                 let delta = Delta {
                     content: Some(text),
                     ..Delta::default()
                 };
-                Some(self.chunk(index, delta, None))
+                let logprobs = logprobs
+                    .zip(self.logprobs.as_ref())
+                    .map(|(lp, name)| name(&lp));
+                Some(self.chunk_with(index, delta, logprobs, None))
             }
             Some(Event::Done { index, output }) => {
                 let reason = output.finish_reason.as_str().to_string();

@@ -14,3 +14,13 @@ pub mod progress;
 pub mod run;
 pub mod student_cmd;
 pub mod teacher_cmd;
+
+/// The plural ending of a count's noun in a message: `""` for 1, `"s"` otherwise ("1 sample",
+/// "2 samples").
+pub(crate) fn plural(count: impl Into<u64>) -> &'static str {
+    if count.into() == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

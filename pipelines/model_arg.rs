@@ -75,7 +75,7 @@ pub fn resolve_hub(model: &HubRef) -> anyhow::Result<ModelPath> {
         eprintln!(
             "Downloaded {} file{} of `{model}` into `{}`",
             found.downloaded,
-            if found.downloaded == 1 { "" } else { "s" },
+            crate::plural(found.downloaded as u64),
             found.path.display()
         );
     }

@@ -292,7 +292,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         "{} problems × {} sample{} = {total} ({already} already done); loading `{}`",
         plan.problems().len(),
         args.samples,
-        if args.samples == 1 { "" } else { "s" },
+        crate::plural(args.samples as u64),
         model_path.display()
     );
     let options = args.device.engine(EngineOptions {
@@ -355,7 +355,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         "Wrote {} sample{} ({} already there, {} failed) into {} shards in `{}`: {} tokens in \
          {secs:.1}s ({:.1} tok/s)",
         report.written,
-        if report.written == 1 { "" } else { "s" },
+        crate::plural(report.written),
         report.skipped,
         report.failed,
         report.shards,
@@ -380,7 +380,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "{} sample{} failed (the last, {}; all in `generation.json`); rerun the same command to retry them",
             report.failed,
-            if report.failed == 1 { "" } else { "s" },
+            crate::plural(report.failed),
             report.last_failure.as_deref().unwrap_or("no reason recorded")
         );
     }

@@ -250,7 +250,7 @@ pub fn summary(report: &Report) -> String {
     let n = report.protocol.samples;
     let mut text = format!(
         "On {problems} held-out problems ({n} sample{} each), the teacher `{}` scores pass@1 {}",
-        if n == 1 { "" } else { "s" },
+        crate::plural(n as u64),
         teacher.label,
         pct(teacher.metrics.pass_at_1)
     );

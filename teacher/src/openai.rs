@@ -14,8 +14,8 @@
 //!
 //! Streaming: with `stream` set, or once an endpoint refuses a non-streaming request saying it
 //! only streams (the backend then streams every later request), answers come as server-sent
-//! events whose deltas are joined back into one answer ([`stream`]); an answer that arrives as
-//! an event stream although none was asked for is read the same way.
+//! events whose deltas are joined back into one answer (the `stream` module); an answer that
+//! arrives as an event stream although none was asked for is read the same way.
 //!
 //! Finish reasons other than `stop` and `length` (`content_filter`, `abort`, `tool_calls`...)
 //! are kept as what they are, and an answer cut while still reasoning keeps its think block

@@ -377,11 +377,20 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     if report.failed > 0 {
+        // A request the model cannot take fails again on a rerun; anything else may not.
+        let advice = if report.failed_invalid == report.failed {
+            "a rerun would fail them again: drop those problems or change the settings"
+        } else {
+            "rerun the same command to retry them"
+        };
         anyhow::bail!(
-            "{} sample{} failed (the last, {}; all in `generation.json`); rerun the same command to retry them",
+            "{} sample{} failed (the last, {}; all in `generation.json`); {advice}",
             report.failed,
             crate::plural(report.failed),
-            report.last_failure.as_deref().unwrap_or("no reason recorded")
+            report
+                .last_failure
+                .as_deref()
+                .unwrap_or("no reason recorded")
         );
     }
     Ok(())

@@ -350,7 +350,10 @@ fn a_prompt_longer_than_the_context_fails_with_the_reason() {
     let error = stderr.lines().last().unwrap();
     assert!(
         error.contains("1 sample failed (the last, ")
-            && error.contains("leaves no room to generate in the model's context of 128 positions"),
+            && error.contains("leaves no room to generate in the model's context of 128 positions")
+            && error.ends_with(
+                "a rerun would fail them again: drop those problems or change the settings"
+            ),
         "{stderr}"
     );
     let written = rows(&out);

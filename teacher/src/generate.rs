@@ -138,6 +138,10 @@ pub struct GenerateReport {
     /// `generation.json`), for the command's one-line error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// Failed samples whose request is invalid for the model (a prompt that fills its context):
+    /// a rerun fails them again.
+    #[serde(default)]
+    pub failed_invalid: u64,
 }
 
 /// A validated run, before any model work: problems read, output folder checked.
@@ -511,6 +515,9 @@ impl Plan {
             }
             Event::Failed { key, error } => {
                 report.failed += 1;
+                if matches!(error, Error::Config(_)) {
+                    report.failed_invalid += 1;
+                }
                 progress.failed += 1;
                 errors.total += 1;
                 if errors.recent.len() >= KEPT_ERRORS {

@@ -90,7 +90,7 @@ impl Default for EngineOptions {
 pub enum Update {
     /// New text of a request (for streaming); the held-back tail that might still turn into a
     /// stop string is sent once it cannot. The concatenated deltas equal `Done`'s text minus the
-    /// prefill.
+    /// prefill (the last may hold no text, only the log-probabilities still unsent).
     Delta {
         key: String,
         text: String,
@@ -648,10 +648,8 @@ impl Engine {
             };
             self.tokenizer.decode(ids, false)?
         };
-        let rest = match body.get(seq.sent..) {
-            Some(rest) if body.len() > seq.sent => rest.to_string(),
-            _ => String::new(),
-        };
+        // Nothing when the deltas already hold it all (or `sent` is not a boundary of `body`).
+        let rest = body.get(seq.sent..).unwrap_or_default().to_string();
         let logprobs_left = seq
             .logprobs
             .as_ref()

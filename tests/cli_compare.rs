@@ -456,3 +456,42 @@ fn exports_get_a_laptop_table() {
     assert!(!md.contains("On a laptop"), "{md}");
     assert_eq!(report(&plain)["models"][0]["weights"], "f32");
 }
+
+/// A sample the model cannot generate (its prompt fills the 128-position context of the Qwen3
+/// fixture) is left out of the metrics, and the run says so on stderr with the reason, instead
+/// of a report with a silent gap.
+#[test]
+fn failed_samples_are_named_with_their_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let problems = tmp.path().join("eval.jsonl");
+    let long = "Tom has 3 apples and buys 4 more apples at the market. ".repeat(4);
+    let row = serde_json::json!({"id": "long", "prompt": long, "answer": "7"});
+    std::fs::write(&problems, row.to_string()).unwrap();
+    let out = tmp.path().join("report");
+    let model = fixture("tiny-qwen3.gguf");
+    let run = common::distill(&[
+        "compare",
+        "--models",
+        model.to_str().unwrap(),
+        "--problems",
+        problems.to_str().unwrap(),
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Warning: model `tiny-qwen3`: 1 sample failed (the last, long/0: ")
+            && stderr.contains("context of 128 positions"),
+        "{stderr}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("1 sample is missing (its request failed)"),
+        "{report}"
+    );
+}

@@ -301,11 +301,25 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 b.set_message(msg);
             }
         }
-        Event::ModelDone { label, generated } => {
+        Event::ModelDone {
+            label,
+            generated,
+            failed,
+            last_failure,
+        } => {
             if let Some(b) = bar.take() {
                 b.finish_with_message(format!("{generated} generated"));
             } else {
                 tracing::debug!("{label}: nothing to generate");
+            }
+            // The metrics leave failed samples out, so the models would be scored on different
+            // problems: say so, with the reason, where the user looks.
+            if failed > 0 {
+                eprintln!(
+                    "Warning: model `{label}`: {failed} sample{} failed (the last, {}); its metrics leave them out (a rerun retries them)",
+                    crate::plural(failed),
+                    last_failure.as_deref().unwrap_or("no reason recorded")
+                );
             }
         }
     })?;

@@ -481,10 +481,12 @@ pub fn markdown(report: &Report) -> String {
     }
     let missing: u64 = report.models.iter().map(|m| m.cache.missing).sum();
     if missing > 0 {
-        let _ = writeln!(
-            md,
-            "- {missing} samples are missing (their requests failed); the metrics use the rest."
-        );
+        let what = if missing == 1 {
+            "sample is missing (its request failed)"
+        } else {
+            "samples are missing (their requests failed)"
+        };
+        let _ = writeln!(md, "- {missing} {what}; the metrics use the rest.");
     }
     md
 }

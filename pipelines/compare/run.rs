@@ -55,9 +55,7 @@ pub enum Event<'a> {
         cleared: bool,
     },
     /// The model is being loaded.
-    Loading {
-        label: &'a str,
-    },
+    Loading { label: &'a str },
     Progress {
         label: &'a str,
         done: u64,
@@ -68,6 +66,9 @@ pub enum Event<'a> {
     ModelDone {
         label: &'a str,
         generated: u64,
+        /// Samples of this run that failed, and the last one's `key: reason`.
+        failed: u64,
+        last_failure: Option<String>,
     },
 }
 
@@ -158,6 +159,7 @@ fn run_model(
     });
     let mut sidecar = prepared.sidecar;
     let mut generated_now = 0;
+    let mut failed = (0, None);
     if missing_before > 0 {
         on_event(Event::Loading { label });
         // The previous model's freed buffers would otherwise stay resident and count here.
@@ -202,12 +204,15 @@ fn run_model(
         };
         drop(backend);
         generated_now = report.written;
+        failed = (report.failed, report.last_failure);
         sidecar.stats.add(&run);
         cache::write_sidecar(&dir, &sidecar)?;
     }
     on_event(Event::ModelDone {
         label,
         generated: generated_now,
+        failed: failed.0,
+        last_failure: failed.1,
     });
 
     let records = cache::read_records(&dir)

@@ -77,8 +77,8 @@ pub struct ModelReport {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub intermediate_size: usize,
-    /// Positions the model was trained for (`max_position_embeddings`, a GGUF's
-    /// `context_length`): generation ends there.
+    /// The model's context (`Config::context_len`: `max_position_embeddings`, a GGUF's
+    /// `context_length`, extended by a YaRN or linear RoPE scaling): generation ends there.
     pub context_length: usize,
     pub tie_word_embeddings: bool,
     pub bos_token: Option<SpecialToken>,

@@ -159,7 +159,7 @@ fn run_model(
     });
     let mut sidecar = prepared.sidecar;
     let mut generated_now = 0;
-    let mut failed = (0, None);
+    let (mut failed, mut last_failure) = (0, None);
     if missing_before > 0 {
         on_event(Event::Loading { label });
         // The previous model's freed buffers would otherwise stay resident and count here.
@@ -204,15 +204,15 @@ fn run_model(
         };
         drop(backend);
         generated_now = report.written;
-        failed = (report.failed, report.last_failure);
+        (failed, last_failure) = (report.failed, report.last_failure);
         sidecar.stats.add(&run);
         cache::write_sidecar(&dir, &sidecar)?;
     }
     on_event(Event::ModelDone {
         label,
         generated: generated_now,
-        failed: failed.0,
-        last_failure: failed.1,
+        failed,
+        last_failure,
     });
 
     let records = cache::read_records(&dir)

@@ -238,9 +238,10 @@ pub struct Engine {
     device_description: String,
     /// Most KV pool blocks the live sequences may hold ([`EngineOptions::kv_cache_gib`]).
     kv_blocks: Option<usize>,
-    /// Positions the model was trained for (`max_position_embeddings`) when the caller sets
-    /// them: a sequence ends there (finish reason `length`), as vLLM's `max_model_len` ends it,
-    /// instead of running on into positions the model has never seen. `None`: no limit.
+    /// The model's context (`Config::context_len`, set by [`Engine::load`]): a sequence ends
+    /// there (finish reason `length`), as vLLM's `max_model_len` ends it, instead of running on
+    /// into positions the model has never seen. `None` (an engine built with [`Engine::new`]):
+    /// no limit.
     context_len: Option<usize>,
 }
 
@@ -326,13 +327,13 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Positions a sequence may reach, prompt included; `None` (the default): no limit.
+    /// Positions a sequence may reach, prompt included; `None`: no limit.
     pub fn context_len(&self) -> Option<usize> {
         self.context_len
     }
 
-    /// Ends sequences at `context_len` positions ([`Engine::context_len`]); `distill serve`
-    /// sets the checkpoint's `max_position_embeddings`, as vLLM's `max_model_len` does.
+    /// Ends sequences at `context_len` positions ([`Engine::context_len`]) instead of the
+    /// context [`Engine::load`] set.
     pub fn set_context_len(&mut self, context_len: Option<usize>) {
         self.context_len = context_len;
     }

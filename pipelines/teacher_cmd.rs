@@ -377,11 +377,10 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     if report.failed > 0 {
-        // A request the model cannot take fails again on a rerun; anything else may not.
-        let advice = if report.failed_invalid == report.failed {
-            "a rerun would fail them again: drop those problems or change the settings"
-        } else {
+        let advice = if report.rerun_may_help() {
             "rerun the same command to retry them"
+        } else {
+            "a rerun would fail them again: drop those problems or change the settings"
         };
         anyhow::bail!(
             "{} sample{} failed (the last, {}; all in `generation.json`); {advice}",

@@ -486,7 +486,8 @@ fn failed_samples_are_named_with_their_reason() {
     assert!(run.status.success(), "{stderr}");
     assert!(
         stderr.contains("Warning: model `tiny-qwen3`: 1 sample failed (the last, long/0: ")
-            && stderr.contains("context of 128 positions"),
+            && stderr.contains("context of 128 positions")
+            && stderr.contains("its metrics leave them out (a rerun would fail them again)"),
         "{stderr}"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();

@@ -306,6 +306,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             generated,
             failed,
             last_failure,
+            rerun_may_help,
         } => {
             if let Some(b) = bar.take() {
                 b.finish_with_message(format!("{generated} generated"));
@@ -315,8 +316,13 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             // The metrics leave failed samples out, so the models would be scored on different
             // problems: say so, with the reason, where the user looks.
             if failed > 0 {
+                let rerun = if rerun_may_help {
+                    "a rerun retries them"
+                } else {
+                    "a rerun would fail them again"
+                };
                 eprintln!(
-                    "Warning: model `{label}`: {failed} sample{} failed (the last, {}); its metrics leave them out (a rerun retries them)",
+                    "Warning: model `{label}`: {failed} sample{} failed (the last, {}); its metrics leave them out ({rerun})",
                     crate::plural(failed),
                     last_failure.as_deref().unwrap_or("no reason recorded")
                 );

@@ -66,9 +66,11 @@ pub enum Event<'a> {
     ModelDone {
         label: &'a str,
         generated: u64,
-        /// Samples of this run that failed, and the last one's `key: reason`.
+        /// Samples of this run that failed, the last one's `key: reason`, and whether a rerun
+        /// may generate them (`GenerateReport::rerun_may_help`).
         failed: u64,
         last_failure: Option<String>,
+        rerun_may_help: bool,
     },
 }
 
@@ -159,7 +161,7 @@ fn run_model(
     });
     let mut sidecar = prepared.sidecar;
     let mut generated_now = 0;
-    let (mut failed, mut last_failure) = (0, None);
+    let (mut failed, mut last_failure, mut rerun_may_help) = (0, None, false);
     if missing_before > 0 {
         on_event(Event::Loading { label });
         // The previous model's freed buffers would otherwise stay resident and count here.
@@ -204,6 +206,7 @@ fn run_model(
         };
         drop(backend);
         generated_now = report.written;
+        rerun_may_help = report.rerun_may_help();
         (failed, last_failure) = (report.failed, report.last_failure);
         sidecar.stats.add(&run);
         cache::write_sidecar(&dir, &sidecar)?;
@@ -213,6 +216,7 @@ fn run_model(
         generated: generated_now,
         failed,
         last_failure,
+        rerun_may_help,
     });
 
     let records = cache::read_records(&dir)

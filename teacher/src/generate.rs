@@ -144,6 +144,14 @@ pub struct GenerateReport {
     pub failed_invalid: u64,
 }
 
+impl GenerateReport {
+    /// Whether a rerun may generate some of the failed samples: not when every failure was a
+    /// request the model cannot take.
+    pub fn rerun_may_help(&self) -> bool {
+        self.failed_invalid < self.failed
+    }
+}
+
 /// A validated run, before any model work: problems read, output folder checked.
 pub struct Plan {
     config: GenerateConfig,

@@ -2,7 +2,8 @@
 //! --model`, `serve`, `compare --models`, and the pipeline tables that hold them): a local path
 //! stays that path; `owner/name` (see [`distill_models::hub`]) is fetched from the Hugging Face
 //! hub into its cache, with a progress bar per file, before any expensive work, and opened from
-//! there.
+//! there. A `distill train` output folder stands for the model it holds (`OUT/model`), so a
+//! user can pass the folder they named with `--out`.
 
 use std::path::{Path, PathBuf};
 
@@ -31,16 +32,43 @@ pub fn hub_ref(arg: &Path) -> Option<HubRef> {
 }
 
 /// Resolves a model argument, downloading a hub model's missing files. A local path is
-/// returned as is (whether it exists is for the caller to say).
+/// returned as is (whether it exists is for the caller to say), or the model of a training run
+/// folder (see [`local`]).
 pub fn resolve(arg: &Path) -> anyhow::Result<ModelPath> {
     match hub_ref(arg) {
         Some(model) => resolve_hub(&model),
         None => Ok(ModelPath {
-            path: arg.to_path_buf(),
+            path: local(arg),
             name: distill_teacher::local::model_name(arg),
             hub: None,
         }),
     }
+}
+
+/// A local model argument as the checkpoint to open: a training run's output folder (no
+/// `config.json` of its own, a finished model in `model/`) becomes that `model/` folder, said on
+/// stderr; anything else stays as given.
+pub fn local(arg: &Path) -> PathBuf {
+    match trained_model(arg) {
+        Some(model) => {
+            eprintln!(
+                "`{}` is a training run: using its model `{}`",
+                arg.display(),
+                model.display()
+            );
+            model
+        }
+        None => arg.to_path_buf(),
+    }
+}
+
+/// The finished model inside a training run's output folder, if `dir` is one.
+fn trained_model(dir: &Path) -> Option<PathBuf> {
+    let model = dir.join("model");
+    (dir.is_dir()
+        && !dir.join(distill_models::hf::CONFIG).exists()
+        && model.join(distill_models::hf::CONFIG).is_file())
+    .then_some(model)
 }
 
 /// [`resolve`], failing in one line when a local path does not exist: "the `role` `PATH` does

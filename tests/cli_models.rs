@@ -256,6 +256,35 @@ fn bad_paths_give_one_clear_line() {
     );
 }
 
+/// A `distill train` output folder stands for the model it holds (`OUT/model`), said on stderr;
+/// a folder with a config of its own is that model, whatever it holds.
+#[test]
+fn a_training_run_folder_opens_as_its_model() {
+    let run = tempfile::tempdir().unwrap();
+    let model = run.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-qwen2")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(run.path().join("train_config.toml"), "").unwrap();
+    let run_s = run.path().display().to_string();
+    let (ok, stdout, stderr) = distill(&["inspect", &run_s, "--json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(json(&stdout)["architecture"], "qwen2");
+    assert!(
+        stderr.contains(&format!(
+            "`{run_s}` is a training run: using its model `{}`",
+            model.display()
+        )),
+        "{stderr}"
+    );
+
+    std::fs::write(run.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    let (ok, _, stderr) = distill(&["inspect", &run_s]);
+    assert!(!ok && stderr.contains("`mamba`"), "{stderr}");
+}
+
 /// The asset rule every crate's tests share: skipped loudly at home, a failure in CI.
 #[test]
 fn a_missing_asset_skips_locally_and_fails_in_ci() {

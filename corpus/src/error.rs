@@ -43,7 +43,7 @@ pub enum Error {
     EmptyFile { path: PathBuf },
     #[error("No parquet shards found in `{path}`")]
     NoShards { path: PathBuf },
-    #[error("Output `{path}` already exists (pass overwrite to replace it)")]
+    #[error("Output `{path}` already exists (`--overwrite` replaces it)")]
     OutputExists { path: PathBuf },
     #[error("Cannot read parquet `{path}`")]
     ParquetRead {

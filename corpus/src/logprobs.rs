@@ -13,9 +13,11 @@
 //! | `teacher_top_logprobs` | list<float16> | `n × K` log-probabilities of those ids |
 //!
 //! Log-probabilities are the model's own (`log_softmax` of its logits at temperature 1, before
-//! any sampling filter), as vLLM and OpenAI endpoints return them; float16 keeps 3 significant
-//! digits, finer than the sampling noise of a distribution, at half the bytes. A row whose
-//! sample has no log-probabilities (an endpoint that returned none) holds nulls.
+//! any sampling filter), as vLLM and OpenAI endpoints return them; the columns store float16
+//! (3 significant digits, finer than the sampling noise of a distribution, at half the bytes),
+//! while a record in memory keeps float32, so `distill serve` answers with the model's own
+//! values as vLLM does. A row whose sample has no log-probabilities (an endpoint that returned
+//! none) holds nulls.
 
 use std::sync::Arc;
 
@@ -35,15 +37,15 @@ pub mod col {
 }
 
 /// One sample's per-token log-probabilities: for each generated token, its id, its
-/// log-probability and the `k` most likely ids with theirs (values rounded to float16, as
-/// stored).
+/// log-probability and the `k` most likely ids with theirs (float32; rounded to float16 when
+/// written, see [`TokenLogprobs::as_stored`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TokenLogprobs {
     k: usize,
     token_ids: Vec<u32>,
-    token_logprobs: Vec<f16>,
+    token_logprobs: Vec<f32>,
     top_ids: Vec<u32>,
-    top_logprobs: Vec<f16>,
+    top_logprobs: Vec<f32>,
 }
 
 impl TokenLogprobs {
@@ -66,12 +68,24 @@ impl TokenLogprobs {
             )));
         }
         self.token_ids.push(token);
-        self.token_logprobs.push(f16::from_f32(logprob));
+        self.token_logprobs.push(logprob);
         for &(id, lp) in top {
             self.top_ids.push(id);
-            self.top_logprobs.push(f16::from_f32(lp));
+            self.top_logprobs.push(lp);
         }
         Ok(())
+    }
+
+    /// This record as the corpus stores it and reads it back (every value rounded to float16).
+    pub fn as_stored(&self) -> Self {
+        let round = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        Self {
+            k: self.k,
+            token_ids: self.token_ids.clone(),
+            token_logprobs: round(&self.token_logprobs),
+            top_ids: self.top_ids.clone(),
+            top_logprobs: round(&self.top_logprobs),
+        }
     }
 
     /// Alternatives per token.
@@ -94,7 +108,7 @@ impl TokenLogprobs {
 
     /// The generated tokens' log-probabilities.
     pub fn token_logprobs(&self) -> impl Iterator<Item = f32> + '_ {
-        self.token_logprobs.iter().map(|x| x.to_f32())
+        self.token_logprobs.iter().copied()
     }
 
     /// The `k` most likely ids at step `i` and their log-probabilities.
@@ -102,7 +116,7 @@ impl TokenLogprobs {
         let range = i * self.k..(i + 1) * self.k;
         (
             &self.top_ids[range.clone()],
-            self.top_logprobs[range].iter().map(|x| x.to_f32()),
+            self.top_logprobs[range].iter().copied(),
         )
     }
 
@@ -170,13 +184,14 @@ pub fn to_arrays(rows: &[Option<&TokenLogprobs>]) -> Vec<ArrayRef> {
     let mut lps = ListBuilder::new(Float16Builder::new());
     let mut top_ids = ListBuilder::new(UInt32Builder::new());
     let mut top_lps = ListBuilder::new(Float16Builder::new());
+    let halves = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
     for row in rows {
         match row {
             Some(t) => {
                 ids.values().append_slice(&t.token_ids);
-                lps.values().append_slice(&t.token_logprobs);
+                lps.values().append_slice(&halves(&t.token_logprobs));
                 top_ids.values().append_slice(&t.top_ids);
-                top_lps.values().append_slice(&t.top_logprobs);
+                top_lps.values().append_slice(&halves(&t.top_logprobs));
                 ids.append(true);
                 lps.append(true);
                 top_ids.append(true);
@@ -241,7 +256,7 @@ pub fn read(batch: &RecordBatch) -> Result<Vec<Option<TokenLogprobs>>> {
         })?;
         Ok(a.values().to_vec())
     };
-    let f16s = |l: &ListArray, row: usize, name: &str| -> Result<Vec<f16>> {
+    let f16s = |l: &ListArray, row: usize, name: &str| -> Result<Vec<f32>> {
         let v = l.value(row);
         let a = v.as_any().downcast_ref::<Float16Array>().ok_or_else(|| {
             Error::Invalid(format!(
@@ -249,7 +264,7 @@ pub fn read(batch: &RecordBatch) -> Result<Vec<Option<TokenLogprobs>>> {
                 v.data_type()
             ))
         })?;
-        Ok(a.values().to_vec())
+        Ok(a.values().iter().map(|x| x.to_f32()).collect())
     };
     (0..batch.num_rows())
         .map(|row| {
@@ -326,7 +341,11 @@ mod tests {
             .batches()
             .flat_map(|b| read(&b.unwrap()).unwrap())
             .collect();
-        assert_eq!(read_back[0], rows[0]);
+        assert_eq!(read_back[0], rows[0].as_ref().map(TokenLogprobs::as_stored));
+        assert_ne!(
+            read_back[0], rows[0],
+            "the sample's values are not all float16 values"
+        );
         assert_eq!(read_back[1], None);
         assert_eq!(read_back[2].as_ref().unwrap().len(), 0);
         let t = read_back[0].as_ref().unwrap();

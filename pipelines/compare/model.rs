@@ -207,6 +207,7 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
                         path: model.path,
                     }
                 }
+                // Labelled by the argument (a run folder `s2`, not its `model`).
                 None => Source::Local(PathBuf::from(spec)),
             },
         };
@@ -214,6 +215,10 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
             .get(spec)
             .cloned()
             .unwrap_or_else(|| default_label(&source));
+        let source = match source {
+            Source::Local(path) => Source::Local(crate::model_arg::local(&path)),
+            other => other,
+        };
         if !seen.insert(label.clone()) {
             bail!("two models get the label `{label}`; name them apart with `--labels NAME=MODEL`");
         }

@@ -300,16 +300,6 @@ fn scoring_requests_are_checked() {
             "`echo` with `logprobs`",
         ),
         (
-            json!({"prompt": [1], "max_tokens": 4, "logprobs": 2, "stream": true}),
-            "logprobs",
-            "drop `stream`",
-        ),
-        (
-            json!({"prompt": [1], "max_tokens": 4, "echo": true, "stream": true}),
-            "echo",
-            "drop `stream`",
-        ),
-        (
             json!({"prompt": [1], "max_tokens": 4, "logprobs": 21}),
             "logprobs",
             "within [0, 20]",

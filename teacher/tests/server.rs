@@ -439,7 +439,8 @@ fn n_choices_are_the_seeded_samples_one_by_one() {
 
 /// `/v1/completions` continues raw prompt ids exactly as the chat endpoint continues the same
 /// ids from its template: greedy texts equal, `n` choices per prompt of a batch in order, each
-/// prompt counted once in the usage, and log-probabilities in the completions API's shape.
+/// prompt counted once in the usage, and log-probabilities in the completions API's shape;
+/// streamed, the same texts and log-probabilities, and under `echo` the prompt first.
 #[test]
 fn completions_continue_raw_prompts_as_chat_continues_its_template() {
     let engine = engine();
@@ -502,8 +503,13 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
                     "{token} {top:?}"
                 );
             }
+            // Each token starts where the one before ends, in characters.
             let offsets = lp["text_offset"].as_array().unwrap();
-            assert!(offsets.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()));
+            let mut at = 0;
+            for (token, offset) in lp["tokens"].as_array().unwrap().iter().zip(offsets) {
+                assert_eq!(offset.as_u64(), Some(at));
+                at += token.as_str().unwrap().chars().count() as u64;
+            }
         }
         let prompt: u64 = ids.iter().map(|p| p.len() as u64).sum();
         assert_eq!(answer["usage"]["prompt_tokens"], prompt);
@@ -523,24 +529,48 @@ fn completions_continue_raw_prompts_as_chat_continues_its_template() {
             ))
         );
 
-        // Streamed (text only: no `logprobs`): text chunks under each choice's index add up
-        // to the same texts.
-        let mut body = body;
-        body.as_object_mut().unwrap().remove("logprobs");
+        // Streamed: text chunks under each choice's index add up to the same texts, and their
+        // log-probabilities to the same entries, offsets counted through the whole text.
         let chunks = stream_chunks(&client, &url, body).await;
-        let mut streamed = vec![String::new(); 4];
+        let mut streamed = vec![(String::new(), Vec::new(), Vec::new(), Vec::new()); 4];
         for chunk in &chunks[..chunks.len() - 1] {
             assert_eq!(chunk["object"], "text_completion");
             let choice = &chunk["choices"][0];
-            streamed[choice["index"].as_u64().unwrap() as usize]
-                .push_str(choice["text"].as_str().unwrap());
+            let (text, tokens, logprobs, offsets) =
+                &mut streamed[choice["index"].as_u64().unwrap() as usize];
+            text.push_str(choice["text"].as_str().unwrap());
+            if let Some(lp) = choice["logprobs"].as_object() {
+                tokens.extend(lp["tokens"].as_array().unwrap().iter().cloned());
+                logprobs.extend(lp["token_logprobs"].as_array().unwrap().iter().cloned());
+                offsets.extend(lp["text_offset"].as_array().unwrap().iter().cloned());
+            }
         }
-        let texts: Vec<&str> = choices
-            .iter()
-            .map(|c| c["text"].as_str().unwrap())
-            .collect();
-        assert_eq!(streamed, texts);
+        for (i, (text, tokens, logprobs, offsets)) in streamed.iter().enumerate() {
+            let whole = &choices[i];
+            assert_eq!(text, whole["text"].as_str().unwrap(), "choice {i}");
+            assert_eq!(tokens, whole["logprobs"]["tokens"].as_array().unwrap());
+            assert_eq!(
+                offsets,
+                whole["logprobs"]["text_offset"].as_array().unwrap()
+            );
+            let want = whole["logprobs"]["token_logprobs"].as_array().unwrap();
+            assert_eq!(logprobs.len(), want.len());
+            for (a, b) in logprobs.iter().zip(want) {
+                assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-5);
+            }
+        }
         assert_eq!(chunks.last().unwrap()["usage"], answer["usage"]);
+
+        // Streamed with `echo`: each choice's first chunk is its prompt.
+        let mut echo = echo;
+        echo["stream"] = json!(true);
+        let chunks = stream_chunks(&client, &url, echo).await;
+        assert_eq!(chunks[0]["choices"][0]["text"], json!(first_text));
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, echoed["choices"][0]["text"].as_str().unwrap());
     });
 }
 

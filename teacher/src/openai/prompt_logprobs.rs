@@ -91,8 +91,9 @@ pub struct CompletionChoice {
 }
 
 /// `choices[i].logprobs` of `/v1/completions` (OpenAI's legacy shape): per token of `text` its
-/// text, log-probability, the most likely alternatives by text, and where it starts in `text`.
-/// An echoed prompt's first token has no log-probability (`null`, as OpenAI answers).
+/// text, log-probability, the most likely alternatives by text, and where it starts in `text`
+/// (in characters, as vLLM counts them: Python's `len`). An echoed prompt's first token has no
+/// log-probability (`null`, as OpenAI answers).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
@@ -105,10 +106,9 @@ impl CompletionLogprobs {
     /// Appends a token by its text, with its log-probability and alternatives (`None` for an
     /// echoed prompt's first token).
     pub fn push(&mut self, token: String, scored: Option<(f64, HashMap<String, f64>)>) {
-        let offset = self
-            .text_offset
-            .last()
-            .map_or(0, |o| o + self.tokens.last().map_or(0, String::len));
+        let offset = self.text_offset.last().map_or(0, |o| {
+            o + self.tokens.last().map_or(0, |t| t.chars().count())
+        });
         self.text_offset.push(offset);
         self.tokens.push(token);
         let (logprob, top) = scored.unzip();

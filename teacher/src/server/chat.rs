@@ -18,7 +18,7 @@ use axum::Json;
 use distill_models::chat::Message;
 
 use super::choices::Choices;
-use super::sse::{ChunkLogprobs, Shape, SseStream};
+use super::sse::{ChatLogprobs, Shape, SseStream};
 use super::{
     bad, check_model, now, refuse_unapplied, sampling_of, submit_all, ApiError, AppState, Sampling,
     SamplingFields, ServerConfig,
@@ -78,15 +78,14 @@ async fn handle(state: &Arc<AppState>, body: &[u8]) -> std::result::Result<Respo
             let state = state.clone();
             Box::new(move |lp: &crate::backend::TokenLogprobs| {
                 choice_logprobs(&state.tokenizer, lp, asked)
-            }) as ChunkLogprobs
+            }) as ChatLogprobs
         });
         return Ok(SseStream::respond(
-            Shape::Chat,
+            Shape::Chat { logprobs },
             choices,
             id,
             state.config.model_name.clone(),
             parsed.include_usage,
-            logprobs,
         ));
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.

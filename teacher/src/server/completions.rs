@@ -11,8 +11,8 @@
 //!
 //! Generation, for any other request: `max_tokens` (OpenAI's default 16) tokens per prompt and
 //! choice with the sampling fields of `/v1/chat/completions` (`n`, `seed`, `stop`, `top_k`,
-//! `stream`, and `logprobs` in the completions API's own shape; `echo` prepends the prompt;
-//! a stream carries neither).
+//! `stream`, and `logprobs` in the completions API's own shape; `echo` prepends the prompt,
+//! streamed as each choice's first chunk).
 //! A prompt is a text (tokenised with the model's special tokens, as vLLM does), token ids, or
 //! a batch of either.
 
@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::choices::Choices;
-use super::sse::{Shape, SseStream};
+use super::sse::{Shape, SseStream, TextLogprobs};
 use super::{
     bad, check_model, internal, now, refuse_unapplied, sampling_of, submit_all, ApiError, AppState,
     Sampling, SamplingFields,
@@ -268,17 +268,6 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
             Some("echo"),
         ));
     }
-    // A stream carries text only: what it would leave out is refused, not dropped.
-    if request.stream == Some(true) {
-        for (asked, field) in [(echo, "echo"), (top.is_some(), "logprobs")] {
-            if asked {
-                return Err(bad(
-                    format!("`{field}` comes with whole answers only: drop `stream`"),
-                    Some(field),
-                ));
-            }
-        }
-    }
     let Sampling {
         mut params,
         seed,
@@ -315,13 +304,25 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
     let mut choices = Choices::new(receivers, n);
     let id = format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1);
     if request.stream == Some(true) {
+        let logprobs = top.map(|k| {
+            let state = state.clone();
+            Box::new(move |lp: &crate::backend::TokenLogprobs, start: usize| {
+                legacy_logprobs(&state, lp, k, start)
+            }) as TextLogprobs
+        });
+        let echo = match echo {
+            true => (0..choices.len())
+                .map(|index| state.tokenizer.decode(&prompts[index / n], false))
+                .collect::<Result<_, _>>()
+                .map_err(|e| internal(format!("cannot decode the prompt: {e}")))?,
+            false => Vec::new(),
+        };
         return Ok(SseStream::respond(
-            Shape::Text,
+            Shape::Text { logprobs, echo },
             choices,
             id,
             state.config.model_name.clone(),
             request.stream_options.is_some_and(|o| o.include_usage),
-            None,
         ));
     }
     // Dropping `choices` (the client hung up) makes the engine drop the sequences.
@@ -334,7 +335,7 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
             index: index as u32,
             logprobs: top
                 .zip(output.logprobs.as_ref())
-                .map(|(k, lp)| legacy_logprobs(state, lp, k)),
+                .map(|(k, lp)| legacy_logprobs(state, lp, k, 0)),
             text: match echo {
                 true => {
                     let prompt = &prompts[index / n];
@@ -359,11 +360,12 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
 }
 
 /// A choice's log-probabilities in the completions API's shape: tokens by their text, offsets
-/// into the choice's text.
+/// (in characters) into the choice's text, the first token's at `start`.
 fn legacy_logprobs(
     state: &AppState,
     lp: &crate::backend::TokenLogprobs,
     top: usize,
+    start: usize,
 ) -> CompletionLogprobs {
     let name = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
     let mut out = CompletionLogprobs::default();
@@ -375,6 +377,7 @@ fn legacy_logprobs(
             .collect();
         out.push(name(id), Some((f64::from(logprob), alternatives)));
     }
+    out.text_offset.iter_mut().for_each(|o| *o += start);
     out
 }
 

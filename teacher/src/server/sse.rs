@@ -1,8 +1,10 @@
 //! Streamed replies of `distill serve` (`stream: true`): OpenAI's server-sent events, one chunk
 //! per piece of text the engine produces (tagged with its choice under `n`, with its tokens'
 //! log-probabilities when asked), each choice's finish reason, optionally the usage, then
-//! `[DONE]`; an engine failure mid-stream becomes an error event. Chat chunks carry deltas (`chat.completion.chunk`), completion chunks the text
-//! itself (`text_completion`), as OpenAI's two endpoints stream.
+//! `[DONE]`; an engine failure mid-stream becomes an error event. Chat chunks carry deltas
+//! (`chat.completion.chunk`), completion chunks the text itself (`text_completion`, after the
+//! prompt under `echo`, log-probabilities in the legacy shape with offsets into the whole
+//! text), as OpenAI's two endpoints and vLLM stream.
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
@@ -10,22 +12,29 @@ use axum::response::{IntoResponse, Response};
 
 use super::choices::{Choices, Event};
 use crate::backend::TokenLogprobs;
-use crate::openai::prompt_logprobs::{CompletionChoice, CompletionResponse};
+use crate::openai::prompt_logprobs::{CompletionChoice, CompletionLogprobs, CompletionResponse};
 use crate::openai::wire::{
     ChatChunk, ChoiceLogprobs, ChunkChoice, Delta, ErrorBody, ErrorDetail, Usage,
 };
 
-/// Names a chunk's tokens and their alternatives in OpenAI's `logprobs` shape (the chat
-/// endpoint's rendering, with the request's `top_logprobs`).
-pub(super) type ChunkLogprobs = Box<dyn Fn(&TokenLogprobs) -> ChoiceLogprobs + Send>;
+/// Names a chat chunk's tokens and their alternatives in OpenAI's `logprobs` shape (with the
+/// request's `top_logprobs`).
+pub(super) type ChatLogprobs = Box<dyn Fn(&TokenLogprobs) -> ChoiceLogprobs + Send>;
 
-/// Which endpoint's chunks a stream sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Renders a completion chunk's tokens in the legacy `logprobs` shape, their `text_offset`s
+/// counted from the given character of the choice's text.
+pub(super) type TextLogprobs = Box<dyn Fn(&TokenLogprobs, usize) -> CompletionLogprobs + Send>;
+
+/// Which endpoint's chunks a stream sends, and what the request asked to come with them.
 pub(super) enum Shape {
     /// `/v1/chat/completions`: a role chunk per choice, then deltas.
-    Chat,
-    /// `/v1/completions`: text chunks.
-    Text,
+    Chat { logprobs: Option<ChatLogprobs> },
+    /// `/v1/completions`: text chunks; under `echo` each choice's prompt text first (`echo`
+    /// holds it per choice, else is empty).
+    Text {
+        logprobs: Option<TextLogprobs>,
+        echo: Vec<String>,
+    },
 }
 
 /// A streamed reply: chunks as the engine's updates arrive (each choice's with its index), then
@@ -37,62 +46,67 @@ pub(super) struct SseStream {
     model: String,
     created: u64,
     include_usage: bool,
-    /// Chat chunks' `logprobs`, when the request asks for them.
-    logprobs: Option<ChunkLogprobs>,
+    /// Characters of each choice's text sent so far (where a text chunk's offsets start).
+    sent_chars: Vec<usize>,
     started: bool,
     ended: bool,
 }
 
 impl SseStream {
-    /// The response streaming `choices` as `id`; `include_usage` adds the usage chunk;
-    /// `logprobs` names each chat chunk's tokens.
+    /// The response streaming `choices` as `id`; `include_usage` adds the usage chunk.
     pub(super) fn respond(
         shape: Shape,
         choices: Choices,
         id: String,
         model: String,
         include_usage: bool,
-        logprobs: Option<ChunkLogprobs>,
     ) -> Response {
         let stream = Self {
             shape,
+            sent_chars: vec![0; choices.len()],
             choices,
             id,
             model,
             created: super::now(),
             include_usage,
-            logprobs,
             started: false,
             ended: false,
         };
         stream.into_response()
     }
 
-    fn chunk(&self, index: usize, delta: Delta, finish_reason: Option<String>) -> String {
+    fn chunk(&mut self, index: usize, delta: Delta, finish_reason: Option<String>) -> String {
         self.chunk_with(index, delta, None, finish_reason)
     }
 
+    /// One choice's chunk: its text (`delta`), the log-probabilities of the tokens behind it
+    /// when the request asked for them, its finish reason at the end.
     fn chunk_with(
-        &self,
+        &mut self,
         index: usize,
         delta: Delta,
-        logprobs: Option<ChoiceLogprobs>,
+        tokens: Option<&TokenLogprobs>,
         finish_reason: Option<String>,
     ) -> String {
-        let json = match self.shape {
-            Shape::Chat => serde_json::to_string(&self.chat_chunk(
+        let start = self.sent_chars[index];
+        self.sent_chars[index] += delta.content.as_deref().map_or(0, |t| t.chars().count());
+        let json = match &self.shape {
+            Shape::Chat { logprobs } => serde_json::to_string(&self.chat_chunk(
                 vec![ChunkChoice {
                     index: index as u32,
+                    logprobs: tokens.zip(logprobs.as_ref()).map(|(lp, name)| name(lp)),
                     delta,
-                    logprobs,
                     finish_reason,
                 }],
                 None,
             )),
-            Shape::Text => serde_json::to_string(&self.text_chunk(
+            Shape::Text { logprobs, .. } => serde_json::to_string(&self.text_chunk(
                 vec![CompletionChoice {
                     index: index as u32,
                     text: delta.content.unwrap_or_default(),
+                    logprobs: tokens
+                        .zip(logprobs.as_ref())
+                        .map(|(lp, render)| render(lp, start)),
                     finish_reason,
                     ..CompletionChoice::default()
                 }],
@@ -133,8 +147,8 @@ impl SseStream {
     fn usage_chunk(&self) -> String {
         let usage = Some(self.choices.usage());
         let json = match self.shape {
-            Shape::Chat => serde_json::to_string(&self.chat_chunk(Vec::new(), usage)),
-            Shape::Text => serde_json::to_string(&self.text_chunk(Vec::new(), usage)),
+            Shape::Chat { .. } => serde_json::to_string(&self.chat_chunk(Vec::new(), usage)),
+            Shape::Text { .. } => serde_json::to_string(&self.text_chunk(Vec::new(), usage)),
         };
         format!("data: {}\n\n", json.unwrap_or_default())
     }
@@ -144,20 +158,34 @@ impl SseStream {
         if self.ended {
             return None;
         }
-        if !self.started && self.shape == Shape::Chat {
+        if !self.started {
             self.started = true;
-            // Every choice opens with its role, as OpenAI's and vLLM's streams do.
-            let roles = (0..self.choices.len())
-                .map(|index| {
-                    let role = Delta {
+            // Every chat choice opens with its role, as OpenAI's and vLLM's streams do; under
+            // `echo` every completion choice with its prompt.
+            let openings: Vec<Delta> = match &self.shape {
+                Shape::Chat { .. } => (0..self.choices.len())
+                    .map(|_| Delta {
                         role: Some("assistant"),
                         content: Some(String::new()),
                         reasoning_content: None,
-                    };
-                    self.chunk(index, role, None)
-                })
-                .collect();
-            return Some(roles);
+                    })
+                    .collect(),
+                Shape::Text { echo, .. } => echo
+                    .iter()
+                    .map(|prompt| Delta {
+                        content: Some(prompt.clone()),
+                        ..Delta::default()
+                    })
+                    .collect(),
+            };
+            if !openings.is_empty() {
+                let pieces = openings
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, delta)| self.chunk(index, delta, None))
+                    .collect();
+                return Some(pieces);
+            }
         }
         match self.choices.next().await {
             Some(Event::Delta {
@@ -169,10 +197,7 @@ impl SseStream {
                     content: Some(text),
                     ..Delta::default()
                 };
-                let logprobs = logprobs
-                    .zip(self.logprobs.as_ref())
-                    .map(|(lp, name)| name(&lp));
-                Some(self.chunk_with(index, delta, logprobs, None))
+                Some(self.chunk_with(index, delta, logprobs.as_ref(), None))
             }
             Some(Event::Done { index, output }) => {
                 let reason = output.finish_reason.as_str().to_string();

@@ -51,11 +51,13 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
                 "  correct {} · incorrect {} · no reference {} · no answer extracted {}",
                 s.correct, s.incorrect, s.no_reference, s.no_answer
             );
+            warn_if_all_dropped("verify", &s.counts);
         }
         CorpusCommand::Filter(a) => {
             let s = filter::run(&a.io, &a.config)?;
             print_counts("filter", &s.counts);
             println!("  problems with kept rows: {}", s.problems_kept);
+            warn_if_all_dropped("filter", &s.counts);
         }
         CorpusCommand::Dedup(a) => {
             let s = dedup::run(&a.io, &a.config)?;
@@ -64,6 +66,7 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
                 "  problems: {} · near-duplicate problems: {}",
                 s.problems, s.near_duplicate_problems
             );
+            warn_if_all_dropped("dedup", &s.counts);
         }
         CorpusCommand::Decontaminate(a) => {
             let s = decontaminate::run(&a.io, &a.config)?;
@@ -76,6 +79,7 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
             for (file, n) in hits {
                 println!("  {n:>10} rows overlap {file}");
             }
+            warn_if_all_dropped("decontaminate", &s.counts);
         }
         CorpusCommand::Split(a) => {
             let s = split::run(&a.io, &a.config)?;
@@ -133,6 +137,21 @@ fn print_counts(pass: &str, c: &PassCounts) {
         c.output.display()
     );
     print_reasons(&c.dropped, c.rows_in);
+}
+
+/// After a pass's report: a pass that dropped every row is said on stderr with its reasons, the
+/// line a user looks for when a later `train` finds no data.
+fn warn_if_all_dropped(pass: &str, c: &PassCounts) {
+    if c.rows_in > 0 && c.rows_out == 0 {
+        let mut reasons: Vec<_> = c.dropped.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        eprintln!(
+            "warning: `{pass}` kept none of the {} rows ({}): nothing is left to train on",
+            c.rows_in,
+            reasons.join(", ")
+        );
+    }
 }
 
 fn print_reasons(dropped: &BTreeMap<String, u64>, total: u64) {

@@ -7,7 +7,7 @@ use distill_corpus::record::{self, Record};
 use distill_corpus::shards::{ShardReader, ShardWriter, WriterOptions};
 
 mod common;
-use common::{failing, ok};
+use common::{distill, failing, ok};
 
 fn sample(problem: usize, index: i32, answer: &str) -> Record {
     let prompt = format!("Problem {problem}: Lena buys {problem} boxes of {index} pencils each.");
@@ -209,7 +209,10 @@ fn bad_input_fails_clearly_and_leaves_no_output() {
     // An output that exists is not replaced without `--overwrite`.
     std::fs::create_dir(d.join("taken")).unwrap();
     let err = failing(&["corpus", "verify", s(&corpus), "-o", s(&d.join("taken"))]);
-    assert!(err.contains("already exists"), "{err}");
+    assert!(
+        err.contains("already exists (`--overwrite` replaces it)"),
+        "{err}"
+    );
     ok(&[
         "corpus",
         "verify",
@@ -227,4 +230,42 @@ fn bad_input_fails_clearly_and_leaves_no_output() {
         .collect();
     names.sort();
     assert_eq!(names, ["corpus", "taken"]);
+}
+
+/// A pass that keeps no row succeeds (its empty output is a result) but says so on stderr with
+/// its reasons, the line a user looks for when `train` later finds no data.
+#[test]
+fn a_pass_that_drops_every_row_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let corpus = d.join("corpus");
+    write_corpus(&corpus);
+    let none = d.join("none");
+    let args = [
+        "corpus",
+        "filter",
+        s(&corpus),
+        "-o",
+        s(&none),
+        "--keep-unverified",
+        "--min-tokens",
+        "31",
+    ];
+    let out = distill(&args);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: `filter` kept none of the 20 rows (too_short 20)"),
+        "{stderr}"
+    );
+    assert_eq!(rows_in(&none), 0);
+    let out = distill(&[
+        "corpus",
+        "filter",
+        s(&corpus),
+        "-o",
+        s(&d.join("some")),
+        "--keep-unverified",
+    ]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }

@@ -140,34 +140,26 @@ pub(crate) fn attend(
         .collect();
     let mut out = vec![0f32; q.len()];
     let avx2 = simd::avx2();
-    out.par_chunks_mut(qd)
-        .zip(q.par_chunks(qd))
-        .zip(row_seq.par_iter())
-        .with_min_len(2)
-        .for_each_init(Vec::new, |scores, ((out, q), &(s, visible))| {
+    // The query heads that share a kv head are adjacent; they go together so each cached key
+    // and value is read from memory once per group. One task per row and kv head, so a single
+    // decoding sequence (batch 1) still spreads its attention over the cores.
+    let span = h.heads / h.kv_heads * h.dim;
+    out.par_chunks_mut(span)
+        .zip(q.par_chunks(span))
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (task, (out, q))| {
+            let (row, kv_head) = (task / h.kv_heads, task % h.kv_heads);
+            let (s, visible) = row_seq[row];
             let (ck, cv) = caches[s];
-            // The query heads that share a kv head are adjacent; they go together so each
-            // cached key and value is read from memory once per group.
-            let group = h.heads / h.kv_heads;
-            for kv_head in 0..h.kv_heads {
-                let cache = simd::Cache {
-                    keys: ck,
-                    values: cv,
-                    stride: kvd,
-                    offset: kv_head * h.dim,
-                    dim: h.dim,
-                    len: visible,
-                };
-                let span = kv_head * group * h.dim..(kv_head + 1) * group * h.dim;
-                simd::heads(
-                    avx2,
-                    &q[span.clone()],
-                    &cache,
-                    h.scale,
-                    scores,
-                    &mut out[span],
-                );
-            }
+            let cache = simd::Cache {
+                keys: ck,
+                values: cv,
+                stride: kvd,
+                offset: kv_head * h.dim,
+                dim: h.dim,
+                len: visible,
+            };
+            simd::heads(avx2, q, &cache, h.scale, scores, out);
         });
     out
 }
@@ -193,6 +185,24 @@ mod simd {
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// The AVX2 softmax's `e^x` over `xs` (AVX2 CPUs only), for its accuracy test.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    pub(super) fn exp_for_test(xs: &[f32]) -> Vec<f32> {
+        use std::arch::x86_64::*;
+        let mut out = vec![0f32; xs.len()];
+        for (x, y) in xs.chunks(8).zip(out.chunks_mut(8)) {
+            let mut lanes = [0f32; 8];
+            lanes[..x.len()].copy_from_slice(x);
+            // SAFETY: the caller checked AVX2 and FMA (`avx2()`).
+            unsafe {
+                let e = avx2_impl::exp(_mm256_loadu_ps(lanes.as_ptr()));
+                _mm256_storeu_ps(lanes.as_mut_ptr(), e);
+            }
+            y.copy_from_slice(&lanes[..x.len()]);
+        }
+        out
     }
 
     /// One kv head's history: position `j`'s key is `keys[j * stride + offset..][..dim]`.
@@ -272,14 +282,126 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     mod avx2_impl {
-        use super::{softmax, Cache};
+        use super::Cache;
         use std::arch::x86_64::*;
+
+        /// Sum of the 8 lanes of each of `a[0..8]`, as the 8 lanes of one vector.
+        #[inline(always)]
+        unsafe fn hsum8(a: [__m256; 8]) -> __m256 {
+            let s01 = _mm256_hadd_ps(a[0], a[1]);
+            let s23 = _mm256_hadd_ps(a[2], a[3]);
+            let s45 = _mm256_hadd_ps(a[4], a[5]);
+            let s67 = _mm256_hadd_ps(a[6], a[7]);
+            // Lanes: [0 0 1 1 | 0 0 1 1] then [2 2 3 3 | 2 2 3 3]-style pairs per 128-bit half.
+            let s0123 = _mm256_hadd_ps(s01, s23);
+            let s4567 = _mm256_hadd_ps(s45, s67);
+            // Low halves hold the first four lanes' sums, high halves the last four's.
+            let lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
+            let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+            _mm256_add_ps(lo, hi)
+        }
 
         #[inline(always)]
         unsafe fn hsum(a: __m256) -> f32 {
             let lo = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
             let lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
             _mm_cvtss_f32(_mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1)))
+        }
+
+        /// `e^x` for `x ≤ 0` (softmax after its maximum is taken off), within 2 ulp: `x = n ln 2
+        /// + r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor series to `r^7`, `2^n` put into the
+        /// exponent; below −87 (where `e^x` leaves the normal floats) it is 0.
+        #[inline(always)]
+        pub(in super::super) unsafe fn exp(x: __m256) -> __m256 {
+            let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+            let n = _mm256_round_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
+            // ln 2 in two parts, so `n · ln 2` is subtracted without rounding error.
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+            let mut p = _mm256_set1_ps(1.0 / 5040.0);
+            for c in [
+                1.0 / 720.0,
+                1.0 / 120.0,
+                1.0 / 24.0,
+                1.0 / 6.0,
+                0.5,
+                1.0,
+                1.0,
+            ] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let scale = _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+                23,
+            ));
+            let y = _mm256_mul_ps(p, scale);
+            // −87 itself still comes out right; what was below it is 0.
+            _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0), _CMP_GT_OQ))
+        }
+
+        /// Softmax of one row in place, 8 lanes at a time.
+        #[inline(always)]
+        unsafe fn softmax(row: &mut [f32]) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let (m, p) = (_mm256_set1_ps(max), row.as_mut_ptr());
+            let whole = row.len() / 8 * 8;
+            let mut sum = _mm256_setzero_ps();
+            for i in (0..whole).step_by(8) {
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            let mut total = hsum(sum);
+            for s in &mut row[whole..] {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            let inv = _mm256_set1_ps(1.0 / total);
+            for i in (0..whole).step_by(8) {
+                _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv));
+            }
+            let inv = 1.0 / total;
+            row[whole..].iter_mut().for_each(|s| *s *= inv);
+        }
+
+        /// Scores of query `q` against keys `j0..j0 + 8`: eight dot products at once, reduced
+        /// together.
+        #[inline(always)]
+        unsafe fn scores8(q: *const f32, cache: &Cache, j0: usize) -> __m256 {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (k, a) in acc.iter_mut().enumerate() {
+                let key = cache.key(j0 + k).as_ptr();
+                for i in (0..cache.dim).step_by(8) {
+                    *a =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(key.add(i)), *a);
+                }
+            }
+            hsum8(acc)
+        }
+
+        /// `out[..8 N] = Σ_j p_j · v_j[..8 N]` over every position, the sums held in `N`
+        /// registers (the positions in order, as a running sum per lane).
+        #[inline(always)]
+        unsafe fn weighted_values<const N: usize>(
+            p: &[f32],
+            cache: &Cache,
+            from: usize,
+            out: *mut f32,
+        ) {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (j, &w) in p.iter().enumerate() {
+                let w = _mm256_set1_ps(w);
+                let v = cache.value(j).as_ptr().add(from);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(from + 8 * i), *a);
+            }
         }
 
         /// As [`super::heads`], for `dim` a multiple of 16.
@@ -295,45 +417,46 @@ mod simd {
             let group = qs.len() / dim;
             scores.clear();
             scores.resize(group * len, 0.0);
-            for j in 0..len {
-                // The key is loaded from memory once and stays in L1 for the whole group.
+            // Eight keys at a time (they stay in L1 for the whole group), one reduction for the
+            // eight dot products; the last few one by one.
+            let whole = len / 8 * 8;
+            let sc = _mm256_set1_ps(scale);
+            for j0 in (0..whole).step_by(8) {
+                for g in 0..group {
+                    let s = scores8(qs[g * dim..].as_ptr(), cache, j0);
+                    _mm256_storeu_ps(scores[g * len + j0..].as_mut_ptr(), _mm256_mul_ps(s, sc));
+                }
+            }
+            for j in whole..len {
                 let k = cache.key(j).as_ptr();
                 for g in 0..group {
-                    let q = qs[g * dim..(g + 1) * dim].as_ptr();
-                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                    for i in (0..dim).step_by(16) {
-                        a0 = _mm256_fmadd_ps(
+                    let q = qs[g * dim..].as_ptr();
+                    let mut a = _mm256_setzero_ps();
+                    for i in (0..dim).step_by(8) {
+                        a = _mm256_fmadd_ps(
                             _mm256_loadu_ps(q.add(i)),
                             _mm256_loadu_ps(k.add(i)),
-                            a0,
-                        );
-                        a1 = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(q.add(i + 8)),
-                            _mm256_loadu_ps(k.add(i + 8)),
-                            a1,
+                            a,
                         );
                     }
-                    scores[g * len + j] = hsum(_mm256_add_ps(a0, a1)) * scale;
+                    scores[g * len + j] = hsum(a) * scale;
                 }
             }
             for g in 0..group {
                 softmax(&mut scores[g * len..(g + 1) * len]);
             }
-            out.fill(0.0);
-            let op = out.as_mut_ptr();
-            for j in 0..len {
-                let v = cache.value(j).as_ptr();
-                for g in 0..group {
-                    let p = _mm256_set1_ps(scores[g * len + j]);
-                    let o = op.add(g * dim);
-                    for i in (0..dim).step_by(8) {
-                        let acc = _mm256_fmadd_ps(
-                            p,
-                            _mm256_loadu_ps(v.add(i)),
-                            _mm256_loadu_ps(o.add(i)),
-                        );
-                        _mm256_storeu_ps(o.add(i), acc);
-                    }
+            // Each query head's output accumulates in registers over every position: 64 lanes
+            // at a time, then 16.
+            for g in 0..group {
+                let (p, o) = (&scores[g * len..(g + 1) * len], out[g * dim..].as_mut_ptr());
+                let mut from = 0;
+                while dim - from >= 64 {
+                    weighted_values::<8>(p, cache, from, o);
+                    from += 64;
+                }
+                while from < dim {
+                    weighted_values::<2>(p, cache, from, o);
+                    from += 16;
                 }
             }
         }
@@ -369,10 +492,43 @@ mod tests {
             .collect()
     }
 
+    /// The vectorised `e^x` of the softmax is within 2 ulp of the exact value over the range
+    /// it serves (`x ≤ 0`), and 0 where `e^x` is no longer a normal float.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_softmax_exponential_is_within_two_ulp() {
+        if !super::simd::avx2() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let xs: Vec<f32> = (0..200_000)
+            .map(|i| -(i as f32) * 4.4e-4)
+            .chain([-87.5, -100.0, -1e30, f32::NEG_INFINITY])
+            .collect();
+        let ys = super::simd::exp_for_test(&xs);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = (x as f64).exp();
+            if x <= -87.0 {
+                assert_eq!(y, 0.0, "e^{x}");
+                continue;
+            }
+            let ulp = (want as f32).to_bits().abs_diff(y.to_bits());
+            assert!(ulp <= 2, "e^{x}: {y} vs {want} ({ulp} ulp)");
+        }
+    }
+
     #[test]
     fn grouped_heads_match_the_naive_softmax_with_and_without_simd() {
         // dim 64 takes the AVX2 path where available; dim 24 always the plain one.
-        for (dim, kv_heads, group, len) in [(64, 3, 3, 37), (24, 2, 2, 5), (64, 1, 1, 1)] {
+        // 80 = 64 + 16 lanes: both register widths of the value sums; 300 positions: many
+        // blocks of eight keys and a tail.
+        for (dim, kv_heads, group, len) in [
+            (64, 3, 3, 37),
+            (24, 2, 2, 5),
+            (64, 1, 1, 1),
+            (80, 2, 4, 70),
+            (128, 1, 7, 300),
+        ] {
             let stride = kv_heads * dim;
             let wave = |i: usize, f: f32| (i as f32 * f).sin() * 2.0;
             let keys: Vec<f32> = (0..len * stride).map(|i| wave(i, 0.37)).collect();

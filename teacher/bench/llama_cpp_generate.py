@@ -7,7 +7,9 @@ continuous-batching server would run them; the prompt is processed in one call (
     python llama_cpp_generate.py MODEL.gguf IDS.json THREADS
 
 Prints, per batch, generated tokens/s over the whole run (prefill included, as the other two
-engines are timed) and the prefill rate on its own. llama-cpp-python builds llama.cpp from
+engines are timed), the prefill rate on its own and the decode rate (the tokens after the
+first, in the time after the prefill). The prompt is the Rust bench's, of whatever length it
+wrote (`BENCH_PROMPT_TOKENS`). llama-cpp-python builds llama.cpp from
 source (~20 min on 2 cores); on CPUs with AMX in VMs that do not enable it, build with
 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON" (teacher/bench/README.md).
 """
@@ -33,7 +35,9 @@ def run(model, vocab_size: int, ids: list, batch: int, threads: int) -> tuple:
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = batch * (len(ids) + NEW_TOKENS)
     params.n_batch = max(batch * len(ids), batch)
-    params.n_ubatch = params.n_batch
+    # Long prompts go through in pieces of 2048 tokens (llama.cpp's own default is 512): one
+    # piece of every prompt at batch 8 x 2048 would need gigabytes of attention scores.
+    params.n_ubatch = min(params.n_batch, int(os.environ.get("LLAMA_UBATCH", "2048")))
     params.n_seq_max = batch
     params.n_threads = threads
     params.n_threads_batch = threads
@@ -92,8 +96,10 @@ def main() -> None:
     batches = [int(b) for b in os.environ.get("BENCH_BATCHES", "1,8,32").split(",")]
     for batch in batches:
         generated, secs, prefill = run(model, vocab_size, ids, batch, threads)
+        decode = (generated - batch) / (secs - batch * len(ids) / prefill)
         print(f"llama.cpp batch {batch:>2}: {generated} tokens in {secs:.2f}s "
-              f"= {generated / secs:.1f} tok/s (prefill {prefill:.0f} tok/s)", flush=True)
+              f"= {generated / secs:.1f} tok/s (prefill {prefill:.0f} tok/s, "
+              f"decode {decode:.1f} tok/s)", flush=True)
     llama_cpp.llama_model_free(model)
 
 

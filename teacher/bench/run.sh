@@ -2,7 +2,9 @@
 # Generation benchmark: distill's engine against llama.cpp (llama-cpp-python) and PyTorch
 # transformers `generate` on one workload (a GGUF file, 64-token prompt, exactly 256 new greedy
 # tokens, batch 1/8/32, same threads), side by side in one run; prints the ratios (generation
-# rate, and prompt tokens/s of the prefill alone for distill and llama.cpp).
+# rate, and for distill and llama.cpp prompt tokens/s of the prefill alone and the decode rate
+# after it). BENCH_PROMPT_TOKENS=2048 runs long prompts (R1-length contexts); BENCH_BATCHES=1,8
+# a subset of the batches.
 #   teacher/bench/run.sh [MODEL.gguf] [THREADS]
 # LLAMA_PYTHON: a Python with llama_cpp (default ~/.cache/gguf-venv/bin/python); PYTHON: one
 # with torch + transformers (default ~/.cache/distill-venv/bin/python). A reference whose
@@ -31,8 +33,10 @@ else
 fi
 rate() { awk -v e="$1" -v b="$2" '$1==e && $3==b":" {for (i = 1; i <= NF; i++) if ($i == "tok/s" || $i == "tok/s,") {print $(i-1); exit}}' "$3"; }
 prefill() { awk -v e="$1" -v b="$2" '$1==e && $3==b":" {for (i = 1; i <= NF; i++) if ($i == "(prefill") {print $(i+1); exit}}' "$3"; }
+decode() { awk -v e="$1" -v b="$2" '$1==e && $3==b":" {for (i = 1; i <= NF; i++) if ($i == "decode") {print $(i+1); exit}}' "$3"; }
 llama1=$(rate llama.cpp 1 "$llama_out")
-for batch in 1 8 32; do
+BENCH_BATCHES="${BENCH_BATCHES:-1,8,32}"
+for batch in ${BENCH_BATCHES//,/ }; do
   ours=$(rate distill "$batch" "$rust_out")
   line=$(printf "batch %2d: distill %.1f tok/s" "$batch" "$ours")
   llama=$(rate llama.cpp "$batch" "$llama_out")
@@ -42,6 +46,10 @@ for batch in 1 8 32; do
   llama_p=$(prefill llama.cpp "$batch" "$llama_out")
   [ -n "$llama_p" ] && line+=$(awk -v o="$ours_p" -v t="$llama_p" \
     'BEGIN {printf "; prefill distill %.0f, llama.cpp %.0f tok/s (%.2fx)", o, t, o/t}')
+  ours_d=$(decode distill "$batch" "$rust_out")
+  llama_d=$(decode llama.cpp "$batch" "$llama_out")
+  [ -n "$llama_d" ] && line+=$(awk -v o="$ours_d" -v t="$llama_d" \
+    'BEGIN {printf "; decode distill %.1f, llama.cpp %.1f tok/s (%.2fx)", o, t, o/t}')
   hf=$(rate transformers "$batch" "$hf_out")
   [ -n "$hf" ] && line+=$(awk -v o="$ours" -v t="$hf" 'BEGIN {printf ", transformers %.1f (%.2fx)", t, o/t}')
   echo "$line"

@@ -1,9 +1,11 @@
 //! Generation throughput benchmark (not a test): a fixed workload of `batch` sequences, each a
-//! 64-token prompt followed by exactly 256 greedy tokens (no EOS), at batch 1, 8 and 32.
+//! 64-token prompt (`BENCH_PROMPT_TOKENS`: another length) followed by exactly 256 greedy tokens
+//! (no EOS), at batch 1, 8 and 32.
 //!
 //! `cargo run --release -p distill-teacher --example bench -- MODEL.gguf [IDS.json]` prints
-//! generated tokens/s per batch size, and the prefill rate: the same prompts with one new token
-//! each, timed on their own (all `batch` prompts go through one ragged forward); with `IDS.json` it writes the prompt ids there so
+//! generated tokens/s per batch size, the prefill rate (the same prompts with one new token
+//! each, timed on their own: all `batch` prompts go through one ragged forward) and the decode
+//! rate (the rest of the run after that prefill time); with `IDS.json` it writes the prompt ids there so
 //! `teacher/bench/hf_generate.py` runs the identical workload (`teacher/bench/run.sh` does both).
 
 use std::ops::ControlFlow;
@@ -15,6 +17,7 @@ use distill_models::Checkpoint;
 use distill_teacher::engine::{IterSource, Update};
 use distill_teacher::{Cancel, Engine, EngineOptions, GenRequest, SamplingParams};
 
+/// The prompt's length; `BENCH_PROMPT_TOKENS` changes it (long R1-style contexts).
 const PROMPT_TOKENS: usize = 64;
 const NEW_TOKENS: usize = 256;
 const BATCHES: [usize; 3] = [1, 8, 32];
@@ -44,20 +47,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine.set_eos_token_ids(Vec::new());
         engines.push(engine);
     }
-    // A user message whose rendered prompt is exactly PROMPT_TOKENS long.
+    let prompt_tokens: usize = match std::env::var("BENCH_PROMPT_TOKENS") {
+        Ok(n) => n.parse()?,
+        Err(_) => PROMPT_TOKENS,
+    };
+    // A user message whose rendered prompt is exactly `prompt_tokens` long.
     let engine = &engines[0];
     let mut words = String::from("Explain step by step:");
     let mut k = 0;
     let user = loop {
         let ids = engine.prompt_ids(&[Message::user(words.clone())], "")?;
-        if ids.len() == PROMPT_TOKENS {
+        if ids.len() == prompt_tokens {
             break words;
         }
-        if ids.len() > PROMPT_TOKENS {
-            return Err(format!("cannot hit {PROMPT_TOKENS} prompt tokens exactly").into());
+        if ids.len() > prompt_tokens {
+            return Err(format!("cannot hit {prompt_tokens} prompt tokens exactly").into());
         }
-        words.push_str([" a", " number", " seven", " x"][k % 4]);
-        k += 1;
+        // Whole words while far from the length (fast), one at a time near it.
+        let step = if ids.len() + 64 < prompt_tokens {
+            16
+        } else {
+            1
+        };
+        for _ in 0..step {
+            words.push_str([" a", " number", " seven", " x"][k % 4]);
+            k += 1;
+        }
     };
     let ids = engine.prompt_ids(&[Message::user(user.clone())], "")?;
     if let Some(path) = ids_out {
@@ -70,10 +85,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // forward pass samples).
         let (_, prefill_secs) = generate(engine, &user, batch, 1)?;
         let (generated, secs) = generate(engine, &user, batch, NEW_TOKENS)?;
+        // Decode alone: the tokens after each sequence's first, in the time after the prefill.
         println!(
-            "distill batch {batch:>2}: {generated} tokens in {secs:.2}s = {:.1} tok/s (prefill {:.0} tok/s)",
+            "distill batch {batch:>2}: {generated} tokens in {secs:.2}s = {:.1} tok/s (prefill {:.0} tok/s, decode {:.1} tok/s)",
             generated as f64 / secs,
-            (batch * PROMPT_TOKENS) as f64 / prefill_secs
+            (batch * prompt_tokens) as f64 / prefill_secs,
+            (generated - batch as u64) as f64 / (secs - prefill_secs)
         );
     }
     Ok(())

@@ -307,6 +307,13 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             local = LocalBackend::open(&model_path, options)
                 .with_context(|| format!("cannot load `{}`", model_path.display()))?;
             eprintln!("Teacher on {}", local.engine().device_description());
+            let remaining = (total - already) as usize;
+            if let Some(w) = local
+                .engine()
+                .host_kv_warning(remaining, args.max_new_tokens)
+            {
+                eprintln!("warning: {w}; lower `--batch` or `--max-new-tokens`");
+            }
             &local
         }
     };
@@ -423,6 +430,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = Engine::load(&checkpoint, options)
         .with_context(|| format!("cannot load `{}`", model.path.display()))?;
     eprintln!("Model on {}", engine.device_description());
+    // A request may run to the end of the context.
+    if let Some(w) = engine.host_kv_warning(usize::MAX, usize::MAX) {
+        eprintln!("warning: {w}; lower `--batch`");
+    }
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;
     config.reasoning_parser = args.reasoning_parser;

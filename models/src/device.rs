@@ -373,6 +373,15 @@ pub fn memory_info(device: &Device) -> Option<(usize, usize)> {
     gpu_info(device).map(|i| (i.free_bytes, i.total_bytes))
 }
 
+/// Memory the host can still give a process (`MemAvailable` of `/proc/meminfo`), in bytes;
+/// `None` off Linux.
+pub fn host_memory_available() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Whether a candle error is the GPU running out of memory.
 pub fn is_out_of_memory(e: &candle_core::Error) -> bool {
     let s = e.to_string();

@@ -273,16 +273,26 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
 }
 
 /// Loads a model's backend (the expensive part: weights into memory).
+/// `samples` (how many are to be generated) and `max_new_tokens` size the warning a local
+/// model gets when a full batch of samples that long could outgrow the host's memory.
 pub fn open_backend(
     model: &ModelSpec,
     engine: EngineOptions,
+    (samples, max_new_tokens): (usize, usize),
     api_key_env: Option<&str>,
 ) -> anyhow::Result<Box<dyn Backend>> {
     Ok(match &model.source {
-        Source::Local(path) | Source::Hub { path, .. } => Box::new(
-            LocalBackend::open(path, engine)
-                .with_context(|| format!("cannot load model `{}`", path.display()))?,
-        ),
+        Source::Local(path) | Source::Hub { path, .. } => {
+            let local = LocalBackend::open(path, engine)
+                .with_context(|| format!("cannot load model `{}`", path.display()))?;
+            if let Some(w) = local.engine().host_kv_warning(samples, max_new_tokens) {
+                eprintln!(
+                    "warning: `{}`: {w}; lower `--batch` or `--max-new-tokens`",
+                    model.spec
+                );
+            }
+            Box::new(local)
+        }
         Source::OpenAi {
             model: name,
             base_url,

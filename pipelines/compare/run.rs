@@ -173,7 +173,12 @@ fn run_model(
             PeakMethod::VmhwmProcess
         };
         let loading = Instant::now();
-        let backend = model::open_backend(spec, config.engine, config.api_key_env.as_deref())?;
+        let backend = model::open_backend(
+            spec,
+            config.engine,
+            (missing_before as usize, config.sampling.max_new_tokens),
+            config.api_key_env.as_deref(),
+        )?;
         let load_seconds = loading.elapsed().as_secs_f64();
         let started = Instant::now();
         let report = prepared

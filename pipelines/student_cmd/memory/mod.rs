@@ -202,7 +202,7 @@ pub fn preflight(
     beside: Beside,
 ) -> anyhow::Result<()> {
     if target.device.is_cpu() {
-        if let Some(available) = available_host_memory() {
+        if let Some(available) = distill_models::device::host_memory_available() {
             if let Some(line) = cpu_warning(settings, spec, target, width, beside, available) {
                 eprintln!("warning: {line}");
             }
@@ -273,14 +273,6 @@ pub fn cpu_estimate(
     };
     need.activations += 2.0 * chunk * spec.vocab_size as f64 * 4.0;
     need
-}
-
-/// `MemAvailable` of `/proc/meminfo`, in bytes (`None` elsewhere).
-fn available_host_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The warning a CPU run gets when its estimate exceeds the `available` host memory: the

@@ -338,6 +338,22 @@ impl Engine {
         self.context_len = context_len;
     }
 
+    /// A warning when `sequences` at once (at most the batch) of `new_tokens` positions each
+    /// (at most the model's context) could hold more key/value cache than the host has
+    /// available, on the CPU's f32 path, whose caches grow without a budget (`None` elsewhere,
+    /// or when it fits). Checked after loading, so the weights are already counted out.
+    pub fn host_kv_warning(&self, sequences: usize, new_tokens: usize) -> Option<String> {
+        if self.model.uses_kv_pool() {
+            return None;
+        }
+        host_kv_warning(
+            self.options.batch.min(sequences),
+            self.context_len.map_or(new_tokens, |c| new_tokens.min(c)),
+            self.model.kv_block_bytes() as f64 / BLOCK as f64,
+            distill_models::device::host_memory_available()? as f64,
+        )
+    }
+
     /// Where the model runs and in which dtype, for the user.
     pub fn device_description(&self) -> &str {
         &self.device_description
@@ -706,8 +722,46 @@ fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
 pub use crate::handle::EngineHandle;
 pub use sample_step::top_logprobs;
 
+/// [`Engine::host_kv_warning`] for `sequences` of `positions` at `per_position` bytes each
+/// against `available` bytes.
+fn host_kv_warning(
+    sequences: usize,
+    positions: usize,
+    per_position: f64,
+    available: f64,
+) -> Option<String> {
+    let need = sequences as f64 * positions as f64 * per_position;
+    (need > available).then(|| {
+        format!(
+            "{sequences} sequence{} of up to {positions} positions could hold {} of keys and \
+             values (f32), more than the {} this machine has available: if they run that long \
+             the system ends the run",
+            if sequences == 1 { "" } else { "s" },
+            distill_models::device::gib(need),
+            distill_models::device::gib(available),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    /// The CPU's unbudgeted caches are checked against the memory left: a batch that would
+    /// outgrow it is named with the sizes, one that fits says nothing.
+    #[test]
+    fn a_batch_that_could_outgrow_the_host_memory_is_named() {
+        let gib = (1u64 << 30) as f64;
+        let w = super::host_kv_warning(32, 32768, 24576.0, 20.0 * gib).unwrap();
+        assert!(
+            w.starts_with("32 sequences of up to 32768 positions could hold 24.0 GiB"),
+            "{w}"
+        );
+        assert!(w.contains("more than the 20.0 GiB"), "{w}");
+        assert!(super::host_kv_warning(8, 32768, 24576.0, 20.0 * gib).is_none());
+        assert!(super::host_kv_warning(1, 4096, 24576.0, 0.05 * gib)
+            .unwrap()
+            .starts_with("1 sequence of"));
+    }
+
     use super::top_logprobs;
 
     #[test]

@@ -1,7 +1,8 @@
 //! `--device` and `--dtype`: the one flag set every model stage (`train`, `generate`, `serve`,
-//! `compare`) takes, resolved by [`distill_models::device`].
+//! `compare`) takes, resolved by [`distill_models::device`]; with them, for the stages that
+//! generate, `--kv-cache-dtype`.
 
-use distill_models::{DeviceChoice, DtypeChoice};
+use distill_models::{DeviceChoice, DtypeChoice, HostKvDtype};
 use distill_teacher::engine::EngineOptions;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
@@ -15,6 +16,11 @@ pub struct DeviceArgs {
     /// weights and AdamW moments, half the memory) or `f16` (inference only).
     #[arg(long, default_value_t = DtypeChoice::Auto, value_name = "DTYPE")]
     pub dtype: DtypeChoice,
+    /// Keys and values cached on the CPU: `f32`, or `f16` (half the memory, and faster at long
+    /// contexts, where a step reads the whole cache; llama.cpp's default). On a GPU the cache
+    /// is in the model's dtype.
+    #[arg(long, default_value_t = HostKvDtype::F32, value_name = "DTYPE")]
+    pub kv_cache_dtype: HostKvDtype,
 }
 
 impl DeviceArgs {
@@ -23,6 +29,7 @@ impl DeviceArgs {
         EngineOptions {
             device: self.device,
             dtype: self.dtype,
+            kv_cache_dtype: self.kv_cache_dtype,
             ..options
         }
     }

@@ -8,27 +8,106 @@
 //! attention. Each row's result depends only on its own sequence, never on its batch mates.
 
 use candle_core::Tensor;
+use half::f16;
 use rayon::prelude::*;
 
 use crate::kv_pool::Blocks;
 use crate::rope::RopeSpec;
 use crate::Result;
 
+/// The precision of the CPU's host caches: f32 (the model's own values) or f16 (half the
+/// memory, and half the bytes a long-context decode step reads; llama.cpp's default cache
+/// type), converted back to f32 as the attention reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostKvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl HostKvDtype {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for HostKvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            other => Err(format!("`{other}` is not a KV cache dtype (f32, f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for HostKvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+/// One layer's cached keys or values in host memory, position-major, in the cache's precision.
+#[derive(Debug, Clone)]
+pub(crate) enum HostRows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl HostRows {
+    fn new(dtype: HostKvDtype) -> Self {
+        match dtype {
+            HostKvDtype::F32 => Self::F32(Vec::new()),
+            HostKvDtype::F16 => Self::F16(Vec::new()),
+        }
+    }
+
+    fn extend(&mut self, rows: &[f32]) {
+        match self {
+            Self::F32(v) => v.extend_from_slice(rows),
+            Self::F16(v) => v.extend(rows.iter().map(|&x| f16::from_f32(x))),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Self::F32(v) => v.clear(),
+            Self::F16(v) => v.clear(),
+        }
+    }
+}
+
 /// Keys and values of one sequence for every layer. On the CPU they live in host buffers,
-/// position-major (`[len, kv_heads * head_dim]`); on other devices in blocks of the model's
-/// pool ([`crate::kv_pool`]), taken as the sequence grows and given back when the cache is
-/// dropped or cleared. One cache per sequence.
+/// position-major (`[len, kv_heads * head_dim]`, f32 or f16: [`HostKvDtype`]); on other
+/// devices in blocks of the model's pool ([`crate::kv_pool`]), taken as the sequence grows and
+/// given back when the cache is dropped or cleared. One cache per sequence.
 #[derive(Debug)]
 pub struct KvCache {
-    pub(crate) host: Vec<(Vec<f32>, Vec<f32>)>,
+    pub(crate) host: Vec<(HostRows, HostRows)>,
     pub(crate) blocks: Option<Blocks>,
     pub(crate) len: usize,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
+        Self::with_host_dtype(num_layers, HostKvDtype::F32)
+    }
+
+    /// A cache whose host buffers (the CPU's f32 path) hold `dtype`.
+    pub fn with_host_dtype(num_layers: usize, dtype: HostKvDtype) -> Self {
         Self {
-            host: vec![(Vec::new(), Vec::new()); num_layers],
+            host: (0..num_layers)
+                .map(|_| (HostRows::new(dtype), HostRows::new(dtype)))
+                .collect(),
             blocks: None,
             len: 0,
         }
@@ -128,15 +207,15 @@ pub(crate) fn attend(
     for (s, (tokens, cache)) in seqs.iter_mut().enumerate() {
         let n = tokens.len();
         let (ck, cv) = &mut cache.host[layer];
-        ck.extend_from_slice(&k[offset * kvd..(offset + n) * kvd]);
-        cv.extend_from_slice(&v[offset * kvd..(offset + n) * kvd]);
+        ck.extend(&k[offset * kvd..(offset + n) * kvd]);
+        cv.extend(&v[offset * kvd..(offset + n) * kvd]);
         // (sequence, positions visible to the sequence's first new row)
         row_seq.extend((0..n).map(|i| (s, cache.len + i + 1)));
         offset += n;
     }
-    let caches: Vec<(&[f32], &[f32])> = seqs
+    let caches: Vec<(&HostRows, &HostRows)> = seqs
         .iter()
-        .map(|(_, c)| (c.host[layer].0.as_slice(), c.host[layer].1.as_slice()))
+        .map(|(_, c)| (&c.host[layer].0, &c.host[layer].1))
         .collect();
     let mut out = vec![0f32; q.len()];
     let avx2 = simd::avx2();
@@ -150,16 +229,33 @@ pub(crate) fn attend(
         .for_each_init(Vec::new, |scores, (task, (out, q))| {
             let (row, kv_head) = (task / h.kv_heads, task % h.kv_heads);
             let (s, visible) = row_seq[row];
-            let (ck, cv) = caches[s];
-            let cache = simd::Cache {
-                keys: ck,
-                values: cv,
-                stride: kvd,
-                offset: kv_head * h.dim,
-                dim: h.dim,
-                len: visible,
-            };
-            simd::heads(avx2, q, &cache, h.scale, scores, out);
+            let (offset, dim) = (kv_head * h.dim, h.dim);
+            match caches[s] {
+                (HostRows::F32(keys), HostRows::F32(values)) => {
+                    let cache = simd::Cache {
+                        keys,
+                        values,
+                        stride: kvd,
+                        offset,
+                        dim,
+                        len: visible,
+                    };
+                    simd::heads(avx2, q, &cache, h.scale, scores, out)
+                }
+                (HostRows::F16(keys), HostRows::F16(values)) => {
+                    let cache = simd::Cache {
+                        keys,
+                        values,
+                        stride: kvd,
+                        offset,
+                        dim,
+                        len: visible,
+                    };
+                    simd::heads(avx2, q, &cache, h.scale, scores, out)
+                }
+                // Keys and values are made together, in the cache's one dtype.
+                _ => unreachable!("a layer's keys and values differ in dtype"),
+            }
         });
     out
 }
@@ -181,7 +277,9 @@ mod simd {
     pub(super) fn avx2() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -205,41 +303,77 @@ mod simd {
         out
     }
 
+    /// A cached value's storage type: f32, or f16 read back as f32.
+    pub(super) trait Elem: Copy {
+        fn to_f32(self) -> f32;
+
+        /// Eight values from `p` as f32 lanes (AVX2 with F16C).
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    }
+
+    impl Elem for f32 {
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            self
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+            std::arch::x86_64::_mm256_loadu_ps(p)
+        }
+    }
+
+    impl Elem for half::f16 {
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            half::f16::to_f32(self)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+            use std::arch::x86_64::*;
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+    }
+
     /// One kv head's history: position `j`'s key is `keys[j * stride + offset..][..dim]`.
-    pub(super) struct Cache<'a> {
-        pub keys: &'a [f32],
-        pub values: &'a [f32],
+    pub(super) struct Cache<'a, T> {
+        pub keys: &'a [T],
+        pub values: &'a [T],
         pub stride: usize,
         pub offset: usize,
         pub dim: usize,
         pub len: usize,
     }
 
-    impl Cache<'_> {
+    impl<T> Cache<'_, T> {
         #[inline(always)]
-        fn key(&self, j: usize) -> &[f32] {
+        fn key(&self, j: usize) -> &[T] {
             &self.keys[j * self.stride + self.offset..][..self.dim]
         }
 
         #[inline(always)]
-        fn value(&self, j: usize) -> &[f32] {
+        fn value(&self, j: usize) -> &[T] {
             &self.values[j * self.stride + self.offset..][..self.dim]
         }
     }
 
     /// Attention of the query heads `qs` (`[group, dim]`, all sharing the kv head of `cache`)
     /// into `out` (`[group, dim]`); `scores` is scratch space.
-    pub(super) fn heads(
+    pub(super) fn heads<T: Elem>(
         avx2: bool,
         qs: &[f32],
-        cache: &Cache,
+        cache: &Cache<T>,
         scale: f32,
         scores: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
         if avx2 && cache.dim.is_multiple_of(16) {
-            // SAFETY: the CPU has AVX2 and FMA (checked by `avx2()`).
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked by `avx2()`).
             return unsafe { avx2_impl::heads(qs, cache, scale, scores, out) };
         }
         let _ = avx2;
@@ -252,7 +386,7 @@ mod simd {
             for g in 0..group {
                 let q = &qs[g * dim..(g + 1) * dim];
                 scores[g * cache.len + j] =
-                    q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
             }
         }
         out.fill(0.0);
@@ -262,7 +396,7 @@ mod simd {
             let o = &mut out[g * dim..(g + 1) * dim];
             for (j, &p) in row.iter().enumerate() {
                 for (o, v) in o.iter_mut().zip(cache.value(j)) {
-                    *o += p * v;
+                    *o += p * v.to_f32();
                 }
             }
         }
@@ -282,7 +416,7 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     mod avx2_impl {
-        use super::Cache;
+        use super::{Cache, Elem};
         use std::arch::x86_64::*;
 
         /// Sum of the 8 lanes of each of `a[0..8]`, as the 8 lanes of one vector.
@@ -370,13 +504,12 @@ mod simd {
         /// Scores of query `q` against keys `j0..j0 + 8`: eight dot products at once, reduced
         /// together.
         #[inline(always)]
-        unsafe fn scores8(q: *const f32, cache: &Cache, j0: usize) -> __m256 {
+        unsafe fn scores8<T: Elem>(q: *const f32, cache: &Cache<T>, j0: usize) -> __m256 {
             let mut acc = [_mm256_setzero_ps(); 8];
             for (k, a) in acc.iter_mut().enumerate() {
                 let key = cache.key(j0 + k).as_ptr();
                 for i in (0..cache.dim).step_by(8) {
-                    *a =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), _mm256_loadu_ps(key.add(i)), *a);
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), T::load8(key.add(i)), *a);
                 }
             }
             hsum8(acc)
@@ -385,9 +518,9 @@ mod simd {
         /// `out[..8 N] = Σ_j p_j · v_j[..8 N]` over every position, the sums held in `N`
         /// registers (the positions in order, as a running sum per lane).
         #[inline(always)]
-        unsafe fn weighted_values<const N: usize>(
+        unsafe fn weighted_values<T: Elem, const N: usize>(
             p: &[f32],
-            cache: &Cache,
+            cache: &Cache<T>,
             from: usize,
             out: *mut f32,
         ) {
@@ -396,7 +529,7 @@ mod simd {
                 let w = _mm256_set1_ps(w);
                 let v = cache.value(j).as_ptr().add(from);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * i)), *a);
+                    *a = _mm256_fmadd_ps(w, T::load8(v.add(8 * i)), *a);
                 }
             }
             for (i, a) in acc.iter().enumerate() {
@@ -405,10 +538,10 @@ mod simd {
         }
 
         /// As [`super::heads`], for `dim` a multiple of 16.
-        #[target_feature(enable = "avx2,fma")]
-        pub(in super::super) unsafe fn heads(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(in super::super) unsafe fn heads<T: Elem>(
             qs: &[f32],
-            cache: &Cache,
+            cache: &Cache<T>,
             scale: f32,
             scores: &mut Vec<f32>,
             out: &mut [f32],
@@ -433,11 +566,7 @@ mod simd {
                     let q = qs[g * dim..].as_ptr();
                     let mut a = _mm256_setzero_ps();
                     for i in (0..dim).step_by(8) {
-                        a = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(q.add(i)),
-                            _mm256_loadu_ps(k.add(i)),
-                            a,
-                        );
+                        a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), T::load8(k.add(i)), a);
                     }
                     scores[g * len + j] = hsum(a) * scale;
                 }
@@ -451,11 +580,11 @@ mod simd {
                 let (p, o) = (&scores[g * len..(g + 1) * len], out[g * dim..].as_mut_ptr());
                 let mut from = 0;
                 while dim - from >= 64 {
-                    weighted_values::<8>(p, cache, from, o);
+                    weighted_values::<T, 8>(p, cache, from, o);
                     from += 64;
                 }
                 while from < dim {
-                    weighted_values::<2>(p, cache, from, o);
+                    weighted_values::<T, 2>(p, cache, from, o);
                     from += 16;
                 }
             }
@@ -514,6 +643,47 @@ mod tests {
             }
             let ulp = (want as f32).to_bits().abs_diff(y.to_bits());
             assert!(ulp <= 2, "e^{x}: {y} vs {want} ({ulp} ulp)");
+        }
+    }
+
+    /// An f16 cache attends exactly as an f32 cache holding the same (f16-rounded) values,
+    /// with and without SIMD.
+    #[test]
+    fn an_f16_cache_attends_as_f32_over_the_same_values() {
+        let (dim, kv_heads, group, len) = (80, 2, 3, 45);
+        let stride = kv_heads * dim;
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 2.0;
+        let half: Vec<half::f16> = (0..2 * len * stride)
+            .map(|i| half::f16::from_f32(wave(i, 0.53)))
+            .collect();
+        let wide: Vec<f32> = half.iter().map(|x| x.to_f32()).collect();
+        let qs: Vec<f32> = (0..group * dim).map(|i| wave(i, 1.7)).collect();
+        let (hk, hv) = half.split_at(len * stride);
+        let (wk, wv) = wide.split_at(len * stride);
+        for avx2 in [false, super::simd::avx2()] {
+            for kv in 0..kv_heads {
+                let (mut a, mut b) = (vec![0f32; group * dim], vec![0f32; group * dim]);
+                let offset = kv * dim;
+                let half_cache = Cache {
+                    keys: hk,
+                    values: hv,
+                    stride,
+                    offset,
+                    dim,
+                    len,
+                };
+                let wide_cache = Cache {
+                    keys: wk,
+                    values: wv,
+                    stride,
+                    offset,
+                    dim,
+                    len,
+                };
+                heads(avx2, &qs, &half_cache, 0.1, &mut Vec::new(), &mut a);
+                heads(avx2, &qs, &wide_cache, 0.1, &mut Vec::new(), &mut b);
+                assert_eq!(a, b, "avx2 {avx2}, kv head {kv}");
+            }
         }
     }
 

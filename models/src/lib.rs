@@ -33,4 +33,4 @@ pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Config, GenerationConfig, TokenIds};
 pub use device::{DeviceChoice, DtypeChoice, Placement, TrainPrecision};
 pub use error::{Error, Result};
-pub use transformer::{KvCache, Model, Spec};
+pub use transformer::{HostKvDtype, KvCache, Model, Spec};

@@ -38,8 +38,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut engines = Vec::new();
     for &batch in &batches {
+        // BENCH_KV_DTYPE=f16: the CPU's cache in half precision (`--kv-cache-dtype`).
+        let kv_cache_dtype = match std::env::var("BENCH_KV_DTYPE") {
+            Ok(d) => d.parse()?,
+            Err(_) => Default::default(),
+        };
         let options = EngineOptions {
             batch,
+            kv_cache_dtype,
             ..EngineOptions::default()
         };
         let mut engine = Engine::load(&checkpoint, options)?;

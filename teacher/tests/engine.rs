@@ -480,6 +480,74 @@ fn top_logprobs_are_the_models_own_distribution() {
     }
 }
 
+/// `kv_cache_dtype: f16` (the CPU's host caches in half precision): every reported
+/// log-probability is still the model's own within 2e-2 of a full f32 forward over the same
+/// tokens, and the values differ from the f32 cache's (the option is in effect).
+#[test]
+fn an_f16_kv_cache_stays_close_to_the_models_distribution() {
+    use candle_core::{Device, Tensor, D};
+    use distill_models::HostKvDtype;
+    let name = "tiny-qwen2.gguf";
+    let ckpt = Checkpoint::open(&fixture(name)).unwrap();
+    let reference = ckpt.load_model(&Device::Cpu).unwrap();
+    let mut model = ckpt.load_model(&Device::Cpu).unwrap();
+    model.set_host_kv_dtype(HostKvDtype::F16);
+    let tokenizer = ckpt.tokenizer().unwrap();
+    let template = tokenizer.chat_template().unwrap().unwrap();
+    let half = Engine::new(model, tokenizer, template, Vec::new(), options(4)).unwrap();
+    let full = engine(name, 4, false, Some(Vec::new()));
+    let asked: Vec<GenRequest> = (0..3)
+        .map(|i| {
+            let mut r = request(i, 0.9, 12);
+            r.sampling.logprobs = 4;
+            r
+        })
+        .collect();
+    let (with_half, with_full) = (run(&half, asked.clone()), run(&full, asked.clone()));
+    let mut differs = false;
+    for req in &asked {
+        let lp = with_half[&req.key].logprobs.as_ref().unwrap();
+        let prompt = half.prompt_ids(&req.messages, &req.prefill).unwrap();
+        let ids: Vec<u32> = prompt.iter().chain(lp.token_ids()).copied().collect();
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = reference.forward(&input, None).unwrap().squeeze(0).unwrap();
+        let rows: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let token_lps: Vec<f32> = lp.token_logprobs().collect();
+        for (i, &token) in lp.token_ids().iter().enumerate() {
+            let row = &rows[prompt.len() - 1 + i];
+            assert!(
+                (token_lps[i] - row[token as usize]).abs() < 2e-2,
+                "{} step {i}",
+                req.key
+            );
+            let (top, top_lps) = lp.top(i);
+            for (&id, l) in top.iter().zip(top_lps) {
+                assert!(
+                    (l - row[id as usize]).abs() < 2e-2,
+                    "{} step {i} id {id}",
+                    req.key
+                );
+            }
+        }
+        let f32_lps = with_full[&req.key]
+            .logprobs
+            .as_ref()
+            .unwrap()
+            .token_logprobs();
+        differs |= token_lps.iter().zip(f32_lps).any(|(a, b)| a != &b);
+    }
+    assert!(
+        differs,
+        "an f16 cache gave the f32 cache's values exactly: not in effect"
+    );
+}
+
 /// Generation under a KV cache limit on the paged pool (bf16 on the CPU, the path a GPU
 /// takes): six sequences of ~140 positions at batch 4 need ~20 blocks, the limit allows 10, so
 /// the youngest sequences are paused and recomputed from their prompt and samples. Every one

@@ -19,7 +19,7 @@ use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
-pub use crate::decode::KvCache;
+pub use crate::decode::{HostKvDtype, KvCache};
 use crate::kv_pool::KvPool;
 pub use crate::rope::RopeSpec;
 use crate::weights::Weights;
@@ -325,6 +325,8 @@ pub struct Model {
     dtype: DType,
     /// The generation caches of the tensor path (empty until a step takes a slot).
     kv_pool: Arc<KvPool>,
+    /// What the CPU's f32 path keeps keys and values in (its caches live in host buffers).
+    host_kv: HostKvDtype,
 }
 
 impl Model {
@@ -402,6 +404,7 @@ impl Model {
             device,
             dtype,
             kv_pool,
+            host_kv: HostKvDtype::F32,
         })
     }
 
@@ -423,7 +426,26 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.spec.num_layers)
+        KvCache::with_host_dtype(self.spec.num_layers, self.host_kv)
+    }
+
+    /// Keeps the keys and values of caches made from now on in `dtype` where they live in
+    /// host buffers (the CPU's f32 path; the paged pool keeps the model's dtype).
+    pub fn set_host_kv_dtype(&mut self, dtype: HostKvDtype) {
+        self.host_kv = dtype;
+    }
+
+    /// Bytes one cached position takes in every layer: in the pool's blocks, or in the host
+    /// buffers' dtype on the CPU's f32 path.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        if self.uses_kv_pool() {
+            self.kv_block_bytes() / crate::kv_pool::BLOCK
+        } else {
+            2 * self.spec.num_layers
+                * self.spec.num_kv_heads
+                * self.spec.head_dim
+                * self.host_kv.size_in_bytes()
+        }
     }
 
     /// Blocks of [`crate::kv_pool::BLOCK`] positions the model's generation pool holds now, and

@@ -24,7 +24,7 @@ use distill_models::chat::{ChatTemplate, Message};
 use distill_models::kv_pool::BLOCK;
 use distill_models::tokenizer::TextTokenizer;
 use distill_models::transformer::Logits;
-use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, KvCache, Model};
+use distill_models::{Checkpoint, DeviceChoice, DtypeChoice, HostKvDtype, KvCache, Model};
 
 use crate::backend::{Cancel, FinishReason, GenOutput, GenRequest, GenStats, TokenLogprobs};
 use crate::sampling::SampleRng;
@@ -65,6 +65,11 @@ pub struct EngineOptions {
     /// (vLLM's preemption).
     #[serde(default)]
     pub kv_cache_gib: f64,
+    /// What the CPU's f32 path keeps keys and values in: f32, or f16 (half the memory and of
+    /// what a long-context step reads, as llama.cpp's default; ~3 significant digits per
+    /// cached value). Elsewhere the cache is in the model's dtype.
+    #[serde(default)]
+    pub kv_cache_dtype: HostKvDtype,
 }
 
 /// Rows from which the float matmul gives every row the same bits whatever the row count
@@ -81,6 +86,7 @@ impl Default for EngineOptions {
             device: DeviceChoice::Auto,
             dtype: DtypeChoice::Auto,
             kv_cache_gib: 0.0,
+            kv_cache_dtype: HostKvDtype::F32,
         }
     }
 }
@@ -297,7 +303,8 @@ impl Engine {
             placement.description,
             dtype.as_str()
         );
-        let model = checkpoint.load_for_inference(&device, dtype)?;
+        let mut model = checkpoint.load_for_inference(&device, dtype)?;
+        model.set_host_kv_dtype(options.kv_cache_dtype);
         let tokenizer = checkpoint.tokenizer()?;
         let mut options = options;
         if options.min_step_rows == 0 && all_matrices_quantized(checkpoint) {
@@ -349,7 +356,10 @@ impl Engine {
         host_kv_warning(
             self.options.batch.min(sequences),
             self.context_len.map_or(new_tokens, |c| new_tokens.min(c)),
-            self.model.kv_block_bytes() as f64 / BLOCK as f64,
+            (
+                self.model.kv_bytes_per_position() as f64,
+                self.options.kv_cache_dtype,
+            ),
             distill_models::device::host_memory_available()? as f64,
         )
     }
@@ -727,14 +737,14 @@ pub use sample_step::top_logprobs;
 fn host_kv_warning(
     sequences: usize,
     positions: usize,
-    per_position: f64,
+    (per_position, dtype): (f64, HostKvDtype),
     available: f64,
 ) -> Option<String> {
     let need = sequences as f64 * positions as f64 * per_position;
     (need > available).then(|| {
         format!(
             "{sequences} sequence{} of up to {positions} positions could hold {} of keys and \
-             values (f32), more than the {} this machine has available: if they run that long \
+             values ({dtype}), more than the {} this machine has available: if they run that long \
              the system ends the run",
             if sequences == 1 { "" } else { "s" },
             distill_models::device::gib(need),
@@ -749,17 +759,21 @@ mod tests {
     /// outgrow it is named with the sizes, one that fits says nothing.
     #[test]
     fn a_batch_that_could_outgrow_the_host_memory_is_named() {
+        use distill_models::HostKvDtype;
         let gib = (1u64 << 30) as f64;
-        let w = super::host_kv_warning(32, 32768, 24576.0, 20.0 * gib).unwrap();
+        let f32 = (24576.0, HostKvDtype::F32);
+        let w = super::host_kv_warning(32, 32768, f32, 20.0 * gib).unwrap();
         assert!(
             w.starts_with("32 sequences of up to 32768 positions could hold 24.0 GiB"),
             "{w}"
         );
-        assert!(w.contains("more than the 20.0 GiB"), "{w}");
-        assert!(super::host_kv_warning(8, 32768, 24576.0, 20.0 * gib).is_none());
-        assert!(super::host_kv_warning(1, 4096, 24576.0, 0.05 * gib)
-            .unwrap()
-            .starts_with("1 sequence of"));
+        assert!(w.contains("values (f32), more than the 20.0 GiB"), "{w}");
+        assert!(super::host_kv_warning(8, 32768, f32, 20.0 * gib).is_none());
+        let one = super::host_kv_warning(1, 4096, f32, 0.05 * gib).unwrap();
+        assert!(one.starts_with("1 sequence of"), "{one}");
+        // An f16 cache takes half: the same batch fits.
+        let f16 = (12288.0, HostKvDtype::F16);
+        assert!(super::host_kv_warning(32, 32768, f16, 20.0 * gib).is_none());
     }
 
     use super::top_logprobs;

@@ -217,48 +217,99 @@ pub(crate) fn attend(
         .iter()
         .map(|(_, c)| (&c.host[layer].0, &c.host[layer].1))
         .collect();
-    let mut out = vec![0f32; q.len()];
     let avx2 = simd::avx2();
     // The query heads that share a kv head are adjacent; they go together so each cached key
-    // and value is read from memory once per group. One task per row and kv head, so a single
-    // decoding sequence (batch 1) still spreads its attention over the cores.
-    let span = h.heads / h.kv_heads * h.dim;
-    out.par_chunks_mut(span)
-        .zip(q.par_chunks(span))
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (task, (out, q))| {
-            let (row, kv_head) = (task / h.kv_heads, task % h.kv_heads);
-            let (s, visible) = row_seq[row];
+    // and value is read from memory once per group. One task per row, kv head and piece of at
+    // most `PIECE` positions, so a single decoding sequence (batch 1) with few kv heads still
+    // spreads its attention over the cores; a row's pieces merge afterwards.
+    let (group, span) = (h.heads / h.kv_heads, h.heads / h.kv_heads * h.dim);
+    let mut tasks = Vec::new();
+    let mut first = Vec::with_capacity(row_seq.len() * h.kv_heads + 1);
+    for (row, &(_, visible)) in row_seq.iter().enumerate() {
+        for kv_head in 0..h.kv_heads {
+            first.push(tasks.len());
+            tasks.extend(
+                (0..visible.div_ceil(PIECE))
+                    .map(|p| (row, kv_head, p * PIECE..((p + 1) * PIECE).min(visible))),
+            );
+        }
+    }
+    first.push(tasks.len());
+    let mut parts = vec![0f32; tasks.len() * span];
+    let mut stats = vec![(0f32, 0f32); tasks.len() * group];
+    parts
+        .par_chunks_mut(span)
+        .zip(stats.par_chunks_mut(group))
+        .zip(tasks.par_iter())
+        .for_each_init(Vec::new, |scores, ((part, stat), (row, kv_head, range))| {
+            let (s, visible) = row_seq[*row];
+            let q = &q[row * qd + kv_head * span..][..span];
+            // A row with one piece gets its normalised output directly (no merge).
+            let stat = (visible > PIECE).then_some(stat);
             let (offset, dim) = (kv_head * h.dim, h.dim);
+            let rows = range.start * kvd..range.end * kvd;
             match caches[s] {
                 (HostRows::F32(keys), HostRows::F32(values)) => {
                     let cache = simd::Cache {
-                        keys,
-                        values,
+                        keys: &keys[rows.clone()],
+                        values: &values[rows],
                         stride: kvd,
                         offset,
                         dim,
-                        len: visible,
+                        len: range.len(),
                     };
-                    simd::heads(avx2, q, &cache, h.scale, scores, out)
+                    simd::heads(avx2, q, &cache, h.scale, scores, part, stat)
                 }
                 (HostRows::F16(keys), HostRows::F16(values)) => {
                     let cache = simd::Cache {
-                        keys,
-                        values,
+                        keys: &keys[rows.clone()],
+                        values: &values[rows],
                         stride: kvd,
                         offset,
                         dim,
-                        len: visible,
+                        len: range.len(),
                     };
-                    simd::heads(avx2, q, &cache, h.scale, scores, out)
+                    simd::heads(avx2, q, &cache, h.scale, scores, part, stat)
                 }
                 // Keys and values are made together, in the cache's one dtype.
                 _ => unreachable!("a layer's keys and values differ in dtype"),
             }
         });
+    let mut out = vec![0f32; q.len()];
+    out.par_chunks_mut(span).enumerate().for_each(|(i, out)| {
+        let pieces = first[i]..first[i + 1];
+        if pieces.len() == 1 {
+            out.copy_from_slice(&parts[pieces.start * span..][..span]);
+            return;
+        }
+        // out = Σ_p e^{m_p − M} o_p / Σ_p e^{m_p − M} l_p per query head, with each
+        // piece's unnormalised output o_p, its score maximum m_p and exp-sum l_p.
+        for g in 0..group {
+            let stat = |p: usize| stats[p * group + g];
+            let max = pieces
+                .clone()
+                .map(|p| stat(p).0)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut out[g * h.dim..(g + 1) * h.dim];
+            o.fill(0.0);
+            let mut total = 0f32;
+            for p in pieces.clone() {
+                let (m, l) = stat(p);
+                let w = (m - max).exp();
+                total += w * l;
+                let part = &parts[p * span + g * h.dim..][..h.dim];
+                o.iter_mut().zip(part).for_each(|(o, x)| *o += w * x);
+            }
+            let inv = 1.0 / total;
+            o.iter_mut().for_each(|o| *o *= inv);
+        }
+    });
     out
 }
+
+/// Most positions one attention task covers (see [`attend`]). The split depends on a row's
+/// history length alone, never on its batch mates, so a row's result is the same in any batch.
+const PIECE: usize = 512;
 
 /// Rebuilds `[rows, heads * dim]` host data as the `[1, rows, heads * dim]` tensor the output
 /// projection takes.
@@ -362,7 +413,9 @@ mod simd {
     }
 
     /// Attention of the query heads `qs` (`[group, dim]`, all sharing the kv head of `cache`)
-    /// into `out` (`[group, dim]`); `scores` is scratch space.
+    /// into `out` (`[group, dim]`); `scores` is scratch space. With `stats` (one piece of a
+    /// longer history), `out` is left unnormalised and `stats[g]` gets head `g`'s score maximum
+    /// and the sum of its exponentials, for the merge.
     pub(super) fn heads<T: Elem>(
         avx2: bool,
         qs: &[f32],
@@ -370,11 +423,12 @@ mod simd {
         scale: f32,
         scores: &mut Vec<f32>,
         out: &mut [f32],
+        stats: Option<&mut [(f32, f32)]>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if avx2 && cache.dim.is_multiple_of(16) {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked by `avx2()`).
-            return unsafe { avx2_impl::heads(qs, cache, scale, scores, out) };
+            return unsafe { avx2_impl::heads(qs, cache, scale, scores, out, stats) };
         }
         let _ = avx2;
         let dim = cache.dim;
@@ -390,9 +444,13 @@ mod simd {
             }
         }
         out.fill(0.0);
+        let mut stats = stats;
         for g in 0..group {
             let row = &mut scores[g * cache.len..(g + 1) * cache.len];
-            softmax(row);
+            let stat = softmax(row, stats.is_none());
+            if let Some(stats) = &mut stats {
+                stats[g] = stat;
+            }
             let o = &mut out[g * dim..(g + 1) * dim];
             for (j, &p) in row.iter().enumerate() {
                 for (o, v) in o.iter_mut().zip(cache.value(j)) {
@@ -402,16 +460,21 @@ mod simd {
         }
     }
 
+    /// `e^{s − max}` over the row, divided by their sum when `normalize`; returns the
+    /// maximum and the sum.
     #[inline(always)]
-    fn softmax(row: &mut [f32]) {
+    fn softmax(row: &mut [f32], normalize: bool) -> (f32, f32) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
         for s in row.iter_mut() {
             *s = (*s - max).exp();
             sum += *s;
         }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|s| *s *= inv);
+        if normalize {
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        (max, sum)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -478,7 +541,7 @@ mod simd {
 
         /// Softmax of one row in place, 8 lanes at a time.
         #[inline(always)]
-        unsafe fn softmax(row: &mut [f32]) {
+        unsafe fn softmax(row: &mut [f32], normalize: bool) -> (f32, f32) {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let (m, p) = (_mm256_set1_ps(max), row.as_mut_ptr());
             let whole = row.len() / 8 * 8;
@@ -493,12 +556,16 @@ mod simd {
                 *s = (*s - max).exp();
                 total += *s;
             }
+            if !normalize {
+                return (max, total);
+            }
             let inv = _mm256_set1_ps(1.0 / total);
             for i in (0..whole).step_by(8) {
                 _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv));
             }
             let inv = 1.0 / total;
             row[whole..].iter_mut().for_each(|s| *s *= inv);
+            (max, total)
         }
 
         /// Scores of query `q` against keys `j0..j0 + 8`: eight dot products at once, reduced
@@ -545,6 +612,7 @@ mod simd {
             scale: f32,
             scores: &mut Vec<f32>,
             out: &mut [f32],
+            mut stats: Option<&mut [(f32, f32)]>,
         ) {
             let (dim, len) = (cache.dim, cache.len);
             let group = qs.len() / dim;
@@ -572,7 +640,10 @@ mod simd {
                 }
             }
             for g in 0..group {
-                softmax(&mut scores[g * len..(g + 1) * len]);
+                let stat = softmax(&mut scores[g * len..(g + 1) * len], stats.is_none());
+                if let Some(stats) = &mut stats {
+                    stats[g] = stat;
+                }
             }
             // Each query head's output accumulates in registers over every position: 64 lanes
             // at a time, then 16.
@@ -646,6 +717,60 @@ mod tests {
         }
     }
 
+    /// Histories longer than a piece are split and merged: the result is the softmax
+    /// attention over the whole history (against f64), and a row's bits do not depend on
+    /// whether it comes in a prefill of many rows or decodes alone.
+    #[test]
+    fn long_histories_split_into_pieces_and_merge_exactly() {
+        use super::{attend, Heads, KvCache, PIECE};
+        let h = Heads {
+            heads: 4,
+            kv_heads: 2,
+            dim: 16,
+            scale: 0.25,
+        };
+        let (qd, kvd, n) = (4 * 16, 2 * 16, 2 * PIECE + 141);
+        let wave = |i: usize, f: f32| (i as f32 * f).sin() * 2.0;
+        let q: Vec<f32> = (0..n * qd).map(|i| wave(i, 0.71)).collect();
+        let k: Vec<f32> = (0..n * kvd).map(|i| wave(i, 0.37)).collect();
+        let v: Vec<f32> = (0..n * kvd).map(|i| wave(i, 0.93)).collect();
+        let tokens = vec![0u32; n];
+        let mut whole = KvCache::new(1);
+        let all = attend(&q, &k, &v, 0, &mut [(&tokens[..], &mut whole)], h);
+        let mut split = KvCache::new(1);
+        let (m, last) = (n - 1, n - 1..n);
+        attend(
+            &q[..m * qd],
+            &k[..m * kvd],
+            &v[..m * kvd],
+            0,
+            &mut [(&tokens[..m], &mut split)],
+            h,
+        );
+        split.len = m;
+        let alone = attend(
+            &q[last.start * qd..],
+            &k[last.start * kvd..],
+            &v[last.start * kvd..],
+            0,
+            &mut [(&tokens[..1], &mut split)],
+            h,
+        );
+        assert_eq!(
+            &all[m * qd..],
+            &alone[..],
+            "the last row, batched and alone"
+        );
+        for head in 0..4 {
+            let kv = head / 2;
+            let qh = &q[m * qd + head * 16..][..16];
+            let want = naive(qh, &k, &v, kvd, kv * 16);
+            for (a, b) in alone[head * 16..(head + 1) * 16].iter().zip(&want) {
+                assert!((*a as f64 - b).abs() < 1e-5, "head {head}: {a} vs {b}");
+            }
+        }
+    }
+
     /// An f16 cache attends exactly as an f32 cache holding the same (f16-rounded) values,
     /// with and without SIMD.
     #[test]
@@ -680,8 +805,8 @@ mod tests {
                     dim,
                     len,
                 };
-                heads(avx2, &qs, &half_cache, 0.1, &mut Vec::new(), &mut a);
-                heads(avx2, &qs, &wide_cache, 0.1, &mut Vec::new(), &mut b);
+                heads(avx2, &qs, &half_cache, 0.1, &mut Vec::new(), &mut a, None);
+                heads(avx2, &qs, &wide_cache, 0.1, &mut Vec::new(), &mut b, None);
                 assert_eq!(a, b, "avx2 {avx2}, kv head {kv}");
             }
         }
@@ -716,7 +841,7 @@ mod tests {
                 let scale = 1.0 / (dim as f32).sqrt();
                 for avx2 in [false, super::simd::avx2()] {
                     let mut out = vec![0f32; group * dim];
-                    heads(avx2, &qs, &cache, scale, &mut Vec::new(), &mut out);
+                    heads(avx2, &qs, &cache, scale, &mut Vec::new(), &mut out, None);
                     for g in 0..group {
                         let want = naive(
                             &qs[g * dim..(g + 1) * dim],

@@ -246,29 +246,32 @@ pub(crate) fn attend(
             let q = &q[row * qd + kv_head * span..][..span];
             // A row with one piece gets its normalised output directly (no merge).
             let stat = (visible > PIECE).then_some(stat);
-            let (offset, dim) = (kv_head * h.dim, h.dim);
-            let rows = range.start * kvd..range.end * kvd;
+            // The piece's positions of this kv head: position j of the piece is row
+            // `range.start + j` of the cache.
+            fn piece<'a, T>(
+                (keys, values): (&'a [T], &'a [T]),
+                range: &std::ops::Range<usize>,
+                kvd: usize,
+                kv_head: usize,
+                dim: usize,
+            ) -> simd::Cache<'a, T> {
+                let rows = range.start * kvd..range.end * kvd;
+                simd::Cache {
+                    keys: &keys[rows.clone()],
+                    values: &values[rows],
+                    stride: kvd,
+                    offset: kv_head * dim,
+                    dim,
+                    len: range.len(),
+                }
+            }
             match caches[s] {
-                (HostRows::F32(keys), HostRows::F32(values)) => {
-                    let cache = simd::Cache {
-                        keys: &keys[rows.clone()],
-                        values: &values[rows],
-                        stride: kvd,
-                        offset,
-                        dim,
-                        len: range.len(),
-                    };
+                (HostRows::F32(k), HostRows::F32(v)) => {
+                    let cache = piece((k, v), range, kvd, *kv_head, h.dim);
                     simd::heads(avx2, q, &cache, h.scale, scores, part, stat)
                 }
-                (HostRows::F16(keys), HostRows::F16(values)) => {
-                    let cache = simd::Cache {
-                        keys: &keys[rows.clone()],
-                        values: &values[rows],
-                        stride: kvd,
-                        offset,
-                        dim,
-                        len: range.len(),
-                    };
+                (HostRows::F16(k), HostRows::F16(v)) => {
+                    let cache = piece((k, v), range, kvd, *kv_head, h.dim);
                     simd::heads(avx2, q, &cache, h.scale, scores, part, stat)
                 }
                 // Keys and values are made together, in the cache's one dtype.

@@ -423,6 +423,25 @@ fn local_backend_and_handle_agree_with_the_engine() {
     let _ = Arc::strong_count(backend.engine());
 }
 
+/// Log-softmax rows of one f32 forward over `prompt` and the generated `tokens` (no cache).
+fn full_forward_log_probs(
+    model: &distill_models::Model,
+    prompt: &[u32],
+    tokens: &[u32],
+) -> Vec<Vec<f32>> {
+    use candle_core::{Device, Tensor, D};
+    let ids: Vec<u32> = prompt.iter().chain(tokens).copied().collect();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+    candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
 /// `logprobs: k` returns, for every sampled token, the model's own log-probabilities: equal
 /// (within 1e-4: float32, not the corpus's float16) to `log_softmax` of a full forward over
 /// prompt + generated tokens,
@@ -430,7 +449,7 @@ fn local_backend_and_handle_agree_with_the_engine() {
 /// the same sample text and tokens as without log-probabilities.
 #[test]
 fn top_logprobs_are_the_models_own_distribution() {
-    use candle_core::{Device, Tensor, D};
+    use candle_core::Device;
     let name = "tiny-qwen2.gguf";
     let ckpt = Checkpoint::open(&fixture(name)).unwrap();
     let model = ckpt.load_model(&Device::Cpu).unwrap();
@@ -451,14 +470,7 @@ fn top_logprobs_are_the_models_own_distribution() {
             assert_eq!(lp.k(), k);
             assert_eq!(lp.len(), out.completion_tokens as usize);
             let prompt = engine.prompt_ids(&req.messages, &req.prefill).unwrap();
-            let ids: Vec<u32> = prompt.iter().chain(lp.token_ids()).copied().collect();
-            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
-            let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-            let log_probs: Vec<Vec<f32>> = log_probs.to_vec2().unwrap();
+            let log_probs = full_forward_log_probs(&model, &prompt, lp.token_ids());
             let token_lps: Vec<f32> = lp.token_logprobs().collect();
             for (i, &token) in lp.token_ids().iter().enumerate() {
                 let row = &log_probs[prompt.len() - 1 + i];
@@ -485,7 +497,7 @@ fn top_logprobs_are_the_models_own_distribution() {
 /// tokens, and the values differ from the f32 cache's (the option is in effect).
 #[test]
 fn an_f16_kv_cache_stays_close_to_the_models_distribution() {
-    use candle_core::{Device, Tensor, D};
+    use candle_core::Device;
     use distill_models::HostKvDtype;
     let name = "tiny-qwen2.gguf";
     let ckpt = Checkpoint::open(&fixture(name)).unwrap();
@@ -508,16 +520,7 @@ fn an_f16_kv_cache_stays_close_to_the_models_distribution() {
     for req in &asked {
         let lp = with_half[&req.key].logprobs.as_ref().unwrap();
         let prompt = half.prompt_ids(&req.messages, &req.prefill).unwrap();
-        let ids: Vec<u32> = prompt.iter().chain(lp.token_ids()).copied().collect();
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = reference.forward(&input, None).unwrap().squeeze(0).unwrap();
-        let rows: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let rows = full_forward_log_probs(&reference, &prompt, lp.token_ids());
         let token_lps: Vec<f32> = lp.token_logprobs().collect();
         for (i, &token) in lp.token_ids().iter().enumerate() {
             let row = &rows[prompt.len() - 1 + i];

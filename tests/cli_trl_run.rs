@@ -259,7 +259,15 @@ fn ctrl_c_checkpoints_and_resume_continues() {
     }
     let stopped = child.wait_with_output().unwrap();
     let text = said(&stopped);
-    assert!(stopped.status.success(), "{text}");
+    // TRL's own output goes with a failure: the temporary folder holding it is gone after.
+    let log = std::fs::read_to_string(out.join("trl.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    assert!(
+        stopped.status.success(),
+        "{text}\n--- trl.log (last 60 lines) ---\n{}",
+        tail.join("\n")
+    );
     let step: u64 = text
         .split("Stopped at step ")
         .nth(1)

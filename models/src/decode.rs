@@ -246,25 +246,6 @@ pub(crate) fn attend(
             let q = &q[row * qd + kv_head * span..][..span];
             // A row with one piece gets its normalised output directly (no merge).
             let stat = (visible > PIECE).then_some(stat);
-            // The piece's positions of this kv head: position j of the piece is row
-            // `range.start + j` of the cache.
-            fn piece<'a, T>(
-                (keys, values): (&'a [T], &'a [T]),
-                range: &std::ops::Range<usize>,
-                kvd: usize,
-                kv_head: usize,
-                dim: usize,
-            ) -> simd::Cache<'a, T> {
-                let rows = range.start * kvd..range.end * kvd;
-                simd::Cache {
-                    keys: &keys[rows.clone()],
-                    values: &values[rows],
-                    stride: kvd,
-                    offset: kv_head * dim,
-                    dim,
-                    len: range.len(),
-                }
-            }
             match caches[s] {
                 (HostRows::F32(k), HostRows::F32(v)) => {
                     let cache = piece((k, v), range, kvd, *kv_head, h.dim);
@@ -278,6 +259,10 @@ pub(crate) fn attend(
                 _ => unreachable!("a layer's keys and values differ in dtype"),
             }
         });
+    // No row split: the parts are the output, in its layout (one task per row and kv head).
+    if tasks.len() == first.len() - 1 {
+        return parts;
+    }
     let mut out = vec![0f32; q.len()];
     out.par_chunks_mut(span).enumerate().for_each(|(i, out)| {
         let pieces = first[i]..first[i + 1];
@@ -308,6 +293,26 @@ pub(crate) fn attend(
         }
     });
     out
+}
+
+/// Positions `range` of one kv head's history, for one attention task: position `j` of the
+/// piece is row `range.start + j` of the cache.
+fn piece<'a, T>(
+    (keys, values): (&'a [T], &'a [T]),
+    range: &std::ops::Range<usize>,
+    kvd: usize,
+    kv_head: usize,
+    dim: usize,
+) -> simd::Cache<'a, T> {
+    let rows = range.start * kvd..range.end * kvd;
+    simd::Cache {
+        keys: &keys[rows.clone()],
+        values: &values[rows],
+        stride: kvd,
+        offset: kv_head * dim,
+        dim,
+        len: range.len(),
+    }
 }
 
 /// Most positions one attention task covers (see [`attend`]). The split depends on a row's
@@ -426,7 +431,7 @@ mod simd {
         scale: f32,
         scores: &mut Vec<f32>,
         out: &mut [f32],
-        stats: Option<&mut [(f32, f32)]>,
+        mut stats: Option<&mut [(f32, f32)]>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if avx2 && cache.dim.is_multiple_of(16) {
@@ -447,7 +452,6 @@ mod simd {
             }
         }
         out.fill(0.0);
-        let mut stats = stats;
         for g in 0..group {
             let row = &mut scores[g * cache.len..(g + 1) * cache.len];
             let stat = softmax(row, stats.is_none());

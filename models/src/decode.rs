@@ -27,10 +27,10 @@ pub enum HostKvDtype {
 }
 
 impl HostKvDtype {
-    pub fn size_in_bytes(self) -> usize {
+    pub fn dtype(self) -> candle_core::DType {
         match self {
-            Self::F32 => 4,
-            Self::F16 => 2,
+            Self::F32 => candle_core::DType::F32,
+            Self::F16 => candle_core::DType::F16,
         }
     }
 }

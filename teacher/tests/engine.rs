@@ -508,6 +508,10 @@ fn an_f16_kv_cache_stays_close_to_the_models_distribution() {
     let template = tokenizer.chat_template().unwrap().unwrap();
     let half = Engine::new(model, tokenizer, template, Vec::new(), options(4)).unwrap();
     let full = engine(name, 4, false, Some(Vec::new()));
+    assert_eq!(
+        2 * half.model().kv_bytes_per_position(),
+        full.model().kv_bytes_per_position()
+    );
     let asked: Vec<GenRequest> = (0..3)
         .map(|i| {
             let mut r = request(i, 0.9, 12);

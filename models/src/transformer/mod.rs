@@ -438,14 +438,12 @@ impl Model {
     /// Bytes one cached position takes in every layer: in the pool's blocks, or in the host
     /// buffers' dtype on the CPU's f32 path.
     pub fn kv_bytes_per_position(&self) -> usize {
-        if self.uses_kv_pool() {
-            self.kv_block_bytes() / crate::kv_pool::BLOCK
+        let dtype = if self.uses_kv_pool() {
+            self.dtype
         } else {
-            2 * self.spec.num_layers
-                * self.spec.num_kv_heads
-                * self.spec.head_dim
-                * self.host_kv.size_in_bytes()
-        }
+            self.host_kv.dtype()
+        };
+        crate::kv_pool::block_bytes(&self.spec, dtype) / crate::kv_pool::BLOCK
     }
 
     /// Blocks of [`crate::kv_pool::BLOCK`] positions the model's generation pool holds now, and

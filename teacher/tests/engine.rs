@@ -6,6 +6,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
 use distill_models::chat::Message;
 use distill_models::Checkpoint;
 use distill_teacher::engine::{IterSource, Update};
@@ -429,17 +431,8 @@ fn full_forward_log_probs(
     prompt: &[u32],
     tokens: &[u32],
 ) -> Vec<Vec<f32>> {
-    use candle_core::{Device, Tensor, D};
     let ids: Vec<u32> = prompt.iter().chain(tokens).copied().collect();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
-    candle_nn::ops::log_softmax(&logits, D::Minus1)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
+    common::log_softmax_rows(model, &ids)
 }
 
 /// `logprobs: k` returns, for every sampled token, the model's own log-probabilities: equal

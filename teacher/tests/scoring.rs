@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::{Tensor, D};
+mod common;
+
 use distill_models::Checkpoint;
 use distill_teacher::openai::prompt_logprobs::PromptScorer;
 use distill_teacher::openai::OpenAiConfig;
@@ -51,16 +52,7 @@ fn post(url: &str, body: Value) -> (u16, Value) {
 
 /// Log-softmax rows of the model's training forward over `ids` (no cache).
 fn reference_logprobs(engine: &Engine, ids: &[u32]) -> Vec<Vec<f32>> {
-    let model = engine.model();
-    let input = Tensor::new(ids, model.device())
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
-    candle_nn::ops::log_softmax(&logits, D::Minus1)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
+    common::log_softmax_rows(engine.model(), ids)
 }
 
 const IDS: [u32; 9] = [1, 17, 42, 9, 100, 3, 77, 5, 64];

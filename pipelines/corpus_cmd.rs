@@ -143,9 +143,10 @@ fn print_counts(pass: &str, c: &PassCounts) {
 /// line a user looks for when a later `train` finds no data.
 fn warn_if_all_dropped(pass: &str, c: &PassCounts) {
     if c.rows_in > 0 && c.rows_out == 0 {
-        let mut reasons: Vec<_> = c.dropped.iter().collect();
-        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let reasons: Vec<String> = by_count(&c.dropped)
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
         eprintln!(
             "warning: `{pass}` kept none of the {} rows ({}): nothing is left to train on",
             c.rows_in,
@@ -154,10 +155,15 @@ fn warn_if_all_dropped(pass: &str, c: &PassCounts) {
     }
 }
 
-fn print_reasons(dropped: &BTreeMap<String, u64>, total: u64) {
+/// Drop reasons, the most frequent first (ties by name).
+fn by_count(dropped: &BTreeMap<String, u64>) -> Vec<(&String, &u64)> {
     let mut reasons: Vec<_> = dropped.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    for (reason, n) in reasons {
+    reasons
+}
+
+fn print_reasons(dropped: &BTreeMap<String, u64>, total: u64) {
+    for (reason, n) in by_count(dropped) {
         let share = if total > 0 {
             100.0 * *n as f64 / total as f64
         } else {

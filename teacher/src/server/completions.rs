@@ -300,6 +300,15 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
             prompt_ids: Some(ids.clone()),
         })
     });
+    // Under `echo`, each prompt's text, decoded before any work is submitted.
+    let echoed: Vec<String> = match echo {
+        true => prompts
+            .iter()
+            .map(|ids| state.tokenizer.decode(ids, false))
+            .collect::<Result<_, _>>()
+            .map_err(|e| internal(format!("cannot decode the prompt: {e}")))?,
+        false => Vec::new(),
+    };
     let receivers = submit_all(state, requests)?;
     let mut choices = Choices::new(receivers, n);
     let id = format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1);
@@ -312,9 +321,8 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
         });
         let echo = match echo {
             true => (0..choices.len())
-                .map(|index| state.tokenizer.decode(&prompts[index / n], false))
-                .collect::<Result<_, _>>()
-                .map_err(|e| internal(format!("cannot decode the prompt: {e}")))?,
+                .map(|index| echoed[index / n].clone())
+                .collect(),
             false => Vec::new(),
         };
         return Ok(SseStream::respond(
@@ -337,10 +345,7 @@ async fn generate(state: &Arc<AppState>, request: CompletionRequest) -> Result<R
                 .zip(output.logprobs.as_ref())
                 .map(|(k, lp)| legacy_logprobs(state, lp, k, 0)),
             text: match echo {
-                true => {
-                    let prompt = &prompts[index / n];
-                    state.tokenizer.decode(prompt, false).unwrap_or_default() + &output.text
-                }
+                true => echoed[index / n].clone() + &output.text,
                 false => output.text,
             },
             finish_reason: Some(output.finish_reason.as_str().to_string()),

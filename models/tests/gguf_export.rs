@@ -582,7 +582,9 @@ fn smollm2_q8_0_export_generates_the_same_tokens() {
 /// Not run by default: writes SmolLM2 exported as F16, Q8_0 and Q4_K_M into
 /// `DISTILL_GGUF_EXPORT_DIR` with distill's greedy ids (8 chat prompts, up to 64 new tokens,
 /// models run quantized) in `smollm2-greedy.json`, for `fixtures/gguf-export/llama_cpp_greedy.py`
-/// to compare with llama.cpp's (see the fixtures README):
+/// to compare with llama.cpp's (see the fixtures README). The downloaded files users run as
+/// teachers (SmolLM2 Q4_1 from `../shared/models`, and Qwen2.5-Coder-0.5B Q4_K_M where
+/// `fetch-qwen2.5-coder-0.5b.sh` put it) get the same prompts and are listed by absolute path:
 /// `DISTILL_GGUF_EXPORT_DIR=/tmp/gguf-export cargo test --release -p distill-models --test
 /// gguf_export -- --ignored llama_cpp_inputs`.
 #[test]
@@ -604,9 +606,24 @@ fn llama_cpp_inputs() {
         "Summarize the plot of Romeo and Juliet in two sentences.",
     ];
     let mut files = serde_json::Map::new();
+    let mut runs = Vec::new();
     for quant in [Quant::F16, Quant::Q8_0, Quant::Q4KM] {
         let out = dir.join(format!("smollm2.{quant}.gguf"));
         export(&source, &out, quant);
+        runs.push(out);
+    }
+    runs.push(source.canonicalize().unwrap());
+    let qwen = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".cache/distill-models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    if qwen.exists() {
+        runs.push(qwen);
+    } else {
+        eprintln!(
+            "llama_cpp_inputs: {} is missing: Qwen2.5-Coder left out",
+            qwen.display()
+        );
+    }
+    for out in runs {
         let ckpt = Checkpoint::open(&out).unwrap();
         let tokenizer = ckpt.tokenizer().unwrap();
         let template = tokenizer.chat_template().unwrap().unwrap();
@@ -627,10 +644,12 @@ fn llama_cpp_inputs() {
                 "text": text, "prompt_ids": prompt, "distill_ids": ids, "distill_text": completion,
             }));
         }
-        files.insert(
-            out.file_name().unwrap().to_string_lossy().into_owned(),
-            cases.into(),
-        );
+        // Exports by file name (they sit in the folder), downloads by their absolute path.
+        let key = match out.strip_prefix(&dir) {
+            Ok(name) => name.to_string_lossy().into_owned(),
+            Err(_) => out.to_string_lossy().into_owned(),
+        };
+        files.insert(key, cases.into());
     }
     std::fs::write(
         dir.join("smollm2-greedy.json"),

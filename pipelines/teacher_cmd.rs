@@ -66,8 +66,8 @@ pub struct GenerateArgs {
     /// Sequences decoded together (local backend).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Most GiB of KV cache (GPU, or bf16 on the CPU): beyond it the youngest sequences pause
-    /// and are recomputed later. 0: 90% of the GPU memory free after loading, less 1 GiB.
+    /// Most GiB of KV cache: beyond it the youngest sequences pause and are recomputed later.
+    /// 0: 90% of the GPU memory free after loading, less 1 GiB (CPU: 80% of the host's).
     #[arg(long, default_value_t = 0.0, value_name = "GIB")]
     pub kv_cache_gib: f64,
 
@@ -109,6 +109,11 @@ pub struct GenerateArgs {
     /// Rows per parquet shard (a crash loses at most the unfinished shard).
     #[arg(long, default_value_t = 5000)]
     pub shard_rows: usize,
+    /// Minutes a shard stays open before it is closed with however many rows it holds, so a
+    /// crash or kill loses at most about this much work (0: shards close by `--shard-rows`
+    /// alone).
+    #[arg(long, default_value_t = distill_teacher::generate::SHARD_MINUTES)]
+    pub shard_minutes: f64,
 
     #[command(flatten)]
     pub openai: OpenAiArgs,
@@ -190,8 +195,8 @@ pub struct ServeArgs {
     /// Sequences decoded together; concurrent requests share the batch.
     #[arg(long, default_value_t = EngineOptions::default().batch)]
     pub batch: usize,
-    /// Most GiB of KV cache (GPU, or bf16 on the CPU): beyond it the youngest sequences pause
-    /// and are recomputed later. 0: 90% of the GPU memory free after loading, less 1 GiB.
+    /// Most GiB of KV cache: beyond it the youngest sequences pause and are recomputed later.
+    /// 0: 90% of the GPU memory free after loading, less 1 GiB (CPU: 80% of the host's).
     #[arg(long, default_value_t = 0.0, value_name = "GIB")]
     pub kv_cache_gib: f64,
     /// The model's name in `/v1/models` and requests (default: the file or folder name).
@@ -241,6 +246,7 @@ impl GenerateArgs {
                 stop: self.stop.clone(),
             },
             shard_rows: self.shard_rows,
+            shard_minutes: self.shard_minutes,
             force: self.force,
         }
     }
@@ -310,9 +316,11 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             let remaining = (total - already) as usize;
             if let Some(w) = local
                 .engine()
-                .host_kv_warning(remaining, args.max_new_tokens)
+                .kv_budget_warning(remaining, args.max_new_tokens)
             {
-                eprintln!("warning: {w}; lower `--batch` or `--max-new-tokens`");
+                eprintln!(
+                    "warning: {w}; lower `--batch` or `--max-new-tokens`, or raise `--kv-cache-gib`"
+                );
             }
             &local
         }
@@ -431,8 +439,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot load `{}`", model.path.display()))?;
     eprintln!("Model on {}", engine.device_description());
     // A request may run to the end of the context.
-    if let Some(w) = engine.host_kv_warning(usize::MAX, usize::MAX) {
-        eprintln!("warning: {w}; lower `--batch`");
+    if let Some(w) = engine.kv_budget_warning(usize::MAX, usize::MAX) {
+        eprintln!("warning: {w}; lower `--batch` or raise `--kv-cache-gib`");
     }
     let mut config = ServerConfig::new(name.clone());
     config.defaults.max_new_tokens = args.max_tokens;

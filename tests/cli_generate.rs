@@ -1,6 +1,7 @@
 //! `distill generate` end to end on the tiny GGUF fixture: a run killed with SIGKILL (or stopped
 //! with Ctrl-C) and resumed yields the same corpus, row for row, as an uninterrupted run at a
-//! different batch size; a different config is refused by name; bad input fails before any work.
+//! different batch size, also when its shards closed by age rather than size; a different
+//! config is refused by name; bad input fails before any work.
 
 mod common;
 use common::run_ok;
@@ -41,6 +42,11 @@ fn write_problems(dir: &Path) -> PathBuf {
 
 /// The generate command; sampled (T = 0.9) so the check covers per-sample random streams.
 fn generate(problems: &Path, out: &Path, batch: usize) -> Command {
+    generate_sharded(problems, out, batch, &["--shard-rows", "3"])
+}
+
+/// [`generate`] with its own shard settings.
+fn generate_sharded(problems: &Path, out: &Path, batch: usize, shards: &[&str]) -> Command {
     let mut cmd = bin();
     cmd.arg("--threads").arg("1").arg("generate");
     cmd.arg("--problems").arg(problems);
@@ -48,7 +54,7 @@ fn generate(problems: &Path, out: &Path, batch: usize) -> Command {
     cmd.arg("--model").arg(model());
     cmd.args(["--samples", &SAMPLES.to_string(), "--seed", "7"]);
     cmd.args(["--temperature", "0.9", "--max-new-tokens", "48"]);
-    cmd.args(["--shard-rows", "3", "--batch", &batch.to_string()]);
+    cmd.args(shards).args(["--batch", &batch.to_string()]);
     cmd
 }
 
@@ -68,7 +74,12 @@ fn finished_rows(dir: &Path) -> u64 {
 
 /// Starts a run and interrupts it (`signal`: `KILL` or `INT`) once a shard is finished.
 fn interrupted_run(problems: &Path, out: &Path, signal: &str) -> std::process::ExitStatus {
-    let mut child = generate(problems, out, 1)
+    interrupted(&mut generate(problems, out, 1), out, signal)
+}
+
+/// Starts `command` and interrupts it with `signal` once a shard in `out` is finished.
+fn interrupted(command: &mut Command, out: &Path, signal: &str) -> std::process::ExitStatus {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -162,6 +173,18 @@ fn killed_and_resumed_equals_uninterrupted() {
         .to_string_lossy()
         .ends_with(".tmp")));
     assert_resumes_to(&reference, &problems, &stopped);
+
+    // Shards far larger than the run, closed by age (`--shard-minutes`, here 0.15 s): a
+    // SIGKILL once the first has closed keeps its rows, and the run resumes from them.
+    let aged = tmp.path().join("aged");
+    let shards = ["--shard-rows", "1000", "--shard-minutes", "0.0025"];
+    let status = interrupted(
+        &mut generate_sharded(&problems, &aged, 1, &shards),
+        &aged,
+        "KILL",
+    );
+    assert!(!status.success());
+    assert_resumes_to(&reference, &problems, &aged);
 }
 
 #[test]
@@ -219,6 +242,10 @@ fn bad_input_fails_before_any_work() {
     fail(
         generate(&problems, &out, 1).arg("--kv-cache-gib=-1"),
         "`--kv-cache-gib` must be a size in GiB",
+    );
+    fail(
+        generate(&problems, &out, 1).arg("--shard-minutes=-1"),
+        "`shard_minutes` must be a number of minutes",
     );
     let mut no_model = bin();
     no_model.args(["generate", "--model", "no/such.gguf", "--out"]);

@@ -5,6 +5,8 @@
 //! and synced, and only then listed in the manifest, so a crash leaves at worst a `.tmp` file
 //! (removed when the folder is reopened) and never a half shard under a real name. Reopening a
 //! folder continues after the last finished shard, which is what resumable generation needs.
+//! A writer may also close shards by age ([`ShardWriter::close_after`]): a slow producer (a
+//! CPU teacher writing a few rows a minute) then never holds hours of rows in an open shard.
 //!
 //! Reader: validates every file up front (exists, not empty, one schema across shards) from
 //! the parquet footers alone, then decodes batch by batch on a background thread so decoding
@@ -15,6 +17,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -102,6 +105,7 @@ struct OpenShard {
     name: String,
     writer: ArrowWriter<BufWriter<File>>,
     rows: usize,
+    opened: Instant,
 }
 
 /// Writes batches into numbered shards of at most `rows_per_shard` rows.
@@ -113,6 +117,7 @@ pub struct ShardWriter {
     manifest: Manifest,
     next_index: usize,
     current: Option<OpenShard>,
+    max_age: Option<Duration>,
 }
 
 impl ShardWriter {
@@ -150,7 +155,16 @@ impl ShardWriter {
             manifest,
             next_index,
             current: None,
+            max_age: None,
         })
+    }
+
+    /// Also closes a shard once a write finds it open for `age` or longer, so rows reach a
+    /// finished shard (and survive a crash) within about `age` plus the time between writes,
+    /// however slowly they come.
+    pub fn close_after(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
     }
 
     /// The shards finished so far (including those of earlier runs).
@@ -162,7 +176,7 @@ impl ShardWriter {
         &self.schema
     }
 
-    /// Appends a batch, cutting shards at `rows_per_shard`.
+    /// Appends a batch, cutting shards at `rows_per_shard` (and by age, [`Self::close_after`]).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let mut offset = 0;
         while offset < batch.num_rows() {
@@ -185,6 +199,10 @@ impl ShardWriter {
             if shard.rows >= self.opts.rows_per_shard {
                 self.close_shard()?;
             }
+        }
+        let old = |s: &OpenShard| self.max_age.is_some_and(|age| s.opened.elapsed() >= age);
+        if self.current.as_ref().is_some_and(old) {
+            self.close_shard()?;
         }
         Ok(())
     }
@@ -220,6 +238,7 @@ impl ShardWriter {
             name,
             writer,
             rows: 0,
+            opened: Instant::now(),
         })
     }
 

@@ -121,6 +121,39 @@ fn crashed_writer_leaves_only_complete_shards_and_resumes() {
     );
 }
 
+/// A writer that closes shards by age: rows that trickle in (a CPU teacher's few a minute)
+/// reach a finished shard once the open one is old enough, so a crash after that loses none
+/// of them, though the shard is far from full.
+#[test]
+fn shards_close_by_age_so_a_crash_keeps_slow_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = crafted();
+    let opts = WriterOptions {
+        rows_per_shard: 1000,
+        ..WriterOptions::default()
+    };
+    let age = std::time::Duration::from_millis(300);
+    let mut w = ShardWriter::create(dir.path(), record::schema(), opts)
+        .unwrap()
+        .close_after(age);
+    w.write(&record::records_to_batch(&records[..1]).unwrap())
+        .unwrap();
+    w.write(&record::records_to_batch(&records[1..2]).unwrap())
+        .unwrap();
+    assert!(Manifest::read(dir.path()).unwrap().is_none(), "still open");
+    std::thread::sleep(age);
+    // The next write finds the shard old: it goes in, and the shard closes.
+    w.write(&record::records_to_batch(&records[2..3]).unwrap())
+        .unwrap();
+    w.write(&record::records_to_batch(&records[3..4]).unwrap())
+        .unwrap();
+    std::mem::forget(w);
+    let manifest = Manifest::read(dir.path()).unwrap().unwrap();
+    assert_eq!(manifest.shards.len(), 1);
+    assert_eq!(manifest.rows(), 3);
+    assert_eq!(ids(&read_records(dir.path())), ["p1/0", "p1/1", "p2/0"]);
+}
+
 #[test]
 fn an_empty_output_still_carries_the_schema() {
     let dir = tempfile::tempdir().unwrap();

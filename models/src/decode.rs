@@ -73,16 +73,33 @@ impl HostRows {
 
     fn extend(&mut self, rows: &[f32]) {
         match self {
-            Self::F32(v) => v.extend_from_slice(rows),
-            Self::F16(v) => v.extend(rows.iter().map(|&x| f16::from_f32(x))),
+            Self::F32(v) => {
+                grow(v, rows.len());
+                v.extend_from_slice(rows)
+            }
+            Self::F16(v) => {
+                grow(v, rows.len());
+                v.extend(rows.iter().map(|&x| f16::from_f32(x)))
+            }
         }
     }
 
-    fn clear(&mut self) {
+    /// Empty, with the memory given back (a preempted sequence's cache frees its room).
+    fn release(&mut self) {
         match self {
-            Self::F32(v) => v.clear(),
-            Self::F16(v) => v.clear(),
+            Self::F32(v) => *v = Vec::new(),
+            Self::F16(v) => *v = Vec::new(),
         }
+    }
+}
+
+/// Room for `more` values, growing by an eighth rather than doubling: the engine's KV budget
+/// counts cached positions, so what a buffer holds beyond them stays within 1/8 (and one
+/// step's rows) instead of up to as much again. Growth stays amortised: each value is copied
+/// about eight times over a sequence's life, a fraction of what a step reads.
+fn grow<T>(v: &mut Vec<T>, more: usize) {
+    if v.capacity() - v.len() < more {
+        v.reserve_exact(more.max(v.len() / 8).max(4096));
     }
 }
 
@@ -122,17 +139,22 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Blocks of the model's KV pool this cache holds (none on the CPU's f32 path).
+    /// Blocks of the model's KV pool this cache holds; for host buffers (the CPU's f32 path),
+    /// the blocks' worth of positions they hold ([`crate::kv_pool::BLOCK`] each), so one
+    /// budget counts both.
     pub fn blocks_held(&self) -> usize {
-        self.blocks.as_ref().map_or(0, |b| b.ids().len())
+        match &self.blocks {
+            Some(b) => b.ids().len(),
+            None => self.len.div_ceil(crate::kv_pool::BLOCK),
+        }
     }
 
-    /// Forgets every position; the host buffers keep their capacity for the next sequence,
-    /// device blocks go back to the pool.
+    /// Forgets every position and gives the memory back: device blocks to the pool, host
+    /// buffers to the allocator.
     pub fn clear(&mut self) {
         self.host.iter_mut().for_each(|(k, v)| {
-            k.clear();
-            v.clear();
+            k.release();
+            v.release();
         });
         self.blocks = None;
         self.len = 0;
@@ -360,6 +382,46 @@ mod tests {
                     / sum
             })
             .collect()
+    }
+
+    /// A host cache holds at most an eighth (and one minimum growth) more than its positions,
+    /// counts its positions in blocks of 32 for the engine's budget, and gives its memory back
+    /// when cleared (a preempted sequence frees its room).
+    #[test]
+    fn host_buffers_grow_by_an_eighth_and_clearing_frees_them() {
+        for dtype in [super::HostKvDtype::F32, super::HostKvDtype::F16] {
+            let width = 128;
+            let mut cache = super::KvCache::with_host_dtype(2, dtype);
+            let row = vec![0.5f32; width];
+            for step in 1..=5000 {
+                for (k, v) in &mut cache.host {
+                    k.extend(&row);
+                    v.extend(&row);
+                }
+                cache.len += 1;
+                let capacity = match &cache.host[0].0 {
+                    super::HostRows::F32(v) => v.capacity(),
+                    super::HostRows::F16(v) => v.capacity(),
+                };
+                let held = step * width;
+                assert!(
+                    capacity <= held + held / 8 + 4096,
+                    "{dtype}: {capacity} values allocated for {held}"
+                );
+            }
+            assert_eq!(cache.blocks_held(), 5000usize.div_ceil(32));
+            cache.clear();
+            assert_eq!(cache.blocks_held(), 0);
+            for (k, v) in &cache.host {
+                for rows in [k, v] {
+                    let capacity = match rows {
+                        super::HostRows::F32(v) => v.capacity(),
+                        super::HostRows::F16(v) => v.capacity(),
+                    };
+                    assert_eq!(capacity, 0, "{dtype}: memory kept after clear");
+                }
+            }
+        }
     }
 
     /// The vectorised `e^x` of the softmax is within 2 ulp of the exact value over the range

@@ -388,13 +388,26 @@ pub fn is_out_of_memory(e: &candle_core::Error) -> bool {
     s.contains("OUT_OF_MEMORY") || s.contains("out of memory")
 }
 
-/// Bytes as `12.3 GiB`.
-pub fn gib(bytes: f64) -> String {
-    format!("{:.1} GiB", bytes / GIB)
+/// Bytes for a message: `12.3 GiB`, or `48.0 MiB` below a tenth of a GiB (where one decimal
+/// of GiB would say 0.0 of something that is not nothing).
+pub fn size(bytes: f64) -> String {
+    if bytes > 0.0 && bytes < 0.1 * GIB {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} GiB", bytes / GIB)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_read_in_gib_or_below_a_tenth_in_mib() {
+        assert_eq!(super::size(24.0 * super::GIB), "24.0 GiB");
+        assert_eq!(super::size(0.1 * super::GIB), "0.1 GiB");
+        assert_eq!(super::size(50.0 * 1024.0 * 1024.0), "50.0 MiB");
+        assert_eq!(super::size(0.0), "0.0 GiB");
+    }
+
     use super::*;
 
     #[test]

@@ -84,9 +84,9 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = defaults::batch())]
     #[serde(default = "defaults::batch")]
     pub batch: usize,
-    /// Most GiB of KV cache for a local model (GPU, or bf16 on the CPU): beyond it the youngest
-    /// sequences pause and are recomputed later. 0: 90% of the GPU memory free after loading,
-    /// less 1 GiB.
+    /// Most GiB of KV cache for a local model: beyond it the youngest sequences pause and are
+    /// recomputed later. 0: 90% of the GPU memory free after loading, less 1 GiB (CPU: 80% of
+    /// the host's).
     #[arg(long, default_value_t = 0.0, value_name = "GIB")]
     #[serde(default)]
     pub kv_cache_gib: f64,

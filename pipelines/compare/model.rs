@@ -285,9 +285,10 @@ pub fn open_backend(
         Source::Local(path) | Source::Hub { path, .. } => {
             let local = LocalBackend::open(path, engine)
                 .with_context(|| format!("cannot load model `{}`", path.display()))?;
-            if let Some(w) = local.engine().host_kv_warning(samples, max_new_tokens) {
+            if let Some(w) = local.engine().kv_budget_warning(samples, max_new_tokens) {
                 eprintln!(
-                    "warning: `{}`: {w}; lower `--batch` or `--max-new-tokens`",
+                    "warning: `{}`: {w}; lower `--batch` or `--max-new-tokens`, or raise \
+                     `--kv-cache-gib`",
                     model.spec
                 );
             }

@@ -145,6 +145,7 @@ fn run_model(
         sampling: config.sampling.clone(),
         prompt: config.prompt.clone(),
         shard_rows: 256,
+        shard_minutes: distill_teacher::generate::SHARD_MINUTES,
         force: false,
     };
     let identity = serde_json::json!({ "model": spec.identity, "problems": problems_identity });

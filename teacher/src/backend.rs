@@ -116,6 +116,10 @@ pub struct GenStats {
     /// Sequences paused to free KV cache blocks and recomputed later (local engine).
     #[serde(default)]
     pub preempted: u64,
+    /// Most bytes of keys and values the live sequences held at once (local engine; in whole
+    /// blocks of 32 positions), the figure to size `--kv-cache-gib` by.
+    #[serde(default)]
+    pub peak_kv_bytes: u64,
 }
 
 /// Failed attempts of requests by kind, every failed attempt counted whether it was retried or

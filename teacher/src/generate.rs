@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use distill_corpus::answer::verify;
 use distill_corpus::problems::{load_problems, Problem, ProblemSource};
@@ -40,6 +41,9 @@ pub const R1_USER_TEMPLATE: &str =
     "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}.";
 /// The R1 convention: the assistant turn starts inside the think block.
 pub const R1_PREFILL: &str = "<think>\n";
+/// Minutes a shard stays open by default before it is closed with the rows it has: a CPU
+/// teacher writing R1-length samples fills 5000 rows in days, all lost to a crash until then.
+pub const SHARD_MINUTES: f64 = 10.0;
 /// How many failed requests `generation.json` keeps messages for.
 const KEPT_ERRORS: usize = 20;
 
@@ -96,6 +100,10 @@ pub struct GenerateConfig {
     pub prompt: PromptConfig,
     /// Rows per shard.
     pub shard_rows: usize,
+    /// Minutes a shard stays open before it is closed however few rows it holds (0: by
+    /// `shard_rows` alone): bounds what a crash loses when samples come slowly.
+    #[serde(default)]
+    pub shard_minutes: f64,
     /// Delete an existing corpus in `out` instead of refusing a different config.
     pub force: bool,
 }
@@ -283,6 +291,12 @@ impl Plan {
     /// Reads the problems and checks the output folder; fails before any model work on bad
     /// input. `teacher` is the backend's provenance name (part of the corpus identity).
     pub fn new(config: GenerateConfig, teacher: &str) -> Result<Self> {
+        if !(config.shard_minutes >= 0.0 && config.shard_minutes.is_finite()) {
+            return Err(Error::Config(format!(
+                "`shard_minutes` must be a number of minutes (0: shards close by rows alone), not {}",
+                config.shard_minutes
+            )));
+        }
         if config.samples == 0 || config.shard_rows == 0 {
             return Err(Error::Config(
                 "`samples` and `shard_rows` must be at least 1".into(),
@@ -453,6 +467,9 @@ impl Plan {
             record::schema()
         };
         let mut writer = ShardWriter::create(&dir, schema, options)?;
+        if self.config.shard_minutes > 0.0 {
+            writer = writer.close_after(Duration::from_secs_f64(self.config.shard_minutes * 60.0));
+        }
 
         let index: HashMap<&str, usize> = self
             .problems

@@ -705,3 +705,113 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
         "{why}"
     );
 }
+
+/// The same budget where the caches live in host buffers (the CPU's f32 path, which had none
+/// and could grow until the system killed the run): the limit counts each sequence's cached
+/// positions in blocks of 32, the youngest sequences are paused (their buffers freed) and
+/// recomputed, every request completes, the samples follow the unlimited run's, and a limit
+/// that cannot hold one sequence fails that request with the reason.
+#[test]
+fn a_kv_cache_limit_preempts_host_caches_too() {
+    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    let tokenizer = Checkpoint::open(&fixture("tiny-qwen2.gguf"))
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    let make = |gib: f64| {
+        let model = ckpt
+            .load_for_inference(&candle_core::Device::Cpu, candle_core::DType::F32)
+            .unwrap();
+        assert!(!model.uses_kv_pool(), "the host path");
+        let options = EngineOptions {
+            batch: 4,
+            kv_cache_gib: gib,
+            ..EngineOptions::default()
+        };
+        let template = distill_models::chat::ChatTemplate::chatml();
+        Engine::new(model, tokenizer.clone(), template, vec![], options).unwrap()
+    };
+    let workload: Vec<GenRequest> = (0..6).map(|i| request(i, 1.0, 90)).collect();
+    let generate = |engine: &Engine, requests: Vec<GenRequest>| {
+        let (mut out, mut failed) = (BTreeMap::new(), Vec::new());
+        let stats = engine
+            .run(
+                &mut IterSource(requests.into_iter()),
+                &Cancel::new(),
+                &mut |u| {
+                    match u {
+                        Update::Done(o) => drop(out.insert(o.key.clone(), o)),
+                        Update::Failed { key, error } => failed.push((key, error.to_string())),
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap();
+        (out, failed, stats)
+    };
+    // Automatic: a share of the host's available memory, far more than this workload needs.
+    let free = make(0.0);
+    let block = free.model().kv_block_bytes() as f64;
+    assert_eq!(
+        block as usize,
+        free.model().kv_bytes_per_position() * 32,
+        "a block is 32 positions of the host cache"
+    );
+    let (want, failed, want_stats) = generate(&free, workload.clone());
+    assert!(
+        failed.is_empty() && want_stats.preempted == 0,
+        "{want_stats:?}"
+    );
+    assert!(
+        free.kv_budget_warning(4, 90).is_none(),
+        "a small batch fits the automatic budget"
+    );
+    let limited = make(11.0 * block / (1u64 << 30) as f64);
+    let warning = limited.kv_budget_warning(6, 140).unwrap();
+    assert!(
+        warning.contains("(`--kv-cache-dtype f16` halves it)"),
+        "{warning}"
+    );
+    let (got, failed, stats) = generate(&limited, workload.clone());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(stats.preempted >= 3, "{stats:?}");
+    // 10 blocks for the sequences (one is kept for a step's padding row); unlimited, the four
+    // live sequences of ~140 positions held about 20.
+    assert!(stats.peak_kv_bytes <= 10 * block as u64, "{stats:?}");
+    assert!(stats.peak_kv_bytes >= 8 * block as u64, "{stats:?}");
+    assert!(
+        want_stats.peak_kv_bytes as f64 / block >= 16.0,
+        "{want_stats:?}"
+    );
+    let (mut same, mut total) = (0, 0);
+    for (key, w) in &want {
+        let g = &got[key];
+        assert_eq!(g.completion_tokens, 90, "{key}");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        same += w
+            .text
+            .chars()
+            .zip(g.text.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        total += w.text.chars().count();
+    }
+    assert!(
+        same as f64 >= 0.9 * total as f64,
+        "the recomputed samples follow the unlimited run's for {same} of {total} characters"
+    );
+    eprintln!("host path: {same} of {total} characters as the unlimited run");
+    let tiny = make(3.0 * block / (1u64 << 30) as f64);
+    let (done, failed, _) = generate(&tiny, workload[..2].to_vec());
+    assert!(done.is_empty());
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed[0]
+            .1
+            .contains("the sequence needs more than the KV cache's 2 blocks")
+            && failed[0].1.contains("--kv-cache-gib"),
+        "{}",
+        failed[0].1
+    );
+}

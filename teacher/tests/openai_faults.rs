@@ -414,6 +414,7 @@ fn try_generate_stage(
             sampling: SamplingParams::default(),
             prompt: PromptConfig::default(),
             shard_rows: 4,
+            shard_minutes: 0.0,
             force: false,
         },
         &backend.name(),

@@ -438,12 +438,7 @@ impl Model {
     /// Bytes one cached position takes in every layer: in the pool's blocks, or in the host
     /// buffers' dtype on the CPU's f32 path.
     pub fn kv_bytes_per_position(&self) -> usize {
-        let dtype = if self.uses_kv_pool() {
-            self.dtype
-        } else {
-            self.host_kv.dtype()
-        };
-        crate::kv_pool::block_bytes(&self.spec, dtype) / crate::kv_pool::BLOCK
+        self.kv_block_bytes() / crate::kv_pool::BLOCK
     }
 
     /// Blocks of [`crate::kv_pool::BLOCK`] positions the model's generation pool holds now, and
@@ -459,9 +454,16 @@ impl Model {
         !(self.device.is_cpu() && self.dtype == DType::F32)
     }
 
-    /// Bytes one block of the pool holds ([`crate::kv_pool::block_bytes`]).
+    /// Bytes one block holds ([`crate::kv_pool::block_bytes`]): of the pool, or the same
+    /// positions in the host buffers' dtype on the CPU's f32 path (the unit of a KV budget,
+    /// [`KvCache::blocks_held`]).
     pub fn kv_block_bytes(&self) -> usize {
-        crate::kv_pool::block_bytes(&self.spec, self.dtype)
+        let dtype = if self.uses_kv_pool() {
+            self.dtype
+        } else {
+            self.host_kv.dtype()
+        };
+        crate::kv_pool::block_bytes(&self.spec, dtype)
     }
 
     /// Caps the pool's growth by doubling at `blocks` (an engine's KV cache budget; `None`:

@@ -8,7 +8,7 @@
 //! ZeRO-3 or FSDP2 divide weights, gradients and optimizer states over the processes.
 
 use candle_core::DType;
-use distill_models::device::{gib, is_out_of_memory, memory_info};
+use distill_models::device::{is_out_of_memory, memory_info, size};
 use distill_models::{chunked_attention, kv_pool};
 use distill_models::{Checkpoint, Spec, TrainPrecision};
 use distill_student::TrainTarget;
@@ -305,12 +305,12 @@ fn cpu_warning(
     Some(format!(
         "train: micro-batch {} × {width} tokens needs about {} of memory on the CPU (weights, gradients and AdamW moments {}, activations and the loss {}{}) and {} is available; {}lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch), or the system may end the run",
         train.micro_batch_size,
-        gib(total),
-        gib(need.state()),
-        gib(need.activations),
-        if beside.total() > 0.0 { format!(", the teacher and divergence {}", gib(beside.total())) } else { String::new() },
-        gib(available as f64),
-        if train.activation_checkpointing { String::new() } else { format!("set `activation_checkpointing = true` (`--activation-checkpointing`) to need about {}, or ", gib(recomputed)) },
+        size(total),
+        size(need.state()),
+        size(need.activations),
+        if beside.total() > 0.0 { format!(", the teacher and divergence {}", size(beside.total())) } else { String::new() },
+        size(available as f64),
+        if train.activation_checkpointing { String::new() } else { format!("set `activation_checkpointing = true` (`--activation-checkpointing`) to need about {}, or ", size(recomputed)) },
     ))
 }
 
@@ -357,24 +357,24 @@ fn advice(
 ) -> String {
     let mut parts = format!(
         "weights, gradients and AdamW moments {}, activations {}",
-        gib(need.state()),
-        gib(need.activations)
+        size(need.state()),
+        size(need.activations)
     );
     if beside.teacher > 0.0 {
-        parts += &format!(", the teacher {}", gib(beside.teacher));
+        parts += &format!(", the teacher {}", size(beside.teacher));
     }
     if beside.samples > 0.0 {
-        parts += &format!(", the samples' KV caches {}", gib(beside.samples));
+        parts += &format!(", the samples' KV caches {}", size(beside.samples));
     }
     if beside.divergence > 0.0 {
-        parts += &format!(", the divergence {}", gib(beside.divergence));
+        parts += &format!(", the divergence {}", size(beside.divergence));
     }
     format!(
         "train: out of GPU memory: micro-batch {} × {width} tokens in {} needs about {} ({parts}){}; {}lower `micro_batch_size` or `max_seq_len` (raise `accumulation_steps` to keep the batch){}{}{}",
         settings.train.micro_batch_size,
         target.precision,
-        gib(need.total() + beside.total()),
-        free.map_or(String::new(), |f| format!(", {} has {} free", distill_models::device::describe(&target.device), gib(f as f64))),
+        size(need.total() + beside.total()),
+        free.map_or(String::new(), |f| format!(", {} has {} free", distill_models::device::describe(&target.device), size(f as f64))),
         if settings.train.activation_checkpointing { "" } else { "set `activation_checkpointing = true` (`--activation-checkpointing`: layers recomputed in backward), or " },
         if beside.samples > 0.0 { ", or `prompts_per_step`" } else { "" },
         if whole_vocabulary(settings) { ", or compare the teacher's top tokens only (`kd_top_k`)" } else { "" },
@@ -557,7 +557,7 @@ mod tests {
         assert!(line.contains("the teacher 14.2 GiB"), "{line}");
         assert!(line.contains("the samples' KV caches 3.5 GiB"), "{line}");
         assert!(line.contains("or `prompts_per_step`"), "{line}");
-        let total = gib(need.total() + beside.total());
+        let total = size(need.total() + beside.total());
         assert!(line.contains(&format!("needs about {total}")), "{line}");
     }
 
@@ -590,7 +590,7 @@ mod tests {
         let line = advice(&settings, &target, 2048, &need, beside, None);
         assert!(line.contains("the divergence 9.3 GiB"), "{line}");
         assert!(line.contains("(`kd_top_k`)"), "{line}");
-        let total = gib(need.total() + whole);
+        let total = size(need.total() + whole);
         assert!(line.contains(&format!("needs about {total}")), "{line}");
         settings.train.kd.as_mut().unwrap().top_k = 20;
         let beside = Beside {

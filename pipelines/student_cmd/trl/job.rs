@@ -16,7 +16,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use distill_models::device::gib;
+use distill_models::device::size;
 use distill_models::{DeviceChoice, DtypeChoice, Spec};
 
 use super::dataset::{LengthStats, DATA_DIR};
@@ -154,10 +154,10 @@ impl Job<'_> {
             "Memory per {} (estimate; {layout}{offload}{lora}, {} parameters): weights {}, gradients {}, optimizer states {}, activations {} (micro-batch {} × {} tokens{}); total {}",
             if self.cpu() { "process" } else { "GPU" },
             count(self.spec.num_parameters() as f64),
-            gib(m.weights),
-            gib(m.gradients),
-            gib(m.optimizer),
-            gib(m.activations),
+            size(m.weights),
+            size(m.gradients),
+            size(m.optimizer),
+            size(m.activations),
             self.settings.train.micro_batch_size,
             self.max_length(),
             if self.activation_checkpointing() {
@@ -165,7 +165,7 @@ impl Job<'_> {
             } else {
                 ""
             },
-            gib(m.total()),
+            size(m.total()),
         )
     }
 

@@ -1,6 +1,7 @@
 //! The engine's KV cache budget: which sequences a step feeds and how much of each, within the
-//! paged pool's blocks (`EngineOptions::kv_cache_gib`); when the live sequences outgrow it,
-//! the youngest is preempted (its blocks given back) and later recomputed, as vLLM does.
+//! paged pool's blocks or, on the CPU's f32 path, the same number of blocks' worth of positions
+//! in host buffers (`EngineOptions::kv_cache_gib`); when the live sequences outgrow it, the
+//! youngest is preempted (its memory given back) and later recomputed, as vLLM does.
 
 use std::ops::ControlFlow;
 
@@ -147,22 +148,26 @@ impl Engine {
     }
 }
 
-/// The KV pool blocks an engine's sequences may hold: `gib` of them, or with 0 on a GPU 90% of
-/// the free memory less 1 GiB for a step's activations, at least half of it (memory the pool
-/// only takes as sequences grow); no limit where the model caches in host buffers or the free
-/// memory is unknown (the CPU).
+/// The KV blocks an engine's sequences may hold: `gib` of them, or with 0 automatically (memory
+/// the caches only take as sequences grow): on a GPU 90% of the free memory less 1 GiB for a
+/// step's activations, at least half of it; on the CPU's f32 path, whose host buffers count in
+/// blocks' worth of positions ([`distill_models::KvCache::blocks_held`]), 80% of the memory
+/// the host has available less 1 GiB, at least half of it (the buffers hold up to an eighth
+/// more than they count, and the allocator its own); no limit where the free memory is unknown.
 pub(super) fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
-    if !model.uses_kv_pool() {
-        return Ok(None);
-    }
     const GIB: f64 = (1u64 << 30) as f64;
     let bytes = if gib > 0.0 {
         gib * GIB
-    } else {
+    } else if model.uses_kv_pool() {
         match distill_models::device::memory_info(model.device()) {
             // On a nearly full GPU (a trainer's state beside an on-policy sampler) half of
             // what is free rather than nothing.
             Some((free, _)) => (free as f64 * 0.9 - GIB).max(free as f64 * 0.5),
+            None => return Ok(None),
+        }
+    } else {
+        match distill_models::device::host_memory_available() {
+            Some(free) => (free as f64 * 0.8 - GIB).max(free as f64 * 0.5),
             None => return Ok(None),
         }
     };
@@ -173,7 +178,11 @@ pub(super) fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
             bytes.max(0.0) / GIB,
             BLOCK,
             model.kv_block_bytes() as f64 / GIB,
-            if gib > 0.0 { "" } else { " or free GPU memory" }
+            match (gib > 0.0, model.uses_kv_pool()) {
+                (true, _) => "",
+                (false, true) => " or free GPU memory",
+                (false, false) => " or free host memory",
+            }
         )));
     }
     Ok(Some(blocks as usize))

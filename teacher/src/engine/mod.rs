@@ -5,9 +5,9 @@
 //! of its prompt while prefilling — in one ragged forward, so new prompts prefill while other
 //! sequences decode, and a finished sequence's slot is refilled from the queue before the next
 //! step: long chains of thought never hold short ones back. Where the model caches in the
-//! paged KV pool (GPUs), the live sequences stay within a budget of blocks
-//! ([`EngineOptions::kv_cache_gib`]): when they outgrow it the youngest is preempted and later
-//! recomputed, as vLLM does, instead of the device running out of memory.
+//! paged KV pool (GPUs) or in host buffers (the CPU), the live sequences stay within a budget of
+//! blocks ([`EngineOptions::kv_cache_gib`]): when they outgrow it the youngest is preempted and
+//! later recomputed, as vLLM does, instead of the machine running out of memory.
 //!
 //! Sampling only reads a sequence's own logits and rng, so a sample does not depend on which
 //! other sequences share its steps (up to float rounding in the batched matmuls, which changes a
@@ -58,11 +58,11 @@ pub struct EngineOptions {
     /// The dtype a checkpoint folder runs in (`auto`: f32 on the CPU, the stored dtype on a GPU).
     #[serde(default)]
     pub dtype: DtypeChoice,
-    /// Most GiB the KV cache may hold where it lives in the paged pool (GPUs, CPU bf16). 0
-    /// means automatic: on a GPU 90% of the memory free once the model is loaded, less 1 GiB
-    /// for a step's activations (at least half of what is free); elsewhere no limit. Within it,
-    /// the youngest sequences are paused and recomputed later when the others need room
-    /// (vLLM's preemption).
+    /// Most GiB the KV cache may hold. 0 means automatic: on a GPU 90% of the memory free once
+    /// the model is loaded, less 1 GiB for a step's activations (at least half of what is
+    /// free); on the CPU 80% of the memory the host has available once the model is loaded,
+    /// less 1 GiB (at least half). Within it, the youngest sequences are paused and recomputed
+    /// later when the others need room (vLLM's preemption).
     #[serde(default)]
     pub kv_cache_gib: f64,
     /// What the CPU's f32 path keeps keys and values in: f32, or f16 (half the memory and of
@@ -346,21 +346,18 @@ impl Engine {
     }
 
     /// A warning when `sequences` at once (at most the batch) of `new_tokens` positions each
-    /// (at most the model's context) could hold more key/value cache than the host has
-    /// available, on the CPU's f32 path, whose caches grow without a budget (`None` elsewhere,
-    /// or when it fits). Checked after loading, so the weights are already counted out.
-    pub fn host_kv_warning(&self, sequences: usize, new_tokens: usize) -> Option<String> {
-        if self.model.uses_kv_pool() {
-            return None;
-        }
-        host_kv_warning(
+    /// (at most the model's context) could need more keys and values than the KV cache budget
+    /// holds: the run then pauses and recomputes sequences, which costs time (`None` when they
+    /// fit or there is no budget).
+    pub fn kv_budget_warning(&self, sequences: usize, new_tokens: usize) -> Option<String> {
+        let blocks = self.kv_blocks?;
+        kv_budget_warning(
             self.options.batch.min(sequences),
             self.context_len.map_or(new_tokens, |c| new_tokens.min(c)),
-            (
-                self.model.kv_bytes_per_position() as f64,
-                self.options.kv_cache_dtype,
-            ),
-            distill_models::device::host_memory_available()? as f64,
+            self.model.kv_bytes_per_position() as f64,
+            (blocks * self.model.kv_block_bytes()) as f64,
+            (!self.model.uses_kv_pool() && self.options.kv_cache_dtype == HostKvDtype::F32)
+                .then_some("`--kv-cache-dtype f16` halves it"),
         )
     }
 
@@ -553,6 +550,10 @@ impl Engine {
             }
             self.model.step(&mut batch, Logits::Last)?
         };
+        let held: usize = live.iter().map(|s| s.cache.blocks_held()).sum();
+        stats.peak_kv_bytes = stats
+            .peak_kv_bytes
+            .max((held * self.model.kv_block_bytes()) as u64);
         let mut sampled = 0u64;
         let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
         // Sequences whose prompt is still prefilling sample nothing this step.
@@ -732,48 +733,52 @@ fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
 pub use crate::handle::EngineHandle;
 pub use sample_step::top_logprobs;
 
-/// [`Engine::host_kv_warning`] for `sequences` of `positions` at `per_position` bytes each
-/// against `available` bytes.
-fn host_kv_warning(
+/// [`Engine::kv_budget_warning`] for `sequences` of `positions` at `per_position` bytes each
+/// against a budget of `budget` bytes; `halved`: how the cache could take half as much.
+fn kv_budget_warning(
     sequences: usize,
     positions: usize,
-    (per_position, dtype): (f64, HostKvDtype),
-    available: f64,
+    per_position: f64,
+    budget: f64,
+    halved: Option<&str>,
 ) -> Option<String> {
     let need = sequences as f64 * positions as f64 * per_position;
-    (need > available).then(|| {
+    (need > budget).then(|| {
         format!(
             "{sequences} sequence{} of up to {positions} positions could hold {} of keys and \
-             values ({dtype}), more than the {} this machine has available: if they run that long \
-             the system ends the run",
+             values{}, more than the KV cache's {}: if they grow that long the youngest pause \
+             and are recomputed later, which costs time",
             if sequences == 1 { "" } else { "s" },
-            distill_models::device::gib(need),
-            distill_models::device::gib(available),
+            distill_models::device::size(need),
+            halved.map(|h| format!(" ({h})")).unwrap_or_default(),
+            distill_models::device::size(budget),
         )
     })
 }
 
 #[cfg(test)]
 mod tests {
-    /// The CPU's unbudgeted caches are checked against the memory left: a batch that would
-    /// outgrow it is named with the sizes, one that fits says nothing.
+    /// Sequences that could outgrow the KV cache budget are named with the sizes; a batch that
+    /// fits says nothing.
     #[test]
-    fn a_batch_that_could_outgrow_the_host_memory_is_named() {
-        use distill_models::HostKvDtype;
+    fn a_batch_that_could_outgrow_the_kv_budget_is_named() {
         let gib = (1u64 << 30) as f64;
-        let f32 = (24576.0, HostKvDtype::F32);
-        let w = super::host_kv_warning(32, 32768, f32, 20.0 * gib).unwrap();
+        let w = super::kv_budget_warning(32, 32768, 24576.0, 20.0 * gib, Some("f16 halves it"))
+            .unwrap();
         assert!(
             w.starts_with("32 sequences of up to 32768 positions could hold 24.0 GiB"),
             "{w}"
         );
-        assert!(w.contains("values (f32), more than the 20.0 GiB"), "{w}");
-        assert!(super::host_kv_warning(8, 32768, f32, 20.0 * gib).is_none());
-        let one = super::host_kv_warning(1, 4096, f32, 0.05 * gib).unwrap();
+        assert!(
+            w.contains(
+                "24.0 GiB of keys and values (f16 halves it), more than the KV cache's 20.0 GiB"
+            ),
+            "{w}"
+        );
+        assert!(super::kv_budget_warning(8, 32768, 24576.0, 20.0 * gib, None).is_none());
+        let one = super::kv_budget_warning(1, 4096, 24576.0, 0.05 * gib, None).unwrap();
         assert!(one.starts_with("1 sequence of"), "{one}");
-        // An f16 cache takes half: the same batch fits.
-        let f16 = (12288.0, HostKvDtype::F16);
-        assert!(super::host_kv_warning(32, 32768, f16, 20.0 * gib).is_none());
+        assert!(one.contains("keys and values, more than"), "{one}");
     }
 
     use super::top_logprobs;

@@ -28,6 +28,7 @@ mod rope;
 pub mod tokenizer;
 pub mod transformer;
 mod weights;
+pub mod workers;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Architecture, Config, GenerationConfig, TokenIds};

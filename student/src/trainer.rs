@@ -388,6 +388,11 @@ impl Trainer {
     /// One optimizer step over `micro_batches` (their gradients accumulated), at the schedule's
     /// learning rate for the current step.
     pub fn train_step(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
+        // One hand-over to the CPU's pool per step instead of one per op.
+        distill_models::workers::on_workers(|| self.train_step_here(micro_batches))
+    }
+
+    fn train_step_here(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
         let start = Instant::now();
         let label_tokens: usize = micro_batches
             .iter()
@@ -470,6 +475,10 @@ impl Trainer {
 
     /// Mean cross-entropy over every label token of `rows`, without gradients.
     pub fn eval_loss(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {
+        distill_models::workers::on_workers(|| self.eval_loss_here(rows))
+    }
+
+    fn eval_loss_here(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {
         let model = self.inference_model()?;
         let (mut sum, mut count) = (0f64, 0usize);
         let batch = self.config.micro_batch_size.max(1);

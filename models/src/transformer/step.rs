@@ -403,6 +403,15 @@ impl Model {
     /// sampled token) are appended to its own cache. Returns each entry's logits, `[n, vocab]`
     /// where `n` is 1 for [`Logits::Last`] or the number of new tokens for [`Logits::All`].
     pub fn step(&self, batch: &mut [(&[u32], &mut KvCache)], which: Logits) -> Result<Vec<Tensor>> {
+        // One hand-over to the CPU's pool per step instead of one per op (`workers`).
+        crate::workers::on_workers(|| self.step_here(batch, which))
+    }
+
+    fn step_here(
+        &self,
+        batch: &mut [(&[u32], &mut KvCache)],
+        which: Logits,
+    ) -> Result<Vec<Tensor>> {
         if batch.iter().any(|(tokens, _)| tokens.is_empty()) {
             return Err(Error::Config(
                 "a sequence in the batch has no new tokens".into(),

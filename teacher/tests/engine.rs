@@ -548,6 +548,63 @@ fn an_f16_kv_cache_stays_close_to_the_models_distribution() {
     );
 }
 
+/// A run under a KV cache limit: the finished outputs by key, the failures `(key, message)`,
+/// the stats, and the most blocks the model's pool held at any update.
+#[allow(clippy::type_complexity)]
+fn run_budgeted(
+    engine: &Engine,
+    requests: Vec<GenRequest>,
+) -> (
+    BTreeMap<String, GenOutput>,
+    Vec<(String, String)>,
+    distill_teacher::GenStats,
+    usize,
+) {
+    let (mut out, mut failed, mut most) = (BTreeMap::new(), Vec::new(), 0);
+    let stats = engine
+        .run(
+            &mut IterSource(requests.into_iter()),
+            &Cancel::new(),
+            &mut |u| {
+                most = most.max(engine.model().kv_pool_blocks().0);
+                match u {
+                    Update::Done(o) => drop(out.insert(o.key.clone(), o)),
+                    Update::Failed { key, error } => failed.push((key, error.to_string())),
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    (out, failed, stats, most)
+}
+
+/// Every request of a run with preemptions completed its 90 tokens, and its text follows the
+/// unlimited run's for at least 90% of the characters (a replay recomputes the same positions,
+/// which may round a little differently from one at a time).
+fn assert_recomputed_samples_follow(
+    want: &BTreeMap<String, GenOutput>,
+    got: &BTreeMap<String, GenOutput>,
+) {
+    let (mut same, mut total) = (0, 0);
+    for (key, w) in want {
+        let g = &got[key];
+        assert_eq!(g.completion_tokens, 90, "{key}");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        same += w
+            .text
+            .chars()
+            .zip(g.text.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        total += w.text.chars().count();
+    }
+    assert!(
+        same as f64 >= 0.9 * total as f64,
+        "the recomputed samples follow the unlimited run's for {same} of {total} characters"
+    );
+}
+
 /// Generation under a KV cache limit on the paged pool (bf16 on the CPU, the path a GPU
 /// takes): six sequences of ~140 positions at batch 4 need ~20 blocks, the limit allows 10, so
 /// the youngest sequences are paused and recomputed from their prompt and samples. Every one
@@ -584,53 +641,17 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
         .unwrap()
     };
     let workload: Vec<GenRequest> = (0..6).map(|i| request(i, 1.0, 90)).collect();
-    let generate = |engine: &Engine, requests: Vec<GenRequest>| {
-        let (mut out, mut failed, mut most) = (BTreeMap::new(), Vec::new(), 0);
-        let stats = engine
-            .run(
-                &mut IterSource(requests.into_iter()),
-                &Cancel::new(),
-                &mut |u| {
-                    most = most.max(engine.model().kv_pool_blocks().0);
-                    match u {
-                        Update::Done(o) => drop(out.insert(o.key.clone(), o)),
-                        Update::Failed { key, error } => failed.push((key, error.to_string())),
-                        _ => {}
-                    }
-                    ControlFlow::Continue(())
-                },
-            )
-            .unwrap();
-        (out, failed, stats, most)
-    };
     let free = make(0.0);
     let block = free.model().kv_block_bytes() as f64;
-    let (want, failed, stats, _) = generate(&free, workload.clone());
+    let (want, failed, stats, _) = run_budgeted(&free, workload.clone());
     assert!(failed.is_empty() && stats.preempted == 0);
     // 11 blocks: 10 for the sequences, one for the step's padding row.
     let limited = make(11.0 * block / (1u64 << 30) as f64);
-    let (got, failed, stats, most) = generate(&limited, workload.clone());
+    let (got, failed, stats, most) = run_budgeted(&limited, workload.clone());
     assert!(failed.is_empty(), "{failed:?}");
     assert!(stats.preempted >= 3, "{stats:?}");
     assert!(most <= 11, "the pool grew to {most} blocks");
-    let (mut same, mut total) = (0, 0);
-    for (key, w) in &want {
-        let g = &got[key];
-        assert_eq!(g.completion_tokens, 90, "{key}");
-        assert_eq!(g.finish_reason, FinishReason::Length);
-        let agree = w
-            .text
-            .chars()
-            .zip(g.text.chars())
-            .take_while(|(a, b)| a == b)
-            .count();
-        same += agree;
-        total += w.text.chars().count();
-    }
-    assert!(
-        same as f64 >= 0.9 * total as f64,
-        "the recomputed samples follow the unlimited run's for {same} of {total} characters"
-    );
+    assert_recomputed_samples_follow(&want, &got);
     // Blocks of the pool held outside the engine (`distill serve` scoring a prompt beside it)
     // count against the budget: the sequences make do with what is left, and the pool stays
     // within the 11 blocks (without counting them it grew to 14).
@@ -652,7 +673,7 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
         pool - free
     };
     assert!((3..=4).contains(&held_outside), "{held_outside}");
-    let (got, failed, stats, most) = generate(&limited, workload.clone());
+    let (got, failed, stats, most) = run_budgeted(&limited, workload.clone());
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(got.len(), workload.len());
     assert!(stats.preempted >= 3, "{stats:?}");
@@ -677,13 +698,13 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(hog);
     });
-    let (got, failed, _, _) = generate(&limited, workload[..2].to_vec());
+    let (got, failed, _, _) = run_budgeted(&limited, workload[..2].to_vec());
     release.join().unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(got.len(), 2);
     // Three blocks hold 96 positions: no request (a ~50-token prompt and 90 tokens) fits.
     let tiny = make(3.0 * block / (1u64 << 30) as f64);
-    let (done, failed, stats, _) = generate(&tiny, workload[..2].to_vec());
+    let (done, failed, stats, _) = run_budgeted(&tiny, workload[..2].to_vec());
     assert!(done.is_empty());
     assert_eq!(failed.len(), 2);
     assert_eq!(stats.failed, 2);
@@ -697,7 +718,7 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
     );
     // Two blocks: one for the sequences, which a ~50-token prompt does not fit.
     let none = make(2.0 * block / (1u64 << 30) as f64);
-    let (done, failed, _, most) = generate(&none, workload[..1].to_vec());
+    let (done, failed, _, most) = run_budgeted(&none, workload[..1].to_vec());
     assert!(done.is_empty() && most == 0, "refused before any work");
     let why = &failed[0].1;
     assert!(
@@ -732,24 +753,6 @@ fn a_kv_cache_limit_preempts_host_caches_too() {
         Engine::new(model, tokenizer.clone(), template, vec![], options).unwrap()
     };
     let workload: Vec<GenRequest> = (0..6).map(|i| request(i, 1.0, 90)).collect();
-    let generate = |engine: &Engine, requests: Vec<GenRequest>| {
-        let (mut out, mut failed) = (BTreeMap::new(), Vec::new());
-        let stats = engine
-            .run(
-                &mut IterSource(requests.into_iter()),
-                &Cancel::new(),
-                &mut |u| {
-                    match u {
-                        Update::Done(o) => drop(out.insert(o.key.clone(), o)),
-                        Update::Failed { key, error } => failed.push((key, error.to_string())),
-                        _ => {}
-                    }
-                    ControlFlow::Continue(())
-                },
-            )
-            .unwrap();
-        (out, failed, stats)
-    };
     // Automatic: a share of the host's available memory, far more than this workload needs.
     let free = make(0.0);
     let block = free.model().kv_block_bytes() as f64;
@@ -758,7 +761,7 @@ fn a_kv_cache_limit_preempts_host_caches_too() {
         free.model().kv_bytes_per_position() * 32,
         "a block is 32 positions of the host cache"
     );
-    let (want, failed, want_stats) = generate(&free, workload.clone());
+    let (want, failed, want_stats, _) = run_budgeted(&free, workload.clone());
     assert!(
         failed.is_empty() && want_stats.preempted == 0,
         "{want_stats:?}"
@@ -773,7 +776,7 @@ fn a_kv_cache_limit_preempts_host_caches_too() {
         warning.contains("(`--kv-cache-dtype f16` halves it)"),
         "{warning}"
     );
-    let (got, failed, stats) = generate(&limited, workload.clone());
+    let (got, failed, stats, _) = run_budgeted(&limited, workload.clone());
     assert!(failed.is_empty(), "{failed:?}");
     assert!(stats.preempted >= 3, "{stats:?}");
     // 10 blocks for the sequences (one is kept for a step's padding row); unlimited, the four
@@ -784,26 +787,9 @@ fn a_kv_cache_limit_preempts_host_caches_too() {
         want_stats.peak_kv_bytes as f64 / block >= 16.0,
         "{want_stats:?}"
     );
-    let (mut same, mut total) = (0, 0);
-    for (key, w) in &want {
-        let g = &got[key];
-        assert_eq!(g.completion_tokens, 90, "{key}");
-        assert_eq!(g.finish_reason, FinishReason::Length);
-        same += w
-            .text
-            .chars()
-            .zip(g.text.chars())
-            .take_while(|(a, b)| a == b)
-            .count();
-        total += w.text.chars().count();
-    }
-    assert!(
-        same as f64 >= 0.9 * total as f64,
-        "the recomputed samples follow the unlimited run's for {same} of {total} characters"
-    );
-    eprintln!("host path: {same} of {total} characters as the unlimited run");
+    assert_recomputed_samples_follow(&want, &got);
     let tiny = make(3.0 * block / (1u64 << 30) as f64);
-    let (done, failed, _) = generate(&tiny, workload[..2].to_vec());
+    let (done, failed, _, _) = run_budgeted(&tiny, workload[..2].to_vec());
     assert!(done.is_empty());
     assert_eq!(failed.len(), 2);
     assert!(

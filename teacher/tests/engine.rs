@@ -548,6 +548,26 @@ fn an_f16_kv_cache_stays_close_to_the_models_distribution() {
     );
 }
 
+/// The tiny Qwen2 at batch 4 in `dtype` on the CPU (f32: host caches; bf16: the paged pool)
+/// under a KV cache limit of `gib` (0: automatic).
+fn budgeted_engine(dtype: candle_core::DType, gib: f64) -> Engine {
+    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    let tokenizer = Checkpoint::open(&fixture("tiny-qwen2.gguf"))
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    let model = ckpt
+        .load_for_inference(&candle_core::Device::Cpu, dtype)
+        .unwrap();
+    let options = EngineOptions {
+        batch: 4,
+        kv_cache_gib: gib,
+        ..EngineOptions::default()
+    };
+    let template = distill_models::chat::ChatTemplate::chatml();
+    Engine::new(model, tokenizer, template, vec![], options).unwrap()
+}
+
 /// A run under a KV cache limit: the finished outputs by key, the failures `(key, message)`,
 /// the stats, and the most blocks the model's pool held at any update.
 #[allow(clippy::type_complexity)]
@@ -605,6 +625,24 @@ fn assert_recomputed_samples_follow(
     );
 }
 
+/// Under a limit of three blocks (96 positions; two for the sequences, one for a step's
+/// padding row) no request fits (a ~50-token prompt and 90 tokens): each fails on its own,
+/// saying why and which flag to raise.
+fn assert_each_fails_alone(engine: &Engine, requests: &[GenRequest]) {
+    let (done, failed, stats, _) = run_budgeted(engine, requests.to_vec());
+    assert!(done.is_empty());
+    assert_eq!(failed.len(), requests.len());
+    assert_eq!(stats.failed, requests.len() as u64);
+    assert!(
+        failed[0]
+            .1
+            .contains("the sequence needs more than the KV cache's 2 blocks")
+            && failed[0].1.contains("--kv-cache-gib"),
+        "{}",
+        failed[0].1
+    );
+}
+
 /// Generation under a KV cache limit on the paged pool (bf16 on the CPU, the path a GPU
 /// takes): six sequences of ~140 positions at batch 4 need ~20 blocks, the limit allows 10, so
 /// the youngest sequences are paused and recomputed from their prompt and samples. Every one
@@ -615,31 +653,7 @@ fn assert_recomputed_samples_follow(
 /// its generation outgrows the limit.
 #[test]
 fn a_kv_cache_limit_preempts_and_recomputes() {
-    use candle_core::DType;
-    use distill_models::chat::ChatTemplate;
-    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
-    let tokenizer = Checkpoint::open(&fixture("tiny-qwen2.gguf"))
-        .unwrap()
-        .tokenizer()
-        .unwrap();
-    let make = |gib: f64| {
-        let model = ckpt
-            .load_for_inference(&candle_core::Device::Cpu, DType::BF16)
-            .unwrap();
-        let options = EngineOptions {
-            batch: 4,
-            kv_cache_gib: gib,
-            ..EngineOptions::default()
-        };
-        Engine::new(
-            model,
-            tokenizer.clone(),
-            ChatTemplate::chatml(),
-            vec![],
-            options,
-        )
-        .unwrap()
-    };
+    let make = |gib: f64| budgeted_engine(candle_core::DType::BF16, gib);
     let workload: Vec<GenRequest> = (0..6).map(|i| request(i, 1.0, 90)).collect();
     let free = make(0.0);
     let block = free.model().kv_block_bytes() as f64;
@@ -702,20 +716,7 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
     release.join().unwrap();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(got.len(), 2);
-    // Three blocks hold 96 positions: no request (a ~50-token prompt and 90 tokens) fits.
-    let tiny = make(3.0 * block / (1u64 << 30) as f64);
-    let (done, failed, stats, _) = run_budgeted(&tiny, workload[..2].to_vec());
-    assert!(done.is_empty());
-    assert_eq!(failed.len(), 2);
-    assert_eq!(stats.failed, 2);
-    assert!(
-        failed[0]
-            .1
-            .contains("the sequence needs more than the KV cache's 2 blocks")
-            && failed[0].1.contains("--kv-cache-gib"),
-        "{}",
-        failed[0].1
-    );
+    assert_each_fails_alone(&make(3.0 * block / (1u64 << 30) as f64), &workload[..2]);
     // Two blocks: one for the sequences, which a ~50-token prompt does not fit.
     let none = make(2.0 * block / (1u64 << 30) as f64);
     let (done, failed, _, most) = run_budgeted(&none, workload[..1].to_vec());
@@ -734,23 +735,10 @@ fn a_kv_cache_limit_preempts_and_recomputes() {
 /// that cannot hold one sequence fails that request with the reason.
 #[test]
 fn a_kv_cache_limit_preempts_host_caches_too() {
-    let ckpt = Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
-    let tokenizer = Checkpoint::open(&fixture("tiny-qwen2.gguf"))
-        .unwrap()
-        .tokenizer()
-        .unwrap();
     let make = |gib: f64| {
-        let model = ckpt
-            .load_for_inference(&candle_core::Device::Cpu, candle_core::DType::F32)
-            .unwrap();
-        assert!(!model.uses_kv_pool(), "the host path");
-        let options = EngineOptions {
-            batch: 4,
-            kv_cache_gib: gib,
-            ..EngineOptions::default()
-        };
-        let template = distill_models::chat::ChatTemplate::chatml();
-        Engine::new(model, tokenizer.clone(), template, vec![], options).unwrap()
+        let engine = budgeted_engine(candle_core::DType::F32, gib);
+        assert!(!engine.model().uses_kv_pool(), "the host path");
+        engine
     };
     let workload: Vec<GenRequest> = (0..6).map(|i| request(i, 1.0, 90)).collect();
     // Automatic: a share of the host's available memory, far more than this workload needs.
@@ -788,16 +776,5 @@ fn a_kv_cache_limit_preempts_host_caches_too() {
         "{want_stats:?}"
     );
     assert_recomputed_samples_follow(&want, &got);
-    let tiny = make(3.0 * block / (1u64 << 30) as f64);
-    let (done, failed, _, _) = run_budgeted(&tiny, workload[..2].to_vec());
-    assert!(done.is_empty());
-    assert_eq!(failed.len(), 2);
-    assert!(
-        failed[0]
-            .1
-            .contains("the sequence needs more than the KV cache's 2 blocks")
-            && failed[0].1.contains("--kv-cache-gib"),
-        "{}",
-        failed[0].1
-    );
+    assert_each_fails_alone(&make(3.0 * block / (1u64 << 30) as f64), &workload[..2]);
 }

@@ -400,15 +400,15 @@ pub fn size(bytes: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn sizes_read_in_gib_or_below_a_tenth_in_mib() {
-        assert_eq!(super::size(24.0 * super::GIB), "24.0 GiB");
-        assert_eq!(super::size(0.1 * super::GIB), "0.1 GiB");
-        assert_eq!(super::size(50.0 * 1024.0 * 1024.0), "50.0 MiB");
-        assert_eq!(super::size(0.0), "0.0 GiB");
+        assert_eq!(size(24.0 * GIB), "24.0 GiB");
+        assert_eq!(size(0.1 * GIB), "0.1 GiB");
+        assert_eq!(size(50.0 * 1024.0 * 1024.0), "50.0 MiB");
+        assert_eq!(size(0.0), "0.0 GiB");
     }
-
-    use super::*;
 
     #[test]
     fn device_choices_parse_and_print() {

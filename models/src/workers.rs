@@ -5,7 +5,8 @@
 //! switches and a wake-up per op. A decode step is hundreds of small ops (SmolLM2 at batch 1:
 //! ~9 per layer × 30 layers), so from the main thread most of a step went to the scheduler.
 //! [`on_workers`] moves a whole step onto a pool thread once; its ops then split their work
-//! in place, and the other threads take their shares without a hand-over.
+//! in place, and the other threads take their shares without a hand-over. Only CPU work goes
+//! there: a GPU step queues kernels from the thread that made its context current.
 
 /// Runs `work` on a thread of rayon's global pool, or right here when this already is one,
 /// and returns its result. For pure computation only: `work` must not wait on another thread

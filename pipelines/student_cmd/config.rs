@@ -135,7 +135,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<DtypeChoice>,
 
-    /// Tokens per training row and longest document kept.
+    /// Tokens per training row and longest document kept [default: 2048].
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     /// One document per row instead of best-fit-decreasing packing.
@@ -144,35 +144,37 @@ pub struct TrainArgs {
     /// Chat template: `auto`, `chatml`, `llama3`, `deepseek-r1` or a Jinja file.
     #[arg(long)]
     pub chat_template: Option<String>,
-    /// Fraction of the problems held out for the evaluation loss (all samples of each).
+    /// Fraction of the problems held out for the evaluation loss (all samples of each)
+    /// [default: 0.02].
     #[arg(long)]
     pub eval_fraction: Option<f64>,
 
-    /// Peak learning rate.
+    /// Peak learning rate, reached after the warmup and decayed by a cosine to a tenth
+    /// [default: 0.0001; TRL's SFT default is 0.00002, the presets set their own].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Linear warmup steps.
+    /// Linear warmup steps [default: 0].
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     /// Optimizer steps (overrides `--epochs`).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Passes over the corpus.
+    /// Passes over the corpus [default: 1].
     #[arg(long)]
     pub epochs: Option<f64>,
-    /// Packed rows per forward pass.
+    /// Packed rows per forward pass [default: 4].
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step [default: 1].
     #[arg(long)]
     pub accumulation_steps: Option<usize>,
-    /// Seed of the shuffle and of from-scratch weights.
+    /// Seed of the shuffle and of from-scratch weights [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Held-out loss every N steps (0: at the end only).
+    /// Held-out loss every N steps (0: at the end only) [default: 0].
     #[arg(long)]
     pub eval_every: Option<u64>,
-    /// Checkpoint every N steps (0: at the end only).
+    /// Checkpoint every N steps (0: at the end only) [default: 0].
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
@@ -558,6 +560,44 @@ impl TrainSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults `--help` states for the optional flags are the ones the trainer uses
+    /// (they are `Option`s so a pipeline file's values win, so clap cannot print them itself).
+    #[test]
+    fn help_states_the_defaults_in_use() {
+        use clap::{Args, Command};
+        let help = TrainArgs::augment_args(Command::new("train"))
+            .render_long_help()
+            .to_string();
+        let data = distill_student::data::DataConfig::default();
+        let train = distill_student::trainer::TrainerConfig::default();
+        for (flag, value) in [
+            ("max-seq-len", data.max_seq_len.to_string()),
+            ("eval-fraction", data.eval_fraction.to_string()),
+            ("lr", train.schedule.lr.to_string()),
+            ("warmup-steps", train.schedule.warmup_steps.to_string()),
+            ("epochs", train.epochs.to_string()),
+            ("micro-batch-size", train.micro_batch_size.to_string()),
+            ("accumulation-steps", train.accumulation_steps.to_string()),
+            ("seed", train.seed.to_string()),
+            ("eval-every", train.eval_every.to_string()),
+            ("checkpoint-every", train.checkpoint_every.to_string()),
+        ] {
+            let start = help
+                .find(&format!("--{flag} <"))
+                .unwrap_or_else(|| panic!("no --{flag} in the help"));
+            // Each argument's text ends at a blank line in the long help.
+            let end = help[start..].find("\n\n").map_or(help.len(), |e| start + e);
+            let text = help[start..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                text.contains(&format!("[default: {value}")),
+                "--{flag}: the trainer's default is {value}; the help says: {text}"
+            );
+        }
+    }
 
     #[test]
     fn typos_are_named_at_every_level() {

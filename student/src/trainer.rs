@@ -388,8 +388,12 @@ impl Trainer {
     /// One optimizer step over `micro_batches` (their gradients accumulated), at the schedule's
     /// learning rate for the current step.
     pub fn train_step(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
-        // One hand-over to the CPU's pool per step instead of one per op.
-        distill_models::workers::on_workers(|| self.train_step_here(micro_batches))
+        // On the CPU, one hand-over to rayon's pool per step instead of one per op.
+        if self.device.is_cpu() {
+            distill_models::workers::on_workers(|| self.train_step_here(micro_batches))
+        } else {
+            self.train_step_here(micro_batches)
+        }
     }
 
     fn train_step_here(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
@@ -475,7 +479,11 @@ impl Trainer {
 
     /// Mean cross-entropy over every label token of `rows`, without gradients.
     pub fn eval_loss(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {
-        distill_models::workers::on_workers(|| self.eval_loss_here(rows))
+        if self.device.is_cpu() {
+            distill_models::workers::on_workers(|| self.eval_loss_here(rows))
+        } else {
+            self.eval_loss_here(rows)
+        }
     }
 
     fn eval_loss_here(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {

@@ -433,6 +433,7 @@ impl Plan {
                 "samples": self.config.samples,
                 "limit": self.config.problems.limit,
                 "shard_rows": self.config.shard_rows,
+                "shard_minutes": self.config.shard_minutes,
                 "source_name": self.config.problems.source_name,
             }),
             errors,

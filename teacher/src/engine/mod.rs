@@ -569,7 +569,12 @@ impl Engine {
             }
             picks.push((i, logits));
         }
-        let tokens = self.sample_step(&picks, live)?;
+        // Sampling's rows run in parallel: on the CPU from a pool thread, as the step did.
+        let tokens = if self.model.device().is_cpu() {
+            distill_models::workers::on_workers(|| self.sample_step(&picks, live))?
+        } else {
+            self.sample_step(&picks, live)?
+        };
         for (&(i, _), token) in picks.iter().zip(tokens) {
             let seq = &mut live[i];
             sampled += 1;

@@ -8,23 +8,32 @@
 //! in place, and the other threads take their shares without a hand-over. Only CPU work goes
 //! there: a GPU step queues kernels from the thread that made its context current.
 
-/// Runs `work` on a thread of rayon's global pool, or right here when this already is one,
-/// and returns its result. For pure computation only: `work` must not wait on another thread
-/// that itself needs the pool (with `--threads 1` the pool's only thread would be the one
-/// waiting).
-pub fn on_workers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    // `scope` runs its body on a pool thread (rayon's `in_worker`), inline when called from one.
-    rayon::scope(|_| work())
+use candle_core::Device;
+
+/// Runs `work` for `device`: on the CPU on a thread of rayon's global pool (right here when
+/// this already is one), elsewhere on this thread; returns its result. For pure computation
+/// only: `work` must not wait on another thread that itself needs the pool (with `--threads 1`
+/// the pool's only thread would be the one waiting).
+pub fn on_workers<R: Send>(device: &Device, work: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() {
+        // `scope` runs its body on a pool thread (rayon's `in_worker`), inline when called
+        // from one.
+        rayon::scope(|_| work())
+    } else {
+        work()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+
     #[test]
-    fn work_runs_on_a_pool_thread_and_nests_in_place() {
+    fn cpu_work_runs_on_a_pool_thread_and_nests_in_place() {
         assert!(rayon::current_thread_index().is_none(), "the test thread");
-        let (outer, inner) = super::on_workers(|| {
+        let (outer, inner) = super::on_workers(&Device::Cpu, || {
             let outer = rayon::current_thread_index();
-            let inner = super::on_workers(rayon::current_thread_index);
+            let inner = super::on_workers(&Device::Cpu, rayon::current_thread_index);
             (outer, inner)
         });
         assert!(outer.is_some(), "on a pool thread");

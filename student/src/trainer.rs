@@ -389,11 +389,8 @@ impl Trainer {
     /// learning rate for the current step.
     pub fn train_step(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
         // On the CPU, one hand-over to rayon's pool per step instead of one per op.
-        if self.device.is_cpu() {
-            distill_models::workers::on_workers(|| self.train_step_here(micro_batches))
-        } else {
-            self.train_step_here(micro_batches)
-        }
+        let device = self.device.clone();
+        distill_models::workers::on_workers(&device, || self.train_step_here(micro_batches))
     }
 
     fn train_step_here(&mut self, micro_batches: &[Vec<&PackedRow>]) -> Result<StepMetrics> {
@@ -479,11 +476,7 @@ impl Trainer {
 
     /// Mean cross-entropy over every label token of `rows`, without gradients.
     pub fn eval_loss(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {
-        if self.device.is_cpu() {
-            distill_models::workers::on_workers(|| self.eval_loss_here(rows))
-        } else {
-            self.eval_loss_here(rows)
-        }
+        distill_models::workers::on_workers(&self.device, || self.eval_loss_here(rows))
     }
 
     fn eval_loss_here(&self, rows: &(impl Rows + ?Sized)) -> Result<f64> {

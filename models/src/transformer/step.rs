@@ -403,13 +403,8 @@ impl Model {
     /// sampled token) are appended to its own cache. Returns each entry's logits, `[n, vocab]`
     /// where `n` is 1 for [`Logits::Last`] or the number of new tokens for [`Logits::All`].
     pub fn step(&self, batch: &mut [(&[u32], &mut KvCache)], which: Logits) -> Result<Vec<Tensor>> {
-        // On the CPU, one hand-over to rayon's pool per step instead of one per op
-        // (`workers`); a GPU step only queues kernels, from the thread that owns the context.
-        if self.device.is_cpu() {
-            crate::workers::on_workers(|| self.step_here(batch, which))
-        } else {
-            self.step_here(batch, which)
-        }
+        // On the CPU, one hand-over to rayon's pool per step instead of one per op (`workers`).
+        crate::workers::on_workers(&self.device, || self.step_here(batch, which))
     }
 
     fn step_here(

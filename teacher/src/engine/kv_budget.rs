@@ -1,12 +1,13 @@
 //! The engine's KV cache budget: which sequences a step feeds and how much of each, within the
 //! paged pool's blocks or, on the CPU's f32 path, the same number of blocks' worth of positions
 //! in host buffers (`EngineOptions::kv_cache_gib`); when the live sequences outgrow it, the
-//! youngest is preempted (its memory given back) and later recomputed, as vLLM does.
+//! youngest is preempted (its memory given back) and later recomputed, as vLLM does; and the
+//! warning before a run whose sequences could outgrow it.
 
 use std::ops::ControlFlow;
 
 use distill_models::kv_pool::BLOCK;
-use distill_models::Model;
+use distill_models::{HostKvDtype, Model};
 
 use super::{Engine, Seq, Update};
 use crate::backend::GenStats;
@@ -37,6 +38,22 @@ impl Engine {
     /// step's padding row.
     pub(super) fn sequence_blocks(&self) -> Option<usize> {
         self.kv_blocks.map(|limit| limit.saturating_sub(1).max(1))
+    }
+
+    /// A warning when `sequences` at once (at most the batch) of `new_tokens` positions each
+    /// (at most the model's context) could need more keys and values than the KV cache budget
+    /// holds: the run then pauses and recomputes sequences, which costs time (`None` when they
+    /// fit or there is no budget).
+    pub fn kv_budget_warning(&self, sequences: usize, new_tokens: usize) -> Option<String> {
+        let blocks = self.kv_blocks?;
+        kv_budget_warning(
+            self.options.batch.min(sequences),
+            self.context_len.map_or(new_tokens, |c| new_tokens.min(c)),
+            self.model.kv_bytes_per_position() as f64,
+            (blocks * self.model.kv_block_bytes()) as f64,
+            (!self.model.uses_kv_pool() && self.options.kv_cache_dtype == HostKvDtype::F32)
+                .then_some("`--kv-cache-dtype f16` halves it"),
+        )
     }
 
     /// `blocks` for a message: `N blocks (X GiB)`.
@@ -186,4 +203,53 @@ pub(super) fn kv_block_limit(model: &Model, gib: f64) -> Result<Option<usize>> {
         )));
     }
     Ok(Some(blocks as usize))
+}
+
+/// [`Engine::kv_budget_warning`] for `sequences` of `positions` at `per_position` bytes each
+/// against a budget of `budget` bytes; `halved`: how the cache could take half as much.
+fn kv_budget_warning(
+    sequences: usize,
+    positions: usize,
+    per_position: f64,
+    budget: f64,
+    halved: Option<&str>,
+) -> Option<String> {
+    let need = sequences as f64 * positions as f64 * per_position;
+    (need > budget).then(|| {
+        format!(
+            "{sequences} sequence{} of up to {positions} positions could hold {} of keys and \
+             values{}, more than the KV cache's {}: if they grow that long the youngest pause \
+             and are recomputed later, which costs time",
+            if sequences == 1 { "" } else { "s" },
+            distill_models::device::size(need),
+            halved.map(|h| format!(" ({h})")).unwrap_or_default(),
+            distill_models::device::size(budget),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Sequences that could outgrow the KV cache budget are named with the sizes; a batch that
+    /// fits says nothing.
+    #[test]
+    fn a_batch_that_could_outgrow_the_kv_budget_is_named() {
+        let gib = (1u64 << 30) as f64;
+        let w = super::kv_budget_warning(32, 32768, 24576.0, 20.0 * gib, Some("f16 halves it"))
+            .unwrap();
+        assert!(
+            w.starts_with("32 sequences of up to 32768 positions could hold 24.0 GiB"),
+            "{w}"
+        );
+        assert!(
+            w.contains(
+                "24.0 GiB of keys and values (f16 halves it), more than the KV cache's 20.0 GiB"
+            ),
+            "{w}"
+        );
+        assert!(super::kv_budget_warning(8, 32768, 24576.0, 20.0 * gib, None).is_none());
+        let one = super::kv_budget_warning(1, 4096, 24576.0, 0.05 * gib, None).unwrap();
+        assert!(one.starts_with("1 sequence of"), "{one}");
+        assert!(one.contains("keys and values, more than"), "{one}");
+    }
 }

@@ -345,22 +345,6 @@ impl Engine {
         self.context_len = context_len;
     }
 
-    /// A warning when `sequences` at once (at most the batch) of `new_tokens` positions each
-    /// (at most the model's context) could need more keys and values than the KV cache budget
-    /// holds: the run then pauses and recomputes sequences, which costs time (`None` when they
-    /// fit or there is no budget).
-    pub fn kv_budget_warning(&self, sequences: usize, new_tokens: usize) -> Option<String> {
-        let blocks = self.kv_blocks?;
-        kv_budget_warning(
-            self.options.batch.min(sequences),
-            self.context_len.map_or(new_tokens, |c| new_tokens.min(c)),
-            self.model.kv_bytes_per_position() as f64,
-            (blocks * self.model.kv_block_bytes()) as f64,
-            (!self.model.uses_kv_pool() && self.options.kv_cache_dtype == HostKvDtype::F32)
-                .then_some("`--kv-cache-dtype f16` halves it"),
-        )
-    }
-
     /// Where the model runs and in which dtype, for the user.
     pub fn device_description(&self) -> &str {
         &self.device_description
@@ -570,11 +554,9 @@ impl Engine {
             picks.push((i, logits));
         }
         // Sampling's rows run in parallel: on the CPU from a pool thread, as the step did.
-        let tokens = if self.model.device().is_cpu() {
-            distill_models::workers::on_workers(|| self.sample_step(&picks, live))?
-        } else {
-            self.sample_step(&picks, live)?
-        };
+        let tokens = distill_models::workers::on_workers(self.model.device(), || {
+            self.sample_step(&picks, live)
+        })?;
         for (&(i, _), token) in picks.iter().zip(tokens) {
             let seq = &mut live[i];
             sampled += 1;
@@ -738,54 +720,8 @@ fn all_matrices_quantized(checkpoint: &Checkpoint) -> bool {
 pub use crate::handle::EngineHandle;
 pub use sample_step::top_logprobs;
 
-/// [`Engine::kv_budget_warning`] for `sequences` of `positions` at `per_position` bytes each
-/// against a budget of `budget` bytes; `halved`: how the cache could take half as much.
-fn kv_budget_warning(
-    sequences: usize,
-    positions: usize,
-    per_position: f64,
-    budget: f64,
-    halved: Option<&str>,
-) -> Option<String> {
-    let need = sequences as f64 * positions as f64 * per_position;
-    (need > budget).then(|| {
-        format!(
-            "{sequences} sequence{} of up to {positions} positions could hold {} of keys and \
-             values{}, more than the KV cache's {}: if they grow that long the youngest pause \
-             and are recomputed later, which costs time",
-            if sequences == 1 { "" } else { "s" },
-            distill_models::device::size(need),
-            halved.map(|h| format!(" ({h})")).unwrap_or_default(),
-            distill_models::device::size(budget),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    /// Sequences that could outgrow the KV cache budget are named with the sizes; a batch that
-    /// fits says nothing.
-    #[test]
-    fn a_batch_that_could_outgrow_the_kv_budget_is_named() {
-        let gib = (1u64 << 30) as f64;
-        let w = super::kv_budget_warning(32, 32768, 24576.0, 20.0 * gib, Some("f16 halves it"))
-            .unwrap();
-        assert!(
-            w.starts_with("32 sequences of up to 32768 positions could hold 24.0 GiB"),
-            "{w}"
-        );
-        assert!(
-            w.contains(
-                "24.0 GiB of keys and values (f16 halves it), more than the KV cache's 20.0 GiB"
-            ),
-            "{w}"
-        );
-        assert!(super::kv_budget_warning(8, 32768, 24576.0, 20.0 * gib, None).is_none());
-        let one = super::kv_budget_warning(1, 4096, 24576.0, 0.05 * gib, None).unwrap();
-        assert!(one.starts_with("1 sequence of"), "{one}");
-        assert!(one.contains("keys and values, more than"), "{one}");
-    }
-
     use super::top_logprobs;
 
     #[test]

@@ -1,6 +1,6 @@
 //! Corpus stage: the record schema and its parquet shards, problem sources, `<think>` parsing,
 //! answer extraction and equivalence, and the curation passes (verify, filter, dedup,
-//! decontaminate, split, stats, export). Builds without candle.
+//! decontaminate, split, stats, export) and the import of other tools' corpora. Builds without candle.
 
 pub mod answer;
 pub mod chart;
@@ -10,6 +10,7 @@ pub mod dedup;
 mod error;
 pub mod export;
 pub mod filter;
+pub mod import;
 pub mod logprobs;
 pub mod pass;
 pub mod problems;

@@ -166,12 +166,12 @@ fn source_name(src: &ProblemSource, preset: Option<Preset>) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Jsonl,
     Parquet,
 }
 
-fn format_of(path: &Path) -> Option<Format> {
+pub(crate) fn format_of(path: &Path) -> Option<Format> {
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "jsonl" | "json" | "ndjson" => Some(Format::Jsonl),
@@ -279,7 +279,7 @@ fn read_table(path: &Path, src: &ProblemSource) -> Result<Table> {
 }
 
 /// Parquet files start with the magic bytes `PAR1`; anything else is read as jsonl.
-fn sniff_format(path: &Path) -> Result<Format> {
+pub(crate) fn sniff_format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 4];
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;

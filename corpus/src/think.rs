@@ -2,7 +2,9 @@
 //!
 //! R1-style models write `<think>\n…reasoning…\n</think>\n\n…answer…`. When the prompt prefills
 //! the assistant turn with `<think>\n` (the R1 usage convention), the generated text starts inside
-//! the block and carries only the closing tag, so both shapes are accepted.
+//! the block and carries only the closing tag, so both shapes are accepted. Sky-T1's format
+//! (`<|begin_of_thought|>…<|end_of_thought|>` then `<|begin_of_solution|>…<|end_of_solution|>`,
+//! used by Bespoke-Stratos and OpenThoughts) is read by [`split_sky_t1`].
 
 /// One output split at its `</think>` tag.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,9 +59,64 @@ pub fn split_think(text: &str) -> ThinkSplit {
     }
 }
 
+const THOUGHT_OPEN: &str = "<|begin_of_thought|>";
+const THOUGHT_CLOSE: &str = "<|end_of_thought|>";
+const SOLUTION_OPEN: &str = "<|begin_of_solution|>";
+const SOLUTION_CLOSE: &str = "<|end_of_solution|>";
+
+/// Splits a text in Sky-T1's format, or `None` when it has no `<|begin_of_thought|>`.
+///
+/// Reasoning is the text between the thought tags; the completion is the text between the
+/// solution tags (when they are missing, whatever follows `<|end_of_thought|>`). A thought never
+/// closed is all reasoning (`closed` false), as with [`split_think`]. Both parts are trimmed.
+pub fn split_sky_t1(text: &str) -> Option<ThinkSplit> {
+    let start = text.find(THOUGHT_OPEN)? + THOUGHT_OPEN.len();
+    let body = &text[start..];
+    let Some(end) = body.find(THOUGHT_CLOSE) else {
+        return Some(ThinkSplit {
+            reasoning: body.trim().to_string(),
+            completion: String::new(),
+            closed: false,
+        });
+    };
+    let rest = &body[end + THOUGHT_CLOSE.len()..];
+    let solution = match rest.find(SOLUTION_OPEN) {
+        Some(at) => {
+            let inner = &rest[at + SOLUTION_OPEN.len()..];
+            inner
+                .find(SOLUTION_CLOSE)
+                .map_or(inner, |close| &inner[..close])
+        }
+        None => rest,
+    };
+    Some(ThinkSplit {
+        reasoning: body[..end].trim().to_string(),
+        completion: solution.trim().to_string(),
+        closed: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sky_t1_format() {
+        let text = "<|begin_of_thought|>\n\nLet me add.\n\n3 + 4 = 7.\n\n<|end_of_thought|>\n\n\
+                    <|begin_of_solution|>\n\nThe answer is \\boxed{7}.\n\n<|end_of_solution|>";
+        let s = split_sky_t1(text).unwrap();
+        assert_eq!(s.reasoning, "Let me add.\n\n3 + 4 = 7.");
+        assert_eq!(s.completion, "The answer is \\boxed{7}.");
+        assert!(s.closed);
+        let cut = split_sky_t1("<|begin_of_thought|> so far").unwrap();
+        assert_eq!((cut.reasoning.as_str(), cut.closed), ("so far", false));
+        let bare = split_sky_t1("<|begin_of_thought|>a<|end_of_thought|> b ").unwrap();
+        assert_eq!(
+            (bare.reasoning.as_str(), bare.completion.as_str()),
+            ("a", "b")
+        );
+        assert_eq!(split_sky_t1("<think>a</think>b"), None);
+    }
 
     fn split(text: &str) -> (String, String, bool) {
         let s = split_think(text);

@@ -1,0 +1,376 @@
+//! Another tool's dataset files, row by row as JSON objects: jsonl (or a whole-file `.json`
+//! array) a line at a time, parquet a batch at a time with only the columns the import uses,
+//! so a 200k-row dataset of long traces imports in bounded memory. Folders are searched
+//! recursively in name order (a Hugging Face dataset's `data/train-00000-of-00004.parquet`…).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
+    UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow_array::Array;
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use serde_json::{Map, Value};
+
+use crate::problems::{format_of, sniff_format, Format};
+use crate::{Error, Result};
+
+/// One input file and the `source` its rows get when nothing else names one: the stem of the
+/// argument it was found under (`OpenR1-Math-220k` for `OpenR1-Math-220k/data/…parquet`).
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub default_source: String,
+}
+
+/// Every file the inputs name: files as given, folders searched recursively (hidden entries,
+/// such as a `.cache` folder, skipped) for `.jsonl`/`.json`/`.ndjson`/`.parquet`.
+pub fn input_files(inputs: &[PathBuf]) -> Result<Vec<InputFile>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+        let default_source = stem(input);
+        if !meta.is_dir() {
+            files.push(InputFile {
+                path: input.clone(),
+                default_source,
+            });
+            continue;
+        }
+        let mut found = Vec::new();
+        walk(input, &mut found)?;
+        if found.is_empty() {
+            return Err(Error::Invalid(format!(
+                "`{}` holds no .jsonl, .json or .parquet files",
+                input.display()
+            )));
+        }
+        found.sort();
+        files.extend(found.into_iter().map(|path| InputFile {
+            path,
+            default_source: default_source.clone(),
+        }));
+    }
+    Ok(files)
+}
+
+fn stem(path: &Path) -> String {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    canonical
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "imported".to_string())
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if format_of(&path).is_some() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn format(path: &Path) -> Result<Format> {
+    match format_of(path) {
+        Some(f) => Ok(f),
+        None => sniff_format(path),
+    }
+}
+
+/// The column names of a file: a parquet file's schema, or the keys of a jsonl file's first
+/// object.
+pub fn columns(path: &Path) -> Result<Vec<String>> {
+    match format(path)? {
+        Format::Parquet => {
+            let builder = parquet_builder(path)?;
+            Ok(builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect())
+        }
+        Format::Jsonl => {
+            let mut rows = Rows::open(path, &[], 1)?;
+            Ok(match rows.next().transpose()? {
+                Some(batch) => batch
+                    .first()
+                    .map(|r| r.value.keys().cloned().collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            })
+        }
+    }
+}
+
+/// One row and where it came from, for messages.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// `line 12` (jsonl) or `row 11` (parquet, from 0).
+    pub place: String,
+    pub value: Map<String, Value>,
+}
+
+/// A file's rows, `batch` at a time.
+pub enum Rows {
+    Jsonl {
+        path: PathBuf,
+        reader: BufReader<File>,
+        line: usize,
+        batch: usize,
+        /// A whole-file JSON array, read at once, handed out in batches.
+        array: Option<std::vec::IntoIter<Value>>,
+        array_index: usize,
+    },
+    Parquet {
+        path: PathBuf,
+        reader: ParquetRecordBatchReader,
+        row: usize,
+    },
+}
+
+fn parquet_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    if file.metadata().map_err(|e| Error::io(path, e))?.len() == 0 {
+        return Err(Error::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| Error::ParquetRead {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Rows {
+    /// Opens `path`; parquet files decode only the `wanted` columns (all when empty).
+    pub fn open(path: &Path, wanted: &[String], batch: usize) -> Result<Self> {
+        let batch = batch.max(1);
+        match format(path)? {
+            Format::Jsonl => {
+                let file = File::open(path).map_err(|e| Error::io(path, e))?;
+                Ok(Rows::Jsonl {
+                    path: path.to_path_buf(),
+                    reader: BufReader::with_capacity(1 << 20, file),
+                    line: 0,
+                    batch,
+                    array: None,
+                    array_index: 0,
+                })
+            }
+            Format::Parquet => {
+                let builder = parquet_builder(path)?;
+                let roots: Vec<usize> = builder
+                    .schema()
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| wanted.is_empty() || wanted.contains(f.name()))
+                    .map(|(i, _)| i)
+                    .collect();
+                let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+                let reader = builder
+                    .with_projection(mask)
+                    .with_batch_size(batch)
+                    .build()
+                    .map_err(|source| Error::ParquetRead {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                Ok(Rows::Parquet {
+                    path: path.to_path_buf(),
+                    reader,
+                    row: 0,
+                })
+            }
+        }
+    }
+
+    fn next_jsonl(&mut self) -> Result<Option<Vec<Row>>> {
+        let Rows::Jsonl {
+            path,
+            reader,
+            line,
+            batch,
+            array,
+            array_index,
+        } = self
+        else {
+            unreachable!("called on a jsonl reader")
+        };
+        let mut rows = Vec::new();
+        if let Some(values) = array {
+            for value in values.by_ref().take(*batch) {
+                let place = format!("element {}", *array_index);
+                *array_index += 1;
+                rows.push(object(path, value, &place)?);
+            }
+            return Ok((!rows.is_empty()).then_some(rows));
+        }
+        let mut buf = Vec::new();
+        while rows.len() < *batch {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Error::io(&*path, e))?;
+            if n == 0 {
+                break;
+            }
+            *line += 1;
+            let text = std::str::from_utf8(&buf).map_err(|_| Error::NotUtf8 {
+                path: path.clone(),
+                line: *line,
+            })?;
+            let text = text.trim_start_matches('\u{feff}').trim();
+            if text.is_empty() {
+                continue;
+            }
+            if *line == 1 && text.starts_with('[') {
+                // A whole-file JSON array (`.json` exports): parse it at once.
+                let mut all = buf.clone();
+                reader
+                    .read_to_end(&mut all)
+                    .map_err(|e| Error::io(&*path, e))?;
+                let body = all.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&all);
+                let values: Vec<Value> =
+                    serde_json::from_slice(body).map_err(|e| Error::JsonLine {
+                        path: path.clone(),
+                        line: e.line(),
+                        message: e.to_string(),
+                    })?;
+                *array = Some(values.into_iter());
+                return self.next_jsonl();
+            }
+            let value: Value = serde_json::from_str(text).map_err(|e| Error::JsonLine {
+                path: path.clone(),
+                line: *line,
+                message: e.to_string(),
+            })?;
+            rows.push(object(path, value, &format!("line {line}"))?);
+        }
+        Ok((!rows.is_empty()).then_some(rows))
+    }
+
+    fn next_parquet(&mut self) -> Result<Option<Vec<Row>>> {
+        let Rows::Parquet { path, reader, row } = self else {
+            unreachable!("called on a parquet reader")
+        };
+        let Some(batch) = reader.next() else {
+            return Ok(None);
+        };
+        let batch = batch.map_err(|e| Error::parse(&*path, e))?;
+        let schema = batch.schema();
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let mut value = Map::new();
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                let cell = cell(column.as_ref(), i).map_err(|found| Error::ColumnType {
+                    path: path.clone(),
+                    column: field.name().clone(),
+                    found,
+                    expected: "text, numbers, booleans, and lists or structs of them".into(),
+                })?;
+                value.insert(field.name().clone(), cell);
+            }
+            rows.push(Row {
+                place: format!("row {}", *row + i),
+                value,
+            });
+        }
+        *row += batch.num_rows();
+        Ok(Some(rows))
+    }
+}
+
+impl Iterator for Rows {
+    type Item = Result<Vec<Row>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Rows::Jsonl { .. } => self.next_jsonl(),
+            Rows::Parquet { .. } => self.next_parquet(),
+        }
+        .transpose()
+    }
+}
+
+fn object(path: &Path, value: Value, place: &str) -> Result<Row> {
+    match value {
+        Value::Object(value) => Ok(Row {
+            place: place.to_string(),
+            value,
+        }),
+        _ => Err(Error::Parse {
+            path: path.to_path_buf(),
+            message: format!("{place} is not a JSON object"),
+        }),
+    }
+}
+
+/// One arrow cell as JSON (the shape `datasets` gives it in Python); the error names an
+/// unsupported type.
+fn cell(array: &dyn Array, row: usize) -> std::result::Result<Value, String> {
+    if array.is_null(row) {
+        return Ok(Value::Null);
+    }
+    fn float(x: f64) -> Value {
+        serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+    }
+    let list = |items: &dyn Array| -> std::result::Result<Value, String> {
+        (0..items.len())
+            .map(|i| cell(items, i))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Value::Array)
+    };
+    Ok(match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::Int8 => array.as_primitive::<Int8Type>().value(row).into(),
+        DataType::Int16 => array.as_primitive::<Int16Type>().value(row).into(),
+        DataType::Int32 => array.as_primitive::<Int32Type>().value(row).into(),
+        DataType::Int64 => array.as_primitive::<Int64Type>().value(row).into(),
+        DataType::UInt8 => array.as_primitive::<UInt8Type>().value(row).into(),
+        DataType::UInt16 => array.as_primitive::<UInt16Type>().value(row).into(),
+        DataType::UInt32 => array.as_primitive::<UInt32Type>().value(row).into(),
+        DataType::UInt64 => array.as_primitive::<UInt64Type>().value(row).into(),
+        DataType::Float16 => float(array.as_primitive::<Float16Type>().value(row).to_f64()),
+        DataType::Float32 => float(array.as_primitive::<Float32Type>().value(row).into()),
+        DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => array.as_string::<i32>().value(row).into(),
+        DataType::LargeUtf8 => array.as_string::<i64>().value(row).into(),
+        DataType::Utf8View => array.as_string_view().value(row).into(),
+        DataType::List(_) => list(array.as_list::<i32>().value(row).as_ref())?,
+        DataType::LargeList(_) => list(array.as_list::<i64>().value(row).as_ref())?,
+        DataType::Struct(fields) => {
+            let s = array.as_struct();
+            let mut map = Map::new();
+            for (field, column) in fields.iter().zip(s.columns()) {
+                map.insert(field.name().clone(), cell(column.as_ref(), row)?);
+            }
+            Value::Object(map)
+        }
+        DataType::Dictionary(_, _) => {
+            let dict = array
+                .as_any_dictionary_opt()
+                .ok_or_else(|| array.data_type().to_string())?;
+            let key = dict.normalized_keys()[row];
+            cell(dict.values().as_ref(), key)?
+        }
+        other => return Err(other.to_string()),
+    })
+}

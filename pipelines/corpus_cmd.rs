@@ -3,12 +3,15 @@
 //! the library's config structs (clap `Args` + serde), flattened here.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use distill_corpus::decontaminate::{self, DecontaminateConfig};
 use distill_corpus::dedup::{self, DedupConfig};
 use distill_corpus::export::{self, ExportConfig};
 use distill_corpus::filter::{self, FilterConfig};
+use distill_corpus::import::{self, ImportConfig, ImportIo};
 use distill_corpus::pass::{PassCounts, PassIo};
 use distill_corpus::split::{self, SplitConfig};
 use distill_corpus::stats::{self, LengthStats, StatsConfig};
@@ -16,6 +19,9 @@ use distill_corpus::verify::{self, VerifyConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum CorpusCommand {
+    /// Read another tool's reasoning corpus (jsonl, json or parquet: `messages`, ShareGPT
+    /// `conversations`, or prompt and response columns) as corpus shards the passes below take.
+    Import(ImportArgs),
     /// Extract each row's final answer and judge it against the reference (fills
     /// `final_answer` and `correct`).
     Verify(PassArgs<VerifyConfig>),
@@ -33,6 +39,20 @@ pub enum CorpusCommand {
     Export(PassArgs<ExportConfig>),
 }
 
+/// `corpus import`'s inputs, output and options.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub io: ImportIo,
+    #[command(flatten)]
+    pub config: ImportConfig,
+    /// Count `prompt_tokens` and `completion_tokens` with this model's tokenizer (a checkpoint
+    /// folder, a GGUF file or a hub id; the student's, so `filter --max-tokens` and `stats`
+    /// speak its tokens) [default: not counted, left 0].
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
 /// Inputs, output and the options of one pass.
 #[derive(Debug, Args)]
 pub struct PassArgs<C: Args> {
@@ -44,6 +64,7 @@ pub struct PassArgs<C: Args> {
 
 pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
     match cmd {
+        CorpusCommand::Import(a) => run_import(&a)?,
         CorpusCommand::Verify(a) => {
             let s = verify::run(&a.io, &a.config)?;
             print_counts("verify", &s.counts);
@@ -114,6 +135,91 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
                 s.output.display()
             );
         }
+    }
+    Ok(())
+}
+
+fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
+    // The tokenizer loads first: a wrong path fails before the dataset is read.
+    let tokenizer = match &a.tokenizer {
+        Some(arg) => {
+            let model = crate::model_arg::resolve_metadata(arg)?;
+            let tokenizer = distill_models::checkpoint::Checkpoint::open(&model.path)
+                .and_then(|c| c.tokenizer())
+                .with_context(|| format!("cannot load the tokenizer of `{}`", arg.display()))?;
+            Some(tokenizer)
+        }
+        None => None,
+    };
+    let count = |text: &str| {
+        tokenizer
+            .as_ref()
+            .map_or(0, |t| t.encode(text, false).map_or(0, |ids| ids.len()))
+    };
+    let counter: Option<&import::TokenCounter<'_>> = tokenizer.as_ref().map(|_| &count as _);
+    let s = import::run(&a.io, &a.config, counter)?;
+    println!(
+        "import: {} rows from {} file{}, {} samples of {} problems in {:.1} s ({}) → {}",
+        s.rows_read,
+        s.files.len(),
+        crate::plural(s.files.len() as u64),
+        s.samples,
+        s.problems,
+        s.seconds,
+        rate(s.rows_read, s.seconds),
+        s.output.display()
+    );
+    let m = &s.mapping;
+    let columns: Vec<String> = [
+        ("conversation", &m.conversation),
+        ("system", &m.system),
+        ("prompt", &m.prompt),
+        ("response", &m.response),
+        ("reasoning", &m.reasoning),
+        ("answer", &m.answer),
+        ("id", &m.id),
+        ("source", &m.source),
+        ("finish", &m.finish),
+    ]
+    .into_iter()
+    .filter_map(|(part, c)| c.as_ref().map(|c| format!("{part} `{c}`")))
+    .collect();
+    let layout = format!("{:?}", m.layout).to_lowercase();
+    println!("  layout {layout}: {}", columns.join(" · "));
+    let t = &s.think;
+    println!(
+        "  reasoning marked by <think> {} · Sky-T1 tags {} · a field of its own {} · not marked {} · never closed {}",
+        t.r1, t.sky_t1, t.field, t.none, t.unclosed
+    );
+    println!(
+        "  with a reference answer: {} of {} samples{}",
+        s.with_reference,
+        s.samples,
+        if s.with_reference == 0 {
+            " (`verify` needs one: `--answer-column`)"
+        } else {
+            ""
+        }
+    );
+    if !s.skipped.is_empty() {
+        println!("  rows without a sample: {}", s.skipped_total());
+        for (reason, n) in by_count(&s.skipped) {
+            println!(
+                "  {reason:<24} {n:>10}  (first: {})",
+                s.first_skipped[reason]
+            );
+        }
+    }
+    if !s.token_counts {
+        println!(
+            "  token counts: not counted (0); `--tokenizer MODEL` counts them for `stats` and `filter --min-tokens/--max-tokens`"
+        );
+    }
+    if s.rows_read > 0 && s.samples == 0 {
+        eprintln!(
+            "warning: `import` found no sample in {} rows: check `--layout` and the columns above",
+            s.rows_read
+        );
     }
     Ok(())
 }

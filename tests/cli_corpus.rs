@@ -269,3 +269,88 @@ fn a_pass_that_drops_every_row_says_why() {
     ]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
+
+/// `corpus import` of an OpenR1-Math file (as `datasets` writes it), token counts from a
+/// model's tokenizer, through verify and filter, and a student trained on what is left.
+#[test]
+fn an_imported_corpus_is_curated_and_trains_a_student() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let openr1 = root.join("corpus/tests/fixtures/import/openr1-math.parquet");
+    let base = root.join("models/tests/fixtures/tiny-llama.gguf");
+    let raw = d.join("raw");
+    let out = ok(&[
+        "corpus",
+        "import",
+        s(&openr1),
+        "-o",
+        s(&raw),
+        "--layout",
+        "columns",
+        "--tokenizer",
+        s(&base),
+        "--teacher",
+        "deepseek-ai/DeepSeek-R1",
+    ]);
+    assert!(
+        out.contains("import: 3 rows from 1 file, 5 samples of 3 problems"),
+        "{out}"
+    );
+    assert!(
+        out.contains("layout columns: prompt `problem` · response `generations` · answer `answer`"),
+        "{out}"
+    );
+    assert!(!out.contains("token counts: not counted"), "{out}");
+    let rows = records_in(&raw);
+    assert!(rows
+        .iter()
+        .all(|r| r.completion_tokens > 0 && r.prompt_tokens > 0));
+    ok(&["corpus", "verify", s(&raw), "-o", s(&d.join("v"))]);
+    let out = ok(&["corpus", "filter", s(&d.join("v")), "-o", s(&d.join("f"))]);
+    assert!(
+        out.contains("filter: 5 rows in, 3 kept, 2 dropped"),
+        "{out}"
+    );
+    let run = d.join("student");
+    ok(&[
+        "--threads",
+        "1",
+        "train",
+        "--quiet",
+        "--max-steps",
+        "2",
+        "--max-seq-len",
+        "128",
+        "--eval-fraction",
+        "0",
+        "--base",
+        s(&base),
+        "--corpus",
+        s(&d.join("f")),
+        "--out",
+        s(&run),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["rows"], 3, "{report}");
+    assert_eq!(report["train_documents"], 3, "{report}");
+    // A file in no layout it knows: the flag that fixes it, in one line, and no output.
+    let plain = d.join("plain.jsonl");
+    std::fs::write(&plain, "{\"q\": \"1+1?\", \"a\": \"2\"}\n").unwrap();
+    let err = failing(&["corpus", "import", s(&plain), "-o", s(&d.join("p"))]);
+    assert!(
+        err.contains("has no prompt column: name it with `--prompt-column`"),
+        "{err}"
+    );
+    assert!(!d.join("p").exists());
+}
+
+fn records_in(dir: &Path) -> Vec<Record> {
+    let reader = ShardReader::open(&[dir.to_path_buf()]).unwrap();
+    reader
+        .batches()
+        .flat_map(|b| record::records_from_batch(&b.unwrap()).unwrap())
+        .collect()
+}

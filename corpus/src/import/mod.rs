@@ -349,14 +349,14 @@ impl ImportSummary {
 }
 
 /// Counts a text's tokens (the student's or the teacher's tokenizer, from the caller).
-pub type TokenCounter = dyn Fn(&str) -> usize + Sync;
+pub type TokenCounter<'a> = dyn Fn(&str) -> usize + Sync + 'a;
 
 /// Imports `io.inputs` into `io.output`. `count_tokens` fills `prompt_tokens` (the prompt's
 /// text) and `completion_tokens` (the assistant turn as written, think block included).
 pub fn run(
     io: &ImportIo,
     cfg: &ImportConfig,
-    count_tokens: Option<&TokenCounter>,
+    count_tokens: Option<&TokenCounter<'_>>,
 ) -> Result<ImportSummary> {
     let started = std::time::Instant::now();
     let files = read::input_files(&io.inputs)?;

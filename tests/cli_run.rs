@@ -595,3 +595,55 @@ fn the_exported_student_is_compared() {
     };
     assert!(done("export") <= done("compare"));
 }
+
+/// A pipeline that starts from a corpus made by others: `[import]` (an OpenR1-Math file as
+/// `datasets` writes it) feeds verify, filter and the student's training.
+#[test]
+fn a_pipeline_starts_from_an_imported_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let openr1 = root.join("corpus/tests/fixtures/import/openr1-math.parquet");
+    let base = root.join("models/tests/fixtures/tiny-llama.gguf");
+    let text = format!(
+        r#"[pipeline]
+out = "{out}"
+
+[import]
+inputs = ["{openr1}"]
+layout = "columns"
+tokenizer = "{base}"
+
+[verify]
+
+[filter]
+
+[train]
+base = "{base}"
+max_steps = 2
+max_seq_len = 128
+eval_fraction = 0.0
+quiet = true
+"#,
+        out = out.display(),
+        openr1 = openr1.display(),
+        base = base.display()
+    );
+    let file = write(dir.path(), "imported.toml", &text);
+    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("import: 3 rows from 1 file, 5 samples"),
+        "{log}"
+    );
+    assert!(
+        log.contains("filter: 5 rows in, 3 kept, 2 dropped"),
+        "{log}"
+    );
+    assert_eq!(manifest(&out, "import")["status"], "done");
+    let report = json_file(&out.join("student/data_report.json"));
+    assert_eq!(report["rows"], 3, "{report}");
+    // A rerun finds every stage done.
+    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    assert!(ok && !log.contains("import: 3 rows"), "{log}");
+}

@@ -18,6 +18,8 @@ const STAGES: &[(&str, &[&str])] = &[
     ("eval_problems", &["problems"]),
     ("teacher", &["train"]),
     ("generate", &["generate"]),
+    // A corpus made by others, instead of (or beside) `generate`'s.
+    ("import", &["corpus", "import"]),
     ("verify", &["corpus", "verify"]),
     ("filter", &["corpus", "filter"]),
     ("dedup", &["corpus", "dedup"]),
@@ -260,6 +262,10 @@ impl Pipeline {
                         path(out.join(format!("export/student.{quant}.gguf"))),
                     );
                     (inputs, outputs) = (&["model"], &["gguf"]);
+                }
+                "import" => {
+                    defaults.insert("output".into(), path(out.join("corpus/import")));
+                    (inputs, outputs) = (&["inputs"], &["output"]);
                 }
                 pass => {
                     if let Some(c) = &w.corpus {

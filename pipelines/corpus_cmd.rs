@@ -202,7 +202,7 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
         }
     );
     if !s.skipped.is_empty() {
-        println!("  rows without a sample: {}", s.skipped_total());
+        println!("  responses without a sample: {}", s.skipped_total());
         for (reason, n) in by_count(&s.skipped) {
             println!(
                 "  {reason:<24} {n:>10}  (first: {})",

@@ -365,3 +365,30 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn an_empty_response_among_others_is_counted_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gens.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"problem": "2+2?", "generations": ["<think>four</think>4", "", null], "answer": "4"}"#,
+            "\n",
+            r#"{"problem": "3+3?", "generations": []}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let s = import::run(
+        &ImportIo::new(vec![file], &out),
+        &ImportConfig::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!((s.rows_read, s.samples), (2, 1));
+    assert_eq!(s.skipped.get(skip::EMPTY_RESPONSE), Some(&3));
+    assert!(s.first_skipped[skip::EMPTY_RESPONSE].ends_with("gens.jsonl: line 1"));
+    assert_eq!(read_records(&out)[0].completion, "4");
+}

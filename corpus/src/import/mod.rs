@@ -8,8 +8,8 @@
 //! sample each); its reasoning is split from the answer whichever way the dataset marks it and
 //! the conversation is rewritten in R1's layout, as `generate` writes it. Problem ids come from
 //! an id column or a hash of the turns before the answer, so that samples of one problem share
-//! one id (what `split` and `filter --max-per-problem` group by). Rows that give no sample are
-//! counted by reason in `summary.json`; the input files are never changed.
+//! one id (what `split` and `filter --max-per-problem` group by). Rows (or responses) that give
+//! no sample are counted by reason in `summary.json`; the input files are never changed.
 
 mod read;
 mod sample;
@@ -328,7 +328,7 @@ pub struct ImportSummary {
     pub rows_read: u64,
     pub samples: u64,
     pub problems: u64,
-    /// Rows that gave no sample, per reason ([`skip`]).
+    /// Rows, or responses of a row, that gave no sample, per reason ([`skip`]).
     pub skipped: BTreeMap<String, u64>,
     /// The first row skipped for each reason (`file: line 12`), to look at.
     pub first_skipped: BTreeMap<String, String>,
@@ -346,6 +346,58 @@ impl ImportSummary {
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
     }
+
+    /// Counts a sample's reasoning format and reference.
+    fn note(&mut self, d: &sample::Draft) {
+        let t = &mut self.think;
+        *match d.format {
+            ThinkFormat::R1 => &mut t.r1,
+            ThinkFormat::SkyT1 => &mut t.sky_t1,
+            ThinkFormat::Field => &mut t.field,
+            ThinkFormat::None => &mut t.none,
+        } += 1;
+        t.unclosed += u64::from(!d.closed);
+        self.with_reference += u64::from(d.reference.is_some());
+    }
+
+    /// Counts a response that gave no sample, remembering where the first of its kind was.
+    fn skip(&mut self, reason: &str, place: impl FnOnce() -> String) {
+        *self.skipped.entry(reason.to_string()).or_default() += 1;
+        self.first_skipped
+            .entry(reason.to_string())
+            .or_insert_with(place);
+    }
+}
+
+/// A draft as a corpus row: what the dataset does not record is left for `verify` (`correct`,
+/// `final_answer`) or marked unknown (sampling settings NaN).
+fn record(
+    d: sample::Draft,
+    source: String,
+    problem_id: String,
+    sample_index: i32,
+    teacher: &str,
+) -> Record {
+    Record {
+        id: record::record_id(&problem_id, sample_index),
+        problem_id,
+        sample_index,
+        source,
+        prompt: d.prompt,
+        messages: d.messages,
+        reasoning: d.reasoning,
+        completion: d.completion,
+        final_answer: None,
+        reference_answer: d.reference,
+        correct: None,
+        finish_reason: d.finish.as_str().to_string(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        teacher: teacher.to_string(),
+        temperature: f32::NAN,
+        top_p: f32::NAN,
+        seed: 0,
+    }
 }
 
 /// Counts a text's tokens (the student's or the teacher's tokenizer, from the caller).
@@ -360,7 +412,9 @@ pub fn run(
 ) -> Result<ImportSummary> {
     let started = std::time::Instant::now();
     let files = read::input_files(&io.inputs)?;
-    let first = &files[0].path;
+    let Some(first) = files.first().map(|f| &f.path) else {
+        return Err(Error::Invalid("`import` needs at least one input".into()));
+    };
     let mapping = Mapping::resolve(cfg, &read::columns(first)?, first)?;
     let required = mapping.required(cfg);
     // Every file is checked before anything is written: a folder with one odd file fails now.
@@ -399,59 +453,29 @@ pub fn run(
                 sample::drafts(&rows[i].value, &mapping, cfg.system)
             });
             let mut records = Vec::new();
-            for (row, drafts) in rows.iter().zip(drafts) {
-                let drafts = match drafts {
-                    Ok(d) => d,
-                    Err(reason) => {
-                        *s.skipped.entry(reason.to_string()).or_default() += 1;
-                        s.first_skipped
-                            .entry(reason.to_string())
-                            .or_insert_with(|| format!("{}: {}", file.path.display(), row.place));
-                        continue;
+            for (row, attempts) in rows.iter().zip(drafts) {
+                for attempt in attempts {
+                    match attempt {
+                        Ok(d) => {
+                            s.note(&d);
+                            let source = cfg
+                                .source
+                                .clone()
+                                .or(d.source.clone())
+                                .unwrap_or_else(|| file.default_source.clone());
+                            let problem_id = d.problem.clone().unwrap_or_else(|| {
+                                let hash =
+                                    twox_hash::XxHash3_64::oneshot(d.problem_text.as_bytes());
+                                format!("{source}-{hash:016x}")
+                            });
+                            let index = samples_of.entry(problem_id.clone()).or_default();
+                            records.push(record(d, source, problem_id, *index, &cfg.teacher));
+                            *index += 1;
+                        }
+                        Err(reason) => {
+                            s.skip(reason, || format!("{}: {}", file.path.display(), row.place))
+                        }
                     }
-                };
-                for d in drafts {
-                    let source = cfg
-                        .source
-                        .clone()
-                        .or(d.source.clone())
-                        .unwrap_or_else(|| file.default_source.clone());
-                    let problem_id = d.problem.clone().unwrap_or_else(|| {
-                        let hash = twox_hash::XxHash3_64::oneshot(d.problem_text.as_bytes());
-                        format!("{source}-{hash:016x}")
-                    });
-                    let index = samples_of.entry(problem_id.clone()).or_default();
-                    let sample_index = *index;
-                    *index += 1;
-                    match d.format {
-                        ThinkFormat::R1 => s.think.r1 += 1,
-                        ThinkFormat::SkyT1 => s.think.sky_t1 += 1,
-                        ThinkFormat::Field => s.think.field += 1,
-                        ThinkFormat::None => s.think.none += 1,
-                    }
-                    s.think.unclosed += u64::from(!d.closed);
-                    s.with_reference += u64::from(d.reference.is_some());
-                    records.push(Record {
-                        id: record::record_id(&problem_id, sample_index),
-                        problem_id,
-                        sample_index,
-                        source,
-                        prompt: d.prompt,
-                        messages: d.messages,
-                        reasoning: d.reasoning,
-                        completion: d.completion,
-                        final_answer: None,
-                        reference_answer: d.reference,
-                        correct: None,
-                        finish_reason: d.finish.as_str().to_string(),
-                        prompt_tokens: 0,
-                        completion_tokens: 0,
-                        teacher: cfg.teacher.clone(),
-                        // Not recorded by the dataset.
-                        temperature: f32::NAN,
-                        top_p: f32::NAN,
-                        seed: 0,
-                    });
                 }
             }
             if let Some(count) = count_tokens {

@@ -98,12 +98,22 @@ fn turns(value: &Value) -> Option<Vec<Turn>> {
         .collect()
 }
 
-/// The samples of one row, or why it has none.
-pub fn drafts(
+/// A response's sample, or why it gives none ([`skip`]).
+pub type Attempt = Result<Draft, &'static str>;
+
+/// The samples of one row: one attempt per response (a row that fails as a whole gives one).
+pub fn drafts(row: &Map<String, Value>, mapping: &Mapping, system: SystemPrompt) -> Vec<Attempt> {
+    match row_drafts(row, mapping, system) {
+        Ok(drafts) => drafts,
+        Err(reason) => vec![Err(reason)],
+    }
+}
+
+fn row_drafts(
     row: &Map<String, Value>,
     mapping: &Mapping,
     system: SystemPrompt,
-) -> Result<Vec<Draft>, &'static str> {
+) -> Result<Vec<Attempt>, &'static str> {
     let cell = |column: &Option<String>| column.as_ref().and_then(|c| row.get(c));
     let problem = cell(&mapping.id).and_then(text);
     let source = cell(&mapping.source)
@@ -151,7 +161,7 @@ pub fn drafts(
                 .ok_or(skip::NO_ASSISTANT_TURN)?;
             turns.truncate(last + 1);
             let answer = turns.pop().ok_or(skip::NO_ASSISTANT_TURN)?;
-            Ok(vec![base(turns, answer, finish.and_then(text))?])
+            Ok(vec![base(turns, answer, finish.and_then(text))])
         }
         Layout::Columns => {
             let prefix = match cell(&mapping.prompt) {
@@ -178,14 +188,7 @@ pub fn drafts(
                 }
                 out.push(base(prefix.clone(), answer, nth(finish, i)));
             }
-            // A row whose responses all fail gives the first one's reason.
-            if out.iter().all(Result::is_err) {
-                return Err(out
-                    .into_iter()
-                    .find_map(Result::err)
-                    .unwrap_or(skip::EMPTY_RESPONSE));
-            }
-            Ok(out.into_iter().filter_map(Result::ok).collect())
+            Ok(out)
         }
     }
 }
@@ -200,6 +203,7 @@ fn responses(value: Option<&Value>) -> Result<Vec<Turn>, &'static str> {
     };
     match value {
         None | Some(Value::Null) => Err(skip::EMPTY_RESPONSE),
+        Some(Value::Array(items)) if items.is_empty() => Err(skip::EMPTY_RESPONSE),
         Some(Value::Array(items)) if items.iter().any(Value::is_object) => {
             let turns = turns(value.unwrap_or(&Value::Null)).ok_or(skip::NOT_A_CONVERSATION)?;
             let last = turns

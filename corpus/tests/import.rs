@@ -373,7 +373,7 @@ fn an_empty_response_among_others_is_counted_alone() {
     std::fs::write(
         &file,
         concat!(
-            r#"{"problem": "2+2?", "generations": ["<think>four</think>4", "", null], "answer": "4"}"#,
+            r#"{"problem": "2+2?", "generations": ["<think>four</think>4", "", null], "answer": "So $\\boxed{4}$."}"#,
             "\n",
             r#"{"problem": "3+3?", "generations": []}"#,
             "\n"
@@ -390,5 +390,8 @@ fn an_empty_response_among_others_is_counted_alone() {
     assert_eq!((s.rows_read, s.samples), (2, 1));
     assert_eq!(s.skipped.get(skip::EMPTY_RESPONSE), Some(&3));
     assert!(s.first_skipped[skip::EMPTY_RESPONSE].ends_with("gens.jsonl: line 1"));
-    assert_eq!(read_records(&out)[0].completion, "4");
+    let r = &read_records(&out)[0];
+    assert_eq!(r.completion, "4");
+    // A worked solution as the reference: its last `\boxed{}`.
+    assert_eq!(r.reference_answer.as_deref(), Some("4"));
 }

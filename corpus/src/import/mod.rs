@@ -92,7 +92,8 @@ pub struct ImportConfig {
     /// `deepseek_thinking_trajectory`).
     #[arg(long)]
     pub reasoning_column: Option<String>,
-    /// The reference answer `verify` judges against (a `#### N` GSM8K answer gives N)
+    /// The reference answer `verify` judges against (a `#### N` GSM8K answer gives N, a worked
+    /// solution its last `\boxed{}`)
     /// [default: `reference_answer` or `answer` when present].
     #[arg(long)]
     pub answer_column: Option<String>,

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::{Layout, Mapping, SystemPrompt, ThinkFormat};
+use crate::answer::last_boxed_answer;
 use crate::problems::gsm8k_reference;
 use crate::record::{self, FinishReason, Message};
 use crate::think;
@@ -120,9 +121,12 @@ fn row_drafts(
         .and_then(text)
         .filter(|s| !s.trim().is_empty());
     let reference = cell(&mapping.answer).and_then(text).and_then(|a| {
-        // GSM8K's worked answers end in `#### N`; anything else is the answer itself.
+        // GSM8K's worked answers end in `#### N` and worked solutions (MATH's, Numina's) in a
+        // `\boxed{}`: the answer is that; anything else is the answer itself.
         let a = if a.contains("#### ") {
             gsm8k_reference(&a)?
+        } else if a.contains("\\boxed") {
+            last_boxed_answer(&a)?
         } else {
             a
         };

@@ -151,13 +151,37 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Inputs that are no local path but name a hub dataset are fetched into the cache first.
+    let mut io = a.io.clone();
+    io.inputs.clear();
+    for input in &a.io.inputs {
+        let dataset = input
+            .to_str()
+            .filter(|_| !input.exists())
+            .and_then(distill_models::hub::DatasetRef::parse);
+        let Some(dataset) = dataset else {
+            io.inputs.push(input.clone());
+            continue;
+        };
+        let found = crate::model_arg::resolve_dataset(&dataset)?;
+        println!(
+            "dataset `{dataset}` at commit {}: {} file{}",
+            &found.snapshot.commit[..found.snapshot.commit.len().min(12)],
+            found.files.len(),
+            crate::plural(found.files.len() as u64)
+        );
+        for file in found.files {
+            io.names.insert(file.clone(), dataset.repo.repo.clone());
+            io.inputs.push(file);
+        }
+    }
     let count = |text: &str| {
         tokenizer
             .as_ref()
             .map_or(0, |t| t.encode(text, false).map_or(0, |ids| ids.len()))
     };
     let counter: Option<&import::TokenCounter<'_>> = tokenizer.as_ref().map(|_| &count as _);
-    let s = import::run(&a.io, &a.config, counter)?;
+    let s = import::run(&io, &a.config, counter)?;
     println!(
         "import: {} rows from {} file{}, {} samples of {} problems in {:.1} s ({}) → {}",
         s.rows_read,

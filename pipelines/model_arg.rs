@@ -1,5 +1,6 @@
 //! Every model argument goes through here (`inspect`, `convert`, `train --base`, `generate
-//! --model`, `serve`, `compare --models`, and the pipeline tables that hold them): a local path
+//! --model`, `serve`, `compare --models`, and the pipeline tables that hold them), and so do the
+//! hub datasets `corpus import` reads (same cache, settings and progress): a local path
 //! stays that path; `owner/name` (see [`distill_models::hub`]) is fetched from the Hugging Face
 //! hub into its cache, with a progress bar per file, before any expensive work, and opened from
 //! there. A `distill train` output folder stands for the model it holds (`OUT/model`), so a
@@ -129,6 +130,26 @@ pub fn resolve_hub_metadata(model: &HubRef) -> anyhow::Result<ModelPath> {
         eprintln!("Warning: {warning}");
     }
     Ok(hub_path(model, found))
+}
+
+/// Fetches the data files of a hub dataset (`distill corpus import owner/name/PATH`), with the
+/// same cache, settings and progress bars as models.
+pub fn resolve_dataset(dataset: &hub::DatasetRef) -> anyhow::Result<hub::ResolvedDataset> {
+    let settings = HubSettings::from_env()?;
+    let mut bars = Bars::new(&settings);
+    let found = hub::resolve_dataset(dataset, &settings, &mut bars)?;
+    if let Some(warning) = &found.snapshot.warning {
+        eprintln!("Warning: {warning}");
+    }
+    if found.snapshot.downloaded > 0 {
+        eprintln!(
+            "Downloaded {} file{} of dataset `{dataset}` into `{}`",
+            found.snapshot.downloaded,
+            crate::plural(found.snapshot.downloaded as u64),
+            found.snapshot.path.display()
+        );
+    }
+    Ok(found)
 }
 
 /// A hub model from the cache alone, for checks that must not download (`run --dry-run`):

@@ -287,11 +287,17 @@ impl Pipeline {
             // first stage. A path an earlier stage writes stays an input, whatever its shape.
             let mut stage_inputs = paths(&merged, inputs);
             stage_inputs.retain(|p| {
-                !(is_model_key(&merged, p)
-                    && !stages
-                        .iter()
-                        .any(|s: &Stage| s.outputs.iter().any(|o| p.starts_with(o)))
-                    && crate::model_arg::hub_ref(p).is_some())
+                let produced = stages
+                    .iter()
+                    .any(|s: &Stage| s.outputs.iter().any(|o| p.starts_with(o)));
+                let hub_model = is_model_key(&merged, p) && crate::model_arg::hub_ref(p).is_some();
+                // `[import]` fetches a hub dataset itself, as `corpus import` does.
+                let hub_dataset = *name == "import"
+                    && !p.exists()
+                    && p.to_str()
+                        .and_then(distill_models::hub::DatasetRef::parse)
+                        .is_some();
+                produced || !(hub_model || hub_dataset)
             });
             let stage = Stage {
                 name,

@@ -60,7 +60,7 @@ pub fn etag(content: &[u8], lfs: bool) -> String {
 }
 
 pub fn is_lfs(file: &str) -> bool {
-    file.ends_with(".safetensors") || file.ends_with(".gguf")
+    file.ends_with(".safetensors") || file.ends_with(".gguf") || file.ends_with(".parquet")
 }
 
 pub fn status(code: u16, error_code: Option<&str>) -> Response {
@@ -92,10 +92,20 @@ pub async fn handle(
     if method != Method::GET && method != Method::HEAD {
         return status(405, None);
     }
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Datasets are the repos keyed `datasets/{owner}/{name}`, under the same two endpoints with
+    // `datasets` in front of the id (`/api/datasets/…`, `/datasets/…/resolve/…`).
+    let mut kind = "";
+    if parts.first() == Some(&"datasets") {
+        parts.remove(0);
+        kind = "datasets/";
+    } else if parts.get(1) == Some(&"datasets") {
+        parts[1] = "models";
+        kind = "datasets/";
+    }
     // `/api/models/{owner}/{name}/revision/{rev}`
     if let ["api", "models", owner, name, "revision", rev] = parts.as_slice() {
-        let Some(repo) = hub.repos.get(&format!("{owner}/{name}")) else {
+        let Some(repo) = hub.repos.get(&format!("{kind}{owner}/{name}")) else {
             return status(401, Some("RepoNotFound"));
         };
         let repo = repo.lock().unwrap();
@@ -120,7 +130,7 @@ pub async fn handle(
     let [owner, name, "resolve", rev, file @ ..] = parts.as_slice() else {
         return status(404, None);
     };
-    let Some(repo) = hub.repos.get(&format!("{owner}/{name}")) else {
+    let Some(repo) = hub.repos.get(&format!("{kind}{owner}/{name}")) else {
         return status(401, Some("RepoNotFound"));
     };
     let mut repo = repo.lock().unwrap();

@@ -140,6 +140,11 @@ pub struct ImportIo {
     #[command(flatten)]
     #[serde(default)]
     pub writer: WriterOptions,
+    /// The name an input goes by where its rows name no source (a hub dataset's `owner/name`,
+    /// set by the caller that fetched it); otherwise the input's file or folder name.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<PathBuf, String>,
 }
 
 impl ImportIo {
@@ -150,6 +155,7 @@ impl ImportIo {
             overwrite: false,
             batch_rows: 256,
             writer: WriterOptions::default(),
+            names: BTreeMap::new(),
         }
     }
 }
@@ -412,7 +418,7 @@ pub fn run(
     count_tokens: Option<&TokenCounter<'_>>,
 ) -> Result<ImportSummary> {
     let started = std::time::Instant::now();
-    let files = read::input_files(&io.inputs)?;
+    let files = read::input_files(&io.inputs, &io.names)?;
     let Some(first) = files.first().map(|f| &f.path) else {
         return Err(Error::Invalid("`import` needs at least one input".into()));
     };

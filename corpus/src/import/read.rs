@@ -3,6 +3,7 @@
 //! so a 200k-row dataset of long traces imports in bounded memory. Folders are searched
 //! recursively in name order (a Hugging Face dataset's `data/train-00000-of-00004.parquet`…).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -30,12 +31,16 @@ pub struct InputFile {
 }
 
 /// Every file the inputs name: files as given, folders searched recursively (hidden entries,
-/// such as a `.cache` folder, skipped) for `.jsonl`/`.json`/`.ndjson`/`.parquet`.
-pub fn input_files(inputs: &[PathBuf]) -> Result<Vec<InputFile>> {
+/// such as a `.cache` folder, skipped) for `.jsonl`/`.json`/`.ndjson`/`.parquet`. `names` gives
+/// some inputs the name their rows' default source takes instead of their stem.
+pub fn input_files(
+    inputs: &[PathBuf],
+    names: &BTreeMap<PathBuf, String>,
+) -> Result<Vec<InputFile>> {
     let mut files = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
-        let default_source = stem(input);
+        let default_source = names.get(input).cloned().unwrap_or_else(|| stem(input));
         if !meta.is_dir() {
             files.push(InputFile {
                 path: input.clone(),

@@ -14,6 +14,7 @@
 //! This module never prints: downloads report through [`DownloadProgress`], and a warning (the
 //! hub could not be reached, the cache was used) comes back in [`Resolved`].
 
+mod dataset;
 mod name;
 mod remote;
 mod settings;
@@ -22,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 
-pub use name::{GgufPick, HubRef, ModelRef};
+pub use dataset::{cached_dataset, resolve_dataset, DatasetRef, ResolvedDataset};
+pub use name::{GgufPick, HubRef, ModelRef, RepoKind, RepoName};
 use remote::{Failure, Fetch, Hub};
 pub use settings::{HubSettings, Token, DEFAULT_ENDPOINT};
 
@@ -42,61 +44,61 @@ const OPTIONAL_FILES: [&str; 5] = [
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error(
-        "model `{repo}` was not found on {endpoint}, nor as a local path (check the name, or log \
+        "{repo} was not found on {endpoint}, nor as a local path (check the name, or log \
          in with HF_TOKEN if it is private)"
     )]
-    NotFound { repo: String, endpoint: String },
-    #[error("model `{repo}` has no revision `{revision}` on {endpoint}")]
+    NotFound { repo: RepoName, endpoint: String },
+    #[error("{repo} has no revision `{revision}` on {endpoint}")]
     RevisionNotFound {
-        repo: String,
+        repo: RepoName,
         revision: String,
         endpoint: String,
     },
-    #[error("model `{repo}` on {endpoint} is gated or private (HTTP {status}): {advice}")]
+    #[error("{repo} on {endpoint} is gated or private (HTTP {status}): {advice}")]
     Gated {
-        repo: String,
+        repo: RepoName,
         endpoint: String,
         status: u16,
         advice: String,
     },
     #[error(
-        "cannot reach {endpoint} for model `{repo}` ({cause}), and it is not in the Hugging Face \
+        "cannot reach {endpoint} for {repo} ({cause}), and it is not in the Hugging Face \
          cache `{cache}`; check the network or HF_ENDPOINT"
     )]
     Unreachable {
-        repo: String,
+        repo: RepoName,
         endpoint: String,
         cause: String,
         cache: PathBuf,
     },
-    #[error("{endpoint} answered HTTP {status} for `{file}` of model `{repo}`")]
+    #[error("{endpoint} answered HTTP {status} for `{file}` of {repo}")]
     Http {
-        repo: String,
+        repo: RepoName,
         file: String,
         endpoint: String,
         status: u16,
     },
-    #[error("model `{repo}` has no file `{file}` at revision `{revision}`")]
+    #[error("{repo} has no file `{file}` at revision `{revision}`")]
     FileNotFound {
-        repo: String,
+        repo: RepoName,
         file: String,
         revision: String,
     },
     #[error(
-        "HF_HUB_OFFLINE is set and model `{repo}` (revision `{revision}`) is not in the Hugging \
+        "HF_HUB_OFFLINE is set and {repo} (revision `{revision}`) is not in the Hugging \
          Face cache `{cache}`, nor is it a local path"
     )]
     NotCached {
-        repo: String,
+        repo: RepoName,
         revision: String,
         cache: PathBuf,
     },
     #[error(
-        "HF_HUB_OFFLINE is set and `{file}` of model `{repo}` is not in the Hugging Face cache \
+        "HF_HUB_OFFLINE is set and `{file}` of {repo} is not in the Hugging Face cache \
          `{cache}`"
     )]
     OfflineMissing {
-        repo: String,
+        repo: RepoName,
         file: String,
         cache: PathBuf,
     },
@@ -118,22 +120,29 @@ pub enum HubError {
         choices: String,
     },
     #[error(
-        "downloading `{file}` of model `{repo}` from {endpoint} failed ({cause}); run again to \
+        "downloading `{file}` of {repo} from {endpoint} failed ({cause}); run again to \
          resume"
     )]
     Download {
-        repo: String,
+        repo: RepoName,
         file: String,
         endpoint: String,
         cause: String,
     },
     #[error(
-        "model `{repo}` changed on the hub during the download (revision `{revision}` moved); \
+        "{repo} changed on the hub during the download (revision `{revision}` moved); \
          run again"
     )]
-    Moved { repo: String, revision: String },
-    #[error("cannot parse the hub's answer for model `{repo}`: {cause}")]
-    BadAnswer { repo: String, cause: String },
+    Moved { repo: RepoName, revision: String },
+    #[error("cannot parse the hub's answer for {repo}: {cause}")]
+    BadAnswer { repo: RepoName, cause: String },
+    #[error("dataset `{repo}` has no data files (.parquet, .jsonl, .json){under}")]
+    NoDataFiles { repo: String, under: String },
+    #[error(
+        "dataset `{repo}` has data files in several folders ({folders}); name one as \
+         `{repo}/FOLDER`"
+    )]
+    SeveralFolders { repo: String, folders: String },
     #[error("cannot find the Hugging Face cache: set HF_HOME (or HOME)")]
     NoCache,
 }
@@ -221,34 +230,14 @@ fn resolve_files(
         }
     }
     let hub = Hub::new(model, settings)?;
-    let info = match hub.info() {
+    let info = match info_or_cached(
+        &hub,
+        settings,
+        || cached_files(model, settings, wanted),
+        |f| f,
+    )? {
         Ok(info) => info,
-        // No answer, or the hub is down: a cached model still serves.
-        Err(failure @ (Failure::Transport(_) | Failure::Status { status: 500.., .. })) => {
-            let cause = match failure {
-                Failure::Status { status, .. } => format!("HTTP {status}"),
-                Failure::Transport(cause) | Failure::Other(cause) => cause,
-            };
-            return match cached_files(model, settings, wanted) {
-                Ok(mut found) => {
-                    found.warning = Some(format!(
-                        "cannot reach {} ({cause}); using model `{model}` from the cache \
-                         (commit {})",
-                        settings.endpoint,
-                        short(&found.commit)
-                    ));
-                    Ok(found)
-                }
-                Err(_) => Err(HubError::Unreachable {
-                    repo: model.repo.clone(),
-                    endpoint: settings.endpoint.clone(),
-                    cause,
-                    cache: settings.cache.clone(),
-                }
-                .into()),
-            };
-        }
-        Err(failure) => return Err(hub.error(failure, None)),
+        Err(found) => return Ok(found),
     };
     let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let layout = choose(model, &files)?;
@@ -280,7 +269,7 @@ fn resolve_files(
                 fetch.file(WEIGHTS)?;
             } else if has(WEIGHTS_INDEX) {
                 let index = fetch.file(WEIGHTS_INDEX)?;
-                for shard in shards(&index, &model.repo)? {
+                for shard in shards(&index, model)? {
                     fetch.file(&shard)?;
                 }
             } else {
@@ -300,6 +289,46 @@ fn resolve_files(
     })
 }
 
+/// The revision's commit and file list from the hub; when the hub cannot be reached (no answer,
+/// or a server error), what the cache alone gives (`cached`), with a warning saying so.
+fn info_or_cached<T>(
+    hub: &Hub,
+    settings: &HubSettings,
+    cached: impl FnOnce() -> Result<T>,
+    resolved: impl FnOnce(&mut T) -> &mut Resolved,
+) -> Result<std::result::Result<hf_hub::api::RepoInfo, T>> {
+    let model = hub.model();
+    match hub.info() {
+        Ok(info) => Ok(Ok(info)),
+        Err(failure @ (Failure::Transport(_) | Failure::Status { status: 500.., .. })) => {
+            let cause = match failure {
+                Failure::Status { status, .. } => format!("HTTP {status}"),
+                Failure::Transport(cause) | Failure::Other(cause) => cause,
+            };
+            match cached() {
+                Ok(mut found) => {
+                    let r = resolved(&mut found);
+                    r.warning = Some(format!(
+                        "cannot reach {} ({cause}); using {} from the cache (commit {})",
+                        settings.endpoint,
+                        model.name(),
+                        short(&r.commit)
+                    ));
+                    Ok(Err(found))
+                }
+                Err(_) => Err(HubError::Unreachable {
+                    repo: model.name(),
+                    endpoint: settings.endpoint.clone(),
+                    cause,
+                    cache: settings.cache.clone(),
+                }
+                .into()),
+            }
+        }
+        Err(failure) => Err(hub.error(failure, None)),
+    }
+}
+
 /// `model` from the cache alone: [`HubError::NotCached`] or [`HubError::OfflineMissing`] when
 /// something is missing (a dry run reads these as "not downloaded yet").
 pub fn cached(model: &HubRef, settings: &HubSettings) -> Result<Resolved> {
@@ -308,27 +337,9 @@ pub fn cached(model: &HubRef, settings: &HubSettings) -> Result<Resolved> {
 
 /// [`cached`] for `wanted` files only (see [`Files`]).
 pub fn cached_files(model: &HubRef, settings: &HubSettings, wanted: Files) -> Result<Resolved> {
-    let cache = Cache::new(settings.cache.clone()).repo(repo(model));
-    let revision = model.revision();
-    let not_cached = || HubError::NotCached {
-        repo: model.repo.clone(),
-        revision: revision.to_string(),
-        cache: settings.cache.clone(),
-    };
-    let commit = if is_commit(revision) {
-        revision.to_string()
-    } else {
-        std::fs::read_to_string(ref_path(model, settings))
-            .map_err(|_| not_cached())?
-            .trim()
-            .to_string()
-    };
-    let snapshot = cache.pointer_path(&commit);
-    if !snapshot.is_dir() {
-        return Err(not_cached().into());
-    }
+    let (snapshot, commit) = cached_snapshot(model, settings)?;
     let missing = |file: &str| HubError::OfflineMissing {
-        repo: model.repo.clone(),
+        repo: model.name(),
         file: file.to_string(),
         cache: settings.cache.clone(),
     };
@@ -361,8 +372,7 @@ pub fn cached_files(model: &HubRef, settings: &HubSettings, wanted: Files) -> Re
                         return Err(missing(WEIGHTS).into());
                     }
                     let index = snapshot.join(WEIGHTS_INDEX);
-                    if let Some(shard) = shards(&index, &model.repo)?.into_iter().find(|s| !has(s))
-                    {
+                    if let Some(shard) = shards(&index, model)?.into_iter().find(|s| !has(s)) {
                         return Err(missing(&shard).into());
                     }
                 }
@@ -378,12 +388,37 @@ pub fn cached_files(model: &HubRef, settings: &HubSettings, wanted: Files) -> Re
     })
 }
 
+/// The cached snapshot folder of `model`'s revision and its commit ([`HubError::NotCached`]
+/// when the revision was never fetched).
+fn cached_snapshot(model: &HubRef, settings: &HubSettings) -> Result<(PathBuf, String)> {
+    let cache = Cache::new(settings.cache.clone()).repo(repo(model));
+    let revision = model.revision();
+    let not_cached = || HubError::NotCached {
+        repo: model.name(),
+        revision: revision.to_string(),
+        cache: settings.cache.clone(),
+    };
+    let commit = if is_commit(revision) {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(ref_path(model, settings))
+            .map_err(|_| not_cached())?
+            .trim()
+            .to_string()
+    };
+    let snapshot = cache.pointer_path(&commit);
+    if !snapshot.is_dir() {
+        return Err(not_cached().into());
+    }
+    Ok((snapshot, commit))
+}
+
 fn repo(model: &HubRef) -> Repo {
-    Repo::with_revision(
-        model.repo.clone(),
-        RepoType::Model,
-        model.revision().to_string(),
-    )
+    let kind = match model.kind {
+        RepoKind::Model => RepoType::Model,
+        RepoKind::Dataset => RepoType::Dataset,
+    };
+    Repo::with_revision(model.repo.clone(), kind, model.revision().to_string())
 }
 
 /// `refs/<revision>`: the commit a branch or tag was when last fetched.
@@ -452,7 +487,7 @@ fn choose(model: &HubRef, files: &[String]) -> Result<Layout> {
                 Ok(Layout::Gguf(file.clone()))
             } else {
                 Err(HubError::FileNotFound {
-                    repo: model.repo.clone(),
+                    repo: model.name(),
                     file: file.clone(),
                     revision: model.revision().to_string(),
                 }
@@ -507,14 +542,14 @@ fn choose(model: &HubRef, files: &[String]) -> Result<Layout> {
 }
 
 /// The shard files `model.safetensors.index.json` lists, sorted and deduplicated.
-fn shards(index: &Path, repo: &str) -> Result<Vec<String>> {
+fn shards(index: &Path, model: &HubRef) -> Result<Vec<String>> {
     let files = crate::hf::shard_names(index)?;
     if let Some(bad) = files
         .iter()
         .find(|f| f.split('/').any(|p| p.is_empty() || p == ".."))
     {
         return Err(HubError::BadAnswer {
-            repo: repo.to_string(),
+            repo: model.name(),
             cause: format!("`{WEIGHTS_INDEX}` lists the shard `{bad}`"),
         }
         .into());

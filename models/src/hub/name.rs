@@ -13,7 +13,7 @@ pub enum ModelRef {
     Hub(HubRef),
 }
 
-/// A model on the hub.
+/// A model (or dataset) repo on the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubRef {
     /// `owner/name`.
@@ -22,6 +22,38 @@ pub struct HubRef {
     pub revision: Option<String>,
     /// Which `.gguf` file of a GGUF repo.
     pub gguf: Option<GgufPick>,
+    pub kind: RepoKind,
+}
+
+/// Which kind of hub repo: they live under different URLs and cache folders
+/// (`models--owner--name`, `datasets--owner--name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RepoKind {
+    #[default]
+    Model,
+    Dataset,
+}
+
+impl fmt::Display for RepoKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "dataset",
+        })
+    }
+}
+
+/// A repo as messages name it: model `owner/name`, dataset `owner/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoName {
+    pub kind: RepoKind,
+    pub id: String,
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}`", self.kind, self.id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +117,20 @@ impl HubRef {
             repo: format!("{owner}/{name}"),
             revision,
             gguf,
+            kind: RepoKind::Model,
         })
     }
 
     pub fn revision(&self) -> &str {
         self.revision.as_deref().unwrap_or("main")
+    }
+
+    /// The repo as messages name it.
+    pub fn name(&self) -> RepoName {
+        RepoName {
+            kind: self.kind,
+            id: self.repo.clone(),
+        }
     }
 }
 

@@ -55,7 +55,7 @@ impl<'a> Hub<'a> {
             .with_user_agent("distill", env!("CARGO_PKG_VERSION"))
             .build()
             .map_err(|e| HubError::Download {
-                repo: model.repo.clone(),
+                repo: model.name(),
                 file: CONFIG.into(),
                 endpoint: settings.endpoint.clone(),
                 cause: e.to_string(),
@@ -65,6 +65,10 @@ impl<'a> Hub<'a> {
             settings,
             api,
         })
+    }
+
+    pub(super) fn model(&self) -> &HubRef {
+        self.model
     }
 
     fn api_repo(&self) -> ApiRepo {
@@ -106,7 +110,7 @@ impl<'a> Hub<'a> {
 
     /// The error for a failed request about `file` (`None`: the repo itself).
     pub(super) fn error(&self, failure: Failure, file: Option<&str>) -> Error {
-        let repo = self.model.repo.clone();
+        let repo = self.model.name();
         let endpoint = self.settings.endpoint.clone();
         let err = match failure {
             Failure::Status { status, code } => match (status, code.as_deref(), file) {
@@ -143,7 +147,8 @@ impl<'a> Hub<'a> {
                     file: file.map_or_else(
                         || {
                             format!(
-                                "api/models/{}/revision/{}",
+                                "api/{}s/{}/revision/{}",
+                                self.model.kind,
                                 self.model.repo,
                                 self.model.revision()
                             )
@@ -224,7 +229,7 @@ impl Fetch<'_, '_> {
 
     fn moved(&self) -> Error {
         HubError::Moved {
-            repo: self.hub.model.repo.clone(),
+            repo: self.hub.model.name(),
             revision: self.hub.model.revision().into(),
         }
         .into()

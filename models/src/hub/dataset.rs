@@ -1,0 +1,262 @@
+//! Datasets by name: `owner/name[/PATH][@revision]` is a Hugging Face hub dataset whose data
+//! files (`.parquet`, `.jsonl`, `.ndjson`, `.json`) under `PATH` are fetched into the standard
+//! cache (`$HF_HOME/hub/datasets--owner--name/snapshots/<commit>/…`), as
+//! `huggingface_hub.snapshot_download(repo_type="dataset", allow_patterns=…)` lays them out, so
+//! either tool reuses what the other fetched. `PATH` is a prefix of the files' paths in the
+//! repo: a folder (`open-r1/Mixture-of-Thoughts/math`), a split's files (`…/data/train`) or
+//! one file.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::remote::{Fetch, Hub};
+use super::{
+    cached_snapshot, info_or_cached, list_files, DownloadProgress, HubError, HubRef, HubSettings,
+    RepoKind, Resolved,
+};
+use crate::Result;
+
+/// A dataset on the hub, and which of its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetRef {
+    pub repo: HubRef,
+    /// A prefix of the data files' paths in the repo; all data files when absent.
+    pub path: Option<String>,
+}
+
+impl DatasetRef {
+    /// `owner/name[/PATH][@REVISION]`, or `None` when `arg` is not shaped like one (absolute
+    /// and `./` paths, a single segment).
+    pub fn parse(arg: &str) -> Option<Self> {
+        let (head, revision) = match arg.split_once('@') {
+            Some((head, rev)) => (head, Some(rev)),
+            None => (arg, None),
+        };
+        let mut parts = head.splitn(3, '/');
+        let (owner, name) = (parts.next()?, parts.next()?);
+        let path = parts.next().map(|p| p.trim_end_matches('/').to_string());
+        // The repo id parses as a model id would; only the kind differs.
+        let id = match revision {
+            Some(rev) => format!("{owner}/{name}@{rev}"),
+            None => format!("{owner}/{name}"),
+        };
+        let mut repo = HubRef::parse(&id).filter(|r| r.gguf.is_none())?;
+        repo.kind = RepoKind::Dataset;
+        if path
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.split('/').any(|s| s.is_empty() || s == ".."))
+        {
+            return None;
+        }
+        Some(Self { repo, path })
+    }
+}
+
+impl std::fmt::Display for DatasetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.repo.repo)?;
+        if let Some(path) = &self.path {
+            write!(f, "/{path}")?;
+        }
+        if let Some(rev) = &self.repo.revision {
+            write!(f, "@{rev}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A hub dataset's files in the local cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDataset {
+    /// The snapshot folder, its commit, files downloaded now, and a warning (the cache served).
+    pub snapshot: Resolved,
+    /// The data files, in path order.
+    pub files: Vec<PathBuf>,
+}
+
+fn is_data_file(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let hidden = path.split('/').any(|p| p.starts_with('.'));
+    // A `.json` in the repo's root is metadata (`dataset_info.json`, …), not rows.
+    let root_json = !path.contains('/') && lower.ends_with(".json");
+    !hidden
+        && !root_json
+        && [".parquet", ".jsonl", ".ndjson", ".json"]
+            .iter()
+            .any(|ext| lower.ends_with(ext))
+}
+
+/// The data files of `files` that `dataset` names: under its path, or, without one, all of
+/// them when they sit in one folder (a dataset whose configs are folders must be told which).
+fn choose(dataset: &DatasetRef, files: &[String]) -> Result<Vec<String>> {
+    let repo = &dataset.repo.repo;
+    let chosen: Vec<String> = files
+        .iter()
+        .filter(|f| match &dataset.path {
+            Some(path) => f.starts_with(path.as_str()) && (is_data_file(f) || *f == path),
+            None => is_data_file(f),
+        })
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        return Err(HubError::NoDataFiles {
+            repo: repo.clone(),
+            under: dataset
+                .path
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" whose path starts with `{p}`")),
+        }
+        .into());
+    }
+    if dataset.path.is_none() {
+        let folders: BTreeSet<&str> = chosen
+            .iter()
+            .map(|f| f.split_once('/').map_or(".", |(dir, _)| dir))
+            .collect();
+        if folders.len() > 1 {
+            return Err(HubError::SeveralFolders {
+                repo: repo.clone(),
+                folders: folders.into_iter().collect::<Vec<_>>().join(", "),
+            }
+            .into());
+        }
+    }
+    let mut chosen = chosen;
+    chosen.sort();
+    Ok(chosen)
+}
+
+/// Fetches the data files `dataset` names into the cache (those there already are not fetched
+/// again). Offline, or when the hub cannot be reached, the cache alone answers.
+pub fn resolve_dataset(
+    dataset: &DatasetRef,
+    settings: &HubSettings,
+    progress: &mut dyn DownloadProgress,
+) -> Result<ResolvedDataset> {
+    let model = &dataset.repo;
+    if settings.offline {
+        return cached_dataset(dataset, settings);
+    }
+    let hub = Hub::new(model, settings)?;
+    let info = match info_or_cached(
+        &hub,
+        settings,
+        || cached_dataset(dataset, settings),
+        |d| &mut d.snapshot,
+    )? {
+        Ok(info) => info,
+        Err(found) => return Ok(found),
+    };
+    let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let wanted = choose(dataset, &listed)?;
+    if model.revision() != info.sha {
+        hub.cache_repo()
+            .create_ref(&info.sha)
+            .map_err(|e| crate::Error::io(super::ref_path(model, settings), e))?;
+    }
+    let mut fetch = Fetch {
+        hub: &hub,
+        commit: info.sha.clone(),
+        progress,
+        downloaded: 0,
+    };
+    let files = wanted
+        .iter()
+        .map(|f| fetch.file(f))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ResolvedDataset {
+        snapshot: Resolved {
+            path: hub.cache_repo().pointer_path(&info.sha),
+            commit: info.sha,
+            downloaded: fetch.downloaded,
+            warning: None,
+        },
+        files,
+    })
+}
+
+/// `dataset` from the cache alone ([`HubError::NotCached`] when it was never fetched).
+pub fn cached_dataset(dataset: &DatasetRef, settings: &HubSettings) -> Result<ResolvedDataset> {
+    let (snapshot, commit) = cached_snapshot(&dataset.repo, settings)?;
+    let mut listed = Vec::new();
+    list_files(&snapshot, "", &mut listed);
+    let files = choose(dataset, &listed).map_err(|_| HubError::OfflineMissing {
+        repo: dataset.repo.name(),
+        file: dataset.path.clone().unwrap_or_else(|| "data files".into()),
+        cache: settings.cache.clone(),
+    })?;
+    Ok(ResolvedDataset {
+        files: files.iter().map(|f| snapshot.join(f)).collect(),
+        snapshot: Resolved {
+            path: snapshot,
+            commit,
+            downloaded: 0,
+            warning: None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(arg: &str) -> Option<(String, Option<String>, Option<String>)> {
+        DatasetRef::parse(arg).map(|d| (d.repo.repo, d.path, d.repo.revision))
+    }
+
+    #[test]
+    fn names_parse_with_a_path_and_a_revision() {
+        assert_eq!(parse("o/d"), Some(("o/d".into(), None, None)));
+        assert_eq!(
+            parse("open-r1/Mixture-of-Thoughts/math@v1"),
+            Some((
+                "open-r1/Mixture-of-Thoughts".into(),
+                Some("math".into()),
+                Some("v1".into())
+            ))
+        );
+        assert_eq!(
+            parse("o/d/data/train-00000-of-00002.parquet"),
+            Some((
+                "o/d".into(),
+                Some("data/train-00000-of-00002.parquet".into()),
+                None
+            ))
+        );
+        for local in ["/abs/o/d", "./o/d", "d", "o/d/../x", "o/d:Q4_K"] {
+            assert_eq!(parse(local), None, "{local}");
+        }
+    }
+
+    #[test]
+    fn data_files_are_chosen_by_folder_or_prefix() {
+        let files: Vec<String> = [
+            "README.md",
+            ".gitattributes",
+            "dataset_info.json",
+            "all/train-00000-of-00001.parquet",
+            "math/train-00000-of-00002.parquet",
+            "math/train-00001-of-00002.parquet",
+            "math/test-00000-of-00001.parquet",
+        ]
+        .map(String::from)
+        .to_vec();
+        let pick = |arg: &str| match choose(&DatasetRef::parse(arg).unwrap(), &files) {
+            Ok(f) => f.join(" "),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            pick("o/d"),
+            "dataset `o/d` has data files in several folders (all, math); name one as `o/d/FOLDER`"
+        );
+        assert_eq!(
+            pick("o/d/math/train"),
+            "math/train-00000-of-00002.parquet math/train-00001-of-00002.parquet"
+        );
+        assert_eq!(pick("o/d/all"), "all/train-00000-of-00001.parquet");
+        assert_eq!(
+            pick("o/d/code"),
+            "dataset `o/d` has no data files (.parquet, .jsonl, .json) whose path starts with `code`"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Datasets by name (`distill corpus import owner/name[/PATH]`) against the stand-in hub on
+//! 127.0.0.1 (`/api/datasets/{repo}/revision/{rev}`, `/datasets/{repo}/resolve/{rev}/{file}`):
+//! the data files land in the standard cache layout (`datasets--owner--name`), only those under
+//! the path asked for; a dataset whose configs are folders must be told which; a rerun works
+//! with the hub gone (`HF_HUB_OFFLINE=1`); an unknown dataset is a one-line error.
+
+mod hub_support;
+use hub_support::*;
+
+use std::path::{Path, PathBuf};
+
+use distill_corpus::record::{records_from_batch, Record};
+use distill_corpus::shards::ShardReader;
+
+fn import_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus/tests/fixtures/import")
+        .join(name)
+}
+
+fn records(dir: &Path) -> Vec<Record> {
+    let reader = ShardReader::open(&[dir.to_path_buf()]).unwrap();
+    reader
+        .batches()
+        .flat_map(|b| records_from_batch(&b.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_hub_dataset_is_fetched_by_folder_and_imported_offline_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let stratos = import_fixture("bespoke-stratos.parquet");
+    let mixture = import_fixture("mixture-of-thoughts.parquet");
+    let mut server = Server::start(vec![
+        (
+            "datasets/bespokelabs/Bespoke-Stratos-17k",
+            repo(
+                'b',
+                &[
+                    ("README.md", stratos.clone()),
+                    ("data/train-00000-of-00001.parquet", stratos.clone()),
+                ],
+            ),
+        ),
+        (
+            "datasets/open-r1/Mixture-of-Thoughts",
+            repo(
+                'c',
+                &[
+                    ("README.md", mixture.clone()),
+                    ("all/train-00000-of-00001.parquet", mixture.clone()),
+                    ("math/train-00000-of-00001.parquet", mixture.clone()),
+                    ("code/train-00000-of-00001.parquet", stratos.clone()),
+                ],
+            ),
+        ),
+    ]);
+    let out = tmp.path().join("stratos");
+    let args = [
+        "corpus",
+        "import",
+        "bespokelabs/Bespoke-Stratos-17k",
+        "-o",
+        out.to_str().unwrap(),
+        "--system",
+        "drop",
+    ];
+    let (stdout, stderr) = succeed(distill(&home, &server.endpoint, &[], &args));
+    assert!(
+        stdout.contains("dataset `bespokelabs/Bespoke-Stratos-17k` at commit bbbbbbbbbbbb: 1 file"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("import: 3 rows from 1 file, 2 samples"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("Downloaded 1 file of dataset `bespokelabs/Bespoke-Stratos-17k`"),
+        "{stderr}"
+    );
+    // `huggingface_hub`'s layout for datasets, only the data file fetched (not the README).
+    let snapshot = home
+        .join("hub/datasets--bespokelabs--Bespoke-Stratos-17k/snapshots")
+        .join("b".repeat(40));
+    assert_eq!(files_under(&snapshot), ["data"]);
+    assert!(is_blob_link(
+        &snapshot.join("data/train-00000-of-00001.parquet")
+    ));
+    let rows = records(&out);
+    assert_eq!(rows.len(), 2);
+    // Rows that name no source take the dataset's name.
+    assert_eq!(rows[0].source, "bespokelabs/Bespoke-Stratos-17k");
+    assert!(rows[0]
+        .problem_id
+        .starts_with("bespokelabs/Bespoke-Stratos-17k-"));
+
+    // Configs as folders: `all` repeats the others, so the user names one.
+    let mixed = tmp.path().join("mixed");
+    let args = [
+        "corpus",
+        "import",
+        "open-r1/Mixture-of-Thoughts",
+        "-o",
+        mixed.to_str().unwrap(),
+    ];
+    let err = one_line_error(distill(&home, &server.endpoint, &[], &args));
+    assert_eq!(
+        err,
+        "error: dataset `open-r1/Mixture-of-Thoughts` has data files in several folders (all, \
+         code, math); name one as `open-r1/Mixture-of-Thoughts/FOLDER`"
+    );
+    let args = [
+        "corpus",
+        "import",
+        "open-r1/Mixture-of-Thoughts/math",
+        "-o",
+        mixed.to_str().unwrap(),
+    ];
+    let (stdout, _) = succeed(distill(&home, &server.endpoint, &[], &args));
+    assert!(
+        stdout.contains("import: 4 rows from 1 file, 3 samples"),
+        "{stdout}"
+    );
+    let cached = home
+        .join("hub/datasets--open-r1--Mixture-of-Thoughts/snapshots")
+        .join("c".repeat(40));
+    assert_eq!(files_under(&cached), ["math"]);
+
+    // A pipeline's `[import]` takes the same names (the cached dataset, no new download).
+    let run = tmp.path().join("run");
+    let pipeline = tmp.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nout = \"{}\"\n\n[import]\ninputs = [\"open-r1/Mixture-of-Thoughts/math\"]\n\n[split]\n",
+            run.display()
+        ),
+    )
+    .unwrap();
+    let (stdout, stderr) = succeed(distill(
+        &home,
+        &server.endpoint,
+        &[],
+        &["run", pipeline.to_str().unwrap()],
+    ));
+    assert!(
+        stdout.contains("import: 4 rows from 1 file, 3 samples"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("Downloaded"), "{stderr}");
+    assert!(run.join("corpus/split/train").is_dir());
+
+    // The hub gone: offline, the cache serves; a dataset never fetched is named.
+    server.stop();
+    let again = tmp.path().join("again");
+    let offline = [("HF_HUB_OFFLINE", "1")];
+    let args = [
+        "corpus",
+        "import",
+        "open-r1/Mixture-of-Thoughts/math",
+        "-o",
+        again.to_str().unwrap(),
+    ];
+    let (stdout, _) = succeed(distill(&home, "http://127.0.0.1:9", &offline, &args));
+    assert!(
+        stdout.contains("import: 4 rows from 1 file, 3 samples"),
+        "{stdout}"
+    );
+    assert_eq!(records(&again).len(), 3);
+    let args = [
+        "corpus",
+        "import",
+        "nobody/nothing",
+        "-o",
+        again.to_str().unwrap(),
+    ];
+    let err = one_line_error(distill(&home, "http://127.0.0.1:9", &offline, &args));
+    assert!(
+        err.contains("HF_HUB_OFFLINE is set and dataset `nobody/nothing` (revision `main`) is not in the Hugging Face cache"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_dataset_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let server = Server::start(vec![]);
+    let out = tmp.path().join("out");
+    let args = [
+        "corpus",
+        "import",
+        "nobody/nothing",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let err = one_line_error(distill(&home, &server.endpoint, &[], &args));
+    assert!(
+        err.starts_with("error: dataset `nobody/nothing` was not found on http://127.0.0.1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// A relative symlink into the repo's `blobs/`, as `huggingface_hub` makes, that reads.
+fn is_blob_link(path: &Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|t| t.starts_with("../../../blobs"))
+        && std::fs::read(path).is_ok()
+}

@@ -379,3 +379,62 @@ fn cell(array: &dyn Array, row: usize) -> std::result::Result<Value, String> {
         other => return Err(other.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{LargeListBuilder, LargeStringBuilder, StringDictionaryBuilder};
+    use arrow_array::types::Int32Type as Key;
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringViewArray};
+    use parquet::arrow::ArrowWriter;
+    use serde_json::json;
+
+    use super::*;
+
+    /// polars writes `large_string` and `large_list`, pandas categoricals come back as
+    /// dictionaries, and arrow-rs may hand out string views: every one reads as JSON.
+    #[test]
+    fn other_writers_types_read_as_json() {
+        let mut texts = LargeListBuilder::new(LargeStringBuilder::new());
+        texts.values().append_value("<think>a</think>b");
+        texts.values().append_value("c");
+        texts.append(true);
+        texts.append_null();
+        let mut dict = StringDictionaryBuilder::<Key>::new();
+        dict.append_value("olympiads");
+        dict.append_value("amc");
+        let arrays: Vec<(&str, ArrayRef)> = vec![
+            ("generations", Arc::new(texts.finish())),
+            ("source", Arc::new(dict.finish())),
+            (
+                "problem",
+                Arc::new(StringViewArray::from(vec!["1+1?", "2+2?"])),
+            ),
+            ("n", Arc::new(Int64Array::from(vec![Some(3), None]))),
+        ];
+        let batch = RecordBatch::try_from_iter(arrays).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("polars.parquet");
+        let mut w =
+            ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let rows: Vec<Row> = Rows::open(&path, &[], 16)
+            .unwrap()
+            .flat_map(Result::unwrap)
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            serde_json::Value::Object(rows[0].value.clone()),
+            json!({"generations": ["<think>a</think>b", "c"], "source": "olympiads", "problem": "1+1?", "n": 3})
+        );
+        assert_eq!(rows[1].value["generations"], serde_json::Value::Null);
+        assert_eq!(rows[1].value["source"], "amc");
+        assert_eq!(rows[1].place, "row 1");
+        assert_eq!(
+            columns(&path).unwrap(),
+            ["generations", "source", "problem", "n"]
+        );
+    }
+}

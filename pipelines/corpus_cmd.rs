@@ -151,6 +151,13 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // An output in the way fails before a dataset is downloaded (the import checks it again).
+    if a.io.output.exists() && !a.io.overwrite {
+        return Err(distill_corpus::Error::OutputExists {
+            path: a.io.output.clone(),
+        }
+        .into());
+    }
     // Inputs that are no local path but name a hub dataset are fetched into the cache first.
     let mut io = a.io.clone();
     io.inputs.clear();

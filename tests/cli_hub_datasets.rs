@@ -95,6 +95,15 @@ fn a_hub_dataset_is_fetched_by_folder_and_imported_offline_later() {
         .problem_id
         .starts_with("bespokelabs/Bespoke-Stratos-17k-"));
 
+    // An output in the way fails before the hub is asked anything.
+    let asked = server.seen().len();
+    let err = one_line_error(distill(&home, &server.endpoint, &[], &args));
+    assert!(
+        err.contains("already exists (`--overwrite` replaces it)"),
+        "{err}"
+    );
+    assert_eq!(server.seen().len(), asked);
+
     // Configs as folders: `all` repeats the others, so the user names one.
     let mixed = tmp.path().join("mixed");
     let args = [
@@ -168,12 +177,13 @@ fn a_hub_dataset_is_fetched_by_folder_and_imported_offline_later() {
         "{stdout}"
     );
     assert_eq!(records(&again).len(), 3);
+    let never = tmp.path().join("never");
     let args = [
         "corpus",
         "import",
         "nobody/nothing",
         "-o",
-        again.to_str().unwrap(),
+        never.to_str().unwrap(),
     ];
     let err = one_line_error(distill(&home, "http://127.0.0.1:9", &offline, &args));
     assert!(

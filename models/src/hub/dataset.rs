@@ -180,11 +180,20 @@ pub fn cached_dataset(dataset: &DatasetRef, settings: &HubSettings) -> Result<Re
     let (snapshot, commit) = cached_snapshot(&dataset.repo, settings)?;
     let mut listed = Vec::new();
     list_files(&snapshot, "", &mut listed);
-    let files = choose(dataset, &listed).map_err(|_| HubError::OfflineMissing {
-        repo: dataset.repo.name(),
-        file: dataset.path.clone().unwrap_or_else(|| "data files".into()),
-        cache: settings.cache.clone(),
-    })?;
+    // Without the hub's file list, what the cache holds is what there is: a dataset fetched
+    // one folder at a time reads as that folder.
+    let files = match choose(dataset, &listed) {
+        Ok(files) => files,
+        Err(crate::Error::Hub(e @ HubError::SeveralFolders { .. })) => return Err(e.into()),
+        Err(_) => {
+            return Err(HubError::OfflineMissing {
+                repo: dataset.repo.name(),
+                file: dataset.path.clone().unwrap_or_else(|| "data files".into()),
+                cache: settings.cache.clone(),
+            }
+            .into())
+        }
+    };
     Ok(ResolvedDataset {
         files: files.iter().map(|f| snapshot.join(f)).collect(),
         snapshot: Resolved {

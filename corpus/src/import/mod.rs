@@ -183,13 +183,7 @@ impl Mapping {
     pub fn resolve(cfg: &ImportConfig, columns: &[String], path: &std::path::Path) -> Result<Self> {
         let has = |c: &str| columns.iter().any(|x| x == c);
         let first = |names: &[&str]| names.iter().find(|n| has(n)).map(|n| n.to_string());
-        let present = || {
-            columns
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let present = || listed(columns);
         let explicit = |name: &Option<String>| -> Result<Option<String>> {
             match name {
                 Some(c) if !has(c) => Err(Error::MissingColumn {
@@ -315,6 +309,15 @@ impl Mapping {
     }
 }
 
+/// Column names for a message: `` `a`, `b` ``.
+fn listed(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How many samples had their reasoning marked which way.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ThinkCounts {
@@ -431,11 +434,7 @@ pub fn run(
             return Err(Error::MissingColumn {
                 path: file.path.clone(),
                 column: missing.to_string(),
-                present: columns
-                    .iter()
-                    .map(|c| format!("`{c}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                present: listed(&columns),
             });
         }
     }

@@ -89,7 +89,10 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
             );
             warn_if_all_dropped("dedup", &s.counts);
         }
-        CorpusCommand::Decontaminate(a) => {
+        CorpusCommand::Decontaminate(mut a) => {
+            for eval in &mut a.config.evals {
+                *eval = crate::model_arg::resolve_problem_file(eval)?;
+            }
             let s = decontaminate::run(&a.io, &a.config)?;
             print_counts("decontaminate", &s.counts);
             println!(
@@ -170,7 +173,8 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
             io.inputs.push(input.clone());
             continue;
         };
-        let found = crate::model_arg::resolve_dataset(&dataset)?;
+        let found =
+            crate::model_arg::resolve_dataset(&dataset, distill_models::hub::DataFiles::All)?;
         println!(
             "dataset `{dataset}` at commit {}: {} file{}",
             &found.snapshot.commit[..found.snapshot.commit.len().min(12)],

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use distill_models::hub::{self, DownloadProgress, HubRef, HubSettings, ModelRef};
 
 use crate::progress::Progress;
@@ -134,10 +135,13 @@ pub fn resolve_hub_metadata(model: &HubRef) -> anyhow::Result<ModelPath> {
 
 /// Fetches the data files of a hub dataset (`distill corpus import owner/name/PATH`), with the
 /// same cache, settings and progress bars as models.
-pub fn resolve_dataset(dataset: &hub::DatasetRef) -> anyhow::Result<hub::ResolvedDataset> {
+pub fn resolve_dataset(
+    dataset: &hub::DatasetRef,
+    take: hub::DataFiles,
+) -> anyhow::Result<hub::ResolvedDataset> {
     let settings = HubSettings::from_env()?;
     let mut bars = Bars::new(&settings);
-    let found = hub::resolve_dataset(dataset, &settings, &mut bars)?;
+    let found = hub::resolve_dataset(dataset, take, &settings, &mut bars)?;
     if let Some(warning) = &found.snapshot.warning {
         eprintln!("Warning: {warning}");
     }
@@ -150,6 +154,25 @@ pub fn resolve_dataset(dataset: &hub::DatasetRef) -> anyhow::Result<hub::Resolve
         );
     }
     Ok(found)
+}
+
+/// A problem set argument (`generate --problems`, `compare --problems`, `corpus decontaminate
+/// --eval`): a local path as it is; else a hub dataset name whose one data file is fetched
+/// (`HuggingFaceH4/MATH-500`, `openai/gsm8k/main/test`).
+pub fn resolve_problem_file(arg: &Path) -> anyhow::Result<PathBuf> {
+    let dataset = arg
+        .to_str()
+        .filter(|_| !arg.exists())
+        .and_then(hub::DatasetRef::parse);
+    let Some(dataset) = dataset else {
+        return Ok(arg.to_path_buf());
+    };
+    let found = resolve_dataset(&dataset, hub::DataFiles::One)?;
+    found
+        .files
+        .into_iter()
+        .next()
+        .with_context(|| format!("dataset `{dataset}` has no data file"))
 }
 
 /// A hub model from the cache alone, for checks that must not download (`run --dry-run`):

@@ -31,7 +31,8 @@ pub enum BackendKind {
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Problems: a `.jsonl`/`.json`/`.parquet` file or a folder of them.
+    /// Problems: a `.jsonl`/`.json`/`.parquet` file or a folder of them, or a hub dataset's
+    /// file by name (`openai/gsm8k/main/train`).
     #[arg(long)]
     pub problems: PathBuf,
     /// Known dataset layout (`gsm8k`, `math`): column names and answer extraction.
@@ -261,7 +262,8 @@ fn cancel_on_ctrl_c(cancel: &Cancel) {
     });
 }
 
-pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+pub fn generate(mut args: GenerateArgs) -> anyhow::Result<()> {
+    args.problems = crate::model_arg::resolve_problem_file(&args.problems)?;
     let config = args.config();
     // Every input is checked before the (slow) model load.
     // The remote backend is cheap to build, so a missing API key fails before anything else.

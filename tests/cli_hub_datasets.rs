@@ -218,3 +218,164 @@ fn is_blob_link(path: &Path) -> bool {
     std::fs::read_link(path).is_ok_and(|t| t.starts_with("../../../blobs"))
         && std::fs::read(path).is_ok()
 }
+
+fn shared_data(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(path)
+}
+
+/// Problem sets by name: `compare --problems`, `generate --problems` and `corpus decontaminate
+/// --eval` take a hub dataset's one data file (MATH-500's `test.jsonl`, GSM8K's `main/test`);
+/// a name that covers several files says which there are.
+#[test]
+fn problem_sets_by_name_for_compare_generate_and_decontaminate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let gsm8k_train = tmp.path().join("train.jsonl");
+    let first_lines: String = std::fs::read_to_string(shared_data("gsm8k/test.jsonl"))
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&gsm8k_train, first_lines).unwrap();
+    let server = Server::start(vec![
+        (
+            "datasets/HuggingFaceH4/MATH-500",
+            repo(
+                'd',
+                &[
+                    ("README.md", shared_data("math500/test.jsonl")),
+                    ("test.jsonl", shared_data("math500/test.jsonl")),
+                ],
+            ),
+        ),
+        (
+            "datasets/openai/gsm8k",
+            repo(
+                'e',
+                &[
+                    ("main/test.jsonl", shared_data("gsm8k/test.jsonl")),
+                    ("main/train.jsonl", gsm8k_train),
+                ],
+            ),
+        ),
+    ]);
+    let tiny =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/tiny-llama.gguf");
+    let tiny = tiny.to_str().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let report = tmp.path().join("report");
+    let args = [
+        "--threads",
+        "1",
+        "compare",
+        "--models",
+        tiny,
+        "--problems",
+        "HuggingFaceH4/MATH-500",
+        "--limit",
+        "3",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        &s(&report),
+    ];
+    succeed(distill(&home, &server.endpoint, &[], &args));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["problems"]["count"], 3, "{json}");
+    // The file read, at its commit in the cache.
+    assert!(json["problems"]["path"].as_str().unwrap().ends_with("datasets--HuggingFaceH4--MATH-500/snapshots/dddddddddddddddddddddddddddddddddddddddd/test.jsonl"));
+
+    let corpus = tmp.path().join("gen");
+    let args = [
+        "--threads",
+        "1",
+        "generate",
+        "--model",
+        tiny,
+        "--problems",
+        "openai/gsm8k/main/test",
+        "--limit",
+        "2",
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        &s(&corpus),
+    ];
+    succeed(distill(&home, &server.endpoint, &[], &args));
+    let rows = records(&corpus);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].source, "gsm8k");
+    // GSM8K's first test problem, and its reference answer.
+    assert!(rows
+        .iter()
+        .any(|r| r.prompt.contains("Janet") && r.reference_answer.as_deref() == Some("18")));
+
+    let args = [
+        "generate",
+        "--model",
+        tiny,
+        "--problems",
+        "openai/gsm8k/main",
+        "--out",
+        &s(&tmp.path().join("g2")),
+    ];
+    let err = one_line_error(distill(&home, &server.endpoint, &[], &args));
+    assert_eq!(
+        err,
+        "error: dataset `openai/gsm8k/main` has 2 data files (main/test.jsonl, main/train.jsonl): a \
+         problem set is one of them, named as `openai/gsm8k/FILE` (or a prefix only it has, such as \
+         its split)"
+    );
+
+    let clean = tmp.path().join("clean");
+    let args = [
+        "corpus",
+        "decontaminate",
+        &s(&corpus),
+        "-o",
+        &s(&clean),
+        "--eval",
+        "openai/gsm8k/main/test",
+        "--eval",
+        "HuggingFaceH4/MATH-500",
+    ];
+    let (stdout, _) = succeed(distill(&home, &server.endpoint, &[], &args));
+    // The generated rows are GSM8K test problems: every one is caught.
+    assert!(
+        stdout.contains("decontaminate: 2 rows in, 0 kept, 2 dropped"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("evaluation problems: 1819"), "{stdout}");
+
+    // In a pipeline, a problem set's name is checked before the first stage runs.
+    let run = tmp.path().join("run");
+    let pipeline = tmp.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nout = \"{}\"\n\n[generate]\nmodel = \"{tiny}\"\nproblems = \"openai/gsm8k/main/test\"\nlimit = 1\nmax_new_tokens = 4\n\n[compare]\nproblems = \"HuggingFaceH4/MATH-5000\"\n",
+            run.display()
+        ),
+    )
+    .unwrap();
+    let err = one_line_error(distill(
+        &home,
+        &server.endpoint,
+        &[],
+        &["run", &s(&pipeline)],
+    ));
+    assert!(
+        err.starts_with("error: stage `compare`: `problems`: dataset `HuggingFaceH4/MATH-5000` was not found on"),
+        "{err}"
+    );
+    assert!(!run.join("manifests").exists(), "no stage may start");
+}

@@ -24,7 +24,9 @@ pub const CONTAMINATED: &str = "contaminated";
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DecontaminateConfig {
-    /// Evaluation set to protect (jsonl or parquet file or folder); repeat for several.
+    /// Evaluation set to protect (jsonl or parquet file or folder; `distill corpus
+    /// decontaminate` also takes a hub dataset's file by name, `HuggingFaceH4/MATH-500`);
+    /// repeat for several.
     #[arg(long = "eval", value_name = "PATH")]
     pub evals: Vec<PathBuf>,
     /// Words per n-gram.

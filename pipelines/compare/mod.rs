@@ -61,7 +61,8 @@ pub struct CompareArgs {
     /// (`owner/name`), or `openai:MODEL@BASE_URL` for an OpenAI-compatible endpoint.
     #[arg(long, num_args = 1.., required = true, value_name = "MODEL")]
     pub models: Vec<String>,
-    /// Held-out problems: a `.jsonl` / `.json` / `.parquet` file or a folder of them.
+    /// Held-out problems: a `.jsonl` / `.json` / `.parquet` file or a folder of them, or a hub
+    /// dataset's file by name (`HuggingFaceH4/MATH-500`, `openai/gsm8k/main/test`).
     #[arg(long, value_name = "EVAL_FILE")]
     pub problems: PathBuf,
     /// Column layout of the problems (`gsm8k`, `math`); inferred from the columns if absent.
@@ -156,11 +157,12 @@ pub fn resolve(args: &CompareArgs) -> anyhow::Result<CompareConfig> {
     if args.batch == 0 || args.max_new_tokens == 0 {
         bail!("`--batch` and `--max-new-tokens` must be at least 1");
     }
-    if !args.problems.exists() {
+    let problem_file = crate::model_arg::resolve_problem_file(&args.problems)?;
+    if !problem_file.exists() {
         bail!("problem file `{}` does not exist", args.problems.display());
     }
     let problems = ProblemSource {
-        path: args.problems.clone(),
+        path: problem_file,
         preset: args.preset,
         limit: args.limit,
         ..ProblemSource::default()

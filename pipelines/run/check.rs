@@ -3,8 +3,9 @@
 //! sequence lengths against the model's positions, the tokenizer against the embedding rows,
 //! a tokenizer present where the stage needs one. A model that an earlier stage makes (the
 //! teacher, the student) cannot be read yet: what needs it is noted and left to the stage. A hub
-//! model (`owner/name`) is downloaded here, before the first stage, and checked; a dry run only
-//! looks in the Hugging Face cache and notes a model that is not there yet.
+//! model (`owner/name`) is downloaded here, before the first stage, and checked, and so is a hub
+//! dataset a stage reads (problem sets, `[import]`'s corpora); a dry run only looks in the
+//! Hugging Face cache and notes a model or dataset that is not there yet.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use distill_models::{hub, Checkpoint};
 
 use super::plan::Stage;
 use crate::cli::{Cli, Command};
+use crate::corpus_cmd::CorpusCommand;
 use crate::student_cmd::trl::Engine;
 use crate::teacher_cmd::BackendKind;
 
@@ -38,6 +40,31 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
             }
             _ => hub::Files::All,
         };
+        // Datasets by name: problem sets (one file each) and `[import]`'s corpora.
+        let datasets: Vec<(&str, PathBuf, hub::DataFiles)> = match &cli.command {
+            Command::Generate(args) => {
+                vec![("problems", args.problems.clone(), hub::DataFiles::One)]
+            }
+            Command::Compare(args) => {
+                vec![("problems", args.problems.clone(), hub::DataFiles::One)]
+            }
+            Command::Corpus(CorpusCommand::Decontaminate(a)) => a
+                .config
+                .evals
+                .iter()
+                .map(|e| ("evals", e.clone(), hub::DataFiles::One))
+                .collect(),
+            Command::Corpus(CorpusCommand::Import(a)) => {
+                a.io.inputs
+                    .iter()
+                    .map(|i| ("inputs", i.clone(), hub::DataFiles::All))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        for (key, value, take) in datasets {
+            check_dataset(stage.name, key, &value, take, fetch, &mut notes)?;
+        }
         let mut model =
             |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> anyhow::Result<Fits>| {
                 check_model(
@@ -236,6 +263,40 @@ fn check_model(
             "stage `{stage}`: `{key}` `{shown}`: its tokenizer has {} ids but the model only {rows} embedding rows (`vocab_size`)",
             tokenizer.vocab_size()
         );
+    }
+    Ok(())
+}
+
+/// A hub dataset a stage reads (`value` that is no local path but a dataset name): fetched here
+/// when `fetch`, so a wrong name fails before the first stage rather than after training; a dry
+/// run only looks in the cache and notes what is not there yet.
+fn check_dataset(
+    stage: &str,
+    key: &str,
+    value: &Path,
+    take: hub::DataFiles,
+    fetch: bool,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let dataset = value
+        .to_str()
+        .filter(|_| !value.exists())
+        .and_then(hub::DatasetRef::parse);
+    let Some(dataset) = dataset else {
+        return Ok(());
+    };
+    let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}");
+    if fetch {
+        crate::model_arg::resolve_dataset(&dataset, take).map_err(|e| failed(&e))?;
+        return Ok(());
+    }
+    let settings = hub::HubSettings::from_env().map_err(|e| failed(&e))?;
+    if hub::cached_dataset(&dataset, take, &settings).is_err() {
+        notes.push(format!(
+            "stage `{stage}`: `{key}` `{dataset}` not checked: no such local path, and no hub \
+             dataset of that name in the Hugging Face cache yet (`distill run` downloads it \
+             before the first stage)"
+        ));
     }
     Ok(())
 }

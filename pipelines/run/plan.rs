@@ -291,8 +291,9 @@ impl Pipeline {
                     .iter()
                     .any(|s: &Stage| s.outputs.iter().any(|o| p.starts_with(o)));
                 let hub_model = is_model_key(&merged, p) && crate::model_arg::hub_ref(p).is_some();
-                // `[import]` fetches a hub dataset itself, as `corpus import` does.
-                let hub_dataset = *name == "import"
+                // Datasets by name (`[import]`'s inputs, problem sets) are fetched by the
+                // stage itself, as its command does.
+                let hub_dataset = dataset_values(name, &merged).contains(p)
                     && !p.exists()
                     && p.to_str()
                         .and_then(distill_models::hub::DatasetRef::parse)
@@ -425,6 +426,18 @@ impl Wiring {
 /// models and an endpoint teacher's URL.
 fn is_remote(value: &str) -> bool {
     value.starts_with("openai:") || distill_student::kd::is_endpoint(value)
+}
+
+/// The values of a stage's keys that may name hub datasets: `[import]`'s inputs, the problem
+/// sets of `generate` and `compare`, `decontaminate`'s evaluation sets.
+fn dataset_values(stage: &str, t: &toml::Table) -> Vec<PathBuf> {
+    let key = match stage {
+        "import" => "inputs",
+        "generate" | "compare" => "problems",
+        "decontaminate" => "evals",
+        _ => return Vec::new(),
+    };
+    paths(t, &[key])
 }
 
 /// Keys whose values name models (local paths or hub models).

@@ -40,6 +40,15 @@ impl DatasetRef {
             Some(rev) => format!("{owner}/{name}@{rev}"),
             None => format!("{owner}/{name}"),
         };
+        // `dir/file.jsonl` is a local file that does not exist (repos are not named so).
+        let file_like = [
+            ".jsonl", ".json", ".ndjson", ".parquet", ".csv", ".txt", ".gz",
+        ]
+        .iter()
+        .any(|ext| name.to_ascii_lowercase().ends_with(ext));
+        if file_like {
+            return None;
+        }
         let mut repo = HubRef::parse(&id).filter(|r| r.gguf.is_none())?;
         repo.kind = RepoKind::Dataset;
         if path
@@ -86,9 +95,18 @@ fn is_data_file(path: &str) -> bool {
             .any(|ext| lower.ends_with(ext))
 }
 
+/// How many data files a caller takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFiles {
+    /// Every file the name covers (a corpus to import).
+    All,
+    /// Exactly one (a problem set): a name covering several fails before any download.
+    One,
+}
+
 /// The data files of `files` that `dataset` names: under its path, or, without one, all of
 /// them when they sit in one folder (a dataset whose configs are folders must be told which).
-fn choose(dataset: &DatasetRef, files: &[String]) -> Result<Vec<String>> {
+fn choose(dataset: &DatasetRef, files: &[String], take: DataFiles) -> Result<Vec<String>> {
     let repo = &dataset.repo.repo;
     let chosen: Vec<String> = files
         .iter()
@@ -108,7 +126,7 @@ fn choose(dataset: &DatasetRef, files: &[String]) -> Result<Vec<String>> {
         }
         .into());
     }
-    if dataset.path.is_none() {
+    if dataset.path.is_none() && take == DataFiles::All {
         let folders: BTreeSet<&str> = chosen
             .iter()
             .map(|f| f.split_once('/').map_or(".", |(dir, _)| dir))
@@ -123,6 +141,15 @@ fn choose(dataset: &DatasetRef, files: &[String]) -> Result<Vec<String>> {
     }
     let mut chosen = chosen;
     chosen.sort();
+    if take == DataFiles::One && chosen.len() > 1 {
+        return Err(HubError::SeveralFiles {
+            dataset: dataset.to_string(),
+            repo: repo.clone(),
+            count: chosen.len(),
+            files: chosen.join(", "),
+        }
+        .into());
+    }
     Ok(chosen)
 }
 
@@ -130,25 +157,26 @@ fn choose(dataset: &DatasetRef, files: &[String]) -> Result<Vec<String>> {
 /// again). Offline, or when the hub cannot be reached, the cache alone answers.
 pub fn resolve_dataset(
     dataset: &DatasetRef,
+    take: DataFiles,
     settings: &HubSettings,
     progress: &mut dyn DownloadProgress,
 ) -> Result<ResolvedDataset> {
     let model = &dataset.repo;
     if settings.offline {
-        return cached_dataset(dataset, settings);
+        return cached_dataset(dataset, take, settings);
     }
     let hub = Hub::new(model, settings)?;
     let info = match info_or_cached(
         &hub,
         settings,
-        || cached_dataset(dataset, settings),
+        || cached_dataset(dataset, take, settings),
         |d| &mut d.snapshot,
     )? {
         Ok(info) => info,
         Err(found) => return Ok(found),
     };
     let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
-    let wanted = choose(dataset, &listed)?;
+    let wanted = choose(dataset, &listed, take)?;
     if model.revision() != info.sha {
         hub.cache_repo()
             .create_ref(&info.sha)
@@ -176,15 +204,21 @@ pub fn resolve_dataset(
 }
 
 /// `dataset` from the cache alone ([`HubError::NotCached`] when it was never fetched).
-pub fn cached_dataset(dataset: &DatasetRef, settings: &HubSettings) -> Result<ResolvedDataset> {
+pub fn cached_dataset(
+    dataset: &DatasetRef,
+    take: DataFiles,
+    settings: &HubSettings,
+) -> Result<ResolvedDataset> {
     let (snapshot, commit) = cached_snapshot(&dataset.repo, settings)?;
     let mut listed = Vec::new();
     list_files(&snapshot, "", &mut listed);
     // Without the hub's file list, what the cache holds is what there is: a dataset fetched
     // one folder at a time reads as that folder.
-    let files = match choose(dataset, &listed) {
+    let files = match choose(dataset, &listed, take) {
         Ok(files) => files,
-        Err(crate::Error::Hub(e @ HubError::SeveralFolders { .. })) => return Err(e.into()),
+        Err(crate::Error::Hub(
+            e @ (HubError::SeveralFolders { .. } | HubError::SeveralFiles { .. }),
+        )) => return Err(e.into()),
         Err(_) => {
             return Err(HubError::OfflineMissing {
                 repo: dataset.repo.name(),
@@ -232,7 +266,14 @@ mod tests {
                 None
             ))
         );
-        for local in ["/abs/o/d", "./o/d", "d", "o/d/../x", "o/d:Q4_K"] {
+        for local in [
+            "/abs/o/d",
+            "./o/d",
+            "d",
+            "o/d/../x",
+            "o/d:Q4_K",
+            "data/test.jsonl",
+        ] {
             assert_eq!(parse(local), None, "{local}");
         }
     }
@@ -250,10 +291,11 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let pick = |arg: &str| match choose(&DatasetRef::parse(arg).unwrap(), &files) {
-            Ok(f) => f.join(" "),
-            Err(e) => e.to_string(),
-        };
+        let pick =
+            |arg: &str| match choose(&DatasetRef::parse(arg).unwrap(), &files, DataFiles::All) {
+                Ok(f) => f.join(" "),
+                Err(e) => e.to_string(),
+            };
         assert_eq!(
             pick("o/d"),
             "dataset `o/d` has data files in several folders (all, math); name one as `o/d/FOLDER`"
@@ -263,6 +305,17 @@ mod tests {
             "math/train-00000-of-00002.parquet math/train-00001-of-00002.parquet"
         );
         assert_eq!(pick("o/d/all"), "all/train-00000-of-00001.parquet");
+        let one = |arg: &str| {
+            choose(&DatasetRef::parse(arg).unwrap(), &files, DataFiles::One)
+                .map_or_else(|e| e.to_string(), |f| f.join(" "))
+        };
+        assert_eq!(one("o/d/math/test"), "math/test-00000-of-00001.parquet");
+        assert_eq!(
+            one("o/d/math/train"),
+            "dataset `o/d/math/train` has 2 data files (math/train-00000-of-00002.parquet, \
+             math/train-00001-of-00002.parquet): a problem set is one of them, named as \
+             `o/d/FILE` (or a prefix only it has, such as its split)"
+        );
         assert_eq!(
             pick("o/d/code"),
             "dataset `o/d` has no data files (.parquet, .jsonl, .json) whose path starts with `code`"

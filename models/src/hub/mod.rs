@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 
-pub use dataset::{cached_dataset, resolve_dataset, DatasetRef, ResolvedDataset};
+pub use dataset::{cached_dataset, resolve_dataset, DataFiles, DatasetRef, ResolvedDataset};
 pub use name::{GgufPick, HubRef, ModelRef, RepoKind, RepoName};
 use remote::{Failure, Fetch, Hub};
 pub use settings::{HubSettings, Token, DEFAULT_ENDPOINT};
@@ -143,6 +143,16 @@ pub enum HubError {
          `{repo}/FOLDER`"
     )]
     SeveralFolders { repo: String, folders: String },
+    #[error(
+        "dataset `{dataset}` has {count} data files ({files}): a problem set is one of them, \
+         named as `{repo}/FILE` (or a prefix only it has, such as its split)"
+    )]
+    SeveralFiles {
+        dataset: String,
+        repo: String,
+        count: usize,
+        files: String,
+    },
     #[error("cannot find the Hugging Face cache: set HF_HOME (or HOME)")]
     NoCache,
 }

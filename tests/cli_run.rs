@@ -646,4 +646,15 @@ quiet = true
     // A rerun finds every stage done.
     let (ok, log) = distill(&["run", file.to_str().unwrap()]);
     assert!(ok && !log.contains("import: 3 rows"), "{log}");
+    // One corpus per pipeline: `[import]` beside `[generate]` is refused before any work.
+    let both = write(
+        dir.path(),
+        "both.toml",
+        &text.replace("[verify]", "[generate]\nmodel = \"t.gguf\"\n\n[verify]"),
+    );
+    let (ok, log) = distill(&["run", both.to_str().unwrap()]);
+    assert!(
+        !ok && log.contains("has both `[generate]` and `[import]`"),
+        "{log}"
+    );
 }

@@ -102,6 +102,14 @@ impl Pipeline {
             };
             tables.insert(key, table);
         }
+        if tables.contains_key("generate") && tables.contains_key("import") {
+            // The passes read one corpus: `[import]`'s would silently replace `[generate]`'s.
+            bail!(
+                "`{}` has both `[generate]` and `[import]`: a pipeline's corpus comes from one \
+                 (run the other as its own pipeline or command)",
+                file.display()
+            );
+        }
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned());
         let name = header.name.or(stem).unwrap_or_else(|| "pipeline".into());
         let out = out_override

@@ -395,3 +395,18 @@ fn an_empty_response_among_others_is_counted_alone() {
     // A worked solution as the reference: its last `\boxed{}`.
     assert_eq!(r.reference_answer.as_deref(), Some("4"));
 }
+
+#[test]
+fn a_folder_saved_by_datasets_imports_its_arrow_shards() {
+    let (s, rows) = import_with("saved-dataset", &ImportConfig::default());
+    // `dataset_info.json` and `state.json` are metadata, not rows.
+    assert_eq!(s.files.len(), 1, "{:?}", s.files);
+    assert_eq!((s.rows_read, s.samples, s.with_reference), (2, 2, 2));
+    assert_eq!(rows[1].prompt, "What is $7 - 2$?");
+    assert_eq!(
+        (rows[1].reasoning.as_str(), rows[1].completion.as_str()),
+        ("Seven less two.", "$\\boxed{5}$")
+    );
+    assert_eq!(rows[1].reference_answer.as_deref(), Some("5"));
+    assert_eq!(rows[1].source, "saved-dataset");
+}

@@ -124,8 +124,9 @@ impl Default for ImportConfig {
 /// Inputs and output of `import`.
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 pub struct ImportIo {
-    /// Files to import (`.jsonl`, `.json`, `.parquet`), or folders searched for them (a Hugging
-    /// Face dataset's folder: its `data/*.parquet` in name order).
+    /// Files to import (`.jsonl`, `.json`, `.parquet`, `.arrow`), or folders searched for them
+    /// (a downloaded Hugging Face dataset, a `Dataset.save_to_disk` folder), or hub datasets by
+    /// name (`owner/name[/PATH][@revision]`, with `distill corpus import`).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output folder (corpus shards); built in a temporary sibling and renamed when complete.

@@ -1,7 +1,9 @@
 //! Another tool's dataset files, row by row as JSON objects: jsonl (or a whole-file `.json`
 //! array) a line at a time, parquet a batch at a time with only the columns the import uses,
-//! so a 200k-row dataset of long traces imports in bounded memory. Folders are searched
-//! recursively in name order (a Hugging Face dataset's `data/train-00000-of-00004.parquet`…).
+//! Arrow IPC streams (`Dataset.save_to_disk`'s `.arrow` shards) a batch at a time, so a
+//! 200k-row dataset of long traces imports in bounded memory. Folders are searched
+//! recursively in name order (a Hugging Face dataset's `data/train-00000-of-00004.parquet`…),
+//! leaving out the metadata `datasets` writes beside its shards.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,8 +16,11 @@ use arrow_array::types::{
     UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::Array;
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_schema::ArrowError;
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde_json::{Map, Value};
 
@@ -30,8 +35,17 @@ pub struct InputFile {
     pub default_source: String,
 }
 
+/// What `datasets` writes beside the shards of a saved dataset: metadata, not rows.
+const METADATA: [&str; 4] = [
+    "dataset_info.json",
+    "dataset_infos.json",
+    "dataset_dict.json",
+    "state.json",
+];
+
 /// Every file the inputs name: files as given, folders searched recursively (hidden entries,
-/// such as a `.cache` folder, skipped) for `.jsonl`/`.json`/`.ndjson`/`.parquet`. `names` gives
+/// such as a `.cache` folder, and `datasets`' metadata skipped) for `.jsonl`/`.json`/`.ndjson`/
+/// `.parquet`/`.arrow`. `names` gives
 /// some inputs the name their rows' default source takes instead of their stem.
 pub fn input_files(
     inputs: &[PathBuf],
@@ -82,19 +96,50 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         {
             continue;
         }
+        let metadata = path
+            .file_name()
+            .is_some_and(|n| METADATA.contains(&n.to_string_lossy().as_ref()));
         if path.is_dir() {
             walk(&path, out)?;
-        } else if format_of(&path).is_some() {
+        } else if !metadata && kind_of(&path).is_some() {
             out.push(path);
         }
     }
     Ok(())
 }
 
-fn format(path: &Path) -> Result<Format> {
-    match format_of(path) {
-        Some(f) => Ok(f),
-        None => sniff_format(path),
+/// The kinds of file `import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Jsonl,
+    Parquet,
+    /// An Arrow IPC stream (`datasets`' `.arrow` shards).
+    Arrow,
+}
+
+fn kind_of(path: &Path) -> Option<Kind> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("arrow"))
+    {
+        return Some(Kind::Arrow);
+    }
+    format_of(path).map(Kind::from)
+}
+
+impl From<Format> for Kind {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Jsonl => Kind::Jsonl,
+            Format::Parquet => Kind::Parquet,
+        }
+    }
+}
+
+fn format(path: &Path) -> Result<Kind> {
+    match kind_of(path) {
+        Some(k) => Ok(k),
+        None => sniff_format(path).map(Kind::from),
     }
 }
 
@@ -102,7 +147,7 @@ fn format(path: &Path) -> Result<Format> {
 /// object.
 pub fn columns(path: &Path) -> Result<Vec<String>> {
     match format(path)? {
-        Format::Parquet => {
+        Kind::Parquet => {
             let builder = parquet_builder(path)?;
             Ok(builder
                 .schema()
@@ -111,7 +156,13 @@ pub fn columns(path: &Path) -> Result<Vec<String>> {
                 .map(|f| f.name().clone())
                 .collect())
         }
-        Format::Jsonl => {
+        Kind::Arrow => Ok(arrow_reader(path, None)?
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()),
+        Kind::Jsonl => {
             let mut rows = Rows::open(path, &[], 1)?;
             Ok(match rows.next().transpose()? {
                 Some(batch) => batch
@@ -143,11 +194,30 @@ pub enum Rows {
         array: Option<std::vec::IntoIter<Value>>,
         array_index: usize,
     },
-    Parquet {
+    /// Parquet and Arrow IPC files: record batches.
+    Batches {
         path: PathBuf,
-        reader: ParquetRecordBatchReader,
+        reader: Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>>>,
         row: usize,
     },
+}
+
+fn arrow_reader(path: &Path, wanted: Option<&[String]>) -> Result<StreamReader<BufReader<File>>> {
+    let bad = |e: ArrowError| Error::parse(path, format!("not an Arrow IPC stream ({e})"));
+    let open = || File::open(path).map_err(|e| Error::io(path, e));
+    let reader = StreamReader::try_new_buffered(open()?, None).map_err(bad)?;
+    let Some(wanted) = wanted.filter(|w| !w.is_empty()) else {
+        return Ok(reader);
+    };
+    let projection: Vec<usize> = reader
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| wanted.contains(f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    StreamReader::try_new_buffered(open()?, Some(projection)).map_err(bad)
 }
 
 fn parquet_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
@@ -168,7 +238,7 @@ impl Rows {
     pub fn open(path: &Path, wanted: &[String], batch: usize) -> Result<Self> {
         let batch = batch.max(1);
         match format(path)? {
-            Format::Jsonl => {
+            Kind::Jsonl => {
                 let file = File::open(path).map_err(|e| Error::io(path, e))?;
                 Ok(Rows::Jsonl {
                     path: path.to_path_buf(),
@@ -179,7 +249,12 @@ impl Rows {
                     array_index: 0,
                 })
             }
-            Format::Parquet => {
+            Kind::Arrow => Ok(Rows::Batches {
+                path: path.to_path_buf(),
+                reader: Box::new(arrow_reader(path, Some(wanted))?),
+                row: 0,
+            }),
+            Kind::Parquet => {
                 let builder = parquet_builder(path)?;
                 let roots: Vec<usize> = builder
                     .schema()
@@ -198,9 +273,9 @@ impl Rows {
                         path: path.to_path_buf(),
                         source,
                     })?;
-                Ok(Rows::Parquet {
+                Ok(Rows::Batches {
                     path: path.to_path_buf(),
-                    reader,
+                    reader: Box::new(reader),
                     row: 0,
                 })
             }
@@ -272,9 +347,9 @@ impl Rows {
         Ok((!rows.is_empty()).then_some(rows))
     }
 
-    fn next_parquet(&mut self) -> Result<Option<Vec<Row>>> {
-        let Rows::Parquet { path, reader, row } = self else {
-            unreachable!("called on a parquet reader")
+    fn next_batch(&mut self) -> Result<Option<Vec<Row>>> {
+        let Rows::Batches { path, reader, row } = self else {
+            unreachable!("called on a batch reader")
         };
         let Some(batch) = reader.next() else {
             return Ok(None);
@@ -309,7 +384,7 @@ impl Iterator for Rows {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Rows::Jsonl { .. } => self.next_jsonl(),
-            Rows::Parquet { .. } => self.next_parquet(),
+            Rows::Batches { .. } => self.next_batch(),
         }
         .transpose()
     }

@@ -1,5 +1,5 @@
 //! Datasets by name: `owner/name[/PATH][@revision]` is a Hugging Face hub dataset whose data
-//! files (`.parquet`, `.jsonl`, `.ndjson`, `.json`) under `PATH` are fetched into the standard
+//! files (`.parquet`, `.jsonl`, `.ndjson`, `.json`, `.arrow`) under `PATH` are fetched into the standard
 //! cache (`$HF_HOME/hub/datasets--owner--name/snapshots/<commit>/…`), as
 //! `huggingface_hub.snapshot_download(repo_type="dataset", allow_patterns=…)` lays them out, so
 //! either tool reuses what the other fetched. `PATH` is a prefix of the files' paths in the
@@ -86,11 +86,21 @@ pub struct ResolvedDataset {
 fn is_data_file(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     let hidden = path.split('/').any(|p| p.starts_with('.'));
-    // A `.json` in the repo's root is metadata (`dataset_info.json`, …), not rows.
+    // A `.json` in the repo's root is metadata (`dataset_info.json`, …), not rows; so are the
+    // files `datasets` writes beside the shards of a saved dataset.
     let root_json = !path.contains('/') && lower.ends_with(".json");
+    let name = lower.rsplit('/').next().unwrap_or(&lower);
+    let metadata = [
+        "dataset_info.json",
+        "dataset_infos.json",
+        "dataset_dict.json",
+        "state.json",
+    ]
+    .contains(&name);
     !hidden
         && !root_json
-        && [".parquet", ".jsonl", ".ndjson", ".json"]
+        && !metadata
+        && [".parquet", ".jsonl", ".ndjson", ".json", ".arrow"]
             .iter()
             .any(|ext| lower.ends_with(ext))
 }
@@ -288,6 +298,7 @@ mod tests {
             "math/train-00000-of-00002.parquet",
             "math/train-00001-of-00002.parquet",
             "math/test-00000-of-00001.parquet",
+            "math/state.json",
         ]
         .map(String::from)
         .to_vec();

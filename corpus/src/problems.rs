@@ -16,6 +16,11 @@
 //! source in order; generated ids are `{source}-{row}`, where the source is `source_name`, else
 //! the (given or inferred) preset name, else the file (or folder) stem. The jsonl written by serializing
 //! [`Problem`]s reads back unchanged.
+//!
+//! A corpus folder (the shards its `manifest.json` lists: a teacher run, an import, a split's
+//! `eval` half) is a problem source too: each problem once, by `problem_id`, with its
+//! `prompt` and `reference_answer` (to generate again with another teacher, or to compare on
+//! the held-out problems of an imported corpus).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -134,6 +139,9 @@ pub fn load_problems(src: &ProblemSource) -> Result<Vec<Problem>> {
             let problem =
                 columns.problem(&table, values, &source, row, file, table.row_label(i))?;
             if !ids.insert(problem.id.clone()) {
+                if columns.corpus {
+                    continue;
+                }
                 return Err(Error::DuplicateId {
                     path: file.clone(),
                     id: problem.id,
@@ -184,6 +192,11 @@ fn input_files(path: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
+    }
+    // A corpus folder (a teacher run, an import, a split's half): the shards its manifest
+    // lists, not the JSON beside them.
+    if let Some(manifest) = crate::shards::Manifest::read(path)? {
+        return Ok(manifest.shards.iter().map(|s| path.join(&s.file)).collect());
     }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
@@ -245,6 +258,7 @@ fn wanted_columns(src: &ProblemSource) -> Vec<String> {
         "solution",
         "unique_id",
         "id",
+        "problem_id",
         "source",
     ]
     .iter()
@@ -507,6 +521,8 @@ struct Columns {
     id: Option<String>,
     /// Per-row `source` column (only without a preset or `source_name`).
     source: Option<String>,
+    /// A corpus's shards: one row per sample, so a repeated problem id is the same problem.
+    corpus: bool,
 }
 
 impl Columns {
@@ -560,9 +576,13 @@ impl Columns {
             (None, Some(Preset::Gsm8k)) => Some(require("answer")?),
             (None, Some(Preset::Math)) | (None, None) => optional("solution"),
         };
+        // A corpus holds its problems once per sample: its `problem_id` is the problem's id
+        // and later samples repeat it.
+        let corpus = preset.is_none() && has("problem_id") && has("sample_index");
         let id = match (&src.id_col, preset) {
             (Some(c), _) => Some(require(c)?),
             (None, Some(Preset::Math)) => optional("unique_id"),
+            (None, None) if corpus => optional("problem_id"),
             (None, None) => optional("id"),
             (None, Some(Preset::Gsm8k)) => None,
         };
@@ -581,6 +601,7 @@ impl Columns {
             solution,
             id,
             source,
+            corpus,
         })
     }
 

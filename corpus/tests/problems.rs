@@ -466,3 +466,55 @@ fn bad_files_give_clear_errors() {
     let err = load_problems(&source(dir.path(), None)).expect_err("empty folder");
     assert!(matches!(err, Error::NoProblems { .. }), "{err:?}");
 }
+
+/// A corpus folder as a problem source: the shards its manifest lists (not the JSON files
+/// beside them), each problem once by `problem_id`, with its prompt, reference and source.
+#[test]
+fn a_corpus_folder_gives_each_problem_once() {
+    use distill_corpus::record::{self, Record};
+    use distill_corpus::shards::{ShardWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    let rows: Vec<Record> = [
+        ("p1", 0, "3 + 4?", "7"),
+        ("p1", 1, "3 + 4?", "7"),
+        ("p2", 0, "2 * 5?", "10"),
+    ]
+    .iter()
+    .map(|&(id, i, prompt, answer)| {
+        let mut r = Record::sample(id, i, prompt, "thinking", "\\boxed{x}");
+        r.reference_answer = Some(answer.into());
+        r.source = "openr1".into();
+        r
+    })
+    .collect();
+    let mut w = ShardWriter::create(&corpus, record::schema(), WriterOptions::default()).unwrap();
+    w.write(&record::records_to_batch(&rows).unwrap()).unwrap();
+    w.finish().unwrap();
+    // What a pass writes beside its shards.
+    fs::write(corpus.join("summary.json"), "{\n  \"rows\": 3\n}\n").unwrap();
+    let problems = load_problems(&source(&corpus, None)).unwrap();
+    let got: Vec<(&str, &str, Option<&str>, &str)> = problems
+        .iter()
+        .map(|p| {
+            (
+                p.id.as_str(),
+                p.prompt.as_str(),
+                p.reference_answer.as_deref(),
+                p.source.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("p1", "3 + 4?", Some("7"), "openr1"),
+            ("p2", "2 * 5?", Some("10"), "openr1")
+        ]
+    );
+    let limited = ProblemSource {
+        limit: Some(1),
+        ..source(&corpus, None)
+    };
+    assert_eq!(load_problems(&limited).unwrap().len(), 1);
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CUDA binary on a machine without a GPU (gpu/setup.sh's build root, its own target
-# dir) and writes it compressed to gpu/dist/distill.xz for the GPU machine (~50 MB → ~6 MB).
+# dir) and writes it compressed to gpu/dist/distill.xz for the GPU machine (~100 MB → ~15 MB).
 # Cold: ~25 min on 2 cores (candle's kernels are ~300 CPU-seconds of nvcc); warm: seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -316,10 +316,8 @@ pub fn generate(mut args: GenerateArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot load `{}`", model_path.display()))?;
             eprintln!("Teacher on {}", local.engine().device_description());
             let remaining = (total - already) as usize;
-            if let Some(w) = local
-                .engine()
-                .kv_budget_warning(remaining, args.max_new_tokens)
-            {
+            let positions = plan.longest_prompt_tokens(local.engine()) + args.max_new_tokens;
+            if let Some(w) = local.engine().kv_budget_warning(remaining, positions) {
                 eprintln!(
                     "warning: {w}; lower `--batch` or `--max-new-tokens`, or raise `--kv-cache-gib`"
                 );

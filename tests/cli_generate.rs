@@ -393,3 +393,44 @@ fn a_prompt_longer_than_the_context_fails_with_the_reason() {
         "{short:?}"
     );
 }
+
+/// The warning before a run whose sequences could outgrow the KV cache counts the prompt's
+/// positions too: two samples of a long problem with 2 new tokens each need ~1,600 positions
+/// apiece, more than a 1 MiB cache (~2,000 positions) holds for both, and the run does pause
+/// one (the warning was right); with the prompt left out it said nothing.
+#[test]
+fn the_kv_cache_warning_counts_the_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("long.jsonl");
+    let problem = vec!["word"; 300].join(" ");
+    std::fs::write(
+        &problems,
+        serde_json::json!({"prompt": problem, "reference_answer": "1"}).to_string(),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--threads", "1", "generate", "--problems"])
+        .arg(&problems)
+        .arg("--model")
+        .arg(model())
+        .args(["--max-new-tokens", "2", "--samples", "2", "--batch", "2"])
+        .args(["--kv-cache-gib", "0.001", "--out"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: 2 sequences of up to "))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    let positions: usize = warning["warning: 2 sequences of up to ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The byte-level tokenizer: ~1,500 prompt tokens with the template, plus the 2 new ones.
+    assert!((1500..1700).contains(&positions), "{warning}");
+    assert!(stderr.contains("The KV cache was full"), "{stderr}");
+}

@@ -13,6 +13,7 @@ use std::time::UNIX_EPOCH;
 use anyhow::{bail, Context};
 use distill_models::Checkpoint;
 use distill_teacher::engine::EngineOptions;
+use distill_teacher::generate::Plan;
 use distill_teacher::openai::{OpenAiBackend, OpenAiConfig};
 use distill_teacher::{Backend, LocalBackend};
 use serde_json::{json, Value};
@@ -273,19 +274,21 @@ pub fn resolve(models: &[String], labels: &[String]) -> anyhow::Result<Vec<Model
 }
 
 /// Loads a model's backend (the expensive part: weights into memory).
-/// `samples` (how many are to be generated) and `max_new_tokens` size the warning a local
-/// model gets when a full batch of samples that long could outgrow the host's memory.
+/// `samples` (how many are to be generated) and the plan's longest prompt plus
+/// `max_new_tokens` size the warning a local model gets when a full batch of samples that long
+/// could outgrow its KV cache.
 pub fn open_backend(
     model: &ModelSpec,
     engine: EngineOptions,
-    (samples, max_new_tokens): (usize, usize),
+    (samples, max_new_tokens, plan): (usize, usize, &Plan),
     api_key_env: Option<&str>,
 ) -> anyhow::Result<Box<dyn Backend>> {
     Ok(match &model.source {
         Source::Local(path) | Source::Hub { path, .. } => {
             let local = LocalBackend::open(path, engine)
                 .with_context(|| format!("cannot load model `{}`", path.display()))?;
-            if let Some(w) = local.engine().kv_budget_warning(samples, max_new_tokens) {
+            let positions = plan.longest_prompt_tokens(local.engine()) + max_new_tokens;
+            if let Some(w) = local.engine().kv_budget_warning(samples, positions) {
                 eprintln!(
                     "warning: `{}`: {w}; lower `--batch` or `--max-new-tokens`, or raise \
                      `--kv-cache-gib`",

@@ -177,7 +177,11 @@ fn run_model(
         let backend = model::open_backend(
             spec,
             config.engine,
-            (missing_before as usize, config.sampling.max_new_tokens),
+            (
+                missing_before as usize,
+                config.sampling.max_new_tokens,
+                &prepared.plan,
+            ),
             config.api_key_env.as_deref(),
         )?;
         let load_seconds = loading.elapsed().as_secs_f64();

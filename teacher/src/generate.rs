@@ -361,6 +361,27 @@ impl Plan {
         &self.problems
     }
 
+    /// The most positions one of this plan's prompts takes in `engine`'s chat template: what a
+    /// sequence's keys and values hold before its first new token. Only the prompts longest in
+    /// characters are tokenised (tokens follow characters closely; 200k problems would take
+    /// seconds), so this is a close lower bound.
+    pub fn longest_prompt_tokens(&self, engine: &crate::engine::Engine) -> usize {
+        const TOKENISED: usize = 32;
+        let mut by_chars: Vec<&Problem> = self.problems.iter().collect();
+        by_chars.sort_unstable_by_key(|p| std::cmp::Reverse(p.prompt.len()));
+        let prompt = &self.config.prompt;
+        by_chars
+            .iter()
+            .take(TOKENISED)
+            .filter_map(|p| {
+                let messages = prompt.messages(&prompt.user_message(&p.prompt));
+                engine.prompt_ids(&messages, &prompt.prefill).ok()
+            })
+            .map(|ids| ids.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Samples asked for: problems × samples per problem.
     pub fn total(&self) -> u64 {
         self.problems.len() as u64 * u64::from(self.config.samples)

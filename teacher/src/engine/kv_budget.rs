@@ -40,15 +40,15 @@ impl Engine {
         self.kv_blocks.map(|limit| limit.saturating_sub(1).max(1))
     }
 
-    /// A warning when `sequences` at once (at most the batch) of `new_tokens` positions each
-    /// (at most the model's context) could need more keys and values than the KV cache budget
-    /// holds: the run then pauses and recomputes sequences, which costs time (`None` when they
-    /// fit or there is no budget).
-    pub fn kv_budget_warning(&self, sequences: usize, new_tokens: usize) -> Option<String> {
+    /// A warning when `sequences` at once (at most the batch) of `positions` each (prompt and
+    /// new tokens, at most the model's context) could need more keys and values than the KV
+    /// cache budget holds: the run then pauses and recomputes sequences, which costs time
+    /// (`None` when they fit or there is no budget).
+    pub fn kv_budget_warning(&self, sequences: usize, positions: usize) -> Option<String> {
         let blocks = self.kv_blocks?;
         kv_budget_warning(
             self.options.batch.min(sequences),
-            self.context_len.map_or(new_tokens, |c| new_tokens.min(c)),
+            self.context_len.map_or(positions, |c| positions.min(c)),
             self.model.kv_bytes_per_position() as f64,
             (blocks * self.model.kv_block_bytes()) as f64,
             (!self.model.uses_kv_pool() && self.options.kv_cache_dtype == HostKvDtype::F32)

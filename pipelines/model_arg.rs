@@ -175,6 +175,26 @@ pub fn resolve_problem_file(arg: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("dataset `{dataset}` has no data file"))
 }
 
+/// A training corpus argument (`train --corpus`, `--eval-corpus`): a local path as it is;
+/// else a hub dataset name covering one folder of parquet shards (`open-r1/Mixture-of-Thoughts/
+/// math`), fetched, as that folder in the cache (TRL's `--dataset_name` for `messages` data).
+pub fn resolve_corpus(arg: &Path) -> anyhow::Result<PathBuf> {
+    let dataset = arg
+        .to_str()
+        .filter(|_| !arg.exists())
+        .and_then(hub::DatasetRef::parse);
+    let Some(dataset) = dataset else {
+        return Ok(arg.to_path_buf());
+    };
+    let found = resolve_dataset(&dataset, hub::DataFiles::Folder)?;
+    found
+        .files
+        .first()
+        .and_then(|f| f.parent())
+        .map(Path::to_path_buf)
+        .with_context(|| format!("dataset `{dataset}` has no data file"))
+}
+
 /// A hub model from the cache alone, for checks that must not download (`run --dry-run`):
 /// `None` when it is not (completely) there yet.
 pub fn cached(model: &HubRef) -> anyhow::Result<Option<ModelPath>> {

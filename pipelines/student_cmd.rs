@@ -47,7 +47,14 @@ pub const DATA_REPORT: &str = "data_report.json";
 pub const TOKEN_CACHE_DIR: &str = "token-cache";
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let settings = args.resolve()?;
+    let mut settings = args.resolve()?;
+    // A hub dataset by name trains as the folder of shards it is fetched into.
+    for corpus in [&mut settings.corpus, &mut settings.eval_corpus]
+        .into_iter()
+        .flatten()
+    {
+        *corpus = crate::model_arg::resolve_corpus(corpus)?;
+    }
     match settings.engine {
         trl::Engine::Distill => run(&settings, args.resume, !args.quiet),
         trl::Engine::Trl => trl::run(&settings, args.resume, !args.quiet, args.dry_run),

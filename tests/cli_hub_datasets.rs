@@ -136,6 +136,36 @@ fn a_hub_dataset_is_fetched_by_folder_and_imported_offline_later() {
         .join("c".repeat(40));
     assert_eq!(files_under(&cached), ["math"]);
 
+    // `train --corpus` takes a folder of `messages` shards by name, as TRL's `--dataset_name`
+    // (open-r1 writes its items `{content, role}`; distill reads them by name).
+    let tiny =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/tiny-llama.gguf");
+    let student = tmp.path().join("student");
+    let args = [
+        "--threads",
+        "1",
+        "train",
+        "--quiet",
+        "--max-steps",
+        "1",
+        "--max-seq-len",
+        "256",
+        "--eval-fraction",
+        "0",
+        "--base",
+        tiny.to_str().unwrap(),
+        "--corpus",
+        "open-r1/Mixture-of-Thoughts/math",
+        "--out",
+        student.to_str().unwrap(),
+    ];
+    succeed(distill(&home, &server.endpoint, &[], &args));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(student.join("data_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["rows"], 4, "{report}");
+    assert_eq!(report["train_documents"], 3, "{report}");
+
     // A pipeline's `[import]` takes the same names (the cached dataset, no new download).
     let run = tmp.path().join("run");
     let pipeline = tmp.path().join("p.toml");
@@ -355,6 +385,24 @@ fn problem_sets_by_name_for_compare_generate_and_decontaminate() {
         "{stdout}"
     );
     assert!(stdout.contains("evaluation problems: 1819"), "{stdout}");
+
+    // Training reads whole folders of parquet shards: part of one is refused before download.
+    let args = [
+        "train",
+        "--corpus",
+        "openai/gsm8k/main/test",
+        "--base",
+        tiny,
+        "--out",
+        &s(&tmp.path().join("t")),
+    ];
+    let err = one_line_error(distill(&home, &server.endpoint, &[], &args));
+    assert_eq!(
+        err,
+        "error: dataset `openai/gsm8k/main/test` names part of its folder (`main/train.jsonl` is in \
+         it too): `distill train` reads one folder of parquet files (name the folder, or bring the \
+         files in with `distill corpus import`)"
+    );
 
     // In a pipeline, a problem set's name is checked before the first stage runs.
     let run = tmp.path().join("run");

@@ -244,16 +244,19 @@ pub fn schema() -> SchemaRef {
         .clone()
 }
 
-/// Whether two types have the same shape, ignoring nested field names and nullability (files
-/// written by pyarrow or `datasets` name list items `element` and mark everything nullable).
+/// Whether two types have the same shape, ignoring list items' names, the order of struct
+/// fields and nullability (files written by pyarrow or `datasets` name list items `element`,
+/// mark everything nullable, and keep a dataset's own key order: open-r1's `messages` items are
+/// `{content, role}`). Readers take struct fields by name.
 pub fn same_shape(a: &DataType, b: &DataType) -> bool {
     match (a, b) {
         (DataType::List(x), DataType::List(y)) => same_shape(x.data_type(), y.data_type()),
         (DataType::Struct(x), DataType::Struct(y)) => {
             x.len() == y.len()
-                && x.iter()
-                    .zip(y.iter())
-                    .all(|(f, g)| f.name() == g.name() && same_shape(f.data_type(), g.data_type()))
+                && x.iter().all(|f| {
+                    y.iter()
+                        .any(|g| f.name() == g.name() && same_shape(f.data_type(), g.data_type()))
+                })
         }
         _ => a == b,
     }

@@ -48,6 +48,10 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
             Command::Compare(args) => {
                 vec![("problems", args.problems.clone(), hub::DataFiles::One)]
             }
+            Command::Train(args) => [("corpus", &args.corpus), ("eval_corpus", &args.eval_corpus)]
+                .into_iter()
+                .filter_map(|(key, c)| Some((key, c.clone()?, hub::DataFiles::Folder)))
+                .collect(),
             Command::Corpus(CorpusCommand::Decontaminate(a)) => a
                 .config
                 .evals

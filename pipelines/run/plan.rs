@@ -437,15 +437,16 @@ fn is_remote(value: &str) -> bool {
 }
 
 /// The values of a stage's keys that may name hub datasets: `[import]`'s inputs, the problem
-/// sets of `generate` and `compare`, `decontaminate`'s evaluation sets.
+/// sets of `generate` and `compare`, `decontaminate`'s evaluation sets, `[train]`'s corpora.
 fn dataset_values(stage: &str, t: &toml::Table) -> Vec<PathBuf> {
-    let key = match stage {
-        "import" => "inputs",
-        "generate" | "compare" => "problems",
-        "decontaminate" => "evals",
+    let keys: &[&str] = match stage {
+        "import" => &["inputs"],
+        "generate" | "compare" => &["problems"],
+        "decontaminate" => &["evals"],
+        "train" => &["corpus", "eval_corpus"],
         _ => return Vec::new(),
     };
-    paths(t, &[key])
+    paths(t, keys)
 }
 
 /// Keys whose values name models (local paths or hub models).

@@ -112,6 +112,9 @@ pub enum DataFiles {
     All,
     /// Exactly one (a problem set): a name covering several fails before any download.
     One,
+    /// Every parquet file of one folder, and only those (a training corpus: `distill train`
+    /// reads a folder of shards).
+    Folder,
 }
 
 /// The data files of `files` that `dataset` names: under its path, or, without one, all of
@@ -136,7 +139,7 @@ fn choose(dataset: &DatasetRef, files: &[String], take: DataFiles) -> Result<Vec
         }
         .into());
     }
-    if dataset.path.is_none() && take == DataFiles::All {
+    if dataset.path.is_none() && take != DataFiles::One {
         let folders: BTreeSet<&str> = chosen
             .iter()
             .map(|f| f.split_once('/').map_or(".", |(dir, _)| dir))
@@ -151,6 +154,9 @@ fn choose(dataset: &DatasetRef, files: &[String], take: DataFiles) -> Result<Vec
     }
     let mut chosen = chosen;
     chosen.sort();
+    if take == DataFiles::Folder {
+        whole_folder(dataset, files, &chosen)?;
+    }
     if take == DataFiles::One && chosen.len() > 1 {
         return Err(HubError::SeveralFiles {
             dataset: dataset.to_string(),
@@ -161,6 +167,36 @@ fn choose(dataset: &DatasetRef, files: &[String], take: DataFiles) -> Result<Vec
         .into());
     }
     Ok(chosen)
+}
+
+/// Checks that `chosen` is every data file of one folder, all parquet (what `distill train`
+/// reads as a corpus).
+fn whole_folder(dataset: &DatasetRef, files: &[String], chosen: &[String]) -> Result<()> {
+    let parent = |f: &str| f.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
+    let dirs: BTreeSet<String> = chosen.iter().map(|f| parent(f)).collect();
+    let not_a_folder = |why: String| HubError::NotAFolder {
+        dataset: dataset.to_string(),
+        why,
+    };
+    let dir = match dirs.into_iter().collect::<Vec<_>>().as_slice() {
+        [dir] => dir.clone(),
+        several => {
+            return Err(not_a_folder(format!("spans the folders {}", several.join(", "))).into())
+        }
+    };
+    let others: Vec<&String> = files
+        .iter()
+        .filter(|f| is_data_file(f) && parent(f) == dir && !chosen.contains(f))
+        .collect();
+    if let Some(other) = others.first() {
+        return Err(
+            not_a_folder(format!("names part of its folder (`{other}` is in it too)")).into(),
+        );
+    }
+    if let Some(other) = chosen.iter().find(|f| !f.ends_with(".parquet")) {
+        return Err(not_a_folder(format!("has `{other}`, not parquet")).into());
+    }
+    Ok(())
 }
 
 /// Fetches the data files `dataset` names into the cache (those there already are not fetched
@@ -321,6 +357,17 @@ mod tests {
                 .map_or_else(|e| e.to_string(), |f| f.join(" "))
         };
         assert_eq!(one("o/d/math/test"), "math/test-00000-of-00001.parquet");
+        let folder = |arg: &str| {
+            choose(&DatasetRef::parse(arg).unwrap(), &files, DataFiles::Folder)
+                .map_or_else(|e| e.to_string(), |f| f.join(" "))
+        };
+        assert_eq!(folder("o/d/all"), "all/train-00000-of-00001.parquet");
+        assert_eq!(
+            folder("o/d/math/train"),
+            "dataset `o/d/math/train` names part of its folder (`math/test-00000-of-00001.parquet` \
+             is in it too): `distill train` reads one folder of parquet files (name the folder, or \
+             bring the files in with `distill corpus import`)"
+        );
         assert_eq!(
             one("o/d/math/train"),
             "dataset `o/d/math/train` has 2 data files (math/train-00000-of-00002.parquet, \

@@ -153,6 +153,11 @@ pub enum HubError {
         count: usize,
         files: String,
     },
+    #[error(
+        "dataset `{dataset}` {why}: `distill train` reads one folder of parquet files (name the \
+         folder, or bring the files in with `distill corpus import`)"
+    )]
+    NotAFolder { dataset: String, why: String },
     #[error("cannot find the Hugging Face cache: set HF_HOME (or HOME)")]
     NoCache,
 }

@@ -165,11 +165,7 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
     let mut io = a.io.clone();
     io.inputs.clear();
     for input in &a.io.inputs {
-        let dataset = input
-            .to_str()
-            .filter(|_| !input.exists())
-            .and_then(distill_models::hub::DatasetRef::parse);
-        let Some(dataset) = dataset else {
+        let Some(dataset) = crate::model_arg::dataset_ref(input) else {
             io.inputs.push(input.clone());
             continue;
         };

@@ -156,15 +156,25 @@ pub fn resolve_dataset(
     Ok(found)
 }
 
+/// The hub dataset a dataset argument names, or `None` for a local path: an existing path is
+/// local, and so is one whose first folder exists here (`runs/demo/corpus`, not written yet, is
+/// no dataset `runs/demo`); otherwise `owner/name[/PATH][@revision]` is a hub dataset.
+pub fn dataset_ref(arg: &Path) -> Option<hub::DatasetRef> {
+    if arg.exists() {
+        return None;
+    }
+    let first = arg.components().next()?;
+    if Path::new(first.as_os_str()).is_dir() {
+        return None;
+    }
+    hub::DatasetRef::parse(arg.to_str()?)
+}
+
 /// A problem set argument (`generate --problems`, `compare --problems`, `corpus decontaminate
 /// --eval`): a local path as it is; else a hub dataset name whose one data file is fetched
 /// (`HuggingFaceH4/MATH-500`, `openai/gsm8k/main/test`).
 pub fn resolve_problem_file(arg: &Path) -> anyhow::Result<PathBuf> {
-    let dataset = arg
-        .to_str()
-        .filter(|_| !arg.exists())
-        .and_then(hub::DatasetRef::parse);
-    let Some(dataset) = dataset else {
+    let Some(dataset) = dataset_ref(arg) else {
         return Ok(arg.to_path_buf());
     };
     let found = resolve_dataset(&dataset, hub::DataFiles::One)?;
@@ -179,11 +189,7 @@ pub fn resolve_problem_file(arg: &Path) -> anyhow::Result<PathBuf> {
 /// else a hub dataset name covering one folder of parquet shards (`open-r1/Mixture-of-Thoughts/
 /// math`), fetched, as that folder in the cache (TRL's `--dataset_name` for `messages` data).
 pub fn resolve_corpus(arg: &Path) -> anyhow::Result<PathBuf> {
-    let dataset = arg
-        .to_str()
-        .filter(|_| !arg.exists())
-        .and_then(hub::DatasetRef::parse);
-    let Some(dataset) = dataset else {
+    let Some(dataset) = dataset_ref(arg) else {
         return Ok(arg.to_path_buf());
     };
     let found = resolve_dataset(&dataset, hub::DataFiles::Folder)?;

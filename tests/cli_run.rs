@@ -601,13 +601,16 @@ fn the_exported_student_is_compared() {
 #[test]
 fn a_pipeline_starts_from_an_imported_corpus() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
+    // A relative output folder not made yet: `runs-rel/corpus/…` is shaped like a hub dataset
+    // name (`runs-rel/corpus`), and must stay the path the earlier stages write (offline, so
+    // any attempt to fetch it would fail the run).
+    let out = dir.path().join("runs-rel");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let openr1 = root.join("corpus/tests/fixtures/import/openr1-math.parquet");
     let base = root.join("models/tests/fixtures/tiny-llama.gguf");
     let text = format!(
         r#"[pipeline]
-out = "{out}"
+out = "runs-rel"
 
 [import]
 inputs = ["{openr1}"]
@@ -625,12 +628,24 @@ max_seq_len = 128
 eval_fraction = 0.0
 quiet = true
 "#,
-        out = out.display(),
         openr1 = openr1.display(),
         base = base.display()
     );
     let file = write(dir.path(), "imported.toml", &text);
-    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    let run_in_dir = |file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .current_dir(dir.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HOME", dir.path().join("hf"))
+            .args(["--threads", "1", "run"])
+            .arg(file)
+            .output()
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, log) = run_in_dir(&file);
     assert!(ok, "{log}");
     assert!(
         log.contains("import: 3 rows from 1 file, 5 samples"),
@@ -644,7 +659,7 @@ quiet = true
     let report = json_file(&out.join("student/data_report.json"));
     assert_eq!(report["rows"], 3, "{report}");
     // A rerun finds every stage done.
-    let (ok, log) = distill(&["run", file.to_str().unwrap()]);
+    let (ok, log) = run_in_dir(&file);
     assert!(ok && !log.contains("import: 3 rows"), "{log}");
     // One corpus per pipeline: `[import]` beside `[generate]` is refused before any work.
     let both = write(
@@ -652,7 +667,7 @@ quiet = true
         "both.toml",
         &text.replace("[verify]", "[generate]\nmodel = \"t.gguf\"\n\n[verify]"),
     );
-    let (ok, log) = distill(&["run", both.to_str().unwrap()]);
+    let (ok, log) = run_in_dir(&both);
     assert!(
         !ok && log.contains("has both `[generate]` and `[import]`"),
         "{log}"

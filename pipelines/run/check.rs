@@ -67,7 +67,7 @@ pub fn check(stages: &[Stage], fetch: bool) -> anyhow::Result<Vec<String>> {
             _ => Vec::new(),
         };
         for (key, value, take) in datasets {
-            check_dataset(stage.name, key, &value, take, fetch, &mut notes)?;
+            check_dataset(stage.name, key, &value, earlier, take, fetch, &mut notes)?;
         }
         let mut model =
             |key: &str, path: &Path, fits: &dyn Fn(&Checkpoint) -> anyhow::Result<Fits>| {
@@ -278,15 +278,16 @@ fn check_dataset(
     stage: &str,
     key: &str,
     value: &Path,
+    earlier: &[Stage],
     take: hub::DataFiles,
     fetch: bool,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let dataset = value
-        .to_str()
-        .filter(|_| !value.exists())
-        .and_then(hub::DatasetRef::parse);
-    let Some(dataset) = dataset else {
+    // What an earlier stage writes is no dataset to fetch.
+    if producer(value, earlier).is_some() {
+        return Ok(());
+    }
+    let Some(dataset) = crate::model_arg::dataset_ref(value) else {
         return Ok(());
     };
     let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("stage `{stage}`: `{key}`: {e}");

@@ -302,10 +302,7 @@ impl Pipeline {
                 // Datasets by name (`[import]`'s inputs, problem sets) are fetched by the
                 // stage itself, as its command does.
                 let hub_dataset = dataset_values(name, &merged).contains(p)
-                    && !p.exists()
-                    && p.to_str()
-                        .and_then(distill_models::hub::DatasetRef::parse)
-                        .is_some();
+                    && crate::model_arg::dataset_ref(p).is_some();
                 produced || !(hub_model || hub_dataset)
             });
             let stage = Stage {

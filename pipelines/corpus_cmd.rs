@@ -188,7 +188,28 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
             .map_or(0, |t| t.encode(text, false).map_or(0, |ids| ids.len()))
     };
     let counter: Option<&import::TokenCounter<'_>> = tokenizer.as_ref().map(|_| &count as _);
-    let s = import::run(&io, &a.config, counter)?;
+    // The bar appears with the first batch, when the files have said whether they count rows.
+    let mut bar: Option<crate::progress::Progress> = None;
+    let s = import::run(&io, &a.config, counter, &mut |p| {
+        let bar = bar.get_or_insert_with(|| {
+            let template = match p.total_rows {
+                Some(_) => {
+                    "{prefix} {bar:30} {pos}/{len} rows · {msg} · {elapsed_precise} (ETA {eta})"
+                }
+                None => "{prefix} {pos} rows · {msg} · {elapsed_precise}",
+            };
+            let bar =
+                crate::progress::Progress::new(p.total_rows.unwrap_or(0), template, "rows", true);
+            bar.set_prefix("import");
+            bar
+        });
+        bar.set_position(p.rows_read);
+        bar.set_message(format!("{} samples", p.samples));
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let s = s?;
     println!(
         "import: {} rows from {} file{}, {} samples of {} problems in {:.1} s ({}) → {}",
         s.rows_read,

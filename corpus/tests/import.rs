@@ -24,7 +24,13 @@ fn fixture(name: &str) -> PathBuf {
 fn import_with(name: &str, cfg: &ImportConfig) -> (import::ImportSummary, Vec<Record>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("corpus");
-    let summary = import::run(&ImportIo::new(vec![fixture(name)], &out), cfg, None).unwrap();
+    let summary = import::run(
+        &ImportIo::new(vec![fixture(name)], &out),
+        cfg,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
     (summary, read_records(&out))
 }
 
@@ -246,13 +252,21 @@ fn imported_corpus_goes_through_verify_filter_and_export_round_trip() {
         ..ImportConfig::default()
     };
     let tokens = |text: &str| text.split_whitespace().count();
+    let mut heard = Vec::new();
     let s = import::run(
         &ImportIo::new(vec![fixture("openr1-math.parquet")], &raw),
         &cfg,
         Some(&tokens),
+        &mut |p| heard.push(p),
     )
     .unwrap();
     assert!(s.token_counts);
+    // Progress after each batch, against the rows the parquet footer counts.
+    let last = heard.last().unwrap();
+    assert_eq!(
+        (last.rows_read, last.samples, last.total_rows),
+        (3, 5, Some(3))
+    );
     let rows = read_records(&raw);
     assert_eq!((rows[0].prompt_tokens, rows[0].completion_tokens), (5, 11));
     let v = verify::run(
@@ -281,7 +295,13 @@ fn imported_corpus_goes_through_verify_filter_and_export_round_trip() {
         ..ImportConfig::default()
     };
     let back = dir.path().join("back");
-    import::run(&ImportIo::new(vec![jsonl], &back), &again, None).unwrap();
+    import::run(
+        &ImportIo::new(vec![jsonl], &back),
+        &again,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
     let (before, after) = (read_records(&kept), read_records(&back));
     assert_eq!(before.len(), after.len());
     for (a, b) in before.iter().zip(&after) {
@@ -315,7 +335,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
         limit: Some(4),
         ..ImportConfig::default()
     };
-    let s = import::run(&io, &cfg, None).unwrap();
+    let s = import::run(&io, &cfg, None, &mut |_| {}).unwrap();
     assert_eq!((s.files.len(), s.rows_read, s.samples), (2, 4, 7));
     // A named column that is not there, in one line that lists the columns present.
     let missing = ImportConfig {
@@ -327,6 +347,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
         &ImportIo::new(vec![fixture("s1k.parquet")], &out),
         &missing,
         None,
+        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -342,6 +363,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
         &ImportIo::new(vec![plain], &out),
         &ImportConfig::default(),
         None,
+        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -356,6 +378,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
         &ImportIo::new(vec![broken], &out),
         &ImportConfig::default(),
         None,
+        &mut |_| {},
     )
     .unwrap_err()
     .to_string();
@@ -385,6 +408,7 @@ fn an_empty_response_among_others_is_counted_alone() {
         &ImportIo::new(vec![file], &out),
         &ImportConfig::default(),
         None,
+        &mut |_| {},
     )
     .unwrap();
     assert_eq!((s.rows_read, s.samples), (2, 1));

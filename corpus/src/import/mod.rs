@@ -126,7 +126,7 @@ impl Default for ImportConfig {
 pub struct ImportIo {
     /// Files to import (`.jsonl`, `.json`, `.parquet`, `.arrow`), or folders searched for them
     /// (a downloaded Hugging Face dataset, a `Dataset.save_to_disk` folder), or hub datasets by
-    /// name (`owner/name[/PATH][@revision]`, with `distill corpus import`).
+    /// name (`owner/name[/PATH][@revision]`).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output folder (corpus shards); built in a temporary sibling and renamed when complete.
@@ -414,12 +414,23 @@ fn record(
 /// Counts a text's tokens (the student's or the teacher's tokenizer, from the caller).
 pub type TokenCounter<'a> = dyn Fn(&str) -> usize + Sync + 'a;
 
+/// How far an import is, after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportProgress {
+    pub rows_read: u64,
+    pub samples: u64,
+    /// Rows in all files, when every file says (parquet footers); capped by `--limit`.
+    pub total_rows: Option<u64>,
+}
+
 /// Imports `io.inputs` into `io.output`. `count_tokens` fills `prompt_tokens` (the prompt's
-/// text) and `completion_tokens` (the assistant turn as written, think block included).
+/// text) and `completion_tokens` (the assistant turn as written, think block included);
+/// `on_progress` hears after each batch (tokenising a 200k-row corpus takes minutes).
 pub fn run(
     io: &ImportIo,
     cfg: &ImportConfig,
     count_tokens: Option<&TokenCounter<'_>>,
+    on_progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<ImportSummary> {
     let started = std::time::Instant::now();
     let files = read::input_files(&io.inputs, &io.names)?;
@@ -449,6 +460,11 @@ pub fn run(
     };
     let mut samples_of: HashMap<String, i32> = HashMap::new();
     let wanted = mapping.wanted();
+    let total_rows = files
+        .iter()
+        .map(|f| read::row_count(&f.path))
+        .sum::<Option<u64>>()
+        .map(|n| cfg.limit.map_or(n, |l| n.min(l)));
     'files: for file in &files {
         for rows in read::Rows::open(&file.path, &wanted, io.batch_rows)? {
             let mut rows = rows?;
@@ -498,6 +514,11 @@ pub fn run(
             }
             s.samples += records.len() as u64;
             sink.send(record::records_to_batch(&records)?)?;
+            on_progress(ImportProgress {
+                rows_read: s.rows_read,
+                samples: s.samples,
+                total_rows,
+            });
             if cfg.limit.is_some_and(|l| s.rows_read >= l) {
                 break 'files;
             }

@@ -175,6 +175,17 @@ pub fn columns(path: &Path) -> Result<Vec<String>> {
     }
 }
 
+/// Rows in a file when its footer says (parquet); `None` for jsonl and Arrow streams.
+pub fn row_count(path: &Path) -> Option<u64> {
+    match format(path).ok()? {
+        Kind::Parquet => {
+            let builder = parquet_builder(path).ok()?;
+            u64::try_from(builder.metadata().file_metadata().num_rows()).ok()
+        }
+        Kind::Jsonl | Kind::Arrow => None,
+    }
+}
+
 /// One row and where it came from, for messages.
 #[derive(Debug, Clone)]
 pub struct Row {

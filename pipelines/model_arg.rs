@@ -141,7 +141,13 @@ pub fn resolve_dataset(
 ) -> anyhow::Result<hub::ResolvedDataset> {
     let settings = HubSettings::from_env()?;
     let mut bars = Bars::new(&settings);
-    let found = hub::resolve_dataset(dataset, take, &settings, &mut bars)?;
+    let found = hub::resolve_dataset(dataset, take, &settings, &mut bars).map_err(|e| match e {
+        // `dir/sub/file.jsonl` that is not there (a typo) reads as a dataset name too: say both.
+        distill_models::Error::Hub(hub::HubError::Unreachable { .. }) => anyhow::anyhow!(
+            "{e} (read as a hub dataset: no local file or folder `{dataset}` exists either)"
+        ),
+        e => e.into(),
+    })?;
     if let Some(warning) = &found.snapshot.warning {
         eprintln!("Warning: {warning}");
     }

@@ -241,6 +241,22 @@ fn an_unknown_dataset_is_one_line() {
         "{err}"
     );
     assert!(!out.exists());
+    // A local path mistyped reads as a dataset name too: with the hub unreachable, both said.
+    let args = [
+        "corpus",
+        "import",
+        "data/mine/train.jsonl",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let err = one_line_error(distill(&home, "http://127.0.0.1:9", &[], &args));
+    assert!(
+        err.starts_with("error: cannot reach http://127.0.0.1:9 for dataset `data/mine`")
+            && err.ends_with(
+                "(read as a hub dataset: no local file or folder `data/mine/train.jsonl` exists either)"
+            ),
+        "{err}"
+    );
 }
 
 /// A relative symlink into the repo's `blobs/`, as `huggingface_hub` makes, that reads.

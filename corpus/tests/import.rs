@@ -34,6 +34,13 @@ fn import_with(name: &str, cfg: &ImportConfig) -> (import::ImportSummary, Vec<Re
     (summary, read_records(&out))
 }
 
+/// The error `import` fails with, as the user reads it.
+fn import_error(input: PathBuf, out: &Path, cfg: &ImportConfig) -> String {
+    import::run(&ImportIo::new(vec![input], out), cfg, None, &mut |_| {})
+        .unwrap_err()
+        .to_string()
+}
+
 fn user(text: &str) -> Message {
     Message::new("user", text)
 }
@@ -343,14 +350,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
         ..ImportConfig::default()
     };
     let out = dir.path().join("out2");
-    let err = import::run(
-        &ImportIo::new(vec![fixture("s1k.parquet")], &out),
-        &missing,
-        None,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(fixture("s1k.parquet"), &out, &missing);
     assert!(
         err.contains("no column `final`") && err.contains("`deepseek_attempt`"),
         "{err}"
@@ -359,14 +359,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
     // Columns with no prompt column it knows: the flag to pass.
     let plain = dir.path().join("plain.jsonl");
     std::fs::write(&plain, "{\"q\": \"1+1?\", \"a\": \"2\"}\n").unwrap();
-    let err = import::run(
-        &ImportIo::new(vec![plain], &out),
-        &ImportConfig::default(),
-        None,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(plain, &out, &ImportConfig::default());
     assert!(
         err.contains("no prompt column: name it with `--prompt-column`"),
         "{err}"
@@ -374,14 +367,7 @@ fn a_folder_imports_every_file_and_bad_input_fails_in_one_line() {
     // A bad line names the file and the line.
     let broken = dir.path().join("broken.jsonl");
     std::fs::write(&broken, "{\"messages\": []}\n{not json\n").unwrap();
-    let err = import::run(
-        &ImportIo::new(vec![broken], &out),
-        &ImportConfig::default(),
-        None,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(broken, &out, &ImportConfig::default());
     assert!(
         err.contains("Line 2 of") && err.contains("broken.jsonl"),
         "{err}"

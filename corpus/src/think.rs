@@ -64,6 +64,13 @@ const THOUGHT_CLOSE: &str = "<|end_of_thought|>";
 const SOLUTION_OPEN: &str = "<|begin_of_solution|>";
 const SOLUTION_CLOSE: &str = "<|end_of_solution|>";
 
+/// Whether `text` names Sky-T1's tags (a system prompt asking for that format).
+pub fn names_sky_t1_tags(text: &str) -> bool {
+    [THOUGHT_OPEN, THOUGHT_CLOSE, SOLUTION_OPEN, SOLUTION_CLOSE]
+        .iter()
+        .any(|tag| text.contains(tag))
+}
+
 /// Splits a text in Sky-T1's format, or `None` when it has no `<|begin_of_thought|>`.
 ///
 /// Reasoning is the text between the thought tags; the completion is the text between the

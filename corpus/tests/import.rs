@@ -134,10 +134,13 @@ fn sky_t1_conversations_become_r1_samples() {
     let r = &rows[1];
     assert_eq!(r.reasoning, "Nine minus five.\n\nThat is four.");
     assert_eq!(r.completion, "The result is \\boxed{4}.");
-    assert_eq!(r.messages.len(), 3);
-    assert_eq!(r.messages[0].role, "system");
+    // The system prompt asks for the Sky-T1 tags the answer no longer has: left out (`auto`).
     assert_eq!(
-        r.messages[2],
+        r.messages[0],
+        user("Return your final response within \\boxed{}. What is $9 - 5$?")
+    );
+    assert_eq!(
+        r.messages[1],
         assistant(
             "Nine minus five.\n\nThat is four.",
             "The result is \\boxed{4}."
@@ -145,17 +148,16 @@ fn sky_t1_conversations_become_r1_samples() {
     );
     assert_eq!(r.source, "bespoke-stratos");
     assert_eq!(r.reference_answer, None);
-    // `--system drop`: R1's convention, and Sky-T1's system prompt asks for the replaced tags.
-    let dropped = ImportConfig {
-        system: SystemPrompt::Drop,
+    assert_eq!(r.messages.len(), 2);
+    // `--system keep` keeps it anyway.
+    let kept = ImportConfig {
+        system: SystemPrompt::Keep,
         ..ImportConfig::default()
     };
-    let (_, rows) = import_with("bespoke-stratos.parquet", &dropped);
-    assert_eq!(
-        rows[1].messages[0],
-        user("Return your final response within \\boxed{}. What is $9 - 5$?")
-    );
-    assert_eq!(rows[1].messages.len(), 2);
+    let (_, rows) = import_with("bespoke-stratos.parquet", &kept);
+    assert_eq!(rows[1].messages[0].role, "system");
+    assert!(rows[1].messages[0].content.contains("<|begin_of_thought|>"));
+    assert_eq!(rows[1].messages.len(), 3);
 }
 
 #[test]

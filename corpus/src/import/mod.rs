@@ -51,10 +51,12 @@ pub enum Layout {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum SystemPrompt {
-    /// Keep it in `messages` (the student trains with it in its context).
+    /// Keep it, unless it asks for Sky-T1's tags and the answer's were turned into `<think>`.
     #[default]
+    Auto,
+    /// Keep it in `messages` (the student trains with it in its context).
     Keep,
-    /// Drop it (R1's convention: no system prompt; Sky-T1's asks for tags the import replaces).
+    /// Drop it (R1's convention: no system prompt).
     Drop,
 }
 
@@ -108,7 +110,7 @@ pub struct ImportConfig {
     #[arg(long, default_value = "unknown")]
     pub teacher: String,
     /// Keep or drop system prompts.
-    #[arg(long, value_enum, default_value_t = SystemPrompt::Keep)]
+    #[arg(long, value_enum, default_value_t = SystemPrompt::Auto)]
     pub system: SystemPrompt,
     /// Read at most this many rows (all files together).
     #[arg(long)]

@@ -231,10 +231,6 @@ fn draft(
     finish: Option<String>,
     system: SystemPrompt,
 ) -> Result<Draft, &'static str> {
-    let prefix: Vec<Turn> = prefix
-        .into_iter()
-        .filter(|t| system == SystemPrompt::Keep || t.role != "system")
-        .collect();
     let prompt = prefix
         .iter()
         .rev()
@@ -261,6 +257,21 @@ fn draft(
     if split.reasoning.is_empty() && split.completion.is_empty() {
         return Err(skip::EMPTY_RESPONSE);
     }
+    // A system prompt asking for the tags that were just replaced would contradict the answer
+    // the student learns: `auto` drops it (Sky-T1's, in Bespoke-Stratos and OpenThoughts).
+    let asks_for_replaced_tags =
+        |t: &Turn| format == ThinkFormat::SkyT1 && think::names_sky_t1_tags(&t.content);
+    let prefix: Vec<Turn> = prefix
+        .into_iter()
+        .filter(|t| {
+            t.role != "system"
+                || match system {
+                    SystemPrompt::Keep => true,
+                    SystemPrompt::Drop => false,
+                    SystemPrompt::Auto => !asks_for_replaced_tags(t),
+                }
+        })
+        .collect();
     // The assistant turn as distill's own samples have it (R1's layout); text without a think
     // block stays as it was, and a thought never closed stays open.
     let assistant = match (format, split.closed) {

@@ -615,7 +615,6 @@ out = "runs-rel"
 [import]
 inputs = ["{openr1}"]
 layout = "columns"
-tokenizer = "{base}"
 
 [verify]
 
@@ -655,6 +654,8 @@ quiet = true
         log.contains("filter: 5 rows in, 3 kept, 2 dropped"),
         "{log}"
     );
+    // Tokens counted with `[train]`'s base, without a `tokenizer` key.
+    assert!(!log.contains("token counts: not counted"), "{log}");
     assert_eq!(manifest(&out, "import")["status"], "done");
     let report = json_file(&out.join("student/data_report.json"));
     assert_eq!(report["rows"], 3, "{report}");

@@ -273,6 +273,11 @@ impl Pipeline {
                 }
                 "import" => {
                     defaults.insert("output".into(), path(out.join("corpus/import")));
+                    // Token counts in the student's tokens, so `[filter]`'s token limits and
+                    // `stats` mean what `[train]` will see (0 without a tokenizer).
+                    if let Some(base) = self.tables.get("train").and_then(|t| t.get("base")) {
+                        defaults.insert("tokenizer".into(), base.clone());
+                    }
                     (inputs, outputs) = (&["inputs"], &["output"]);
                 }
                 pass => {

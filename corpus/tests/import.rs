@@ -422,3 +422,34 @@ fn a_folder_saved_by_datasets_imports_its_arrow_shards() {
     assert_eq!(rows[1].reference_answer.as_deref(), Some("5"));
     assert_eq!(rows[1].source, "saved-dataset");
 }
+
+#[test]
+fn gzipped_jsonl_imports_as_the_plain_file() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("sharegpt.json.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    enc.write_all(&std::fs::read(fixture("sharegpt.json")).unwrap())
+        .unwrap();
+    enc.finish().unwrap();
+    let out = dir.path().join("out");
+    let s = import::run(
+        &ImportIo::new(vec![gz], &out),
+        &ImportConfig::default(),
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (_, plain) = import_with("sharegpt.json", &ImportConfig::default());
+    assert_eq!(s.samples, 2);
+    let gzipped = read_records(&out);
+    for (a, b) in plain.iter().zip(&gzipped) {
+        assert_eq!(
+            (&a.prompt, &a.messages, &a.problem_id),
+            (&b.prompt, &b.messages, &b.problem_id)
+        );
+    }
+}

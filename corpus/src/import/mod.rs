@@ -126,7 +126,7 @@ impl Default for ImportConfig {
 /// Inputs and output of `import`.
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 pub struct ImportIo {
-    /// Files to import (`.jsonl`, `.json`, `.parquet`, `.arrow`), or folders searched for them
+    /// Files to import (`.jsonl`, `.json`, also gzipped, `.parquet`, `.arrow`), or folders searched for them
     /// (a downloaded Hugging Face dataset, a `Dataset.save_to_disk` folder), or hub datasets by
     /// name (`owner/name[/PATH][@revision]`).
     #[arg(required = true)]

@@ -44,8 +44,8 @@ const METADATA: [&str; 4] = [
 ];
 
 /// Every file the inputs name: files as given, folders searched recursively (hidden entries,
-/// such as a `.cache` folder, and `datasets`' metadata skipped) for `.jsonl`/`.json`/`.ndjson`/
-/// `.parquet`/`.arrow`. `names` gives
+/// such as a `.cache` folder, and `datasets`' metadata skipped) for `.jsonl`/`.json`/`.ndjson`
+/// (also gzipped: `.jsonl.gz`), `.parquet` and `.arrow`. `names` gives
 /// some inputs the name their rows' default source takes instead of their stem.
 pub fn input_files(
     inputs: &[PathBuf],
@@ -81,6 +81,12 @@ pub fn input_files(
 
 fn stem(path: &Path) -> String {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    // `train.jsonl.gz` is `train`.
+    let canonical = if is_gzip(&canonical) {
+        canonical.with_extension("")
+    } else {
+        canonical
+    };
     canonical
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -124,7 +130,18 @@ fn kind_of(path: &Path) -> Option<Kind> {
     {
         return Some(Kind::Arrow);
     }
+    if is_gzip(path) {
+        // `train.jsonl.gz`: jsonl inside.
+        return format_of(&path.with_extension(""))
+            .filter(|f| *f == Format::Jsonl)
+            .map(Kind::from);
+    }
     format_of(path).map(Kind::from)
+}
+
+fn is_gzip(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 impl From<Format> for Kind {
@@ -198,7 +215,8 @@ pub struct Row {
 pub enum Rows {
     Jsonl {
         path: PathBuf,
-        reader: BufReader<File>,
+        /// The file, or what it inflates to (`.jsonl.gz`).
+        reader: BufReader<Box<dyn Read>>,
         line: usize,
         batch: usize,
         /// A whole-file JSON array, read at once, handed out in batches.
@@ -251,6 +269,11 @@ impl Rows {
         match format(path)? {
             Kind::Jsonl => {
                 let file = File::open(path).map_err(|e| Error::io(path, e))?;
+                let file: Box<dyn Read> = if is_gzip(path) {
+                    Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+                } else {
+                    Box::new(file)
+                };
                 Ok(Rows::Jsonl {
                     path: path.to_path_buf(),
                     reader: BufReader::with_capacity(1 << 20, file),

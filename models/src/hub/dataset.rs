@@ -100,9 +100,18 @@ fn is_data_file(path: &str) -> bool {
     !hidden
         && !root_json
         && !metadata
-        && [".parquet", ".jsonl", ".ndjson", ".json", ".arrow"]
-            .iter()
-            .any(|ext| lower.ends_with(ext))
+        && [
+            ".parquet",
+            ".jsonl",
+            ".ndjson",
+            ".json",
+            ".arrow",
+            ".jsonl.gz",
+            ".ndjson.gz",
+            ".json.gz",
+        ]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
 }
 
 /// How many data files a caller takes.

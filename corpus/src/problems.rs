@@ -535,15 +535,7 @@ impl Columns {
                 Err(Error::MissingColumn {
                     path: path.to_path_buf(),
                     column: c.to_string(),
-                    present: if present.is_empty() {
-                        "none".to_string()
-                    } else {
-                        present
-                            .iter()
-                            .map(|p| format!("`{p}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    },
+                    present: crate::record::listed_columns(present),
                 })
             }
         };

@@ -262,6 +262,19 @@ pub fn same_shape(a: &DataType, b: &DataType) -> bool {
     }
 }
 
+/// Column names as error messages list them: `` `a`, `b` ``, or `none`.
+pub fn listed_columns<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    let listed: Vec<String> = names
+        .into_iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect();
+    if listed.is_empty() {
+        "none".to_string()
+    } else {
+        listed.join(", ")
+    }
+}
+
 /// Checks that `schema` (read from `path`) has every column in `required` with the corpus type.
 /// Names every missing column at once and lists those present.
 pub fn check_columns(path: &Path, schema: &Schema, required: &[&str]) -> Result<()> {
@@ -272,12 +285,7 @@ pub fn check_columns(path: &Path, schema: &Schema, required: &[&str]) -> Result<
         .filter(|name| schema.field_with_name(name).is_err())
         .collect();
     if !missing.is_empty() {
-        let present = schema
-            .fields()
-            .iter()
-            .map(|f| format!("`{}`", f.name()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let present = listed_columns(schema.fields().iter().map(|f| f.name()));
         return Err(if missing.len() == 1 {
             Error::MissingColumn {
                 path: path.to_path_buf(),
@@ -287,11 +295,7 @@ pub fn check_columns(path: &Path, schema: &Schema, required: &[&str]) -> Result<
         } else {
             Error::MissingColumns {
                 path: path.to_path_buf(),
-                missing: missing
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                missing: listed_columns(&missing),
                 present,
             }
         });

@@ -186,7 +186,7 @@ impl Mapping {
     pub fn resolve(cfg: &ImportConfig, columns: &[String], path: &std::path::Path) -> Result<Self> {
         let has = |c: &str| columns.iter().any(|x| x == c);
         let first = |names: &[&str]| names.iter().find(|n| has(n)).map(|n| n.to_string());
-        let present = || listed(columns);
+        let present = || record::listed_columns(columns);
         let explicit = |name: &Option<String>| -> Result<Option<String>> {
             match name {
                 Some(c) if !has(c) => Err(Error::MissingColumn {
@@ -310,15 +310,6 @@ impl Mapping {
         .cloned()
         .collect()
     }
-}
-
-/// Column names for a message: `` `a`, `b` ``.
-fn listed(columns: &[String]) -> String {
-    columns
-        .iter()
-        .map(|c| format!("`{c}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// How many samples had their reasoning marked which way.
@@ -448,7 +439,7 @@ pub fn run(
             return Err(Error::MissingColumn {
                 path: file.path.clone(),
                 column: missing.to_string(),
-                present: listed(&columns),
+                present: record::listed_columns(&columns),
             });
         }
     }

@@ -430,16 +430,23 @@ pub fn run(
     let Some(first) = files.first().map(|f| &f.path) else {
         return Err(Error::Invalid("`import` needs at least one input".into()));
     };
-    let mapping = Mapping::resolve(cfg, &read::columns(first)?, first)?;
+    // Every file's header is read before anything is written: a folder with one odd file
+    // fails now, and the row counts size the progress.
+    let headers = files
+        .iter()
+        .map(|f| read::header(&f.path))
+        .collect::<Result<Vec<_>>>()?;
+    let mapping = Mapping::resolve(cfg, &headers[0].columns, first)?;
     let required = mapping.required(cfg);
-    // Every file is checked before anything is written: a folder with one odd file fails now.
-    for file in &files[1..] {
-        let columns = read::columns(&file.path)?;
-        if let Some(missing) = required.iter().find(|c| !columns.iter().any(|x| x == *c)) {
+    for (file, head) in files.iter().zip(&headers).skip(1) {
+        if let Some(missing) = required
+            .iter()
+            .find(|c| !head.columns.iter().any(|x| x == *c))
+        {
             return Err(Error::MissingColumn {
                 path: file.path.clone(),
                 column: missing.to_string(),
-                present: record::listed_columns(&columns),
+                present: record::listed_columns(&head.columns),
             });
         }
     }
@@ -453,9 +460,9 @@ pub fn run(
     };
     let mut samples_of: HashMap<String, i32> = HashMap::new();
     let wanted = mapping.wanted();
-    let total_rows = files
+    let total_rows = headers
         .iter()
-        .map(|f| read::row_count(&f.path))
+        .map(|h| h.rows)
         .sum::<Option<u64>>()
         .map(|n| cfg.limit.map_or(n, |l| n.min(l)));
     'files: for file in &files {

@@ -160,47 +160,46 @@ fn format(path: &Path) -> Result<Kind> {
     }
 }
 
-/// The column names of a file: a parquet file's schema, or the keys of a jsonl file's first
-/// object.
-pub fn columns(path: &Path) -> Result<Vec<String>> {
-    match format(path)? {
+/// What a file says about itself before it is read: its column names (a parquet file's or an
+/// Arrow stream's schema, the keys of a jsonl file's first object) and, from a parquet footer,
+/// its row count (`None` for jsonl and Arrow streams).
+pub struct Header {
+    pub columns: Vec<String>,
+    pub rows: Option<u64>,
+}
+
+/// Reads a file's [`Header`] (one footer read for parquet).
+pub fn header(path: &Path) -> Result<Header> {
+    let names = |schema: &arrow_schema::Schema| -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    Ok(match format(path)? {
         Kind::Parquet => {
             let builder = parquet_builder(path)?;
-            Ok(builder
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect())
+            Header {
+                columns: names(builder.schema()),
+                rows: u64::try_from(builder.metadata().file_metadata().num_rows()).ok(),
+            }
         }
-        Kind::Arrow => Ok(arrow_reader(path, None)?
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect()),
+        Kind::Arrow => Header {
+            columns: names(&arrow_reader(path, None)?.schema()),
+            rows: None,
+        },
         Kind::Jsonl => {
             let mut rows = Rows::open(path, &[], 1)?;
-            Ok(match rows.next().transpose()? {
+            let columns = match rows.next().transpose()? {
                 Some(batch) => batch
                     .first()
                     .map(|r| r.value.keys().cloned().collect())
                     .unwrap_or_default(),
                 None => Vec::new(),
-            })
+            };
+            Header {
+                columns,
+                rows: None,
+            }
         }
-    }
-}
-
-/// Rows in a file when its footer says (parquet); `None` for jsonl and Arrow streams.
-pub fn row_count(path: &Path) -> Option<u64> {
-    match format(path).ok()? {
-        Kind::Parquet => {
-            let builder = parquet_builder(path).ok()?;
-            u64::try_from(builder.metadata().file_metadata().num_rows()).ok()
-        }
-        Kind::Jsonl | Kind::Arrow => None,
-    }
+    })
 }
 
 /// One row and where it came from, for messages.
@@ -541,9 +540,8 @@ mod tests {
         assert_eq!(rows[1].value["generations"], serde_json::Value::Null);
         assert_eq!(rows[1].value["source"], "amc");
         assert_eq!(rows[1].place, "row 1");
-        assert_eq!(
-            columns(&path).unwrap(),
-            ["generations", "source", "problem", "n"]
-        );
+        let head = header(&path).unwrap();
+        assert_eq!(head.columns, ["generations", "source", "problem", "n"]);
+        assert_eq!(head.rows, Some(2));
     }
 }

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use super::remote::{Fetch, Hub};
 use super::{
-    cached_snapshot, info_or_cached, list_files, DownloadProgress, HubError, HubRef, HubSettings,
-    RepoKind, Resolved,
+    cached_snapshot, info_or_cached, list_files, record_ref, DownloadProgress, HubError, HubRef,
+    HubSettings, RepoKind, Resolved,
 };
 use crate::Result;
 
@@ -232,11 +232,7 @@ pub fn resolve_dataset(
     };
     let listed: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let wanted = choose(dataset, &listed, take)?;
-    if model.revision() != info.sha {
-        hub.cache_repo()
-            .create_ref(&info.sha)
-            .map_err(|e| crate::Error::io(super::ref_path(model, settings), e))?;
-    }
+    record_ref(&hub, settings, &info.sha)?;
     let mut fetch = Fetch {
         hub: &hub,
         commit: info.sha.clone(),

@@ -262,12 +262,7 @@ fn resolve_files(
         progress,
         downloaded: 0,
     };
-    if revision != info.sha {
-        // As `huggingface_hub` does: the ref says which snapshot the revision is (offline use).
-        hub.cache_repo()
-            .create_ref(&info.sha)
-            .map_err(|e| Error::io(ref_path(model, settings), e))?;
-    }
+    record_ref(&hub, settings, &info.sha)?;
     let snapshot = hub.cache_repo().pointer_path(&info.sha);
     let path = match layout {
         Layout::Gguf(file) if wanted == Files::Metadata => snapshot.join(file),
@@ -342,6 +337,18 @@ fn info_or_cached<T>(
         }
         Err(failure) => Err(hub.error(failure, None)),
     }
+}
+
+/// Writes `refs/<revision>` when the revision is a branch or tag, as `huggingface_hub` does: the
+/// ref says which snapshot the revision is, for offline use.
+fn record_ref(hub: &Hub, settings: &HubSettings, commit: &str) -> Result<()> {
+    let model = hub.model();
+    if model.revision() != commit {
+        hub.cache_repo()
+            .create_ref(commit)
+            .map_err(|e| Error::io(ref_path(model, settings), e))?;
+    }
+    Ok(())
 }
 
 /// `model` from the cache alone: [`HubError::NotCached`] or [`HubError::OfflineMissing`] when

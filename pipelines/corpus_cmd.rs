@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use distill_corpus::decontaminate::{self, DecontaminateConfig};
 use distill_corpus::dedup::{self, DedupConfig};
@@ -144,16 +143,11 @@ pub fn run(cmd: CorpusCommand) -> anyhow::Result<()> {
 
 fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
     // The tokenizer loads first: a wrong path fails before the dataset is read.
-    let tokenizer = match &a.tokenizer {
-        Some(arg) => {
-            let model = crate::model_arg::resolve_metadata(arg)?;
-            let tokenizer = distill_models::checkpoint::Checkpoint::open(&model.path)
-                .and_then(|c| c.tokenizer())
-                .with_context(|| format!("cannot load the tokenizer of `{}`", arg.display()))?;
-            Some(tokenizer)
-        }
-        None => None,
-    };
+    let tokenizer = a
+        .tokenizer
+        .as_deref()
+        .map(crate::model_arg::open_tokenizer)
+        .transpose()?;
     // An output in the way fails before a dataset is downloaded (the import checks it again).
     if a.io.output.exists() && !a.io.overwrite {
         return Err(distill_corpus::Error::OutputExists {
@@ -182,12 +176,10 @@ fn run_import(a: &ImportArgs) -> anyhow::Result<()> {
             io.inputs.push(file);
         }
     }
-    let count = |text: &str| {
-        tokenizer
-            .as_ref()
-            .map_or(0, |t| t.encode(text, false).map_or(0, |ids| ids.len()))
-    };
-    let counter: Option<&import::TokenCounter<'_>> = tokenizer.as_ref().map(|_| &count as _);
+    let count = tokenizer
+        .as_ref()
+        .map(|t| move |text: &str| t.encode(text, false).map_or(0, |ids| ids.len()));
+    let counter = count.as_ref().map(|c| c as &import::TokenCounter<'_>);
     // The bar appears with the first batch, when the files have said whether they count rows.
     let mut bar: Option<crate::progress::Progress> = None;
     let s = import::run(&io, &a.config, counter, &mut |p| {

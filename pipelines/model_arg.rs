@@ -133,6 +133,20 @@ pub fn resolve_hub_metadata(model: &HubRef) -> anyhow::Result<ModelPath> {
     Ok(hub_path(model, found))
 }
 
+/// A model argument's tokenizer (`train --tokenizer`, `corpus import --tokenizer`): of a hub
+/// checkpoint folder only its tokenizer files are fetched; a GGUF is fetched whole, the
+/// tokenizer being inside it.
+pub fn open_tokenizer(arg: &Path) -> anyhow::Result<distill_models::tokenizer::TextTokenizer> {
+    let mut model = resolve_metadata(arg)?;
+    if !model.path.exists() {
+        // A hub GGUF: metadata names the file without fetching it.
+        model = resolve(arg)?;
+    }
+    distill_models::Checkpoint::open(&model.path)
+        .and_then(|c| c.tokenizer())
+        .with_context(|| format!("cannot read the tokenizer of `{}`", model.path.display()))
+}
+
 /// Fetches the data files of a hub dataset (`distill corpus import owner/name/PATH`), with the
 /// same cache, settings and progress bars as models.
 pub fn resolve_dataset(

@@ -288,14 +288,7 @@ fn starting_point(
     }
     let tokenizer = match (latest, &settings.tokenizer) {
         (Some(dir), _) => Checkpoint::open(&dir.join(checkpoint::MODEL_DIR))?.tokenizer()?,
-        (None, Some(arg)) => {
-            let model = crate::model_arg::resolve(arg)?;
-            Checkpoint::open(&model.path)
-                .and_then(|c| c.tokenizer())
-                .with_context(|| {
-                    format!("cannot read the tokenizer of `{}`", model.path.display())
-                })?
-        }
+        (None, Some(arg)) => crate::model_arg::open_tokenizer(arg)?,
         (None, None) => {
             // Learning a vocabulary reads the whole corpus text: from-scratch students are
             // small (the demo's); students of real size start from a base and its tokenizer.

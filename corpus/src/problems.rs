@@ -25,7 +25,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -312,113 +312,36 @@ fn json_cell(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// Reads one JSON object per line (blank lines skipped), or a single JSON array of objects.
+/// Reads one JSON object per line (blank lines skipped), or a single JSON array of objects,
+/// through the reader `import` uses ([`crate::import::read::Rows`]: BOM, arrays, line numbers).
 fn read_jsonl(path: &Path, wanted: Vec<String>) -> Result<Table> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
+    use crate::import::read::{Place, Rows};
     let mut table = Table {
         columns: Vec::new(),
         wanted,
         rows: Vec::new(),
         lines: Vec::new(),
     };
-    let mut buf = Vec::new();
-    let mut line_no = 0usize;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let text = std::str::from_utf8(&buf).map_err(|_| Error::NotUtf8 {
-            path: path.to_path_buf(),
-            line: line_no,
-        })?;
-        let text = if line_no == 1 {
-            text.trim_start_matches('\u{feff}')
-        } else {
-            text
-        };
-        let text = text.trim();
-        if text.is_empty() {
-            continue;
-        }
-        if table.rows.is_empty() && text.starts_with('[') {
-            // A whole-file JSON array (`.json` exports): read the rest and parse it at once.
-            let mut rest = Vec::new();
-            reader
-                .read_to_end(&mut rest)
-                .map_err(|e| Error::io(path, e))?;
-            let mut all = text.as_bytes().to_vec();
-            all.push(b'\n');
-            all.extend_from_slice(&rest);
-            let all = std::str::from_utf8(&all).map_err(|e| Error::NotUtf8 {
-                path: path.to_path_buf(),
-                line: line_no + count_lines(&all[..e.valid_up_to()]),
-            })?;
-            let values: Vec<serde_json::Value> =
-                serde_json::from_str(all).map_err(|e| Error::JsonLine {
-                    path: path.to_path_buf(),
-                    line: line_no + e.line() - 1,
-                    message: e.to_string(),
-                })?;
-            for (i, v) in values.iter().enumerate() {
-                push_object(&mut table, v, path, line_no).map_err(|_| Error::BadRow {
-                    path: path.to_path_buf(),
-                    row: i,
-                    message: "is not a JSON object".to_string(),
-                })?;
+    for batch in Rows::open(path, &[], 4096)? {
+        for row in batch? {
+            for key in row.value.keys() {
+                if !table.columns.contains(key) {
+                    table.columns.push(key.clone());
+                }
             }
-            table.lines.clear();
-            return Ok(table);
+            let cells = table
+                .wanted
+                .iter()
+                .map(|c| row.value.get(c).and_then(json_cell))
+                .collect();
+            table.rows.push(cells);
+            // Array elements are labelled by their index (`lines` stays empty).
+            if let Place::Line(line) = row.place {
+                table.lines.push(line);
+            }
         }
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::JsonLine {
-            path: path.to_path_buf(),
-            line: line_no,
-            message: e.to_string(),
-        })?;
-        push_object(&mut table, &value, path, line_no)?;
     }
     Ok(table)
-}
-
-fn count_lines(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count()
-}
-
-fn push_object(
-    table: &mut Table,
-    value: &serde_json::Value,
-    path: &Path,
-    line: usize,
-) -> Result<()> {
-    let Some(obj) = value.as_object() else {
-        return Err(Error::JsonLine {
-            path: path.to_path_buf(),
-            line,
-            message: "expected a JSON object".to_string(),
-        });
-    };
-    if table.rows.is_empty() {
-        table.columns = obj.keys().cloned().collect();
-    } else {
-        for key in obj.keys() {
-            if !table.columns.contains(key) {
-                table.columns.push(key.clone());
-            }
-        }
-    }
-    let cells = table
-        .wanted
-        .iter()
-        .map(|c| obj.get(c).and_then(json_cell))
-        .collect();
-    table.rows.push(cells);
-    table.lines.push(line);
-    Ok(())
 }
 
 fn read_parquet(path: &Path, wanted: Vec<String>) -> Result<Table> {

@@ -11,7 +11,7 @@
 //! one id (what `split` and `filter --max-per-problem` group by). Rows (or responses) that give
 //! no sample are counted by reason in `summary.json`; the input files are never changed.
 
-mod read;
+pub(crate) mod read;
 mod sample;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,4 +1,5 @@
-//! Another tool's dataset files, row by row as JSON objects: jsonl (or a whole-file `.json`
+//! Dataset files, row by row as JSON objects (another tool's for `import`; problem files' jsonl
+//! too): jsonl (or a whole-file `.json`
 //! array) a line at a time, parquet a batch at a time with only the columns the import uses,
 //! Arrow IPC streams (`Dataset.save_to_disk`'s `.arrow` shards) a batch at a time, so a
 //! 200k-row dataset of long traces imports in bounded memory. Folders are searched
@@ -202,11 +203,31 @@ pub fn header(path: &Path) -> Result<Header> {
     })
 }
 
-/// One row and where it came from, for messages.
+/// Where a row stands in its file, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A jsonl line, from 1.
+    Line(usize),
+    /// An element of a whole-file JSON array, from 0.
+    Element(usize),
+    /// A parquet or Arrow row, from 0.
+    Row(usize),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Line(n) => write!(f, "line {n}"),
+            Place::Element(n) => write!(f, "element {n}"),
+            Place::Row(n) => write!(f, "row {n}"),
+        }
+    }
+}
+
+/// One row and where it came from.
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// `line 12` (jsonl) or `row 11` (parquet, from 0).
-    pub place: String,
+    pub place: Place,
     pub value: Map<String, Value>,
 }
 
@@ -217,6 +238,8 @@ pub enum Rows {
         /// The file, or what it inflates to (`.jsonl.gz`).
         reader: BufReader<Box<dyn Read>>,
         line: usize,
+        /// Whether a non-blank line was read (only the first may open a whole-file array).
+        started: bool,
         batch: usize,
         /// A whole-file JSON array, read at once, handed out in batches.
         array: Option<std::vec::IntoIter<Value>>,
@@ -277,6 +300,7 @@ impl Rows {
                     path: path.to_path_buf(),
                     reader: BufReader::with_capacity(1 << 20, file),
                     line: 0,
+                    started: false,
                     batch,
                     array: None,
                     array_index: 0,
@@ -320,6 +344,7 @@ impl Rows {
             path,
             reader,
             line,
+            started,
             batch,
             array,
             array_index,
@@ -330,9 +355,8 @@ impl Rows {
         let mut rows = Vec::new();
         if let Some(values) = array {
             for value in values.by_ref().take(*batch) {
-                let place = format!("element {}", *array_index);
+                rows.push(object(path, value, Place::Element(*array_index))?);
                 *array_index += 1;
-                rows.push(object(path, value, &place)?);
             }
             return Ok((!rows.is_empty()).then_some(rows));
         }
@@ -354,7 +378,8 @@ impl Rows {
             if text.is_empty() {
                 continue;
             }
-            if *line == 1 && text.starts_with('[') {
+            let first = !std::mem::replace(started, true);
+            if first && text.starts_with('[') {
                 // A whole-file JSON array (`.json` exports): parse it at once.
                 let mut all = buf.clone();
                 reader
@@ -364,7 +389,7 @@ impl Rows {
                 let values: Vec<Value> =
                     serde_json::from_slice(body).map_err(|e| Error::JsonLine {
                         path: path.clone(),
-                        line: e.line(),
+                        line: *line + e.line() - 1,
                         message: e.to_string(),
                     })?;
                 *array = Some(values.into_iter());
@@ -375,7 +400,7 @@ impl Rows {
                 line: *line,
                 message: e.to_string(),
             })?;
-            rows.push(object(path, value, &format!("line {line}"))?);
+            rows.push(object(path, value, Place::Line(*line))?);
         }
         Ok((!rows.is_empty()).then_some(rows))
     }
@@ -402,7 +427,7 @@ impl Rows {
                 value.insert(field.name().clone(), cell);
             }
             rows.push(Row {
-                place: format!("row {}", *row + i),
+                place: Place::Row(*row + i),
                 value,
             });
         }
@@ -423,15 +448,18 @@ impl Iterator for Rows {
     }
 }
 
-fn object(path: &Path, value: Value, place: &str) -> Result<Row> {
-    match value {
-        Value::Object(value) => Ok(Row {
-            place: place.to_string(),
-            value,
-        }),
-        _ => Err(Error::Parse {
+fn object(path: &Path, value: Value, place: Place) -> Result<Row> {
+    match (value, place) {
+        (Value::Object(value), _) => Ok(Row { place, value }),
+        (_, Place::Line(line)) => Err(Error::JsonLine {
             path: path.to_path_buf(),
-            message: format!("{place} is not a JSON object"),
+            line,
+            message: "expected a JSON object".to_string(),
+        }),
+        (_, Place::Element(row) | Place::Row(row)) => Err(Error::BadRow {
+            path: path.to_path_buf(),
+            row,
+            message: "is not a JSON object".to_string(),
         }),
     }
 }
@@ -539,7 +567,7 @@ mod tests {
         );
         assert_eq!(rows[1].value["generations"], serde_json::Value::Null);
         assert_eq!(rows[1].value["source"], "amc");
-        assert_eq!(rows[1].place, "row 1");
+        assert_eq!(rows[1].place, Place::Row(1));
         let head = header(&path).unwrap();
         assert_eq!(head.columns, ["generations", "source", "problem", "n"]);
         assert_eq!(head.rows, Some(2));

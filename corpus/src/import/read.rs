@@ -1,10 +1,10 @@
-//! Dataset files, row by row as JSON objects (another tool's for `import`; problem files' jsonl
-//! too): jsonl (or a whole-file `.json`
-//! array) a line at a time, parquet a batch at a time with only the columns the import uses,
-//! Arrow IPC streams (`Dataset.save_to_disk`'s `.arrow` shards) a batch at a time, so a
-//! 200k-row dataset of long traces imports in bounded memory. Folders are searched
-//! recursively in name order (a Hugging Face dataset's `data/train-00000-of-00004.parquet`…),
-//! leaving out the metadata `datasets` writes beside its shards.
+//! Dataset files, row by row as JSON objects (other tools' corpora for `import`, and problem
+//! files' jsonl): jsonl (also gzipped, or a whole-file `.json` array) a line at a time, parquet
+//! a batch at a time with only the columns the import uses, Arrow IPC streams
+//! (`Dataset.save_to_disk`'s `.arrow` shards) a batch at a time, so a 200k-row dataset of long
+//! traces imports in bounded memory. Folders are searched recursively in name order (a Hugging
+//! Face dataset's `data/train-00000-of-00004.parquet`…), leaving out the metadata `datasets`
+//! writes beside its shards.
 
 use std::collections::BTreeMap;
 use std::fs::File;
